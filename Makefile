@@ -1,0 +1,47 @@
+# The two commands of the README: `make demo` and `make test`. Both bootstrap everything they
+# need from the pinned lock file (uv.lock) into .venv, with only Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+TOOLS := .tools
+UV_VERSION := 0.13.9
+UV := $(TOOLS)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := copy
+
+.PHONY: install demo test test-fast up down status clean lock
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/riskloop demo
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+test-fast: install
+	$(VENV)/bin/python -m pytest -m "not slow"
+
+up: install
+	$(VENV)/bin/riskloop up
+
+down: install
+	$(VENV)/bin/riskloop down
+
+status: install
+	$(VENV)/bin/riskloop status
+
+lock: $(UV)
+	$(UV) lock
+
+clean:
+	-$(VENV)/bin/riskloop down
+	rm -rf .riskloop demo-summary.json

@@ -1,0 +1,151 @@
+"""One typed settings object for every riskloop component.
+
+Everything is read from ``RISKLOOP_*`` environment variables with safe local defaults, so the
+embedded stack needs no configuration at all and a production deployment needs only a few
+variables (``RISKLOOP_DATABASE_URL``, ``RISKLOOP_MLFLOW_TRACKING_URI``, ``RISKLOOP_ARTIFACT_ROOT``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# The databases riskloop keeps apart on one server: dropping or migrating one component's
+# store (say Airflow's) must never touch another's.
+WAREHOUSE_DB = "riskloop"
+AIRFLOW_DB = "riskloop_airflow"
+MLFLOW_DB = "riskloop_mlflow"
+FEAST_DB = "riskloop_feast"
+ALL_DATABASES = (WAREHOUSE_DB, AIRFLOW_DB, MLFLOW_DB, FEAST_DB)
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """Where a Postgres server is and how to log in; builds a URL for each database/driver."""
+
+    host: str
+    port: int
+    user: str
+    password: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> tuple["PgServer", str]:
+        """Parse ``postgresql[+driver]://user:pw@host:port/db`` into a server and a database name."""
+        parts = urlsplit(url)
+        if not parts.scheme.startswith("postgres"):
+            raise ValueError(f"not a PostgreSQL URL: {url!r}")
+        server = cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+        )
+        return server, (parts.path.lstrip("/") or WAREHOUSE_DB)
+
+    def url(self, database: str, driver: str = "psycopg") -> str:
+        """A SQLAlchemy URL; ``driver=""`` gives a plain libpq URL."""
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"{scheme}://{auth}@{self.host}:{self.port}/{database}"
+
+
+class Settings(BaseSettings):
+    """riskloop's configuration. Every field is ``RISKLOOP_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RISKLOOP_", extra="ignore")
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".riskloop",
+        description="Where the embedded stack keeps its data, logs and pid files.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="An existing Postgres (its database is the warehouse; riskloop_airflow, "
+        "riskloop_mlflow and riskloop_feast are created beside it). Unset: the embedded server.",
+    )
+    pg_port: int = Field(default=55432, description="TCP port of the embedded Postgres (loopback).")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="An existing MLflow server. Unset: riskloop starts its own."
+    )
+    mlflow_port: int = Field(default=55000, description="Port of the MLflow server riskloop starts.")
+    artifact_root: str | None = Field(
+        default=None,
+        description="Where MLflow stores artifacts: a directory or an s3:// URI (boto3; "
+        "MLFLOW_S3_ENDPOINT_URL for S3-compatible stores). Unset: <home>/mlartifacts.",
+    )
+    fraud_model_name: str = "riskloop-fraud"
+    credit_model_name: str = "riskloop-credit"
+    label_delay_days: int = Field(default=7, description="Days before a fraud label counts as known.")
+    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    dbt_project_dir: Path = PROJECT_ROOT / "dbt_project"
+    dags_folder: Path = PROJECT_ROOT / "dags"
+    landing_dir: Path | None = Field(
+        default=None, description="Where simulated/processor files land. Unset: <home>/landing."
+    )
+
+    # --- derived locations -------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def landing(self) -> Path:
+        return self.landing_dir or self.home / "landing"
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifact_root or (self.home / "mlartifacts").as_uri()
+
+    @property
+    def pg(self) -> PgServer:
+        if self.database_url:
+            return PgServer.from_url(self.database_url)[0]
+        return PgServer(host="127.0.0.1", port=self.pg_port, user="postgres")
+
+    @property
+    def warehouse_db(self) -> str:
+        if self.database_url:
+            return PgServer.from_url(self.database_url)[1]
+        return WAREHOUSE_DB
+
+    @property
+    def warehouse_url(self) -> str:
+        """SQLAlchemy URL of the warehouse (psycopg 3)."""
+        return self.pg.url(self.warehouse_db)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def manages_mlflow(self) -> bool:
+        return self.mlflow_tracking_uri is None
+
+
+def get_settings() -> Settings:
+    """Read the environment now (no module-level cache: tests and tasks change it)."""
+    return Settings()

@@ -1,0 +1,152 @@
+"""The raw-layer data contract: what the simulator lands and what ingestion loads.
+
+One declaration serves the simulator (the columns it must write), ingestion (the DDL of
+``raw.*`` and the natural key it upserts on), dbt (declared as sources) and the Great
+Expectations suites.  Changing a column here is changing the contract: change all four.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RAW_SCHEMA = "raw"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    pg_type: str
+    nullable: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A landed source table: one Parquet file per simulation, one ``raw`` table in Postgres."""
+
+    name: str
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    description: str
+    time_column: str
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}.parquet"
+
+
+WEBHOOK_EVENT_TYPES = (
+    "payment.authorized",
+    "payment.captured",
+    "payment.refunded",
+    "dispute.opened",
+    "dispute.closed",
+)
+
+RAW_TABLES: tuple[RawTable, ...] = (
+    RawTable(
+        name="webhook_events",
+        key=("event_id",),
+        time_column="occurred_at",
+        description="Payment-processor webhook events, one row per event as the processor sent it.",
+        columns=(
+            Column("event_id", "text", description="Processor's unique event id (dedup key)."),
+            Column("processor", "text", description="'stripe' or 'standard'."),
+            Column("event_type", "text", description="One of WEBHOOK_EVENT_TYPES."),
+            Column("occurred_at", "timestamptz", description="When the event happened at the processor."),
+            Column("received_at", "timestamptz", description="When riskloop received it (arrival time)."),
+            Column("payment_id", "text", description="The payment the event is about."),
+            Column("card_token", "text", description="Tokenised card (never a PAN)."),
+            Column("customer_id", "text"),
+            Column("terminal_id", "text"),
+            Column("amount_minor", "bigint", description="Amount in minor units (cents), >= 0."),
+            Column("currency", "text", description="ISO 4217 alphabetic code."),
+            Column("dispute_id", "text", nullable=True, description="Set on dispute.* events."),
+        ),
+    ),
+    RawTable(
+        name="ledger_entries",
+        key=("entry_id",),
+        time_column="posted_at",
+        description="Double-entry ledger lines; the lines of one journal sum to zero per currency.",
+        columns=(
+            Column("entry_id", "text"),
+            Column("journal_id", "text"),
+            Column("payment_id", "text"),
+            Column("account", "text", description="e.g. 'customer:<id>', 'merchant:<terminal>', 'chargebacks'."),
+            Column("amount_minor", "bigint", description="Signed: debit > 0, credit < 0."),
+            Column("currency", "text"),
+            Column("posted_at", "timestamptz"),
+        ),
+    ),
+    RawTable(
+        name="dispute_outcomes",
+        key=("dispute_id",),
+        time_column="closed_at",
+        description="Chargeback outcomes; they arrive days to weeks after the payment.",
+        columns=(
+            Column("dispute_id", "text"),
+            Column("payment_id", "text"),
+            Column("opened_at", "timestamptz"),
+            Column("closed_at", "timestamptz", description="When the outcome became known (label arrival)."),
+            Column("status", "text", description="'won' (merchant kept the money) or 'lost'."),
+            Column("fraud_confirmed", "boolean"),
+            Column("reason_code", "text"),
+            Column("amount_minor", "bigint"),
+            Column("currency", "text"),
+        ),
+    ),
+    RawTable(
+        name="kyc_records",
+        key=("customer_id",),
+        time_column="verified_at",
+        description="Know-your-customer verification, one row per customer.",
+        columns=(
+            Column("customer_id", "text"),
+            Column("verification_level", "text", description="'basic', 'standard' or 'enhanced'."),
+            Column("document_type", "text", description="'passport', 'id_card' or 'driving_licence'."),
+            Column("sanctions_screening", "text", description="'clear' or 'hit'."),
+            Column("pep", "boolean", description="Politically exposed person."),
+            Column("country", "text", description="ISO 3166-1 alpha-2."),
+            Column("verified_at", "timestamptz"),
+        ),
+    ),
+    RawTable(
+        name="credit_applications",
+        key=("application_id",),
+        time_column="applied_at",
+        description="Credit applications with the applicant's bureau-style attributes at application time.",
+        columns=(
+            Column("application_id", "text"),
+            Column("customer_id", "text"),
+            Column("applied_at", "timestamptz"),
+            Column("amount_minor", "bigint"),
+            Column("currency", "text"),
+            Column("term_months", "integer"),
+            Column("annual_income_minor", "bigint"),
+            Column("debt_to_income", "double precision"),
+            Column("n_delinquencies", "integer"),
+            Column("credit_history_months", "integer"),
+            Column("utilization", "double precision", description="Revolving utilisation, 0..1."),
+        ),
+    ),
+    RawTable(
+        name="credit_outcomes",
+        key=("application_id",),
+        time_column="observed_at",
+        description="Repayment outcome of each application, known at observed_at.",
+        columns=(
+            Column("application_id", "text"),
+            Column("defaulted", "boolean"),
+            Column("observed_at", "timestamptz"),
+            Column("true_default_probability", "double precision",
+                   description="The simulator's ground truth PD (the oracle); not a model input."),
+        ),
+    ),
+)
+
+RAW_TABLES_BY_NAME = {t.name: t for t in RAW_TABLES}

