@@ -1,0 +1,36 @@
+"""Database access shared by ingestion, contracts, training, serving and monitoring.
+
+One place builds engines and connections from :class:`~riskloop.config.Settings`, so every
+component reaches the same server the same way (psycopg 3 underneath).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import sqlalchemy as sa
+
+from riskloop.config import Settings
+
+
+def engine(settings: Settings, database: str | None = None, **kwargs) -> sa.Engine:
+    """A SQLAlchemy engine on the warehouse (or another riskloop database). Caller disposes it."""
+    return sa.create_engine(settings.pg.url(database or settings.warehouse_db), pool_pre_ping=True, **kwargs)
+
+
+def dsn(settings: Settings, database: str | None = None) -> str:
+    """A libpq connection string, for psycopg and command-line tools."""
+    return settings.pg.url(database or settings.warehouse_db, driver="")
+
+
+@contextmanager
+def connect(settings: Settings, database: str | None = None, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+    """A psycopg connection that commits on success and rolls back on error."""
+    with psycopg.connect(dsn(settings, database), autocommit=autocommit) as conn:
+        yield conn
+
+
+def ensure_schema(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(f'create schema if not exists "{name}"')
