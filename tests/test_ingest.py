@@ -1,0 +1,111 @@
+"""Ingestion is idempotent, updates only changed rows, and writes nothing when a file breaks the contract."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from riskloop import db
+from riskloop.ingest import ContractError, load_landing, load_table
+from riskloop.schema import RAW_TABLES
+from tests.fixtures_data import T0, make_tables, reset_warehouse, write_landing
+
+
+def _snapshot(settings, table: str) -> list[tuple]:
+    spec = next(t for t in RAW_TABLES if t.name == table)
+    cols = ", ".join(spec.column_names)
+    with db.connect(settings) as conn:
+        return conn.execute(f"select {cols} from raw.{table} order by {', '.join(spec.key)}").fetchall()
+
+
+def _count(settings, query: str) -> int:
+    with db.connect(settings) as conn:
+        return conn.execute(query).fetchone()[0]
+
+
+@pytest.fixture()
+def clean(settings):
+    reset_warehouse(settings)
+    return settings
+
+
+def test_landing_twice_is_idempotent(clean, tmp_path) -> None:
+    settings = clean
+    tables = make_tables()
+    landing = write_landing(tables, tmp_path / "landing")
+    first = {r.table: r for r in load_landing(settings, landing)}
+    before = {t.name: _snapshot(settings, t.name) for t in RAW_TABLES}
+    second = {r.table: r for r in load_landing(settings, landing)}
+    assert set(first) == {t.name for t in RAW_TABLES}
+    for name, df in tables.items():
+        assert first[name].rows_inserted == len(df) and first[name].rows_updated == 0
+        assert second[name].rows_inserted == 0 and second[name].rows_updated == 0
+        assert second[name].rows_unchanged == len(df)
+        assert _snapshot(settings, name) == before[name]
+    assert _count(settings, "select count(*) from raw.load_batches") == 2 * len(RAW_TABLES)
+    row = None
+    with db.connect(settings) as conn:
+        row = conn.execute("select rows_in, rows_inserted, rows_updated, source_file from raw.load_batches "
+                           "where table_name = 'webhook_events' order by batch_id desc limit 1").fetchone()
+    assert row[0] == len(tables["webhook_events"]) and row[1:3] == (0, 0)
+    assert row[3].endswith("webhook_events.parquet")
+
+
+def test_changed_row_is_updated_and_batch_duplicates_keep_last(clean) -> None:
+    settings = clean
+    events = make_tables()["webhook_events"]
+    load_table(settings, "webhook_events", events)
+    changed = events.copy()
+    changed.loc[0, "amount_minor"] = 999_999
+    # a processor retry: the same event twice in one batch, the later copy wins
+    retry = changed.iloc[[1]].assign(received_at=changed.loc[1, "received_at"] + timedelta(minutes=5))
+    batch = pd.concat([changed, retry], ignore_index=True)
+    result = load_table(settings, "webhook_events", batch)
+    assert (result.rows_inserted, result.rows_updated, result.duplicates_in_batch) == (0, 2, 1)
+    with db.connect(settings) as conn:
+        amount = conn.execute("select amount_minor from raw.webhook_events where event_id = %s",
+                              (events.loc[0, "event_id"],)).fetchone()[0]
+        received = conn.execute("select received_at from raw.webhook_events where event_id = %s",
+                                (events.loc[1, "event_id"],)).fetchone()[0]
+    assert amount == 999_999
+    assert received == retry["received_at"].iloc[0].to_pydatetime()
+
+
+def test_bad_columns_rejected_and_nothing_written(clean, tmp_path) -> None:
+    settings = clean
+    tables = make_tables()
+    bad = tables["ledger_entries"].drop(columns=["currency"]).assign(note="x")
+    with pytest.raises(ContractError, match=r"missing: \['currency'\].*extra: \['note'\]"):
+        load_table(settings, "ledger_entries", bad)
+    # one bad file in a landing: the good files are not loaded either
+    tables["dispute_outcomes"] = tables["dispute_outcomes"].drop(columns=["status"])
+    landing = write_landing(tables, tmp_path / "landing")
+    with pytest.raises(ContractError, match="dispute_outcomes.*status"):
+        load_landing(settings, landing)
+    with db.connect(settings) as conn:
+        exists = conn.execute("select to_regclass('raw.webhook_events')").fetchone()[0]
+        if exists:
+            assert conn.execute("select count(*) from raw.webhook_events").fetchone()[0] == 0
+    # a null key is a contract error too, raised before the database is touched
+    nulls = make_tables()["kyc_records"]
+    nulls.loc[0, "customer_id"] = None
+    with pytest.raises(ContractError, match="customer_id: 1 null"):
+        load_table(settings, "kyc_records", nulls)
+
+
+def test_interval_loads_only_rows_inside(clean, tmp_path) -> None:
+    settings = clean
+    tables = make_tables()
+    landing = write_landing(tables, tmp_path / "landing")
+    start, end = T0 + timedelta(days=2), T0 + timedelta(days=4)
+    results = {r.table: r for r in load_landing(settings, landing, start, end)}
+    occurred = tables["webhook_events"]["occurred_at"]
+    expected = int(((occurred >= start) & (occurred < end)).sum())
+    assert results["webhook_events"].rows_inserted == expected > 0
+    with db.connect(settings) as conn:
+        lo, hi = conn.execute("select min(occurred_at), max(occurred_at) from raw.webhook_events").fetchone()
+        interval = conn.execute("select interval_start, interval_end from raw.load_batches limit 1").fetchone()
+    assert start <= lo and hi < end
+    assert interval == (start, end)
