@@ -1,0 +1,22 @@
+{{ config(post_hook=[index_entity_time('customer_id'), "analyze {{ this }}"]) }}
+-- Per transaction: the customer's number of transactions and average amount over the 1, 7
+-- and 30 days ending at and including it, i.e. (tx_at - w, tx_at]. No label is involved, so
+-- no delay is needed. One sorted pass with RANGE frames instead of self-joins.
+with tx as (
+    select customer_id, tx_at, amount from {{ ref('fct_transactions') }}
+)
+
+select
+    customer_id::text as customer_id,
+    tx_at::timestamptz as event_timestamp,
+    count(*) over w1 ::bigint as customer_nb_tx_1d,
+    count(*) over w7 ::bigint as customer_nb_tx_7d,
+    count(*) over w30 ::bigint as customer_nb_tx_30d,
+    avg(amount) over w1 ::double precision as customer_avg_amount_1d,
+    avg(amount) over w7 ::double precision as customer_avg_amount_7d,
+    avg(amount) over w30 ::double precision as customer_avg_amount_30d
+from tx
+window
+    w1 as (partition by customer_id order by tx_at range between {{ window_preceding(1) }} preceding and current row),
+    w7 as (partition by customer_id order by tx_at range between {{ window_preceding(7) }} preceding and current row),
+    w30 as (partition by customer_id order by tx_at range between {{ window_preceding(30) }} preceding and current row)
