@@ -1,0 +1,173 @@
+"""The riskloop simulator: card payments with known fraud, and the raw feeds a fintech would land.
+
+Two layers:
+
+- `riskloop.simulator.handbook` reimplements, vectorised, the transaction generator of the
+  Fraud Detection Handbook (its customers, terminals and three fraud scenarios), producing the
+  ground truth in the handbook's column schema;
+- `riskloop.simulator.derive` turns any handbook-schema frame (a simulation or the real
+  handbook file) into the raw tables of `riskloop.schema`, holding only what had happened by
+  ``as_of``.
+
+Public API::
+
+    sim = simulate(days=30, customers=5000, seed=42)       # or simulate(preset="handbook")
+    manifest = write(sim, "landing/2018-05-01")             # <table>.parquet + manifest.json
+    tables = derive_from_handbook(pd.read_parquet(path), seed=0)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pandas as pd
+
+from riskloop.schema import RAW_TABLES
+from riskloop.simulator.derive import derive_tables, infer_period
+from riskloop.simulator.handbook import DEFAULT_RADIUS, DEFAULT_START_DATE, generate
+
+__all__ = ["PRESETS", "Simulation", "SimulationParams", "derive_from_handbook", "infer_period", "manifest",
+           "resolve_params", "simulate", "write"]
+
+logger = logging.getLogger(__name__)
+
+TRANSACTIONS_FILE = "transactions.parquet"
+MANIFEST_FILE = "manifest.json"
+GENERATOR = "riskloop.simulator/handbook-v1"
+
+# Named parameter sets.  "handbook" reproduces the shape of the public handbook dataset.
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "handbook": MappingProxyType({"days": 183, "customers": 5000, "terminals": 10_000, "start_date": "2018-04-01"}),
+})
+
+
+@dataclass(frozen=True)
+class SimulationParams:
+    """Everything that determines a simulation's output (recorded in the manifest)."""
+
+    days: int
+    customers: int
+    terminals: int
+    seed: int
+    start_date: str = DEFAULT_START_DATE
+    r: float = DEFAULT_RADIUS
+    applications_per_customer: float = 1.0
+    preset: str | None = None
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A simulation's ground truth (``transactions``, handbook schema) and landed raw ``tables``.
+
+    ``as_of`` (tz-aware UTC) is the end of the simulated period: the raw tables hold what had
+    happened by then, the transactions hold the full truth, including labels not yet known.
+    """
+
+    params: SimulationParams
+    as_of: pd.Timestamp
+    transactions: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(repr=False)
+
+
+def resolve_params(days: int | None = None, customers: int | None = None, seed: int = 0,
+                   terminals: int | None = None, start_date: str | None = None, preset: str | None = None,
+                   r: float = DEFAULT_RADIUS, applications_per_customer: float = 1.0) -> SimulationParams:
+    """The parameters `simulate` will use (see its docstring for the preset rule)."""
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        fixed = PRESETS[preset]
+        days, customers, terminals, start_date = (fixed["days"], fixed["customers"], fixed["terminals"],
+                                                  fixed["start_date"])
+    if days is None or customers is None:
+        raise ValueError("days and customers are required unless a preset is given")
+    return SimulationParams(
+        days=int(days), customers=int(customers),
+        terminals=int(terminals) if terminals is not None else 2 * int(customers),
+        seed=int(seed), start_date=str(pd.Timestamp(start_date or DEFAULT_START_DATE).date()), r=float(r),
+        applications_per_customer=float(applications_per_customer), preset=preset,
+    )
+
+
+def simulate(days: int | None = None, customers: int | None = None, seed: int = 0, terminals: int | None = None,
+             start_date: str | None = None, preset: str | None = None, r: float = DEFAULT_RADIUS,
+             applications_per_customer: float = 1.0) -> Simulation:
+    """Simulate ``days`` days of ``customers`` customers' card payments and derive the raw tables.
+
+    ``terminals`` defaults to 2 per customer and ``start_date`` to 2018-04-01 (the handbook's).
+    A ``preset`` (see `PRESETS`, e.g. ``"handbook"``: 5,000 customers, 10,000 terminals, 183
+    days from 2018-04-01) fixes days, customers, terminals and start_date, and the values
+    passed for those are ignored: a CLI passes its defaults for them, and a preset must mean
+    the same data whatever those defaults are.  ``r`` is the customer-terminal radius and
+    ``applications_per_customer`` the mean number of credit applications per customer.
+    Same arguments, same output.
+    """
+    params = resolve_params(days, customers, seed, terminals, start_date, preset, r, applications_per_customer)
+    logger.info("simulating %s", params)
+    data = generate(params.days, params.customers, params.terminals, params.seed, params.start_date, params.r)
+    start = pd.Timestamp(params.start_date, tz="UTC")
+    as_of = start + pd.Timedelta(days=params.days)
+    tables = derive_tables(data.transactions, seed=params.seed, as_of=as_of, start=start,
+                           applications_per_customer=params.applications_per_customer)
+    return Simulation(params=params, as_of=as_of, transactions=data.transactions, tables=tables)
+
+
+def derive_from_handbook(df: pd.DataFrame, seed: int = 0, applications_per_customer: float = 1.0
+                         ) -> dict[str, pd.DataFrame]:
+    """The raw tables derived from a handbook-schema frame, e.g. the real handbook file.
+
+    The period is inferred from the frame (start = TX_DATETIME - TX_TIME_SECONDS, as_of =
+    midnight after the last TX_TIME_DAYS); see `riskloop.simulator.derive.derive_tables` to
+    set it explicitly.
+    """
+    return derive_tables(df, seed=seed, applications_per_customer=applications_per_customer)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    # Write then rename, so a reader polling the directory never sees a half-written file.
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def manifest(sim: Simulation) -> dict[str, Any]:
+    """What `write` records next to the files: parameters, period, row counts, fraud rates."""
+    tx = sim.transactions
+    n = len(tx)
+    scenarios = tx["TX_FRAUD_SCENARIO"].value_counts().reindex(range(4), fill_value=0)
+    return {
+        "generator": GENERATOR,
+        "seed": sim.params.seed,
+        "parameters": asdict(sim.params),
+        "start": pd.Timestamp(sim.params.start_date, tz="UTC").isoformat(),
+        "as_of": sim.as_of.isoformat(),
+        "row_counts": {"transactions": n, **{name: len(t) for name, t in sim.tables.items()}},
+        "fraud_rate": float(tx["TX_FRAUD"].mean()) if n else 0.0,
+        "fraud_scenario_counts": {str(k): int(v) for k, v in scenarios.items()},
+        "files": {"transactions": TRANSACTIONS_FILE, **{t.name: t.file_name for t in RAW_TABLES}},
+    }
+
+
+def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write ``<table>.parquet`` per raw table, ``transactions.parquet`` and ``manifest.json``.
+
+    The manifest is written last, so its presence marks a complete landing.  Returns it.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for table in RAW_TABLES:
+        _write_parquet(sim.tables[table.name], out / table.file_name)
+    _write_parquet(sim.transactions, out / TRANSACTIONS_FILE)
+    info = manifest(sim)
+    tmp = out / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / MANIFEST_FILE)
+    logger.info("wrote simulation (seed %d, %d transactions) to %s", sim.params.seed, len(sim.transactions), out)
+    return info
