@@ -79,5 +79,110 @@ def simulate(
     console.print_json(json.dumps(manifest, default=str))
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Serve the scoring API (POST /v1/score/fraud) with the champion model."""
+    from serving.app import run
+
+    run(host, port)
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help="fraud or credit"),
+    param: list[str] = typer.Option([], "--param", help="XGBoost parameter override, k=v (repeatable)."),
+) -> None:
+    """Train a model on point-in-time features and register it in MLflow as the challenger."""
+    from training.train import train_credit, train_fraud
+
+    if model not in ("fraud", "credit"):
+        raise typer.BadParameter("model must be 'fraud' or 'credit'")
+    params = {}
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--param takes k=v, got {item!r}")
+        try:  # numbers, booleans and lists as JSON; anything else stays a string
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    settings = get_settings()
+    with console.status(f"training {model}"):
+        result = (train_fraud if model == "fraud" else train_credit)(settings, params=params or None)
+    console.print(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases)})")
+    console.print(f"run: {settings.tracking_uri}/#/experiments/0/runs/{result.run_id}")
+    console.print_json(json.dumps(result.metrics))
+
+
+@app.command()
+def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model name.")) -> None:
+    """Evidently drift of the champion's recent scoring inputs against its training reference."""
+    from riskloop.monitoring import run_drift
+
+    result = run_drift(get_settings(), model_name=model)
+    console.print_json(json.dumps(result.to_dict(), default=str))
+
+
+@app.command()
+def promote(
+    model: str = typer.Option("riskloop-fraud", help="Registered model name."),
+    margin: float = typer.Option(0.0, help="Tolerated metric loss of the challenger."),
+) -> None:
+    """Run the promotion gate: challenger → champion only if no worse and drift is not critical."""
+    from riskloop.monitoring import run_drift
+    from riskloop.promotion import evaluate_promotion
+
+    settings = get_settings()
+    drift = run_drift(settings, model_name=model)
+    decision = evaluate_promotion(settings, model_name=model, drift=drift, margin=margin)
+    console.print_json(json.dumps(decision.to_dict(), default=str))
+
+
+@app.command()
+def demo(
+    days: int = typer.Option(30, help="Days to simulate."),
+    customers: int = typer.Option(5000, help="Customers to simulate."),
+    seed: int = typer.Option(42, help="Simulation seed."),
+    requests: int = typer.Option(300, help="Transactions to score over HTTP."),
+    port: int = typer.Option(8765, help="Port for the demo's scoring server."),
+) -> None:
+    """Run the whole loop on the embedded stack and write demo-summary.json."""
+    from rich.table import Table
+
+    from riskloop.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(days=days, customers=customers, seed=seed, n_requests=requests, serve_port=port)
+
+    def on_change(stage: str, state: str) -> None:
+        style = {"running": "yellow", "ok": "green", "failed": "red"}[state]
+        console.print(f"[{style}]{state:>7}[/{style}]  {stage}")
+
+    try:
+        summary = run_demo(get_settings(), cfg, on_change=on_change)
+    except Exception as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        console.print(f"partial summary in {cfg.summary_path}")
+        raise typer.Exit(1) from exc
+    table = Table(title="riskloop demo")
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    for name, st in summary["stages"].items():
+        table.add_row(name, st["status"], f"{st['seconds']:.1f}")
+    console.print(table)
+    fraud, credit, scoring = summary.get("fraud", {}), summary.get("credit", {}), summary.get("scoring", {})
+    console.print(f"fraud v{fraud.get('version')}: AUC {fraud.get('auc_roc')}  AP {fraud.get('average_precision')}  "
+                  f"CP@100 {fraud.get('card_precision_at_100')}")
+    console.print(f"credit v{credit.get('version')}: AUC {credit.get('auc_roc')}  Brier {credit.get('brier')}")
+    console.print(f"scoring: {scoring.get('n')} requests, p50 {scoring.get('p50_ms')} ms, "
+                  f"p99 {scoring.get('p99_ms')} ms, decisions {scoring.get('decisions')}")
+    console.print(f"drift: {summary.get('drift', {}).get('verdict')}   promotion: "
+                  f"{summary.get('promotion', {}).get('decision')} ({summary.get('promotion', {}).get('reason')})")
+    console.print(f"total {summary['total_seconds']:.0f}s; summary written to {cfg.summary_path}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

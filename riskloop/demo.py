@@ -1,0 +1,244 @@
+"""`make demo`: the whole risk loop on the embedded stack, timed stage by stage.
+
+stack → simulate → ingest DAG (load, contracts, dbt, Feast) → train DAG (fraud + credit, MLflow
+registry) → serving (HTTP scoring with a decision log) → monitor DAG (drift, promotion gate).
+Every stage is the real component; the summary is read back from where the stages recorded
+their results (MLflow registry, decision log, drift and promotion tables), not from memory.
+Running it again reuses the stack and the simulated data and trains a new challenger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from riskloop.config import PROJECT_ROOT, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    days: int = 30
+    customers: int = 5000
+    seed: int = 42
+    n_requests: int = 300
+    serve_port: int = 8765
+    summary_path: Path = PROJECT_ROOT / "demo-summary.json"
+
+
+@dataclass
+class StageLog:
+    """Status and wall time of each stage, in order; a failure stops the loop and is reported."""
+
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str, on_change: Callable[[str, str], None] | None = None) -> Iterator[None]:
+        t0 = time.perf_counter()
+        if on_change:
+            on_change(name, "running")
+        try:
+            yield
+        except BaseException as exc:
+            self.stages[name] = {"status": "failed", "seconds": round(time.perf_counter() - t0, 2),
+                                 "error": str(exc)[:2000]}
+            if on_change:
+                on_change(name, "failed")
+            raise
+        self.stages[name] = {"status": "ok", "seconds": round(time.perf_counter() - t0, 2)}
+        if on_change:
+            on_change(name, "ok")
+
+
+def _simulate(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
+    """Simulate once per (days, customers, seed); later runs reuse the landed files."""
+    from riskloop import simulator
+
+    landing = settings.landing
+    manifest_path = landing / "manifest.json"
+    wanted = {"days": cfg.days, "customers": cfg.customers, "seed": cfg.seed}
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if all(manifest.get(k) == v for k, v in wanted.items()):
+            log.info("reusing the simulation in %s", landing)
+            return manifest
+    sim = simulator.simulate(days=cfg.days, customers=cfg.customers, seed=cfg.seed)
+    manifest = simulator.write(sim, landing)
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), **wanted}, default=str))
+    return json.loads(manifest_path.read_text())
+
+
+def _score_requests(settings: Settings, n: int) -> list[dict[str, Any]]:
+    """The last simulated transactions, as the processor would send them for scoring."""
+    import pandas as pd
+
+    tx = pd.read_parquet(settings.landing / "transactions.parquet")
+    tail = tx.sort_values("TX_DATETIME").tail(n)
+    return [
+        {
+            "transaction_id": str(r.TRANSACTION_ID),
+            "card_token": f"tok_{r.CUSTOMER_ID}",
+            "customer_id": str(r.CUSTOMER_ID),
+            "terminal_id": str(r.TERMINAL_ID),
+            "amount_minor": max(1, int(round(float(r.TX_AMOUNT) * 100))),
+            "currency": "EUR",
+            "timestamp": pd.Timestamp(r.TX_DATETIME).tz_localize("UTC").isoformat(),
+        }
+        for r in tail.itertuples(index=False)
+    ]
+
+
+@contextmanager
+def _serving(settings: Settings, port: int) -> Iterator[str]:
+    """Run `riskloop serve` as a separate process, as production would; stop it afterwards."""
+    import httpx
+
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    logf = open(settings.log_dir / "serving.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([sys.executable, "-m", "riskloop", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy())
+    logf.close()
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serving exited with {proc.returncode}; see {settings.log_dir}/serving.log")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serving not ready after 180s; see {settings.log_dir}/serving.log")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _send(url: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Score each request over HTTP, one after another; latency is measured at the client."""
+    import httpx
+
+    latencies: list[float] = []
+    decisions: dict[str, int] = {}
+    errors = 0
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for body in requests:
+            t0 = time.perf_counter()
+            r = client.post("/v1/score/fraud", json=body)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if r.status_code != 200:
+                errors += 1
+                continue
+            d = r.json()["decision"]
+            decisions[d] = decisions.get(d, 0) + 1
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    return {"n": len(requests), "errors": errors, "decisions": decisions,
+            "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2), "max_ms": round(latencies[-1], 2)}
+
+
+def _models(settings: Settings) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    out: dict[str, Any] = {}
+    for name in (settings.fraud_model_name, settings.credit_model_name):
+        versions = client.search_model_versions(f"name='{name}'")
+        aliases = {}
+        for rm in client.search_registered_models(f"name='{name}'"):
+            aliases = dict(rm.aliases)
+        out[name] = {
+            "versions": sorted(int(v.version) for v in versions),
+            "aliases": aliases,
+        }
+    return out
+
+
+def _latest_metrics(settings: Settings, name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    versions = client.search_model_versions(f"name='{name}'")
+    if not versions:
+        return {}
+    latest = max(versions, key=lambda v: int(v.version))
+    metrics = client.get_run(latest.run_id).data.metrics
+    return {"version": int(latest.version), "run_id": latest.run_id,
+            **{k: round(metrics[k], 4) for k in keys if k in metrics}}
+
+
+def _latest_row(settings: Settings, sql: str) -> dict[str, Any]:
+    from riskloop.db import connect
+
+    with connect(settings) as conn:
+        cur = conn.execute(sql)
+        row = cur.fetchone()
+        if row is None:
+            return {}
+        return {d.name: row[i] for i, d in enumerate(cur.description)}
+
+
+def run_demo(settings: Settings, cfg: DemoConfig | None = None,
+             on_change: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Run the loop; write and return the summary. Raises after recording a failed stage."""
+    from riskloop import stack
+    from riskloop.orchestrate import ensure_airflow_db, run_dag
+
+    cfg = cfg or DemoConfig()
+    stages = StageLog()
+    summary: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(), "stages": stages.stages,
+                               "config": {"days": cfg.days, "customers": cfg.customers, "seed": cfg.seed}}
+    t_start = time.perf_counter()
+    try:
+        with stages.stage("stack", on_change):
+            summary["stack"] = stack.up(settings)
+            ensure_airflow_db(settings)
+        with stages.stage("simulate", on_change):
+            manifest = _simulate(settings, cfg)
+            summary["simulation"] = {k: manifest.get(k) for k in ("as_of", "row_counts", "fraud_rate")}
+        as_of = str(manifest.get("as_of"))
+        with stages.stage("ingest_contracts_dbt_features", on_change):
+            run_dag(settings, "riskloop_ingest", conf={"landing_dir": str(settings.landing), "as_of": as_of})
+        with stages.stage("train", on_change):
+            run_dag(settings, "riskloop_train")
+            summary["fraud"] = _latest_metrics(settings, settings.fraud_model_name,
+                                               ("auc_roc", "average_precision", "card_precision_at_100"))
+            summary["credit"] = _latest_metrics(settings, settings.credit_model_name, ("auc_roc", "brier"))
+        with stages.stage("serve_and_score", on_change):
+            requests = _score_requests(settings, cfg.n_requests)
+            with _serving(settings, cfg.serve_port) as url:
+                summary["scoring"] = _send(url, requests)
+        with stages.stage("monitor_and_promote", on_change):
+            run_dag(settings, "riskloop_monitor")
+            drift = _latest_row(settings, "select verdict, share_drifted, n_reference, n_current, report_path "
+                                          "from monitoring.drift_reports order by created_at desc limit 1")
+            summary["drift"] = drift
+            promo = _latest_row(settings, "select decision, reason, champion_version, challenger_version, "
+                                          "new_champion_version from governance.promotion_decisions "
+                                          "order by decided_at desc limit 1")
+            summary["promotion"] = promo
+            summary["models"] = _models(settings)
+    finally:
+        summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
+        summary["finished_at"] = datetime.now(timezone.utc).isoformat()
+        cfg.summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
