@@ -1,0 +1,100 @@
+"""riskloop's Feast objects: entities, sources over the dbt marts, feature views, services.
+
+These names are a promise (docs/architecture.md, stage 5): serving and training look them up
+by name. Sources are schema-qualified tables of the warehouse (``marts.*``), so the offline
+store never depends on a search_path.
+
+Why these TTLs: a customer's rolling spending features are one row per transaction, so a
+customer idle for 30 days has no valid value (their 30-day window is empty anyway); the
+terminal risk rows are daily, so anything older than 2 days means the daily dbt run stalled
+and the model should see "missing" rather than stale risk; a credit application's attributes
+are fixed at application time, 90 days covers scoring and any re-scoring during review.
+"""
+
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, ValueType
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+from feast.types import Float64, Int64, String
+
+customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING,
+                  description="A cardholder (one card per customer in the simulator).")
+terminal = Entity(name="terminal", join_keys=["terminal_id"], value_type=ValueType.STRING,
+                  description="A merchant payment terminal.")
+application = Entity(name="application", join_keys=["application_id"], value_type=ValueType.STRING,
+                     description="A credit application.")
+
+customer_spending_source = PostgreSQLSource(
+    name="customer_spending_features",
+    table="marts.customer_spending_features",
+    timestamp_field="event_timestamp",
+)
+terminal_risk_source = PostgreSQLSource(
+    name="terminal_risk_features",
+    table="marts.terminal_risk_features",
+    timestamp_field="event_timestamp",
+)
+credit_features_source = PostgreSQLSource(
+    name="credit_features",
+    table="marts.credit_features",
+    timestamp_field="event_timestamp",
+)
+
+WINDOWS = ("1d", "7d", "30d")
+
+customer_spending = FeatureView(
+    name="customer_spending",
+    entities=[customer],
+    ttl=timedelta(days=30),
+    schema=[Field(name="customer_id", dtype=String)]
+    + [Field(name=f"customer_nb_tx_{w}", dtype=Int64) for w in WINDOWS]
+    + [Field(name=f"customer_avg_amount_{w}", dtype=Float64) for w in WINDOWS],
+    source=customer_spending_source,
+    online=True,
+    description="Number and mean amount of the customer's transactions in windows ending at the tx.",
+)
+
+terminal_risk = FeatureView(
+    name="terminal_risk",
+    entities=[terminal],
+    ttl=timedelta(days=2),
+    schema=[Field(name="terminal_id", dtype=String)]
+    + [Field(name=f"terminal_nb_tx_{w}", dtype=Int64) for w in WINDOWS]
+    + [Field(name=f"terminal_risk_{w}", dtype=Float64) for w in WINDOWS],
+    source=terminal_risk_source,
+    online=True,
+    description="Daily terminal volume and known-fraud rate, lagged by the label delay.",
+)
+
+credit_application = FeatureView(
+    name="credit_application",
+    entities=[application],
+    ttl=timedelta(days=90),
+    schema=[
+        Field(name="application_id", dtype=String),
+        Field(name="amount", dtype=Float64),
+        Field(name="term_months", dtype=Int64),
+        Field(name="annual_income", dtype=Float64),
+        Field(name="debt_to_income", dtype=Float64),
+        Field(name="n_delinquencies", dtype=Int64),
+        Field(name="credit_history_months", dtype=Int64),
+        Field(name="utilization", dtype=Float64),
+        Field(name="kyc_level", dtype=Int64),
+        Field(name="pep", dtype=Int64),
+    ],
+    source=credit_features_source,
+    online=True,
+    description="Applicant attributes as declared/observed at application time.",
+)
+
+fraud_model_v1 = FeatureService(
+    name="fraud_model_v1",
+    features=[customer_spending, terminal_risk],
+    description="Stored features of the fraud model; request-time inputs: amount, is_weekend, is_night.",
+)
+
+credit_model_v1 = FeatureService(
+    name="credit_model_v1",
+    features=[credit_application],
+    description="Features of the credit (probability of default) model.",
+)
