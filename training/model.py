@@ -1,0 +1,49 @@
+"""The XGBoost classifier both models use, fitted reproducibly.
+
+Same data + same seed must give the same model bytes: the promotion gate and the audit trail
+rely on a retrain being an exact reproduction. Hence ``tree_method="hist"`` with a fixed
+thread count and seed, and inputs cast to one float dtype in a fixed column order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "n_estimators": 200,
+    "max_depth": 4,
+    "learning_rate": 0.1,
+    "subsample": 0.8,
+    "colsample_bytree": 0.8,
+    "min_child_weight": 1.0,
+}
+FIXED_PARAMS: dict[str, Any] = {"tree_method": "hist", "n_jobs": 2, "eval_metric": "logloss"}
+
+
+def design_matrix(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """The model input: exactly ``features``, in that order, as float64 (NaN = missing)."""
+    return frame[features].astype("float64")
+
+
+def fit(x: pd.DataFrame, y: pd.Series | np.ndarray, params: dict[str, Any] | None = None,
+        seed: int = 42) -> Any:
+    """Fit an ``xgboost.XGBClassifier``; ``params`` override :data:`DEFAULT_PARAMS`."""
+    import xgboost as xgb
+
+    merged = {**DEFAULT_PARAMS, **(params or {}), **FIXED_PARAMS, "random_state": seed}
+    model = xgb.XGBClassifier(**merged)
+    model.fit(x, np.asarray(y, dtype=np.int64))
+    return model
+
+
+def model_bytes(model: Any) -> bytes:
+    """The booster serialised (UBJSON): what "identical model" means in tests and audits."""
+    return bytes(model.get_booster().save_raw(raw_format="ubj"))
+
+
+def effective_params(params: dict[str, Any] | None, seed: int) -> dict[str, Any]:
+    """Every hyper-parameter the fit used, for logging."""
+    return {**DEFAULT_PARAMS, **(params or {}), **FIXED_PARAMS, "random_state": seed}

@@ -1,0 +1,78 @@
+"""MLflow bookkeeping shared by the fraud and credit trainings.
+
+Aliases, not stages (MLflow 3): every new version becomes ``challenger``; the very first
+version of a registered model also becomes ``champion`` so serving has something to load
+before any promotion decision was ever taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from riskloop.config import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_ARTIFACT = "model"
+REFERENCE_ARTIFACT = "reference/features.parquet"
+PREDICTIONS_ARTIFACT = "evaluation/test_predictions.parquet"
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """sha256 of a frame's values and column names: the same training set, the same hash."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    """The checked-out commit of the repo, if it is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def dataset_params(prefix: str, frame: pd.DataFrame, time_col: str = "event_timestamp") -> dict[str, Any]:
+    """Rows and time range of a data set, as run params."""
+    return {
+        f"{prefix}_rows": len(frame),
+        f"{prefix}_min_ts": frame[time_col].min().isoformat() if len(frame) else "",
+        f"{prefix}_max_ts": frame[time_col].max().isoformat() if len(frame) else "",
+    }
+
+
+def log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
+    """Log a frame as a Parquet artifact at exactly ``artifact_path``."""
+    import mlflow
+
+    target = Path(artifact_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / target.name
+        frame.to_parquet(local, index=False)
+        mlflow.log_artifact(str(local), artifact_path=str(target.parent) if target.parent.parts else None)
+
+
+def register_aliases(client: Any, name: str, version: str, first: bool) -> list[str]:
+    """Point ``challenger`` (and ``champion`` for a first version) at ``version``."""
+    aliases = [CHALLENGER, CHAMPION] if first else [CHALLENGER]
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
+    log.info("%s version %s: aliases %s", name, version, aliases)
+    return aliases
+
+
+def has_versions(client: Any, name: str) -> bool:
+    """Whether the registered model exists with at least one version."""
+    return bool(client.search_model_versions(f"name = '{name}'", max_results=1))
