@@ -1,0 +1,465 @@
+"""Input drift of a registered model: its training reference vs what it has actually been scoring.
+
+The reference is the model version's own run artifact ``reference/features.parquet`` (a sample of
+the training features, written by ``training``), so the comparison is always against the data
+*that* version learned from, not whatever the warehouse holds today. The current data is the
+``features`` JSON of recent ``serving.decision_log`` rows for the same model and version: exactly
+the vectors that were scored, including degraded ones (they are what the model saw).
+
+Evidently picks the statistical test per column (K-S / chi-square / Z-test for small samples,
+Wasserstein / Jensen-Shannon for large ones); we only turn its per-column verdicts into a
+three-level verdict that the promotion gate and alerting can act on, and keep the evidence in
+``monitoring.drift_reports``, an HTML report under ``<home>/reports`` and an MLflow run in the
+``riskloop-monitoring`` experiment.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import re
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from riskloop import db
+from riskloop.config import Settings
+
+log = logging.getLogger(__name__)
+
+MONITORING_SCHEMA = "monitoring"
+MONITORING_EXPERIMENT = "riskloop-monitoring"
+REFERENCE_ARTIFACT = "reference/features.parquet"
+# Columns a reference sample may carry for the model's output; the first one present is the score.
+SCORE_COLUMNS = ("score", "prediction", "y_score")
+VERDICTS = ("ok", "warning", "critical", "insufficient_data")
+
+_DDL = f"""
+create table if not exists {MONITORING_SCHEMA}.drift_reports (
+    report_id        uuid primary key,
+    mlflow_run_id    text,
+    model_name       text not null,
+    model_version    text not null,
+    model_alias      text,
+    window_start     timestamptz,
+    window_end       timestamptz,
+    n_reference      integer not null,
+    n_current        integer not null,
+    n_features       integer not null,
+    n_drifted        integer,
+    share_drifted    double precision,
+    drifted_features jsonb not null default '[]'::jsonb,
+    score_drift      jsonb,
+    verdict          text not null check (verdict in ('ok', 'warning', 'critical', 'insufficient_data')),
+    reason           text not null,
+    per_feature      jsonb not null default '{{}}'::jsonb,
+    thresholds       jsonb not null default '{{}}'::jsonb,
+    report_path      text,
+    created_at       timestamptz not null default now()
+);
+create index if not exists drift_reports_model_idx
+    on {MONITORING_SCHEMA}.drift_reports (model_name, model_version, created_at desc);
+"""
+
+
+class MonitoringError(RuntimeError):
+    """The model version or its reference sample cannot be found: drift cannot even be assessed."""
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """Evidently's verdict for one column: which test it chose, the statistic and the threshold."""
+
+    column: str
+    method: str
+    threshold: float | None
+    score: float | None
+    drifted: bool
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """One drift check of one model version; ``verdict`` is what callers act on."""
+
+    report_id: str
+    model_name: str
+    model_version: str
+    model_alias: str | None
+    verdict: str
+    reason: str
+    n_reference: int
+    n_current: int
+    features: tuple[str, ...]
+    per_feature: dict[str, ColumnDrift] = field(default_factory=dict)
+    score_drift: ColumnDrift | None = None
+    share_drifted: float | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    report_path: str | None = None
+    mlflow_run_id: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def drifted_features(self) -> list[str]:
+        """Names of the drifted model inputs, in model order."""
+        return [f for f in self.features if f in self.per_feature and self.per_feature[f].drifted]
+
+    @property
+    def blocks_promotion(self) -> bool:
+        return self.verdict == "critical"
+
+
+# --- small helpers -----------------------------------------------------------------------
+
+def parse_features_param(raw: str | None) -> list[str]:
+    """The run param ``features``: a JSON list, a Python list repr or a comma-separated list."""
+    if not raw:
+        return []
+    raw = raw.strip()
+    names: Any
+    if raw.startswith("["):
+        try:
+            names = json.loads(raw)
+        except json.JSONDecodeError:
+            names = ast.literal_eval(raw)
+    else:
+        names = raw.split(",")
+    return [str(n).strip() for n in names if str(n).strip()]
+
+
+def ensure_tables(settings: Settings) -> None:
+    """Create ``monitoring.drift_reports`` if missing; serialised so concurrent first runs don't race."""
+    with db.connect(settings) as conn:
+        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.monitoring.ddl'))")
+        db.ensure_schema(conn, MONITORING_SCHEMA)
+        conn.execute(_DDL)
+
+
+def _mlflow_client(settings: Settings):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def _load_reference(settings: Settings, run_id: str) -> pd.DataFrame:
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="riskloop-ref-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp, tracking_uri=settings.tracking_uri)
+        except Exception as exc:  # MlflowException or an OSError from the artifact store
+            raise MonitoringError(f"run {run_id} has no readable {REFERENCE_ARTIFACT}: {exc}") from exc
+        return pd.read_parquet(path)
+
+
+def _load_current(settings: Settings, model_name: str, model_version: str, since: datetime | None,
+                  last_n: int | None, include_degraded: bool) -> pd.DataFrame:
+    """Recent decision-log rows of this model version: decided_at, score and the features JSON."""
+    clauses = ["model_name = %(name)s", "model_version = %(version)s"]
+    params: dict[str, Any] = {"name": model_name, "version": str(model_version)}
+    if since is not None:
+        clauses.append("decided_at >= %(since)s")
+        params["since"] = since
+    if not include_degraded:
+        clauses.append("not coalesce(degraded, false)")
+    sql = (f"select decided_at, score, features from serving.decision_log where {' and '.join(clauses)} "
+           "order by decided_at desc")
+    if last_n is not None:
+        sql += " limit %(last_n)s"
+        params["last_n"] = int(last_n)
+    with db.connect(settings) as conn:
+        exists = conn.execute("select to_regclass('serving.decision_log') is not null").fetchone()[0]
+        if not exists:
+            log.warning("serving.decision_log does not exist yet: nothing has been scored")
+            return pd.DataFrame(columns=["decided_at", "score", "features"])
+        rows = conn.execute(sql, params).fetchall()
+    return pd.DataFrame(rows, columns=["decided_at", "score", "features"])
+
+
+def _expand_features(current: pd.DataFrame, features: list[str]) -> pd.DataFrame:
+    """One numeric column per model input from the ``features`` JSON (psycopg decodes jsonb to dicts)."""
+    records = [f if isinstance(f, dict) else json.loads(f or "{}") for f in current["features"]]
+    wide = pd.DataFrame.from_records(records, index=current.index) if records else pd.DataFrame(index=current.index)
+    out = pd.DataFrame(index=current.index)
+    for name in features:
+        out[name] = pd.to_numeric(wide[name], errors="coerce") if name in wide else float("nan")
+    return out
+
+
+def _drift_from_snapshot(snapshot) -> dict[str, ColumnDrift]:
+    """Per-column results of an Evidently 0.7 snapshot.
+
+    The per-column *tests* carry Evidently's own drift decision (FAIL = drifted), so we need not
+    know whether the chosen statistic is a p-value (drift below threshold) or a distance (drift
+    above); the ``ValueDrift`` metrics carry the statistic itself.
+    """
+    data = snapshot.dict()
+    scores: dict[str, float] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for metric in data["metrics"]:
+        cfg = metric.get("config", {})
+        if cfg.get("type", "").endswith(":ValueDrift"):
+            scores[cfg["column"]] = float(metric["value"])
+            configs[cfg["column"]] = cfg
+    drifted: dict[str, bool] = {}
+    for test in data.get("tests", []):
+        params = test.get("metric_config", {}).get("params", {})
+        if params.get("type", "").endswith(":ValueDrift"):
+            drifted[params["column"]] = test["status"] == "FAIL"
+    out: dict[str, ColumnDrift] = {}
+    for col, cfg in configs.items():
+        method, threshold, score = str(cfg.get("method")), cfg.get("threshold"), scores[col]
+        if col in drifted:
+            is_drift = drifted[col]
+        else:  # no test emitted (should not happen with include_tests=True): apply the method's sense
+            is_drift = score < threshold if "p_value" in method else score >= threshold
+        out[col] = ColumnDrift(column=col, method=method, threshold=threshold, score=score, drifted=bool(is_drift))
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+# --- the check -----------------------------------------------------------------------------
+
+def run_drift(
+    settings: Settings,
+    model_name: str = "riskloop-fraud",
+    alias: str | None = "champion",
+    since: datetime | None = None,
+    min_rows: int = 200,
+    *,
+    version: str | int | None = None,
+    last_n: int | None = 5000,
+    warning_share: float = 0.2,
+    critical_share: float = 0.5,
+    include_degraded: bool = True,
+    log_to_mlflow: bool = True,
+) -> DriftResult:
+    """Compare the model version's training reference with its recent serving inputs.
+
+    ``version`` pins a version (else ``alias`` resolves it). Current rows: those decided at or
+    after ``since``, newest first, at most ``last_n`` (``None`` = no limit). Verdict: fewer than
+    ``min_rows`` current rows → ``insufficient_data`` (too little evidence either way, which is
+    *not* an alarm); share of drifted inputs ≥ ``critical_share`` → ``critical``; ≥ ``warning_share``
+    or a drifted score → ``warning``; else ``ok``. Every check is recorded in
+    ``monitoring.drift_reports``, whatever the verdict.
+    """
+    if not 0.0 < warning_share <= critical_share <= 1.0:
+        raise ValueError("need 0 < warning_share <= critical_share <= 1")
+    started = datetime.now(UTC)
+    client = _mlflow_client(settings)
+    mv = client.get_model_version(model_name, str(version)) if version is not None \
+        else client.get_model_version_by_alias(model_name, alias)
+    if not mv.run_id:
+        raise MonitoringError(f"{model_name} v{mv.version} has no source run, hence no reference sample")
+    run = client.get_run(mv.run_id)
+    reference = _load_reference(settings, mv.run_id)
+    features = parse_features_param(run.data.params.get("features"))
+    if not features:
+        log.warning("%s v%s: run param 'features' missing; using the reference's columns", model_name, mv.version)
+        features = [c for c in reference.columns if c not in SCORE_COLUMNS and c != "is_fraud"]
+    missing_in_ref = [f for f in features if f not in reference.columns]
+    if missing_in_ref:
+        raise MonitoringError(f"{model_name} v{mv.version}: reference sample lacks model inputs {missing_in_ref}")
+    score_col = next((c for c in SCORE_COLUMNS if c in reference.columns), None)
+
+    current_raw = _load_current(settings, model_name, str(mv.version), since, last_n, include_degraded)
+    thresholds = {"min_rows": min_rows, "warning_share": warning_share, "critical_share": critical_share,
+                  "last_n": last_n, "since": since.isoformat() if since else None,
+                  "include_degraded": include_degraded}
+    base = dict(
+        report_id=str(uuid.uuid4()), model_name=model_name, model_version=str(mv.version),
+        model_alias=alias if version is None else None, n_reference=len(reference),
+        n_current=len(current_raw), features=tuple(features),
+        window_start=current_raw["decided_at"].min() if len(current_raw) else None,
+        window_end=current_raw["decided_at"].max() if len(current_raw) else None,
+    )
+
+    if len(current_raw) < min_rows:
+        result = DriftResult(**base, verdict="insufficient_data",
+                             reason=f"only {len(current_raw)} scored rows in the window (< min_rows={min_rows}); "
+                                    "drift not assessed")
+        _record(settings, result, thresholds)
+        log.info("drift %s v%s: %s", model_name, mv.version, result.reason)
+        return result
+
+    current = _expand_features(current_raw, features)
+    ref = reference[features].apply(pd.to_numeric, errors="coerce")
+    absent = [f for f in features if current[f].isna().all()]
+    compared = [f for f in features if f not in absent]
+    if score_col is not None:
+        ref["__score__"] = pd.to_numeric(reference[score_col], errors="coerce")
+        current["__score__"] = pd.to_numeric(current_raw["score"], errors="coerce")
+        if current["__score__"].notna().any():
+            compared.append("__score__")
+
+    per_col = _evidently_drift(ref[compared], current[compared], compared) if compared else ({}, None)
+    col_results, snapshot = per_col
+    per_feature: dict[str, ColumnDrift] = {
+        f: col_results[f] for f in features if f in col_results}
+    for f in absent:  # an input serving never sends is broken plumbing, worse than drift
+        per_feature[f] = ColumnDrift(column=f, method="absent_in_current", threshold=None, score=None,
+                                     drifted=True, note="null or missing in every scored row")
+    score_drift = col_results.get("__score__")
+    if score_drift is not None:
+        score_drift = ColumnDrift(**{**asdict(score_drift), "column": "score"})
+
+    drifted = [f for f in features if per_feature[f].drifted]
+    share = len(drifted) / len(features)
+    if share >= critical_share:
+        verdict = "critical"
+    elif share >= warning_share or (score_drift is not None and score_drift.drifted):
+        verdict = "warning"
+    else:
+        verdict = "ok"
+    pieces = [f"{len(drifted)}/{len(features)} inputs drifted (share {share:.2f}; "
+              f"warning >= {warning_share:.2f}, critical >= {critical_share:.2f})"]
+    if drifted:
+        pieces.append("drifted: " + ", ".join(
+            f"{f} ({per_feature[f].method}={_fmt(per_feature[f].score)})" for f in drifted))
+    if score_drift is not None:
+        pieces.append(f"score {'drifted' if score_drift.drifted else 'stable'} "
+                      f"({score_drift.method}={_fmt(score_drift.score)})")
+    result = DriftResult(**base, verdict=verdict, reason="; ".join(pieces), per_feature=per_feature,
+                         score_drift=score_drift, share_drifted=share)
+
+    report_path = _save_html(settings, snapshot, result) if snapshot is not None else None
+    run_id = _log_mlflow(settings, client, result, report_path, mv.run_id, thresholds) if log_to_mlflow else None
+    result = DriftResult(**{**_shallow(result), "report_path": report_path, "mlflow_run_id": run_id})
+    _record(settings, result, thresholds)
+    log.info("drift %s v%s: %s: %s (%.1fs)", model_name, mv.version, verdict, result.reason,
+             (datetime.now(UTC) - started).total_seconds())
+    return result
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _shallow(result: DriftResult) -> dict[str, Any]:
+    """Field → value without recursing into nested dataclasses (``asdict`` would flatten them)."""
+    return {k: getattr(result, k) for k in result.__dataclass_fields__}
+
+
+def _evidently_drift(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]):
+    """Run Evidently's DataDriftPreset over ``columns`` (all numeric); per-column results + snapshot.
+
+    Imported here: Evidently takes ~10 s to import, which the API, the CLI and Airflow's DAG
+    parser must not pay unless a drift check actually runs.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(numerical_columns=columns)
+    report = Report([DataDriftPreset(columns=columns)], include_tests=True)
+    snapshot = report.run(
+        Dataset.from_pandas(current.reset_index(drop=True), data_definition=definition),
+        Dataset.from_pandas(reference.reset_index(drop=True), data_definition=definition),
+    )
+    return _drift_from_snapshot(snapshot), snapshot
+
+
+def _save_html(settings: Settings, snapshot, result: DriftResult) -> str:
+    reports = settings.home / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    stamp = result.created_at.strftime("%Y%m%dT%H%M%SZ")
+    path = reports / f"drift_{_slug(result.model_name)}_v{result.model_version}_{stamp}_{result.report_id[:8]}.html"
+    snapshot.save_html(str(path))
+    return str(path)
+
+
+def _log_mlflow(settings: Settings, client, result: DriftResult, report_path: str | None,
+                source_run_id: str, thresholds: dict[str, Any]) -> str | None:
+    """One run per check in ``riskloop-monitoring``; the training run itself stays untouched.
+
+    Monitoring must not fail because MLflow hiccups after the statistics are computed: a logging
+    failure is logged and the check still lands in Postgres.
+    """
+    from mlflow.entities import RunStatus
+    from mlflow.exceptions import MlflowException
+
+    try:
+        exp = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(MONITORING_EXPERIMENT)
+            except MlflowException:  # created concurrently
+                exp_id = client.get_experiment_by_name(MONITORING_EXPERIMENT).experiment_id
+        else:
+            exp_id = exp.experiment_id
+        run = client.create_run(exp_id, run_name=f"drift-{result.model_name}-v{result.model_version}", tags={
+            "riskloop.kind": "drift", "model_name": result.model_name, "model_version": result.model_version,
+            "model_alias": result.model_alias or "", "source_run_id": source_run_id,
+            "verdict": result.verdict, "drift_report_id": result.report_id})
+        run_id = run.info.run_id
+        try:
+            for k, v in thresholds.items():
+                client.log_param(run_id, k, "" if v is None else str(v))
+            client.log_metric(run_id, "n_reference", result.n_reference)
+            client.log_metric(run_id, "n_current", result.n_current)
+            client.log_metric(run_id, "share_drifted", result.share_drifted or 0.0)
+            client.log_metric(run_id, "n_drifted", len(result.drifted_features))
+            for f, d in result.per_feature.items():
+                if d.score is not None:
+                    client.log_metric(run_id, f"drift_score.{_slug(f)}", d.score)
+            if result.score_drift is not None and result.score_drift.score is not None:
+                client.log_metric(run_id, "drift_score.score", result.score_drift.score)
+            client.log_dict(run_id, _figures(result), "drift/figures.json")
+            if report_path:
+                client.log_artifact(run_id, report_path, artifact_path="drift")
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        except Exception:
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        try:  # a breadcrumb on the version itself, for whoever looks at the registry
+            client.set_model_version_tag(result.model_name, result.model_version, "drift.last_verdict",
+                                         result.verdict)
+            client.set_model_version_tag(result.model_name, result.model_version, "drift.last_report_id",
+                                         result.report_id)
+        except MlflowException:
+            log.warning("could not tag %s v%s with the drift verdict", result.model_name, result.model_version)
+        return run_id
+    except Exception:
+        log.exception("logging drift report %s to MLflow failed; it is still recorded in Postgres",
+                      result.report_id)
+        return None
+
+
+def _figures(result: DriftResult) -> dict[str, Any]:
+    return {
+        "verdict": result.verdict, "reason": result.reason, "share_drifted": result.share_drifted,
+        "drifted_features": result.drifted_features,
+        "per_feature": {k: asdict(v) for k, v in result.per_feature.items()},
+        "score_drift": asdict(result.score_drift) if result.score_drift else None,
+    }
+
+
+def _record(settings: Settings, result: DriftResult, thresholds: dict[str, Any]) -> None:
+    from psycopg.types.json import Jsonb
+
+    ensure_tables(settings)
+    with db.connect(settings) as conn:
+        conn.execute(
+            f"""insert into {MONITORING_SCHEMA}.drift_reports
+                (report_id, mlflow_run_id, model_name, model_version, model_alias, window_start, window_end,
+                 n_reference, n_current, n_features, n_drifted, share_drifted, drifted_features, score_drift,
+                 verdict, reason, per_feature, thresholds, report_path, created_at)
+                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (result.report_id, result.mlflow_run_id, result.model_name, result.model_version, result.model_alias,
+             result.window_start, result.window_end, result.n_reference, result.n_current, len(result.features),
+             len(result.drifted_features) if result.share_drifted is not None else None, result.share_drifted,
+             Jsonb(result.drifted_features),
+             Jsonb(asdict(result.score_drift)) if result.score_drift else None,
+             result.verdict, result.reason, Jsonb({k: asdict(v) for k, v in result.per_feature.items()}),
+             Jsonb(thresholds), result.report_path, result.created_at),
+        )

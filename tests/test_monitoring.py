@@ -1,0 +1,217 @@
+"""Drift checks against a real MLflow registry and a real ``serving.decision_log``.
+
+A small XGBoost model is registered three times (same reference sample) so each scenario owns a
+version and its own decision-log rows: no drift, a clear shift (amounts x 5), too few rows.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from riskloop.config import Settings
+
+FEATURES = ["amount", "is_weekend", "is_night", "customer_nb_tx_1d", "customer_avg_amount_7d", "terminal_risk_7d"]
+AMOUNT_FEATURES = ["amount", "customer_avg_amount_7d"]
+
+
+def synth(n: int, seed: int) -> pd.DataFrame:
+    """Fraud-like inputs with a label that depends on amount and terminal risk."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "amount": rng.lognormal(3.5, 0.8, n),
+        "is_weekend": rng.binomial(1, 2 / 7, n),
+        "is_night": rng.binomial(1, 0.25, n),
+        "customer_nb_tx_1d": rng.poisson(3, n).astype(float),
+        "customer_avg_amount_7d": rng.lognormal(3.5, 0.5, n),
+        "terminal_risk_7d": rng.beta(1, 30, n),
+    })
+    logit = -4 + 0.01 * df["amount"] + 40 * df["terminal_risk_7d"] + 0.8 * df["is_night"]
+    df["is_fraud"] = rng.binomial(1, 1 / (1 + np.exp(-logit)))
+    return df
+
+
+@contextmanager
+def tracking(settings: Settings) -> Iterator[None]:
+    """Point the fluent MLflow API at the test server for the duration (restored afterwards)."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def register(settings: Settings, name: str, train: pd.DataFrame, reference: pd.DataFrame,
+             params: dict | None = None, aliases: tuple[str, ...] = ("challenger",)) -> str:
+    """Train and register a small model the way ``training`` does; returns the version."""
+    import mlflow
+    import mlflow.xgboost
+    import xgboost as xgb
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    xgb_params = {"n_estimators": 30, "max_depth": 3, "learning_rate": 0.3, "n_jobs": 1, **(params or {})}
+    clf = xgb.XGBClassifier(**xgb_params).fit(train[FEATURES], train["is_fraud"])
+    ref = reference[FEATURES].copy()
+    ref["score"] = clf.predict_proba(ref)[:, 1]
+    with tracking(settings), tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_experiment("riskloop-tests")
+        with mlflow.start_run():
+            mlflow.log_params({"features": json.dumps(FEATURES), "test_start": "2024-03-01",
+                               "test_end": "2024-03-15"})
+            ref.to_parquet(Path(tmp) / "features.parquet")
+            mlflow.log_artifact(str(Path(tmp) / "features.parquet"), artifact_path="reference")
+            # explicit requirements and signature: skips MLflow's slow environment inference
+            info = mlflow.xgboost.log_model(
+                clf, name="model", registered_model_name=name, pip_requirements=["xgboost"],
+                signature=infer_signature(train[FEATURES].astype(float), ref["score"].to_numpy()))
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    version = str(info.registered_model_version)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+def log_decisions(settings: Settings, name: str, version: str, frame: pd.DataFrame,
+                  scores: np.ndarray | None = None, end: datetime | None = None) -> None:
+    """Append rows to serving.decision_log as the scoring service would."""
+    from psycopg.types.json import Jsonb
+
+    from serving.decision_log import COLUMNS, INSERT, JSON_COLUMNS, ensure_table
+
+    end = end or datetime.now(UTC)
+    rows = []
+    for i, (_, r) in enumerate(frame[FEATURES].iterrows()):
+        row = {
+            "decision_id": uuid.uuid4(), "request_id": f"req-{uuid.uuid4().hex[:8]}",
+            "decided_at": end - timedelta(seconds=len(frame) - i), "model_name": name,
+            "model_version": version, "model_alias": "champion",
+            "score": None if scores is None else float(scores[i]), "decision": "allow",
+            "reasons": [], "rules": [], "features": {k: float(v) for k, v in r.items()},
+            "feature_timestamps": {}, "request": {"amount": float(r["amount"])}, "latency_ms": 3.0,
+            "degraded": False,
+        }
+        rows.append(tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in COLUMNS))
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        ensure_table(conn)
+        with conn.cursor() as cur:
+            cur.executemany(INSERT, rows)
+
+
+def model_scores(settings: Settings, name: str, version: str, frame: pd.DataFrame) -> np.ndarray:
+    import mlflow
+    import mlflow.xgboost
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                tracking_uri=settings.tracking_uri)
+    return mlflow.xgboost.load_model(local).predict_proba(frame[FEATURES])[:, 1]
+
+
+@pytest.fixture(scope="module")
+def drift_model(stack_env: dict[str, str]) -> dict[str, str]:
+    """One registered model, three versions sharing a 1 000-row reference; rows logged per version."""
+    settings = Settings()
+    name = f"riskloop-fraud-drift-{uuid.uuid4().hex[:6]}"
+    train, reference = synth(3000, seed=1), synth(1000, seed=2)
+    v_ok = register(settings, name, train, reference, aliases=("champion", "challenger"))
+    v_shift = register(settings, name, train, reference)
+    v_few = register(settings, name, train, reference)
+
+    same = synth(400, seed=3)
+    log_decisions(settings, name, v_ok, same, model_scores(settings, name, v_ok, same))
+    shifted = synth(400, seed=4)
+    shifted[AMOUNT_FEATURES] *= 5
+    log_decisions(settings, name, v_shift, shifted, model_scores(settings, name, v_shift, shifted))
+    log_decisions(settings, name, v_few, synth(20, seed=5))
+    return {"name": name, "ok": v_ok, "shift": v_shift, "few": v_few}
+
+
+def _stored(settings: Settings, report_id: str) -> dict:
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        cur = conn.execute("select * from monitoring.drift_reports where report_id = %s", (report_id,))
+        cols = [d.name for d in cur.description]
+        row = cur.fetchone()
+    assert row is not None, "drift check not recorded in monitoring.drift_reports"
+    return dict(zip(cols, row, strict=True))
+
+
+def test_no_drift_on_a_sample_of_the_reference_distribution(settings: Settings, drift_model) -> None:
+    from riskloop.monitoring import run_drift
+
+    result = run_drift(settings, drift_model["name"], alias="champion", min_rows=100)
+
+    assert result.model_version == drift_model["ok"]
+    assert result.verdict == "ok", result.reason
+    assert result.n_current == 400 and result.n_reference == 1000
+    assert set(result.per_feature) == set(FEATURES)
+    assert all(d.method and d.threshold is not None for d in result.per_feature.values())
+    assert result.score_drift is not None and not result.score_drift.drifted
+    assert result.report_path and Path(result.report_path).is_file()
+    assert Path(result.report_path).parent == settings.home / "reports"
+    row = _stored(settings, result.report_id)
+    assert row["verdict"] == "ok" and row["n_current"] == 400 and row["model_version"] == drift_model["ok"]
+    assert set(row["per_feature"]) == set(FEATURES)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    assert result.mlflow_run_id
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.tags["verdict"] == "ok"
+    assert run.data.metrics["share_drifted"] == result.share_drifted
+    arts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "drift")}
+    assert f"drift/{Path(result.report_path).name}" in arts
+
+
+def test_amounts_times_five_is_detected_and_named(settings: Settings, drift_model) -> None:
+    from riskloop.monitoring import run_drift
+
+    result = run_drift(settings, drift_model["name"], version=drift_model["shift"], min_rows=100)
+
+    assert set(AMOUNT_FEATURES) <= set(result.drifted_features), result.reason
+    assert result.verdict in ("warning", "critical"), result.reason
+    assert "amount" in result.reason
+    assert result.score_drift is not None and result.score_drift.drifted
+    row = _stored(settings, result.report_id)
+    assert set(AMOUNT_FEATURES) <= set(row["drifted_features"])
+    assert row["share_drifted"] == pytest.approx(result.share_drifted)
+
+    # The same evidence with a stricter policy is critical: the thresholds are the operator's.
+    strict = run_drift(settings, drift_model["name"], version=drift_model["shift"], min_rows=100,
+                       warning_share=0.1, critical_share=0.3, log_to_mlflow=False)
+    assert strict.verdict == "critical" and strict.blocks_promotion
+
+
+def test_too_few_rows_is_insufficient_data_not_critical(settings: Settings, drift_model) -> None:
+    from riskloop.monitoring import run_drift
+
+    result = run_drift(settings, drift_model["name"], version=drift_model["few"], min_rows=100)
+
+    assert result.verdict == "insufficient_data"
+    assert not result.blocks_promotion
+    assert result.n_current == 20 and "20" in result.reason
+    assert result.share_drifted is None and result.report_path is None
+    row = _stored(settings, result.report_id)
+    assert row["verdict"] == "insufficient_data" and row["n_current"] == 20
+
+
+def test_since_window_excludes_older_rows(settings: Settings, drift_model) -> None:
+    from riskloop.monitoring import run_drift
+
+    future = datetime.now(UTC) + timedelta(days=1)
+    result = run_drift(settings, drift_model["name"], version=drift_model["ok"], since=future, min_rows=1)
+    assert result.verdict == "insufficient_data" and result.n_current == 0
