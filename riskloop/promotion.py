@@ -1,0 +1,399 @@
+"""The challenger → champion gate of a registered model.
+
+A challenger replaces the champion only on evidence computed *here*, now, on one common test
+set: both versions are loaded from the registry and scored on the challenger's own test window
+(rebuilt through ``training.datasets`` / ``training.split``), and both metric sets are computed
+with ``training.metrics``. Metrics logged at training time are not reused: the champion was
+evaluated on an older window, so comparing logged numbers would compare windows, not models.
+
+Every run of the gate, including "nothing to do", appends a row to
+``governance.promotion_decisions`` (append-only: a trigger refuses UPDATE/DELETE/TRUNCATE), and a
+decision about a challenger is also written as ``promotion.*`` tags on its model version, so the
+registry alone tells why a version is or is not serving.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import math
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from riskloop import db
+from riskloop.config import Settings
+from riskloop.monitoring import DriftResult, parse_features_param
+
+log = logging.getLogger(__name__)
+
+GOVERNANCE_SCHEMA = "governance"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+CP_K = 100
+# The metrics compared by the gate; card precision is computed and recorded, but it is a per-day
+# operational figure that moves with the daily fraud count, too noisy on a week to veto alone.
+GATED_METRICS = ("auc_roc", "average_precision")
+
+_DDL = f"""
+create table if not exists {GOVERNANCE_SCHEMA}.promotion_decisions (
+    decision_id           uuid primary key,
+    decided_at            timestamptz not null,
+    model_name            text not null,
+    decision              text not null check (decision in ('promoted', 'refused', 'no_change')),
+    reason                text not null,
+    champion_version      text,
+    challenger_version    text,
+    new_champion_version  text,
+    margin                double precision not null,
+    champion_metrics      jsonb,
+    challenger_metrics    jsonb,
+    test_start            timestamptz,
+    test_end              timestamptz,
+    n_test                integer,
+    n_test_frauds         integer,
+    drift_verdict         text,
+    drift_report_id       uuid,
+    drift_model_version   text,
+    decided_by            text not null
+);
+create index if not exists promotion_decisions_model_idx
+    on {GOVERNANCE_SCHEMA}.promotion_decisions (model_name, decided_at desc);
+create or replace function {GOVERNANCE_SCHEMA}.promotion_decisions_append_only() returns trigger
+language plpgsql as $$
+begin
+    raise exception '{GOVERNANCE_SCHEMA}.promotion_decisions is append-only: % refused', tg_op
+        using errcode = 'insufficient_privilege';
+end
+$$;
+create or replace trigger promotion_decisions_append_only
+    before update or delete on {GOVERNANCE_SCHEMA}.promotion_decisions
+    for each row execute function {GOVERNANCE_SCHEMA}.promotion_decisions_append_only();
+create or replace trigger promotion_decisions_no_truncate
+    before truncate on {GOVERNANCE_SCHEMA}.promotion_decisions
+    for each statement execute function {GOVERNANCE_SCHEMA}.promotion_decisions_append_only();
+"""
+
+# A loader of the common test set: (settings, challenger run params) -> one row per transaction
+# with the model inputs, ``label``, ``customer_id`` and ``event_timestamp``.
+TestSetLoader = Callable[[Settings, dict[str, str]], pd.DataFrame]
+
+
+class PromotionError(RuntimeError):
+    """The gate could not evaluate (unreadable model, test set without the model's inputs...)."""
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """What the gate decided and on which evidence."""
+
+    decision_id: str
+    model_name: str
+    decision: str  # promoted | refused | no_change
+    reason: str
+    champion_version: str | None
+    challenger_version: str | None
+    margin: float
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    test_start: datetime | None = None
+    test_end: datetime | None = None
+    n_test: int | None = None
+    n_test_frauds: int | None = None
+    drift_verdict: str | None = None
+    drift_report_id: str | None = None
+    drift_model_version: str | None = None
+    decided_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == "promoted"
+
+    @property
+    def new_champion_version(self) -> str | None:
+        return self.challenger_version if self.promoted else self.champion_version
+
+
+def ensure_tables(settings: Settings) -> None:
+    """Create ``governance.promotion_decisions`` and its append-only triggers (idempotent, race-safe)."""
+    with db.connect(settings) as conn:
+        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.governance.ddl'))")
+        db.ensure_schema(conn, GOVERNANCE_SCHEMA)
+        conn.execute(_DDL)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+def fraud_test_set(settings: Settings, run_params: dict[str, str]) -> pd.DataFrame:
+    """The challenger's fraud test window, rebuilt exactly as training built it.
+
+    Windows come from the challenger's run params; rows from Feast point-in-time features
+    (``training.datasets.fraud_dataset``), labels and the "known compromised cards are dropped"
+    rule from ``training.split.split_fraud`` with the frauds known by the end of the window.
+    """
+    from riskloop.features import feature_store
+    from training import datasets, split
+
+    try:
+        windows = split.FraudWindows(**{k: pd.Timestamp(run_params[k]) for k in (
+            "train_start", "train_end", "test_start", "test_end", "label_cutoff")})
+    except KeyError as exc:
+        raise PromotionError(f"challenger run lacks the window param {exc}; cannot rebuild its test set") from exc
+    frame = datasets.fraud_dataset(feature_store(settings), [(windows.test_start, windows.test_end)])
+    _, test = split.split_fraud(frame, windows, datasets.known_frauds(settings, windows.test_end))
+    return test
+
+
+def _mlflow_client(settings: Settings):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def _alias_version(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def _load_model(settings: Settings, name: str, version: str):
+    """The registered XGBoost classifier of one *version* (never an alias: it could move meanwhile)."""
+    import mlflow
+    import mlflow.xgboost
+
+    with tempfile.TemporaryDirectory(prefix="riskloop-gate-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}", dst_path=tmp,
+            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+        return mlflow.xgboost.load_model(local)
+
+
+def _score(model, frame: pd.DataFrame, features: list[str]) -> pd.Series:
+    import numpy as np
+    import xgboost as xgb
+
+    from training.model import design_matrix
+
+    x = design_matrix(frame, features)
+    if isinstance(model, xgb.Booster):
+        return pd.Series(model.inplace_predict(x.to_numpy()), index=frame.index)
+    return pd.Series(np.asarray(model.predict_proba(x))[:, 1], index=frame.index)
+
+
+def _evaluate(settings: Settings, client, name: str, version: str, test: pd.DataFrame) -> dict[str, float]:
+    """AUC ROC, average precision and card precision@100 of one version on the common test set."""
+    from training import metrics
+
+    mv = client.get_model_version(name, version)
+    features = parse_features_param(client.get_run(mv.run_id).data.params.get("features")) if mv.run_id else []
+    if not features:
+        raise PromotionError(f"{name} v{version}: no 'features' run param; cannot build its input")
+    missing = [f for f in features if f not in test.columns]
+    if missing:
+        raise PromotionError(f"{name} v{version} needs inputs the test set lacks: {missing}")
+    scored = test[["customer_id", "event_timestamp", "label"]].assign(
+        score=_score(_load_model(settings, name, version), test, features))
+    return {
+        "auc_roc": metrics.auc_roc(scored["label"], scored["score"]),
+        "average_precision": metrics.average_precision(scored["label"], scored["score"]),
+        "card_precision_at_100": metrics.card_precision_at_k(scored, k=CP_K),
+    }
+
+
+def _compare(champion: dict[str, float], challenger: dict[str, float], margin: float) -> tuple[bool, str]:
+    """Whether the challenger is not worse than the champion by more than ``margin`` on every gated metric."""
+    worse, undefined, fine = [], [], []
+    for m in GATED_METRICS:
+        a, b = champion[m], challenger[m]
+        if math.isnan(a) or math.isnan(b):
+            undefined.append(m)
+        elif b < a - margin:
+            worse.append(f"{m} {b:.4f} < champion {a:.4f} - margin {margin:g}")
+        else:
+            fine.append(f"{m} {b:.4f} vs champion {a:.4f}")
+    if undefined:
+        return False, (f"{', '.join(undefined)} undefined on the test window (a single class?): "
+                       "no evidence the challenger is not worse")
+    if worse:
+        return False, "challenger worse than champion: " + "; ".join(worse)
+    return True, "challenger not worse than champion within margin: " + "; ".join(fine)
+
+
+# --- the gate ------------------------------------------------------------------------------
+
+def evaluate_promotion(
+    settings: Settings,
+    model_name: str = "riskloop-fraud",
+    drift: DriftResult | None = None,
+    margin: float = 0.0,
+    *,
+    load_test_set: TestSetLoader | None = None,
+) -> PromotionDecision:
+    """Decide whether ``challenger`` replaces ``champion`` for ``model_name``, and act on it.
+
+    Promotes (moves ``champion`` to the challenger's version) only if the challenger is not worse
+    than the champion by more than ``margin`` on AUC ROC and on average precision, both computed
+    here on the challenger's test window, and ``drift`` is not ``critical`` (a critical input shift
+    means the test window no longer describes production, so no evidence is good enough).
+    ``load_test_set`` replaces the Feast-backed :func:`fraud_test_set` (tests, other models).
+    """
+    if margin < 0:
+        raise ValueError("margin must be >= 0")
+    client = _mlflow_client(settings)
+    ensure_tables(settings)
+    base: dict[str, Any] = {"decision_id": str(uuid.uuid4()), "model_name": model_name, "margin": margin,
+                            "drift_verdict": drift.verdict if drift else None,
+                            "drift_report_id": drift.report_id if drift else None,
+                            "drift_model_version": drift.model_version if drift else None}
+    # One gate at a time per model: two concurrent runs must not both move the alias.
+    with db.connect(settings, autocommit=True) as lock_conn:
+        lock_conn.execute("select pg_advisory_lock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
+        try:
+            return _decide(settings, client, model_name, drift, margin, load_test_set or fraud_test_set, base)
+        finally:
+            lock_conn.execute("select pg_advisory_unlock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
+
+
+def _decide(settings: Settings, client, model_name: str, drift: DriftResult | None, margin: float,
+            load_test_set: TestSetLoader, base: dict[str, Any]) -> PromotionDecision:
+    champion = _alias_version(client, model_name, CHAMPION)
+    challenger = _alias_version(client, model_name, CHALLENGER)
+    base.update(champion_version=champion, challenger_version=challenger)
+
+    if challenger is None:
+        return _finish(settings, client, PromotionDecision(
+            **base, decision="no_change", reason=f"no '{CHALLENGER}' alias on {model_name}: nothing to evaluate"))
+    if challenger == champion:
+        return _finish(settings, client, PromotionDecision(
+            **base, decision="no_change", reason=f"challenger v{challenger} is already the champion"))
+    if champion is None:
+        # Should not happen (training makes its first version champion); without a champion there
+        # is nothing to compare against, and silently crowning the challenger would skip the gate.
+        return _finish(settings, client, PromotionDecision(
+            **base, decision="refused",
+            reason=f"no '{CHAMPION}' alias on {model_name}: nothing to compare v{challenger} with; "
+                   "set the champion explicitly"))
+    if drift is not None and drift.model_name != model_name:
+        raise ValueError(f"drift result is for {drift.model_name}, not {model_name}")
+
+    challenger_mv = client.get_model_version(model_name, challenger)
+    run_params = dict(client.get_run(challenger_mv.run_id).data.params) if challenger_mv.run_id else {}
+    for key in ("test_start", "test_end"):  # training also tags the version; accept either
+        if key not in run_params and key in challenger_mv.tags:
+            run_params[key] = challenger_mv.tags[key]
+    if "test_start" not in run_params or "test_end" not in run_params:
+        raise PromotionError(f"{model_name} v{challenger} has no test_start/test_end: cannot rebuild its test window")
+    test = load_test_set(settings, run_params)
+    base.update(test_start=pd.Timestamp(run_params["test_start"]).to_pydatetime(),
+                test_end=pd.Timestamp(run_params["test_end"]).to_pydatetime(),
+                n_test=len(test), n_test_frauds=int(test["label"].sum()) if len(test) else 0)
+    log.info("gate %s: scoring champion v%s and challenger v%s on %d rows (%s .. %s)", model_name, champion,
+             challenger, len(test), run_params["test_start"], run_params["test_end"])
+    champ_m = _evaluate(settings, client, model_name, champion, test)
+    chall_m = _evaluate(settings, client, model_name, challenger, test)
+    base.update(champion_metrics=champ_m, challenger_metrics=chall_m)
+
+    good_enough, why = _compare(champ_m, chall_m, margin)
+    cp = (f"card_precision_at_100 {chall_m['card_precision_at_100']:.4f} vs "
+          f"{champ_m['card_precision_at_100']:.4f} (recorded, not gated)")
+    if not good_enough:
+        return _finish(settings, client, PromotionDecision(**base, decision="refused", reason=f"{why}; {cp}"))
+    if drift is not None and drift.verdict == "critical":
+        drifted = ", ".join(drift.drifted_features) or "n/a"
+        return _finish(settings, client, PromotionDecision(
+            **base, decision="refused",
+            reason=f"blocked by critical input drift (report {drift.report_id}, {model_name} v{drift.model_version}, "
+                   f"share {drift.share_drifted:.2f}, drifted: {drifted}) although {why}; {cp}"))
+    drift_note = f"drift {drift.verdict}" if drift else "drift not assessed"
+    return _finish(settings, client, PromotionDecision(
+        **base, decision="promoted", reason=f"{why}; {cp}; {drift_note}"), expect_champion=champion)
+
+
+def _finish(settings: Settings, client, decision: PromotionDecision,
+            expect_champion: str | None = None) -> PromotionDecision:
+    """Record the decision and, for a promotion, move the alias inside the same transaction.
+
+    The row is inserted first and committed only after the alias moved, so a failed alias move
+    leaves no "promoted" row behind; the champion is re-read just before moving it, so a champion
+    changed by hand during the evaluation is never silently overwritten.
+    """
+    from psycopg.types.json import Jsonb
+
+    with db.connect(settings) as conn:
+        if decision.promoted:
+            current = _alias_version(client, decision.model_name, CHAMPION)
+            if current != expect_champion:
+                decision = PromotionDecision(**{
+                    **{k: getattr(decision, k) for k in decision.__dataclass_fields__},
+                    "decision": "refused", "champion_version": current,
+                    "reason": f"champion moved from v{expect_champion} to v{current} during the evaluation; "
+                              "re-run the gate"})
+        conn.execute(
+            f"""insert into {GOVERNANCE_SCHEMA}.promotion_decisions
+                (decision_id, decided_at, model_name, decision, reason, champion_version, challenger_version,
+                 new_champion_version, margin, champion_metrics, challenger_metrics, test_start, test_end,
+                 n_test, n_test_frauds, drift_verdict, drift_report_id, drift_model_version, decided_by)
+                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (decision.decision_id, decision.decided_at, decision.model_name, decision.decision, decision.reason,
+             decision.champion_version, decision.challenger_version, decision.new_champion_version,
+             decision.margin, Jsonb(_jsonable(decision.champion_metrics)),
+             Jsonb(_jsonable(decision.challenger_metrics)), decision.test_start, decision.test_end,
+             decision.n_test, decision.n_test_frauds, decision.drift_verdict, decision.drift_report_id,
+             decision.drift_model_version, _who()),
+        )
+        if decision.promoted:
+            client.set_registered_model_alias(decision.model_name, CHAMPION, decision.challenger_version)
+    log.info("gate %s: %s (champion v%s, challenger v%s): %s", decision.model_name, decision.decision,
+             decision.champion_version, decision.challenger_version, decision.reason)
+    if decision.challenger_version and decision.decision != "no_change":
+        try:
+            _tag(client, decision)
+        except Exception:  # the Postgres row is the record of authority; tags are a convenience copy
+            log.exception("gate %s: decision %s recorded but tagging v%s failed", decision.model_name,
+                          decision.decision_id, decision.challenger_version)
+    return decision
+
+
+def _tag(client, d: PromotionDecision) -> None:
+    """``promotion.*`` tags on the challenger's version (and a pointer on the dethroned champion)."""
+    tags = {
+        "promotion.decision": d.decision,
+        "promotion.reason": d.reason[:5000],
+        "promotion.decision_id": d.decision_id,
+        "promotion.decided_at": d.decided_at.isoformat(),
+        "promotion.champion_version": d.champion_version or "",
+        "promotion.margin": str(d.margin),
+        "promotion.drift_verdict": d.drift_verdict or "not_assessed",
+        "promotion.test_window": f"{d.test_start.isoformat() if d.test_start else ''}/"
+                                 f"{d.test_end.isoformat() if d.test_end else ''}",
+    }
+    for role, values in (("challenger", d.challenger_metrics), ("champion", d.champion_metrics)):
+        for k, v in values.items():
+            tags[f"promotion.{role}.{k}"] = f"{v:.6f}"
+    for k, v in tags.items():
+        client.set_model_version_tag(d.model_name, d.challenger_version, k, v)
+    if d.promoted and d.champion_version:
+        client.set_model_version_tag(d.model_name, d.champion_version, "promotion.superseded_by",
+                                     d.challenger_version)
+
+
+def _jsonable(metrics: dict[str, float]) -> dict[str, float | None]:
+    """NaN is not JSON: an undefined metric is stored as null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"

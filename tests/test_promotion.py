@@ -1,0 +1,220 @@
+"""The promotion gate against a real MLflow registry and a real ``governance`` schema.
+
+Two small XGBoost models are registered under a fresh name per test: a "good" one (trained on
+the real labels) and a "bad" one (trained on shuffled labels). The common test set is synthetic
+and handed in through ``load_test_set`` (the default rebuilds it through Feast and the marts,
+which these fast tests do not load); both models are genuinely scored on it by the gate.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from riskloop.config import Settings
+
+FEATURES = ["amount", "is_night", "terminal_risk_7d", "customer_nb_tx_1d"]
+TEST_START, TEST_END = "2024-03-08T00:00:00+00:00", "2024-03-15T00:00:00+00:00"
+
+
+def synth(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "amount": rng.lognormal(3.5, 0.8, n),
+        "is_night": rng.binomial(1, 0.25, n).astype(float),
+        "terminal_risk_7d": rng.beta(1, 30, n),
+        "customer_nb_tx_1d": rng.poisson(3, n).astype(float),
+        "customer_id": rng.integers(0, 400, n),
+        "event_timestamp": pd.Timestamp(TEST_START) + pd.to_timedelta(rng.uniform(0, 7 * 86400, n), unit="s"),
+    })
+    logit = -4 + 0.02 * df["amount"] + 50 * df["terminal_risk_7d"] + 1.0 * df["is_night"]
+    df["label"] = rng.binomial(1, 1 / (1 + np.exp(-logit)))
+    return df
+
+
+@pytest.fixture(scope="module")
+def classifiers() -> dict[str, object]:
+    import xgboost as xgb
+
+    train = synth(3000, seed=11)
+    params = {"n_estimators": 40, "max_depth": 3, "learning_rate": 0.3, "n_jobs": 1, "random_state": 0}
+    good = xgb.XGBClassifier(**params).fit(train[FEATURES], train["label"])
+    shuffled = np.random.default_rng(0).permutation(train["label"].to_numpy())
+    bad = xgb.XGBClassifier(**params).fit(train[FEATURES], shuffled)
+    return {"good": good, "bad": bad}
+
+
+def register(settings: Settings, name: str, clf, aliases: tuple[str, ...]) -> str:
+    """Log and register like ``training`` does (features, test window, reference sample, aliases)."""
+    import mlflow
+    import mlflow.xgboost
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    try:
+        mlflow.set_experiment("riskloop-tests")
+        x = synth(50, seed=99)[FEATURES]
+        with mlflow.start_run(), tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_params({"features": ",".join(FEATURES), "test_start": TEST_START, "test_end": TEST_END,
+                               "train_start": "2024-02-23T00:00:00+00:00", "train_end": "2024-03-01T00:00:00+00:00",
+                               "label_cutoff": "2024-03-08T00:00:00+00:00"})
+            x.to_parquet(Path(tmp) / "features.parquet")
+            mlflow.log_artifact(str(Path(tmp) / "features.parquet"), artifact_path="reference")
+            info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=name,
+                                            pip_requirements=["xgboost"],
+                                            signature=infer_signature(x, clf.predict_proba(x)[:, 1]))
+    finally:
+        mlflow.set_tracking_uri(before)
+    version = str(info.registered_model_version)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+class Loader:
+    """A test-set loader that remembers which window the gate asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, str]] = []
+
+    def __call__(self, settings: Settings, run_params: dict[str, str]) -> pd.DataFrame:
+        self.calls.append(run_params)
+        return synth(3000, seed=12)
+
+
+def aliases(settings: Settings, name: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient(settings.tracking_uri, settings.tracking_uri).get_registered_model(name).aliases)
+
+
+def version_tags(settings: Settings, name: str, version: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return MlflowClient(settings.tracking_uri, settings.tracking_uri).get_model_version(name, version).tags
+
+
+def stored(settings: Settings, decision_id: str) -> dict:
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        cur = conn.execute("select * from governance.promotion_decisions where decision_id = %s", (decision_id,))
+        cols = [d.name for d in cur.description]
+        row = cur.fetchone()
+    assert row is not None, "decision not recorded in governance.promotion_decisions"
+    return dict(zip(cols, row, strict=True))
+
+
+def fresh_name() -> str:
+    return f"riskloop-fraud-gate-{uuid.uuid4().hex[:6]}"
+
+
+def test_better_challenger_is_promoted(settings: Settings, classifiers) -> None:
+    from riskloop.promotion import evaluate_promotion
+
+    name = fresh_name()
+    v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
+    v2 = register(settings, name, classifiers["good"], ("challenger",))
+    loader = Loader()
+
+    d = evaluate_promotion(settings, name, load_test_set=loader)
+
+    assert d.decision == "promoted", d.reason
+    assert (d.champion_version, d.challenger_version) == (v1, v2)
+    assert loader.calls and loader.calls[0]["test_start"] == TEST_START and loader.calls[0]["test_end"] == TEST_END
+    assert d.challenger_metrics["auc_roc"] > d.champion_metrics["auc_roc"] + 0.1
+    assert set(d.challenger_metrics) == {"auc_roc", "average_precision", "card_precision_at_100"}
+    assert aliases(settings, name)["champion"] == v2
+    row = stored(settings, d.decision_id)
+    assert row["decision"] == "promoted" and row["new_champion_version"] == v2
+    assert row["challenger_metrics"]["auc_roc"] == pytest.approx(d.challenger_metrics["auc_roc"])
+    assert row["champion_metrics"]["auc_roc"] == pytest.approx(d.champion_metrics["auc_roc"])
+    assert row["drift_verdict"] is None and row["n_test"] == 3000
+    tags = version_tags(settings, name, v2)
+    assert tags["promotion.decision"] == "promoted" and tags["promotion.decision_id"] == d.decision_id
+    assert "not worse" in tags["promotion.reason"]
+    assert version_tags(settings, name, v1)["promotion.superseded_by"] == v2
+
+    # challenger == champion now: nothing to do, and it is recorded
+    again = evaluate_promotion(settings, name, load_test_set=loader)
+    assert again.decision == "no_change" and "already the champion" in again.reason
+    assert stored(settings, again.decision_id)["decision"] == "no_change"
+
+
+def test_worse_challenger_is_refused_with_reason(settings: Settings, classifiers) -> None:
+    from riskloop.promotion import evaluate_promotion
+
+    name = fresh_name()
+    v1 = register(settings, name, classifiers["good"], ("champion", "challenger"))
+    v2 = register(settings, name, classifiers["bad"], ("challenger",))
+
+    d = evaluate_promotion(settings, name, margin=0.01, load_test_set=Loader())
+
+    assert d.decision == "refused"
+    assert "worse than champion" in d.reason and "auc_roc" in d.reason
+    assert aliases(settings, name)["champion"] == v1
+    row = stored(settings, d.decision_id)
+    assert row["decision"] == "refused" and row["new_champion_version"] == v1 and row["margin"] == 0.01
+    tags = version_tags(settings, name, v2)
+    assert tags["promotion.decision"] == "refused" and "worse" in tags["promotion.reason"]
+    assert float(tags["promotion.champion.auc_roc"]) > float(tags["promotion.challenger.auc_roc"])
+
+
+def test_critical_drift_blocks_promotion(settings: Settings, classifiers) -> None:
+    from riskloop.monitoring import ColumnDrift, DriftResult
+    from riskloop.promotion import evaluate_promotion
+
+    name = fresh_name()
+    v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
+    v2 = register(settings, name, classifiers["good"], ("challenger",))
+    drift = DriftResult(
+        report_id=str(uuid.uuid4()), model_name=name, model_version=v1, model_alias="champion",
+        verdict="critical", reason="3/4 inputs drifted", n_reference=1000, n_current=500,
+        features=tuple(FEATURES), share_drifted=0.75,
+        per_feature={f: ColumnDrift(f, "K-S p_value", 0.05, 0.0 if f != "is_night" else 0.9, f != "is_night")
+                     for f in FEATURES})
+
+    d = evaluate_promotion(settings, name, drift=drift, load_test_set=Loader())
+
+    assert d.decision == "refused"
+    assert "critical input drift" in d.reason and "amount" in d.reason
+    assert d.challenger_metrics["auc_roc"] > d.champion_metrics["auc_roc"]  # better, yet blocked
+    assert aliases(settings, name)["champion"] == v1
+    row = stored(settings, d.decision_id)
+    assert row["drift_verdict"] == "critical" and str(row["drift_report_id"]) == drift.report_id
+    assert version_tags(settings, name, v2)["promotion.drift_verdict"] == "critical"
+
+
+def test_no_challenger_is_no_change(settings: Settings, classifiers) -> None:
+    from riskloop.promotion import evaluate_promotion
+
+    name = fresh_name()
+    v1 = register(settings, name, classifiers["good"], ("champion",))
+    loader = Loader()
+
+    d = evaluate_promotion(settings, name, load_test_set=loader)
+
+    assert d.decision == "no_change" and "no 'challenger'" in d.reason
+    assert not loader.calls  # nothing evaluated
+    assert aliases(settings, name) == {"champion": v1}
+    assert stored(settings, d.decision_id)["decision"] == "no_change"
+
+
+def test_decisions_are_append_only(settings: Settings) -> None:
+    from riskloop.promotion import ensure_tables
+
+    ensure_tables(settings)
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("update governance.promotion_decisions set reason = 'x'")
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("delete from governance.promotion_decisions")
