@@ -20,7 +20,7 @@ from riskloop.simulator import PRESETS, Simulation, derive_from_handbook, infer_
 from riskloop.simulator import handbook as hb
 from riskloop.simulator.credit import TRUE_PD_MODEL, default_probability
 from riskloop.simulator.derive import derive_tables
-from riskloop.simulator.frames import PANDAS_DTYPES
+from riskloop.simulator.frames import PANDAS_DTYPES, arrow_schema
 
 # --- Reference statistics of the real handbook file --------------------------------------
 # Computed once from /work/shared/datasets/fraud-handbook/transactions.parquet (1,754,155 rows,
@@ -291,7 +291,7 @@ def test_labels_arrive_days_after_the_payment(sim: Simulation) -> None:
 
 def test_kyc_records(sim: Simulation) -> None:
     kyc = sim.tables["kyc_records"]
-    assert set(kyc.customer_id) == set(sim.transactions.CUSTOMER_ID.astype(str))
+    assert set(kyc.customer_id) == {str(i) for i in range(CUSTOMERS)}  # every customer, paying or not
     assert (kyc.verified_at < pd.Timestamp(sim.params.start_date, tz="UTC")).all()
     assert kyc.country.str.fullmatch(r"[A-Z]{2}").all()
     eu = {"AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU", "IE", "IT", "LT",
@@ -357,8 +357,9 @@ def test_derive_accepts_string_ids(small: Simulation) -> None:
     tx = small.transactions
     as_str = tx.astype({"CUSTOMER_ID": str, "TERMINAL_ID": str})
     start = pd.Timestamp(small.params.start_date, tz="UTC")
-    a = derive_tables(tx, seed=small.params.seed, as_of=small.as_of, start=start)
-    b = derive_tables(as_str, seed=small.params.seed, as_of=small.as_of, start=start)
+    known = np.arange(small.params.customers)
+    a = derive_tables(tx, seed=small.params.seed, as_of=small.as_of, start=start, customer_ids=known)
+    b = derive_tables(as_str, seed=small.params.seed, as_of=small.as_of, start=start, customer_ids=known)
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name], obj=name)
         pd.testing.assert_frame_equal(a[name], small.tables[name], obj=name)
@@ -403,6 +404,17 @@ def test_write_lands_every_table_and_a_manifest(small: Simulation, tmp_path: Pat
         pd.testing.assert_frame_equal(back, small.tables[table.name], obj=table.name)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "transactions.parquet"), small.transactions)
     assert not list(out.glob("*.tmp"))
+
+
+def test_empty_tables_land_with_typed_columns(tmp_path: Path) -> None:
+    # 20 customers and 40 terminals: few customers have a terminal within reach, a 2-day run
+    # has no closed dispute yet.  The file must still carry the contract's column types.
+    tiny = simulate(days=2, customers=20, seed=0)
+    assert tiny.tables["dispute_outcomes"].empty
+    assert len(tiny.tables["kyc_records"]) == 20
+    write(tiny, tmp_path)
+    for table in RAW_TABLES:
+        assert pq.read_schema(tmp_path / table.file_name).remove_metadata().equals(arrow_schema(table.name))
 
 
 def test_preset_fixes_the_size_whatever_the_cli_defaults() -> None:

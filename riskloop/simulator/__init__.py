@@ -6,8 +6,8 @@ Two layers:
   Fraud Detection Handbook (its customers, terminals and three fraud scenarios), producing the
   ground truth in the handbook's column schema;
 - `riskloop.simulator.derive` turns any handbook-schema frame (a simulation or the real
-  handbook file) into the raw tables of `riskloop.schema`, holding only what had happened by
-  ``as_of``.
+  handbook file) into the raw tables of `riskloop.schema`, holding only what had happened
+  before ``as_of``.
 
 Public API::
 
@@ -28,9 +28,12 @@ from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from riskloop.schema import RAW_TABLES
 from riskloop.simulator.derive import derive_tables, infer_period
+from riskloop.simulator.frames import to_arrow
 from riskloop.simulator.handbook import DEFAULT_RADIUS, DEFAULT_START_DATE, generate
 
 __all__ = ["PRESETS", "Simulation", "SimulationParams", "derive_from_handbook", "infer_period", "manifest",
@@ -66,8 +69,9 @@ class SimulationParams:
 class Simulation:
     """A simulation's ground truth (``transactions``, handbook schema) and landed raw ``tables``.
 
-    ``as_of`` (tz-aware UTC) is the end of the simulated period: the raw tables hold what had
-    happened by then, the transactions hold the full truth, including labels not yet known.
+    ``as_of`` (tz-aware UTC) is the end of the simulated period, exclusive: the raw tables hold
+    what had reached riskloop before it (every time column < as_of), the transactions hold the
+    full truth, including fraud labels whose dispute had not closed yet.
     """
 
     params: SimulationParams
@@ -115,7 +119,8 @@ def simulate(days: int | None = None, customers: int | None = None, seed: int = 
     start = pd.Timestamp(params.start_date, tz="UTC")
     as_of = start + pd.Timedelta(days=params.days)
     tables = derive_tables(data.transactions, seed=params.seed, as_of=as_of, start=start,
-                           applications_per_customer=params.applications_per_customer)
+                           applications_per_customer=params.applications_per_customer,
+                           customer_ids=data.customers["CUSTOMER_ID"].to_numpy())
     return Simulation(params=params, as_of=as_of, transactions=data.transactions, tables=tables)
 
 
@@ -130,10 +135,10 @@ def derive_from_handbook(df: pd.DataFrame, seed: int = 0, applications_per_custo
     return derive_tables(df, seed=seed, applications_per_customer=applications_per_customer)
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+def _write_parquet(table: pa.Table, path: Path) -> None:
     # Write then rename, so a reader polling the directory never sees a half-written file.
     tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
@@ -163,8 +168,8 @@ def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for table in RAW_TABLES:
-        _write_parquet(sim.tables[table.name], out / table.file_name)
-    _write_parquet(sim.transactions, out / TRANSACTIONS_FILE)
+        _write_parquet(to_arrow(table.name, sim.tables[table.name]), out / table.file_name)
+    _write_parquet(pa.Table.from_pandas(sim.transactions, preserve_index=False), out / TRANSACTIONS_FILE)
     info = manifest(sim)
     tmp = out / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

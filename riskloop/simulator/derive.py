@@ -63,25 +63,41 @@ def infer_period(transactions: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp
             pd.Timestamp(start_ns + (last_day + 1) * SECONDS_PER_DAY * fr.NS_PER_SECOND, tz="UTC"))
 
 
-def _spending_profile(customer: np.ndarray, amount: np.ndarray, fraud: np.ndarray, n_days: float) -> SpendingProfile:
-    """Each customer's own spending (fraud excluded when they have genuine payments)."""
-    ids, inverse = np.unique(customer, return_inverse=True)
+# Spending attributed to a known customer who never paid in the period (the handbook's median
+# customer: mean amount ~ U(5, 100)).
+DEFAULT_MEAN_AMOUNT = 52.5
+
+
+def _spending_profile(customer: np.ndarray, amount: np.ndarray, fraud: np.ndarray, n_days: float,
+                      known_ids: np.ndarray | None = None) -> SpendingProfile:
+    """Each customer's own spending (fraud excluded when they have genuine payments).
+
+    ``known_ids`` adds customers without any transaction (they passed KYC and may apply for
+    credit even if they never paid by card): no spending, the default mean amount.
+    """
+    all_ids = customer if known_ids is None else np.concatenate([customer, np.asarray(known_ids, dtype=np.int64)])
+    ids = np.unique(all_ids)
+    inverse = np.searchsorted(ids, customer)
     n_all = np.bincount(inverse, minlength=len(ids))
     genuine = ~fraud
     n_gen = np.bincount(inverse[genuine], minlength=len(ids))
     sum_gen = np.bincount(inverse[genuine], weights=amount[genuine], minlength=len(ids))
     sum_all = np.bincount(inverse, weights=amount, minlength=len(ids))
     mean = np.where(n_gen > 0, sum_gen / np.maximum(n_gen, 1), sum_all / np.maximum(n_all, 1))
+    mean[n_all == 0] = DEFAULT_MEAN_AMOUNT
     return SpendingProfile(customer_id=ids, mean_amount=mean, tx_per_day=n_all / max(n_days, 1.0))
 
 
 def derive_tables(transactions: pd.DataFrame, seed: int = 0, as_of: pd.Timestamp | str | None = None,
                   start: pd.Timestamp | str | None = None,
-                  applications_per_customer: float = 1.0) -> dict[str, pd.DataFrame]:
+                  applications_per_customer: float = 1.0,
+                  customer_ids: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
     """Every raw table of ``riskloop.schema``, keyed by table name, as known at ``as_of``.
 
     ``start`` and ``as_of`` default to the period of the transactions (`infer_period`); pass
     them when the period is longer than the data (e.g. a simulation whose last day is empty).
+    The customers (KYC, credit) are those who transacted, plus ``customer_ids`` (integers)
+    when given: a simulation knows its customers who never paid (no terminal in reach).
     """
     started = time.perf_counter()
     missing = [c for c in TRANSACTION_COLUMNS if c not in transactions.columns]
@@ -112,7 +128,7 @@ def derive_tables(transactions: pd.DataFrame, seed: int = 0, as_of: pd.Timestamp
     rng_payments, rng_kyc, rng_credit = np.random.default_rng([DERIVE_SEED_SALT, seed]).spawn(3)
     tables = derive_payment_tables(payments, rng_payments, as_of_ns)
     profile = _spending_profile(payments.customer_id, amount, payments.fraud,
-                                (as_of_ns - start_ns) / fr.NS_PER_DAY)
+                                (as_of_ns - start_ns) / fr.NS_PER_DAY, customer_ids)
     tables["kyc_records"] = derive_kyc(profile.customer_id, start_ns, rng_kyc)
     tables.update(derive_credit(profile, start_ns, as_of_ns, rng_credit, applications_per_customer))
     ordered = {t.name: tables[t.name] for t in RAW_TABLES}

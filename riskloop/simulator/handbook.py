@@ -169,6 +169,19 @@ def _group_index(keys: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarra
     return order, offsets
 
 
+def _daily_draws(rng: np.random.Generator, days: int, population: int, per_day: int) -> np.ndarray:
+    """``per_day`` distinct entities out of ``population`` for each day (fewer if too few exist)."""
+    k = min(per_day, population)
+    return np.stack([rng.choice(population, k, replace=False) for _ in range(days)]).reshape(days, k)
+
+
+def _rows_in_window(order: np.ndarray, offsets: np.ndarray, entities: np.ndarray, day: np.ndarray,
+                    first_day: int, window: int) -> np.ndarray:
+    """Sorted rows of the given entities whose day is in [first_day, first_day + window)."""
+    rows = np.concatenate([order[offsets[e]:offsets[e + 1]] for e in entities] + [np.zeros(0, np.int64)])
+    return np.sort(rows[(day[rows] >= first_day) & (day[rows] < first_day + window)])
+
+
 def _add_frauds(rng: np.random.Generator, days: int, n_customers: int, n_terminals: int,
                 customer: np.ndarray, terminal: np.ndarray, day: np.ndarray,
                 amount: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -187,24 +200,18 @@ def _add_frauds(rng: np.random.Generator, days: int, n_customers: int, n_termina
 
     # Draw both scenarios' compromised entities up front, so that the draws of one scenario do
     # not depend on the data seen by the other.
-    comp_terminals = np.stack([rng.choice(n_terminals, SCENARIO_2_TERMINALS_PER_DAY, replace=False)
-                               for _ in range(days)]) if n_terminals >= SCENARIO_2_TERMINALS_PER_DAY \
-        else np.zeros((days, 0), dtype=np.int64)
-    comp_customers = np.stack([rng.choice(n_customers, SCENARIO_3_CUSTOMERS_PER_DAY, replace=False)
-                               for _ in range(days)]) if n_customers >= SCENARIO_3_CUSTOMERS_PER_DAY \
-        else np.zeros((days, 0), dtype=np.int64)
+    comp_terminals = _daily_draws(rng, days, n_terminals, SCENARIO_2_TERMINALS_PER_DAY)
+    comp_customers = _daily_draws(rng, days, n_customers, SCENARIO_3_CUSTOMERS_PER_DAY)
 
     t_order, t_off = _group_index(terminal, n_terminals)
     for d in range(days):
-        rows = np.concatenate([t_order[t_off[t]:t_off[t + 1]] for t in comp_terminals[d]] or [np.zeros(0, np.int64)])
-        rows = rows[(day[rows] >= d) & (day[rows] < d + SCENARIO_2_WINDOW_DAYS)]
+        rows = _rows_in_window(t_order, t_off, comp_terminals[d], day, d, SCENARIO_2_WINDOW_DAYS)
         fraud[rows] = 1
         scenario[rows] = 2
 
     c_order, c_off = _group_index(customer, n_customers)
     for d in range(days):
-        rows = np.concatenate([c_order[c_off[c]:c_off[c + 1]] for c in comp_customers[d]] or [np.zeros(0, np.int64)])
-        rows = np.sort(rows[(day[rows] >= d) & (day[rows] < d + SCENARIO_3_WINDOW_DAYS)])
+        rows = _rows_in_window(c_order, c_off, comp_customers[d], day, d, SCENARIO_3_WINDOW_DAYS)
         k = len(rows) // 3
         if k == 0:
             continue

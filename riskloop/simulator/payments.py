@@ -122,6 +122,46 @@ def _lifecycle(rng: np.random.Generator, p: Payments) -> _Lifecycle:
     return _Lifecycle(row=row, kind=kind.astype(np.int64), occurred_ns=occurred, received_ns=received)
 
 
+@dataclass(frozen=True)
+class _Strings:
+    """The id strings of the feeds, built once per payment, customer and terminal.
+
+    Rows of the feeds then pick them by integer index (an object-array take shares the str
+    objects), instead of formatting the same customer or payment id once per event and
+    ledger line: formatting strings is most of a derivation's cost.
+    """
+
+    txid: pa.Array  # decimal TRANSACTION_ID per payment, to build per-row ids from
+    payment_id: np.ndarray  # per payment
+    customer_id: np.ndarray  # per payment: index into the per-customer arrays below
+    customer: np.ndarray  # per distinct customer: "<id>"
+    card_token: np.ndarray  # per distinct customer: "tok_<id>"
+    customer_account: np.ndarray  # per distinct customer: "customer:<id>"
+    terminal_id: np.ndarray  # per payment: index into the per-terminal arrays below
+    terminal: np.ndarray  # per distinct terminal: "<id>"
+    merchant_account: np.ndarray  # per distinct terminal: "merchant:<id>"
+
+    @classmethod
+    def build(cls, p: Payments) -> "_Strings":
+        customers, customer_idx = np.unique(p.customer_id, return_inverse=True)
+        terminals, terminal_idx = np.unique(p.terminal_id, return_inverse=True)
+        cust = fr.ints_to_str(customers)
+        term = fr.ints_to_str(terminals)
+        txid = fr.ints_to_str(p.transaction_id)
+        return cls(
+            txid=txid, payment_id=fr.to_objects(fr.join("pay_", txid)),
+            customer_id=customer_idx, customer=fr.to_objects(cust),
+            card_token=fr.to_objects(fr.join("tok_", cust)),
+            customer_account=fr.to_objects(fr.join("customer:", cust)),
+            terminal_id=terminal_idx, terminal=fr.to_objects(term),
+            merchant_account=fr.to_objects(fr.join("merchant:", term)),
+        )
+
+    def per_row(self, prefix: str, rows: np.ndarray, suffix: pa.Array | str = "") -> np.ndarray:
+        """``prefix + TRANSACTION_ID + suffix`` for each row (a payment index)."""
+        return fr.to_objects(fr.join(prefix, self.txid.take(pa.array(rows, pa.int64())), suffix))
+
+
 def derive_payment_tables(p: Payments, rng: np.random.Generator, as_of_ns: int) -> dict[str, pd.DataFrame]:
     """``webhook_events``, ``dispute_outcomes`` and ``ledger_entries`` as known at ``as_of``."""
     life = _lifecycle(rng, p)
@@ -132,43 +172,38 @@ def derive_payment_tables(p: Payments, rng: np.random.Generator, as_of_ns: int) 
     occurred = life.occurred_ns[landed][order]
     received = life.received_ns[landed][order]
 
-    txid_str = fr.ints_to_str(p.transaction_id)
-    payment_id = fr.join("pay_", txid_str)
-    cust_str = fr.ints_to_str(p.customer_id)
-    term_str = fr.ints_to_str(p.terminal_id)
-    tables = {
-        "webhook_events": _webhook_events(p, row, kind, occurred, received, txid_str, payment_id, cust_str, term_str),
-        "dispute_outcomes": _dispute_outcomes(p, life, as_of_ns, txid_str, payment_id),
-        "ledger_entries": _ledger_entries(p, row, kind, received, payment_id, cust_str, term_str),
+    strings = _Strings.build(p)
+    return {
+        "webhook_events": _webhook_events(p, strings, row, kind, occurred, received),
+        "dispute_outcomes": _dispute_outcomes(p, strings, life, as_of_ns),
+        "ledger_entries": _ledger_entries(p, strings, row, kind, received),
     }
-    return tables
 
 
-def _webhook_events(p: Payments, row: np.ndarray, kind: np.ndarray, occurred: np.ndarray, received: np.ndarray,
-                    txid_str: pa.Array, payment_id: pa.Array, cust_str: pa.Array, term_str: pa.Array) -> pd.DataFrame:
-    take = pa.array(row)
+def _webhook_events(p: Payments, s: _Strings, row: np.ndarray, kind: np.ndarray, occurred: np.ndarray,
+                    received: np.ndarray) -> pd.DataFrame:
     is_dispute = kind >= DISPUTE_OPENED
-    dispute_id = np.full(len(row), None, dtype=object)
-    dispute_id[is_dispute] = fr.to_objects(fr.join("dsp_", txid_str.take(pa.array(row[is_dispute]))))
-    pid = payment_id.take(take)
+    dispute_id = fr.filled(len(row), None)
+    dispute_id[is_dispute] = s.per_row("dsp_", row[is_dispute])
+    customer = s.customer_id[row]
+    terminal = s.terminal_id[row]
     return fr.schema_frame("webhook_events", {
-        "event_id": fr.join("evt_", pid, fr.labels_arrow(EVENT_SUFFIXES, kind)),
+        "event_id": s.per_row("evt_pay_", row, fr.labels_arrow(EVENT_SUFFIXES, kind)),
         "processor": fr.choice_labels(PROCESSORS, p.terminal_id[row] % 2),
         "event_type": fr.choice_labels(EVENT_TYPES, kind),
         "occurred_at": occurred,
         "received_at": received,
-        "payment_id": pid,
-        "card_token": fr.join("tok_", cust_str.take(take)),
-        "customer_id": cust_str.take(take),
-        "terminal_id": term_str.take(take),
+        "payment_id": s.payment_id[row],
+        "card_token": s.card_token[customer],
+        "customer_id": s.customer[customer],
+        "terminal_id": s.terminal[terminal],
         "amount_minor": p.amount_minor[row],
         "currency": CURRENCY,
         "dispute_id": dispute_id,
     }, len(row))
 
 
-def _dispute_outcomes(p: Payments, life: _Lifecycle, as_of_ns: int, txid_str: pa.Array,
-                      payment_id: pa.Array) -> pd.DataFrame:
+def _dispute_outcomes(p: Payments, s: _Strings, life: _Lifecycle, as_of_ns: int) -> pd.DataFrame:
     """One row per dispute whose ``dispute.closed`` webhook had reached riskloop by ``as_of``."""
     opened = life.kind == DISPUTE_OPENED
     closed = life.kind == DISPUTE_CLOSED
@@ -180,10 +215,9 @@ def _dispute_outcomes(p: Payments, life: _Lifecycle, as_of_ns: int, txid_str: pa
     order = np.lexsort((rows, closed_at))
     rows, closed_at, opened_at = rows[order], closed_at[order], opened_at[order]
     fraud = p.fraud[rows]
-    take = pa.array(rows)
     return fr.schema_frame("dispute_outcomes", {
-        "dispute_id": fr.join("dsp_", txid_str.take(take)),
-        "payment_id": payment_id.take(take),
+        "dispute_id": s.per_row("dsp_", rows),
+        "payment_id": s.payment_id[rows],
         "opened_at": opened_at,
         "closed_at": closed_at,
         "status": fr.choice_labels(("won", "lost"), fraud.astype(np.int64)),
@@ -203,8 +237,8 @@ _JOURNALS = (
 )
 
 
-def _ledger_entries(p: Payments, row: np.ndarray, kind: np.ndarray, received: np.ndarray, payment_id: pa.Array,
-                    cust_str: pa.Array, term_str: pa.Array) -> pd.DataFrame:
+def _ledger_entries(p: Payments, s: _Strings, row: np.ndarray, kind: np.ndarray,
+                    received: np.ndarray) -> pd.DataFrame:
     """Two lines per journal (debit +amount, credit -amount), posted when the event landed."""
     posting = np.zeros(len(kind), dtype=bool)
     journal_code = np.full(len(kind), -1, dtype=np.int64)
@@ -215,32 +249,31 @@ def _ledger_entries(p: Payments, row: np.ndarray, kind: np.ndarray, received: np
         posting |= sel
         journal_code[sel] = code
     j_row, j_code, j_time = row[posting], journal_code[posting], received[posting]
-    n_j = len(j_row)
+    journal_ids = fr.join("jnl_pay_", s.txid.take(pa.array(j_row, pa.int64())),
+                          fr.labels_arrow(tuple("_" + j[1] for j in _JOURNALS), j_code))
     # Lines: debit then credit for each journal.
-    line_row = np.repeat(j_row, 2)
-    line_code = np.repeat(j_code, 2)
-    line_time = np.repeat(j_time, 2)
-    is_credit = np.tile(np.array([False, True]), n_j)
+    line = np.repeat(np.arange(len(j_row)), 2)
+    line_row = j_row[line]
+    line_code = j_code[line]
+    is_credit = np.tile(np.array([False, True]), len(j_row))
     debit_acc = np.array([j[2] for j in _JOURNALS])[line_code]
     credit_acc = np.array([j[3] for j in _JOURNALS])[line_code]
     account_kind = np.where(is_credit, credit_acc, debit_acc)
     amount = p.amount_minor[line_row]
-    signed = np.where(is_credit, -amount, amount)
 
-    take = pa.array(line_row)
-    account = np.full(len(line_row), "chargebacks", dtype=object)
-    for prefix, ids, acc_kind in (("customer:", cust_str, 0), ("merchant:", term_str, 1)):
-        sel = account_kind == acc_kind
-        account[sel] = fr.to_objects(fr.join(prefix, ids.take(pa.array(line_row[sel]))))
-    pid = payment_id.take(take)
-    journal_id = fr.join("jnl_", pid, fr.labels_arrow(tuple("_" + j[1] for j in _JOURNALS), line_code))
-    entry_id = fr.join(journal_id, fr.labels_arrow(("_dr", "_cr"), is_credit.astype(np.int64)))
+    account = fr.filled(len(line_row), "chargebacks")
+    is_customer, is_merchant = account_kind == 0, account_kind == 1
+    account[is_customer] = s.customer_account[s.customer_id[line_row[is_customer]]]
+    account[is_merchant] = s.merchant_account[s.terminal_id[line_row[is_merchant]]]
+    journal_id = fr.to_objects(journal_ids)[line]
+    entry_id = fr.to_objects(fr.join(journal_ids.take(pa.array(line)),
+                                     fr.labels_arrow(("_dr", "_cr"), is_credit.astype(np.int64))))
     return fr.schema_frame("ledger_entries", {
         "entry_id": entry_id,
         "journal_id": journal_id,
-        "payment_id": pid,
+        "payment_id": s.payment_id[line_row],
         "account": account,
-        "amount_minor": signed,
+        "amount_minor": np.where(is_credit, -amount, amount),
         "currency": CURRENCY,
-        "posted_at": line_time,
+        "posted_at": j_time[line],
     }, len(line_row))
