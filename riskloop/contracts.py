@@ -218,10 +218,12 @@ def run_contracts(settings: Settings, tables: list[str] | None = None, *, raise_
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
     ))
-    datasource = context.data_sources.add_postgres(name="warehouse", connection_string=settings.warehouse_url)
+    # The schema goes in the connection (search_path), as GX >= 1.14 wants it, not in the asset.
+    url = f"{settings.warehouse_url}?options=-csearch_path%3D{RAW_SCHEMA}"
+    datasource = context.data_sources.add_postgres(name="warehouse", connection_string=url)
     definitions = []
     for name, spec in specs.items():
-        asset = datasource.add_table_asset(name=name, table_name=name, schema_name=RAW_SCHEMA)
+        asset = datasource.add_table_asset(name=name, table_name=name)
         batch = asset.add_batch_definition_whole_table(f"{name}_all")
         suite = context.suites.add(build_suite(spec))
         definitions.append(context.validation_definitions.add(

@@ -1,0 +1,182 @@
+"""dbt builds the documented marts from landed raw data, and terminal risk never uses a label early."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from riskloop import db
+from riskloop.ingest import load_landing, load_table
+from riskloop.schema import RAW_TABLES_BY_NAME
+from riskloop.transform import DbtError, run_dbt
+from tests.fixtures_data import T0, Payment, default_payments, make_tables, reset_warehouse, write_landing
+
+DBT = Path(__file__).resolve().parents[1] / "dbt_project"
+
+# docs/architecture.md, stage 4: the promise other stages code against.
+MARTS = {
+    "fct_transactions": {
+        "payment_id": "text", "transaction_id": "bigint", "customer_id": "text", "terminal_id": "text",
+        "card_token": "text", "tx_at": "timestamp with time zone", "amount": "double precision",
+        "amount_minor": "bigint", "currency": "text", "processor": "text", "is_weekend": "integer",
+        "is_night": "integer", "is_fraud": "integer", "fraud_known_at": "timestamp with time zone",
+        "refunded": "integer"},
+    "customer_spending_features": {
+        "customer_id": "text", "event_timestamp": "timestamp with time zone",
+        **{f"customer_nb_tx_{w}d": "bigint" for w in (1, 7, 30)},
+        **{f"customer_avg_amount_{w}d": "double precision" for w in (1, 7, 30)}},
+    "terminal_risk_features": {
+        "terminal_id": "text", "event_timestamp": "timestamp with time zone",
+        **{f"terminal_nb_tx_{w}d": "bigint" for w in (1, 7, 30)},
+        **{f"terminal_risk_{w}d": "double precision" for w in (1, 7, 30)}},
+    "credit_features": {
+        "application_id": "text", "customer_id": "text", "event_timestamp": "timestamp with time zone",
+        "amount": "double precision", "term_months": "integer", "annual_income": "double precision",
+        "debt_to_income": "double precision", "n_delinquencies": "integer", "credit_history_months": "integer",
+        "utilization": "double precision", "kyc_level": "integer", "pep": "integer"},
+    "fct_credit_outcomes": {
+        "application_id": "text", "applied_at": "timestamp with time zone", "defaulted": "integer",
+        "observed_at": "timestamp with time zone", "true_default_probability": "double precision"},
+}
+
+DAYS = 16
+LATE_FRAUD_TX = T0 + timedelta(hours=2)             # day 0, terminal T9
+LATE_LABEL = T0 + timedelta(days=12, hours=5)       # its label arrives on day 12
+EARLY_FRAUD_TX = T0 + timedelta(hours=3)            # day 0, terminal T8
+EARLY_LABEL = T0 + timedelta(days=2)                # label known on day 2
+
+
+def _payments() -> list[Payment]:
+    pays = default_payments(days=DAYS)
+    pays += [
+        Payment("pay_900001", "C2", "T9", LATE_FRAUD_TX, 50_000,
+                dispute=(LATE_FRAUD_TX + timedelta(days=1), LATE_LABEL, "lost", True)),
+        Payment("pay_900002", "C3", "T9", LATE_FRAUD_TX + timedelta(hours=1), 2_000),
+        Payment("pay_900003", "C1", "T8", EARLY_FRAUD_TX, 40_000,
+                dispute=(EARLY_FRAUD_TX + timedelta(hours=5), EARLY_LABEL, "lost", True)),
+        Payment("pay_900004", "C3", "T8", EARLY_FRAUD_TX + timedelta(hours=2), 1_500),
+    ]
+    return pays
+
+
+@pytest.fixture(scope="module")
+def built(stack_env, tmp_path_factory):
+    from riskloop.config import Settings
+
+    settings = Settings()
+    reset_warehouse(settings)
+    tables = make_tables(_payments())
+    load_landing(settings, write_landing(tables, tmp_path_factory.mktemp("landing")))
+    run_dbt(settings, ["build"])
+    return settings, tables
+
+
+def _frame(settings, query: str) -> pd.DataFrame:
+    with db.connect(settings) as conn:
+        cur = conn.execute(query)
+        return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+
+
+def test_sources_declare_exactly_the_contract_columns() -> None:
+    sources = yaml.safe_load((DBT / "models/staging/_sources.yml").read_text())["sources"][0]
+    declared = {t["name"]: [c["name"] for c in t["columns"]] for t in sources["tables"]}
+    assert declared == {name: t.column_names for name, t in RAW_TABLES_BY_NAME.items()}
+    for name in RAW_TABLES_BY_NAME:
+        assert (DBT / f"models/staging/stg_{name}.sql").exists()
+
+
+def test_build_produces_documented_marts(built) -> None:
+    settings, tables = built
+    cols = _frame(settings, """
+        select table_schema, table_name, column_name, data_type from information_schema.columns
+        where table_schema in ('staging', 'intermediate', 'marts') order by ordinal_position""")
+    marts = cols[cols.table_schema == "marts"]
+    for mart, expected in MARTS.items():
+        got = marts[marts.table_name == mart]
+        assert dict(zip(got.column_name, got.data_type)) == expected, mart
+    assert {f"stg_{n}" for n in RAW_TABLES_BY_NAME} <= set(cols[cols.table_schema == "staging"].table_name)
+    assert {"int_payments", "int_fraud_labels"} <= set(cols[cols.table_schema == "intermediate"].table_name)
+
+    fct = _frame(settings, "select * from marts.fct_transactions")
+    assert len(fct) == len(_payments())
+    row = fct.set_index("payment_id").loc["pay_900001"]
+    assert (row.transaction_id, row.is_fraud, row.amount) == (900001, 1, 500.0)
+    assert row.fraud_known_at == LATE_LABEL
+    assert fct.loc[fct.is_fraud == 0, "fraud_known_at"].isna().all()
+    won = fct.set_index("payment_id").loc["pay_000011"]  # won dispute: not fraud
+    assert won.is_fraud == 0
+    assert fct.refunded.sum() == sum(p.refunded for p in _payments())
+    assert set(fct.is_night) <= {0, 1} and (fct.is_night == (fct.tx_at.dt.hour <= 6).astype(int)).all()
+
+    credit = _frame(settings, "select * from marts.credit_features order by application_id")
+    assert list(credit.kyc_level) == [0, 1, 2] and list(credit.pep) == [0, 0, 1]
+    assert len(_frame(settings, "select * from marts.fct_credit_outcomes")) == len(tables["credit_outcomes"])
+
+    indexes = _frame(settings, "select tablename, indexdef from pg_indexes where schemaname = 'marts'")
+    for mart, entity in [("customer_spending_features", "customer_id"), ("terminal_risk_features", "terminal_id")]:
+        defs = indexes[indexes.tablename == mart].indexdef
+        assert any(f"({entity}, event_timestamp)" in d for d in defs), mart
+
+
+def test_customer_windows_end_at_and_include_the_transaction(built) -> None:
+    settings, _ = built
+    fct = _frame(settings, "select customer_id, tx_at, amount from marts.fct_transactions")
+    feats = _frame(settings, "select * from marts.customer_spending_features")
+    assert len(feats) == len(fct)
+    merged = feats.merge(fct.rename(columns={"tx_at": "event_timestamp"}), on=["customer_id", "event_timestamp"])
+    for _, r in merged.sample(25, random_state=0).iterrows():
+        mine = fct[fct.customer_id == r.customer_id]
+        for w in (1, 7, 30):
+            inside = mine[(mine.tx_at > r.event_timestamp - timedelta(days=w)) & (mine.tx_at <= r.event_timestamp)]
+            assert r[f"customer_nb_tx_{w}d"] == len(inside)
+            assert r[f"customer_avg_amount_{w}d"] == pytest.approx(inside.amount.mean())
+
+
+def test_terminal_risk_uses_labels_only_after_they_arrive(built) -> None:
+    settings, _ = built
+    feats = _frame(settings, "select * from marts.terminal_risk_features").set_index(["terminal_id", "event_timestamp"])
+    day = lambda d: pd.Timestamp(T0 + timedelta(days=d))  # noqa: E731
+
+    # One row per terminal per simulated day (the spine), also on days without transactions.
+    n_terminals = feats.index.get_level_values(0).nunique()
+    assert len(feats) == n_terminals * DAYS
+
+    # T9's fraud (day 0) falls in the 1-day window of day 8, but its label only arrives on day 12.
+    assert feats.loc[("T9", day(8)), "terminal_nb_tx_1d"] == 2
+    assert feats.loc[("T9", day(8)), "terminal_risk_1d"] == 0.0
+    assert feats.loc[("T9", day(12)), "terminal_nb_tx_30d"] == 2
+    assert feats.loc[("T9", day(12)), "terminal_risk_30d"] == 0.0      # label at 05:00, after midnight
+    assert feats.loc[("T9", day(13)), "terminal_risk_30d"] == 0.5      # known before day 13 starts
+    # T8's fraud label arrived on day 2: usable as soon as the delay lets the transaction in.
+    assert feats.loc[("T8", day(7)), "terminal_nb_tx_1d"] == 0          # day 0 not yet in [D-8, D-7)
+    assert feats.loc[("T8", day(8)), "terminal_risk_1d"] == 0.5
+    assert feats.loc[("T8", day(9)), "terminal_risk_1d"] == 0.0          # window moved past day 0
+    assert feats.loc[("T8", day(9)), "terminal_risk_7d"] == 0.5
+
+    # Naive recomputation of every terminal-day from fct_transactions.
+    fct = _frame(settings, "select terminal_id, tx_at, is_fraud, fraud_known_at from marts.fct_transactions")
+    delay = timedelta(days=settings.label_delay_days)
+    for (terminal, d), r in feats.sample(60, random_state=1).iterrows():
+        tx = fct[fct.terminal_id == terminal]
+        for w in (1, 7, 30):
+            inside = tx[(tx.tx_at >= d - delay - timedelta(days=w)) & (tx.tx_at < d - delay)]
+            known = inside[(inside.is_fraud == 1) & (inside.fraud_known_at < d)]
+            assert r[f"terminal_nb_tx_{w}d"] == len(inside)
+            assert r[f"terminal_risk_{w}d"] == pytest.approx(len(known) / len(inside) if len(inside) else 0.0)
+
+
+def test_failing_dbt_test_raises_with_node_name(built) -> None:
+    settings, tables = built
+    orphan = tables["credit_outcomes"].iloc[[0]].assign(application_id="app_missing")
+    load_table(settings, "credit_outcomes", orphan)
+    try:
+        with pytest.raises(DbtError) as info:
+            run_dbt(settings, ["test", "--select", "stg_credit_outcomes"])
+        assert any("relationships_stg_credit_outcomes" in node for node, _, _ in info.value.failures)
+    finally:
+        with db.connect(settings) as conn:
+            conn.execute("delete from raw.credit_outcomes where application_id = 'app_missing'")
