@@ -1,0 +1,94 @@
+"""Feast on synthetic marts: apply, materialize, online reads, point-in-time joins."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from fixtures_marts import SyntheticMarts, isolated_settings, make_marts, write_marts
+
+from riskloop.config import Settings
+
+pytestmark = pytest.mark.timeout(600)
+
+CUSTOMER_FEATURES = [f"customer_{k}_{w}" for k in ("nb_tx", "avg_amount") for w in ("1d", "7d", "30d")]
+TERMINAL_FEATURES = [f"terminal_{k}_{w}" for k in ("nb_tx", "risk") for w in ("1d", "7d", "30d")]
+
+
+@pytest.fixture(scope="module")
+def applied(stack_env: dict[str, str]) -> tuple[Settings, SyntheticMarts]:
+    from riskloop import features
+
+    settings = isolated_settings("riskloop_t_features")
+    marts = make_marts(days=30, customers=40, terminals=20, seed=1)
+    write_marts(settings, marts)
+    features.apply(settings)
+    return settings, marts
+
+
+def test_apply_registers_the_promised_names_and_is_idempotent(applied: tuple[Settings, SyntheticMarts]) -> None:
+    from riskloop import features
+
+    settings, _ = applied
+    features.apply(settings)  # second apply: no error, nothing duplicated
+    store = features.feature_store(settings)
+    assert {fv.name for fv in store.list_feature_views()} == {"customer_spending", "terminal_risk",
+                                                               "credit_application"}
+    assert {e.name for e in store.list_entities()} >= {"customer", "terminal", "application"}
+    assert {fs.name for fs in store.list_feature_services()} == {"fraud_model_v1", "credit_model_v1"}
+    assert {p.name for p in store.get_feature_service("fraud_model_v1").feature_view_projections} == {
+        "customer_spending", "terminal_risk"}
+
+
+def test_materialize_then_online_features_are_the_latest(applied: tuple[Settings, SyntheticMarts]) -> None:
+    from riskloop import features
+
+    settings, marts = applied
+    features.materialize(settings, marts.as_of.to_pydatetime())
+    features.materialize(settings, marts.as_of.to_pydatetime())  # incremental: nothing new, no error
+    store = features.feature_store(settings)
+    spending = marts.customer_spending_features.sort_values("event_timestamp", kind="mergesort")
+    latest_c = spending.groupby("customer_id").tail(1).set_index("customer_id")
+    risk = marts.terminal_risk_features.sort_values("event_timestamp", kind="mergesort")
+    latest_t = risk.groupby("terminal_id").tail(1).set_index("terminal_id")
+    customers, terminals = sorted(latest_c.index)[:5], sorted(latest_t.index)[:5]
+
+    online = store.get_online_features(
+        features=store.get_feature_service("fraud_model_v1"),
+        entity_rows=[{"customer_id": c, "terminal_id": t} for c, t in zip(customers, terminals)],
+    ).to_df()
+    pd.testing.assert_frame_equal(
+        online[CUSTOMER_FEATURES].reset_index(drop=True).astype(float),
+        latest_c.loc[customers, CUSTOMER_FEATURES].reset_index(drop=True).astype(float))
+    pd.testing.assert_frame_equal(
+        online[TERMINAL_FEATURES].reset_index(drop=True).astype(float),
+        latest_t.loc[terminals, TERMINAL_FEATURES].reset_index(drop=True).astype(float))
+
+
+def test_historical_features_are_point_in_time_correct(applied: tuple[Settings, SyntheticMarts]) -> None:
+    from riskloop import features
+
+    settings, marts = applied
+    store = features.feature_store(settings)
+    spending = marts.customer_spending_features
+    # For some feature rows, ask one second before and exactly at their timestamp.
+    probes = spending.sort_values(["customer_id", "event_timestamp"]).groupby("customer_id").nth(3).head(10)
+    before = probes[["customer_id", "event_timestamp"]].assign(
+        event_timestamp=probes["event_timestamp"] - pd.Timedelta(seconds=1), probe="before")
+    at = probes[["customer_id", "event_timestamp"]].assign(probe="at")
+    entity_df = pd.concat([before, at], ignore_index=True).assign(terminal_id="t0000")
+    got = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service("fraud_model_v1")).to_df()
+    got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
+
+    # The expected value is the latest feature row at or before the entity timestamp (pandas as-of join).
+    expected = pd.merge_asof(
+        entity_df.sort_values("event_timestamp"), spending.sort_values("event_timestamp"),
+        on="event_timestamp", by="customer_id", direction="backward", allow_exact_matches=True)
+    key = ["customer_id", "event_timestamp"]
+    merged = got.merge(expected, on=[*key, "probe"], suffixes=("", "_expected"))
+    assert len(merged) == len(entity_df)
+    for col in CUSTOMER_FEATURES:
+        assert (merged[col].astype(float) == merged[f"{col}_expected"].astype(float)).all(), col
+    # A row stamped after the entity timestamp is never used: "before" never sees the probe row's count.
+    probe_counts = probes.set_index("customer_id")["customer_nb_tx_30d"]
+    early = merged[merged["probe"] == "before"].set_index("customer_id")
+    assert (early["customer_nb_tx_30d"] < probe_counts.loc[early.index]).all()
