@@ -218,3 +218,44 @@ def test_decisions_are_append_only(settings: Settings) -> None:
         conn.rollback()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("delete from governance.promotion_decisions")
+
+
+# --- end to end: real training, real Feast test window -------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
+    """Two versions trained by ``training``; the gate rebuilds the test window through Feast.
+
+    The challenger's recomputed metrics must equal those training logged for it on the same
+    window: proof that the gate scores the very test set training used, not an approximation.
+    """
+    from fixtures_marts import isolated_settings, make_marts, write_marts
+
+    from riskloop import features
+    from riskloop.monitoring import run_drift
+    from riskloop.promotion import _compare, evaluate_promotion
+    from training.train import train_fraud
+
+    suffix = uuid.uuid4().hex[:8]
+    settings = isolated_settings("riskloop_t_promotion").model_copy(
+        update={"fraud_model_name": f"test-fraud-gate-{suffix}"})
+    write_marts(settings, make_marts(days=30, customers=60, terminals=30, seed=2))
+    features.apply(settings)
+    first = train_fraud(settings, {"n_estimators": 2, "max_depth": 1})
+    second = train_fraud(settings, {"n_estimators": 40})
+
+    # drift on the real reference artifact (features only, no score column); no traffic yet
+    drift = run_drift(settings, settings.fraud_model_name, alias="champion", min_rows=50)
+    assert drift.verdict == "insufficient_data" and drift.n_reference > 0 and drift.score_drift is None
+
+    d = evaluate_promotion(settings, settings.fraud_model_name, drift=drift)
+
+    assert (d.champion_version, d.challenger_version) == (first.version, second.version)
+    for m in ("auc_roc", "average_precision", "card_precision_at_100"):
+        assert d.challenger_metrics[m] == pytest.approx(second.metrics[m]), m
+        assert d.champion_metrics[m] == pytest.approx(first.metrics[m]), m  # same window in this setup
+    assert d.n_test and d.test_start is not None
+    expected, _ = _compare(d.champion_metrics, d.challenger_metrics, 0.0)
+    assert d.decision == ("promoted" if expected else "refused"), d.reason
+    assert aliases(settings, settings.fraud_model_name)["champion"] == (second.version if expected else first.version)
