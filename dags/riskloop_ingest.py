@@ -50,8 +50,8 @@ def riskloop_ingest():
         # A manual run has an empty interval: it loads everything that has landed.
         interval = (start, end) if start < end else (None, None)
         results = load_landing(settings, landing, interval_start=interval[0], interval_end=interval[1])
-        return {name: {"rows_in": r.rows_in, "inserted": r.inserted, "updated": r.updated}
-                for name, r in results.items()}
+        return {r.table: {"rows_in": r.rows_in, "inserted": r.rows_inserted, "updated": r.rows_updated}
+                for r in results}
 
     @task
     def check_contracts(loaded: dict) -> dict:

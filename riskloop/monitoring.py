@@ -115,6 +115,26 @@ class DriftResult:
     def blocks_promotion(self) -> bool:
         return self.verdict == "critical"
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, e.g. to hand the result from one Airflow task to the next (XCom)."""
+        out = asdict(self)
+        for key in ("window_start", "window_end", "created_at"):
+            out[key] = out[key].isoformat() if out[key] is not None else None
+        out["features"] = list(self.features)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DriftResult":
+        kwargs = dict(data)
+        for key in ("window_start", "window_end", "created_at"):
+            if kwargs.get(key):
+                kwargs[key] = datetime.fromisoformat(kwargs[key])
+        kwargs["features"] = tuple(kwargs.get("features", ()))
+        kwargs["per_feature"] = {k: ColumnDrift(**v) for k, v in (kwargs.get("per_feature") or {}).items()}
+        if kwargs.get("score_drift"):
+            kwargs["score_drift"] = ColumnDrift(**kwargs["score_drift"])
+        return cls(**kwargs)
+
 
 # --- small helpers -----------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,6 +118,14 @@ class PromotionDecision:
     @property
     def new_champion_version(self) -> str | None:
         return self.challenger_version if self.promoted else self.champion_version
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (XCom, CLI output)."""
+        out = asdict(self)
+        for key in ("test_start", "test_end", "decided_at"):
+            out[key] = out[key].isoformat() if out[key] is not None else None
+        out["new_champion_version"] = self.new_champion_version
+        return out
 
 
 def ensure_tables(settings: Settings) -> None:
