@@ -167,7 +167,7 @@ def mlflow_healthy(settings: Settings, timeout: float = 2.0) -> bool:
         return False
 
 
-def start_mlflow(settings: Settings, wait_s: float = 120.0) -> None:
+def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
     """Start ``mlflow server`` on Postgres with proxied artifacts, detached from this process."""
     if mlflow_healthy(settings):
         return

@@ -7,7 +7,9 @@ The stack gets its own RISKLOOP_HOME and free ports, so a developer's running `r
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +23,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Start a real embedded Postgres + MLflow server for the session; yield its environment."""
+def stack_env() -> Iterator[dict[str, str]]:
+    """Start a real embedded Postgres + MLflow server for the session; yield its environment.
+
+    The home is a plain temp directory, not pytest's: as root the server runs as an unprivileged
+    user that must traverse it, and pytest resets its own base directory to mode 0700.
+    """
     from riskloop import stack
     from riskloop.config import Settings
 
-    home = tmp_path_factory.mktemp("riskloop-home")
+    home = Path(tempfile.mkdtemp(prefix="riskloop-test-"))
+    home.chmod(0o755)
     env = {
         "RISKLOOP_HOME": str(home),
         "RISKLOOP_PG_PORT": str(free_port()),
@@ -40,6 +47,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         yield env
     finally:
         stack.down(settings)
+        shutil.rmtree(home, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
