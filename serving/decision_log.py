@@ -1,0 +1,231 @@
+"""``serving.decision_log``: the append-only record of every decision, and its writer.
+
+Rows are written off the request path: a request puts its row on a bounded queue and returns;
+one background thread drains the queue and inserts in batches (one round trip per batch via
+``executemany``). Nothing is dropped: a failed batch is retried with backoff, a full queue makes
+the *request* wait (then 503) instead of discarding a decision, and on shutdown the queue is
+flushed — if the database is still unreachable after the shutdown budget, the remaining rows go
+to a JSON-lines spill file rather than vanishing. ``ON CONFLICT DO NOTHING`` makes a retried
+batch whose first commit did land harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "serving"
+TABLE = f"{SCHEMA}.decision_log"
+COLUMNS = ("decision_id", "request_id", "decided_at", "model_name", "model_version", "model_alias", "score",
+           "decision", "reasons", "rules", "features", "feature_timestamps", "request", "latency_ms", "degraded")
+JSON_COLUMNS = frozenset({"reasons", "rules", "features", "feature_timestamps", "request"})
+
+# Serialises concurrent DDL from several workers/replicas starting at once.
+_DDL_LOCK_KEY = 0x7269736B6C6F6F70 & 0x7FFFFFFFFFFFFFFF  # "riskloop"
+
+DDL = f"""
+create schema if not exists {SCHEMA};
+create table if not exists {TABLE} (
+    decision_id        uuid primary key,
+    request_id         text not null,
+    decided_at         timestamptz not null,
+    model_name         text,
+    model_version      text,
+    model_alias        text,
+    score              double precision,
+    decision           text not null check (decision in ('allow', 'review', 'deny')),
+    reasons            jsonb not null default '[]'::jsonb,
+    rules              jsonb not null default '[]'::jsonb,
+    features           jsonb not null default '{{}}'::jsonb,
+    feature_timestamps jsonb not null default '{{}}'::jsonb,
+    request            jsonb not null,
+    latency_ms         double precision,
+    degraded           boolean not null default false
+);
+create index if not exists decision_log_decided_at_idx on {TABLE} (decided_at);
+create or replace function {SCHEMA}.decision_log_append_only() returns trigger
+language plpgsql as $$
+begin
+    raise exception '{TABLE} is append-only: % refused', tg_op
+        using errcode = 'insufficient_privilege';
+end
+$$;
+create or replace trigger decision_log_append_only
+    before update or delete on {TABLE}
+    for each row execute function {SCHEMA}.decision_log_append_only();
+create or replace trigger decision_log_no_truncate
+    before truncate on {TABLE}
+    for each statement execute function {SCHEMA}.decision_log_append_only();
+"""
+
+INSERT = (f"insert into {TABLE} ({', '.join(COLUMNS)}) values ({', '.join(['%s'] * len(COLUMNS))}) "
+          "on conflict (decision_id) do nothing")
+SELECT = f"select {', '.join(COLUMNS)} from {TABLE} where decision_id = %s"
+
+
+def ensure_table(conn: psycopg.Connection) -> None:
+    """Create schema, table and the append-only triggers; idempotent and safe to race."""
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(%s)", (_DDL_LOCK_KEY,))
+        conn.execute(DDL)
+
+
+def fetch(conn: psycopg.Connection, decision_id: str) -> dict[str, Any] | None:
+    row = conn.execute(SELECT, (decision_id,)).fetchone()
+    return None if row is None else dict(zip(COLUMNS, row, strict=True))
+
+
+def _params(row: dict[str, Any]) -> tuple:
+    return tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in COLUMNS)
+
+
+class LogBackpressure(RuntimeError):
+    """The queue stayed full for the whole enqueue timeout: the writer cannot keep up."""
+
+
+_STOP = object()
+
+
+class DecisionLogWriter:
+    """Bounded queue + one batching writer thread. Thread-safe ``submit``; ``close`` flushes."""
+
+    def __init__(self, dsn: str, *, maxsize: int, batch_size: int, enqueue_timeout_s: float,
+                 spill_path: Path, on_written: Any = None, on_error: Any = None) -> None:
+        self._dsn = dsn
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._batch_size = batch_size
+        self._enqueue_timeout_s = enqueue_timeout_s
+        self._spill_path = spill_path
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._pending_lock = threading.Lock()
+        self._deadline: float | None = None  # set by close(): retry until then, then spill
+        self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
+        self._on_written = on_written or (lambda n: None)
+        self._on_error = on_error or (lambda: None)
+        self._conn: psycopg.Connection | None = None
+
+    # --- request side ------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, row: dict[str, Any]) -> None:
+        """Queue a row; raises :class:`LogBackpressure` if there is no room in time (nothing queued)."""
+        key = str(row["decision_id"])
+        with self._pending_lock:
+            self._pending[key] = row
+        try:
+            self._queue.put(row, timeout=self._enqueue_timeout_s)
+        except queue.Full:
+            with self._pending_lock:
+                self._pending.pop(key, None)
+            raise LogBackpressure(f"decision log queue full ({self._queue.maxsize})") from None
+
+    def pending(self, decision_id: str) -> dict[str, Any] | None:
+        """A row accepted but not yet committed (so a read right after a score never 404s)."""
+        with self._pending_lock:
+            return self._pending.get(decision_id)
+
+    def close(self, timeout_s: float) -> None:
+        """Flush everything queued, retrying the database for up to ``timeout_s``, then stop."""
+        self._deadline = time.monotonic() + timeout_s
+        self._queue.put(_STOP)  # blocks only while the writer drains a full queue
+        self._thread.join(timeout_s + 10)
+        if self._thread.is_alive():
+            log.error("decision log writer did not stop within %.0fs", timeout_s + 10)
+
+    # --- writer thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[dict[str, Any]] = []
+            item = self._queue.get()
+            if item is _STOP:
+                stopping = True
+            else:
+                batch.append(item)
+            while not stopping and len(batch) < self._batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                else:
+                    batch.append(item)
+            if batch and not self._write(batch):
+                break  # spilled at shutdown: the queue (and its stop marker) is drained
+        if self._conn is not None:
+            self._conn.close()
+        log.info("decision log writer stopped")
+
+    def _connect(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(self._dsn, autocommit=False, connect_timeout=5)
+            ensure_table(self._conn)
+        return self._conn
+
+    def _write(self, batch: list[dict[str, Any]]) -> bool:
+        """Insert a batch, retrying until it lands (True) or the shutdown budget ends in a spill (False)."""
+        attempt = 0
+        while True:
+            try:
+                conn = self._connect()
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany(INSERT, [_params(r) for r in batch])
+                break
+            except psycopg.Error as exc:
+                attempt += 1
+                self._on_error()
+                if self._conn is not None and (self._conn.broken or self._conn.closed):
+                    self._conn = None
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    self._spill(batch + self._drain_rest(), exc)
+                    return False
+                delay = min(0.1 * 2 ** attempt, 5.0)
+                log.warning("decision log insert of %d rows failed (attempt %d, retry in %.1fs): %s",
+                            len(batch), attempt, delay, exc)
+                time.sleep(delay)
+        self._on_written(len(batch))
+        with self._pending_lock:
+            for r in batch:
+                self._pending.pop(str(r["decision_id"]), None)
+        return True
+
+    def _drain_rest(self) -> list[dict[str, Any]]:
+        rest = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return rest
+            if item is not _STOP:
+                rest.append(item)
+
+    def _spill(self, rows: list[dict[str, Any]], exc: Exception) -> None:
+        """Last resort at shutdown: keep the decisions on disk for a later replay."""
+        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._spill_path.open("a", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, default=str) + "\n")
+        log.error("database unreachable at shutdown (%s): spilled %d decisions to %s",
+                  exc, len(rows), self._spill_path)
+        with self._pending_lock:
+            for r in rows:
+                self._pending.pop(str(r["decision_id"]), None)
