@@ -1,0 +1,343 @@
+"""The scoring service against the real stack: Postgres warehouse + Feast online store + MLflow.
+
+Set-up is real end to end: synthetic marts (tests/fixtures_marts.py) in a warehouse of this
+module's own → ``riskloop.features.apply`` + materialize → ``training.train.train_fraud``
+registers the model with alias ``champion`` → ``serving.app.create_app`` under FastAPI's
+TestClient (which runs the lifespan: model download, Feast store, decision-log writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from riskloop.config import Settings
+from riskloop.db import dsn
+
+pytestmark = pytest.mark.slow
+log = logging.getLogger(__name__)
+
+CUSTOMER_FEATURES = [f"customer_{kind}_{w}" for kind in ("nb_tx", "avg_amount") for w in ("1d", "7d", "30d")]
+TERMINAL_FEATURES = [f"terminal_{kind}_{w}" for kind in ("nb_tx", "risk") for w in ("1d", "7d", "30d")]
+REQUEST_FEATURES = ["amount", "is_weekend", "is_night"]
+DECISIONS = {"allow", "review", "deny"}
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # released on close: nothing listens there
+
+
+# --- the whole set-up ------------------------------------------------------------------------
+
+class Stack:
+    """What the tests need to know about the set-up."""
+
+    def __init__(self, settings: Settings, marts: Any, model_version: str, features: list[str]) -> None:
+        self.settings = settings
+        self.marts = marts
+        self.model_version = model_version
+        self.features = features
+
+    def store(self):
+        from riskloop.features import feature_store
+
+        return feature_store(self.settings)
+
+    def broken_store(self):
+        """The same repo pointed at a port nothing listens on (the feature store's server is down)."""
+        from riskloop.features import feature_store
+
+        pg = self.settings.pg
+        down = type(pg)(host=pg.host, port=_closed_port(), user=pg.user, password=pg.password)
+        return feature_store(self.settings.model_copy(update={"database_url": down.url(self.settings.warehouse_db,
+                                                                                        driver="")}))
+
+
+@pytest.fixture(scope="module")
+def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
+    from fixtures_marts import isolated_settings, make_marts, write_marts
+
+    from riskloop import features
+    from training.train import train_fraud
+
+    base = isolated_settings("riskloop_t_serving")
+    # A model name of our own: other modules of the session register riskloop-fraud versions too.
+    settings = base.model_copy(update={"fraud_model_name": f"test-serving-fraud-{uuid.uuid4().hex[:8]}"})
+    marts = make_marts(days=30, customers=60, terminals=30, seed=5)
+    write_marts(settings, marts)
+    features.apply(settings)
+    # Full range rather than features.materialize (incremental): the Feast registry and online
+    # store are shared by the session, another module may already have materialized a later end.
+    features.feature_store(settings).materialize(marts.as_of - timedelta(days=60), marts.as_of.to_pydatetime())
+    result = train_fraud(settings, {"n_estimators": 40})
+    assert "champion" in result.aliases
+    yield Stack(settings, marts, result.version, list(result.features))
+
+
+@pytest.fixture()
+def app_factory(stack: Stack) -> Callable[..., Any]:
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    def make(store_factory: Callable[[], Any] | None = None, **cfg: Any):
+        return create_app(stack.settings, ServingSettings(**cfg), feature_store_factory=store_factory)
+
+    return make
+
+
+@pytest.fixture()
+def client(app_factory) -> Iterator[TestClient]:
+    with TestClient(app_factory()) as c:
+        yield c
+
+
+def _request(stack: Stack, **overrides: Any) -> dict[str, Any]:
+    tx = stack.marts.fct_transactions.iloc[-1]
+    body = {"transaction_id": "tx-1", "card_token": "tok_abc", "customer_id": tx.customer_id,
+            "terminal_id": tx.terminal_id, "amount_minor": 12_345, "currency": "EUR",
+            "timestamp": "2024-03-30T02:15:00+00:00"}  # a Saturday night
+    body.update(overrides)
+    return body
+
+
+def _log_rows(settings: Settings, where: str = "true", params: tuple = ()) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn(settings)) as conn:
+        cur = conn.execute(f"select * from serving.decision_log where {where}", params)
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _wait_logged(settings: Settings, decision_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = _log_rows(settings, "decision_id = %s", (decision_id,))
+        if rows:
+            return rows[0]
+        time.sleep(0.05)
+    raise AssertionError(f"decision {decision_id} not in serving.decision_log after {timeout}s")
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+def test_score_contract(client: TestClient, stack: Stack) -> None:
+    r = client.post("/v1/score/fraud", json=_request(stack), headers={"X-Request-ID": "req-contract"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"decision_id", "decision", "score", "model", "reasons", "rules", "degraded"}
+    assert body["decision"] in DECISIONS
+    assert isinstance(body["score"], float) and 0.0 <= body["score"] <= 1.0
+    assert body["model"] == {"name": stack.settings.fraud_model_name, "version": stack.model_version,
+                             "alias": "champion"}
+    assert body["degraded"] is False
+    assert isinstance(body["rules"], list)
+    reasons = body["reasons"]
+    assert len(reasons) <= 4
+    for reason in reasons:
+        assert set(reason) == {"code", "feature", "value", "contribution"}
+        assert reason["code"].startswith("R") and reason["feature"] in stack.features
+        assert reason["contribution"] > 0
+    contribs = [x["contribution"] for x in reasons]
+    assert contribs == sorted(contribs, reverse=True)
+    assert r.headers["X-Request-ID"] == "req-contract"
+
+
+def test_decision_logged_with_exact_vector(client: TestClient, stack: Stack) -> None:
+    import mlflow
+    import xgboost as xgb
+    from mlflow import MlflowClient
+
+    req = _request(stack)
+    body = client.post("/v1/score/fraud", json=req).json()
+    row = _wait_logged(stack.settings, body["decision_id"])
+    assert row["decision"] == body["decision"] and row["degraded"] is False
+    assert row["model_name"] == stack.settings.fraud_model_name and row["model_version"] == stack.model_version
+    assert row["model_alias"] == "champion"
+    assert row["score"] == pytest.approx(body["score"], abs=1e-12)
+    assert row["reasons"] == body["reasons"] and row["rules"] == body["rules"]
+    assert row["request"]["customer_id"] == req["customer_id"] and row["request"]["amount_minor"] == 12_345
+    assert row["latency_ms"] > 0
+    # The vector: every model input, in the model's order, request-time values computed from the body…
+    assert set(row["features"]) == set(stack.features)  # jsonb keeps no key order; the model's is its param
+    assert row["features"]["amount"] == 123.45
+    assert row["features"]["is_weekend"] == 1.0 and row["features"]["is_night"] == 1.0
+    # …and the store values exactly what Feast serves online for these entities.
+    online = stack.store().get_online_features(
+        features=stack.store().get_feature_service("fraud_model_v1"),
+        entity_rows=[{"customer_id": req["customer_id"], "terminal_id": req["terminal_id"]}]).to_dict()
+    for name in CUSTOMER_FEATURES + TERMINAL_FEATURES:
+        assert row["features"][name] == pytest.approx(float(online[name][0])), name
+    assert set(row["feature_timestamps"]) == {"customer_spending", "terminal_risk"}
+    # Re-scoring the logged vector with the registered model reproduces the logged score.
+    uri = MlflowClient(stack.settings.tracking_uri, stack.settings.tracking_uri).get_model_version_download_uri(
+        stack.settings.fraud_model_name, stack.model_version)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=stack.settings.tracking_uri)
+    model = next(f for f in __import__("pathlib").Path(local).iterdir() if f.name.startswith("model."))
+    booster = xgb.Booster(model_file=str(model))
+    x = np.array([[np.nan if row["features"][n] is None else row["features"][n] for n in stack.features]])
+    assert float(booster.inplace_predict(x)[0]) == pytest.approx(row["score"], rel=1e-6)
+    # GET /v1/decisions/{id} returns the logged row.
+    got = client.get(f"/v1/decisions/{body['decision_id']}")
+    assert got.status_code == 200 and got.json()["features"] == row["features"] and got.json()["persisted"]
+
+
+def test_decision_log_is_append_only(client: TestClient, stack: Stack) -> None:
+    body = client.post("/v1/score/fraud", json=_request(stack)).json()
+    _wait_logged(stack.settings, body["decision_id"])
+    for stmt in ("update serving.decision_log set decision = 'allow' where decision_id = %s",
+                 "delete from serving.decision_log where decision_id = %s"):
+        with psycopg.connect(dsn(stack.settings)) as conn:
+            with pytest.raises(psycopg.Error, match="append-only"):
+                conn.execute(stmt, (body["decision_id"],))
+    with psycopg.connect(dsn(stack.settings)) as conn, pytest.raises(psycopg.Error, match="append-only"):
+        conn.execute("truncate serving.decision_log")
+    assert len(_log_rows(stack.settings, "decision_id = %s", (body["decision_id"],))) == 1
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda b: b.pop("customer_id"), "customer_id"),
+    (lambda b: b.update(amount_minor=-5), "amount_minor"),
+    (lambda b: b.update(amount_minor=0), "amount_minor"),
+    (lambda b: b.update(amount_minor="100"), "amount_minor"),
+    (lambda b: b.update(currency="ZZZ"), "currency"),
+    (lambda b: b.update(currency="eur"), "currency"),
+    (lambda b: b.update(timestamp="2024-03-30T02:15:00"), "timestamp"),  # naive: ambiguous
+    (lambda b: b.update(timestamp="yesterday"), "timestamp"),
+])
+def test_malformed_input_is_422_and_not_logged(client: TestClient, stack: Stack, mutate, field: str) -> None:
+    before = len(_log_rows(stack.settings))
+    body = _request(stack)
+    mutate(body)
+    r = client.post("/v1/score/fraud", json=body)
+    assert r.status_code == 422, r.text
+    assert any(err["loc"][-1] == field for err in r.json()["detail"]), r.json()
+    assert client.app.state.writer.depth() == 0
+    assert len(_log_rows(stack.settings)) == before
+
+
+def test_bad_json_is_422(client: TestClient, stack: Stack) -> None:
+    before = len(_log_rows(stack.settings))
+    r = client.post("/v1/score/fraud", content=b'{"customer_id": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "json_invalid"
+    assert len(_log_rows(stack.settings)) == before
+
+
+def test_unknown_customer_scores_with_missing_features(client: TestClient, stack: Stack) -> None:
+    body = client.post("/v1/score/fraud", json=_request(stack, customer_id="C-never-seen",
+                                                        terminal_id="T-never-seen")).json()
+    assert body["degraded"] is False and body["decision"] in DECISIONS
+    row = _wait_logged(stack.settings, body["decision_id"])
+    assert all(row["features"][n] is None for n in CUSTOMER_FEATURES + TERMINAL_FEATURES)
+    assert row["features"]["amount"] == 123.45
+
+
+def test_hard_amount_limit_denies(client: TestClient, stack: Stack) -> None:
+    body = client.post("/v1/score/fraud", json=_request(stack, amount_minor=5_000_000)).json()
+    assert body["decision"] == "deny" and "HARD_AMOUNT_LIMIT" in body["rules"]
+
+
+def test_degraded_when_feature_store_unreachable(app_factory, stack: Stack) -> None:
+    with TestClient(app_factory(store_factory=stack.broken_store)) as c:
+        r = c.post("/v1/score/fraud", json=_request(stack))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["degraded"] is True and body["score"] is None and body["reasons"] == []
+        assert body["decision"] == "allow"  # 123.45 is under the rules-only review limit
+        big = c.post("/v1/score/fraud", json=_request(stack, amount_minor=90_000)).json()
+        assert big["degraded"] is True and big["decision"] == "review"
+        assert big["rules"] == ["DEGRADED_AMOUNT_REVIEW"]
+        assert c.get("/readyz").json()["checks"]["feature_store"] is False
+    row = _wait_logged(stack.settings, body["decision_id"], timeout=1)  # flushed on shutdown
+    assert row["degraded"] is True and row["score"] is None and row["features"] == {}
+
+
+def test_degraded_when_online_read_fails(app_factory, stack: Stack) -> None:
+    """The store was fine at startup and fails later (its database went away mid-flight)."""
+
+    class Failing:
+        def __init__(self, real: Any) -> None:
+            self._real = real
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._real, name)
+
+        def get_online_features(self, *a: Any, **k: Any) -> Any:
+            raise psycopg.OperationalError("connection refused")
+
+    with TestClient(app_factory(store_factory=lambda: Failing(stack.store()))) as c:
+        body = c.post("/v1/score/fraud", json=_request(stack)).json()
+    assert body["degraded"] is True and body["model"]["version"] == stack.model_version
+
+
+def test_model_endpoint_and_reload(client: TestClient, stack: Stack) -> None:
+    from mlflow import MlflowClient
+
+    from training.train import train_fraud
+
+    info = client.get("/v1/model").json()
+    assert info["loaded"] and info["version"] == stack.model_version and info["features"] == stack.features
+    new_version = train_fraud(stack.settings, {"n_estimators": 20}).version  # alias challenger only
+    registry = MlflowClient(stack.settings.tracking_uri, stack.settings.tracking_uri)
+    registry.set_registered_model_alias(stack.settings.fraud_model_name, "champion", new_version)
+    try:
+        assert client.get("/v1/model").json()["version"] == stack.model_version  # not until reloaded
+        reloaded = client.post("/v1/admin/reload")
+        assert reloaded.status_code == 200 and reloaded.json()["version"] == new_version
+        body = client.post("/v1/score/fraud", json=_request(stack)).json()
+        assert body["model"]["version"] == new_version
+    finally:
+        registry.set_registered_model_alias(stack.settings.fraud_model_name, "champion", stack.model_version)
+
+
+def test_admin_token(app_factory) -> None:
+    with TestClient(app_factory(admin_token="s3cret")) as c:
+        assert c.post("/v1/admin/reload").status_code == 401
+        assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_health_ready_metrics_and_unknown_decision(client: TestClient, stack: Stack) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] is True
+    assert client.get("/v1/decisions/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert client.get("/v1/decisions/not-a-uuid").status_code == 422
+    client.post("/v1/score/fraud", json=_request(stack))
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and "riskloop_fraud_decisions_total" in metrics.text
+
+
+def test_not_ready_without_model(app_factory, stack: Stack) -> None:
+    with TestClient(app_factory(model_alias="no-such-alias")) as c:
+        assert c.get("/readyz").status_code == 503
+        assert c.get("/v1/model").json()["loaded"] is False
+        body = c.post("/v1/score/fraud", json=_request(stack)).json()
+        assert body["degraded"] is True and body["model"]["version"] is None
+
+
+def test_latency_in_process(client: TestClient, stack: Stack) -> None:
+    """p50/p99 over a few hundred in-process requests (reported, loosely bounded)."""
+    tx = stack.marts.fct_transactions.tail(300)
+    times = []
+    for t in tx.itertuples():
+        body = _request(stack, customer_id=t.customer_id, terminal_id=t.terminal_id,
+                        amount_minor=int(round(t.amount * 100)) or 1)
+        t0 = time.perf_counter()
+        r = client.post("/v1/score/fraud", json=body)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert r.status_code == 200
+    p50, p99 = np.percentile(times, [50, 99])
+    log.warning("in-process latency over %d requests: p50 %.2f ms, p99 %.2f ms", len(times), p50, p99)
+    assert p99 < 1000
