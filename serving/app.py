@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st.settings, st.cfg = settings, cfg
         st.metrics = _make_metrics()
         st.online = OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
-                                   cfg.feature_service)
+                                   cfg.feature_service, retry_s=cfg.feature_store_retry_s)
         st.model, st.model_error = None, None
         try:
             with _connect(settings) as conn:

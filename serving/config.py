@@ -25,6 +25,8 @@ class ServingSettings(BaseSettings):
     degraded_review_limit_minor: int = Field(
         default=50_000, gt=0,
         description="Rules-only mode (no features or no model): above this amount review instead of allow.")
+    feature_store_retry_s: float = Field(
+        default=5.0, ge=0.0, description="After a feature-store failure, rebuild it at most this often.")
     max_reasons: int = Field(default=4, ge=0, le=4)
     log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for the writer, at most.")
     log_batch_size: int = Field(default=500, gt=0, description="Rows per INSERT batch.")

@@ -148,6 +148,12 @@ class OnlineFeatures:
                                              full_feature_names=True).to_dict(include_event_timestamps=True)
         except Exception as exc:  # noqa: BLE001 - the store's own errors are many and undocumented
             self.last_error = f"{type(exc).__name__}: {exc}"
+            # Feast's Postgres online store keeps one connection and never reconnects it: drop the
+            # store so that a later request (after retry_s) builds a fresh one.
+            with self._lock:
+                if self._store is store:
+                    self._store, self._binding = None, None
+                    self._last_attempt = time.monotonic()
             raise FeatureStoreUnavailable(self.last_error) from exc
         values: dict[str, float] = {}
         stamps: dict[str, str | None] = {}

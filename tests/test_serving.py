@@ -264,22 +264,36 @@ def test_degraded_when_feature_store_unreachable(app_factory, stack: Stack) -> N
     assert row["degraded"] is True and row["score"] is None and row["features"] == {}
 
 
+class _FailingReads:
+    """A real store whose online reads fail (its database went away after startup)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def get_online_features(self, *a: Any, **k: Any) -> Any:
+        raise psycopg.OperationalError("connection refused")
+
+
 def test_degraded_when_online_read_fails(app_factory, stack: Stack) -> None:
-    """The store was fine at startup and fails later (its database went away mid-flight)."""
-
-    class Failing:
-        def __init__(self, real: Any) -> None:
-            self._real = real
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._real, name)
-
-        def get_online_features(self, *a: Any, **k: Any) -> Any:
-            raise psycopg.OperationalError("connection refused")
-
-    with TestClient(app_factory(store_factory=lambda: Failing(stack.store()))) as c:
+    with TestClient(app_factory(store_factory=lambda: _FailingReads(stack.store()))) as c:
         body = c.post("/v1/score/fraud", json=_request(stack)).json()
     assert body["degraded"] is True and body["model"]["version"] == stack.model_version
+
+
+def test_recovers_when_feature_store_comes_back(app_factory, stack: Stack) -> None:
+    builds = []
+
+    def factory() -> Any:
+        builds.append(1)
+        return _FailingReads(stack.store()) if len(builds) == 1 else stack.store()
+
+    with TestClient(app_factory(store_factory=factory, feature_store_retry_s=0)) as c:
+        assert c.post("/v1/score/fraud", json=_request(stack)).json()["degraded"] is True
+        assert c.post("/v1/score/fraud", json=_request(stack)).json()["degraded"] is False
+    assert len(builds) == 2
 
 
 def test_model_endpoint_and_reload(client: TestClient, stack: Stack) -> None:
