@@ -148,6 +148,7 @@ def demo(
     seed: int = typer.Option(42, help="Simulation seed."),
     requests: int = typer.Option(300, help="Transactions to score over HTTP."),
     port: int = typer.Option(8765, help="Port for the demo's scoring server."),
+    summary: Optional[Path] = typer.Option(None, help="Where to write the summary (default ./demo-summary.json)."),
 ) -> None:
     """Run the whole loop on the embedded stack and write demo-summary.json."""
     from rich.table import Table
@@ -155,6 +156,8 @@ def demo(
     from riskloop.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(days=days, customers=customers, seed=seed, n_requests=requests, serve_port=port)
+    if summary is not None:
+        cfg.summary_path = summary
 
     def on_change(stage: str, state: str) -> None:
         style = {"running": "yellow", "ok": "green", "failed": "red"}[state]

@@ -80,12 +80,17 @@ def _simulate(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     return json.loads(manifest_path.read_text())
 
 
-def _score_requests(settings: Settings, n: int) -> list[dict[str, Any]]:
-    """The last simulated transactions, as the processor would send them for scoring."""
+def _score_requests(settings: Settings, n: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded sample of the last week's transactions, as the processor would send them.
+
+    A sample rather than the last n: those all fall in one evening, which would make the
+    night/weekend flags look drifted for no reason but the sampling.
+    """
     import pandas as pd
 
     tx = pd.read_parquet(settings.landing / "transactions.parquet")
-    tail = tx.sort_values("TX_DATETIME").tail(n)
+    recent = tx[tx["TX_DATETIME"] >= tx["TX_DATETIME"].max() - pd.Timedelta(days=7)]
+    tail = recent.sample(n=min(n, len(recent)), random_state=seed).sort_values("TX_DATETIME")
     return [
         {
             "transaction_id": str(r.TRANSACTION_ID),
@@ -224,13 +229,16 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
                                                ("auc_roc", "average_precision", "card_precision_at_100"))
             summary["credit"] = _latest_metrics(settings, settings.credit_model_name, ("auc_roc", "brier"))
         with stages.stage("serve_and_score", on_change):
-            requests = _score_requests(settings, cfg.n_requests)
+            requests = _score_requests(settings, cfg.n_requests, cfg.seed)
             with _serving(settings, cfg.serve_port) as url:
                 summary["scoring"] = _send(url, requests)
         with stages.stage("monitor_and_promote", on_change):
             run_dag(settings, "riskloop_monitor")
-            drift = _latest_row(settings, "select verdict, share_drifted, n_reference, n_current, report_path "
-                                          "from monitoring.drift_reports order by created_at desc limit 1")
+            drift = _latest_row(settings, "select verdict, reason, share_drifted, n_reference, n_current, "
+                                          "report_path, per_feature from monitoring.drift_reports "
+                                          "order by created_at desc limit 1")
+            per_feature = drift.pop("per_feature", None) or {}
+            drift["drifted_features"] = sorted(k for k, v in per_feature.items() if v.get("drifted"))
             summary["drift"] = drift
             promo = _latest_row(settings, "select decision, reason, champion_version, challenger_version, "
                                           "new_champion_version from governance.promotion_decisions "
