@@ -81,10 +81,18 @@ def _fetch(store: "FeatureStore", entity_sql: str, service: str, sort: list[str]
 def fraud_dataset(store: "FeatureStore", windows: list[tuple[pd.Timestamp, pd.Timestamp]]) -> pd.DataFrame:
     """One row per transaction with ``tx_at`` in any of ``windows`` ([start, end) pairs): ids,
     request inputs, ``is_fraud``/``fraud_known_at`` and the ``fraud_model_v1`` features as of
-    ``tx_at``."""
+    just before ``tx_at``.
+
+    The customer feature rows are stamped with their own transaction's time and include it; the
+    online store, when a new payment is scored, holds the row of the customer's *previous*
+    payment. Joining one microsecond before ``tx_at`` gives training exactly what serving sees
+    (the current payment reaches the model through the request-time ``amount``), so there is
+    no train/serve skew.
+    """
     where = " or ".join(f"(tx_at >= {_ts(a)} and tx_at < {_ts(b)})" for a, b in windows)
     entity_sql = (
-        "select transaction_id, customer_id, terminal_id, tx_at as event_timestamp, "
+        "select transaction_id, customer_id, terminal_id, "
+        "tx_at - interval '1 microsecond' as event_timestamp, "
         "amount, is_weekend, is_night, is_fraud, fraud_known_at "
         f"from marts.fct_transactions where {where}")
     frame = _fetch(store, entity_sql, FRAUD_SERVICE, ["event_timestamp", "transaction_id"])
