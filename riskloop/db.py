@@ -34,3 +34,25 @@ def connect(settings: Settings, database: str | None = None, autocommit: bool = 
 
 def ensure_schema(conn: psycopg.Connection, name: str) -> None:
     conn.execute(f'create schema if not exists "{name}"')
+
+
+def append_only_ddl(table: str) -> str:
+    """DDL that makes ``schema.table`` append-only in the database itself: UPDATE, DELETE and
+    TRUNCATE raise, whoever connects. Audit tables (decisions, promotions) rely on it."""
+    schema, name = table.split(".")
+    fn = f"{schema}.{name}_append_only"
+    return f"""
+create or replace function {fn}() returns trigger
+language plpgsql as $$
+begin
+    raise exception '{table} is append-only: % refused', tg_op
+        using errcode = 'insufficient_privilege';
+end
+$$;
+create or replace trigger {name}_append_only
+    before update or delete on {table}
+    for each row execute function {fn}();
+create or replace trigger {name}_no_truncate
+    before truncate on {table}
+    for each statement execute function {fn}();
+"""

@@ -162,9 +162,9 @@ def _send(url: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _models(settings: Settings) -> dict[str, Any]:
-    from mlflow import MlflowClient
+    from riskloop.registry import mlflow_client
 
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    client = mlflow_client(settings.tracking_uri)
     out: dict[str, Any] = {}
     for name in (settings.fraud_model_name, settings.credit_model_name):
         versions = client.search_model_versions(f"name='{name}'")
@@ -179,9 +179,9 @@ def _models(settings: Settings) -> dict[str, Any]:
 
 
 def _latest_metrics(settings: Settings, name: str, keys: tuple[str, ...]) -> dict[str, Any]:
-    from mlflow import MlflowClient
+    from riskloop.registry import mlflow_client
 
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    client = mlflow_client(settings.tracking_uri)
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         return {}

@@ -15,7 +15,6 @@ three-level verdict that the promotion gate and alerting can act on, and keep th
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import re
@@ -23,13 +22,13 @@ import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from riskloop import db
 from riskloop.config import Settings
+from riskloop.registry import mlflow_client, parse_features_param
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +137,6 @@ class DriftResult:
 
 # --- small helpers -----------------------------------------------------------------------
 
-def parse_features_param(raw: str | None) -> list[str]:
-    """The run param ``features``: a JSON list, a Python list repr or a comma-separated list."""
-    if not raw:
-        return []
-    raw = raw.strip()
-    names: Any
-    if raw.startswith("["):
-        try:
-            names = json.loads(raw)
-        except json.JSONDecodeError:
-            names = ast.literal_eval(raw)
-    else:
-        names = raw.split(",")
-    return [str(n).strip() for n in names if str(n).strip()]
 
 
 def ensure_tables(settings: Settings) -> None:
@@ -162,10 +147,6 @@ def ensure_tables(settings: Settings) -> None:
         conn.execute(_DDL)
 
 
-def _mlflow_client(settings: Settings):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
 def _load_reference(settings: Settings, run_id: str) -> pd.DataFrame:
@@ -277,7 +258,7 @@ def run_drift(
     if not 0.0 < warning_share <= critical_share <= 1.0:
         raise ValueError("need 0 < warning_share <= critical_share <= 1")
     started = datetime.now(UTC)
-    client = _mlflow_client(settings)
+    client = mlflow_client(settings.tracking_uri)
     mv = client.get_model_version(model_name, str(version)) if version is not None \
         else client.get_model_version_by_alias(model_name, alias)
     if not mv.run_id:

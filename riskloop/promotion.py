@@ -29,7 +29,8 @@ import pandas as pd
 
 from riskloop import db
 from riskloop.config import Settings
-from riskloop.monitoring import DriftResult, parse_features_param
+from riskloop.monitoring import DriftResult
+from riskloop.registry import mlflow_client, parse_features_param
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +66,6 @@ create table if not exists {GOVERNANCE_SCHEMA}.promotion_decisions (
 );
 create index if not exists promotion_decisions_model_idx
     on {GOVERNANCE_SCHEMA}.promotion_decisions (model_name, decided_at desc);
-create or replace function {GOVERNANCE_SCHEMA}.promotion_decisions_append_only() returns trigger
-language plpgsql as $$
-begin
-    raise exception '{GOVERNANCE_SCHEMA}.promotion_decisions is append-only: % refused', tg_op
-        using errcode = 'insufficient_privilege';
-end
-$$;
-create or replace trigger promotion_decisions_append_only
-    before update or delete on {GOVERNANCE_SCHEMA}.promotion_decisions
-    for each row execute function {GOVERNANCE_SCHEMA}.promotion_decisions_append_only();
-create or replace trigger promotion_decisions_no_truncate
-    before truncate on {GOVERNANCE_SCHEMA}.promotion_decisions
-    for each statement execute function {GOVERNANCE_SCHEMA}.promotion_decisions_append_only();
 """
 
 # A loader of the common test set: (settings, challenger run params) -> one row per transaction
@@ -133,7 +121,7 @@ def ensure_tables(settings: Settings) -> None:
     with db.connect(settings) as conn:
         conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.governance.ddl'))")
         db.ensure_schema(conn, GOVERNANCE_SCHEMA)
-        conn.execute(_DDL)
+        conn.execute(_DDL + db.append_only_ddl(f"{GOVERNANCE_SCHEMA}.promotion_decisions"))
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -158,10 +146,6 @@ def fraud_test_set(settings: Settings, run_params: dict[str, str]) -> pd.DataFra
     return test
 
 
-def _mlflow_client(settings: Settings):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:
@@ -256,7 +240,7 @@ def evaluate_promotion(
     """
     if margin < 0:
         raise ValueError("margin must be >= 0")
-    client = _mlflow_client(settings)
+    client = mlflow_client(settings.tracking_uri)
     ensure_tables(settings)
     base: dict[str, Any] = {"decision_id": str(uuid.uuid4()), "model_name": model_name, "margin": margin,
                             "drift_verdict": drift.verdict if drift else None,

@@ -22,6 +22,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from riskloop.db import append_only_ddl
+
 log = logging.getLogger(__name__)
 
 SCHEMA = "serving"
@@ -53,20 +55,7 @@ create table if not exists {TABLE} (
     degraded           boolean not null default false
 );
 create index if not exists decision_log_decided_at_idx on {TABLE} (decided_at);
-create or replace function {SCHEMA}.decision_log_append_only() returns trigger
-language plpgsql as $$
-begin
-    raise exception '{TABLE} is append-only: % refused', tg_op
-        using errcode = 'insufficient_privilege';
-end
-$$;
-create or replace trigger decision_log_append_only
-    before update or delete on {TABLE}
-    for each row execute function {SCHEMA}.decision_log_append_only();
-create or replace trigger decision_log_no_truncate
-    before truncate on {TABLE}
-    for each statement execute function {SCHEMA}.decision_log_append_only();
-"""
+""" + append_only_ddl(TABLE)
 
 INSERT = (f"insert into {TABLE} ({', '.join(COLUMNS)}) values ({', '.join(['%s'] * len(COLUMNS))}) "
           "on conflict (decision_id) do nothing")

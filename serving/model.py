@@ -7,13 +7,14 @@ millisecond, whereas going through ``mlflow.pyfunc`` would add a pandas round tr
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
+
+from riskloop.registry import mlflow_client, parse_features_param
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,6 @@ class LoadedModel:
         return score, contribs
 
 
-def parse_features_param(raw: str | None) -> list[str]:
-    """The run param ``features``: a JSON list or a comma-separated list of names, in model order."""
-    if not raw:
-        return []
-    raw = raw.strip()
-    if raw.startswith("["):
-        names = json.loads(raw)
-    else:
-        names = raw.split(",")
-    return [str(n).strip() for n in names if str(n).strip()]
 
 
 def _as_booster(obj: object):
@@ -74,10 +65,9 @@ def load_model(tracking_uri: str, name: str, alias: str) -> LoadedModel:
     """
     import mlflow
     import mlflow.xgboost
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:

@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import psycopg
 import pytest
 from fastapi.testclient import TestClient

@@ -121,12 +121,13 @@ def _log_and_register(settings: Settings, name: str, service: str, clf: Any, x_t
                       reference_rows: int) -> TrainResult:
     import mlflow
     import mlflow.xgboost
-    from mlflow import MlflowClient
     from mlflow.models import infer_signature
+
+    from riskloop.registry import mlflow_client
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    client = mlflow_client(settings.tracking_uri)
     mlflow.set_experiment(name)
     first = not tracking.has_versions(client, name)
     dataset_hash = tracking.content_hash(x_train)
