@@ -56,10 +56,16 @@ def riskloop_ingest():
     @task
     def check_contracts(loaded: dict) -> dict:
         """Great Expectations checkpoint on raw.*; raising here stops everything downstream."""
-        from riskloop.config import get_settings
-        from riskloop.contracts import run_contracts
+        from airflow.sdk.exceptions import AirflowFailException
 
-        report = run_contracts(get_settings())
+        from riskloop.config import get_settings
+        from riskloop.contracts import ContractViolation, run_contracts
+
+        try:
+            report = run_contracts(get_settings())
+        except ContractViolation as exc:
+            # Bad data stays bad on a retry: fail now, without retries, and say why.
+            raise AirflowFailException(f"data contract violated: {exc}") from exc
         return {"success": report.success, "tables": sorted(loaded)}
 
     @task
