@@ -150,3 +150,21 @@ RAW_TABLES: tuple[RawTable, ...] = (
 )
 
 RAW_TABLES_BY_NAME = {t.name: t for t in RAW_TABLES}
+
+# Not a landed file: the webhook receiver (``serving.webhooks``) writes this table as events
+# arrive, so it is not in RAW_TABLES (which the simulator writes and ``riskloop.ingest`` loads).
+# The body is kept exactly as signed, so the row can be re-verified and re-parsed by dbt.
+WEBHOOK_INBOX = RawTable(
+    name="webhook_inbox",
+    key=("processor", "event_id"),
+    time_column="received_at",
+    description="Verified processor webhooks as received; a replayed event id writes nothing new.",
+    columns=(
+        Column("processor", "text", description="'stripe' or 'standard' (the scheme that verified it)."),
+        Column("event_id", "text", description="Stripe: the body's id; Standard Webhooks: the webhook-id header."),
+        Column("event_type", "text", description="The body's type, as the processor named it."),
+        Column("signed_at", "timestamptz", description="The signature timestamp (within tolerance of arrival)."),
+        Column("received_at", "timestamptz", description="When the request reached riskloop (arrival time)."),
+        Column("body", "text", description="The raw UTF-8 JSON body, byte for byte as signed."),
+    ),
+)
