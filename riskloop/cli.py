@@ -187,5 +187,82 @@ def demo(
     console.print(f"total {summary['total_seconds']:.0f}s; summary written to {cfg.summary_path}")
 
 
+import_app = typer.Typer(help="Load external data through the same path as simulated data.", no_args_is_help=True)
+
+
+@import_app.command("handbook")
+def import_(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A handbook-schema Parquet file."),
+    seed: int = typer.Option(0, help="Seed of the derived feeds (disputes, KYC, credit)."),
+    no_materialize: bool = typer.Option(False, "--no-materialize", help="Skip Feast apply/materialize."),
+) -> None:
+    """Derive raw feeds from a Fraud Detection Handbook file and run ingest → contracts → dbt → Feast."""
+    from dataclasses import asdict
+
+    from riskloop.handbook import import_handbook
+
+    result = import_handbook(get_settings(), path, seed=seed, materialize=not no_materialize)
+    console.print_json(json.dumps(asdict(result)))
+
+
+app.add_typer(import_app, name="import")
+
+benchmark_app = typer.Typer(help="Measure riskloop's models against published results.", no_args_is_help=True)
+
+
+@benchmark_app.command("handbook")
+def benchmark_handbook(
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="The handbook Parquet file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results to this JSON file."),
+    seed: int = typer.Option(42, help="Model seed."),
+    reimport: bool = typer.Option(False, "--reimport", help="Import the file even if the warehouse holds it."),
+) -> None:
+    """The fraud model on the handbook's chapter 3 split and chapter 5 prequential folds (Feast features)."""
+    from riskloop.handbook import import_handbook, is_imported
+    from training.benchmark import METRICS, run_benchmark
+
+    settings = get_settings()
+    if reimport or not is_imported(settings, data):
+        import_handbook(settings, data)
+    result = run_benchmark(settings, seed=seed)
+    result["data"] = str(data)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        console.print(f"results written to {json_out}")
+    for protocol in ("chapter3", "chapter5"):
+        r = result[protocol]
+        console.print(f"{protocol}: " + "  ".join(f"{m} {r[m]:.3f}±{r[m + '_std']:.3f}" for m in METRICS))
+
+
+app.add_typer(benchmark_app, name="benchmark")
+
+
+replay_app = typer.Typer(help="Re-send archived data to a running riskloop.", no_args_is_help=True)
+
+
+@replay_app.command("webhooks")
+def replay_webhooks(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A JSON-lines archive, one body per line."),
+    url: str = typer.Option(..., help="Receiver endpoint, e.g. http://127.0.0.1:8000/webhooks/stripe."),
+    scheme: Optional[str] = typer.Option(None, help="stripe or standard (default: from the file name)."),
+    concurrency: int = typer.Option(8, min=1, max=256, help="Requests in flight."),
+) -> None:
+    """Sign each line with the first RISKLOOP_WEBHOOK_SECRETS_<SCHEME> secret and POST it (exit 1 unless all 2xx)."""
+    from riskloop.webhooks import SCHEMES, replay
+
+    if scheme is not None and scheme not in SCHEMES:
+        raise typer.BadParameter("scheme must be stripe or standard")
+    try:
+        result = replay(file, url, scheme, concurrency=concurrency)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(json.dumps(result.to_dict()))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+app.add_typer(replay_app, name="replay")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

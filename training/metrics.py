@@ -40,6 +40,26 @@ def brier(y_true: np.ndarray | pd.Series, y_prob: np.ndarray | pd.Series) -> flo
     return float(brier_score_loss(np.asarray(y_true), np.asarray(y_prob)))
 
 
+def calibration_table(y_true: np.ndarray | pd.Series, y_prob: np.ndarray | pd.Series,
+                      n_bins: int = 10) -> pd.DataFrame:
+    """Equal-width probability bins: rows, mean predicted and observed rate (the calibration curve)."""
+    p = np.clip(np.asarray(y_prob, dtype=float), 0.0, 1.0)
+    y = np.asarray(y_true, dtype=float)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    frame = pd.DataFrame({"bin": bins, "p": p, "y": y})
+    table = frame.groupby("bin").agg(n=("y", "size"), mean_predicted=("p", "mean"), observed=("y", "mean"))
+    return table.reset_index()
+
+
+def expected_calibration_error(y_true: np.ndarray | pd.Series, y_prob: np.ndarray | pd.Series,
+                               n_bins: int = 10) -> float:
+    """ECE: the row-weighted mean |observed - predicted| over :func:`calibration_table`'s bins."""
+    table = calibration_table(y_true, y_prob, n_bins)
+    if table.empty:
+        return math.nan
+    return float((table["n"] * (table["observed"] - table["mean_predicted"]).abs()).sum() / table["n"].sum())
+
+
 def card_precision_at_k_per_day(df: pd.DataFrame, k: int = 100, *, customer_col: str = "customer_id",
                                 time_col: str = "event_timestamp", score_col: str = "score",
                                 label_col: str = "label") -> pd.Series:
@@ -73,3 +93,13 @@ def card_precision_at_k(df: pd.DataFrame, k: int = 100, **columns: str) -> float
     """Mean over days of :func:`card_precision_at_k_per_day` (NaN for an empty frame)."""
     per_day = card_precision_at_k_per_day(df, k, **columns)
     return float(per_day.mean()) if len(per_day) else math.nan
+
+
+def fraud_metrics(predictions: pd.DataFrame, k: int = 100) -> dict[str, float]:
+    """The handbook's three fraud metrics of a scored frame (``label``, ``score``,
+    ``customer_id``, ``event_timestamp``): one definition for training runs and benchmarks."""
+    return {
+        "auc_roc": auc_roc(predictions["label"], predictions["score"]),
+        "average_precision": average_precision(predictions["label"], predictions["score"]),
+        f"card_precision_at_{k}": card_precision_at_k(predictions, k=k),
+    }

@@ -69,6 +69,34 @@ def fraud_windows(data_start: pd.Timestamp, data_end: pd.Timestamp, *, train_day
     return FraudWindows(train_start, train_end, test_start, test_end, train_end + cutoff_days * DAY)
 
 
+def windows_from(train_start: pd.Timestamp | str, *, train_days: int = 7, delay_days: int = 7,
+                 test_days: int = 7, label_cutoff_days: int | None = None) -> FraudWindows:
+    """The windows of a split whose training starts on ``train_start`` (a UTC day).
+
+    The handbook fixes its splits by the training start date (``start_date_training``), where
+    `fraud_windows` places them from the end of the data; both give the same layout. A naive
+    date is taken as UTC (the handbook's times are naive UTC).
+    """
+    start = pd.Timestamp(train_start)
+    start = (start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")).floor("D")
+    if min(train_days, test_days) <= 0 or delay_days < 0:
+        raise ValueError("window sizes must be positive (the delay may be 0)")
+    train_end = start + train_days * DAY
+    test_start = train_end + delay_days * DAY
+    cutoff_days = delay_days if label_cutoff_days is None else label_cutoff_days
+    return FraudWindows(start, train_end, test_start, test_start + test_days * DAY, train_end + cutoff_days * DAY)
+
+
+def prequential_windows(train_start: pd.Timestamp | str, n_folds: int = 4, *, assessment_days: int = 7,
+                        **sizes: int) -> list[FraudWindows]:
+    """Handbook chapter 5.2 prequential folds: fold ``i`` starts training ``i * assessment_days``
+    before ``train_start`` (fold 0 is the most recent); ``sizes`` as in `windows_from`."""
+    if n_folds <= 0:
+        raise ValueError("n_folds must be positive")
+    first = pd.Timestamp(train_start)
+    return [windows_from(first - i * assessment_days * DAY, **sizes) for i in range(n_folds)]
+
+
 def known_label(df: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Series:
     """1 for a fraud whose label was known at ``cutoff``, else 0."""
     known = df["fraud_known_at"].notna() & (df["fraud_known_at"] <= cutoff)
