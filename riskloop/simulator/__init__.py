@@ -35,6 +35,7 @@ from riskloop.schema import RAW_TABLES
 from riskloop.simulator.derive import derive_tables, infer_period
 from riskloop.simulator.frames import to_arrow
 from riskloop.simulator.handbook import DEFAULT_RADIUS, DEFAULT_START_DATE, generate
+from riskloop.webhooks import write_webhook_files
 
 __all__ = ["PRESETS", "Simulation", "SimulationParams", "derive_from_handbook", "infer_period", "manifest",
            "resolve_params", "simulate", "write"]
@@ -161,7 +162,8 @@ def manifest(sim: Simulation) -> dict[str, Any]:
 
 
 def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``<table>.parquet`` per raw table, ``transactions.parquet`` and ``manifest.json``.
+    """Write ``<table>.parquet`` per raw table, ``transactions.parquet``, ``webhooks/{stripe,standard}.jsonl``
+    and ``manifest.json``.
 
     The manifest is written last, so its presence marks a complete landing.  Returns it.
     """
@@ -170,6 +172,9 @@ def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     for table in RAW_TABLES:
         _write_parquet(to_arrow(table.name, sim.tables[table.name]), out / table.file_name)
     _write_parquet(pa.Table.from_pandas(sim.transactions, preserve_index=False), out / TRANSACTIONS_FILE)
+    # The same events as each processor's signed-webhook bodies (webhooks/<processor>.jsonl), so an
+    # archive can be replayed against the receiver (`riskloop replay webhooks`).
+    write_webhook_files(sim.tables["webhook_events"], out)
     info = manifest(sim)
     tmp = out / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
