@@ -100,6 +100,33 @@ def test_same_data_and_seed_give_identical_model_bytes() -> None:
     assert first != model.model_bytes(model.fit(x, y, params, seed=8))  # subsample: the seed matters
 
 
+def test_expected_calibration_error_hand_computed() -> None:
+    # bin 1 ([0.1, 0.2)): predicted 0.15, observed 0.5, 2 rows; bin 8: predicted 0.85, observed 1, 2 rows
+    y, p = [0, 1, 1, 1], [0.15, 0.15, 0.85, 0.85]
+    assert metrics.expected_calibration_error(y, p) == pytest.approx((2 * 0.35 + 2 * 0.15) / 4)
+    assert metrics.expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0
+
+
+def test_credit_monotone_constraints_hold_on_noisy_data() -> None:
+    """With the constraints, more delinquencies never lower the predicted risk, whatever the noise."""
+    from training import model
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    x = pd.DataFrame({"n_delinquencies": rng.poisson(1.0, n).astype(float), "annual_income": rng.lognormal(10.5, 0.4, n),
+                      "amount": rng.uniform(1000, 20000, n)})
+    logit = -2 + 0.4 * x["n_delinquencies"] - 0.5 * np.log(x["annual_income"] / 35000)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    cons = model.monotone_constraints(list(x.columns), model.CREDIT_MONOTONE)
+    assert cons == {"n_delinquencies": 1, "annual_income": -1}
+    clf = model.fit(x, y, {"n_estimators": 60, "max_depth": 5, "monotone_constraints": cons}, seed=1)
+    grid = pd.DataFrame({"n_delinquencies": np.arange(0, 12, dtype=float), "annual_income": 30000.0, "amount": 5000.0})
+    risk = clf.predict_proba(grid[list(x.columns)])[:, 1]
+    assert np.all(np.diff(risk) >= -1e-9)
+    grid = pd.DataFrame({"n_delinquencies": 1.0, "annual_income": np.linspace(10_000, 200_000, 20), "amount": 5000.0})
+    assert np.all(np.diff(clf.predict_proba(grid[list(x.columns)])[:, 1]) <= 1e-9)
+
+
 # --- end to end through Feast and the real MLflow server ------------------------------------
 
 @pytest.mark.slow
@@ -142,5 +169,8 @@ def test_training_registers_versions_with_aliases_and_metrics(stack_env: dict[st
 
     credit = train_credit(settings, params)
     assert credit.version == "1" and set(credit.aliases) == {"champion", "challenger"}
-    assert set(client.get_run(credit.run_id).data.metrics) == {"auc_roc", "brier"}
+    assert set(client.get_run(credit.run_id).data.metrics) == {"auc_roc", "brier", "ece", "oracle_auc_roc",
+                                                                "auc_to_oracle"}
+    assert 0 <= credit.metrics["ece"] <= 1 and credit.metrics["oracle_auc_roc"] > 0.5
+    assert "n_delinquencies" in client.get_run(credit.run_id).data.params["xgb_monotone_constraints"]
     assert credit.metrics["auc_roc"] > 0.6
