@@ -40,6 +40,7 @@ from serving.schemas import (
     LoadedModelInfo,
     ModelInfo,
 )
+from serving.webhooks import build_router as webhooks_router
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             st.writer.close(cfg.log_shutdown_timeout_s)
 
     app = FastAPI(title="riskloop scoring", version="0.1.0", lifespan=lifespan)
+    app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

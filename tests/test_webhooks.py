@@ -301,3 +301,27 @@ def test_concurrent_senders_each_event_once(receiver: Receiver) -> None:
     assert all(x.status_code == 200 for x in resps)
     assert sum(not x.json()["duplicate"] for x in resps) == 200
     assert r.count() == 200
+
+
+def test_scoring_app_serves_the_receiver_and_its_metrics(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`riskloop serve` runs serving.app: the webhook routes are mounted there and their counters
+    appear on the scoring app's /metrics (no model is needed to receive webhooks)."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    monkeypatch.setenv("RISKLOOP_WEBHOOK_SECRETS_STRIPE", STRIPE_SECRET)
+    app = create_app(settings)
+    assert {"/webhooks/stripe", "/webhooks/standard"} <= {getattr(r, "path", "") for r in app.routes}
+    body = stripe_event("evt_scoring_app")
+    with TestClient(app) as client:
+        resp = client.post("/webhooks/stripe", content=body,
+                           headers={"Stripe-Signature": sign_stripe(body, STRIPE_SECRET, int(time.time()))})
+        assert resp.status_code == 200, resp.text
+        bad = client.post("/webhooks/stripe", content=body, headers={})
+        assert bad.status_code == 400
+        text = client.get("/metrics").text
+    assert 'riskloop_webhook_rejections_total{processor="stripe",reason="missing_header"} 1.0' in text
+    with psycopg.connect(dsn(settings)) as conn:
+        assert conn.execute("select count(*) from raw.webhook_inbox where event_id = 'evt_scoring_app'"
+                            ).fetchone()[0] == 1
