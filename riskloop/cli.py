@@ -264,5 +264,40 @@ def replay_webhooks(
 app.add_typer(replay_app, name="replay")
 
 
+decisions_app = typer.Typer(help="The decision log: explain and verify logged decisions.", no_args_is_help=True)
+
+
+@decisions_app.command("replay")
+def decisions_replay(
+    decision_id: str = typer.Argument(..., help="decision_id of a serving.decision_log row."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Recompute a logged decision from its logged features, its model version and its policy
+    version; exit 1 if it does not match what was decided (2 if it cannot be replayed)."""
+    from serving.replay import ReplayError, replay
+
+    try:
+        result = replay(get_settings(), decision_id)
+    except ReplayError as exc:
+        console.print(f"[red]cannot replay:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+    else:
+        console.print(f"decision {result.decision_id} ({result.product}, {result.model}, "
+                      f"policy {result.policy_version})")
+        for key in ("score", "decision", "rules"):
+            console.print(f"  {key:<9} logged {result.logged[key]!s:<28} replayed {result.replayed[key]}")
+        console.print(f"  reasons   logged {[r['code'] for r in result.logged['reasons']]}  "
+                      f"replayed {[r['code'] for r in result.replayed['reasons']]}")
+        console.print("[green]matches[/green]" if result.matches
+                      else "[red]MISMATCH[/red]: " + "; ".join(result.mismatches))
+    if not result.matches:
+        raise typer.Exit(1)
+
+
+app.add_typer(decisions_app, name="decisions")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -106,15 +107,21 @@ def _score_requests(settings: Settings, n: int, seed: int) -> list[dict[str, Any
 
 
 @contextmanager
-def _serving(settings: Settings, port: int) -> Iterator[str]:
-    """Run `riskloop serve` as a separate process, as production would; stop it afterwards."""
+def _serving(settings: Settings, port: int) -> Iterator[tuple[str, str]]:
+    """Run `riskloop serve` as a separate process, as production would; stop it afterwards.
+
+    The server refuses unauthenticated requests, so the demo makes a throw-away scorer key for
+    this one run (never written anywhere) and yields it with the URL.
+    """
     import httpx
 
+    key = secrets.token_urlsafe(32)
+    env = {**os.environ, "RISKLOOP_API_KEYS": f"{key}:scorer"}
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     logf = open(settings.log_dir / "serving.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", "riskloop", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy())
+                            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     logf.close()
     try:
         deadline = time.monotonic() + 180
@@ -129,7 +136,7 @@ def _serving(settings: Settings, port: int) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"serving not ready after 180s; see {settings.log_dir}/serving.log")
             time.sleep(0.5)
-        yield url
+        yield url, key
     finally:
         proc.terminate()
         try:
@@ -138,14 +145,14 @@ def _serving(settings: Settings, port: int) -> Iterator[str]:
             proc.kill()
 
 
-def _send(url: str, requests: list[dict[str, Any]]) -> dict[str, Any]:
+def _send(url: str, requests: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """Score each request over HTTP, one after another; latency is measured at the client."""
     import httpx
 
     latencies: list[float] = []
     decisions: dict[str, int] = {}
     errors = 0
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {key}"}) as client:
         for body in requests:
             t0 = time.perf_counter()
             r = client.post("/v1/score/fraud", json=body)
@@ -230,8 +237,8 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
             summary["credit"] = _latest_metrics(settings, settings.credit_model_name, ("auc_roc", "brier"))
         with stages.stage("serve_and_score", on_change):
             requests = _score_requests(settings, cfg.n_requests, cfg.seed)
-            with _serving(settings, cfg.serve_port) as url:
-                summary["scoring"] = _send(url, requests)
+            with _serving(settings, cfg.serve_port) as (url, key):
+                summary["scoring"] = _send(url, requests, key)
         with stages.stage("monitor_and_promote", on_change):
             run_dag(settings, "riskloop_monitor")
             drift = _latest_row(settings, "select verdict, reason, share_drifted, n_reference, n_current, "

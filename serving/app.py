@@ -18,23 +18,25 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import numpy as np
 import psycopg
-from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from riskloop.config import Settings, get_settings
 from riskloop.db import dsn
-from serving import decision_log
+from serving import credit, decision_log, overrides
+from serving.auth import KeyRing, require
 from serving.config import ServingSettings
 from serving.decision_log import DecisionLogWriter, LogBackpressure
+from serving.decisions_api import router as decisions_router
+from serving.devices import KnownDevices
 from serving.model import LoadedModel, ModelLoadError, load_model
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
+from serving.policy import Policy, PolicyError, load_policy
 from serving.reasons import top_reasons
 from serving.schemas import (
-    DecisionRecord,
     FraudScoreRequest,
     FraudScoreResponse,
     LoadedModelInfo,
@@ -43,9 +45,6 @@ from serving.schemas import (
 from serving.webhooks import build_router as webhooks_router
 
 log = logging.getLogger(__name__)
-
-RULE_HARD_AMOUNT_LIMIT = "HARD_AMOUNT_LIMIT"
-RULE_DEGRADED_AMOUNT_REVIEW = "DEGRADED_AMOUNT_REVIEW"
 
 
 class _Metrics:
@@ -118,11 +117,20 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     (tests use it to point the store somewhere broken); everything else comes from settings."""
     settings = settings or get_settings()
     cfg = serving_settings or ServingSettings()
+    keys = KeyRing.parse(cfg.api_keys, extra_admin=cfg.admin_token)  # malformed keys: fail at start
+    fraud_policy = load_policy(cfg.fraud_policy)  # an invalid policy fails the deploy, not a payment
+    credit_policy = load_policy(cfg.credit_policy)
+    if (fraud_policy.policy, credit_policy.policy) != ("fraud", "credit"):
+        raise PolicyError(f"policies swapped: fraud_policy is {fraud_policy.id}, credit_policy is {credit_policy.id}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         st = app.state
-        st.settings, st.cfg = settings, cfg
+        st.settings, st.cfg, st.keys, st.fraud_policy = settings, cfg, keys, fraud_policy
+        st.devices = KnownDevices()
+        log.info("fraud policy %s (sha256 %s) from %s", fraud_policy.id, fraud_policy.digest[:12], cfg.fraud_policy)
+        if len(keys) == 0:
+            log.warning("RISKLOOP_API_KEYS is not set: every /v1 endpoint will answer 401")
         st.metrics = _make_metrics()
         st.online = OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
                                    cfg.feature_service, retry_s=cfg.feature_store_retry_s)
@@ -130,6 +138,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         try:
             with _connect(settings) as conn:
                 decision_log.ensure_table(conn)
+                overrides.ensure_table(conn)
+                st.devices.warm(conn, cfg.known_device_lookback_days)
         except psycopg.Error as exc:  # the writer retries it on connect; /readyz says 503 meanwhile
             log.error("could not ensure %s at startup: %s", decision_log.TABLE, exc)
         m = st.metrics
@@ -142,6 +152,10 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             m.queue_depth.set_function(st.writer.depth)
         st.writer.start()
         st.online.ensure(force=True)
+        credit.setup(st, settings.tracking_uri, settings.credit_model_name, cfg.credit_model_alias,
+                     OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
+                                    cfg.credit_feature_service, retry_s=cfg.feature_store_retry_s))
+        st.credit_policy = credit_policy
         try:
             st.model = _load_and_check(settings, cfg, st.online)
         except Exception as exc:  # noqa: BLE001 - start anyway: rules-only + /readyz 503 until a reload
@@ -154,6 +168,9 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
 
     app = FastAPI(title="riskloop scoring", version="0.1.0", lifespan=lifespan)
     app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}
+    app.state.keys = keys
+    app.include_router(decisions_router)
+    app.include_router(credit.router)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -176,16 +193,14 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         checks["decision_log_queue"] = st.writer.depth()
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
-    @app.get("/v1/model", response_model=LoadedModelInfo)
+    @app.get("/v1/model", response_model=LoadedModelInfo, dependencies=[Depends(require("read_model"))])
     def model_info(request: Request) -> LoadedModelInfo:
         return _model_info(request.app)
 
-    @app.post("/v1/admin/reload", response_model=LoadedModelInfo)
-    def reload_model(request: Request, authorization: str | None = Header(default=None)) -> LoadedModelInfo:
+    @app.post("/v1/admin/reload", response_model=LoadedModelInfo, dependencies=[Depends(require("admin"))])
+    def reload_model(request: Request) -> LoadedModelInfo:
         """Re-resolve the alias; the old model keeps serving until the new one is fully loaded."""
         st = request.app.state
-        if st.cfg.admin_token and authorization != f"Bearer {st.cfg.admin_token}":
-            raise HTTPException(status_code=401, detail="admin token required")
         try:
             new = _load_and_check(st.settings, st.cfg, st.online)
         except Exception as exc:  # noqa: BLE001 - report, keep serving the previous model
@@ -197,7 +212,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         log.info("reloaded %s: v%s -> v%s", new.name, old.version if old else None, new.version)
         return _model_info(request.app)
 
-    @app.post("/v1/score/fraud", response_model=FraudScoreResponse)
+    @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])
     def score_fraud(body: FraudScoreRequest, request: Request, response: Response,
                     x_request_id: str | None = Header(default=None)) -> FraudScoreResponse:
         t0 = time.perf_counter()
@@ -211,9 +226,9 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         request_time = {"amount": body.amount_minor / 100.0,
                         "is_weekend": 1.0 if ts.weekday() >= 5 else 0.0,
                         "is_night": 1.0 if ts.hour <= 6 else 0.0}
-        rules: list[str] = []
-        if body.amount_minor > cfg.hard_amount_limit_minor:
-            rules.append(RULE_HARD_AMOUNT_LIMIT)
+        policy: Policy = st.fraud_policy
+        req = body.model_dump(mode="json")
+        signals = {"device_known": st.devices.known(body.customer_id, body.device_id)}
 
         score: float | None = None
         reasons: list[dict] = []
@@ -239,18 +254,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                 reasons = top_reasons(list(model.features), x[0], contribs, cfg.max_reasons)
                 features = {n: (None if math.isnan(v) else v) for n, v in zip(model.features, vector, strict=True)}
 
-        if RULE_HARD_AMOUNT_LIMIT in rules:
-            decision = "deny"
-        elif degraded:
-            if body.amount_minor > cfg.degraded_review_limit_minor:
-                rules.append(RULE_DEGRADED_AMOUNT_REVIEW)
-                decision = "review"
-            else:
-                decision = "allow"
-        else:
-            assert score is not None
-            decision = ("deny" if score >= cfg.deny_threshold
-                        else "review" if score >= cfg.review_threshold else "allow")
+        decision, rules = policy.decide(score, req, features, signals)
 
         decision_id = uuid.uuid4()
         model_name = model.name if model else st.settings.fraud_model_name
@@ -262,7 +266,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             "model_name": model_name, "model_version": model_version, "model_alias": model_alias,
             "score": score, "decision": decision, "reasons": reasons, "rules": rules,
             "features": features, "feature_timestamps": stamps,
-            "request": body.model_dump(mode="json"), "latency_ms": latency_ms, "degraded": degraded,
+            "request": req, "latency_ms": latency_ms, "degraded": degraded,
+            "product": "fraud", "policy_version": policy.id, "signals": signals,
         }
         try:
             st.writer.submit(row)
@@ -271,6 +276,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             log.error("refusing request %s: %s", request_id, exc)
             raise HTTPException(status_code=503, detail="decision log backlog, retry",
                                 headers={"Retry-After": "1"}) from exc
+        if decision == "allow":  # only once logged: the warm-up after a restart reads the same fact
+            st.devices.add(body.customer_id, body.device_id)
         if st.metrics:
             st.metrics.decisions.labels(decision=decision, degraded=str(degraded).lower()).inc()
             st.metrics.latency.observe(latency_ms / 1000.0)
@@ -278,22 +285,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         return FraudScoreResponse(
             decision_id=decision_id, decision=decision, score=score,
             model=ModelInfo(name=model_name, version=model_version, alias=model_alias),
-            reasons=reasons, rules=rules, degraded=degraded)
-
-    @app.get("/v1/decisions/{decision_id}", response_model=DecisionRecord)
-    def get_decision(decision_id: UUID, request: Request) -> DecisionRecord:
-        st = request.app.state
-        queued = st.writer.pending(str(decision_id))
-        if queued is not None:
-            return DecisionRecord(**queued, persisted=False)
-        try:
-            with _connect(st.settings) as conn:
-                row = decision_log.fetch(conn, str(decision_id))
-        except psycopg.Error as exc:
-            raise HTTPException(status_code=503, detail="decision log unreachable") from exc
-        if row is None:
-            raise HTTPException(status_code=404, detail=f"no decision {decision_id}")
-        return DecisionRecord(**row, persisted=True)
+            reasons=reasons, rules=rules, degraded=degraded, policy_version=policy.id)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:

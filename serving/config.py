@@ -1,14 +1,18 @@
-"""Serving knobs: decision thresholds, rules and the decision-log writer.
+"""Serving knobs: which models and policies, and how the decision-log writer behaves.
 
 Kept apart from :class:`riskloop.config.Settings` (which says *where* things are) because these
 say *how* the service decides; they are still plain ``RISKLOOP_SERVING_*`` environment variables,
-so an operator can tighten a threshold without a code change.
+so an operator can switch to another (versioned) policy file without a code change.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.policy import POLICY_DIR
 
 
 class ServingSettings(BaseSettings):
@@ -18,13 +22,14 @@ class ServingSettings(BaseSettings):
 
     model_alias: str = Field(default="champion", description="Registry alias served (champion or challenger).")
     feature_service: str = Field(default="fraud_model_v1", description="Feast feature service of the fraud model.")
-    review_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="score >= this: review.")
-    deny_threshold: float = Field(default=0.9, ge=0.0, le=1.0, description="score >= this: deny.")
-    hard_amount_limit_minor: int = Field(
-        default=1_000_000, gt=0, description="Rule HARD_AMOUNT_LIMIT: above this amount (minor units) always deny.")
-    degraded_review_limit_minor: int = Field(
-        default=50_000, gt=0,
-        description="Rules-only mode (no features or no model): above this amount review instead of allow.")
+    fraud_policy: Path = Field(
+        default=POLICY_DIR / "fraud-v1.yaml",
+        description="Decision policy (thresholds and hard rules) of the fraud endpoint: a versioned file.")
+    credit_policy: Path = Field(default=POLICY_DIR / "credit-v1.yaml", description="Policy of the credit endpoint.")
+    credit_model_alias: str = Field(default="champion", description="Registry alias of the credit model served.")
+    credit_feature_service: str = Field(default="credit_model_v1", description="Feast service of the credit model.")
+    known_device_lookback_days: int = Field(
+        default=180, gt=0, description="Start-up warm-up of known (customer, device) pairs from the decision log.")
     feature_store_retry_s: float = Field(
         default=5.0, ge=0.0, description="After a feature-store failure, rebuild it at most this often.")
     max_reasons: int = Field(default=4, ge=0, le=4)
@@ -35,11 +40,9 @@ class ServingSettings(BaseSettings):
     log_shutdown_timeout_s: float = Field(
         default=30.0, gt=0.0, description="On shutdown, how long to keep retrying the database before spilling "
         "unwritten decisions to <home>/run/decision_log_spill.jsonl.")
+    api_keys: str | None = Field(
+        default=None, validation_alias=AliasChoices("RISKLOOP_API_KEYS", "api_keys"),
+        description="API keys with roles, 'key:role,key:role' (roles scorer, reviewer, admin), sent as "
+        "'Authorization: Bearer <key>'. Unset: every /v1 endpoint answers 401 (fail closed).")
     admin_token: str | None = Field(
-        default=None, description="If set, POST /v1/admin/* needs the header 'Authorization: Bearer <token>'.")
-
-    @model_validator(mode="after")
-    def _thresholds_ordered(self) -> "ServingSettings":
-        if self.review_threshold > self.deny_threshold:
-            raise ValueError("review_threshold must be <= deny_threshold")
-        return self
+        default=None, description="Legacy: one more key with role admin (prefer RISKLOOP_API_KEYS).")

@@ -29,8 +29,13 @@ log = logging.getLogger(__name__)
 SCHEMA = "serving"
 TABLE = f"{SCHEMA}.decision_log"
 COLUMNS = ("decision_id", "request_id", "decided_at", "model_name", "model_version", "model_alias", "score",
-           "decision", "reasons", "rules", "features", "feature_timestamps", "request", "latency_ms", "degraded")
-JSON_COLUMNS = frozenset({"reasons", "rules", "features", "feature_timestamps", "request"})
+           "decision", "reasons", "rules", "features", "feature_timestamps", "request", "latency_ms", "degraded",
+           "product", "policy_version", "signals")
+JSON_COLUMNS = frozenset({"reasons", "rules", "features", "feature_timestamps", "request", "signals"})
+
+FRAUD_DECISIONS = ("allow", "step_up", "review", "deny")  # in increasing severity
+CREDIT_DECISIONS = ("approve", "refer", "decline")
+DECISIONS_BY_PRODUCT = {"fraud": FRAUD_DECISIONS, "credit": CREDIT_DECISIONS}
 
 # Serialises concurrent DDL from several workers/replicas starting at once.
 _DDL_LOCK_KEY = 0x7269736B6C6F6F70 & 0x7FFFFFFFFFFFFFFF  # "riskloop"
@@ -45,7 +50,7 @@ create table if not exists {TABLE} (
     model_version      text,
     model_alias        text,
     score              double precision,
-    decision           text not null check (decision in ('allow', 'review', 'deny')),
+    decision           text not null,
     reasons            jsonb not null default '[]'::jsonb,
     rules              jsonb not null default '[]'::jsonb,
     features           jsonb not null default '{{}}'::jsonb,
@@ -55,6 +60,23 @@ create table if not exists {TABLE} (
     degraded           boolean not null default false
 );
 create index if not exists decision_log_decided_at_idx on {TABLE} (decided_at);
+-- v2 (issue 5): credit decisions, step_up, the policy version and the stateful rule inputs
+-- ("signals") a replay needs. Added idempotently so that an existing log is migrated in place;
+-- constant defaults make these metadata-only changes (no table rewrite, no UPDATE trigger).
+alter table {TABLE} add column if not exists product text not null default 'fraud';
+alter table {TABLE} add column if not exists policy_version text;
+alter table {TABLE} add column if not exists signals jsonb not null default '{{}}'::jsonb;
+alter table {TABLE} drop constraint if exists decision_log_decision_check;
+do $$
+begin
+    if not exists (select 1 from pg_constraint where conname = 'decision_log_decision_v2_check'
+                   and conrelid = '{TABLE}'::regclass) then
+        alter table {TABLE} add constraint decision_log_decision_v2_check check (
+            (product = 'fraud' and decision in ({", ".join(f"'{d}'" for d in FRAUD_DECISIONS)}))
+            or (product = 'credit' and decision in ({", ".join(f"'{d}'" for d in CREDIT_DECISIONS)})));
+    end if;
+end
+$$;
 """ + append_only_ddl(TABLE)
 
 INSERT = (f"insert into {TABLE} ({', '.join(COLUMNS)}) values ({', '.join(['%s'] * len(COLUMNS))}) "

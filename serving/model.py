@@ -35,13 +35,16 @@ class LoadedModel:
     booster: object  # xgboost.Booster (typed loosely to keep xgboost out of this module's import)
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def predict(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """Probability and per-feature contributions (last column = bias) of one row ``x`` (1, n)."""
+    def predict(self, x: np.ndarray, exact: bool = False) -> tuple[float, np.ndarray]:
+        """Probability and per-feature contributions (last column = bias) of one row ``x`` (1, n).
+
+        ``exact=False`` (the fraud hot path): Saabas-style approximate contributions, a fraction
+        of TreeSHAP's cost. ``exact=True`` (credit adverse action): exact TreeSHAP values."""
         import xgboost as xgb
 
         score = float(np.asarray(self.booster.inplace_predict(x)).reshape(-1)[0])
         dm = xgb.DMatrix(x, feature_names=list(self.features), missing=np.nan)
-        contribs = np.asarray(self.booster.predict(dm, pred_contribs=True, approx_contribs=True))[0]
+        contribs = np.asarray(self.booster.predict(dm, pred_contribs=True, approx_contribs=not exact))[0]
         return score, contribs
 
 
@@ -57,11 +60,12 @@ def _as_booster(obj: object):
     raise ModelLoadError(f"expected an XGBoost model, got {type(obj).__name__}")
 
 
-def load_model(tracking_uri: str, name: str, alias: str) -> LoadedModel:
+def load_model(tracking_uri: str, name: str, alias: str, version: str | None = None) -> LoadedModel:
     """Resolve ``models:/<name>@<alias>`` to a version, download it once and unwrap the Booster.
 
     The version is pinned *before* downloading, so the version we report is exactly the one we
-    serve even if the alias moves during the download.
+    serve even if the alias moves during the download. ``version`` skips the alias and loads that
+    exact version (replay of a logged decision; ``alias`` is then only a label).
     """
     import mlflow
     import mlflow.xgboost
@@ -69,9 +73,11 @@ def load_model(tracking_uri: str, name: str, alias: str) -> LoadedModel:
 
     client = mlflow_client(tracking_uri)
     try:
-        mv = client.get_model_version_by_alias(name, alias)
+        mv = (client.get_model_version(name, version) if version is not None
+              else client.get_model_version_by_alias(name, alias))
     except MlflowException as exc:
-        raise ModelLoadError(f"models:/{name}@{alias} does not resolve: {exc}") from exc
+        where = f"models:/{name}/{version}" if version is not None else f"models:/{name}@{alias}"
+        raise ModelLoadError(f"{where} does not resolve: {exc}") from exc
     version = str(mv.version)
     run_features: list[str] = []
     if mv.run_id:

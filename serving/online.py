@@ -72,12 +72,16 @@ def bind(store: Any, service_name: str) -> tuple[Binding, dict[str, tuple[str, s
     return Binding(service=service, entity_casts=_entity_casts(store)), offered
 
 
-def plan_inputs(model_features: Sequence[str], offered: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
-    """Which response column feeds each model input; raises if one has no source."""
+def plan_inputs(model_features: Sequence[str], offered: dict[str, tuple[str, str]],
+                request_time: Sequence[str] = REQUEST_TIME_FEATURES) -> dict[str, tuple[str, str]]:
+    """Which response column feeds each model input; raises if one has no source.
+
+    ``request_time``: inputs computed from the request itself (the fraud model's defaults; the
+    credit model has none)."""
     inputs: dict[str, tuple[str, str]] = {}
     missing = []
     for name in model_features:
-        if name in REQUEST_TIME_FEATURES:
+        if name in request_time:
             continue
         if name in offered:
             inputs[name] = offered[name]
@@ -131,11 +135,16 @@ class OnlineFeatures:
     def fetch(self, inputs: dict[str, tuple[str, str]], customer_id: str, terminal_id: str
               ) -> tuple[dict[str, float], dict[str, str | None]]:
         """Model input → value (NaN when unknown) and feature view → event time of the value used."""
+        return self.fetch_row(inputs, {"customer_id": customer_id, "terminal_id": terminal_id})
+
+    def fetch_row(self, inputs: dict[str, tuple[str, str]], entity_row: dict[str, str]
+                  ) -> tuple[dict[str, float], dict[str, str | None]]:
+        """As :meth:`fetch`, for any entity keys (``{"application_id": ...}`` for credit)."""
         if not self.ensure():
             raise FeatureStoreUnavailable(self.last_error or "feature store not available")
         binding, store = self._binding, self._store
         assert binding is not None
-        row: dict[str, Any] = {"customer_id": customer_id, "terminal_id": terminal_id}
+        row: dict[str, Any] = dict(entity_row)
         try:
             for key, cast in binding.entity_casts.items():
                 if key in row:

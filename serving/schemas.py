@@ -10,11 +10,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
 
 from serving.currencies import ISO_4217
 
-Decision = Literal["allow", "review", "deny"]
+Decision = Literal["allow", "review", "step_up", "deny"]
+CreditDecision = Literal["approve", "decline", "refer"]
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
 
@@ -31,6 +32,11 @@ class FraudScoreRequest(BaseModel):
     amount_minor: int = Field(gt=0, le=10**12, strict=True)
     currency: str = Field(min_length=3, max_length=3, description="ISO 4217 alphabetic code, upper case.")
     timestamp: AwareDatetime
+    device_id: Id | None = Field(default=None, description="Device fingerprint, if the channel has one.")
+    ip: IPvAnyAddress | None = Field(default=None, description="Client IP address (v4 or v6), if known.")
+    country: str | None = Field(default=None, pattern=r"^[A-Z]{2}$",
+                                description="ISO 3166-1 alpha-2 country of the payment (e.g. of the card-present "
+                                "terminal or the IP), for the sanctioned-country rule.")
 
     @field_validator("currency")
     @classmethod
@@ -61,8 +67,9 @@ class FraudScoreResponse(BaseModel):
     score: float | None = Field(description="Fraud probability; null when decided by rules only (degraded).")
     model: ModelInfo
     reasons: list[Reason] = Field(max_length=4)
-    rules: list[str]
+    rules: list[str] = Field(description="Ids of the policy rules that fired, in policy order.")
     degraded: bool
+    policy_version: str = Field(description="The decision policy applied, e.g. fraud-v1 (serving/policies/).")
 
 
 class LoadedModelInfo(BaseModel):
@@ -86,7 +93,7 @@ class DecisionRecord(BaseModel):
     model_version: str | None
     model_alias: str | None
     score: float | None
-    decision: Decision
+    decision: Decision | CreditDecision
     reasons: list[dict]
     rules: list[str]
     features: dict
@@ -94,4 +101,33 @@ class DecisionRecord(BaseModel):
     request: dict
     latency_ms: float | None
     degraded: bool
+    product: str = "fraud"
+    policy_version: str | None = None
+    signals: dict = Field(default_factory=dict, description="Stateful rule inputs (e.g. device_known), for replay.")
     persisted: bool = Field(description="False while the row is still queued for the writer.")
+    overrides: list["Override"] = Field(default_factory=list, description="Reviewer overrides, oldest first.")
+    effective_decision: Decision | CreditDecision | None = Field(
+        default=None, description="The latest override's decision, else the logged decision.")
+
+
+class OverrideRequest(BaseModel):
+    """A reviewer's new outcome for a logged decision; the reason is mandatory (it is the audit trail)."""
+
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    decision: Decision | CreditDecision
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class Override(BaseModel):
+    override_id: UUID
+    decision_id: UUID
+    overridden_at: datetime
+    previous_decision: str
+    decision: str
+    reason: str
+    actor: str = Field(description="role:<key fingerprint> of the reviewer's API key (never the key).")
+    request_id: str | None = None
+
+
+DecisionRecord.model_rebuild()  # it refers to Override, defined after it

@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 CUSTOMER_FEATURES = [f"customer_{kind}_{w}" for kind in ("nb_tx", "avg_amount") for w in ("1d", "7d", "30d")]
 TERMINAL_FEATURES = [f"terminal_{kind}_{w}" for kind in ("nb_tx", "risk") for w in ("1d", "7d", "30d")]
 REQUEST_FEATURES = ["amount", "is_weekend", "is_night"]
-DECISIONS = {"allow", "review", "deny"}
+DECISIONS = {"allow", "review", "step_up", "deny"}
+# Admin may score, read decisions and reload: one key for the fixtures; roles are tested in test_serving_auth.
+ADMIN_KEY = "test-admin-key-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def _closed_port() -> int:
@@ -92,6 +95,7 @@ def app_factory(stack: Stack) -> Callable[..., Any]:
     from serving.config import ServingSettings
 
     def make(store_factory: Callable[[], Any] | None = None, **cfg: Any):
+        cfg.setdefault("api_keys", f"{ADMIN_KEY}:admin")
         return create_app(stack.settings, ServingSettings(**cfg), feature_store_factory=store_factory)
 
     return make
@@ -99,7 +103,7 @@ def app_factory(stack: Stack) -> Callable[..., Any]:
 
 @pytest.fixture()
 def client(app_factory) -> Iterator[TestClient]:
-    with TestClient(app_factory()) as c:
+    with TestClient(app_factory(), headers=AUTH) as c:
         yield c
 
 
@@ -135,7 +139,9 @@ def test_score_contract(client: TestClient, stack: Stack) -> None:
     r = client.post("/v1/score/fraud", json=_request(stack), headers={"X-Request-ID": "req-contract"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"decision_id", "decision", "score", "model", "reasons", "rules", "degraded"}
+    assert set(body) == {"decision_id", "decision", "score", "model", "reasons", "rules", "degraded",
+                         "policy_version"}
+    assert body["policy_version"] == "fraud-v1"
     assert body["decision"] in DECISIONS
     assert isinstance(body["score"], float) and 0.0 <= body["score"] <= 1.0
     assert body["model"] == {"name": stack.settings.fraud_model_name, "version": stack.model_version,
@@ -201,7 +207,7 @@ def test_decision_log_is_append_only(client: TestClient, stack: Stack) -> None:
             with pytest.raises(psycopg.Error, match="append-only"):
                 conn.execute(stmt, (body["decision_id"],))
     with psycopg.connect(dsn(stack.settings)) as conn, pytest.raises(psycopg.Error, match="append-only"):
-        conn.execute("truncate serving.decision_log")
+        conn.execute("truncate serving.decision_log cascade")  # cascade: past the overrides FK, to the trigger
     assert len(_log_rows(stack.settings, "decision_id = %s", (body["decision_id"],))) == 1
 
 
@@ -249,7 +255,7 @@ def test_hard_amount_limit_denies(client: TestClient, stack: Stack) -> None:
 
 
 def test_degraded_when_feature_store_unreachable(app_factory, stack: Stack) -> None:
-    with TestClient(app_factory(store_factory=stack.broken_store)) as c:
+    with TestClient(app_factory(store_factory=stack.broken_store), headers=AUTH) as c:
         r = c.post("/v1/score/fraud", json=_request(stack))
         assert r.status_code == 200, r.text
         body = r.json()
@@ -277,7 +283,7 @@ class _FailingReads:
 
 
 def test_degraded_when_online_read_fails(app_factory, stack: Stack) -> None:
-    with TestClient(app_factory(store_factory=lambda: _FailingReads(stack.store()))) as c:
+    with TestClient(app_factory(store_factory=lambda: _FailingReads(stack.store())), headers=AUTH) as c:
         body = c.post("/v1/score/fraud", json=_request(stack)).json()
     assert body["degraded"] is True and body["model"]["version"] == stack.model_version
 
@@ -289,7 +295,7 @@ def test_recovers_when_feature_store_comes_back(app_factory, stack: Stack) -> No
         builds.append(1)
         return _FailingReads(stack.store()) if len(builds) == 1 else stack.store()
 
-    with TestClient(app_factory(store_factory=factory, feature_store_retry_s=0)) as c:
+    with TestClient(app_factory(store_factory=factory, feature_store_retry_s=0), headers=AUTH) as c:
         assert c.post("/v1/score/fraud", json=_request(stack)).json()["degraded"] is True
         assert c.post("/v1/score/fraud", json=_request(stack)).json()["degraded"] is False
     assert len(builds) == 2
@@ -316,8 +322,9 @@ def test_model_endpoint_and_reload(client: TestClient, stack: Stack) -> None:
 
 
 def test_admin_token(app_factory) -> None:
-    with TestClient(app_factory(admin_token="s3cret")) as c:
+    with TestClient(app_factory(admin_token="s3cret")) as c:  # legacy token: one more admin key
         assert c.post("/v1/admin/reload").status_code == 401
+        assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.post("/v1/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
@@ -333,7 +340,7 @@ def test_health_ready_metrics_and_unknown_decision(client: TestClient, stack: St
 
 
 def test_not_ready_without_model(app_factory, stack: Stack) -> None:
-    with TestClient(app_factory(model_alias="no-such-alias")) as c:
+    with TestClient(app_factory(model_alias="no-such-alias"), headers=AUTH) as c:
         assert c.get("/readyz").status_code == 503
         assert c.get("/v1/model").json()["loaded"] is False
         body = c.post("/v1/score/fraud", json=_request(stack)).json()

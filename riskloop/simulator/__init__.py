@@ -35,6 +35,7 @@ from riskloop.schema import RAW_TABLES
 from riskloop.simulator.derive import derive_tables, infer_period
 from riskloop.simulator.frames import to_arrow
 from riskloop.simulator.handbook import DEFAULT_RADIUS, DEFAULT_START_DATE, generate
+from riskloop.simulator.score_requests import write_score_requests
 from riskloop.webhooks import write_webhook_files
 
 __all__ = ["PRESETS", "Simulation", "SimulationParams", "derive_from_handbook", "infer_period", "manifest",
@@ -162,8 +163,8 @@ def manifest(sim: Simulation) -> dict[str, Any]:
 
 
 def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``<table>.parquet`` per raw table, ``transactions.parquet``, ``webhooks/{stripe,standard}.jsonl``
-    and ``manifest.json``.
+    """Write ``<table>.parquet`` per raw table, ``transactions.parquet``, ``webhooks/{stripe,standard}.jsonl``,
+    ``score_requests.jsonl`` and ``manifest.json``.
 
     The manifest is written last, so its presence marks a complete landing.  Returns it.
     """
@@ -175,6 +176,8 @@ def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     # The same events as each processor's signed-webhook bodies (webhooks/<processor>.jsonl), so an
     # archive can be replayed against the receiver (`riskloop replay webhooks`).
     write_webhook_files(sim.tables["webhook_events"], out)
+    # One POST /v1/score/fraud body per authorisation, to drive the scoring API (bench/serving_load.py).
+    write_score_requests(sim.tables["webhook_events"], out)
     info = manifest(sim)
     tmp = out / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,247 @@
+"""``POST /v1/score/credit``: an application → approve | decline | refer with adverse-action reasons.
+
+Where the features come from (the choice, and why):
+
+* ``applicant`` in the body → the applicant's attributes **from the request**. A new application
+  is not in the warehouse yet (it reaches ``marts.credit_features`` — and so the Feast online
+  store — only after the next ingest and materialisation), and the origination system that sends
+  it has the attributes in hand. The body carries exactly what ``raw.credit_applications`` does,
+  in the same units (minor units, ``kyc_level`` 0..2, ``pep``), and is converted the way the
+  ``credit_features`` mart converts it (``minor_to_major`` per ISO 4217 exponent), so the model
+  sees the same numbers it was trained on.
+* only ``application_id`` → the features of that **existing** application from the Feast feature
+  service ``credit_model_v1`` (a re-decision of an application already landed). An id the online
+  store does not know is a 404 (nothing to decide on), not a decision on missing values.
+
+Reasons are the model's *exact* per-applicant contributions (TreeSHAP ``pred_contribs``, not the
+approximate Saabas contributions the fraud hot path uses): an adverse-action notice must name the
+factors that actually drove that applicant's score. They are the (at most four) largest positive
+contributions towards default, given on ``decline`` and ``refer``; an approval has none.
+Without a model or features the decision is ``refer`` (policy ``degraded_decision``): nobody is
+approved or declined automatically on rules alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.auth import require
+from serving.currencies import ISO_4217
+from serving.decision_log import LogBackpressure
+from serving.model import LoadedModel
+from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
+from serving.policy import Policy
+from serving.schemas import CreditDecision, ModelInfo
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["credit"])
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+
+# As dbt's minor_to_major macro: ISO 4217 exponents other than 2.
+_EXPONENT_0 = frozenset("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split())
+_EXPONENT_3 = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
+
+# Adverse-action reason codes by credit feature, with the statement a notice would carry.
+CREDIT_REASONS: dict[str, tuple[str, str]] = {
+    "amount": ("C01_LOAN_AMOUNT", "Amount requested is high for the applicant's profile"),
+    "term_months": ("C02_LOAN_TERM", "Requested repayment term"),
+    "annual_income": ("C03_INCOME", "Income insufficient for the amount requested"),
+    "debt_to_income": ("C04_DEBT_TO_INCOME", "Debt obligations are high relative to income"),
+    "n_delinquencies": ("C05_DELINQUENCIES", "Number of delinquent past or present credit obligations"),
+    "credit_history_months": ("C06_CREDIT_HISTORY", "Length of credit history is insufficient"),
+    "utilization": ("C07_UTILIZATION", "Proportion of revolving credit in use is high"),
+    "kyc_level": ("C08_IDENTITY_VERIFICATION", "Identity verification is incomplete"),
+    "pep": ("C09_ENHANCED_DUE_DILIGENCE", "Application requires enhanced due diligence"),
+}
+CREDIT_OTHER = ("C99_OTHER", "Other factor in the applicant's profile")
+
+
+def minor_to_major(amount_minor: int, currency: str) -> float:
+    return amount_minor / (1 if currency in _EXPONENT_0 else 1000 if currency in _EXPONENT_3 else 100)
+
+
+class CreditApplicant(BaseModel):
+    """A new applicant's attributes, as ``raw.credit_applications`` plus KYC hold them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    amount_minor: int = Field(gt=0, le=10**12, strict=True)
+    currency: str = Field(min_length=3, max_length=3)
+    term_months: int = Field(gt=0, le=480)
+    annual_income_minor: int = Field(ge=0, le=10**13, strict=True)
+    debt_to_income: float = Field(ge=0, le=100)
+    n_delinquencies: int = Field(ge=0, le=1000)
+    credit_history_months: int = Field(ge=0, le=1200)
+    utilization: float = Field(ge=0, le=10, description="Revolving utilisation, 0..1 (above 1: over limit).")
+    kyc_level: int = Field(ge=0, le=2, description="0 unverified, 1 standard, 2 enhanced (at application time).")
+    pep: bool = False
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_4217(cls, value: str) -> str:
+        if value not in ISO_4217:
+            raise ValueError(f"unknown ISO 4217 currency code {value!r}")
+        return value
+
+    def features(self) -> dict[str, float]:
+        """The ``credit_model_v1`` inputs, computed as the ``credit_features`` mart computes them."""
+        return {"amount": minor_to_major(self.amount_minor, self.currency), "term_months": float(self.term_months),
+                "annual_income": minor_to_major(self.annual_income_minor, self.currency),
+                "debt_to_income": self.debt_to_income, "n_delinquencies": float(self.n_delinquencies),
+                "credit_history_months": float(self.credit_history_months), "utilization": self.utilization,
+                "kyc_level": float(self.kyc_level), "pep": 1.0 if self.pep else 0.0}
+
+
+class CreditScoreRequest(BaseModel):
+    """Either ``applicant`` (a new application, features from the body) or just ``application_id``
+    (an application already in the feature store)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    application_id: Id | None = None
+    customer_id: Id | None = None
+    applicant: CreditApplicant | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CreditScoreRequest":
+        if self.applicant is None and self.application_id is None:
+            raise ValueError("give 'applicant' (a new application) or 'application_id' (an existing one)")
+        return self
+
+
+class CreditReason(BaseModel):
+    """An adverse-action reason: a factor that raised this applicant's probability of default."""
+
+    code: str
+    feature: str
+    value: float | None
+    contribution: float = Field(description="Exact TreeSHAP contribution to the log-odds of default.")
+    description: str
+
+
+class CreditScoreResponse(BaseModel):
+    decision_id: uuid.UUID
+    decision: CreditDecision
+    score: float | None = Field(description="Probability of default; null when decided without the model.")
+    model: ModelInfo
+    reasons: list[CreditReason] = Field(max_length=4)
+    rules: list[str]
+    degraded: bool
+    policy_version: str
+    application_id: str | None
+
+
+def credit_reasons(features: list[str], values: np.ndarray, contribs: np.ndarray, k: int = 4) -> list[dict]:
+    """The ``k`` largest positive exact contributions (bias dropped); ties broken by feature order."""
+    per_feature = contribs[: len(features)]
+    order = sorted(range(len(features)), key=lambda i: (-float(per_feature[i]), i))
+    out: list[dict] = []
+    for i in order:
+        c = float(per_feature[i])
+        if c <= 0 or len(out) >= k:
+            break
+        code, text = CREDIT_REASONS.get(features[i], CREDIT_OTHER)
+        v = float(values[i])
+        out.append({"code": code, "feature": features[i], "value": None if math.isnan(v) else v,
+                    "contribution": c, "description": text})
+    return out
+
+
+def score_credit_vector(model: LoadedModel, policy: Policy, features: dict[str, float | None],
+                        request: dict[str, Any]) -> tuple[float, str, list[dict], list[str]]:
+    """Score a logged-or-live credit feature vector: (PD, decision, reasons, rules). Shared with replay."""
+    x = np.asarray([[math.nan if features.get(n) is None else features[n] for n in model.features]],
+                   dtype=np.float64)
+    score, contribs = model.predict(x, exact=True)
+    decision, rules = policy.decide(score, request, features)
+    reasons = credit_reasons(list(model.features), x[0], contribs) if decision != "approve" else []
+    return score, decision, reasons, rules
+
+
+@router.post("/v1/score/credit", response_model=CreditScoreResponse, dependencies=[Depends(require("score"))])
+def score_credit(body: CreditScoreRequest, request: Request, response: Response,
+                 x_request_id: str | None = Header(default=None)) -> CreditScoreResponse:
+    t0 = time.perf_counter()
+    st = request.app.state
+    policy: Policy = st.credit_policy
+    model: LoadedModel | None = st.credit_model
+    online: OnlineFeatures = st.credit_online
+    request_id = x_request_id or uuid.uuid4().hex
+    decided_at = datetime.now(UTC)
+    req = body.model_dump(mode="json")
+
+    features: dict[str, float | None] = {}
+    stamps: dict[str, str | None] = {}
+    degraded = model is None
+    if model is not None:
+        try:
+            if body.applicant is not None:
+                given = body.applicant.features()
+                missing = [n for n in model.features if n not in given]
+                if missing:
+                    raise FeatureMismatch(f"model inputs {missing} are not applicant attributes")
+                features = {n: given[n] for n in model.features}
+            else:
+                if not online.ensure():
+                    raise FeatureStoreUnavailable(online.last_error or "feature store not available")
+                inputs = plan_inputs(model.features, online.offered, request_time=())
+                values, stamps = online.fetch_row(inputs, {"application_id": body.application_id})
+                if all(math.isnan(v) for v in values.values()):
+                    raise HTTPException(status_code=404, detail=f"application {body.application_id} is not in "
+                                        "the feature store; send 'applicant' for a new application")
+                features = {n: (None if math.isnan(values[n]) else values[n]) for n in model.features}
+        except (FeatureStoreUnavailable, FeatureMismatch) as exc:
+            degraded, features, stamps = True, {}, {}
+            log.warning("degraded credit decision for request %s: %s", request_id, exc)
+
+    if degraded or model is None:
+        score, reasons = None, []
+        decision, rules = policy.decide(None, req, features)
+    else:
+        score, decision, reasons, rules = score_credit_vector(model, policy, features, req)
+
+    decision_id = uuid.uuid4()
+    info = ModelInfo(name=model.name if model else st.settings.credit_model_name,
+                     version=model.version if model else None,
+                     alias=model.alias if model else st.cfg.credit_model_alias)
+    row = {
+        "decision_id": decision_id, "request_id": request_id, "decided_at": decided_at,
+        "model_name": info.name, "model_version": info.version, "model_alias": info.alias,
+        "score": score, "decision": decision, "reasons": reasons, "rules": rules,
+        "features": features, "feature_timestamps": stamps, "request": req,
+        "latency_ms": (time.perf_counter() - t0) * 1000.0, "degraded": degraded,
+        "product": "credit", "policy_version": policy.id, "signals": {},
+    }
+    try:
+        st.writer.submit(row)
+    except LogBackpressure as exc:
+        log.error("refusing credit request %s: %s", request_id, exc)
+        raise HTTPException(status_code=503, detail="decision log backlog, retry",
+                            headers={"Retry-After": "1"}) from exc
+    response.headers["X-Request-ID"] = request_id
+    return CreditScoreResponse(decision_id=decision_id, decision=decision, score=score, model=info,
+                               reasons=reasons, rules=rules, degraded=degraded, policy_version=policy.id,
+                               application_id=body.application_id)
+
+
+def setup(state: Any, tracking_uri: str, model_name: str, alias: str, online: OnlineFeatures) -> None:
+    """Load the credit model at start-up; a missing one is logged and every decision is ``refer``."""
+    from serving.model import load_model
+
+    state.credit_online = online
+    state.credit_model = None
+    try:
+        state.credit_model = load_model(tracking_uri, model_name, alias)
+    except Exception as exc:  # noqa: BLE001 - the fraud endpoint must not depend on the credit model
+        log.warning("no credit model served (%s@%s): %s; credit decisions are 'refer'", model_name, alias, exc)

@@ -1,0 +1,94 @@
+"""``GET /v1/decisions/{id}`` and ``POST /v1/decisions/{id}/override``.
+
+A decision is read from the writer's queue while it is not yet committed (so a read right after
+a score never 404s) and from ``serving.decision_log`` afterwards, together with its overrides
+(``serving.decision_overrides``). An override needs the committed row (the override table
+references it), so overriding a decision still in the queue waits briefly for the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
+
+from riskloop.db import dsn
+from serving import decision_log, overrides
+from serving.auth import Principal, require
+from serving.schemas import DecisionRecord, Override, OverrideRequest
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
+
+PENDING_WAIT_S = 2.0
+
+
+def _connect(request: Request) -> psycopg.Connection:
+    return psycopg.connect(dsn(request.app.state.settings), connect_timeout=3, autocommit=True)
+
+
+def _record(row: dict[str, Any], ovs: list[dict[str, Any]], persisted: bool) -> DecisionRecord:
+    return DecisionRecord(**row, persisted=persisted, overrides=[Override(**o) for o in ovs],
+                          effective_decision=ovs[-1]["decision"] if ovs else row["decision"])
+
+
+@router.get("/{decision_id}", response_model=DecisionRecord)
+def get_decision(decision_id: UUID, request: Request,
+                 _: Principal = Depends(require("read_decision"))) -> DecisionRecord:
+    queued = request.app.state.writer.pending(str(decision_id))
+    if queued is not None:
+        return _record(queued, [], persisted=False)  # no override can exist before the row does
+    try:
+        with _connect(request) as conn:
+            row = decision_log.fetch(conn, str(decision_id))
+            ovs = overrides.for_decision(conn, str(decision_id)) if row is not None else []
+    except psycopg.Error as exc:
+        raise HTTPException(status_code=503, detail="decision log unreachable") from exc
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"no decision {decision_id}")
+    return _record(row, ovs, persisted=True)
+
+
+@router.post("/{decision_id}/override", response_model=Override, status_code=201)
+def override_decision(decision_id: UUID, body: OverrideRequest, request: Request,
+                      principal: Principal = Depends(require("override")),
+                      x_request_id: str | None = Header(default=None)) -> Override:
+    """Record a reviewer's new outcome; the logged decision itself is never changed."""
+    writer = request.app.state.writer
+    deadline = time.monotonic() + PENDING_WAIT_S
+    while writer.pending(str(decision_id)) is not None:
+        if time.monotonic() > deadline:
+            raise HTTPException(status_code=409, detail="decision not yet committed to the log, retry",
+                                headers={"Retry-After": "1"})
+        time.sleep(0.02)
+    try:
+        with _connect(request) as conn, conn.transaction():
+            row = decision_log.fetch(conn, str(decision_id))
+            if row is None:
+                raise HTTPException(status_code=404, detail=f"no decision {decision_id}")
+            allowed = decision_log.DECISIONS_BY_PRODUCT[row["product"]]
+            if body.decision not in allowed:
+                raise HTTPException(status_code=422, detail=[{
+                    "loc": ["body", "decision"], "type": "value_error",
+                    "msg": f"a {row['product']} decision is one of {list(allowed)}"}])
+            # Serialise overrides of one decision, so previous_decision is really the previous one.
+            conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (str(decision_id),))
+            ovs = overrides.for_decision(conn, str(decision_id))
+            out = overrides.insert(conn, {
+                "override_id": uuid.uuid4(), "decision_id": decision_id,
+                "overridden_at": datetime.now(UTC), "previous_decision": ovs[-1]["decision"] if ovs else row["decision"],
+                "decision": body.decision, "reason": body.reason, "actor": principal.actor,
+                "request_id": x_request_id})
+    except psycopg.Error as exc:
+        log.error("override of %s failed: %s", decision_id, exc)
+        raise HTTPException(status_code=503, detail="decision log unreachable") from exc
+    log.info("decision %s overridden %s -> %s by %s", decision_id, out["previous_decision"], out["decision"],
+             principal.actor)
+    return Override(**out)

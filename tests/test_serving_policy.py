@@ -1,0 +1,161 @@
+"""The decision policy: versioned files, pure evaluation, and its record in every decision (real stack)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from riskloop.db import dsn
+from serving.policy import POLICY_DIR, PolicyError, load_policy, policy_by_id
+
+KEY = "policy-admin-key-0000000000"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+BODY = {"card_token": "tok_ok", "customer_id": "C-pol", "terminal_id": "T-pol", "amount_minor": 1_000,
+        "currency": "EUR", "timestamp": "2024-03-30T02:15:00+00:00"}
+
+
+# --- pure evaluation ---------------------------------------------------------------------------
+
+def test_shipped_policies_load() -> None:
+    for path in POLICY_DIR.glob("*.yaml"):
+        policy = load_policy(path)
+        assert path.stem == policy.id and len(policy.digest) == 64
+    assert policy_by_id("fraud-v1").thresholds == {"step_up": 0.3, "review": 0.5, "deny": 0.9}
+    with pytest.raises(PolicyError):
+        policy_by_id("fraud-v999")
+
+
+@pytest.mark.parametrize(("score", "expected"), [(0.0, "allow"), (0.29, "allow"), (0.3, "step_up"),
+                                                  (0.5, "review"), (0.89, "review"), (0.9, "deny")])
+def test_thresholds(score: float, expected: str) -> None:
+    assert policy_by_id("fraud-v1").decide(score, BODY, {}, {}) == (expected, [])
+
+
+@pytest.mark.parametrize(("request_update", "features", "signals", "score", "expected"), [
+    ({"amount_minor": 1_000_001}, {}, {}, 0.0, ("deny", ["HARD_AMOUNT_LIMIT"])),
+    ({"country": "KP"}, {}, {}, 0.0, ("deny", ["SANCTIONED_COUNTRY"])),
+    ({"country": "DE"}, {}, {}, 0.0, ("allow", [])),
+    ({"card_token": "tok_blocked_demo"}, {}, {}, 0.0, ("deny", ["BLOCKED_CARD"])),
+    ({"terminal_id": "T-blocked-demo"}, {}, {}, 0.0, ("deny", ["BLOCKED_TERMINAL"])),
+    ({}, {"customer_nb_tx_1d": 21.0}, {}, 0.0, ("review", ["CUSTOMER_VELOCITY_1D"])),
+    ({}, {"customer_nb_tx_1d": 20.0}, {}, 0.0, ("allow", [])),
+    ({}, {"customer_nb_tx_1d": None}, {}, 0.0, ("allow", [])),  # missing cannot prove a breach
+    ({"device_id": "d1", "amount_minor": 60_000}, {}, {"device_known": False}, 0.0,
+     ("step_up", ["NEW_DEVICE_HIGH_AMOUNT"])),
+    ({"device_id": "d1", "amount_minor": 60_000}, {}, {"device_known": True}, 0.0, ("allow", [])),
+    ({"device_id": "d1", "amount_minor": 40_000}, {}, {"device_known": False}, 0.0, ("allow", [])),
+    # A rule never lowers the model's decision; the most severe outcome wins, every hit is recorded.
+    ({"device_id": "d1", "amount_minor": 60_000}, {}, {"device_known": False}, 0.95,
+     ("deny", ["NEW_DEVICE_HIGH_AMOUNT"])),
+    # Degraded (no score): rules only; the degraded-only rule applies.
+    ({"amount_minor": 60_000}, {}, {}, None, ("review", ["DEGRADED_AMOUNT_REVIEW"])),
+    ({"amount_minor": 40_000}, {}, {}, None, ("allow", [])),
+])
+def test_rules(request_update: dict, features: dict, signals: dict, score: float | None, expected: tuple) -> None:
+    assert policy_by_id("fraud-v1").decide(score, {**BODY, **request_update}, features, signals) == expected
+
+
+def test_credit_policy() -> None:
+    p = policy_by_id("credit-v1")
+    assert p.decide(0.1, {}, {"pep": 0.0, "kyc_level": 2.0}) == ("approve", [])
+    assert p.decide(0.3, {}, {"pep": 0.0, "kyc_level": 2.0}) == ("refer", [])
+    assert p.decide(0.6, {}, {"pep": 1.0, "kyc_level": 2.0}) == ("decline", ["PEP_MANUAL_REVIEW"])
+    assert p.decide(0.1, {}, {"pep": 0.0, "kyc_level": 0.0}) == ("refer", ["KYC_INCOMPLETE"])
+    assert p.decide(None, {}, {}) == ("refer", [])  # nobody is approved without a model
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("policy: fraud\nversion: 1\nthresholds: {review: 0.9, deny: 0.5}\n", "must not decrease"),
+    ("policy: fraud\nversion: 1\nthresholds: {approve: 0.5}\n", "not \\['approve'\\]"),
+    ("policy: fraud\nversion: 1\nthresholds: {}\nrules: [{id: X, kind: amount_above, action: deny}]\n",
+     "needs \\['amount_minor'\\]"),
+    ("policy: fraud\nversion: 1\nthresholds: {}\nrules: [{id: X, kind: typo, action: deny}]\n", "kind"),
+    ("policy: fraud\nversion: 2\nthresholds: {}\n", "named after its id"),
+])
+def test_invalid_policies_refused(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "fraud-v1.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError, match=match):
+        load_policy(path)
+
+
+# --- through the app (rules-only: no model registered under its name) --------------------------
+
+@pytest.fixture()
+def client(settings: Any) -> Iterator[TestClient]:
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    s = settings.model_copy(update={"fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}"})
+    with TestClient(create_app(s, ServingSettings(api_keys=f"{KEY}:admin")), headers=AUTH) as c:
+        yield c
+
+
+def _logged(settings: Any, decision_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with psycopg.connect(dsn(settings)) as conn:
+            cur = conn.execute("select * from serving.decision_log where decision_id = %s", (decision_id,))
+            row = cur.fetchone()
+            if row:
+                return dict(zip([d.name for d in cur.description], row, strict=True))
+        time.sleep(0.05)
+    raise AssertionError(f"{decision_id} not logged")
+
+
+def test_policy_version_and_rules_in_response_and_log(client: TestClient, settings: Any) -> None:
+    r = client.post("/v1/score/fraud", json={**BODY, "country": "IR", "ip": "2001:db8::1", "device_id": "dev-1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["decision"] == "deny" and body["rules"] == ["SANCTIONED_COUNTRY"]
+    assert body["policy_version"] == "fraud-v1" and body["degraded"] is True
+    row = _logged(settings, body["decision_id"])
+    assert row["policy_version"] == "fraud-v1" and row["product"] == "fraud"
+    assert row["rules"] == ["SANCTIONED_COUNTRY"] and row["decision"] == "deny"
+    assert row["request"]["ip"] == "2001:db8::1" and row["request"]["device_id"] == "dev-1"
+    assert row["signals"] == {"device_known": False}
+
+
+def test_bad_optional_fields_are_422(client: TestClient) -> None:
+    for bad in ({"ip": "999.1.1.1"}, {"country": "Iran"}, {"country": "ir"}, {"device_id": ""}):
+        r = client.post("/v1/score/fraud", json={**BODY, **bad})
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["loc"][-1] == next(iter(bad))
+
+
+def test_new_device_steps_up_until_it_is_known(client: TestClient, settings: Any) -> None:
+    customer = f"C-{uuid.uuid4().hex[:6]}"
+    big = {**BODY, "customer_id": customer, "device_id": "phone-1", "amount_minor": 45_000}
+    # 450.00 from a device never seen: under the step-up amount → allowed, and the device becomes known.
+    assert client.post("/v1/score/fraud", json=big).json()["decision"] == "allow"
+    # Rules-only mode reviews above 500.00 anyway; the new-device rule needs a known device to stay quiet.
+    r = client.post("/v1/score/fraud", json={**big, "amount_minor": 49_000, "device_id": "laptop-2"}).json()
+    assert r["decision"] == "allow"
+    known = client.post("/v1/score/fraud", json={**big, "amount_minor": 60_000}).json()
+    assert "NEW_DEVICE_HIGH_AMOUNT" not in known["rules"]
+    new = client.post("/v1/score/fraud", json={**big, "amount_minor": 60_000, "device_id": "tablet-3"}).json()
+    assert "NEW_DEVICE_HIGH_AMOUNT" in new["rules"]
+    assert _logged(settings, new["decision_id"])["signals"] == {"device_known": False}
+    assert _logged(settings, known["decision_id"])["signals"] == {"device_known": True}
+
+
+def test_known_devices_survive_a_restart(settings: Any) -> None:
+    """The warm-up reads allowed payments back from the log: a restart does not forget a device."""
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    s = settings.model_copy(update={"fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}"})
+    customer = f"C-{uuid.uuid4().hex[:6]}"
+    first = {**BODY, "customer_id": customer, "device_id": "watch-9"}
+    with TestClient(create_app(s, ServingSettings(api_keys=f"{KEY}:admin")), headers=AUTH) as c:
+        assert c.post("/v1/score/fraud", json=first).json()["decision"] == "allow"
+    with TestClient(create_app(s, ServingSettings(api_keys=f"{KEY}:admin")), headers=AUTH) as c:
+        again = c.post("/v1/score/fraud", json={**first, "amount_minor": 60_000}).json()
+    assert "NEW_DEVICE_HIGH_AMOUNT" not in again["rules"]
