@@ -31,16 +31,22 @@ DEFAULT_ARGS = {
     params={
         "model_name": Param("riskloop-fraud", type="string"),
         "margin": Param(0.0, type="number", description="Tolerated metric loss of the challenger."),
+        "since": Param(None, type=["null", "string"],
+                       description="Compare decisions logged since this ISO time; default the latest ones."),
     },
     doc_md=__doc__,
 )
 def riskloop_monitor():
     @task
     def drift(**context) -> dict:
+        from datetime import datetime
+
         from riskloop.config import get_settings
         from riskloop.monitoring import run_drift
 
-        result = run_drift(get_settings(), model_name=context["params"]["model_name"])
+        since = context["params"]["since"]
+        result = run_drift(get_settings(), model_name=context["params"]["model_name"],
+                           since=datetime.fromisoformat(since) if since else None)
         return result.to_dict()
 
     @task

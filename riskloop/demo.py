@@ -237,10 +237,12 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
             summary["credit"] = _latest_metrics(settings, settings.credit_model_name, ("auc_roc", "brier"))
         with stages.stage("serve_and_score", on_change):
             requests = _score_requests(settings, cfg.n_requests, cfg.seed)
+            scoring_started = datetime.now(timezone.utc)
             with _serving(settings, cfg.serve_port) as (url, key):
                 summary["scoring"] = _send(url, requests, key)
         with stages.stage("monitor_and_promote", on_change):
-            run_dag(settings, "riskloop_monitor")
+            # Drift of this run's traffic only: earlier demo runs replay the same requests.
+            run_dag(settings, "riskloop_monitor", conf={"since": scoring_started.isoformat()})
             drift = _latest_row(settings, "select verdict, reason, share_drifted, n_reference, n_current, "
                                           "report_path, per_feature from monitoring.drift_reports "
                                           "order by created_at desc limit 1")
