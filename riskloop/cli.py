@@ -31,11 +31,12 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 @app.command()
-def up() -> None:
+def up(airflow: bool = typer.Option(False, "--airflow", help="Also start Airflow 3 (api-server, scheduler, "
+                                    "dag-processor, triggerer; LocalExecutor) on the stack's Postgres.")) -> None:
     """Start the embedded stack (Postgres, MLflow) or connect to the configured one."""
     from riskloop import stack
 
-    info = stack.up(get_settings())
+    info = stack.up(get_settings(), airflow=airflow)
     console.print_json(json.dumps(info))
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +81,14 @@ class Settings(BaseSettings):
         description="Where MLflow stores artifacts: a directory or an s3:// URI (boto3; "
         "MLFLOW_S3_ENDPOINT_URL for S3-compatible stores). Unset: <home>/mlartifacts.",
     )
+    airflow_port: int = Field(default=55080, description="Port of the Airflow api-server (UI, REST API) "
+                              "that `riskloop up --airflow` starts (loopback).")
+    airflow_admin_user: str = Field(default="admin", description="Admin user of Airflow's simple auth manager.")
+    airflow_admin_password: SecretStr | None = Field(
+        default=None,
+        description="Its password. Unset: generated once in local mode (embedded Postgres) and kept in "
+        "<home>/airflow/passwords.json; required when RISKLOOP_DATABASE_URL is set.",
+    )
     fraud_model_name: str = "riskloop-fraud"
     credit_model_name: str = "riskloop-credit"
     label_delay_days: int = Field(default=7, description="Days before a fraud label counts as known.")
@@ -136,6 +144,10 @@ class Settings(BaseSettings):
     def warehouse_url(self) -> str:
         """SQLAlchemy URL of the warehouse (psycopg 3)."""
         return self.pg.url(self.warehouse_db)
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
 
     @property
     def tracking_uri(self) -> str:

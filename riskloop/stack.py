@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,6 @@ def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
         return
     from riskloop.config import MLFLOW_DB
 
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
     artifacts = settings.artifacts
     if artifacts.startswith("file://"):
         Path(artifacts.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
@@ -194,23 +193,41 @@ def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
         "--workers", "2",
     ]
     log.info("starting MLflow server on %s", settings.tracking_uri)
-    logf = open(settings.log_dir / "mlflow.log", "ab")  # noqa: SIM115 - handed to the child
     # MLflow 3's server also runs a job executor (a dozen huey consumers) for features riskloop
     # does not use; on a 2-core machine it costs more CPU than the tracking server itself.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = spawn_detached(settings, "mlflow", cmd, env)
+    wait_until(settings, {"mlflow": proc}, lambda: mlflow_healthy(settings), wait_s)
+
+
+def spawn_detached(settings: Settings, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (so ``stop_process`` can signal its whole process group,
+    workers included) with output in <home>/logs/<name>.log and its pid in <home>/run/<name>.pid."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    logf = open(settings.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=env)
     logf.close()
-    _pidfile(settings, "mlflow").write_text(str(proc.pid))
+    _pidfile(settings, name).write_text(str(proc.pid))
+    return proc
+
+
+def wait_until(settings: Settings, procs: dict[str, subprocess.Popen], ready: Callable[[], bool],
+               wait_s: float) -> None:
+    """Poll ``ready`` until it holds; raise with a log tail as soon as one of ``procs`` (name →
+    process started by :func:`spawn_detached`) exits, or when time runs out."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = (settings.log_dir / "mlflow.log").read_text()[-3000:]
-            raise StackError(f"MLflow server exited with {proc.returncode}:\n{tail}")
-        if mlflow_healthy(settings):
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                tail = (settings.log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise StackError(f"{name} exited with {proc.returncode}:\n{tail}")
+        if ready():
             return
         time.sleep(0.5)
-    raise StackError(f"MLflow server did not answer within {wait_s:.0f}s (see {settings.log_dir}/mlflow.log)")
+    names = ", ".join(procs) or "the services"
+    raise StackError(f"{names} not ready within {wait_s:.0f}s (logs in {settings.log_dir})")
 
 
 def stop_process(settings: Settings, name: str, timeout: float = 20.0) -> bool:
@@ -235,18 +252,28 @@ def stop_process(settings: Settings, name: str, timeout: float = 20.0) -> bool:
 
 # --- the whole stack ---------------------------------------------------------------------
 
-def up(settings: Settings) -> dict[str, Any]:
-    """Start what is not running yet and make sure the databases exist; idempotent."""
+def up(settings: Settings, airflow: bool = False) -> dict[str, Any]:
+    """Start what is not running yet and make sure the databases exist; idempotent.
+
+    ``airflow=True`` also starts the Airflow services (``riskloop.airflow_services``)."""
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.embedded:
         start_postgres(settings)
     ensure_databases(settings)
     if settings.manages_mlflow:
         start_mlflow(settings)
+    if airflow:
+        from riskloop import airflow_services
+
+        airflow_services.start(settings)
     return status(settings)
 
 
 def down(settings: Settings) -> None:
+    from riskloop import airflow_services
+
+    # Airflow first: its processes hold connections to the Postgres stopped last.
+    airflow_services.stop(settings)
     if settings.manages_mlflow:
         stop_process(settings, "mlflow")
     stop_process(settings, "serving")
@@ -255,6 +282,8 @@ def down(settings: Settings) -> None:
 
 
 def status(settings: Settings) -> dict[str, Any]:
+    from riskloop import airflow_services
+
     return {
         "home": str(settings.home),
         "embedded_postgres": settings.embedded,
@@ -263,4 +292,5 @@ def status(settings: Settings) -> dict[str, Any]:
         "mlflow_tracking_uri": settings.tracking_uri,
         "mlflow": "up" if mlflow_healthy(settings, timeout=1.0) else "down",
         "artifact_root": settings.artifacts,
+        **airflow_services.status(settings),
     }

@@ -1,0 +1,215 @@
+"""A real Airflow 3 on the stack: api-server, scheduler, dag-processor and triggerer with the
+LocalExecutor, on the stack's ``riskloop_airflow`` metadata database.
+
+``riskloop.orchestrate.run_dag`` proves the tasks with ``dag.test()``; these services prove the
+platform: schedules, asset-triggered runs and retries without a person. Each service is a
+detached process group under ``<home>`` (pid in ``run/airflow-<service>.pid``, output in
+``logs/airflow-<service>.log``), started and stopped with the same helpers as the MLflow server.
+
+Credentials: Airflow 3's default auth manager is the *simple auth manager*. Its users come from
+``[core] simple_auth_manager_users`` and their passwords from a JSON file
+(``[core] simple_auth_manager_passwords_file``) that Airflow only fills for users it does not find
+there. riskloop writes that file itself from ``RISKLOOP_AIRFLOW_ADMIN_USER``/``..._PASSWORD``; a
+password is generated (once, kept in the file, mode 0600) only in local mode, i.e. on the
+embedded Postgres. Against a configured Postgres a missing password is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from riskloop import stack
+from riskloop.config import Settings
+from riskloop.orchestrate import airflow_env, ensure_airflow_db
+
+log = logging.getLogger(__name__)
+
+# Start order matters only for readiness: the api-server serves the execution API that task
+# processes talk to, the dag-processor must serialise DAGs before the scheduler can run them.
+SERVICES = ("api-server", "dag-processor", "scheduler", "triggerer")
+
+
+class AirflowConfigError(RuntimeError):
+    """Airflow cannot be started safely with this configuration (e.g. no admin password)."""
+
+
+def pidname(service: str) -> str:
+    return f"airflow-{service}"
+
+
+def passwords_file(settings: Settings) -> Path:
+    return settings.airflow_home / "passwords.json"
+
+
+def admin_password(settings: Settings) -> str:
+    """The admin password: configured, else (local mode only) generated once and reused."""
+    if settings.airflow_admin_password is not None:
+        return settings.airflow_admin_password.get_secret_value()
+    path = passwords_file(settings)
+    try:
+        stored = json.loads(path.read_text()).get(settings.airflow_admin_user)
+    except (OSError, ValueError):
+        stored = None
+    if stored:
+        return stored
+    if not settings.embedded:
+        raise AirflowConfigError(
+            "RISKLOOP_AIRFLOW_ADMIN_PASSWORD must be set when Airflow runs on a configured "
+            "Postgres (RISKLOOP_DATABASE_URL); riskloop generates passwords only in local mode")
+    return secrets.token_urlsafe(18)
+
+
+def _write_passwords(settings: Settings) -> Path:
+    """Write the simple auth manager's password file (owner-only) before any service reads it."""
+    path = passwords_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = json.dumps({settings.airflow_admin_user: admin_password(settings)}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(body)
+    path.chmod(0o600)
+    return path
+
+
+def services_env(settings: Settings) -> dict[str, str]:
+    """``orchestrate.airflow_env`` plus what long-running services need.
+
+    Worker counts are 1 and parallelism small on purpose: riskloop's tasks are few and heavy, and
+    the machine is often a shared 2-core one. DAGs stay paused at creation (Airflow's default), so
+    starting the services never starts the pipeline by surprise; unpause in the UI or the API.
+    """
+    env = airflow_env(settings)
+    env.update({
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__API__BASE_URL": settings.airflow_url,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__STANDALONE_DAG_PROCESSOR": "True",
+        "AIRFLOW__TRIGGERER__CAPACITY": "50",
+        "AIRFLOW__CORE__AUTH_MANAGER":
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_admin_user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(settings)),
+    })
+    return env
+
+
+def health(settings: Settings, timeout: float = 2.0) -> dict[str, Any] | None:
+    """``GET /api/v2/monitor/health`` (no auth needed): metadatabase and each component's heartbeat."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{settings.airflow_url}/api/v2/monitor/health", timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+def healthy(settings: Settings, timeout: float = 2.0) -> bool:
+    """Every component reports healthy: api-server answers, scheduler/triggerer/dag-processor beat."""
+    h = health(settings, timeout)
+    if not h:
+        return False
+    parts = [h.get("metadatabase"), h.get("scheduler"), h.get("triggerer"), h.get("dag_processor")]
+    return all(p and p.get("status") == "healthy" for p in parts)
+
+
+def running(settings: Settings) -> dict[str, bool]:
+    return {s: stack._read_pid(stack._pidfile(settings, pidname(s))) is not None for s in SERVICES}
+
+
+def start(settings: Settings, wait_s: float = 300.0) -> dict[str, Any]:
+    """Migrate the metadata DB, then start whichever services are not running; wait until healthy."""
+    ensure_airflow_db(settings)
+    _write_passwords(settings)
+    env = services_env(settings)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    cmds = {
+        "api-server": [airflow, "api-server", "--host", "127.0.0.1", "--port", str(settings.airflow_port),
+                       "--workers", "1"],
+        "dag-processor": [airflow, "dag-processor"],
+        "scheduler": [airflow, "scheduler"],
+        "triggerer": [airflow, "triggerer"],
+    }
+    procs = {}
+    for service, alive in running(settings).items():
+        if alive:
+            continue
+        log.info("starting airflow %s", service)
+        procs[service] = stack.spawn_detached(settings, pidname(service), cmds[service], env)
+    stack.wait_until(settings, {pidname(s): p for s, p in procs.items()}, lambda: healthy(settings), wait_s)
+    log.info("Airflow UI on %s (user %s, password in %s)", settings.airflow_url,
+             settings.airflow_admin_user, passwords_file(settings))
+    return status(settings)
+
+
+def stop(settings: Settings) -> list[str]:
+    """SIGTERM each service's process group (LocalExecutor workers and task processes included)."""
+    # The scheduler first: it stops handing out work while the api-server still answers its workers.
+    order = ("scheduler", "triggerer", "dag-processor", "api-server")
+    return [s for s in order if stack.stop_process(settings, pidname(s), timeout=30.0)]
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    alive = running(settings)
+    return {
+        "airflow_url": settings.airflow_url,
+        "airflow": "up" if healthy(settings, timeout=1.0) else ("starting" if any(alive.values()) else "down"),
+        "airflow_services": {s: "running" if a else "stopped" for s, a in alive.items()},
+    }
+
+
+# --- REST API (v2) ---------------------------------------------------------------------------
+
+def api_client(settings: Settings, timeout: float = 10.0):
+    """An ``httpx.Client`` on the api-server, logged in as the admin (simple auth manager JWT)."""
+    import httpx
+
+    r = httpx.post(f"{settings.airflow_url}/auth/token", timeout=timeout,
+                   json={"username": settings.airflow_admin_user, "password": admin_password(settings)})
+    r.raise_for_status()
+    token = r.json()["access_token"]
+    return httpx.Client(base_url=f"{settings.airflow_url}/api/v2", timeout=timeout,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def trigger_dag(settings: Settings, dag_id: str, conf: dict[str, Any] | None = None,
+                unpause: bool = True) -> str:
+    """Create a manual DAG run through the REST API and return its run id.
+
+    The DAG is unpaused first (it is paused at creation): the scheduler does not queue runs of a
+    paused DAG, even manual ones."""
+    with api_client(settings) as api:
+        if unpause:
+            api.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        r = api.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        r.raise_for_status()
+        return r.json()["dag_run_id"]
+
+
+def wait_dag_run(settings: Settings, dag_id: str, run_id: str, timeout_s: float = 300.0) -> str:
+    """Poll a DAG run until it ends; return its final state (``success`` or ``failed``)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    with api_client(settings) as api:
+        while time.monotonic() < deadline:
+            state = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(1.0)
+    raise TimeoutError(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f}s")
