@@ -9,14 +9,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from typing import TYPE_CHECKING
+
 import psycopg
-import sqlalchemy as sa
 
 from riskloop.config import Settings
 
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
-def engine(settings: Settings, database: str | None = None, **kwargs) -> sa.Engine:
-    """A SQLAlchemy engine on the warehouse (or another riskloop database). Caller disposes it."""
+
+def engine(settings: Settings, database: str | None = None, **kwargs) -> "sa.Engine":
+    """A SQLAlchemy engine on the warehouse (or another riskloop database). Caller disposes it.
+
+    SQLAlchemy is imported here, not at module level: the scoring path uses this module for
+    plain psycopg connections and should not pay a second to import an ORM it never uses.
+    """
+    import sqlalchemy as sa
+
     return sa.create_engine(settings.pg.url(database or settings.warehouse_db), pool_pre_ping=True, **kwargs)
 
 
