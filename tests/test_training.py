@@ -44,6 +44,8 @@ def test_split_drops_labels_unknown_at_cutoff_and_keeps_final_test_labels() -> N
         ("g", 19, 1, 20),   # g's fraud, reported on day 20 ...
         ("g", 20.5, 0, None),  # ... and g removed from day 21, not on day 20 itself
         ("g", 21.5, 0, None),
+        ("h", 0.5, 1, 1),   # h's fraud predates the training window: reissued card, stays in the test
+        ("h", 17.5, 0, None),
     ]
     df = pd.DataFrame([{
         "customer_id": c, "event_timestamp": day(t) + pd.Timedelta(hours=1), "is_fraud": y,
@@ -54,7 +56,7 @@ def test_split_drops_labels_unknown_at_cutoff_and_keeps_final_test_labels() -> N
 
     assert dict(zip(train["customer_id"], train["label"])) == {"a": 1, "b": 0, "c": 0}
     assert list(train["is_fraud"]) == [1, 1, 0]  # the final labels stay available for reporting
-    assert list(zip(test["customer_id"], test["label"])) == [("d", 1), ("e", 0), ("g", 1), ("g", 0)]
+    assert list(zip(test["customer_id"], test["label"])) == [("d", 1), ("e", 0), ("g", 1), ("g", 0), ("h", 0)]
     # With the default cut-off (the training moment, day 16), b's label is known.
     train_default, _ = split.split_fraud(df, split.fraud_windows(day(0), day(29.9)))
     assert dict(zip(train_default["customer_id"], train_default["label"]))["b"] == 1

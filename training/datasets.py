@@ -56,8 +56,8 @@ def transaction_range(settings: Settings) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 
 def known_frauds(settings: Settings, before: pd.Timestamp) -> pd.DataFrame:
-    """``customer_id``, ``fraud_known_at`` of every fraud reported before ``before``."""
-    query = ("select customer_id, fraud_known_at from marts.fct_transactions "
+    """``customer_id``, ``fraud_known_at``, ``tx_at`` of every fraud reported before ``before``."""
+    query = ("select customer_id, fraud_known_at, tx_at from marts.fct_transactions "
              f"where is_fraud = 1 and fraud_known_at < {_ts(before)}")
     eng = db.engine(settings)
     try:
@@ -65,6 +65,7 @@ def known_frauds(settings: Settings, before: pd.Timestamp) -> pd.DataFrame:
     finally:
         eng.dispose()
     frame["fraud_known_at"] = pd.to_datetime(frame["fraud_known_at"], utc=True)
+    frame["tx_at"] = pd.to_datetime(frame["tx_at"], utc=True)
     return frame
 
 
@@ -74,6 +75,14 @@ def _fetch(store: "FeatureStore", entity_sql: str, service: str, sort: list[str]
     frame = job.to_df()
     # Feast returns rows in no guaranteed order: sort so the same data gives the same model.
     frame = frame.sort_values(sort, kind="mergesort").reset_index(drop=True)
+    # Feast's Postgres offline store joins every feature row sharing the latest timestamp, so two
+    # payments of one customer in the same second return an entity row twice (10 of 737k rows on
+    # the handbook data; the tied rows carry equal values). One row per entity row:
+    n = len(frame)
+    frame = frame.drop_duplicates(subset=sort, keep="first").reset_index(drop=True)
+    if len(frame) < n:
+        log.warning("get_historical_features(%s): dropped %d duplicated entity rows (timestamp ties)",
+                    service, n - len(frame))
     log.info("get_historical_features(%s): %d rows in %.2fs", service, len(frame), time.perf_counter() - started)
     return frame
 
