@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
+
+# Emitted when the online store holds the interval's features; riskloop_train is scheduled on it.
+ONLINE_FEATURES = Asset(name="riskloop_online_features", uri="riskloop://feast/online_features")
+
+
+def _on_failure(context: dict) -> None:
+    """Failure alert (task and DAG level); imports riskloop only when something failed."""
+    from riskloop.alerts import task_failed
+
+    task_failed(context)
+
 
 DEFAULT_ARGS = {
     "owner": "riskloop-platform",
@@ -18,6 +29,7 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(minutes=1),
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(minutes=30),
+    "on_failure_callback": _on_failure,
 }
 
 
@@ -28,6 +40,7 @@ DEFAULT_ARGS = {
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    on_failure_callback=_on_failure,
     tags=["riskloop", "ingest"],
     params={
         "landing_dir": Param(None, type=["null", "string"], description="Directory of landed files; default RISKLOOP_HOME/landing."),
@@ -77,7 +90,7 @@ def riskloop_ingest():
         run_dbt(get_settings(), ["build"])
         return {"dbt": "build ok"}
 
-    @task
+    @task(outlets=[ONLINE_FEATURES])
     def materialize(transformed: dict, **context) -> dict:
         """feast apply, then materialise the feature views into the online store."""
         from datetime import datetime

@@ -2,6 +2,9 @@
 
 The gate promotes only when the challenger is not worse than the champion on the same test
 window and drift is not critical; every decision and its evidence is recorded.
+
+Runs daily (drift grows without new models) and whenever riskloop_train emits a new fraud model
+(the asset), so a challenger meets the gate without waiting for the next day.
 """
 
 from __future__ import annotations
@@ -9,7 +12,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+# Same identity as in riskloop_train.py.
+FRAUD_MODEL = Asset(name="riskloop_fraud_model", uri="riskloop://mlflow/riskloop-fraud")
+
+
+def _on_failure(context: dict) -> None:
+    """Failure alert (task and DAG level); imports riskloop only when something failed."""
+    from riskloop.alerts import task_failed
+
+    task_failed(context)
+
 
 DEFAULT_ARGS = {
     "owner": "riskloop-ml",
@@ -17,16 +31,19 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(minutes=30),
+    "on_failure_callback": _on_failure,
 }
 
 
 @dag(
     dag_id="riskloop_monitor",
-    schedule="@daily",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"),
+                                 assets=[FRAUD_MODEL]),
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    on_failure_callback=_on_failure,
     tags=["riskloop", "monitoring", "promotion"],
     params={
         "model_name": Param("riskloop-fraud", type="string"),

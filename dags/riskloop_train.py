@@ -1,6 +1,9 @@
 """Train the fraud and credit models on point-in-time features and register them in MLflow.
 
-Each run registers a new version with the `challenger` alias (the first version ever also becomes
+Scheduled on the ingest DAG's online-features asset (data-aware: it runs when new features have
+been materialised, never on a clock); each model task emits its model's asset, which the monitor
+DAG follows (a model left out by the ``models`` param is skipped and emits nothing). Each run
+registers a new version with the `challenger` alias (the first version ever also becomes
 `champion`); promotion is the monitor DAG's job, never this one's.
 """
 
@@ -9,7 +12,20 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
+
+# Same identity as in riskloop_ingest.py (assets are matched by name and URI across DAG files).
+ONLINE_FEATURES = Asset(name="riskloop_online_features", uri="riskloop://feast/online_features")
+FRAUD_MODEL = Asset(name="riskloop_fraud_model", uri="riskloop://mlflow/riskloop-fraud")
+CREDIT_MODEL = Asset(name="riskloop_credit_model", uri="riskloop://mlflow/riskloop-credit")
+
+
+def _on_failure(context: dict) -> None:
+    """Failure alert (task and DAG level); imports riskloop only when something failed."""
+    from riskloop.alerts import task_failed
+
+    task_failed(context)
+
 
 DEFAULT_ARGS = {
     "owner": "riskloop-ml",
@@ -17,16 +33,18 @@ DEFAULT_ARGS = {
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": True,
     "execution_timeout": timedelta(hours=2),
+    "on_failure_callback": _on_failure,
 }
 
 
 @dag(
     dag_id="riskloop_train",
-    schedule=None,
+    schedule=[ONLINE_FEATURES],
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    on_failure_callback=_on_failure,
     tags=["riskloop", "training"],
     params={
         "models": Param(["fraud", "credit"], type="array", description="Which models to train."),
@@ -36,23 +54,27 @@ DEFAULT_ARGS = {
     doc_md=__doc__,
 )
 def riskloop_train():
-    @task
+    @task(outlets=[FRAUD_MODEL])
     def train_fraud(**context) -> dict:
+        if "fraud" not in context["params"]["models"]:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("fraud not in params.models")
         from riskloop.config import get_settings
         from training.train import train_fraud as run
 
-        if "fraud" not in context["params"]["models"]:
-            return {"skipped": True}
         result = run(get_settings(), params=context["params"]["fraud_params"] or None)
         return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics}
 
-    @task
+    @task(outlets=[CREDIT_MODEL])
     def train_credit(**context) -> dict:
+        if "credit" not in context["params"]["models"]:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("credit not in params.models")
         from riskloop.config import get_settings
         from training.train import train_credit as run
 
-        if "credit" not in context["params"]["models"]:
-            return {"skipped": True}
         result = run(get_settings(), params=context["params"]["credit_params"] or None)
         return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics}
 

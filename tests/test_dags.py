@@ -22,10 +22,19 @@ PARSE = textwrap.dedent("""
     bag = DagBag(dag_folder=sys.argv[1], include_examples=False)
     heavy = sorted(m for m in ("feast", "mlflow", "xgboost", "great_expectations", "evidently", "dbt")
                    if m in sys.modules)
+    def schedule_assets(d):
+        cond = getattr(d.timetable, "asset_condition", None)
+        return sorted(a.name for a in getattr(cond, "objects", []))
     out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "heavy_imports": heavy,
+           "seconds": time.perf_counter() - t0,
            "dags": {d.dag_id: {"tags": sorted(d.tags), "doc_md": bool(d.doc_md),
+                                "on_failure": bool(d.on_failure_callback),
+                                "timetable": type(d.timetable).__name__,
+                                "schedule_assets": schedule_assets(d),
                                 "tasks": {t.task_id: {"retries": t.retries, "owner": t.owner,
-                                                      "timeout": bool(t.execution_timeout)}
+                                                      "timeout": bool(t.execution_timeout),
+                                                      "on_failure": bool(t.on_failure_callback),
+                                                      "outlets": sorted(o.name for o in t.outlets)}
                                           for t in d.tasks}}
                     for d in bag.dags.values()}}
     print(json.dumps(out))
@@ -52,6 +61,8 @@ def test_no_import_errors(dagbag: dict) -> None:
 
 def test_parsing_imports_nothing_heavy(dagbag: dict) -> None:
     assert dagbag["heavy_imports"] == []
+    # Parsing three thin files is cheap; a slow parse means work at import time (DB, network).
+    assert dagbag["seconds"] < 30, dagbag["seconds"]
 
 
 def test_every_dag_has_tags_doc_owner_retries_and_timeouts(dagbag: dict) -> None:
@@ -62,6 +73,43 @@ def test_every_dag_has_tags_doc_owner_retries_and_timeouts(dagbag: dict) -> None
             assert t["retries"] >= 1, (dag_id, task_id)
             assert t["owner"] and t["owner"] != "airflow", (dag_id, task_id)
             assert t["timeout"], (dag_id, task_id)
+
+
+def test_every_dag_and_task_alerts_on_failure(dagbag: dict) -> None:
+    for dag_id, dag in dagbag["dags"].items():
+        assert dag["on_failure"], dag_id
+        for task_id, t in dag["tasks"].items():
+            assert t["on_failure"], (dag_id, task_id)
+
+
+def test_dags_are_chained_by_assets(dagbag: dict) -> None:
+    """ingest → (online features) → train → (fraud model) → monitor: data-aware, no sensors."""
+    dags = dagbag["dags"]
+    assert dags["riskloop_ingest"]["tasks"]["materialize"]["outlets"] == ["riskloop_online_features"]
+    assert dags["riskloop_train"]["timetable"] == "AssetTriggeredTimetable"
+    assert dags["riskloop_train"]["schedule_assets"] == ["riskloop_online_features"]
+    assert dags["riskloop_train"]["tasks"]["train_fraud"]["outlets"] == ["riskloop_fraud_model"]
+    assert dags["riskloop_train"]["tasks"]["train_credit"]["outlets"] == ["riskloop_credit_model"]
+    # The monitor also runs daily: drift grows without any new model.
+    assert dags["riskloop_monitor"]["timetable"] == "AssetOrTimeSchedule"
+    assert dags["riskloop_monitor"]["schedule_assets"] == ["riskloop_fraud_model"]
+
+
+def test_failure_alert_is_one_structured_record(caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from riskloop.alerts import task_failed
+
+    ti = SimpleNamespace(dag_id="riskloop_ingest", task_id="transform", run_id="scheduled__x",
+                         try_number=3, log_url="http://af/log")
+    with caplog.at_level("ERROR", logger="riskloop.alerts"):
+        fields = task_failed({"ti": ti, "exception": RuntimeError("dbt build failed")})
+    assert fields["dag_id"] == "riskloop_ingest" and fields["task_id"] == "transform"
+    assert fields["try_number"] == 3 and fields["error"] == "RuntimeError: dbt build failed"
+    record = next(r for r in caplog.records if r.name == "riskloop.alerts")
+    assert record.levelname == "ERROR" and json.loads(record.getMessage().split(" ", 2)[2]) == fields
+    # A context it cannot read still yields an alert instead of an exception.
+    assert task_failed({})["alert"] == "airflow_failure"
 
 
 def test_dag_files_are_thin() -> None:
