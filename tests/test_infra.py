@@ -89,7 +89,7 @@ def test_airflow_helm_values() -> None:
     assert values["config"]["core"]["simple_auth_manager_all_admins"] == "False"
 
 
-def test_airflow_helm_config_keys_exist_in_the_pinned_airflow() -> None:
+def test_airflow_helm_config_keys_exist_in_the_pinned_airflow(tmp_path: Path) -> None:
     """Every [section] key under `config:` is an option Airflow 3.2.2 knows (a typo is silently ignored)."""
     values = yaml.safe_load((INFRA / "airflow" / "values.yaml").read_text())
     pairs = [(s, k) for s, opts in values["config"].items() for k in opts]
@@ -98,7 +98,7 @@ def test_airflow_helm_config_keys_exist_in_the_pinned_airflow() -> None:
             "d = conf.configuration_description\n"
             "print(json.dumps([p for p in json.loads(sys.argv[1])\n"
             "                  if p[1] not in d.get(p[0], {}).get('options', {})]))")
-    env = {**os.environ, "AIRFLOW_HOME": str(PROJECT_ROOT / ".riskloop" / "airflow-config-check")}
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(pairs)],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
