@@ -40,6 +40,7 @@ from serving.decision_log import LogBackpressure
 from serving.model import LoadedModel
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
 from serving.policy import Policy
+from serving.reasons import top_reasons
 from serving.schemas import CreditDecision, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -142,20 +143,14 @@ class CreditScoreResponse(BaseModel):
     application_id: str | None
 
 
+def _credit_reason(feature: str) -> dict[str, str]:
+    code, text = CREDIT_REASONS.get(feature, CREDIT_OTHER)
+    return {"code": code, "description": text}
+
+
 def credit_reasons(features: list[str], values: np.ndarray, contribs: np.ndarray, k: int = 4) -> list[dict]:
-    """The ``k`` largest positive exact contributions (bias dropped); ties broken by feature order."""
-    per_feature = contribs[: len(features)]
-    order = sorted(range(len(features)), key=lambda i: (-float(per_feature[i]), i))
-    out: list[dict] = []
-    for i in order:
-        c = float(per_feature[i])
-        if c <= 0 or len(out) >= k:
-            break
-        code, text = CREDIT_REASONS.get(features[i], CREDIT_OTHER)
-        v = float(values[i])
-        out.append({"code": code, "feature": features[i], "value": None if math.isnan(v) else v,
-                    "contribution": c, "description": text})
-    return out
+    """The ``k`` largest positive exact contributions as adverse-action reasons (bias dropped)."""
+    return top_reasons(features, values, contribs, k, describe=_credit_reason)
 
 
 def score_credit_vector(model: LoadedModel, policy: Policy, features: dict[str, float | None],

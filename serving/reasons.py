@@ -8,6 +8,7 @@ exact feature name. A feature no pattern knows gets ``R99_OTHER`` rather than fa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,13 +34,16 @@ def reason_code(feature: str) -> str:
     return OTHER
 
 
-def top_reasons(features: list[str], values: np.ndarray, contribs: np.ndarray, k: int) -> list[dict]:
+def top_reasons(features: list[str], values: np.ndarray, contribs: np.ndarray, k: int,
+                describe: Callable[[str], dict[str, str]] | None = None) -> list[dict]:
     """The ``k`` largest *positive* contributions, largest first.
 
     ``contribs`` is one row of ``pred_contribs`` output: one entry per feature, then the bias,
     which is not a reason and is dropped. Ties are broken by feature order so that the same input
-    always yields the same reasons.
+    always yields the same reasons. ``describe`` maps a feature to its reason fields (``code``
+    and any text); the default is the fraud codes of :func:`reason_code`.
     """
+    describe = describe or (lambda feature: {"code": reason_code(feature)})
     per_feature = contribs[: len(features)]
     order = sorted(range(len(features)), key=lambda i: (-float(per_feature[i]), i))
     out: list[dict] = []
@@ -48,6 +52,6 @@ def top_reasons(features: list[str], values: np.ndarray, contribs: np.ndarray, k
         if c <= 0 or len(out) >= k:
             break
         v = float(values[i])
-        out.append({"code": reason_code(features[i]), "feature": features[i],
+        out.append({**describe(features[i]), "feature": features[i],
                     "value": None if math.isnan(v) else v, "contribution": c})
     return out
