@@ -103,7 +103,7 @@ def log_decisions(settings: Settings, name: str, version: str, frame: pd.DataFra
             "score": None if scores is None else float(scores[i]), "decision": "allow",
             "reasons": [], "rules": [], "features": {k: float(v) for k, v in r.items()},
             "feature_timestamps": {}, "request": {"amount": float(r["amount"])}, "latency_ms": 3.0,
-            "degraded": False,
+            "degraded": False, "product": "fraud", "policy_version": "test", "signals": {},
         }
         rows.append(tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in COLUMNS))
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
