@@ -29,7 +29,7 @@ from riskloop.db import dsn
 from serving import credit, decision_log, overrides
 from serving.auth import KeyRing, require
 from serving.config import ServingSettings
-from serving.decision_log import DecisionLogWriter, LogBackpressure
+from serving.decision_log import DecisionLogWriter, record_or_refuse
 from serving.decisions_api import router as decisions_router
 from serving.devices import KnownDevices
 from serving.model import LoadedModel, ModelLoadError, load_model
@@ -269,13 +269,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             "request": req, "latency_ms": latency_ms, "degraded": degraded,
             "product": "fraud", "policy_version": policy.id, "signals": signals,
         }
-        try:
-            st.writer.submit(row)
-        except LogBackpressure as exc:
-            # A decision that cannot be recorded is not given: the log is the audit trail.
-            log.error("refusing request %s: %s", request_id, exc)
-            raise HTTPException(status_code=503, detail="decision log backlog, retry",
-                                headers={"Retry-After": "1"}) from exc
+        record_or_refuse(st.writer, row)
         if decision == "allow":  # only once logged: the warm-up after a restart reads the same fact
             st.devices.add(body.customer_id, body.device_id)
         if st.metrics:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serving.auth import require
 from serving.currencies import ISO_4217
-from serving.decision_log import LogBackpressure
+from serving.decision_log import record_or_refuse
 from serving.model import LoadedModel
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
 from serving.policy import Policy
@@ -218,12 +218,7 @@ def score_credit(body: CreditScoreRequest, request: Request, response: Response,
         "latency_ms": (time.perf_counter() - t0) * 1000.0, "degraded": degraded,
         "product": "credit", "policy_version": policy.id, "signals": {},
     }
-    try:
-        st.writer.submit(row)
-    except LogBackpressure as exc:
-        log.error("refusing credit request %s: %s", request_id, exc)
-        raise HTTPException(status_code=503, detail="decision log backlog, retry",
-                            headers={"Retry-After": "1"}) from exc
+    record_or_refuse(st.writer, row)
     response.headers["X-Request-ID"] = request_id
     return CreditScoreResponse(decision_id=decision_id, decision=decision, score=score, model=info,
                                reasons=reasons, rules=rules, degraded=degraded, policy_version=policy.id,

@@ -104,6 +104,19 @@ class LogBackpressure(RuntimeError):
     """The queue stayed full for the whole enqueue timeout: the writer cannot keep up."""
 
 
+def record_or_refuse(writer: "DecisionLogWriter", row: dict[str, Any]) -> None:
+    """Queue a decision for the log, or answer 503: a decision that cannot be recorded is not
+    given, because the log is the audit trail. Shared by every scoring endpoint."""
+    from fastapi import HTTPException
+
+    try:
+        writer.submit(row)
+    except LogBackpressure as exc:
+        log.error("refusing %s request %s: %s", row.get("product", "scoring"), row.get("request_id"), exc)
+        raise HTTPException(status_code=503, detail="decision log backlog, retry",
+                            headers={"Retry-After": "1"}) from exc
+
+
 _STOP = object()
 
 
