@@ -1,4 +1,5 @@
-"""Monitor → promote: Evidently drift of the champion's inputs, then the challenger gate.
+"""Monitor → alert → promote: Evidently drift of the champion's inputs, alerts (with hysteresis)
+to the configured sinks, then the challenger gate.
 
 The gate promotes only when the challenger is not worse than the champion on the same test
 window and drift is not critical; every decision and its evidence is recorded.
@@ -67,6 +68,16 @@ def riskloop_monitor():
         return result.to_dict()
 
     @task
+    def alert(drift_result: dict) -> list[dict]:
+        """Drift → the alert state machine → the configured sinks (raised or resolved incidents)."""
+        from riskloop.alerts import drift_check, process
+        from riskloop.config import get_settings
+        from riskloop.monitoring import DriftResult
+
+        settings = get_settings()
+        return [a.to_dict() for a in process(settings, [drift_check(settings, DriftResult.from_dict(drift_result))])]
+
+    @task
     def promote(drift_result: dict, **context) -> dict:
         from riskloop.config import get_settings
         from riskloop.monitoring import DriftResult
@@ -80,7 +91,9 @@ def riskloop_monitor():
         )
         return decision.to_dict()
 
-    promote(drift())
+    checked = drift()
+    alert(checked)
+    promote(checked)
 
 
 riskloop_monitor()

@@ -120,11 +120,15 @@ def train(
 
 @app.command()
 def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model name.")) -> None:
-    """Evidently drift of the champion's recent scoring inputs against its training reference."""
+    """Evidently drift of the champion's recent scoring inputs against its training reference;
+    raises or resolves alerts (with hysteresis) through the configured sinks."""
+    from riskloop.alerts import drift_check, process
     from riskloop.monitoring import run_drift
 
-    result = run_drift(get_settings(), model_name=model)
-    console.print_json(json.dumps(result.to_dict(), default=str))
+    settings = get_settings()
+    result = run_drift(settings, model_name=model)
+    sent = process(settings, [drift_check(settings, result)])
+    console.print_json(json.dumps({**result.to_dict(), "alerts": [a.to_dict() for a in sent]}, default=str))
 
 
 @app.command()

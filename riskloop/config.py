@@ -99,6 +99,53 @@ class Settings(BaseSettings):
         default=None, description="Where simulated/processor files land. Unset: <home>/landing."
     )
 
+    # --- alerts (riskloop.alerts): sinks, links, retries, noise control ---------------------
+    alert_slack_webhook_url: SecretStr | None = Field(
+        default=None, description="Slack-compatible incoming webhook URL (its path is the secret). Unset: no Slack.")
+    alert_webhook_url: str | None = Field(
+        default=None, description="Generic HTTP webhook receiving each alert as JSON, signed with the "
+        "Standard Webhooks scheme. Unset: no generic webhook.")
+    alert_webhook_secret: SecretStr | None = Field(
+        default=None, description="Its signing secret, whsec_<base64>; required when the URL is set.")
+    alert_smtp_host: str | None = Field(default=None, description="SMTP server for alert e-mail. Unset: no e-mail.")
+    alert_smtp_port: int = Field(default=25, description="SMTP port (587 with STARTTLS, 465 implicit TLS).")
+    alert_smtp_starttls: bool = Field(default=False, description="Upgrade the SMTP session with STARTTLS.")
+    alert_smtp_user: str | None = Field(default=None, description="SMTP login (with the password), if any.")
+    alert_smtp_password: SecretStr | None = None
+    alert_email_from: str = Field(default="riskloop-alerts@localhost", description="From address of alert e-mail.")
+    alert_email_to: str = Field(default="", description="Recipients of alert e-mail, comma-separated.")
+    alert_timeout_s: float = Field(default=5.0, gt=0, description="Per-attempt timeout of one delivery.")
+    alert_retries: int = Field(default=3, ge=0, description="Retries of a failed delivery (after the first try).")
+    alert_retry_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry.")
+    alert_runbook_base_url: str = Field(
+        default="docs/runbooks", description="Where runbooks live; an alert links <base>/<alert kind>.md.")
+    alert_report_base_url: str | None = Field(
+        default=None, description="Public base URL of <home>/reports (an alert links <base>/<file>). "
+        "Unset: a file:// link.")
+    alert_raise_after: int = Field(default=2, ge=1, description="Raise after N consecutive breaching runs.")
+    alert_clear_after: int = Field(default=2, ge=1, description="Resolve after M consecutive clean runs.")
+    alert_min_samples: int = Field(
+        default=200, ge=1, description="Fewer scored rows (drift) or decisions per window (tripwires) than "
+        "this: no verdict, the alert state does not move.")
+    alert_feature_thresholds: dict[str, float] = Field(
+        default_factory=dict, description='Per-feature drift thresholds as JSON, e.g. {"amount": 0.2}: replace '
+        "Evidently's threshold for that input (a p-value: drift below it; a distance: drift at or above).")
+    # Tripwires on the decision stream: a recent window against the baseline window before it.
+    tripwire_window_minutes: int = Field(default=60, gt=0, description="Recent window of the tripwires.")
+    tripwire_baseline_hours: int = Field(default=24 * 7, gt=0, description="Baseline window, just before it.")
+    tripwire_approval_drop: float = Field(
+        default=0.10, gt=0, description="Trip when the approval rate falls by this much (absolute) vs baseline.")
+    tripwire_review_ratio: float = Field(
+        default=2.0, gt=1, description="Trip when the review rate reaches this multiple of the baseline...")
+    tripwire_review_min_rate: float = Field(default=0.02, ge=0, description="...and exceeds it by this much.")
+    tripwire_override_ratio: float = Field(
+        default=3.0, gt=1, description="Trip when one rule's or model's override rate reaches this multiple "
+        "of its baseline...")
+    tripwire_override_min_count: int = Field(default=5, ge=1, description="...with at least this many overrides.")
+    tripwire_degraded_rate: float = Field(
+        default=0.05, gt=0, description="Trip when this share of recent decisions was degraded (no model score).")
+    tripwire_latency_p99_ms: float = Field(default=250.0, gt=0, description="Trip above this p99 latency (ms).")
+
     # --- derived locations -------------------------------------------------------------
     @property
     def embedded(self) -> bool:

@@ -1,0 +1,185 @@
+"""Alerts: delivery to real loopback sinks (HTTP, SMTP), retries, and the hysteresis state machine
+on the real database."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from email.message import Message
+
+import psycopg
+import pytest
+from sinks import http_sink, smtp_sink
+
+from riskloop.config import PROJECT_ROOT, Settings
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks spec's example key
+
+
+def sample_alert(settings: Settings):
+    from riskloop.alerts import Alert, report_url, runbook_url
+
+    return Alert(event_id=str(uuid.uuid4()), incident_id=str(uuid.uuid4()), kind="input_drift",
+                 key="riskloop-fraud", status="firing",
+                 summary="riskloop-fraud v3: 2/6 inputs drifted: amount wasserstein=0.41 (threshold 0.1)",
+                 runbook_url=runbook_url(settings, "input_drift"),
+                 report_url=report_url(settings, "/tmp/reports/drift_x.html"), details={"share_drifted": 0.33})
+
+
+def body_text(msg: Message) -> str:
+    return msg.get_payload(decode=True).decode() if not msg.is_multipart() else msg.get_payload(0).get_payload()
+
+
+def test_one_alert_reaches_slack_signed_webhook_email_and_log(caplog) -> None:
+    from standardwebhooks import Webhook
+
+    from riskloop.alerts import deliver
+
+    with http_sink() as http, smtp_sink() as smtp:
+        settings = Settings(alert_slack_webhook_url=http.url("/slack"), alert_webhook_url=http.url("/hook"),
+                            alert_webhook_secret=SECRET, alert_smtp_host="127.0.0.1", alert_smtp_port=smtp.port,
+                            alert_email_to="oncall@example.org, risk@example.org",
+                            alert_report_base_url="https://reports.example.org/riskloop")
+        alert = sample_alert(settings)
+        with caplog.at_level("ERROR", logger="riskloop.alerts"):
+            result = deliver(settings, alert)
+
+        assert {k: v["ok"] for k, v in result.items()} == {"log": True, "slack": True, "webhook": True, "email": True}
+        slack = json.loads(http.bodies("/slack")[0])["text"]
+        for needle in ("[FIRING] input_drift riskloop-fraud", "amount wasserstein=0.41",
+                       "runbook: docs/runbooks/input_drift.md",
+                       "report: https://reports.example.org/riskloop/drift_x.html"):
+            assert needle in slack
+
+        (_, headers, body), = [r for r in http.requests if r[0] == "/hook"]
+        payload = Webhook(SECRET).verify(body, headers)  # raises unless the signature is valid and fresh
+        assert headers["webhook-id"] == alert.event_id
+        assert payload["type"] == "riskloop.alert.firing"
+        assert payload["data"]["runbook_url"] == "docs/runbooks/input_drift.md"
+        assert payload["data"]["details"] == {"share_drifted": 0.33}
+        with pytest.raises(Exception):  # a tampered body must not verify
+            Webhook(SECRET).verify(body.replace(b"0.33", b"0.99"), headers)
+
+        (mail,) = smtp.messages
+        assert mail["To"] == "oncall@example.org, risk@example.org"
+        assert "[FIRING] input_drift riskloop-fraud" in mail["Subject"]
+        assert "amount wasserstein=0.41" in body_text(mail) and "docs/runbooks/input_drift.md" in body_text(mail)
+
+    record = next(r for r in caplog.records if r.name == "riskloop.alerts")
+    assert record.alert["incident_id"] == alert.incident_id
+
+
+def test_failed_delivery_is_retried_then_reported_never_raised() -> None:
+    from conftest import free_port
+
+    from riskloop.alerts import deliver
+
+    with http_sink() as http:
+        http.fail_next = 2
+        dead = free_port()  # nothing listens there
+        settings = Settings(alert_slack_webhook_url=http.url("/slack"), alert_webhook_url=f"http://127.0.0.1:{dead}/",
+                            alert_webhook_secret=SECRET, alert_retries=2, alert_retry_backoff_s=0.5)
+        delays: list[float] = []
+        result = deliver(settings, sample_alert(settings), sleep=delays.append)
+
+    assert result["slack"] == {"ok": True, "attempts": 3, "error": None}
+    assert len(http.bodies("/slack")) == 1
+    assert result["webhook"]["ok"] is False and result["webhook"]["attempts"] == 3
+    assert "ConnectError" in result["webhook"]["error"]
+    assert delays == [0.5, 1.0, 0.5, 1.0]  # exponential backoff, per sink
+
+
+def test_webhook_without_secret_is_not_sent_unsigned() -> None:
+    from riskloop.alerts import deliver
+
+    with http_sink() as http:
+        settings = Settings(alert_webhook_url=http.url("/hook"), alert_retries=0)
+        result = deliver(settings, sample_alert(settings))
+    assert result["webhook"]["ok"] is False and "SECRET" in result["webhook"]["error"]
+    assert http.requests == []
+
+
+def test_every_alert_kind_has_a_runbook() -> None:
+    from riskloop.alerts import KINDS
+
+    for kind in KINDS:
+        path = PROJECT_ROOT / "docs" / "runbooks" / f"{kind}.md"
+        assert path.is_file(), path
+        assert f"`{kind}`" in path.read_text().splitlines()[0]
+
+
+def test_drift_check_groups_inputs_and_applies_per_feature_thresholds() -> None:
+    from riskloop.alerts import drift_check
+    from riskloop.monitoring import ColumnDrift, DriftResult
+
+    per = {"amount": ColumnDrift("amount", "wasserstein", 0.1, 0.41, True),
+           "avg_7d": ColumnDrift("avg_7d", "wasserstein", 0.1, 0.15, True),
+           "is_night": ColumnDrift("is_night", "K-S p_value", 0.05, 0.01, True),
+           "nb_tx": ColumnDrift("nb_tx", "wasserstein", 0.1, 0.02, False)}
+    result = DriftResult(report_id=str(uuid.uuid4()), model_name="m", model_version="3", model_alias="champion",
+                         verdict="critical", reason="", n_reference=1000, n_current=500, features=tuple(per),
+                         per_feature=per, share_drifted=0.75, report_path="/tmp/r.html")
+
+    # avg_7d tolerated up to 0.2; is_night only below p 0.001; nb_tx now drifts at 0.01
+    settings = Settings(alert_min_samples=100,
+                        alert_feature_thresholds={"avg_7d": 0.2, "is_night": 0.001, "nb_tx": 0.01})
+    check = drift_check(settings, result)
+    assert check.kind == "input_drift" and check.key == "m" and check.breached is True
+    assert set(check.details["drifted"]) == {"amount", "nb_tx"}
+    assert "amount wasserstein=0.41 (threshold 0.1)" in check.summary and "2/4 inputs" in check.summary
+    assert check.report_url == "file:///tmp/r.html"
+
+    lenient = Settings(alert_min_samples=100, alert_feature_thresholds={"amount": 0.5, "avg_7d": 0.5,
+                                                                        "is_night": 0.001})
+    assert drift_check(lenient, result).breached is False
+    assert drift_check(Settings(alert_min_samples=501), result).breached is None  # too few rows: no verdict
+
+
+def events(settings: Settings, key: str) -> list[tuple]:
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        return conn.execute("select status, incident_id, summary from monitoring.alert_events where key = %s "
+                            "order by at", (key,)).fetchall()
+
+
+def test_hysteresis_raises_once_per_incident_and_resolves(settings: Settings) -> None:
+    from riskloop.alerts import Check, process
+
+    settings = settings.model_copy(update={"alert_raise_after": 2, "alert_clear_after": 2})
+    key = f"model-{uuid.uuid4().hex[:6]}"
+
+    def run(breached: bool | None) -> list[str]:
+        return [a.status for a in process(settings, [Check("input_drift", key, breached, f"breached={breached}")])]
+
+    assert run(True) == []            # 1 breach: pending
+    assert run(False) == []           # a clean run resets it: nothing was ever raised
+    assert run(True) == []
+    assert run(None) == []            # no verdict: neither counts nor resets
+    assert run(True) == ["firing"]    # 2 consecutive breaches: raised
+    assert run(True) == []            # still the same incident: no second alert
+    assert run(False) == []           # 1 clean run: not yet resolved
+    assert run(True) == []            # breach again: the clean streak restarts, still one incident
+    assert run(False) == [] and run(None) == []
+    assert run(False) == ["resolved"]
+    assert run(False) == []
+
+    rows = events(settings, key)
+    assert [r[0] for r in rows] == ["firing", "resolved"]
+    assert rows[0][1] == rows[1][1]   # one incident id for its raise and its resolve
+    assert rows[1][2] == "breached=False"
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("delete from monitoring.alert_events")
+
+    assert run(True) == [] and run(True) == ["firing"]  # a new incident
+    assert len({r[1] for r in events(settings, key)}) == 2
+
+
+def test_one_check_per_key_does_not_couple_keys(settings: Settings) -> None:
+    from riskloop.alerts import Check, process
+
+    settings = settings.model_copy(update={"alert_raise_after": 1, "alert_clear_after": 1})
+    a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    sent = process(settings, [Check("latency_p99", a, True, "p99 900 ms"), Check("latency_p99", b, False, "ok")])
+    assert [(x.key, x.status) for x in sent] == [(a, "firing")]
+    with pytest.raises(ValueError, match="unknown alert kind"):
+        process(settings, [Check("no_such_kind", a, True, "x")])
