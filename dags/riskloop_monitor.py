@@ -69,13 +69,12 @@ def riskloop_monitor():
 
     @task
     def alert(drift_result: dict) -> list[dict]:
-        """Drift → the alert state machine → the configured sinks (raised or resolved incidents)."""
-        from riskloop.alerts import drift_check, process
+        """Drift and the decision-stream tripwires → the alert state machine → the configured sinks."""
+        from riskloop.alerts import check_and_alert
         from riskloop.config import get_settings
         from riskloop.monitoring import DriftResult
 
-        settings = get_settings()
-        return [a.to_dict() for a in process(settings, [drift_check(settings, DriftResult.from_dict(drift_result))])]
+        return [a.to_dict() for a in check_and_alert(get_settings(), DriftResult.from_dict(drift_result))]
 
     @task
     def promote(drift_result: dict, **context) -> dict:

@@ -320,6 +320,15 @@ def process(settings: Settings, checks: Iterable[Check]) -> list[Alert]:
     return sent
 
 
+def check_and_alert(settings: Settings, drift: "DriftResult | None") -> list[Alert]:
+    """The monitor job's alerting step: the drift check (if drift was assessed) and the decision-stream
+    tripwires, through the state machine and the sinks. Shared by ``riskloop monitor`` and the DAG."""
+    from riskloop.tripwires import evaluate
+
+    checks = [drift_check(settings, drift)] if drift is not None else []
+    return process(settings, checks + evaluate(settings))
+
+
 def notify(settings: Settings, kind: str, key: str, summary: str, details: dict[str, Any] | None = None,
            report: str | None = None) -> Alert:
     """A one-off alert with no hysteresis (an event, not a condition: e.g. a refused promotion)."""

@@ -120,14 +120,18 @@ def train(
 
 @app.command()
 def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model name.")) -> None:
-    """Evidently drift of the champion's recent scoring inputs against its training reference;
-    raises or resolves alerts (with hysteresis) through the configured sinks."""
-    from riskloop.alerts import drift_check, process
+    """Evidently drift of the champion's recent scoring inputs against its training reference, and
+    the decision-stream tripwires; raises or resolves alerts (with hysteresis) through the sinks."""
+    from riskloop.alerts import check_and_alert
     from riskloop.monitoring import run_drift
 
     settings = get_settings()
-    result = run_drift(settings, model_name=model)
-    sent = process(settings, [drift_check(settings, result)])
+    try:
+        result = run_drift(settings, model_name=model)
+    except Exception:
+        check_and_alert(settings, None)  # the tripwires do not need the model: still check them
+        raise
+    sent = check_and_alert(settings, result)
     console.print_json(json.dumps({**result.to_dict(), "alerts": [a.to_dict() for a in sent]}, default=str))
 
 

@@ -215,3 +215,29 @@ def test_since_window_excludes_older_rows(settings: Settings, drift_model) -> No
     future = datetime.now(UTC) + timedelta(days=1)
     result = run_drift(settings, drift_model["name"], version=drift_model["ok"], since=future, min_rows=1)
     assert result.verdict == "insufficient_data" and result.n_current == 0
+
+
+def test_riskloop_monitor_raises_one_drift_alert_to_the_sink(settings: Settings, drift_model) -> None:
+    """`riskloop monitor` on a drifted champion: one input_drift incident at the local HTTP sink."""
+    from mlflow import MlflowClient
+    from sinks import http_sink
+    from typer.testing import CliRunner
+
+    from riskloop.cli import app
+
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    client.set_registered_model_alias(drift_model["name"], "champion", drift_model["shift"])
+    try:
+        with http_sink() as http:
+            env = {"RISKLOOP_ALERT_SLACK_WEBHOOK_URL": http.url("/slack"), "RISKLOOP_ALERT_RAISE_AFTER": "1",
+                   "RISKLOOP_ALERT_MIN_SAMPLES": "100"}
+            for _ in range(2):  # the second run is the same incident: no second alert
+                out = CliRunner().invoke(app, ["monitor", "--model", drift_model["name"]], env=env)
+                assert out.exit_code == 0, out.output
+            drift_alerts = [json.loads(b)["text"] for b in http.bodies("/slack") if b"input_drift" in b]
+    finally:
+        client.set_registered_model_alias(drift_model["name"], "champion", drift_model["ok"])
+    assert len(drift_alerts) == 1, drift_alerts
+    text = drift_alerts[0]
+    assert f"[FIRING] input_drift {drift_model['name']}" in text and "amount" in text
+    assert "report: file://" in text and "runbook: docs/runbooks/input_drift.md" in text
