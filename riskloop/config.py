@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         description="Its password. Unset: generated once in local mode (embedded Postgres) and kept in "
         "<home>/airflow/passwords.json; required when RISKLOOP_DATABASE_URL is set.",
     )
+    pan_token_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 card-number tokens (riskloop.pan); keep it out of the warehouse "
+        "database. Unset: generated once in local mode (embedded Postgres) into <home>/secrets/pan_token_key; "
+        "required when RISKLOOP_DATABASE_URL is set.",
+    )
     fraud_model_name: str = "riskloop-fraud"
     credit_model_name: str = "riskloop-credit"
     label_delay_days: int = Field(default=7, description="Days before a fraud label counts as known.")

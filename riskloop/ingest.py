@@ -4,8 +4,11 @@ Every table of :mod:`riskloop.schema` becomes ``raw.<table>`` with the contract'
 natural key as primary key, and two lineage columns (``_batch_id``, ``_loaded_at``) that say
 which load last wrote the row.  A load is one transaction:
 
-1. the frame's columns are checked against the contract *before* touching the database, so a
-   file with a missing or unexpected column writes nothing;
+1. card data is handled at this edge (``riskloop.pan``): CVV/track/PIN columns are dropped, a
+   ``card_number`` column becomes ``card_token`` (keyed HMAC) + ``card_bin`` + ``card_last4``,
+   a Luhn-invalid number is a :class:`ContractError`; then the frame's columns are checked
+   against the contract *before* touching the database, so a file with a missing or unexpected
+   column writes nothing;
 2. the rows are streamed with ``COPY`` into a temporary table (CSV produced by Arrow, which is
    an order of magnitude faster than adapting Python objects row by row);
 3. ``INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO UPDATE … WHERE (old) IS DISTINCT
@@ -31,9 +34,9 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from riskloop import db
+from riskloop import db, pan
 from riskloop.config import Settings
-from riskloop.schema import RAW_SCHEMA, RAW_TABLES, RAW_TABLES_BY_NAME, RawTable
+from riskloop.schema import OPTIONAL_INPUT_COLUMNS, RAW_SCHEMA, RAW_TABLES, RAW_TABLES_BY_NAME, RawTable
 
 log = logging.getLogger(__name__)
 
@@ -156,21 +159,35 @@ def _to_utc(value: datetime | str | pd.Timestamp | None) -> pd.Timestamp | None:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _read(table: RawTable, data: pd.DataFrame | pa.Table | str | Path) -> tuple[pa.Table, str]:
-    """Read the input as Arrow and check its columns (a Parquet file's schema is read first)."""
+def _card_edge(table: RawTable, arrow: pa.Table, settings: Settings) -> pa.Table:
+    """The card-data edge of a landed file (``riskloop.pan``): CVV/track/PIN columns dropped, a card
+    number column tokenised, then the optional display columns filled with nulls if absent."""
+    try:
+        arrow = pan.scrub_arrow(arrow, lambda: pan.tokenizer(settings))
+    except pan.InvalidPan as exc:
+        raise ContractError(f"{table.name}: {exc}") from exc
+    for name in table.column_names:
+        if name in OPTIONAL_INPUT_COLUMNS and name not in arrow.column_names:
+            arrow = arrow.append_column(name, pa.nulls(arrow.num_rows, pa.string()))
+    return arrow
+
+
+def _read(table: RawTable, data: pd.DataFrame | pa.Table | str | Path, settings: Settings) -> tuple[pa.Table, str]:
+    """Read the input as Arrow, pass it through the card-data edge and check its columns."""
     if isinstance(data, (str, Path)):
         import pyarrow.parquet as pq
 
         path = Path(data)
-        check_columns(table, pq.read_schema(path).names)
-        return pq.read_table(path, columns=table.column_names), str(path)
-    if isinstance(data, pd.DataFrame):
-        check_columns(table, [str(c) for c in data.columns])
-        return pa.Table.from_pandas(data[table.column_names], preserve_index=False), "<dataframe>"
-    if isinstance(data, pa.Table):
-        check_columns(table, data.column_names)
-        return data.select(table.column_names), "<arrow>"
-    raise TypeError(f"expected a DataFrame, an Arrow table or a Parquet path, got {type(data).__name__}")
+        arrow, source = pq.read_table(path), str(path)
+    elif isinstance(data, pd.DataFrame):
+        arrow, source = pa.Table.from_pandas(data, preserve_index=False), "<dataframe>"
+    elif isinstance(data, pa.Table):
+        arrow, source = data, "<arrow>"
+    else:
+        raise TypeError(f"expected a DataFrame, an Arrow table or a Parquet path, got {type(data).__name__}")
+    arrow = _card_edge(table, arrow, settings)
+    check_columns(table, arrow.column_names)
+    return arrow.select(table.column_names), source
 
 
 def _conform(table: RawTable, arrow: pa.Table) -> pa.Table:
@@ -298,9 +315,9 @@ def _load(conn: psycopg.Connection, table: RawTable, arrow: pa.Table, source: st
     return result
 
 
-def _prepare(table: RawTable, data: pd.DataFrame | pa.Table | str | Path,
+def _prepare(table: RawTable, data: pd.DataFrame | pa.Table | str | Path, settings: Settings,
              start: pd.Timestamp | None, end: pd.Timestamp | None) -> tuple[pa.Table, str]:
-    arrow, source = _read(table, data)
+    arrow, source = _read(table, data, settings)
     return _filter_interval(table, _conform(table, arrow), start, end), source
 
 
@@ -319,7 +336,7 @@ def load_table(
     """
     raw = _resolve(table)
     start, end = _to_utc(interval_start), _to_utc(interval_end)
-    arrow, source = _prepare(raw, data, start, end)
+    arrow, source = _prepare(raw, data, settings, start, end)
     with db.connect(settings) as conn:
         _session(conn)
         create_raw_tables(conn)
@@ -343,7 +360,7 @@ def load_landing(
         raise FileNotFoundError(f"landing directory {directory} does not exist")
     start, end = _to_utc(interval_start), _to_utc(interval_end)
     prepared = [
-        (table, *_prepare(table, directory / table.file_name, start, end))
+        (table, *_prepare(table, directory / table.file_name, settings, start, end))
         for table in RAW_TABLES
         if (directory / table.file_name).exists()
     ]

@@ -20,6 +20,11 @@ class Column:
     description: str = ""
 
 
+# Columns a producer may omit (ingest fills them with nulls): added to the contract after files
+# without them were already landing.
+OPTIONAL_INPUT_COLUMNS = frozenset({"card_bin", "card_last4"})
+
+
 @dataclass(frozen=True)
 class RawTable:
     """A landed source table: one Parquet file per simulation, one ``raw`` table in Postgres."""
@@ -60,7 +65,10 @@ RAW_TABLES: tuple[RawTable, ...] = (
             Column("occurred_at", "timestamptz", description="When the event happened at the processor."),
             Column("received_at", "timestamptz", description="When riskloop received it (arrival time)."),
             Column("payment_id", "text", description="The payment the event is about."),
-            Column("card_token", "text", description="Tokenised card (never a PAN)."),
+            Column("card_token", "text", description="Tokenised card (never a PAN): the processor's token, or "
+                   "riskloop's keyed HMAC token (pant_…) when the file carried the card number (riskloop.pan)."),
+            Column("card_bin", "text", nullable=True, description="First six digits of the card (display, IIN)."),
+            Column("card_last4", "text", nullable=True, description="Last four digits of the card (display)."),
             Column("customer_id", "text"),
             Column("terminal_id", "text"),
             Column("amount_minor", "bigint", description="Amount in minor units (cents), >= 0."),
@@ -153,7 +161,8 @@ RAW_TABLES_BY_NAME = {t.name: t for t in RAW_TABLES}
 
 # Not a landed file: the webhook receiver (``serving.webhooks``) writes this table as events
 # arrive, so it is not in RAW_TABLES (which the simulator writes and ``riskloop.ingest`` loads).
-# The body is kept exactly as signed, so the row can be re-verified and re-parsed by dbt.
+# The body is kept exactly as signed (so the row can be re-verified and re-parsed by dbt), except
+# that card numbers are tokenised and CVV/track/PIN fields dropped first (riskloop.pan).
 WEBHOOK_INBOX = RawTable(
     name="webhook_inbox",
     key=("processor", "event_id"),
@@ -165,6 +174,7 @@ WEBHOOK_INBOX = RawTable(
         Column("event_type", "text", description="The body's type, as the processor named it."),
         Column("signed_at", "timestamptz", description="The signature timestamp (within tolerance of arrival)."),
         Column("received_at", "timestamptz", description="When the request reached riskloop (arrival time)."),
-        Column("body", "text", description="The raw UTF-8 JSON body, byte for byte as signed."),
+        Column("body", "text", description="The UTF-8 JSON body, byte for byte as signed unless it carried "
+               "card data (then re-serialised with PANs tokenised, CVV/track/PIN dropped)."),
     ),
 )

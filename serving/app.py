@@ -22,10 +22,13 @@ from typing import Any
 import numpy as np
 import psycopg
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from riskloop.config import Settings, get_settings
 from riskloop.db import dsn
+from riskloop.pan import InvalidPan, PanKeyMissing, tokenizer
 from serving import credit, decision_log, overrides
 from serving.auth import KeyRing, require
 from serving.config import ServingSettings
@@ -128,6 +131,11 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st = app.state
         st.settings, st.cfg, st.keys, st.fraud_policy = settings, cfg, keys, fraud_policy
         st.devices = KnownDevices()
+        try:
+            st.pan = tokenizer(settings)
+        except PanKeyMissing as exc:  # requests carrying a PAN get a 503; others are scored
+            log.error("score requests carrying a card number will be refused: %s", exc)
+            st.pan = None
         log.info("fraud policy %s (sha256 %s) from %s", fraud_policy.id, fraud_policy.digest[:12], cfg.fraud_policy)
         if len(keys) == 0:
             log.warning("RISKLOOP_API_KEYS is not set: every /v1 endpoint will answer 401")
@@ -170,6 +178,13 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}
     app.state.keys = keys
     app.include_router(decisions_router)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, minus the echoed ``input``: a body with a card number is never sent back
+        (nor logged by a proxy) in clear."""
+        errors = [{k: v for k, v in e.items() if k not in ("input", "ctx")} for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
     app.include_router(credit.router)
 
     @app.get("/healthz")
@@ -227,7 +242,17 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                         "is_weekend": 1.0 if ts.weekday() >= 5 else 0.0,
                         "is_night": 1.0 if ts.hour <= 6 else 0.0}
         policy: Policy = st.fraud_policy
-        req = body.model_dump(mode="json")
+        req = body.model_dump(mode="json")  # pan is excluded: only its token, BIN and last four are kept
+        if body.pan is not None:
+            if st.pan is None:
+                raise HTTPException(503, detail={"error": "pan_tokenization_unavailable",
+                                                 "detail": "no PAN token key configured"})
+            try:
+                card = st.pan.tokenize(body.pan)
+            except InvalidPan as exc:
+                log.warning("score request %s refused: %s", request_id, exc)
+                raise HTTPException(422, detail={"error": "invalid_pan", "detail": str(exc)}) from None
+            req.update(pan_token=card.token, card_bin=card.bin, card_last4=card.last4)
         signals = {"device_known": st.devices.known(body.customer_id, body.device_id)}
 
         score: float | None = None

@@ -26,6 +26,11 @@ class FraudScoreRequest(BaseModel):
 
     transaction_id: Id | None = None
     card_token: Id
+    # Never logged, stored or echoed: the handler tokenises it (riskloop.pan) before anything else,
+    # and the decision log keeps only pan_token, card_bin and card_last4.
+    pan: str | None = Field(default=None, max_length=32, exclude=True, repr=False,
+                            description="The card number, if the channel has it (13-19 digits, spaces or "
+                            "dashes allowed, Luhn-valid); replaced by its keyed token, BIN and last four.")
     customer_id: Id
     terminal_id: Id
     # strict: "100" or 10.5 are client bugs, not amounts; upper bound keeps it inside bigint.

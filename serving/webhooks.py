@@ -9,7 +9,10 @@ Order of work per request, and why:
 1. read the body as a stream and stop at ``max_body_bytes`` (a 413 before buffering a flood);
 2. verify the signature on those raw bytes (``riskloop.webhooks``), before any parsing, so an
    unauthenticated sender can reach neither the JSON parser nor the database;
-3. parse, take the event id (Stripe: body ``id``; Standard Webhooks: ``webhook-id``);
+3. parse, take the event id (Stripe: body ``id``; Standard Webhooks: ``webhook-id``), then
+   tokenise any card number and drop CVV/track/PIN fields (``riskloop.pan``): only the scrubbed
+   body is stored (a body without card data is stored byte for byte as signed); a Luhn-invalid
+   card number is a 422 and nothing is written;
 4. hand the row to :class:`InboxWriter` and wait until its transaction has **committed**: only
    then answer 2xx, so an acknowledged event survives a crash. The writer commits concurrent
    requests together (group commit), which is what lets one process keep up with many senders
@@ -41,6 +44,7 @@ from psycopg import sql
 
 from riskloop.config import Settings, get_settings
 from riskloop.db import dsn
+from riskloop.pan import InvalidPan, PanKeyMissing, PanTokenizer, scrub, tokenizer
 from riskloop.schema import RAW_SCHEMA, WEBHOOK_INBOX
 from riskloop.webhooks import Rejection, Scheme, StandardVerifier, WebhookSettings, verify_stripe
 
@@ -168,6 +172,20 @@ class InboxWriter:
                     p.future.set_result(new)
 
 
+def _scrub_cards(pan: PanTokenizer | None, payload: dict[str, Any], text: str) -> str:
+    """The body to store: ``text`` itself when it holds no card data, else the payload re-serialised
+    with PANs tokenised and CVV/track/PIN dropped. Raises :class:`Rejection` (nothing is stored)."""
+    try:
+        scrubbed, changed = scrub(payload, pan)
+    except InvalidPan as exc:
+        raise Rejection(422, "invalid_pan", str(exc)) from None
+    except PanKeyMissing as exc:
+        raise Rejection(503, "pan_tokenization_unavailable", str(exc)) from None
+    if not changed:
+        return text
+    return json.dumps(scrubbed, separators=(",", ":"), ensure_ascii=False)
+
+
 class _TooLarge(Exception):
     pass
 
@@ -206,6 +224,11 @@ def build_router(settings: Settings | None = None, webhook_settings: WebhookSett
         st.webhook_cfg = cfg
         st.webhook_stripe_secrets = cfg.secrets("stripe")
         st.webhook_standard = StandardVerifier(cfg.secrets("standard"), cfg.tolerance_s)
+        try:
+            st.webhook_pan = tokenizer(settings)
+        except PanKeyMissing as exc:  # bodies with card data get a 503 (never stored in clear)
+            log.error("webhooks carrying card numbers will be refused: %s", exc)
+            st.webhook_pan = None
         for scheme in ("stripe", "standard"):
             if not cfg.secrets(scheme):  # type: ignore[arg-type]
                 log.warning("no %s webhook secret (RISKLOOP_WEBHOOK_SECRETS_%s): every %s webhook will be rejected",
@@ -263,6 +286,7 @@ def build_router(settings: Settings | None = None, webhook_settings: WebhookSett
                     raise Rejection(400, "invalid_event", "stripe event needs a string 'id'")
             if "\x00" in text:
                 raise Rejection(400, "invalid_json", "NUL characters are not stored")
+            text = _scrub_cards(st.webhook_pan, payload, text)
         except Rejection as exc:
             return reject(request, scheme, exc)
 

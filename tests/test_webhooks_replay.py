@@ -40,12 +40,17 @@ def test_simulate_writes_one_exact_body_per_event(landing) -> None:
         else:
             assert {d["type"] for d in docs} <= set(STRIPE_TYPES)
             assert all(set(d) == {"id", "type", "timestamp", "data"} for d in docs)
-    # no PAN-like digit run in what a processor would send (card_token only)
+    # the card-present processor sends the card number on authorisations (the receiver tokenises it)
+    from riskloop.pan import find_pans
+
+    standard = (out / "webhooks" / "standard.jsonl").read_text()
+    assert list(find_pans(standard)) and not list(find_pans((out / "webhooks" / "stripe.jsonl").read_text()))
     assert not list(out.glob("webhooks/*.tmp"))
 
 
 def test_replay_cli_lands_every_event_once(landing, settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from riskloop.cli import app
+    from riskloop.pan import find_pans
     from serving.webhooks import create_webhook_app
 
     out, events = landing
@@ -66,6 +71,9 @@ def test_replay_cli_lands_every_event_once(landing, settings, monkeypatch: pytes
                 assert summary["status_counts"] == {"200": int((events["processor"] == scheme).sum())}
             with psycopg.connect(dsn(settings)) as conn:
                 got = conn.execute("select processor, event_id from raw.webhook_inbox").fetchall()
+                stored = [r[0] for r in conn.execute("select body from raw.webhook_inbox")]
+            # stored tokenised: no card number anywhere in the inbox, tokens where the numbers were
+            assert not [b for b in stored if list(find_pans(b))] and any('"pan_token"' in b for b in stored)
             assert sorted(got) == sorted(zip(events["processor"], events["event_id"], strict=True)), attempt
         # a wrong secret: every send is refused, the CLI says so with its exit code
         monkeypatch.setenv("RISKLOOP_WEBHOOK_SECRETS_STRIPE", "whsec_wrong")

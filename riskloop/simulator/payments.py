@@ -30,8 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from riskloop.simulator import frames as fr
+from riskloop.simulator.cards import pans_for
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ class _Strings:
     customer_id: np.ndarray  # per payment: index into the per-customer arrays below
     customer: np.ndarray  # per distinct customer: "<id>"
     card_token: np.ndarray  # per distinct customer: "tok_<id>"
+    pan: np.ndarray  # per distinct customer: a Luhn-valid test-BIN card number (simulator.cards)
     customer_account: np.ndarray  # per distinct customer: "customer:<id>"
     terminal_id: np.ndarray  # per payment: index into the per-terminal arrays below
     terminal: np.ndarray  # per distinct terminal: "<id>"
@@ -152,10 +155,19 @@ class _Strings:
             txid=txid, payment_id=fr.to_objects(fr.join("pay_", txid)),
             customer_id=customer_idx, customer=fr.to_objects(cust),
             card_token=fr.to_objects(fr.join("tok_", cust)),
+            pan=pans_for(customers),
             customer_account=fr.to_objects(fr.join("customer:", cust)),
             terminal_id=terminal_idx, terminal=fr.to_objects(term),
             merchant_account=fr.to_objects(fr.join("merchant:", term)),
         )
+
+    @property
+    def card_bin(self) -> np.ndarray:
+        return fr.to_objects(pc.utf8_slice_codeunits(pa.array(self.pan, pa.string()), 0, 6))
+
+    @property
+    def card_last4(self) -> np.ndarray:
+        return fr.to_objects(pc.utf8_slice_codeunits(pa.array(self.pan, pa.string()), -4))
 
     def per_row(self, prefix: str, rows: np.ndarray, suffix: pa.Array | str = "") -> np.ndarray:
         """``prefix + TRANSACTION_ID + suffix`` for each row (a payment index)."""
@@ -195,6 +207,9 @@ def _webhook_events(p: Payments, s: _Strings, row: np.ndarray, kind: np.ndarray,
         "received_at": received,
         "payment_id": s.payment_id[row],
         "card_token": s.card_token[customer],
+        # what a processor shows of the card: BIN and last four (the full number only in webhook bodies)
+        "card_bin": s.card_bin[customer],
+        "card_last4": s.card_last4[customer],
         "customer_id": s.customer[customer],
         "terminal_id": s.terminal[terminal],
         "amount_minor": p.amount_minor[row],
