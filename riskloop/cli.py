@@ -308,5 +308,82 @@ def decisions_replay(
 app.add_typer(decisions_app, name="decisions")
 
 
+review_app = typer.Typer(help="Reviewer approval of challengers (four eyes, bound to the model's content hash).",
+                         no_args_is_help=True)
+
+
+@review_app.command("list")
+def review_list(
+    model: Optional[str] = typer.Option(None, help="Registered model name (default: every model)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
+    """Challengers that are not the champion, with their review state."""
+    from rich.table import Table
+
+    from riskloop.review import pending
+
+    rows = pending(get_settings(), model)
+    if as_json:
+        typer.echo(json.dumps(rows, default=str))
+        return
+    table = Table(title="challengers")
+    for col in ("model_name", "version", "champion_version", "author", "review", "reviewed_by", "created_at"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(r[c] or "") for c in ("model_name", "version", "champion_version", "author", "review",
+                                                  "reviewed_by", "created_at")))
+    console.print(table)
+
+
+@review_app.command("show")
+def review_show(
+    model: str = typer.Argument(..., help="Registered model name."),
+    version: Optional[str] = typer.Argument(None, help="Version (default: the challenger)."),
+) -> None:
+    """Model card, metrics vs the champion, drift verdict, canary figures and review history (JSON)."""
+    from riskloop.review import ReviewError, card
+
+    try:
+        typer.echo(json.dumps(card(get_settings(), model, version), indent=2, default=str))
+    except ReviewError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _review(verdict: str, model: str, version: str, reason: str, reviewer: Optional[str]) -> None:
+    from riskloop.review import ReviewError, record
+
+    settings = get_settings()
+    try:
+        approval = record(settings, model, version, verdict, reviewer or settings.reviewer, reason)
+    except ReviewError as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(approval.to_dict()))
+
+
+_REASON = typer.Option(..., "--reason", help="Why (required; recorded in the audit row).")
+_REVIEWER = typer.Option(None, "--reviewer", help="Who you are (default RISKLOOP_REVIEWER).")
+
+
+@review_app.command("approve")
+def review_approve(model: str = typer.Argument(..., help="Registered model name."),
+                   version: str = typer.Argument(..., help="Version to approve."),
+                   reason: str = _REASON, reviewer: Optional[str] = _REVIEWER) -> None:
+    """Approve a version's current artifact (not allowed for the author of its run)."""
+    _review("approved", model, version, reason, reviewer)
+
+
+@review_app.command("reject")
+def review_reject(model: str = typer.Argument(..., help="Registered model name."),
+                  version: str = typer.Argument(..., help="Version to reject."),
+                  reason: str = _REASON, reviewer: Optional[str] = _REVIEWER) -> None:
+    """Reject a version: the promotion gate refuses it until a later approval."""
+    _review("rejected", model, version, reason, reviewer)
+
+
+app.add_typer(review_app, name="review")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         default=None, description="Where simulated/processor files land. Unset: <home>/landing."
     )
 
+    reviewer: str | None = Field(
+        default=None, description="Who runs `riskloop review approve|reject` (recorded in governance.model_approvals); "
+        "--reviewer overrides it.")
+
     # --- alerts (riskloop.alerts): sinks, links, retries, noise control ---------------------
     alert_slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack-compatible incoming webhook URL (its path is the secret). Unset: no Slack.")

@@ -28,9 +28,11 @@ from typing import Any
 import pandas as pd
 
 from riskloop import db
+from riskloop.alerts import notify
 from riskloop.config import Settings
 from riskloop.monitoring import DriftResult
-from riskloop.registry import mlflow_client, parse_features_param
+from riskloop.review import approval_gate
+from riskloop.registry import download_version, mlflow_client, parse_features_param
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,10 @@ create table if not exists {GOVERNANCE_SCHEMA}.promotion_decisions (
 );
 create index if not exists promotion_decisions_model_idx
     on {GOVERNANCE_SCHEMA}.promotion_decisions (model_name, decided_at desc);
+-- v2 (issue 6): the reviewer-approval gate's evidence (the challenger's content hash, the approval).
+alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists content_hash text;
+alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists approval_id uuid;
+alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists approved_by text;
 """
 
 # A loader of the common test set: (settings, challenger run params) -> one row per transaction
@@ -97,6 +103,9 @@ class PromotionDecision:
     drift_verdict: str | None = None
     drift_report_id: str | None = None
     drift_model_version: str | None = None
+    content_hash: str | None = None
+    approval_id: str | None = None
+    approved_by: str | None = None
     decided_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -159,14 +168,10 @@ def _alias_version(client, name: str, alias: str) -> str | None:
 
 def _load_model(settings: Settings, name: str, version: str):
     """The registered XGBoost classifier of one *version* (never an alias: it could move meanwhile)."""
-    import mlflow
     import mlflow.xgboost
 
     with tempfile.TemporaryDirectory(prefix="riskloop-gate-") as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=tmp,
-            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-        return mlflow.xgboost.load_model(local)
+        return mlflow.xgboost.load_model(str(download_version(settings.tracking_uri, name, version, tmp)))
 
 
 def _score(model, frame: pd.DataFrame, features: list[str]) -> pd.Series:
@@ -234,8 +239,10 @@ def evaluate_promotion(
 
     Promotes (moves ``champion`` to the challenger's version) only if the challenger is not worse
     than the champion by more than ``margin`` on AUC ROC and on average precision, both computed
-    here on the challenger's test window, and ``drift`` is not ``critical`` (a critical input shift
-    means the test window no longer describes production, so no evidence is good enough).
+    here on the challenger's test window, ``drift`` is not ``critical`` (a critical input shift
+    means the test window no longer describes production, so no evidence is good enough), and a
+    reviewer other than the run's author approved the challenger's current content hash
+    (:func:`riskloop.review.approval_gate`). A refusal is also sent as a ``promotion_blocked`` alert.
     ``load_test_set`` replaces the Feast-backed :func:`fraud_test_set` (tests, other models).
     """
     if margin < 0:
@@ -250,9 +257,17 @@ def evaluate_promotion(
     with db.connect(settings, autocommit=True) as lock_conn:
         lock_conn.execute("select pg_advisory_lock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
         try:
-            return _decide(settings, client, model_name, drift, margin, load_test_set or fraud_test_set, base)
+            decision = _decide(settings, client, model_name, drift, margin, load_test_set or fraud_test_set, base)
         finally:
             lock_conn.execute("select pg_advisory_unlock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
+    if decision.decision == "refused":
+        notify(settings, "promotion_blocked", model_name,
+               f"{model_name}: challenger v{decision.challenger_version} NOT promoted (champion stays "
+               f"v{decision.champion_version}): {decision.reason}",
+               details={"decision_id": decision.decision_id, "challenger_version": decision.challenger_version,
+                        "champion_version": decision.champion_version, "content_hash": decision.content_hash,
+                        "drift_report_id": decision.drift_report_id})
+    return decision
 
 
 def _decide(settings: Settings, client, model_name: str, drift: DriftResult | None, margin: float,
@@ -297,17 +312,25 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
     good_enough, why = _compare(champ_m, chall_m, margin)
     cp = (f"card_precision_at_100 {chall_m['card_precision_at_100']:.4f} vs "
           f"{champ_m['card_precision_at_100']:.4f} (recorded, not gated)")
-    if not good_enough:
-        return _finish(settings, client, PromotionDecision(**base, decision="refused", reason=f"{why}; {cp}"))
+    approval = approval_gate(settings, model_name, challenger, client=client)
+    base.update(content_hash=approval.content_hash, approval_id=approval.approval_id,
+                approved_by=approval.approved_by)
+    # Every gate is evaluated and every failure named: a reviewer fixing one should not discover the next.
+    failures = [] if good_enough else [why]
     if drift is not None and drift.verdict == "critical":
         drifted = ", ".join(drift.drifted_features) or "n/a"
+        failures.append(f"blocked by critical input drift (report {drift.report_id}, {model_name} "
+                        f"v{drift.model_version}, share {drift.share_drifted:.2f}, drifted: {drifted})"
+                        + (f" although {why}" if good_enough else ""))
+    if not approval.ok:
+        failures.append(f"approval gate: {approval.reason}")
+    if failures:
         return _finish(settings, client, PromotionDecision(
-            **base, decision="refused",
-            reason=f"blocked by critical input drift (report {drift.report_id}, {model_name} v{drift.model_version}, "
-                   f"share {drift.share_drifted:.2f}, drifted: {drifted}) although {why}; {cp}"))
+            **base, decision="refused", reason="; ".join([*failures, cp])))
     drift_note = f"drift {drift.verdict}" if drift else "drift not assessed"
     return _finish(settings, client, PromotionDecision(
-        **base, decision="promoted", reason=f"{why}; {cp}; {drift_note}"), expect_champion=champion)
+        **base, decision="promoted", reason=f"{why}; {cp}; {drift_note}; {approval.reason}"),
+        expect_champion=champion)
 
 
 def _finish(settings: Settings, client, decision: PromotionDecision,
@@ -333,14 +356,16 @@ def _finish(settings: Settings, client, decision: PromotionDecision,
             f"""insert into {GOVERNANCE_SCHEMA}.promotion_decisions
                 (decision_id, decided_at, model_name, decision, reason, champion_version, challenger_version,
                  new_champion_version, margin, champion_metrics, challenger_metrics, test_start, test_end,
-                 n_test, n_test_frauds, drift_verdict, drift_report_id, drift_model_version, decided_by)
-                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                 n_test, n_test_frauds, drift_verdict, drift_report_id, drift_model_version, decided_by,
+                 content_hash, approval_id, approved_by)
+                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (decision.decision_id, decision.decided_at, decision.model_name, decision.decision, decision.reason,
              decision.champion_version, decision.challenger_version, decision.new_champion_version,
              decision.margin, Jsonb(_jsonable(decision.champion_metrics)),
              Jsonb(_jsonable(decision.challenger_metrics)), decision.test_start, decision.test_end,
              decision.n_test, decision.n_test_frauds, decision.drift_verdict, decision.drift_report_id,
-             decision.drift_model_version, _who()),
+             decision.drift_model_version, _who(), decision.content_hash, decision.approval_id,
+             decision.approved_by),
         )
         if decision.promoted:
             client.set_registered_model_alias(decision.model_name, CHAMPION, decision.challenger_version)
@@ -365,6 +390,8 @@ def _tag(client, d: PromotionDecision) -> None:
         "promotion.champion_version": d.champion_version or "",
         "promotion.margin": str(d.margin),
         "promotion.drift_verdict": d.drift_verdict or "not_assessed",
+        "promotion.content_hash": d.content_hash or "",
+        "promotion.approved_by": d.approved_by or "",
         "promotion.test_window": f"{d.test_start.isoformat() if d.test_start else ''}/"
                                  f"{d.test_end.isoformat() if d.test_end else ''}",
     }

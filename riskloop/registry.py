@@ -4,6 +4,7 @@ param ``features`` (the model's input names, in order). Light to import: serving
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,3 +29,13 @@ def parse_features_param(raw: str | None) -> list[str]:
     raw = raw.strip()
     names = json.loads(raw) if raw.startswith("[") else raw.split(",")
     return [str(n).strip() for n in names if str(n).strip()]
+
+
+def download_version(tracking_uri: str, name: str, version: str, dst: str | Path) -> Path:
+    """Download the artifact of ``name`` v``version`` (a version, never an alias: an alias could move
+    meanwhile) into ``dst``; the local directory."""
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=tracking_uri,
+        registry_uri=tracking_uri))

@@ -8,6 +8,7 @@ which these fast tests do not load); both models are genuinely scored on it by t
 
 from __future__ import annotations
 
+import json
 import tempfile
 import uuid
 from pathlib import Path
@@ -113,6 +114,19 @@ def stored(settings: Settings, decision_id: str) -> dict:
     return dict(zip(cols, row, strict=True))
 
 
+def approve(settings: Settings, name: str, version: str, reviewer: str = "alice",
+            verdict: str = "approve") -> dict:
+    """``riskloop review approve|reject`` through the real CLI; the recorded row as JSON."""
+    from typer.testing import CliRunner
+
+    from riskloop.cli import app
+
+    out = CliRunner().invoke(app, ["review", verdict, name, version, "--reason", f"{verdict}d after reading the card",
+                                   "--reviewer", reviewer])
+    assert out.exit_code == 0, out.output
+    return json.loads(out.stdout)
+
+
 def fresh_name() -> str:
     return f"riskloop-fraud-gate-{uuid.uuid4().hex[:6]}"
 
@@ -124,10 +138,13 @@ def test_better_challenger_is_promoted(settings: Settings, classifiers) -> None:
     v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
     v2 = register(settings, name, classifiers["good"], ("challenger",))
     loader = Loader()
+    approval = approve(settings, name, v2)
 
     d = evaluate_promotion(settings, name, load_test_set=loader)
 
     assert d.decision == "promoted", d.reason
+    assert d.approved_by == "alice" and d.approval_id == approval["approval_id"]
+    assert d.content_hash == approval["content_hash"] and "approved by alice" in d.reason
     assert (d.champion_version, d.challenger_version) == (v1, v2)
     assert loader.calls and loader.calls[0]["test_start"] == TEST_START and loader.calls[0]["test_end"] == TEST_END
     assert d.challenger_metrics["auc_roc"] > d.champion_metrics["auc_roc"] + 0.1
@@ -138,6 +155,7 @@ def test_better_challenger_is_promoted(settings: Settings, classifiers) -> None:
     assert row["challenger_metrics"]["auc_roc"] == pytest.approx(d.challenger_metrics["auc_roc"])
     assert row["champion_metrics"]["auc_roc"] == pytest.approx(d.champion_metrics["auc_roc"])
     assert row["drift_verdict"] is None and row["n_test"] == 3000
+    assert row["approved_by"] == "alice" and row["content_hash"] == approval["content_hash"]
     tags = version_tags(settings, name, v2)
     assert tags["promotion.decision"] == "promoted" and tags["promotion.decision_id"] == d.decision_id
     assert "not worse" in tags["promotion.reason"]
@@ -181,12 +199,14 @@ def test_critical_drift_blocks_promotion(settings: Settings, classifiers) -> Non
         features=tuple(FEATURES), share_drifted=0.75,
         per_feature={f: ColumnDrift(f, "K-S p_value", 0.05, 0.0 if f != "is_night" else 0.9, f != "is_night")
                      for f in FEATURES})
+    approve(settings, name, v2)
 
     d = evaluate_promotion(settings, name, drift=drift, load_test_set=Loader())
 
     assert d.decision == "refused"
     assert "critical input drift" in d.reason and "amount" in d.reason
-    assert d.challenger_metrics["auc_roc"] > d.champion_metrics["auc_roc"]  # better, yet blocked
+    assert d.challenger_metrics["auc_roc"] > d.champion_metrics["auc_roc"]  # better and approved, yet blocked
+    assert "approval gate" not in d.reason
     assert aliases(settings, name)["champion"] == v1
     row = stored(settings, d.decision_id)
     assert row["drift_verdict"] == "critical" and str(row["drift_report_id"]) == drift.report_id
@@ -206,6 +226,78 @@ def test_no_challenger_is_no_change(settings: Settings, classifiers) -> None:
     assert not loader.calls  # nothing evaluated
     assert aliases(settings, name) == {"champion": v1}
     assert stored(settings, d.decision_id)["decision"] == "no_change"
+
+
+def test_reviewer_approval_gate_four_eyes_bound_to_the_content_hash(settings: Settings, classifiers) -> None:
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from pydantic import SecretStr
+    from sinks import http_sink
+    from typer.testing import CliRunner
+
+    from riskloop.cli import app
+    from riskloop.promotion import evaluate_promotion
+
+    name = fresh_name()
+    v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
+    v2 = register(settings, name, classifiers["good"], ("challenger",))
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    author = client.get_run(client.get_model_version(name, v2).run_id).info.user_id
+    cli = CliRunner()
+
+    # not approved: better on metrics, still refused, and on-call hears of it
+    with http_sink() as http:
+        gate_settings = settings.model_copy(update={"alert_slack_webhook_url": SecretStr(http.url("/slack"))})
+        d = evaluate_promotion(gate_settings, name, load_test_set=Loader())
+        (alert,) = [json.loads(b)["text"] for b in http.bodies("/slack")]
+    assert d.decision == "refused" and "no reviewer approval" in d.reason and "not worse" not in d.reason
+    assert aliases(settings, name)["champion"] == v1
+    assert f"[FIRING] promotion_blocked {name}" in alert and f"v{v2} NOT promoted" in alert
+    assert "docs/runbooks/promotion_blocked.md" in alert
+    assert stored(settings, d.decision_id)["content_hash"] == d.content_hash and len(d.content_hash) == 64
+
+    # the author cannot approve; a reason is required
+    out = cli.invoke(app, ["review", "approve", name, v2, "--reason", "lgtm", "--reviewer", author])
+    assert out.exit_code == 2 and "cannot approve" in " ".join(out.output.split())
+    out = cli.invoke(app, ["review", "approve", name, v2, "--reviewer", "alice"])
+    assert out.exit_code != 0 and "--reason" in out.output
+    out = cli.invoke(app, ["review", "approve", name, v2, "--reason", "   ", "--reviewer", "alice"])
+    assert out.exit_code == 2 and "reason is required" in " ".join(out.output.split())
+    listed = json.loads(cli.invoke(app, ["review", "list", "--model", name, "--json"]).stdout)
+    assert listed == [{**listed[0], "model_name": name, "version": v2, "champion_version": v1, "review": "pending",
+                       "author": author}]
+
+    # a rejection blocks even after an approval; a later approval lifts it
+    approve(settings, name, v2, reviewer="bob", verdict="reject")
+    assert "rejected by bob" in evaluate_promotion(settings, name, load_test_set=Loader()).reason
+    approval = approve(settings, name, v2)
+    assert approval["content_hash"] == d.content_hash and approval["run_author"] == author
+    card = json.loads(cli.invoke(app, ["review", "show", name]).stdout)
+    assert card["version"] == v2 and card["content_hash"] == d.content_hash and card["author"] == author
+    assert [r["verdict"] for r in card["reviews"]] == ["rejected", "approved"]
+    assert card["last_gate"]["decision"] == "refused" and "auc_roc" in card["last_gate"]["challenger_metrics"]
+
+    # the artifact changes after the approval: the approval no longer binds
+    src = client.get_model_version_download_uri(name, v2)
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = Path(tmp) / "notes.txt"
+        extra.write_text("swapped after review")
+        get_artifact_repository(src, tracking_uri=settings.tracking_uri).log_artifact(str(extra))
+    d = evaluate_promotion(settings, name, load_test_set=Loader())
+    assert d.decision == "refused" and "review it again" in d.reason and d.content_hash != approval["content_hash"]
+
+    again = approve(settings, name, v2)
+    d = evaluate_promotion(settings, name, load_test_set=Loader())
+    assert d.decision == "promoted" and d.approval_id == again["approval_id"], d.reason
+    assert aliases(settings, name)["champion"] == v2
+
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("update governance.model_approvals set reviewer = 'mallory'")
+        conn.rollback()
+        with pytest.raises(psycopg.errors.CheckViolation):  # the table itself refuses self-approval
+            conn.execute("insert into governance.model_approvals values (gen_random_uuid(), now(), %s, %s, %s, "
+                         "'approved', %s, 'mine', null, %s)", (name, v2, "0" * 64, author, author))
 
 
 def test_decisions_are_append_only(settings: Settings) -> None:
@@ -249,6 +341,7 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
     drift = run_drift(settings, settings.fraud_model_name, alias="champion", min_rows=50)
     assert drift.verdict == "insufficient_data" and drift.n_reference > 0 and drift.score_drift is None
 
+    approve(settings, settings.fraud_model_name, second.version)
     d = evaluate_promotion(settings, settings.fraud_model_name, drift=drift)
 
     assert (d.champion_version, d.challenger_version) == (first.version, second.version)
