@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         default=None, description="Who runs `riskloop review approve|reject` (recorded in governance.model_approvals); "
         "--reviewer overrides it.")
 
+    review_identities: dict[str, str] = Field(
+        default_factory=dict, description='Names of reviewer API keys on the /review page, as JSON '
+        '{"<key fingerprint>": "<name>"} (the fingerprint is the 12 hex after "reviewer:" in the audit rows): '
+        "with the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
+
     # --- alerts (riskloop.alerts): sinks, links, retries, noise control ---------------------
     alert_slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack-compatible incoming webhook URL (its path is the secret). Unset: no Slack.")

@@ -51,7 +51,11 @@ create index if not exists model_approvals_version_idx on {TABLE} (model_name, m
 
 
 class ReviewError(ValueError):
-    """A review that must not be recorded (no reason, own model, unknown version...)."""
+    """A review that must not be recorded (no reason, unknown version...)."""
+
+
+class SelfApproval(ReviewError):
+    """The reviewer authored the version's run: four eyes means someone else approves."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,7 @@ def record(settings: Settings, name: str, version: str, verdict: str, reviewer: 
     mv = _version(client, name, version)
     author = run_author(client, mv)
     if verdict == "approved" and author is not None and reviewer == author:
-        raise ReviewError(f"{reviewer} authored the run of {name} v{mv.version} and cannot approve it: "
+        raise SelfApproval(f"{reviewer} authored the run of {name} v{mv.version} and cannot approve it: "
                           "another reviewer must")
     approval = Approval(approval_id=str(uuid.uuid4()), decided_at=datetime.now(UTC), model_name=name,
                         model_version=str(mv.version), content_hash=content_hash(settings, name, str(mv.version)),

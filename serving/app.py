@@ -39,6 +39,7 @@ from serving.model import LoadedModel, ModelLoadError, load_model
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
 from serving.policy import Policy, PolicyError, load_policy
 from serving.reasons import top_reasons
+from serving.review import router as review_router
 from serving.schemas import (
     FraudScoreRequest,
     FraudScoreResponse,
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}
     app.state.keys = keys
     app.include_router(decisions_router)
+    app.include_router(review_router)  # GET /review, /review/api/* (serving.review)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

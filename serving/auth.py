@@ -39,6 +39,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "override": frozenset({"reviewer"}),
     "admin": frozenset({"admin"}),
     "read_model": frozenset({"scorer", "reviewer", "admin"}),
+    "read_review": frozenset({"reviewer", "admin"}),
+    "review_model": frozenset({"reviewer"}),  # approve / reject a challenger (serving.review)
 }
 
 

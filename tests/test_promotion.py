@@ -51,7 +51,7 @@ def classifiers() -> dict[str, object]:
     return {"good": good, "bad": bad}
 
 
-def register(settings: Settings, name: str, clf, aliases: tuple[str, ...]) -> str:
+def register(settings: Settings, name: str, clf, aliases: tuple[str, ...], metrics: dict | None = None) -> str:
     """Log and register like ``training`` does (features, test window, reference sample, aliases)."""
     import mlflow
     import mlflow.xgboost
@@ -68,6 +68,8 @@ def register(settings: Settings, name: str, clf, aliases: tuple[str, ...]) -> st
             mlflow.log_params({"features": ",".join(FEATURES), "test_start": TEST_START, "test_end": TEST_END,
                                "train_start": "2024-02-23T00:00:00+00:00", "train_end": "2024-03-01T00:00:00+00:00",
                                "label_cutoff": "2024-03-08T00:00:00+00:00"})
+            if metrics:
+                mlflow.log_metrics(metrics)
             x.to_parquet(Path(tmp) / "features.parquet")
             mlflow.log_artifact(str(Path(tmp) / "features.parquet"), artifact_path="reference")
             info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=name,

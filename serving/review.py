@@ -1,0 +1,186 @@
+"""``/review``: the reviewer's page of the scoring service, and the JSON API behind it.
+
+The page is a static shell (no data, no secret: it needs no key to load); the reviewer pastes a
+``reviewer`` API key (``RISKLOOP_API_KEYS``), kept in the tab's ``sessionStorage`` only, and the
+page calls ``/review/api/*`` with it as a bearer token, like any other client of the service.
+Everything a reviewer sees and records goes through :mod:`riskloop.review`, the functions behind
+``riskloop review``: the same audit rows, the same no-self-approval rule, the same content hash.
+
+The reviewer recorded is the name configured for the key's fingerprint
+(``RISKLOOP_REVIEW_IDENTITIES``), else the fingerprint itself (``reviewer:<12 hex>``).
+The handlers are plain ``def``: they call MLflow and download artifacts, so FastAPI runs them in
+its thread pool, away from the scoring event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from serving.auth import Principal, require
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/review", tags=["review"])
+
+
+class Verdict(BaseModel):
+    reason: str = Field(..., min_length=1, description="Why (required; recorded in the audit row).")
+
+
+def _settings(request: Request):
+    return request.app.state.settings
+
+
+def reviewer_name(settings, principal: Principal) -> str:
+    return settings.review_identities.get(principal.key_id, principal.actor)
+
+
+@router.get("", response_class=HTMLResponse, include_in_schema=False)
+def page() -> HTMLResponse:
+    return HTMLResponse(PAGE, headers={"Cache-Control": "no-store",
+                                       "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+                                                                  "script-src 'unsafe-inline'"})
+
+
+@router.get("/api/pending", dependencies=[Depends(require("read_review"))])
+def pending(request: Request, model: str | None = None) -> list[dict[str, Any]]:
+    """Challengers that are not the champion, with their review state."""
+    from riskloop.review import pending as pending_
+
+    return pending_(_settings(request), model)
+
+
+@router.get("/api/models/{name}/versions/{version}", dependencies=[Depends(require("read_review"))])
+def card(request: Request, name: str, version: str) -> dict[str, Any]:
+    """The version's card: metrics vs champion, drift, canary figures, gate, review history."""
+    from riskloop.review import ReviewError, card as card_
+
+    try:
+        return card_(_settings(request), name, version)
+    except ReviewError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+
+
+@router.post("/api/models/{name}/versions/{version}/{verdict}")
+def decide(request: Request, name: str, version: str, verdict: Literal["approve", "reject"], body: Verdict,
+           principal: Principal = Depends(require("review_model"))) -> dict[str, Any]:
+    """Record an approval or a rejection by the calling reviewer (403 for the run's own author)."""
+    from riskloop.review import ReviewError, SelfApproval, record
+
+    settings = _settings(request)
+    try:
+        approval = record(settings, name, version, "approved" if verdict == "approve" else "rejected",
+                          reviewer_name(settings, principal), body.reason)
+    except SelfApproval as exc:
+        raise HTTPException(status_code=403, detail=str(exc)) from exc
+    except ReviewError as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    return approval.to_dict()
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>riskloop review</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #222; }
+ table { border-collapse: collapse; margin: .5rem 0 1rem; }
+ th, td { border: 1px solid #ccc; padding: .25rem .6rem; text-align: left; }
+ .neg { color: #b00020; } .pos { color: #1b5e20; } .muted { color: #777; }
+ #message { font-weight: bold; margin: .5rem 0; } #message.error { color: #b00020; }
+ textarea { width: 40rem; max-width: 100%; height: 4rem; }
+ section { margin-bottom: 1.5rem; }
+</style></head>
+<body>
+<h1>riskloop: challengers awaiting review</h1>
+<section>
+ <label>Reviewer API key <input id="key" type="password" autocomplete="off" size="40"></label>
+ <button id="load">Load</button>
+ <div id="message" role="status"></div>
+</section>
+<section><table id="pending"><thead><tr><th>model</th><th>version</th><th>champion</th><th>author</th>
+ <th>review</th><th>reviewed by</th><th></th></tr></thead><tbody></tbody></table></section>
+<section id="card" hidden>
+ <h2 id="card-title"></h2>
+ <table id="facts"><tbody></tbody></table>
+ <h3>Metrics against the champion (training run)</h3><table id="metrics"><thead><tr><th>metric</th>
+  <th>this version</th><th>champion</th><th>difference</th></tr></thead><tbody></tbody></table>
+ <h3>Last promotion gate (same test window)</h3><div id="gate" class="muted"></div>
+ <h3>Drift</h3><div id="drift" class="muted"></div>
+ <h3>Canary</h3><div id="canary" class="muted"></div>
+ <h3>Reviews</h3><table id="reviews"><thead><tr><th>when</th><th>verdict</th><th>reviewer</th>
+  <th>hash</th><th>reason</th></tr></thead><tbody></tbody></table>
+ <label for="reason">Reason (required)</label><br><textarea id="reason"></textarea><br>
+ <button id="approve" disabled>Approve</button> <button id="reject" disabled>Reject</button>
+</section>
+<script>
+"use strict";
+const $ = (id) => document.getElementById(id);
+let current = null;
+function say(text, error) { $("message").textContent = text; $("message").className = error ? "error" : ""; }
+function cell(row, value, cls) { const td = row.insertCell(); td.textContent = value ?? ""; if (cls) td.className = cls; return td; }
+function fmt(x) { return typeof x === "number" ? x.toFixed(4) : (x ?? ""); }
+async function api(path, options) {
+  const key = sessionStorage.getItem("riskloop-review-key") || "";
+  const res = await fetch("/review/api" + path, { ...(options || {}),
+    headers: { "Authorization": "Bearer " + key, "Content-Type": "application/json" } });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) { throw new Error(res.status + ": " + (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail))); }
+  return body;
+}
+async function loadPending() {
+  const rows = await api("/pending");
+  const tbody = $("pending").tBodies[0]; tbody.replaceChildren();
+  for (const r of rows) {
+    const tr = tbody.insertRow(); tr.dataset.model = r.model_name; tr.dataset.version = r.version;
+    for (const k of ["model_name", "version", "champion_version", "author", "review", "reviewed_by"]) cell(tr, r[k]);
+    const b = document.createElement("button"); b.textContent = "Open"; b.className = "open";
+    b.onclick = () => openCard(r.model_name, r.version).catch((e) => say(e.message, true));
+    tr.insertCell().append(b);
+  }
+  say(rows.length ? rows.length + " challenger(s)" : "no challenger awaiting review");
+}
+async function openCard(model, version) {
+  const c = await api("/models/" + encodeURIComponent(model) + "/versions/" + encodeURIComponent(version));
+  current = c; $("card").hidden = false;
+  $("card-title").textContent = c.model_name + " v" + c.version;
+  const facts = $("facts").tBodies[0]; facts.replaceChildren();
+  for (const [k, v] of [["aliases", c.aliases.join(", ")], ["champion", c.champion_version], ["author", c.author],
+                        ["created", c.created_at], ["run", c.run_id], ["content hash", c.content_hash],
+                        ["description", c.description],
+                        ["params", Object.entries(c.params).map(([a, b]) => a + "=" + b).join("  ")]]) {
+    const tr = facts.insertRow(); cell(tr, k); cell(tr, v);
+  }
+  const mt = $("metrics").tBodies[0]; mt.replaceChildren();
+  for (const [m, d] of Object.entries(c.metrics_vs_champion)) {
+    const tr = mt.insertRow(); tr.dataset.metric = m;
+    cell(tr, m); cell(tr, fmt(d.version)); cell(tr, fmt(d.champion)); cell(tr, (d.delta >= 0 ? "+" : "") + fmt(d.delta), d.delta >= 0 ? "pos" : "neg");
+  }
+  const g = c.last_gate;
+  $("gate").textContent = g ? g.decision + " at " + g.decided_at + ": " + g.reason : "the gate has not evaluated this version yet";
+  const d = c.drift;
+  $("drift").textContent = d ? "verdict " + d.verdict + " (v" + d.model_version + ", " + d.created_at + "): " + d.reason + (d.report_path ? "  report: " + d.report_path : "") : "no drift report yet";
+  const canary = Object.entries(c.canary);
+  $("canary").textContent = canary.length ? canary.map(([k, v]) => k + " = " + v).join("; ") : "no canary figures for this version";
+  const rv = $("reviews").tBodies[0]; rv.replaceChildren();
+  for (const r of c.reviews) { const tr = rv.insertRow(); cell(tr, r.decided_at); cell(tr, r.verdict); cell(tr, r.reviewer); cell(tr, r.content_hash.slice(0, 12)); cell(tr, r.reason); }
+  $("reason").value = ""; updateButtons();
+}
+function updateButtons() { const ok = current && $("reason").value.trim().length > 0; $("approve").disabled = !ok; $("reject").disabled = !ok; }
+async function decide(verdict) {
+  const r = await api("/models/" + encodeURIComponent(current.model_name) + "/versions/" + encodeURIComponent(current.version) + "/" + verdict,
+                      { method: "POST", body: JSON.stringify({ reason: $("reason").value }) });
+  await openCard(current.model_name, current.version); await loadPending();
+  say(r.verdict + " " + r.model_name + " v" + r.model_version + " by " + r.reviewer + " (hash " + r.content_hash.slice(0, 12) + ")");
+}
+$("reason").addEventListener("input", updateButtons);
+$("approve").onclick = () => decide("approve").catch((e) => say(e.message, true));
+$("reject").onclick = () => decide("reject").catch((e) => say(e.message, true));
+$("load").onclick = () => { sessionStorage.setItem("riskloop-review-key", $("key").value); loadPending().catch((e) => say(e.message, true)); };
+</script>
+</body></html>
+"""
