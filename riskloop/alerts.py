@@ -77,6 +77,8 @@ create table if not exists {EVENTS_TABLE} (
     deliveries   jsonb not null default '{{}}'::jsonb
 );
 create index if not exists alert_events_incident_idx on {EVENTS_TABLE} (incident_id, at);
+-- the last raise/resolve that some sink has not received yet: {{"alert": {{...}}, "sinks": [...]}}
+alter table {STATE_TABLE} add column if not exists undelivered jsonb;
 """
 
 
@@ -127,6 +129,12 @@ class Alert:
         out["at"] = self.at.isoformat()
         out["title"] = self.title
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Alert":
+        kwargs = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        kwargs["at"] = datetime.fromisoformat(kwargs["at"])
+        return cls(**kwargs)
 
 
 def runbook_url(settings: Settings, kind: str) -> str:
@@ -209,15 +217,17 @@ def sinks(settings: Settings) -> dict[str, Sender]:
     return out
 
 
-def deliver(settings: Settings, alert: Alert, *, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    """Log the alert, then send it to every configured sink with retries; never raises.
-
-    Returns ``{sink: {"ok": bool, "attempts": n, "error": str | None}}`` (``log`` always ok).
-    """
+def deliver(settings: Settings, alert: Alert, *, only: Iterable[str] | None = None,
+            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Log the alert, then send it to every configured sink (or those in ``only``) with retries;
+    never raises. Returns ``{sink: {"ok": bool, "attempts": n, "error": str | None}}``."""
     level = logging.ERROR if alert.status == "firing" else logging.WARNING
     log.log(level, "riskloop alert %s", json.dumps(alert.to_dict(), default=str), extra={"alert": alert.to_dict()})
     results: dict[str, Any] = {"log": {"ok": True, "attempts": 1, "error": None}}
+    wanted = set(only) if only is not None else None
     for name, send in sinks(settings).items():
+        if wanted is not None and name not in wanted:
+            continue
         attempts, error = 0, None
         while attempts <= settings.alert_retries:
             attempts += 1
@@ -292,8 +302,11 @@ def _transition(conn: "psycopg.Connection", settings: Settings, check: Check, no
 def process(settings: Settings, checks: Iterable[Check]) -> list[Alert]:
     """Run every check through its state machine and deliver what was raised or resolved.
 
-    The state moves and the event row is written in one transaction per check, *then* the alert is
-    delivered (a slow sink holds no lock) and its outcome recorded. Returns the alerts sent.
+    The state moves in one transaction per check, *then* the alert is delivered (a slow sink holds
+    no lock) and the event row written with the outcome per sink. A sink that missed the last
+    raise/resolve of a key gets that same alert (same ``event_id``, so receivers can deduplicate)
+    again on the next run, until it takes it: an incident is never lost to one failed POST.
+    Returns the alerts raised or resolved by this run.
     """
     from psycopg.types.json import Jsonb
 
@@ -302,6 +315,7 @@ def process(settings: Settings, checks: Iterable[Check]) -> list[Alert]:
     for check in checks:
         if check.kind not in KINDS:
             raise ValueError(f"unknown alert kind {check.kind!r} (kinds: {KINDS})")
+        _redeliver(settings, check.kind, check.key)
         now = datetime.now(UTC)
         with db.connect(settings) as conn:
             alert = _transition(conn, settings, check, now)
@@ -316,8 +330,31 @@ def process(settings: Settings, checks: Iterable[Check]) -> list[Alert]:
                     report_url, runbook_url, deliveries) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
                 (alert.event_id, alert.incident_id, alert.kind, alert.key, alert.status, alert.at, alert.summary,
                  Jsonb(alert.details), alert.report_url, alert.runbook_url, Jsonb(deliveries)))
+            _set_undelivered(conn, alert, deliveries)
         sent.append(alert)
     return sent
+
+
+def _set_undelivered(conn: "psycopg.Connection", alert: Alert, deliveries: dict[str, Any]) -> None:
+    from psycopg.types.json import Jsonb
+
+    failed = sorted(name for name, r in deliveries.items() if not r["ok"])
+    conn.execute(f"update {STATE_TABLE} set undelivered = %s where kind = %s and key = %s",
+                 (Jsonb({"alert": alert.to_dict(), "sinks": failed}) if failed else None, alert.kind, alert.key))
+
+
+def _redeliver(settings: Settings, kind: str, key: str) -> None:
+    """Re-send the key's last raise/resolve to the sinks that have not received it yet."""
+    with db.connect(settings) as conn:
+        row = conn.execute(f"select undelivered from {STATE_TABLE} where kind = %s and key = %s and "
+                           "undelivered is not null", (kind, key)).fetchone()
+    if row is None:
+        return
+    alert, missing = Alert.from_dict(row[0]["alert"]), row[0]["sinks"]
+    log.warning("re-sending alert %s (%s) to %s, which did not receive it", alert.event_id, alert.title, missing)
+    deliveries = deliver(settings, alert, only=missing)
+    with db.connect(settings) as conn:
+        _set_undelivered(conn, alert, {k: v for k, v in deliveries.items() if k in missing})
 
 
 def check_and_alert(settings: Settings, drift: "DriftResult | None") -> list[Alert]:

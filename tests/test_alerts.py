@@ -183,3 +183,22 @@ def test_one_check_per_key_does_not_couple_keys(settings: Settings) -> None:
     assert [(x.key, x.status) for x in sent] == [(a, "firing")]
     with pytest.raises(ValueError, match="unknown alert kind"):
         process(settings, [Check("no_such_kind", a, True, "x")])
+
+
+def test_an_alert_a_sink_missed_is_resent_on_the_next_run(settings: Settings) -> None:
+    from pydantic import SecretStr
+
+    from riskloop.alerts import Check, process
+
+    key = f"p-{uuid.uuid4().hex[:6]}"
+    with http_sink() as http:
+        s = settings.model_copy(update={"alert_raise_after": 1, "alert_retries": 0,
+                                        "alert_slack_webhook_url": SecretStr(http.url("/slack"))})
+        http.fail_next = 1  # the sink is down for the raise
+        (raised,) = process(s, [Check("degraded_rate", key, True, "degraded 30% of 400")])
+        assert http.bodies("/slack") == []
+        assert process(s, [Check("degraded_rate", key, True, "degraded 31% of 400")]) == []  # same incident
+        (text,) = [json.loads(b)["text"] for b in http.bodies("/slack")]  # ...but the missed raise arrives
+        assert raised.incident_id in text and "degraded 30% of 400" in text
+        process(s, [Check("degraded_rate", key, True, "degraded 29% of 400")])
+        assert len(http.bodies("/slack")) == 1  # delivered once: not re-sent again
