@@ -8,6 +8,7 @@ variables (``RISKLOOP_DATABASE_URL``, ``RISKLOOP_MLFLOW_TRACKING_URI``, ``RISKLO
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
@@ -95,6 +96,16 @@ class Settings(BaseSettings):
         "database. Unset: generated once in local mode (embedded Postgres) into <home>/secrets/pan_token_key; "
         "required when RISKLOOP_DATABASE_URL is set.",
     )
+    schedule_start: date = Field(
+        default=date(2024, 1, 1),
+        description="First data interval (UTC day) of the time-scheduled DAGs (riskloop_ingest, "
+        "riskloop_monitor): the day the pipeline's data begins.")
+    schedule_end: date | None = Field(
+        default=None, description="Last data interval to schedule (inclusive). Unset: no end.")
+    schedule_catchup: bool = Field(
+        default=False,
+        description="Let the scheduler create a run for every missed interval since schedule_start "
+        "(Airflow's catchup). Off by default: history is loaded with a backfill, on purpose.")
     fraud_model_name: str = "riskloop-fraud"
     credit_model_name: str = "riskloop-credit"
     label_delay_days: int = Field(default=7, description="Days before a fraud label counts as known.")
@@ -160,6 +171,17 @@ class Settings(BaseSettings):
     tripwire_degraded_rate: float = Field(
         default=0.05, gt=0, description="Trip when this share of recent decisions was degraded (no model score).")
     tripwire_latency_p99_ms: float = Field(default=250.0, gt=0, description="Trip above this p99 latency (ms).")
+    batch_url: str | None = Field(
+        default=None,
+        description="Where processors' settlement and dispute files land: s3://bucket/prefix (boto3, "
+        "credentials from the usual AWS variables) or a directory / file:// URL. Unset: <home>/batch.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible server (MinIO, moto…). Unset: AWS.")
+
+    log_json: bool = Field(
+        default=False,
+        description="CLI and scoring server log one JSON object per line (with request/run ids) "
+        "instead of human-readable lines. Airflow task logs are JSON lines either way.")
 
     # --- derived locations -------------------------------------------------------------
     @property
@@ -185,6 +207,10 @@ class Settings(BaseSettings):
     @property
     def landing(self) -> Path:
         return self.landing_dir or self.home / "landing"
+
+    @property
+    def batch_store(self) -> str:
+        return self.batch_url or str(self.home / "batch")
 
     @property
     def artifacts(self) -> str:
@@ -218,6 +244,19 @@ class Settings(BaseSettings):
     @property
     def manages_mlflow(self) -> bool:
         return self.mlflow_tracking_uri is None
+
+    def schedule_args(self) -> dict[str, object]:
+        """``start_date``/``end_date``/``catchup`` of the time-scheduled DAGs, read at parse time.
+
+        Plain aware datetimes (no pendulum, no Airflow import) so the DAG files stay cheap to parse;
+        ``end_date`` bounds the *logical* date, so ``schedule_end`` is the last interval that runs.
+        """
+        def midnight(d: date) -> datetime:
+            return datetime.combine(d, time(0), tzinfo=timezone.utc)
+
+        return {"start_date": midnight(self.schedule_start),
+                "end_date": midnight(self.schedule_end) if self.schedule_end else None,
+                "catchup": self.schedule_catchup}
 
 
 def get_settings() -> Settings:

@@ -49,6 +49,19 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "RISKLOOP_MLFLOW_PORT": str(settings.mlflow_port),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
     })
+    # What the DAG files read at parse time and the tasks at run time, when the caller set it.
+    env.update({
+        "RISKLOOP_SCHEDULE_START": settings.schedule_start.isoformat(),
+        "RISKLOOP_SCHEDULE_CATCHUP": str(settings.schedule_catchup).lower(),
+    })
+    if settings.schedule_end:
+        env["RISKLOOP_SCHEDULE_END"] = settings.schedule_end.isoformat()
+    if settings.landing_dir:
+        env["RISKLOOP_LANDING_DIR"] = str(settings.landing_dir)
+    if settings.batch_url:
+        env["RISKLOOP_BATCH_URL"] = settings.batch_url
+    if settings.s3_endpoint_url:
+        env["RISKLOOP_S3_ENDPOINT_URL"] = settings.s3_endpoint_url
     if settings.database_url:
         env["RISKLOOP_DATABASE_URL"] = settings.database_url
     if settings.mlflow_tracking_uri:

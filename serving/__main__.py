@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from serving.app import run
 
@@ -13,8 +12,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run(args.host, args.port)
+    run(args.host, args.port)  # configures riskloop's logging (riskloop.logs.configure)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 
 from riskloop.config import Settings, get_settings
 from riskloop.db import dsn
+from riskloop.logs import RequestIdMiddleware
 from riskloop.pan import InvalidPan, PanKeyMissing, tokenizer
 from serving import credit, decision_log, overrides
 from serving.auth import KeyRing, require
@@ -176,6 +177,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             st.writer.close(cfg.log_shutdown_timeout_s)
 
     app = FastAPI(title="riskloop scoring", version="0.1.0", lifespan=lifespan)
+    # Every request gets an id (X-Request-ID or a new one): on its log lines, in its response header.
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}
     app.state.keys = keys
     app.include_router(decisions_router)
@@ -321,7 +324,15 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
 
 
 def run(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve with uvicorn (one worker: the model and the log writer are per process)."""
+    """Serve with uvicorn (one worker: the model and the log writer are per process).
+
+    riskloop's logging config (:func:`riskloop.logs.configure`) owns the output; with
+    ``RISKLOOP_LOG_JSON`` uvicorn's own loggers propagate to it instead of printing text."""
     import uvicorn
 
-    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port)
+    from riskloop.logs import configure
+
+    settings = get_settings()
+    configure(settings)
+    kwargs: dict[str, Any] = {"log_config": None} if settings.log_json else {}
+    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, **kwargs)
