@@ -66,3 +66,21 @@ create or replace trigger {name}_no_truncate
     before truncate on {table}
     for each statement execute function {fn}();
 """
+
+
+def table_checksum(conn: psycopg.Connection, table: str, columns: list[str] | None = None) -> tuple[int, str]:
+    """``(row count, md5)`` of ``schema.table`` over ``columns`` (default: all), independent of row order.
+
+    For idempotency checks (a re-run or a backfill must leave the same data): pass the contract
+    columns to leave out lineage ones (``_batch_id``, ``_loaded_at``) that record *when* a load ran.
+    """
+    from psycopg import sql
+
+    schema, name = table.split(".")
+    cols = sql.SQL("src.*") if not columns else sql.SQL(", ").join(map(sql.Identifier, columns))
+    query = sql.SQL(
+        "select count(*), coalesce(md5(string_agg(h, '' order by h)), '') "
+        "from (select md5(row({cols})::text) as h from {schema}.{name} as src) t"
+    ).format(cols=cols, schema=sql.Identifier(schema), name=sql.Identifier(name))
+    count, digest = conn.execute(query).fetchone()
+    return int(count), digest

@@ -255,9 +255,11 @@ def _upsert(conn: psycopg.Connection, table: RawTable, tmp: str, batch_id: int) 
     key = sql.SQL(", ").join(map(sql.Identifier, table.key))
     col_list = sql.SQL(", ").join(map(sql.Identifier, cols))
     non_key = [c for c in cols if c not in table.key]
-    # Compare the contract columns only: the lineage columns differ on every load by design.
-    old = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols)
-    new = sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in cols)
+    # Compare the contract columns only: the lineage columns differ on every load by design
+    # (and so do the table's volatile ones, e.g. a redelivered file's arrival time).
+    compared = [c for c in cols if c not in table.volatile]
+    old = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compared)
+    new = sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in compared)
     sets = [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in [*non_key, *LINEAGE_COLUMNS]]
     query = sql.SQL(
         """
@@ -313,6 +315,23 @@ def _load(conn: psycopg.Connection, table: RawTable, arrow: pa.Table, source: st
     log.info("loaded raw.%s from %s: %d rows in, %d inserted, %d updated, %d duplicates (%.2fs)",
              table.name, source, result.rows_in, inserted, updated, duplicates, result.seconds)
     return result
+
+
+def ensure_table(conn: psycopg.Connection, table: RawTable) -> None:
+    """Create ``raw.<table>`` (and ``raw.load_batches``) for a table outside RAW_TABLES; idempotent."""
+    create_raw_tables(conn)
+    conn.execute(_table_ddl(table))
+
+
+def conform(table: RawTable, arrow: pa.Table) -> pa.Table:
+    """Check the columns and cast them to the contract's types; :class:`ContractError` otherwise."""
+    check_columns(table, arrow.column_names)
+    return _conform(table, arrow.select(table.column_names))
+
+
+def load_conformed(conn: psycopg.Connection, table: RawTable, arrow: pa.Table, source: str) -> LoadResult:
+    """Upsert rows already passed through :func:`conform`, in the caller's transaction."""
+    return _load(conn, table, arrow, source, None, None)
 
 
 def _prepare(table: RawTable, data: pd.DataFrame | pa.Table | str | Path, settings: Settings,

@@ -34,6 +34,9 @@ class RawTable:
     columns: tuple[Column, ...]
     description: str
     time_column: str
+    # Columns left out of change detection on upsert: a row that differs only there is not an
+    # update (a batch file delivered again keeps the arrival time of its first delivery).
+    volatile: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -178,3 +181,55 @@ WEBHOOK_INBOX = RawTable(
                "card data (then re-serialised with PANs tokenised, CVV/track/PIN dropped)."),
     ),
 )
+
+
+# Processors' batch files (settlement and dispute reports), delivered to object storage and loaded
+# by ``riskloop.batch_files``: not in RAW_TABLES either (they are not simulator Parquet files).
+# One row per line of a file, keyed by (file, line), with the file's arrival time, so
+# point-in-time training can tell what was known when.
+_BATCH_LINEAGE = (
+    Column("source_file", "text", description="Object key under incoming/ (e.g. settlements/stripe/2024-03-01.csv)."),
+    Column("line_no", "integer", description="1-based data line of the file (the header is line 0)."),
+    Column("arrived_at", "timestamptz", description="When the file landed in object storage (its LastModified)."),
+)
+
+SETTLEMENT_FILE_ROWS = RawTable(
+    name="settlement_file_rows",
+    key=("source_file", "line_no"),
+    time_column="arrived_at",
+    volatile=("arrived_at",),
+    description="Processor settlement files: one line per settled payment, with the processor's fee.",
+    columns=(
+        *_BATCH_LINEAGE,
+        Column("processor", "text", description="'stripe' or 'standard'."),
+        Column("payout_id", "text", description="The payout (bank transfer) the line is part of."),
+        Column("payment_id", "text"),
+        Column("amount_minor", "bigint", description="Gross settled amount, minor units."),
+        Column("fee_minor", "bigint", description="Processor fee, minor units, >= 0."),
+        Column("currency", "text", description="ISO 4217 alphabetic code."),
+        Column("settled_at", "timestamptz"),
+    ),
+)
+
+DISPUTE_FILE_ROWS = RawTable(
+    name="dispute_file_rows",
+    key=("source_file", "line_no"),
+    time_column="arrived_at",
+    volatile=("arrived_at",),
+    description="Processor dispute reports: the state of each dispute that changed that day.",
+    columns=(
+        *_BATCH_LINEAGE,
+        Column("processor", "text"),
+        Column("dispute_id", "text"),
+        Column("payment_id", "text"),
+        Column("status", "text", description="'opened', 'won' or 'lost'."),
+        Column("fraud_confirmed", "boolean", nullable=True, description="Set once the dispute is closed."),
+        Column("reason_code", "text"),
+        Column("amount_minor", "bigint"),
+        Column("currency", "text"),
+        Column("updated_at", "timestamptz", description="When the dispute reached this status."),
+    ),
+)
+
+BATCH_FILE_TABLES: dict[str, RawTable] = {"settlements": SETTLEMENT_FILE_ROWS, "disputes": DISPUTE_FILE_ROWS}
+BATCH_LINEAGE_COLUMNS = tuple(c.name for c in _BATCH_LINEAGE)

@@ -9,11 +9,36 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def start_moto(port: int, log_path: Path) -> subprocess.Popen:
+    """A real S3-compatible HTTP server (moto's server mode) on loopback; the caller terminates it."""
+    import httpx
+
+    exe = Path(sys.executable).with_name("moto_server")
+    logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=logf,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    logf.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto_server did not answer within 60s")
 
 
 def free_port() -> int:

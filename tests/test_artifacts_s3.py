@@ -12,13 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import boto3
-import httpx
 import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
@@ -26,29 +23,10 @@ from sklearn.linear_model import LogisticRegression
 
 from riskloop import stack
 from riskloop.config import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, start_moto
 
 BUCKET = "riskloop-artifacts"
 PREFIX = "mlflow"
-
-
-def _start_moto(port: int, log_path: Path) -> subprocess.Popen:
-    exe = Path(sys.executable).with_name("moto_server")
-    logf = open(log_path, "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=logf,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    logf.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {proc.returncode}:\n{log_path.read_text()[-2000:]}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("moto_server did not answer within 60s")
 
 
 def test_mlflow_server_writes_artifacts_and_models_to_s3(monkeypatch) -> None:
@@ -56,7 +34,7 @@ def test_mlflow_server_writes_artifacts_and_models_to_s3(monkeypatch) -> None:
     home.chmod(0o755)
     s3_port = free_port()
     endpoint = f"http://127.0.0.1:{s3_port}"
-    moto = _start_moto(s3_port, home / "moto.log")
+    moto = start_moto(s3_port, home / "moto.log")
     settings: Settings | None = None
     before_uri = mlflow.get_tracking_uri()
     try:

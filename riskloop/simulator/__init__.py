@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from riskloop.schema import RAW_TABLES
+from riskloop.simulator.batch import write_batch_files
 from riskloop.simulator.derive import derive_tables, infer_period
 from riskloop.simulator.frames import to_arrow
 from riskloop.simulator.handbook import DEFAULT_RADIUS, DEFAULT_START_DATE, generate
@@ -164,7 +165,8 @@ def manifest(sim: Simulation) -> dict[str, Any]:
 
 def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Write ``<table>.parquet`` per raw table, ``transactions.parquet``, ``webhooks/{stripe,standard}.jsonl``,
-    ``score_requests.jsonl`` and ``manifest.json``.
+    ``score_requests.jsonl``, the processors' batch files (``batch/<kind>/<processor>/<day>.csv``)
+    and ``manifest.json``.
 
     The manifest is written last, so its presence marks a complete landing.  Returns it.
     """
@@ -178,6 +180,8 @@ def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     write_webhook_files(sim.tables["webhook_events"], out)
     # One POST /v1/score/fraud body per authorisation, to drive the scoring API (bench/serving_load.py).
     write_score_requests(sim.tables["webhook_events"], out)
+    # Settlement and dispute files as processors deliver them to object storage (riskloop.batch_files).
+    write_batch_files(sim.tables, out)
     info = manifest(sim)
     tmp = out / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,70 @@
+"""Processors' settlement and dispute files: object storage → raw, then archived.
+
+Reads ``incoming/`` of the batch store (``RISKLOOP_BATCH_URL``: ``s3://bucket/prefix`` through
+boto3, ``RISKLOOP_S3_ENDPOINT_URL`` for S3-compatible servers; default the local directory
+``<home>/batch``), upserts each file keyed by (file, line) with its arrival time, and moves it
+to ``archive/``. A malformed file is moved to ``rejected/`` with the reason, nothing of it is
+written, and the task fails (alert) after the good files are loaded.
+
+Not an interval job: it drains what has arrived, whenever it runs, so a re-run or a backfill
+finds nothing new and writes nothing. Hourly, because processors deliver on their own clocks.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Asset, dag, task
+
+# Light (pydantic only, no database): start date from RISKLOOP_SCHEDULE_START.
+from riskloop.config import get_settings
+
+BATCH_FILES = Asset(name="riskloop_batch_files", uri="riskloop://raw/batch_files")
+
+
+def _on_failure(context: dict) -> None:
+    """Failure alert (task and DAG level); imports riskloop only when something failed."""
+    from riskloop.alerts import task_failed
+
+    task_failed(context)
+
+
+DEFAULT_ARGS = {
+    "owner": "riskloop-platform",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "execution_timeout": timedelta(minutes=30),
+    "on_failure_callback": _on_failure,
+}
+
+
+@dag(
+    dag_id="riskloop_batch_files",
+    schedule="@hourly",
+    start_date=get_settings().schedule_args()["start_date"],
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    on_failure_callback=_on_failure,
+    tags=["riskloop", "ingest", "batch-files"],
+    doc_md=__doc__,
+)
+def riskloop_batch_files():
+    @task(outlets=[BATCH_FILES])
+    def load_batch_files() -> dict:
+        """Load, archive, reject; fail without retries when a file was rejected (it stays bad)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from riskloop.batch_files import BatchFilesRejected, load_batch_files as load
+        from riskloop.config import get_settings
+
+        try:
+            return load(get_settings()).to_dict()
+        except BatchFilesRejected as exc:
+            raise AirflowFailException(f"batch files rejected (moved to rejected/): {exc}") from exc
+
+    load_batch_files()
+
+
+riskloop_batch_files()
