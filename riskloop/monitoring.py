@@ -162,13 +162,16 @@ def _load_reference(settings: Settings, run_id: str) -> pd.DataFrame:
 
 
 def _load_current(settings: Settings, model_name: str, model_version: str, since: datetime | None,
-                  last_n: int | None, include_degraded: bool) -> pd.DataFrame:
+                  last_n: int | None, include_degraded: bool, until: datetime | None = None) -> pd.DataFrame:
     """Recent decision-log rows of this model version: decided_at, score and the features JSON."""
     clauses = ["model_name = %(name)s", "model_version = %(version)s"]
     params: dict[str, Any] = {"name": model_name, "version": str(model_version)}
     if since is not None:
         clauses.append("decided_at >= %(since)s")
         params["since"] = since
+    if until is not None:
+        clauses.append("decided_at < %(until)s")
+        params["until"] = until
     if not include_degraded:
         clauses.append("not coalesce(degraded, false)")
     sql = (f"select decided_at, score, features from serving.decision_log where {' and '.join(clauses)} "
@@ -239,6 +242,7 @@ def run_drift(
     since: datetime | None = None,
     min_rows: int = 200,
     *,
+    until: datetime | None = None,
     version: str | int | None = None,
     last_n: int | None = 5000,
     warning_share: float = 0.2,
@@ -249,7 +253,8 @@ def run_drift(
     """Compare the model version's training reference with its recent serving inputs.
 
     ``version`` pins a version (else ``alias`` resolves it). Current rows: those decided at or
-    after ``since``, newest first, at most ``last_n`` (``None`` = no limit). Verdict: fewer than
+    after ``since`` and before ``until`` (a scheduled run's data interval, so a backfilled day
+    checks that day's decisions, not whatever is latest when it runs), newest first, at most ``last_n`` (``None`` = no limit). Verdict: fewer than
     ``min_rows`` current rows → ``insufficient_data`` (too little evidence either way, which is
     *not* an alarm); share of drifted inputs ≥ ``critical_share`` → ``critical``; ≥ ``warning_share``
     or a drifted score → ``warning``; else ``ok``. Every check is recorded in
@@ -274,9 +279,10 @@ def run_drift(
         raise MonitoringError(f"{model_name} v{mv.version}: reference sample lacks model inputs {missing_in_ref}")
     score_col = next((c for c in SCORE_COLUMNS if c in reference.columns), None)
 
-    current_raw = _load_current(settings, model_name, str(mv.version), since, last_n, include_degraded)
+    current_raw = _load_current(settings, model_name, str(mv.version), since, last_n, include_degraded, until)
     thresholds = {"min_rows": min_rows, "warning_share": warning_share, "critical_share": critical_share,
                   "last_n": last_n, "since": since.isoformat() if since else None,
+                  "until": until.isoformat() if until else None,
                   "include_degraded": include_degraded}
     base = dict(
         report_id=str(uuid.uuid4()), model_name=model_name, model_version=str(mv.version),

@@ -241,3 +241,20 @@ def test_riskloop_monitor_raises_one_drift_alert_to_the_sink(settings: Settings,
     text = drift_alerts[0]
     assert f"[FIRING] input_drift {drift_model['name']}" in text and "amount" in text
     assert "report: file://" in text and "runbook: docs/runbooks/input_drift.md" in text
+
+
+def test_until_bounds_the_window_like_a_scheduled_interval(settings: Settings, drift_model) -> None:
+    """A scheduled (or backfilled) monitor run checks its own interval: rows at or after ``until`` are out."""
+    from riskloop.monitoring import run_drift
+
+    everything = run_drift(settings, drift_model["name"], version=drift_model["few"], min_rows=1,
+                           log_to_mlflow=False)
+    assert everything.n_current > 0
+    past = datetime(2000, 1, 1, tzinfo=UTC)
+    assert run_drift(settings, drift_model["name"], version=drift_model["few"], until=past, min_rows=1,
+                     log_to_mlflow=False).n_current == 0
+    bounded = run_drift(settings, drift_model["name"], version=drift_model["few"], since=past,
+                        until=everything.window_end, min_rows=1, log_to_mlflow=False)
+    # window_end is the newest row's decided_at: a half-open interval ending there leaves it out.
+    assert bounded.n_current == everything.n_current - 1
+    assert bounded.window_end < everything.window_end
