@@ -18,25 +18,13 @@ from airflow.sdk import Asset, dag, task
 
 # Light (pydantic only, no database): start date from RISKLOOP_SCHEDULE_START.
 from riskloop.config import get_settings
+from riskloop.dag_defaults import default_args, on_failure
 
 BATCH_FILES = Asset(name="riskloop_batch_files", uri="riskloop://raw/batch_files")
 
 
-def _on_failure(context: dict) -> None:
-    """Failure alert (task and DAG level); imports riskloop only when something failed."""
-    from riskloop.alerts import task_failed
-
-    task_failed(context)
-
-
-DEFAULT_ARGS = {
-    "owner": "riskloop-platform",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "execution_timeout": timedelta(minutes=30),
-    "on_failure_callback": _on_failure,
-}
+DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelta(minutes=1),
+                            execution_timeout=timedelta(minutes=30))
 
 
 @dag(
@@ -46,7 +34,7 @@ DEFAULT_ARGS = {
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    on_failure_callback=_on_failure,
+    on_failure_callback=on_failure,
     tags=["riskloop", "ingest", "batch-files"],
     doc_md=__doc__,
 )

@@ -24,26 +24,14 @@ from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
 # Light (pydantic only, no database): start/end/catchup come from RISKLOOP_SCHEDULE_*.
 from riskloop.config import get_settings
+from riskloop.dag_defaults import default_args, on_failure
 
 # Emitted when the online store holds the interval's features; riskloop_train is scheduled on it.
 ONLINE_FEATURES = Asset(name="riskloop_online_features", uri="riskloop://feast/online_features")
 
 
-def _on_failure(context: dict) -> None:
-    """Failure alert (task and DAG level); imports riskloop only when something failed."""
-    from riskloop.alerts import task_failed
-
-    task_failed(context)
-
-
-DEFAULT_ARGS = {
-    "owner": "riskloop-platform",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "execution_timeout": timedelta(minutes=30),
-    "on_failure_callback": _on_failure,
-}
+DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelta(minutes=1),
+                            execution_timeout=timedelta(minutes=30))
 
 
 @dag(
@@ -54,7 +42,7 @@ DEFAULT_ARGS = {
     **get_settings().schedule_args(),
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    on_failure_callback=_on_failure,
+    on_failure_callback=on_failure,
     tags=["riskloop", "ingest"],
     params={
         "landing_dir": Param(None, type=["null", "string"], description="Directory of landed files; default RISKLOOP_HOME/landing."),

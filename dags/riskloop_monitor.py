@@ -16,26 +16,14 @@ from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param,
 
 # Light (pydantic only, no database): start/end/catchup come from RISKLOOP_SCHEDULE_*.
 from riskloop.config import get_settings
+from riskloop.dag_defaults import default_args, on_failure
 
 # Same identity as in riskloop_train.py.
 FRAUD_MODEL = Asset(name="riskloop_fraud_model", uri="riskloop://mlflow/riskloop-fraud")
 
 
-def _on_failure(context: dict) -> None:
-    """Failure alert (task and DAG level); imports riskloop only when something failed."""
-    from riskloop.alerts import task_failed
-
-    task_failed(context)
-
-
-DEFAULT_ARGS = {
-    "owner": "riskloop-ml",
-    "retries": 1,
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": True,
-    "execution_timeout": timedelta(minutes=30),
-    "on_failure_callback": _on_failure,
-}
+DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minutes=2),
+                            execution_timeout=timedelta(minutes=30))
 
 
 @dag(
@@ -47,7 +35,7 @@ DEFAULT_ARGS = {
     **get_settings().schedule_args(),
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    on_failure_callback=_on_failure,
+    on_failure_callback=on_failure,
     tags=["riskloop", "monitoring", "promotion"],
     params={
         "model_name": Param("riskloop-fraud", type="string"),

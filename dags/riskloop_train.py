@@ -14,27 +14,17 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
+# Light (standard library only): the failure alert and task defaults every DAG shares.
+from riskloop.dag_defaults import default_args, on_failure
+
 # Same identity as in riskloop_ingest.py (assets are matched by name and URI across DAG files).
 ONLINE_FEATURES = Asset(name="riskloop_online_features", uri="riskloop://feast/online_features")
 FRAUD_MODEL = Asset(name="riskloop_fraud_model", uri="riskloop://mlflow/riskloop-fraud")
 CREDIT_MODEL = Asset(name="riskloop_credit_model", uri="riskloop://mlflow/riskloop-credit")
 
 
-def _on_failure(context: dict) -> None:
-    """Failure alert (task and DAG level); imports riskloop only when something failed."""
-    from riskloop.alerts import task_failed
-
-    task_failed(context)
-
-
-DEFAULT_ARGS = {
-    "owner": "riskloop-ml",
-    "retries": 1,
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": True,
-    "execution_timeout": timedelta(hours=2),
-    "on_failure_callback": _on_failure,
-}
+DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minutes=2),
+                            execution_timeout=timedelta(hours=2))
 
 
 @dag(
@@ -44,7 +34,7 @@ DEFAULT_ARGS = {
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    on_failure_callback=_on_failure,
+    on_failure_callback=on_failure,
     tags=["riskloop", "training"],
     params={
         "models": Param(["fraud", "credit"], type="array", description="Which models to train."),

@@ -41,6 +41,16 @@ def start_moto(port: int, log_path: Path) -> subprocess.Popen:
     raise RuntimeError("moto_server did not answer within 60s")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM a child the test started, SIGKILL it if it does not exit in time; reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

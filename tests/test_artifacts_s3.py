@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 
 from riskloop import stack
 from riskloop.config import Settings
-from tests.conftest import free_port, start_moto
+from tests.conftest import free_port, start_moto, stop_process
 
 BUCKET = "riskloop-artifacts"
 PREFIX = "mlflow"
@@ -111,10 +110,5 @@ def test_mlflow_server_writes_artifacts_and_models_to_s3(monkeypatch) -> None:
             if settings is not None:
                 stack.down(settings)
         finally:
-            moto.terminate()
-            try:
-                moto.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                moto.kill()
-                moto.wait()
+            stop_process(moto)
             shutil.rmtree(home, ignore_errors=True)

@@ -3,7 +3,6 @@ idempotent loads keyed by (file, line), arrival times, archiving, and explicit r
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from riskloop.batch_files import BatchFilesRejected, load_batch_files
 from riskloop.config import Settings
 from riskloop.objectstore import LocalStore, S3Store, open_store
 from riskloop.schema import BATCH_FILE_TABLES, RAW_SCHEMA
-from tests.conftest import free_port, start_moto
+from tests.conftest import free_port, start_moto, stop_process
 
 BUCKET = "processor-drops"
 
@@ -34,12 +33,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             yield endpoint
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 @pytest.fixture(scope="module")
