@@ -7,10 +7,14 @@ to sending it), so a slow server shows up as latency instead of silently lowerin
 
     RISKLOOP_API_KEYS=benchkey:scorer riskloop serve --port 8010 &
     .venv/bin/python bench/serving_load.py --url http://127.0.0.1:8010 --key benchkey \\
-        --requests DIR/score_requests.jsonl --rate 100 --rate 500 --duration 60
+        --requests DIR/score_requests.jsonl --rate 100 --rate 500 --rate 1000 --duration 60 --feast-port 6566
 
 ``--requests``: ``score_requests.jsonl`` from ``riskloop simulate`` (default: built from the
-landed ``webhook_events.parquet`` of the stack). Prints one JSON line per rate.
+landed ``webhook_events.parquet`` of the stack). ``--feast-port``: also start ``feast serve``
+(one worker, ``--max-requests 0``, no access log) on the stack's feature repo and, at each rate
+right after the full decision, measure it fetching the same feature service for the same
+entities. Prints one JSON line per rate and target (``decision`` or ``feast_serve``), with the
+load average when the run ended.
 """
 
 from __future__ import annotations
@@ -20,10 +24,16 @@ import asyncio
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -42,23 +52,76 @@ def load_bodies(path: Path | None) -> list[dict[str, Any]]:
     return score_request_bodies(pd.read_parquet(events))
 
 
+def feast_body(service: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A scoring body → the ``feast serve`` request for the same entities and feature service."""
+    def make(body: dict[str, Any]) -> dict[str, Any]:
+        return {"feature_service": service, "full_feature_names": True,
+                "entities": {"customer_id": [body["customer_id"]], "terminal_id": [body["terminal_id"]]}}
+
+    return make
+
+
+@contextmanager
+def feast_serve(port: int) -> Iterator[str]:
+    """``feast serve`` on the stack's feature repo, as riskloop configures it; stopped on exit."""
+    from riskloop.config import get_settings
+    from riskloop.features import feast_env
+
+    settings = get_settings()
+    cmd = [str(Path(sys.executable).parent / "feast"), "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--max-requests", "0", "--no-access-log"]
+    proc = subprocess.Popen(cmd, cwd=settings.feature_repo, env={**os.environ, **feast_env(settings)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"feast serve exited with {proc.returncode}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("feast serve did not answer /health within 120 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 async def run_rate(url: str, key: str, bodies: list[dict[str, Any]], rate: float, duration: float,
-                   timeout: float, warmup: float) -> dict[str, Any]:
+                   timeout: float, warmup: float, path: str = "/v1/score/fraud",
+                   transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     n = int(rate * duration)
     latencies = np.full(n, math.nan)
     statuses: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits,
-                                 headers={"Authorization": f"Bearer {key}"}) as client:
+    # Bodies pre-encoded, aiohttp rather than httpx: the generator shares the 2 cores with the
+    # server and must not be the bottleneck (httpx costs several times more CPU per request).
+    payloads = [json.dumps(transform(b) if transform else b).encode() for b in bodies]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(base_url=url, connector=connector, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=timeout)) as client:
         # Warm the connection pool and the server (first requests pay for lazy imports).
-        for body in bodies[: max(1, int(rate * warmup))]:
-            await client.post("/v1/score/fraud", json=body)
+        for body in payloads[: max(1, int(rate * warmup))]:
+            try:
+                async with client.post(path, data=body) as r:
+                    await r.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("warm-up request failed: %r", exc)
 
         async def one(i: int, due: float) -> None:
             try:
-                r = await client.post("/v1/score/fraud", json=bodies[i % len(bodies)])
-                status = str(r.status_code)
-            except httpx.HTTPError as exc:
+                async with client.post(path, data=payloads[i % len(payloads)]) as r:
+                    await r.read()
+                    status = str(r.status)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 status = type(exc).__name__
             statuses[status] = statuses.get(status, 0) + 1
             if status == "200":
@@ -91,15 +154,30 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds per rate.")
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0, help="Seconds' worth of requests sent first, unmeasured.")
+    parser.add_argument("--feast-port", type=int, default=None,
+                        help="Also start `feast serve` on this port and measure it at each rate.")
+    parser.add_argument("--feature-service", default="fraud_model_v1")
     args = parser.parse_args()
     if not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         parser.error("loopback only: this is a latency benchmark, not a load test of a remote service")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     bodies = load_bodies(args.requests)
     log.info("%d request bodies", len(bodies))
-    for rate in args.rate or [100.0]:
-        result = asyncio.run(run_rate(args.url, args.key, bodies, rate, args.duration, args.timeout, args.warmup))
-        print(json.dumps(result), flush=True)  # noqa: T201 - the benchmark's output
+    with feast_serve(args.feast_port) if args.feast_port else _nothing() as feast_url:
+        for rate in args.rate or [100.0]:
+            targets = [("decision", args.url, "/v1/score/fraud", None)]
+            if feast_url:
+                targets.append(("feast_serve", feast_url, "/get-online-features", feast_body(args.feature_service)))
+            for target, url, path, transform in targets:
+                result = asyncio.run(run_rate(url, args.key, bodies, rate, args.duration, args.timeout,
+                                              args.warmup, path, transform))
+                result = {"target": target, **result, "loadavg_1m": round(os.getloadavg()[0], 2)}
+                print(json.dumps(result), flush=True)  # noqa: T201 - the benchmark's output
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
 
 
 if __name__ == "__main__":

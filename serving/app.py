@@ -4,8 +4,11 @@ Nothing heavy happens at import: the model is fetched from the MLflow registry, 
 built and the decision-log table ensured in the lifespan, and all of it lives on ``app.state``
 (no module globals), so tests and several apps in one process never share state.
 
-Scoring is a plain ``def`` handler on purpose: the Feast online read and XGBoost are blocking
-calls, and Starlette runs sync handlers in its thread pool instead of stalling the event loop.
+Fraud scoring is an ``async def`` handler that never blocks the loop: its online read is one
+asyncpg round trip (:mod:`serving.online_sql`; the Feast SDK read, ``online_read=sdk``, goes to a
+worker thread), the model is numpy arrays (:mod:`serving.trees`, ~0.05 ms) and the decision-log
+row is queued without waiting. A thread hop per request cost more than all of that under load
+(BENCHMARKS.md, "Serving latency"). The other endpoints stay plain ``def`` handlers.
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ from riskloop.pan import InvalidPan, PanKeyMissing, tokenizer
 from serving import credit, decision_log, overrides
 from serving.auth import KeyRing, require
 from serving.config import ServingSettings
-from serving.decision_log import DecisionLogWriter, record_or_refuse
+from serving.decision_log import DecisionLogWriter, record_or_refuse_async
 from serving.decisions_api import router as decisions_router
 from serving.devices import KnownDevices
-from serving.model import LoadedModel, ModelLoadError, load_model
+from serving.model import (
+    LoadedModel,
+    ModelLoadError,
+    load_for_serving,
+    save_last_known_good,
+)
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
 from serving.policy import Policy, PolicyError, load_policy
 from serving.reasons import top_reasons
@@ -91,14 +99,23 @@ def _default_feature_store_factory(settings: Settings) -> Callable[[], Any]:
     return factory
 
 
-def _load_and_check(settings: Settings, cfg: ServingSettings, online: OnlineFeatures) -> LoadedModel:
-    """Load the alias and, if the store is up, prove every model input has a source before serving it."""
-    model = load_model(settings.tracking_uri, settings.fraud_model_name, cfg.model_alias)
+def _load_and_check(settings: Settings, cfg: ServingSettings, online: OnlineFeatures, *,
+                    at_start: bool = False) -> LoadedModel:
+    """Load the alias and, if the store is up, prove every model input has a source before serving it.
+
+    Each model loaded from the registry is kept on disk (``<run_dir>/models``); at start only, a
+    registry that does not answer means serving that last-known-good model (``/readyz`` says so)
+    rather than rules only (:func:`serving.model.load_for_serving`)."""
+    cache = settings.run_dir / "models"
+    model = load_for_serving(settings.tracking_uri, settings.fraud_model_name, cfg.model_alias, cache,
+                             at_start=at_start)
     if online.ensure():
         try:
             plan_inputs(model.features, online.offered)
         except FeatureMismatch as exc:
             raise ModelLoadError(f"{model.name} v{model.version}: {exc}") from exc
+    if model.source == "registry":
+        save_last_known_good(model, cache)
     return model
 
 
@@ -109,7 +126,8 @@ def _model_info(app: FastAPI) -> LoadedModelInfo:
         return LoadedModelInfo(loaded=False, name=st.settings.fraud_model_name, alias=st.cfg.model_alias,
                                error=st.model_error)
     return LoadedModelInfo(loaded=True, name=m.name, alias=m.alias, version=m.version, run_id=m.run_id,
-                           features=list(m.features), loaded_at=m.loaded_at, error=st.model_error)
+                           features=list(m.features), loaded_at=m.loaded_at, error=st.model_error,
+                           source=m.source)
 
 
 def _connect(settings: Settings) -> psycopg.Connection:
@@ -143,7 +161,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             log.warning("RISKLOOP_API_KEYS is not set: every /v1 endpoint will answer 401")
         st.metrics = _make_metrics()
         st.online = OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
-                                   cfg.feature_service, retry_s=cfg.feature_store_retry_s)
+                                   cfg.feature_service, retry_s=cfg.feature_store_retry_s, read=cfg.online_read,
+                                   timeout_s=cfg.online_timeout_s, pool_size=cfg.online_pool_size)
         st.model, st.model_error = None, None
         try:
             with _connect(settings) as conn:
@@ -155,7 +174,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         m = st.metrics
         st.writer = DecisionLogWriter(
             dsn(settings), maxsize=cfg.log_queue_size, batch_size=cfg.log_batch_size,
-            enqueue_timeout_s=cfg.log_enqueue_timeout_s,
+            enqueue_timeout_s=cfg.log_enqueue_timeout_s, linger_s=cfg.log_linger_s,
             spill_path=settings.run_dir / "decision_log_spill.jsonl",
             on_written=m.log_written.inc if m else None, on_error=m.log_errors.inc if m else None)
         if m:
@@ -163,17 +182,19 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st.writer.start()
         st.online.ensure(force=True)
         credit.setup(st, settings.tracking_uri, settings.credit_model_name, cfg.credit_model_alias,
-                     OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
+                     settings.run_dir / "models", OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
                                     cfg.credit_feature_service, retry_s=cfg.feature_store_retry_s))
         st.credit_policy = credit_policy
         try:
-            st.model = _load_and_check(settings, cfg, st.online)
+            st.model = _load_and_check(settings, cfg, st.online, at_start=True)
         except Exception as exc:  # noqa: BLE001 - start anyway: rules-only + /readyz 503 until a reload
             st.model_error = f"{type(exc).__name__}: {exc}"
             log.error("no model served: %s", st.model_error)
+        await st.online.connect()
         try:
             yield
         finally:
+            await st.online.aclose()
             st.writer.close(cfg.log_shutdown_timeout_s)
 
     app = FastAPI(title="riskloop scoring", version="0.1.0", lifespan=lifespan)
@@ -211,6 +232,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         # Informational: a down feature store degrades decisions, it does not make us unready.
         checks["feature_store"] = st.online.ensure()
         checks["decision_log_queue"] = st.writer.depth()
+        checks["model_source"] = st.model.source if st.model is not None else None
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/v1/model", response_model=LoadedModelInfo, dependencies=[Depends(require("read_model"))])
@@ -233,7 +255,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         return _model_info(request.app)
 
     @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])
-    def score_fraud(body: FraudScoreRequest, request: Request, response: Response,
+    async def score_fraud(body: FraudScoreRequest, request: Request, response: Response,
                     x_request_id: str | None = Header(default=None)) -> FraudScoreResponse:
         t0 = time.perf_counter()
         st = request.app.state
@@ -267,10 +289,11 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         degraded = model is None
         if model is not None:
             try:
-                if not st.online.ensure():
+                if not await st.online.ensure_async():
                     raise FeatureStoreUnavailable(st.online.last_error or "feature store not available")
                 inputs = plan_inputs(model.features, st.online.offered)
-                values, stamps = st.online.fetch(inputs, body.customer_id, body.terminal_id)
+                values, stamps = await st.online.fetch_async(
+                    inputs, {"customer_id": body.customer_id, "terminal_id": body.terminal_id})
             except (FeatureStoreUnavailable, FeatureMismatch) as exc:
                 degraded = True
                 stamps = {}
@@ -299,7 +322,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             "request": req, "latency_ms": latency_ms, "degraded": degraded,
             "product": "fraud", "policy_version": policy.id, "signals": signals,
         }
-        record_or_refuse(st.writer, row)
+        await record_or_refuse_async(st.writer, row)
         if decision == "allow":  # only once logged: the warm-up after a restart reads the same fact
             st.devices.add(body.customer_id, body.device_id)
         if st.metrics:
@@ -327,7 +350,9 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve with uvicorn (one worker: the model and the log writer are per process).
 
     riskloop's logging config (:func:`riskloop.logs.configure`) owns the output; with
-    ``RISKLOOP_LOG_JSON`` uvicorn's own loggers propagate to it instead of printing text."""
+    ``RISKLOOP_LOG_JSON`` uvicorn's own loggers propagate to it instead of printing text.
+    uvloop + httptools (C event loop and HTTP parser) and no access log unless
+    RISKLOOP_SERVING_ACCESS_LOG=1: the hot path's share of a request (BENCHMARKS.md, "Serving")."""
     import uvicorn
 
     from riskloop.logs import configure
@@ -335,4 +360,5 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> None:
     settings = get_settings()
     configure(settings)
     kwargs: dict[str, Any] = {"log_config": None} if settings.log_json else {}
-    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, **kwargs)
+    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, loop="uvloop", http="httptools",
+                access_log=ServingSettings().access_log, **kwargs)

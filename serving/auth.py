@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -113,11 +113,11 @@ def _bearer(request: Request) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def require(action: str) -> Callable[[Request], Principal]:
+def require(action: str) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency: 401 without a valid key, 403 if its role may not do ``action``."""
     allowed = PERMISSIONS[action]
 
-    def dependency(request: Request) -> Principal:
+    async def dependency(request: Request) -> Principal:  # async: no thread-pool hop per request
         keys: KeyRing = request.app.state.keys
         challenge = {"WWW-Authenticate": "Bearer"}
         if len(keys) == 0:

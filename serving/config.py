@@ -8,6 +8,7 @@ so an operator can switch to another (versioned) policy file without a code chan
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,9 +33,23 @@ class ServingSettings(BaseSettings):
         default=180, gt=0, description="Start-up warm-up of known (customer, device) pairs from the decision log.")
     feature_store_retry_s: float = Field(
         default=5.0, ge=0.0, description="After a feature-store failure, rebuild it at most this often.")
+    online_read: Literal["sql", "sdk"] = Field(
+        default="sql", description="How the fraud endpoint reads online features: 'sql' = one prepared statement "
+        "over Feast's Postgres online-store tables (planned from the Feast repo at start-up), 'sdk' = "
+        "FeatureStore.get_online_features in a worker thread.")
+    online_timeout_s: float = Field(
+        default=0.1, gt=0.0, description="A direct online read slower than this degrades the decision to "
+        "rules-only (and the store is re-bound after feature_store_retry_s).")
+    online_pool_size: int = Field(default=4, gt=0, description="Connections of the direct online-read pool.")
+    access_log: bool = Field(
+        default=False, description="uvicorn's per-request access log line (off: it costs more than the "
+        "decision's own logging; /metrics counts requests).")
     max_reasons: int = Field(default=4, ge=0, le=4)
     log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for the writer, at most.")
     log_batch_size: int = Field(default=500, gt=0, description="Rows per INSERT batch.")
+    log_linger_s: float = Field(
+        default=0.05, ge=0.0, description="How long the writer lets a batch gather after its first row "
+        "(rows are committed at most this much later; requests never wait for it).")
     log_enqueue_timeout_s: float = Field(
         default=1.0, ge=0.0, description="How long a request waits for room in a full queue before a 503.")
     log_shutdown_timeout_s: float = Field(

@@ -28,6 +28,7 @@ import math
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -225,13 +226,17 @@ def score_credit(body: CreditScoreRequest, request: Request, response: Response,
                                application_id=body.application_id)
 
 
-def setup(state: Any, tracking_uri: str, model_name: str, alias: str, online: OnlineFeatures) -> None:
-    """Load the credit model at start-up; a missing one is logged and every decision is ``refer``."""
-    from serving.model import load_model
+def setup(state: Any, tracking_uri: str, model_name: str, alias: str, cache_dir: Path,
+          online: OnlineFeatures) -> None:
+    """Load the credit model at start-up (the last-known-good one if the registry is down); a
+    missing one is logged and every decision is ``refer``."""
+    from serving.model import load_for_serving, save_last_known_good
 
     state.credit_online = online
     state.credit_model = None
     try:
-        state.credit_model = load_model(tracking_uri, model_name, alias)
+        state.credit_model = load_for_serving(tracking_uri, model_name, alias, cache_dir, at_start=True)
+        if state.credit_model.source == "registry":
+            save_last_known_good(state.credit_model, cache_dir)
     except Exception as exc:  # noqa: BLE001 - the fraud endpoint must not depend on the credit model
         log.warning("no credit model served (%s@%s): %s; credit decisions are 'refer'", model_name, alias, exc)

@@ -7,14 +7,20 @@ millisecond, whereas going through ``mlflow.pyfunc`` would add a pandas round tr
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
 from riskloop.registry import mlflow_client, parse_features_param
+from serving.trees import CompiledTrees, compile_booster
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +40,17 @@ class LoadedModel:
     features: tuple[str, ...]
     booster: object  # xgboost.Booster (typed loosely to keep xgboost out of this module's import)
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    compiled: CompiledTrees | None = None  # the booster as numpy arrays (serving.trees), when it compiles
+    source: str = "registry"  # or "last_known_good": read from the local cache, the registry being down
 
     def predict(self, x: np.ndarray, exact: bool = False) -> tuple[float, np.ndarray]:
         """Probability and per-feature contributions (last column = bias) of one row ``x`` (1, n).
 
         ``exact=False`` (the fraud hot path): Saabas-style approximate contributions, a fraction
-        of TreeSHAP's cost. ``exact=True`` (credit adverse action): exact TreeSHAP values."""
+        of TreeSHAP's cost, computed by :mod:`serving.trees` in one pass with the score (no
+        XGBoost call, no DMatrix). ``exact=True`` (credit adverse action): exact TreeSHAP values."""
+        if not exact and self.compiled is not None:
+            return self.compiled.predict(x[0])
         import xgboost as xgb
 
         score = float(np.asarray(self.booster.inplace_predict(x)).reshape(-1)[0])
@@ -106,4 +117,85 @@ def load_model(tracking_uri: str, name: str, alias: str, version: str | None = N
     booster.set_param({"nthread": 1})
     log.info("loaded %s v%s (@%s, run %s) with %d features", name, version, alias, mv.run_id, len(features))
     return LoadedModel(name=name, alias=alias, version=version, run_id=mv.run_id,
-                       features=tuple(features), booster=booster)
+                       features=tuple(features), booster=booster, compiled=compile_booster(booster))
+
+
+# --- last-known-good: the registry down at start must not mean "no model" ------------------------
+
+def registry_reachable(tracking_uri: str, timeout_s: float = 2.0) -> bool:
+    """Does the tracking server answer ``/health``? Asked before loading, because MLflow's own
+    client retries a refused connection with backoff for minutes before giving up."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True  # a local store: nothing to be unreachable
+    import httpx
+
+    try:
+        return httpx.get(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _cache_file(cache_dir: Path, name: str, alias: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}@{alias}")
+    return cache_dir / f"{safe}.json"
+
+
+def save_last_known_good(model: LoadedModel, cache_dir: Path) -> None:
+    """Keep the model just loaded from the registry on local disk, as one file replaced atomically
+    (metadata and booster together, so a crash mid-write never pairs one version's name with
+    another's trees). Failures are logged: serving goes on without a fresh cache."""
+    import xgboost as xgb
+
+    assert isinstance(model.booster, xgb.Booster)
+    doc = {"name": model.name, "alias": model.alias, "version": model.version, "run_id": model.run_id,
+           "features": list(model.features), "loaded_at": model.loaded_at.isoformat(),
+           "booster_ubj_b64": base64.b64encode(bytes(model.booster.save_raw("ubj"))).decode("ascii")}
+    path = _cache_file(cache_dir, model.name, model.alias)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("could not save the last-known-good model to %s: %s", path, exc)
+        return
+    log.info("saved %s v%s as the last-known-good model (%s)", model.name, model.version, path)
+
+
+def load_for_serving(tracking_uri: str, name: str, alias: str, cache_dir: Path, *, at_start: bool) -> LoadedModel:
+    """``name@alias`` from the registry; at start only, from the last-known-good cache when the
+    registry does not answer (a reload never falls back: the model being served stays). The
+    caller saves a registry model with :func:`save_last_known_good` once it has checked it."""
+    if registry_reachable(tracking_uri):  # asked first: MLflow retries a refused connection for minutes
+        return load_model(tracking_uri, name, alias)
+    if not at_start:
+        raise ModelLoadError(f"model registry {tracking_uri} unreachable")
+    log.error("model registry %s unreachable at start: looking for a last-known-good %s@%s", tracking_uri,
+              name, alias)
+    return load_last_known_good(cache_dir, name, alias)
+
+
+def load_last_known_good(cache_dir: Path, name: str, alias: str) -> LoadedModel:
+    """The model last loaded from the registry for ``name@alias``; ModelLoadError if there is none."""
+    import xgboost as xgb
+
+    path = _cache_file(cache_dir, name, alias)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        booster = xgb.Booster(model_file=bytearray(base64.b64decode(doc["booster_ubj_b64"])))
+    except FileNotFoundError:
+        raise ModelLoadError(f"no last-known-good model for {name}@{alias} in {cache_dir}") from None
+    except (OSError, ValueError, KeyError, xgb.core.XGBoostError) as exc:
+        raise ModelLoadError(f"unreadable last-known-good model {path}: {exc}") from exc
+    booster.set_param({"nthread": 1})
+    features = tuple(doc["features"])
+    if booster.num_features() != len(features):
+        raise ModelLoadError(f"last-known-good model {path}: {booster.num_features()} inputs, "
+                             f"{len(features)} feature names")
+    model = LoadedModel(name=doc["name"], alias=doc["alias"], version=str(doc["version"]), run_id=doc["run_id"],
+                        features=features, booster=booster, compiled=compile_booster(booster),
+                        source="last_known_good")
+    log.warning("serving the last-known-good model %s v%s (loaded from the registry at %s)",
+                model.name, model.version, doc["loaded_at"])
+    return model
+

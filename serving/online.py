@@ -93,16 +93,44 @@ def plan_inputs(model_features: Sequence[str], offered: dict[str, tuple[str, str
     return inputs
 
 
-class OnlineFeatures:
-    """A lazily (re)built Feast store plus its binding; thread-safe, retries at most every ``retry_s``."""
+def _decode(inputs: dict[str, tuple[str, str]], resp: dict[str, list[Any]]
+            ) -> tuple[dict[str, float], dict[str, str | None]]:
+    """A one-row ``to_dict(include_event_timestamps=True)`` → model input values and view stamps."""
+    values: dict[str, float] = {}
+    stamps: dict[str, str | None] = {}
+    for name, (view, column) in inputs.items():
+        raw = (resp.get(column) or [None])[0]
+        values[name] = math.nan if raw is None else float(raw)
+        if view not in stamps or stamps[view] is None:
+            ts = (resp.get(column + TS_SUFFIX) or [None])[0]
+            stamps[view] = (datetime.fromtimestamp(ts, UTC).isoformat()
+                            if raw is not None and ts else None)
+    return values, stamps
 
-    def __init__(self, factory: Callable[[], Any], service_name: str, retry_s: float = 5.0) -> None:
+
+class OnlineFeatures:
+    """A lazily (re)built Feast store plus its binding; thread-safe, retries at most every ``retry_s``.
+
+    ``read="sql"``: :meth:`fetch_async` reads all views in one prepared statement
+    (:mod:`serving.online_sql`, planned from the store at bind time); ``"sdk"``: through
+    ``get_online_features`` (the sync :meth:`fetch_row` always does).
+    """
+
+    def __init__(self, factory: Callable[[], Any], service_name: str, retry_s: float = 5.0, *,
+                 read: str = "sdk", timeout_s: float = 0.1, pool_size: int = 4) -> None:
+        if read not in ("sql", "sdk"):
+            raise ValueError(f"online read must be 'sql' or 'sdk', not {read!r}")
         self._factory = factory
         self._service_name = service_name
         self._retry_s = retry_s
+        self._read = read
+        self._timeout_s = timeout_s
+        self._pool_size = pool_size
         self._lock = threading.Lock()
         self._store: Any = None
         self._binding: Binding | None = None
+        self._plan: Any = None  # serving.online_sql.SqlPlan of the current binding (read="sql")
+        self._reader: Any = None  # serving.online_sql.SqlReader, created on the event loop
         self._offered: dict[str, tuple[str, str]] = {}
         self._last_attempt = -math.inf
         self.last_error: str | None = None
@@ -119,14 +147,108 @@ class OnlineFeatures:
             try:
                 store = self._factory()
                 binding, offered = bind(store, self._service_name)
+                plan = None
+                if self._read == "sql":
+                    from serving.online_sql import build_plan
+
+                    plan = build_plan(store, binding.service)
             except Exception as exc:  # noqa: BLE001 - any store failure means "degraded", logged
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("feature store unavailable: %s", self.last_error)
                 return False
-            self._store, self._binding, self._offered = store, binding, offered
+            self._store, self._binding, self._offered, self._plan = store, binding, offered, plan
             self.last_error = None
             log.info("feature service %s bound (%d features offered)", self._service_name, len(offered))
             return True
+
+    @property
+    def bound(self) -> bool:
+        """Bound right now (no I/O: safe to ask on the event loop)."""
+        return self._binding is not None
+
+    def _unbind(self, store: Any) -> None:
+        """After a failed read: drop the store so that a later request (after retry_s) rebuilds it."""
+        with self._lock:
+            if self._store is store:
+                self._store, self._binding, self._plan = None, None, None
+                self._last_attempt = time.monotonic()
+
+    def _cast(self, binding: Binding, entity_row: dict[str, str]) -> dict[str, Any] | None:
+        """Entity keys typed as the repo declares them; ``None`` if one cannot be (unknown entity)."""
+        row: dict[str, Any] = dict(entity_row)
+        try:
+            for key, cast in binding.entity_casts.items():
+                if key in row:
+                    row[key] = cast(row[key])
+        except ValueError:
+            return None
+        return row
+
+    async def connect(self) -> None:
+        """Open the direct-read pool ahead of the first request (best effort: a down store degrades)."""
+        if self._read != "sql" or not self.ensure():
+            return
+        try:
+            await self._current_reader().connect()
+        except Exception as exc:  # noqa: BLE001 - the first request retries and degrades if still down
+            log.warning("online store pool not opened at start-up: %s", exc)
+
+    def _current_reader(self) -> Any:
+        from serving.online_sql import SqlReader
+
+        plan = self._plan
+        if self._reader is None or self._reader.plan is not plan:
+            old = self._reader
+            self._reader = SqlReader(plan, timeout_s=self._timeout_s, max_size=self._pool_size)
+            if old is not None:
+                import asyncio
+
+                asyncio.get_running_loop().create_task(old.close())
+        return self._reader
+
+    async def ensure_async(self) -> bool:
+        """:meth:`ensure` for the event loop: free when bound, a (re)build runs in a worker thread."""
+        if self._binding is not None:
+            return True
+        if time.monotonic() - self._last_attempt < self._retry_s or self._lock.locked():
+            return False  # not due, or another request is rebuilding it: do not queue up behind it
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.ensure)
+
+    async def fetch_async(self, inputs: dict[str, tuple[str, str]], entity_row: dict[str, str]
+                          ) -> tuple[dict[str, float], dict[str, str | None]]:
+        """As :meth:`fetch_row`, from the event loop: one prepared statement (``read="sql"``), or the
+        SDK in a worker thread. Never blocks the loop: a (re)build of the store runs in a thread."""
+        from starlette.concurrency import run_in_threadpool
+
+        if self._read == "sdk":
+            return await run_in_threadpool(self.fetch_row, inputs, entity_row)
+        if not await self.ensure_async():
+            raise FeatureStoreUnavailable(self.last_error or "feature store not available")
+        binding, plan = self._binding, self._plan
+        if binding is None or plan is None:  # unbound meanwhile by a failed read
+            raise FeatureStoreUnavailable(self.last_error or "feature store not available")
+        row = self._cast(binding, entity_row)
+        if row is None:
+            return {name: math.nan for name in inputs}, {}
+        reader = self._current_reader()
+        try:
+            resp = await reader.read(row)
+        except Exception as exc:  # noqa: BLE001 - timeouts, refused connections, server errors
+            # The binding stays: the pool drops broken connections and reconnects by itself, and
+            # re-reading the registry after a mere timeout would add load exactly when the
+            # machine is already too slow (that cascade was measured: BENCHMARKS.md).
+            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise FeatureStoreUnavailable(self.last_error) from exc
+        if resp is None:
+            return {name: math.nan for name in inputs}, {}
+        return _decode(inputs, resp)
+
+    async def aclose(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
 
     @property
     def offered(self) -> dict[str, tuple[str, str]]:
@@ -144,13 +266,8 @@ class OnlineFeatures:
             raise FeatureStoreUnavailable(self.last_error or "feature store not available")
         binding, store = self._binding, self._store
         assert binding is not None
-        row: dict[str, Any] = dict(entity_row)
-        try:
-            for key, cast in binding.entity_casts.items():
-                if key in row:
-                    row[key] = cast(row[key])
-        except ValueError:
-            # An id that cannot even be an entity key is an unknown entity: all its features missing.
+        row = self._cast(binding, entity_row)
+        if row is None:  # an id that cannot even be an entity key is an unknown entity
             return {name: math.nan for name in inputs}, {}
         try:
             resp = store.get_online_features(features=binding.service, entity_rows=[row],
@@ -159,18 +276,6 @@ class OnlineFeatures:
             self.last_error = f"{type(exc).__name__}: {exc}"
             # Feast's Postgres online store keeps one connection and never reconnects it: drop the
             # store so that a later request (after retry_s) builds a fresh one.
-            with self._lock:
-                if self._store is store:
-                    self._store, self._binding = None, None
-                    self._last_attempt = time.monotonic()
+            self._unbind(store)
             raise FeatureStoreUnavailable(self.last_error) from exc
-        values: dict[str, float] = {}
-        stamps: dict[str, str | None] = {}
-        for name, (view, column) in inputs.items():
-            raw = (resp.get(column) or [None])[0]
-            values[name] = math.nan if raw is None else float(raw)
-            if view not in stamps or stamps[view] is None:
-                ts = (resp.get(column + TS_SUFFIX) or [None])[0]
-                stamps[view] = (datetime.fromtimestamp(ts, UTC).isoformat()
-                                if raw is not None and ts else None)
-        return values, stamps
+        return _decode(inputs, resp)

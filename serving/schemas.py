@@ -86,6 +86,8 @@ class LoadedModelInfo(BaseModel):
     features: list[str] = []
     loaded_at: datetime | None = None
     error: str | None = None
+    source: str | None = Field(default=None, description="'registry', or 'last_known_good' when the registry "
+                               "was unreachable at start and the model comes from the local cache.")
 
 
 class DecisionRecord(BaseModel):

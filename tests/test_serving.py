@@ -283,7 +283,9 @@ class _FailingReads:
 
 
 def test_degraded_when_online_read_fails(app_factory, stack: Stack) -> None:
-    with TestClient(app_factory(store_factory=lambda: _FailingReads(stack.store())), headers=AUTH) as c:
+    # online_read=sdk: the failure is injected into the SDK's read (the direct read: next tests).
+    with TestClient(app_factory(store_factory=lambda: _FailingReads(stack.store()), online_read="sdk"),
+                    headers=AUTH) as c:
         body = c.post("/v1/score/fraud", json=_request(stack)).json()
     assert body["degraded"] is True and body["model"]["version"] == stack.model_version
 
@@ -295,10 +297,79 @@ def test_recovers_when_feature_store_comes_back(app_factory, stack: Stack) -> No
         builds.append(1)
         return _FailingReads(stack.store()) if len(builds) == 1 else stack.store()
 
-    with TestClient(app_factory(store_factory=factory, feature_store_retry_s=0), headers=AUTH) as c:
+    with TestClient(app_factory(store_factory=factory, feature_store_retry_s=0, online_read="sdk"),
+                    headers=AUTH) as c:
         assert c.post("/v1/score/fraud", json=_request(stack)).json()["degraded"] is True
         assert c.post("/v1/score/fraud", json=_request(stack)).json()["degraded"] is False
     assert len(builds) == 2
+
+
+def test_direct_read_matches_feast_sdk(stack: Stack) -> None:
+    """The one-statement read returns exactly what Feast's own get_online_features returns."""
+    import asyncio
+
+    from serving.online import OnlineFeatures, plan_inputs
+
+    tx = stack.marts.fct_transactions
+    rows = [{"customer_id": c, "terminal_id": t} for c, t in
+            zip(tx.customer_id.unique()[:20], tx.terminal_id.unique()[:20], strict=False)]
+    rows += [{"customer_id": "no-such-customer", "terminal_id": tx.terminal_id.iloc[0]},
+             {"customer_id": tx.customer_id.iloc[0], "terminal_id": "no-such-terminal"}]
+    sdk = OnlineFeatures(stack.store, "fraud_model_v1", read="sdk")
+    sql = OnlineFeatures(stack.store, "fraud_model_v1", read="sql", timeout_s=5.0)
+    assert sdk.ensure() and sql.ensure()
+    inputs = plan_inputs(stack.features, sdk.offered)
+
+    async def read_all() -> list:
+        try:
+            return [await sql.fetch_async(inputs, r) for r in rows]
+        finally:
+            await sql.aclose()
+
+    direct = asyncio.run(read_all())
+    found = 0
+    for r, (values, stamps) in zip(rows, direct, strict=True):
+        ref_values, ref_stamps = sdk.fetch_row(inputs, r)
+        assert stamps == ref_stamps, r
+        assert values.keys() == ref_values.keys()
+        for name, v in values.items():
+            assert (np.isnan(v) and np.isnan(ref_values[name])) or v == ref_values[name], (r, name)
+        found += sum(not np.isnan(v) for v in values.values())
+    assert found > 0  # not a comparison of two empty reads
+
+
+def test_direct_read_timeout_degrades(app_factory, stack: Stack) -> None:
+    """A store slower than online_timeout_s: a rules-only decision, flagged, never a 5xx."""
+    def errors(c: TestClient) -> float:
+        return next(float(line.split()[-1]) for line in c.get("/metrics").text.splitlines()
+                    if line.startswith("riskloop_feature_store_errors_total "))
+
+    with TestClient(app_factory(online_timeout_s=1e-6), headers=AUTH) as c:
+        before = errors(c)
+        for _ in range(2):  # and again: a timeout does not unbind the store
+            r = c.post("/v1/score/fraud", json=_request(stack))
+            assert r.status_code == 200, r.text
+            assert r.json()["degraded"] is True and r.json()["score"] is None
+        assert errors(c) == before + 2
+
+
+def test_last_known_good_model_when_registry_unreachable(app_factory, stack: Stack) -> None:
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    with TestClient(app_factory(), headers=AUTH) as c:  # a successful load keeps the model on disk
+        assert c.get("/readyz").json()["checks"]["model_source"] == "registry"
+        expected = c.post("/v1/score/fraud", json=_request(stack)).json()
+    down = stack.settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{_closed_port()}"})
+    with TestClient(create_app(down, ServingSettings(api_keys=f"{ADMIN_KEY}:admin")), headers=AUTH) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["checks"]["model_source"] == "last_known_good"
+        assert c.get("/v1/model").json()["source"] == "last_known_good"
+        body = c.post("/v1/score/fraud", json=_request(stack)).json()
+        assert body["model"]["version"] == stack.model_version and body["degraded"] is False
+        assert body["score"] == expected["score"] and body["reasons"] == expected["reasons"]
+        assert c.post("/v1/admin/reload").status_code == 503  # a reload needs the registry
+        assert c.get("/v1/model").json()["version"] == stack.model_version  # and keeps serving
 
 
 def test_model_endpoint_and_reload(client: TestClient, stack: Stack) -> None:
