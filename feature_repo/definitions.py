@@ -41,6 +41,7 @@ credit_features_source = PostgreSQLSource(
 )
 
 WINDOWS = ("1d", "7d", "30d")
+REPORTED_WINDOWS = ("7d", "14d", "28d")  # terminal frauds reported so far, no window delay
 
 customer_spending = FeatureView(
     name="customer_spending",
@@ -48,10 +49,11 @@ customer_spending = FeatureView(
     ttl=timedelta(days=30),
     schema=[Field(name="customer_id", dtype=String)]
     + [Field(name=f"customer_nb_tx_{w}", dtype=Int64) for w in WINDOWS]
-    + [Field(name=f"customer_avg_amount_{w}", dtype=Float64) for w in WINDOWS],
+    + [Field(name=f"customer_avg_amount_{w}", dtype=Float64) for w in WINDOWS]
+    + [Field(name="customer_std_amount_30d", dtype=Float64), Field(name="customer_max_amount_30d", dtype=Float64)],
     source=customer_spending_source,
     online=True,
-    description="Number and mean amount of the customer's transactions in windows ending at the tx.",
+    description="Number, mean, spread and maximum amount of the customer's transactions in windows ending at the tx.",
 )
 
 terminal_risk = FeatureView(
@@ -60,10 +62,14 @@ terminal_risk = FeatureView(
     ttl=timedelta(days=2),
     schema=[Field(name="terminal_id", dtype=String)]
     + [Field(name=f"terminal_nb_tx_{w}", dtype=Int64) for w in WINDOWS]
-    + [Field(name=f"terminal_risk_{w}", dtype=Float64) for w in WINDOWS],
+    + [Field(name=f"terminal_risk_{w}", dtype=Float64) for w in WINDOWS]
+    + [Field(name=f"terminal_reported_{k}_{w}", dtype=dtype)
+       for w in REPORTED_WINDOWS for k, dtype in (("frauds", Int64), ("risk", Float64))]
+    + [Field(name="terminal_days_since_reported_fraud", dtype=Float64)],
     source=terminal_risk_source,
     online=True,
-    description="Daily terminal volume and known-fraud rate, lagged by the label delay.",
+    description="Daily terminal volume and known-fraud rate, lagged by the label delay; frauds already "
+                "reported in the last 7/14/28 days and the days since the latest one.",
 )
 
 credit_application = FeatureView(

@@ -24,6 +24,7 @@ from riskloop.config import Settings
 START = pd.Timestamp("2024-01-01", tz="UTC")
 WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
 TERMINAL_DELAY_DAYS = 7
+REPORTED_WINDOWS = (7, 14, 28)
 
 DDL = {
     "fct_transactions": """
@@ -36,12 +37,17 @@ DDL = {
         customer_id text not null, event_timestamp timestamptz not null,
         customer_nb_tx_1d bigint, customer_nb_tx_7d bigint, customer_nb_tx_30d bigint,
         customer_avg_amount_1d double precision, customer_avg_amount_7d double precision,
-        customer_avg_amount_30d double precision""",
+        customer_avg_amount_30d double precision, customer_std_amount_30d double precision,
+        customer_max_amount_30d double precision""",
     "terminal_risk_features": """
         terminal_id text not null, event_timestamp timestamptz not null,
         terminal_nb_tx_1d bigint, terminal_nb_tx_7d bigint, terminal_nb_tx_30d bigint,
         terminal_risk_1d double precision, terminal_risk_7d double precision,
-        terminal_risk_30d double precision""",
+        terminal_risk_30d double precision,
+        terminal_reported_frauds_7d bigint, terminal_reported_frauds_14d bigint,
+        terminal_reported_frauds_28d bigint, terminal_reported_risk_7d double precision,
+        terminal_reported_risk_14d double precision, terminal_reported_risk_28d double precision,
+        terminal_days_since_reported_fraud double precision""",
     "credit_features": """
         application_id text primary key, customer_id text not null,
         event_timestamp timestamptz not null, amount double precision, term_months integer,
@@ -112,6 +118,9 @@ def _customer_spending(tx: pd.DataFrame) -> pd.DataFrame:
             roll = s.rolling(f"{w}D")
             row[f"customer_nb_tx_{name}"] = roll.count().astype("int64").to_numpy()
             row[f"customer_avg_amount_{name}"] = roll.mean().to_numpy()
+        roll30 = s.rolling("30D")
+        row["customer_std_amount_30d"] = roll30.std().fillna(0.0).to_numpy()
+        row["customer_max_amount_30d"] = roll30.max().to_numpy()
         out.append(pd.DataFrame(row))
     return pd.concat(out, ignore_index=True)
 
@@ -131,6 +140,14 @@ def _terminal_risk(tx: pd.DataFrame, days: int, terminals: int) -> pd.DataFrame:
                 nb = int(in_window.sum())
                 row[f"terminal_nb_tx_{name}"] = nb
                 row[f"terminal_risk_{name}"] = float((in_window & known_fraud).sum() / nb) if nb else 0.0
+            reported = (g["is_fraud"] == 1) & (g["fraud_known_at"] < ts) & (g["tx_at"] < ts)
+            for w in REPORTED_WINDOWS:
+                in_recent = (g["tx_at"] >= ts - pd.Timedelta(days=w)) & (g["tx_at"] < ts)
+                n, nb = int((in_recent & reported).sum()), int(in_recent.sum())
+                row[f"terminal_reported_frauds_{w}d"] = n
+                row[f"terminal_reported_risk_{w}d"] = n / nb if nb else 0.0
+            last = g.loc[reported & (g["tx_at"] >= ts - pd.Timedelta(days=60)), "tx_at"].max()
+            row["terminal_days_since_reported_fraud"] = (ts - last) / pd.Timedelta(days=1) if pd.notna(last) else None
             rows.append(row)
     return pd.DataFrame(rows)
 

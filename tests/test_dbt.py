@@ -28,11 +28,15 @@ MARTS = {
     "customer_spending_features": {
         "customer_id": "text", "event_timestamp": "timestamp with time zone",
         **{f"customer_nb_tx_{w}d": "bigint" for w in (1, 7, 30)},
-        **{f"customer_avg_amount_{w}d": "double precision" for w in (1, 7, 30)}},
+        **{f"customer_avg_amount_{w}d": "double precision" for w in (1, 7, 30)},
+        "customer_std_amount_30d": "double precision", "customer_max_amount_30d": "double precision"},
     "terminal_risk_features": {
         "terminal_id": "text", "event_timestamp": "timestamp with time zone",
         **{f"terminal_nb_tx_{w}d": "bigint" for w in (1, 7, 30)},
-        **{f"terminal_risk_{w}d": "double precision" for w in (1, 7, 30)}},
+        **{f"terminal_risk_{w}d": "double precision" for w in (1, 7, 30)},
+        **{f"terminal_reported_frauds_{w}d": "bigint" for w in (7, 14, 28)},
+        **{f"terminal_reported_risk_{w}d": "double precision" for w in (7, 14, 28)},
+        "terminal_days_since_reported_fraud": "double precision"},
     "credit_features": {
         "application_id": "text", "customer_id": "text", "event_timestamp": "timestamp with time zone",
         "amount": "double precision", "term_months": "integer", "annual_income": "double precision",
@@ -134,6 +138,9 @@ def test_customer_windows_end_at_and_include_the_transaction(built) -> None:
             inside = mine[(mine.tx_at > r.event_timestamp - timedelta(days=w)) & (mine.tx_at <= r.event_timestamp)]
             assert r[f"customer_nb_tx_{w}d"] == len(inside)
             assert r[f"customer_avg_amount_{w}d"] == pytest.approx(inside.amount.mean())
+        inside = mine[(mine.tx_at > r.event_timestamp - timedelta(days=30)) & (mine.tx_at <= r.event_timestamp)]
+        assert r["customer_std_amount_30d"] == pytest.approx(inside.amount.std() if len(inside) > 1 else 0.0)
+        assert r["customer_max_amount_30d"] == pytest.approx(inside.amount.max())
 
 
 def test_terminal_risk_uses_labels_only_after_they_arrive(built) -> None:
@@ -157,6 +164,19 @@ def test_terminal_risk_uses_labels_only_after_they_arrive(built) -> None:
     assert feats.loc[("T8", day(9)), "terminal_risk_1d"] == 0.0          # window moved past day 0
     assert feats.loc[("T8", day(9)), "terminal_risk_7d"] == 0.5
 
+    # Reported frauds, no window delay: T8's label (day 2, 00:00) counts from day 3 on, T9's
+    # (day 12, 05:00) from day 13 on; both payments were on day 0.
+    assert feats.loc[("T8", day(2)), "terminal_reported_frauds_7d"] == 0
+    assert pd.isna(feats.loc[("T8", day(2)), "terminal_days_since_reported_fraud"])
+    assert feats.loc[("T8", day(3)), "terminal_reported_frauds_7d"] == 1
+    assert feats.loc[("T8", day(3)), "terminal_days_since_reported_fraud"] == pytest.approx(3 - 3 / 24)
+    assert feats.loc[("T8", day(7)), "terminal_reported_frauds_7d"] == 1   # [day 0, day 7)
+    assert feats.loc[("T8", day(8)), "terminal_reported_frauds_7d"] == 0   # day 0 left the window
+    assert feats.loc[("T8", day(8)), "terminal_reported_frauds_14d"] == 1
+    assert feats.loc[("T9", day(12)), "terminal_reported_frauds_14d"] == 0
+    assert feats.loc[("T9", day(13)), "terminal_reported_frauds_14d"] == 1
+    assert feats.loc[("T9", day(13)), "terminal_reported_frauds_7d"] == 0
+
     # Naive recomputation of every terminal-day from fct_transactions.
     fct = _frame(settings, "select terminal_id, tx_at, is_fraud, fraud_known_at from marts.fct_transactions")
     delay = timedelta(days=settings.label_delay_days)
@@ -167,6 +187,16 @@ def test_terminal_risk_uses_labels_only_after_they_arrive(built) -> None:
             known = inside[(inside.is_fraud == 1) & (inside.fraud_known_at < d)]
             assert r[f"terminal_nb_tx_{w}d"] == len(inside)
             assert r[f"terminal_risk_{w}d"] == pytest.approx(len(known) / len(inside) if len(inside) else 0.0)
+        reported = tx[(tx.is_fraud == 1) & (tx.fraud_known_at < d) & (tx.tx_at < d)]
+        for w in (7, 14, 28):
+            inside = tx[(tx.tx_at >= d - timedelta(days=w)) & (tx.tx_at < d)]
+            n = int((reported.tx_at >= d - timedelta(days=w)).sum())
+            assert r[f"terminal_reported_frauds_{w}d"] == n
+            assert r[f"terminal_reported_risk_{w}d"] == pytest.approx(n / len(inside) if len(inside) else 0.0)
+        recent = reported[reported.tx_at >= d - timedelta(days=60)]
+        expected = (d - recent.tx_at.max()) / timedelta(days=1) if len(recent) else None
+        assert (pd.isna(r["terminal_days_since_reported_fraud"]) if expected is None
+                else r["terminal_days_since_reported_fraud"] == pytest.approx(expected))
 
 
 def test_failing_dbt_test_raises_with_node_name(built) -> None:

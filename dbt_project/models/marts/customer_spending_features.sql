@@ -1,6 +1,7 @@
 {{ config(post_hook=[index_entity_time('customer_id'), "analyze {{ this }}"]) }}
 -- Per transaction: the customer's number of transactions and average amount over the 1, 7
--- and 30 days ending at and including it, i.e. (tx_at - w, tx_at]. No label is involved, so
+-- and 30 days ending at and including it, i.e. (tx_at - w, tx_at], and the spread and maximum
+-- of its amounts over the 30 days. No label is involved, so
 -- no delay is needed. One sorted pass with RANGE frames instead of self-joins.
 with tx as (
     select customer_id, tx_at, amount from {{ ref('fct_transactions') }}
@@ -14,7 +15,11 @@ select
     count(*) over w30 ::bigint as customer_nb_tx_30d,
     avg(amount) over w1 ::double precision as customer_avg_amount_1d,
     avg(amount) over w7 ::double precision as customer_avg_amount_7d,
-    avg(amount) over w30 ::double precision as customer_avg_amount_30d
+    avg(amount) over w30 ::double precision as customer_avg_amount_30d,
+    -- Spread of the customer's own amounts: with the mean, how unusual a new amount is for them
+    -- (the handbook's compromised cards spend 5x their usual amounts). 0 for a single payment.
+    coalesce(stddev_samp(amount) over w30, 0) ::double precision as customer_std_amount_30d,
+    max(amount) over w30 ::double precision as customer_max_amount_30d
 from tx
 window
     w1 as (partition by customer_id order by tx_at range between {{ window_preceding(1) }} preceding and current row),
