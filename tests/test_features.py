@@ -10,8 +10,11 @@ from riskloop.config import Settings
 
 pytestmark = pytest.mark.timeout(600)
 
-CUSTOMER_FEATURES = [f"customer_{k}_{w}" for k in ("nb_tx", "avg_amount") for w in ("1d", "7d", "30d")]
-TERMINAL_FEATURES = [f"terminal_{k}_{w}" for k in ("nb_tx", "risk") for w in ("1d", "7d", "30d")]
+CUSTOMER_FEATURES = [f"customer_{k}_{w}" for k in ("nb_tx", "avg_amount") for w in ("1d", "7d", "30d")] + [
+    "customer_std_amount_30d", "customer_max_amount_30d"]
+TERMINAL_FEATURES = [f"terminal_{k}_{w}" for k in ("nb_tx", "risk") for w in ("1d", "7d", "30d")] + [
+    f"terminal_reported_{k}_{w}" for k in ("frauds", "risk") for w in ("7d", "14d", "28d")] + [
+    "terminal_days_since_reported_fraud"]
 
 
 @pytest.fixture(scope="module")
