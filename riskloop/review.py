@@ -213,7 +213,7 @@ def _alias_map(client, name: str) -> dict[str, str]:
 def pending(settings: Settings, model_name: str | None = None) -> list[dict[str, Any]]:
     """Challengers that are not the champion, with their review state (approved / rejected / pending)."""
     client = mlflow_client(settings.tracking_uri)
-    names = [model_name] if model_name else [m.name for m in client.search_registered_models()]
+    names = [model_name] if model_name else _all_model_names(client)
     out = []
     for name in names:
         aliases = _alias_map(client, name)
@@ -227,6 +227,17 @@ def pending(settings: Settings, model_name: str | None = None) -> list[dict[str,
                     "review": verdicts[-1].verdict if verdicts else "pending",
                     "reviewed_by": verdicts[-1].reviewer if verdicts else None})
     return out
+
+
+def _all_model_names(client) -> list[str]:
+    """Every registered model, across result pages."""
+    names, token = [], None
+    while True:
+        page = client.search_registered_models(max_results=200, page_token=token)
+        names.extend(m.name for m in page)
+        token = page.token
+        if not token:
+            return names
 
 
 def _ms(ts: int | None) -> str | None:
