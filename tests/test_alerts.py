@@ -202,3 +202,18 @@ def test_an_alert_a_sink_missed_is_resent_on_the_next_run(settings: Settings) ->
         assert raised.incident_id in text and "degraded 30% of 400" in text
         process(s, [Check("degraded_rate", key, True, "degraded 29% of 400")])
         assert len(http.bodies("/slack")) == 1  # delivered once: not re-sent again
+
+
+def test_airflow_failure_goes_to_the_configured_sinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from riskloop.alerts import task_failed
+
+    ti = SimpleNamespace(dag_id="riskloop_train", task_id="train_fraud", run_id="manual__1", try_number=2,
+                         log_url="http://airflow/log/1")
+    with http_sink() as http:
+        monkeypatch.setenv("RISKLOOP_ALERT_SLACK_WEBHOOK_URL", http.url("/slack"))
+        task_failed({"ti": ti, "exception": MemoryError("out of memory")})
+        (text,) = [json.loads(b)["text"] for b in http.bodies("/slack")]
+    assert "[FIRING] airflow_failure riskloop_train/train_fraud" in text and "MemoryError" in text
+    assert "report: http://airflow/log/1" in text and "docs/runbooks/airflow_failure.md" in text
