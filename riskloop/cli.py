@@ -449,5 +449,27 @@ def review_reject(model: str = typer.Argument(..., help="Registered model name."
 app.add_typer(review_app, name="review")
 
 
+audit_app = typer.Typer(help="Audits of what riskloop stores.", no_args_is_help=True)
+
+
+@audit_app.command("pan")
+def audit_pan(
+    path: list[Path] = typer.Option([], "--path", help="Also scan this file or directory (repeatable)."),
+    no_database: bool = typer.Option(False, "--no-database", help="Scan files only."),
+) -> None:
+    """Scan the warehouse, logs and artifacts for card numbers in clear; exit 1 on any hit.
+
+    Prints a JSON report (locations and masked numbers only) on stdout.
+    """
+    from riskloop.audit import audit_pan as run_audit
+
+    report = run_audit(get_settings(), path, database=not no_database)
+    typer.echo(json.dumps(report.to_dict()))
+    raise typer.Exit(0 if report.clean else 1)
+
+
+app.add_typer(audit_app, name="audit")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -91,7 +91,10 @@ def _score_requests(settings: Settings, n: int, seed: int) -> list[dict[str, Any
 
     tx = pd.read_parquet(settings.landing / "transactions.parquet")
     recent = tx[tx["TX_DATETIME"] >= tx["TX_DATETIME"].max() - pd.Timedelta(days=7)]
+    from riskloop.simulator.cards import pans_for
+
     tail = recent.sample(n=min(n, len(recent)), random_state=seed).sort_values("TX_DATETIME")
+    pans = pans_for(tail["CUSTOMER_ID"].to_numpy()) if len(tail) else []
     return [
         {
             "transaction_id": str(r.TRANSACTION_ID),
@@ -101,8 +104,10 @@ def _score_requests(settings: Settings, n: int, seed: int) -> list[dict[str, Any
             "amount_minor": max(1, int(round(float(r.TX_AMOUNT) * 100))),
             "currency": "EUR",
             "timestamp": pd.Timestamp(r.TX_DATETIME).tz_localize("UTC").isoformat(),
+            # card-present terminals (odd ids, the 'standard' processor's) send the number: the API tokenises it
+            **({"pan": pan} if int(r.TERMINAL_ID) % 2 else {}),
         }
-        for r in tail.itertuples(index=False)
+        for r, pan in zip(tail.itertuples(index=False), pans, strict=True)
     ]
 
 
@@ -254,6 +259,14 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
                                           "order by decided_at desc limit 1")
             summary["promotion"] = promo
             summary["models"] = _models(settings)
+        with stages.stage("audit_pan", on_change):
+            # Last, once everything has written its tables, logs and artifacts: it must find no card number.
+            from riskloop.audit import audit_pan
+
+            audit = audit_pan(settings)
+            summary["pan_audit"] = {k: v for k, v in audit.to_dict().items() if k != "locations"}
+            if not audit.clean:
+                raise RuntimeError(f"PAN audit found {summary['pan_audit']['hits']} card numbers in clear")
     finally:
         summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
         summary["finished_at"] = datetime.now(timezone.utc).isoformat()

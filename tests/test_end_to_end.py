@@ -22,7 +22,8 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["stack", "simulate", "ingest_contracts_dbt_features", "train", "serve_and_score", "monitor_and_promote"]
+STAGES = ["stack", "simulate", "ingest_contracts_dbt_features", "train", "serve_and_score", "monitor_and_promote",
+          "audit_pan"]
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,12 @@ def test_demo_runs_the_whole_loop_twice(e2e_env: dict[str, str], tmp_path: Path)
     with psycopg.connect(server["database_url"]) as conn:
         logged = conn.execute("select count(*), count(distinct model_version) from serving.decision_log").fetchone()
     assert logged == (60, 1)
+    # card numbers went in (webhook archive, score requests) and only tokens came out
+    assert first["pan_audit"]["clean"] and first["pan_audit"]["hits"] == 0
+    assert first["pan_audit"]["tables_scanned"] > 5 and first["pan_audit"]["files_scanned"] > 0
+    with psycopg.connect(server["database_url"]) as conn:
+        tokenised = conn.execute("select count(*) from serving.decision_log where request ? 'pan_token'").fetchone()
+    assert 0 < tokenised[0] < 60
 
     second = _demo(e2e_env, tmp_path / "second.json", n_requests=60)
     assert all(s["status"] == "ok" for s in second["stages"].values()), second["stages"]
