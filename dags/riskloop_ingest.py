@@ -1,4 +1,4 @@
-"""Ingest → contracts → transform → materialize: landed files to online features.
+"""Ingest → contracts → transform → mart contracts → materialize: landed files to online features.
 
 Thin and declarative: every task calls one riskloop function, imported inside the task so that
 parsing this file costs nothing. Each task is idempotent (upserts keyed by natural keys, dbt
@@ -80,7 +80,7 @@ def riskloop_ingest():
         from riskloop.contracts import ContractViolation, run_contracts
 
         try:
-            report = run_contracts(get_settings())
+            report = run_contracts(get_settings())  # on failure: rows quarantined, alert raised, Data Docs built
         except ContractViolation as exc:
             # Bad data stays bad on a retry: fail now, without retries, and say why.
             raise AirflowFailException(f"data contract violated: {exc}") from exc
@@ -94,6 +94,20 @@ def riskloop_ingest():
 
         run_dbt(get_settings(), ["build"])
         return {"dbt": "build ok"}
+
+    @task
+    def check_feature_marts(transformed: dict) -> dict:
+        """GX suites on the feature marts: nothing reaches the online store unless they pass."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from riskloop.config import get_settings
+        from riskloop.contracts import ContractViolation, run_mart_contracts
+
+        try:
+            report = run_mart_contracts(get_settings())
+        except ContractViolation as exc:
+            raise AirflowFailException(f"feature mart contract violated: {exc}") from exc
+        return {"success": report.success, "marts": sorted(report.tables)}
 
     @task(outlets=[ONLINE_FEATURES])
     def materialize(transformed: dict, **context) -> dict:
@@ -110,7 +124,7 @@ def riskloop_ingest():
         feast_materialize(settings, end)
         return {"materialized_to": end.isoformat()}
 
-    materialize(transform(check_contracts(load_raw())))
+    materialize(check_feature_marts(transform(check_contracts(load_raw()))))
 
 
 riskloop_ingest()

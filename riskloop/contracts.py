@@ -6,7 +6,15 @@ who owns a feed.  :func:`run_contracts` builds an *ephemeral* GX context (nothin
 asset + whole-table batch definition + validation definition per raw table, and one Checkpoint
 running all of them.  A failed expectation raises :class:`ContractViolation`: the Airflow task
 fails and nothing downstream (dbt, training) sees the bad batch.  Every run, passing or not, is
-recorded in ``raw.contract_runs`` so a failure can be explained after the fact.
+recorded in ``raw.contract_runs`` so a failure can be explained after the fact, and renders GX
+Data Docs into ``<home>/data_docs`` (``index.html``).
+
+On failure the rows that broke a row-level expectation are moved to ``quarantine.<table>``
+(:mod:`riskloop.quarantine`), the good rows and the landed files stay untouched, and one
+``contract_violation`` alert is raised (:func:`riskloop.alerts.notify`).
+
+The feature marts Feast materialises have suites too (``expectations/marts/<mart>.json``,
+:func:`run_mart_contracts`): the ingest DAG checks them between dbt and ``materialize``.
 
 GX takes ~9 s to import, so it is imported inside the functions that need it only.
 """
@@ -31,7 +39,10 @@ from riskloop.schema import RAW_SCHEMA, RAW_TABLES_BY_NAME
 log = logging.getLogger(__name__)
 
 EXPECTATIONS_DIR = PROJECT_ROOT / "expectations"
+MART_EXPECTATIONS_DIR = EXPECTATIONS_DIR / "marts"
+MARTS_SCHEMA = "marts"
 CONTRACT_RUNS = "contract_runs"
+DATA_DOCS_SITE = "riskloop"
 
 
 @dataclass(frozen=True)
@@ -48,9 +59,14 @@ class ExpectationOutcome:
     description: str | None = None
     exception: str | None = None
 
+    @property
+    def label(self) -> str:
+        """``type(column)`` or ``type[description]``: how a quarantined row names what it broke."""
+        return _label(self.expectation, self.column, self.description)
+
     def __str__(self) -> str:
-        what = self.expectation + (f"({self.column})" if self.column else "")
-        if self.description:
+        what = self.label
+        if self.description and self.column:
             what += f" [{self.description}]"
         if self.exception:
             return f"{self.table}: {what} raised {self.exception}"
@@ -77,6 +93,8 @@ class ContractReport:
     success: bool
     tables: dict[str, TableReport]
     seconds: float
+    quarantined: dict[str, int] = field(default_factory=dict)  # table -> rows moved to quarantine.<table>
+    data_docs: str | None = None  # index.html of the GX Data Docs of this run
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
@@ -88,6 +106,11 @@ class ContractReport:
             return f"contracts passed: {n} expectations on {len(self.tables)} tables"
         lines = [f"contracts failed on {sorted(t for t, r in self.tables.items() if not r.success)}:"]
         lines += [f"  - {f}" for f in self.failures]
+        if self.quarantined:
+            lines.append("quarantined (moved out of the raw table; good rows and landed files untouched): " + ", ".join(
+                f"{n} rows of {t} -> quarantine.{t}" for t, n in sorted(self.quarantined.items())))
+        if self.data_docs:
+            lines.append(f"data docs: {self.data_docs}")
         return "\n".join(lines)
 
 
@@ -119,7 +142,7 @@ def load_suite_specs(tables: list[str] | None = None, directory: Path = EXPECTAT
     return specs
 
 
-def build_suite(spec: dict):
+def build_suite(spec: dict, schema: str = RAW_SCHEMA):
     """A GX ExpectationSuite from a JSON spec; an invalid expectation is an error, not skipped.
 
     (``gx.ExpectationSuite(expectations=[dict])`` logs and *drops* invalid configurations, which
@@ -136,7 +159,7 @@ def build_suite(spec: dict):
             expectations.append(cfg.to_domain_obj())
         except Exception as exc:  # GX raises several unrelated types here
             raise ValueError(f"expectations/{spec['table']}.json #{i} ({exp['type']}): {exc}") from exc
-    return gx.ExpectationSuite(name=f"{RAW_SCHEMA}.{spec['table']}", expectations=expectations)
+    return gx.ExpectationSuite(name=f"{schema}.{spec['table']}", expectations=expectations)
 
 
 # --- running -------------------------------------------------------------------------------
@@ -165,6 +188,7 @@ def _outcome(table: str, res: Any) -> ExpectationOutcome:
 
 
 def _ensure_runs_table(conn) -> None:
+    db.ensure_schema(conn, RAW_SCHEMA)  # a mart-only check may run before any raw load
     conn.execute(f"""
         create table if not exists {RAW_SCHEMA}.{CONTRACT_RUNS} (
           run_id uuid primary key,
@@ -175,78 +199,209 @@ def _ensure_runs_table(conn) -> None:
           evaluated jsonb not null,
           seconds double precision not null
         )""")
+    # added with quarantine and the mart suites (tables created before keep working)
+    conn.execute(f"alter table {RAW_SCHEMA}.{CONTRACT_RUNS} add column if not exists "
+                 f"schema_name text not null default '{RAW_SCHEMA}'")
+    conn.execute(f"alter table {RAW_SCHEMA}.{CONTRACT_RUNS} add column if not exists "
+                 "quarantined jsonb not null default '{}'::jsonb")
 
 
-def _record(settings: Settings, report: ContractReport) -> None:
+def _record(settings: Settings, report: ContractReport, schema: str = RAW_SCHEMA) -> None:
     failures = {t: [asdict(f) for f in r.failed] for t, r in report.tables.items() if r.failed}
     with db.connect(settings) as conn:
         _ensure_runs_table(conn)
         conn.execute(
-            f"insert into {RAW_SCHEMA}.{CONTRACT_RUNS} values (%s, %s, %s, %s, %s, %s, %s)",
+            f"insert into {RAW_SCHEMA}.{CONTRACT_RUNS} (run_id, run_at, success, tables, failures, evaluated, "
+            "seconds, schema_name, quarantined) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (report.run_id, report.run_at, report.success, list(report.tables), Jsonb(failures),
-             Jsonb({t: r.evaluated for t, r in report.tables.items()}), report.seconds),
+             Jsonb({t: r.evaluated for t, r in report.tables.items()}), report.seconds, schema,
+             Jsonb(report.quarantined)),
         )
 
 
-def run_contracts(settings: Settings, tables: list[str] | None = None, *, raise_on_failure: bool = True,
-                  expectations_dir: Path = EXPECTATIONS_DIR) -> ContractReport:
-    """Validate the raw tables (default: all) with a GX Checkpoint; raise :class:`ContractViolation` on failure.
-
-    The raw tables are created if missing (empty), so a feed that never landed fails its
-    row-count expectation instead of crashing the checkpoint with a missing-table error.
-    """
+def _context(settings: Settings) -> Any:
+    """An ephemeral GX context (suites live in expectations/, results in raw.contract_runs; no gx/
+    folder, no telemetry, no tqdm bars in the Airflow task log) with one Data Docs site on disk."""
     import great_expectations as gx
-
-    from riskloop.ingest import create_raw_tables
-
-    t0 = time.perf_counter()
-    run_at = datetime.now(timezone.utc)
-    specs = load_suite_specs(tables, expectations_dir)
-    with db.connect(settings) as conn:
-        create_raw_tables(conn)
-
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
     )
 
-    # Ephemeral: suites live in expectations/, results in raw.contract_runs; no gx/ folder, no
-    # telemetry, no tqdm bars in the Airflow task log.
+    from riskloop.audit import data_docs_dir
+
     context = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(),
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
     ))
+    context.add_data_docs_site(site_name=DATA_DOCS_SITE, site_config={
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(data_docs_dir(settings))},
+    })
+    return context
+
+
+def _checkpoint(settings: Settings, schema: str, specs: dict[str, dict], name: str) -> tuple[ContractReport, dict]:
+    """Run one Checkpoint over ``schema``'s tables; returns the report and the validation
+    definitions by table (re-run on failure to locate the failing rows)."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    from riskloop.audit import data_docs_dir
+
+    t0 = time.perf_counter()
+    run_at = datetime.now(timezone.utc)
+    context = _context(settings)
     # The schema goes in the connection (search_path), as GX >= 1.14 wants it, not in the asset.
-    url = f"{settings.warehouse_url}?options=-csearch_path%3D{RAW_SCHEMA}"
+    url = f"{settings.warehouse_url}?options=-csearch_path%3D{schema}"
     datasource = context.data_sources.add_postgres(name="warehouse", connection_string=url)
-    definitions = []
-    for name, spec in specs.items():
-        asset = datasource.add_table_asset(name=name, table_name=name)
-        batch = asset.add_batch_definition_whole_table(f"{name}_all")
-        suite = context.suites.add(build_suite(spec))
-        definitions.append(context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{name}_contract", data=batch, suite=suite)))
+    definitions = {}
+    for table, spec in specs.items():
+        asset = datasource.add_table_asset(name=table, table_name=table)
+        batch = asset.add_batch_definition_whole_table(f"{table}_all")
+        suite = context.suites.add(build_suite(spec, schema))
+        definitions[table] = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{table}_contract", data=batch, suite=suite))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
-        name="raw_contracts", validation_definitions=definitions, actions=[],
+        name=name, validation_definitions=list(definitions.values()),
+        actions=[UpdateDataDocsAction(name="data_docs", site_names=[DATA_DOCS_SITE])],
         result_format={"result_format": "SUMMARY", "partial_unexpected_count": 5}))
     result = checkpoint.run()
 
     reports: dict[str, TableReport] = {}
     for suite_result in result.run_results.values():
-        table = suite_result.suite_name.removeprefix(f"{RAW_SCHEMA}.")
+        table = suite_result.suite_name.removeprefix(f"{schema}.")
         outcomes = [_outcome(table, r) for r in suite_result.results]
         reports[table] = TableReport(table=table, success=bool(suite_result.success), evaluated=len(outcomes),
                                      failed=[o for o in outcomes if not o.success])
+    docs = data_docs_dir(settings) / "index.html"
     report = ContractReport(run_id=str(uuid.uuid4()), run_at=run_at,
                             success=bool(result.success) and all(r.success for r in reports.values()),
-                            tables=reports, seconds=time.perf_counter() - t0)
+                            tables=reports, seconds=time.perf_counter() - t0,
+                            data_docs=str(docs) if docs.exists() else None)
+    return report, definitions
+
+
+def _selections(table: str, definition: Any, spec: dict, failed: list[ExpectationOutcome]) -> list[Any]:
+    """Where the failing rows of ``table`` are, per failed expectation (see riskloop.quarantine)."""
+    from riskloop.quarantine import Selection, batch_placeholder
+
+    key = list(RAW_TABLES_BY_NAME[table].key)
+    labels = {f.label for f in failed}
+    out: list[Selection] = []
+    row_level = [f for f in failed if f.expectation != "unexpected_rows_expectation"]
+    if row_level:
+        result = definition.run(result_format={"result_format": "COMPLETE", "unexpected_index_column_names": key,
+                                               "return_unexpected_index_query": True})
+        for res in result.results:
+            outcome = _outcome(table, res)
+            if res.success or outcome.label not in labels:
+                continue
+            details = res.result or {}
+            if details.get("unexpected_index_query"):
+                out.append(Selection(outcome.label, "keys", query=str(details["unexpected_index_query"])))
+            elif details.get("unexpected_index_list"):
+                out.append(Selection(outcome.label, "list", keys=tuple(
+                    tuple(row[k] for k in key) for row in details["unexpected_index_list"])))
+    for exp in spec["expectations"]:
+        if exp["type"] == "unexpected_rows_expectation":
+            label = _outcome_label(exp)
+            if label in labels:
+                out.append(Selection(label, "join", query=batch_placeholder(exp["kwargs"]["unexpected_rows_query"],
+                                                                            table)))
+    return out
+
+
+def _outcome_label(exp: dict) -> str:
+    column = exp["kwargs"].get("column") or (
+        f"{exp['kwargs']['column_A']},{exp['kwargs']['column_B']}" if "column_A" in exp["kwargs"] else None)
+    return _label(exp["type"], column, exp.get("description"))
+
+
+def _label(expectation: str, column: str | None, description: str | None) -> str:
+    if column:
+        return f"{expectation}({column})"
+    return f"{expectation}[{description}]" if description else expectation
+
+
+def _quarantine(settings: Settings, report: ContractReport, definitions: dict, specs: dict[str, dict]) -> None:
+    """Move every row-level failure's rows to quarantine.<table>, all tables in one transaction."""
+    from riskloop.quarantine import move
+
+    plans = {t: _selections(t, definitions[t], specs[t], r.failed) for t, r in report.tables.items() if r.failed}
+    with db.connect(settings) as conn:
+        for table, selections in plans.items():
+            if selections:
+                report.quarantined[table] = move(conn, table, selections, report.run_id)
+
+
+def _alert(settings: Settings, report: ContractReport, schema: str) -> None:
+    from riskloop import alerts
+
+    failed = sorted(t for t, r in report.tables.items() if not r.success)
+    alerts.notify(settings, "contract_violation", ",".join(f"{schema}.{t}" for t in failed), report.summary(),
+                  details={"run_id": report.run_id, "failures": [str(f) for f in report.failures],
+                           "quarantined": report.quarantined},
+                  report=alerts.report_url(settings, report.data_docs))
+
+
+def run_contracts(settings: Settings, tables: list[str] | None = None, *, raise_on_failure: bool = True,
+                  expectations_dir: Path = EXPECTATIONS_DIR, quarantine: bool = True) -> ContractReport:
+    """Validate the raw tables (default: all) with a GX Checkpoint; raise :class:`ContractViolation` on failure.
+
+    The raw tables are created if missing (empty), so a feed that never landed fails its
+    row-count expectation instead of crashing the checkpoint with a missing-table error. On a
+    failure (and ``quarantine``), failing rows move to ``quarantine.<table>`` and an alert is raised.
+    """
+    from riskloop.ingest import create_raw_tables
+
+    specs = load_suite_specs(tables, expectations_dir)
+    with db.connect(settings) as conn:
+        create_raw_tables(conn)
+    report, definitions = _checkpoint(settings, RAW_SCHEMA, specs, "raw_contracts")
+    if not report.success and quarantine:
+        _quarantine(settings, report, definitions, specs)
     _record(settings, report)
     if report.success:
         log.info("%s (%.1fs)", report.summary(), report.seconds)
-    else:
-        log.error("%s", report.summary())
-        if raise_on_failure:
-            raise ContractViolation(report)
+        return report
+    log.error("%s", report.summary())
+    if quarantine:
+        _alert(settings, report, RAW_SCHEMA)
+    if raise_on_failure:
+        raise ContractViolation(report)
+    return report
+
+
+# --- the feature marts, before Feast materialises them ------------------------------------------
+
+def load_mart_specs(directory: Path = MART_EXPECTATIONS_DIR) -> dict[str, dict]:
+    """Every ``<directory>/<mart>.json`` suite, by mart name."""
+    specs = {}
+    for path in sorted(directory.glob("*.json")):
+        spec = json.loads(path.read_text())
+        if spec.get("table") != path.stem:
+            raise ValueError(f"{path}: declares table {spec.get('table')!r}, expected {path.stem!r}")
+        specs[path.stem] = spec
+    if not specs:
+        raise FileNotFoundError(f"no mart suites in {directory}")
+    return specs
+
+
+def run_mart_contracts(settings: Settings, *, raise_on_failure: bool = True,
+                       directory: Path = MART_EXPECTATIONS_DIR) -> ContractReport:
+    """Validate ``marts.*`` before materialisation. A failure raises (nothing is moved: marts are
+    rebuilt from raw by dbt, so the fix is upstream) and raises a ``contract_violation`` alert."""
+    report, _ = _checkpoint(settings, MARTS_SCHEMA, load_mart_specs(directory), "mart_contracts")
+    _record(settings, report, MARTS_SCHEMA)
+    if report.success:
+        log.info("mart %s (%.1fs)", report.summary(), report.seconds)
+        return report
+    log.error("mart %s", report.summary())
+    _alert(settings, report, MARTS_SCHEMA)
+    if raise_on_failure:
+        raise ContractViolation(report)
     return report

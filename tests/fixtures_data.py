@@ -133,5 +133,5 @@ def reset_warehouse(settings) -> None:
     from riskloop import db
 
     with db.connect(settings) as conn:
-        for schema in ("raw", "staging", "intermediate", "marts"):
+        for schema in ("raw", "quarantine", "staging", "intermediate", "marts"):
             conn.execute(f'drop schema if exists "{schema}" cascade')

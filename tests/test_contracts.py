@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -36,7 +37,7 @@ def _load(settings, tables) -> None:
         load_table(settings, name, df)
 
 
-def test_good_data_passes_and_bad_batch_is_named(settings) -> None:
+def test_good_data_passes_and_bad_batch_is_named(settings, caplog: pytest.LogCaptureFixture) -> None:
     reset_warehouse(settings)
     tables = make_tables()
     _load(settings, tables)
@@ -54,7 +55,7 @@ def test_good_data_passes_and_bad_batch_is_named(settings) -> None:
     disputes.loc[0, "closed_at"] = disputes.loc[0, "opened_at"] - pd.Timedelta(hours=1)
     _load(settings, {"ledger_entries": ledger, "webhook_events": events, "dispute_outcomes": disputes})
 
-    with pytest.raises(ContractViolation) as info:
+    with caplog.at_level("ERROR", logger="riskloop.alerts"), pytest.raises(ContractViolation) as info:
         run_contracts(settings)
     report = info.value.report
     failed = {(f.table, f.expectation, f.column): f for f in report.failures}
@@ -74,6 +75,64 @@ def test_good_data_passes_and_bad_batch_is_named(settings) -> None:
     assert [r[0] for r in runs][-2:] == [True, False]
     assert set(runs[-1][1]) == {"ledger_entries", "webhook_events", "dispute_outcomes"}
     assert runs[-1][1]["ledger_entries"][0]["unexpected_count"] == 1
+
+    # quarantine: exactly the failing rows moved out of raw, with what they broke and where from;
+    # both lines of the unbalanced journal go (the journal is the unit that is wrong)
+    bad_journal = ledger.loc[0, "journal_id"]
+    assert report.quarantined == {"ledger_entries": 2, "webhook_events": 1, "dispute_outcomes": 1}
+    with db.connect(settings) as conn:
+        q_ledger = conn.execute("select entry_id, journal_id, _expectations, _batch_id, _contract_run_id::text "
+                                "from quarantine.ledger_entries order by entry_id").fetchall()
+        q_events = conn.execute("select event_id, amount_minor, _expectations from quarantine.webhook_events").fetchall()
+        q_disputes = conn.execute("select dispute_id, _expectations from quarantine.dispute_outcomes").fetchall()
+        counts = {t: conn.execute(f"select count(*) from raw.{t}").fetchone()[0]
+                  for t in ("ledger_entries", "webhook_events", "dispute_outcomes", "kyc_records")}
+        quarantined_col = conn.execute("select quarantined from raw.contract_runs where run_id = %s",
+                                       (report.run_id,)).fetchone()[0]
+    assert {r[1] for r in q_ledger} == {bad_journal} and len(q_ledger) == 2
+    assert all(r[2] == ["unexpected_rows_expectation[every journal sums to zero per currency (double entry)]"]
+               and r[4] == report.run_id and r[3] is not None for r in q_ledger)
+    assert q_events == [(events.loc[3, "event_id"], -5, ["expect_column_values_to_be_between(amount_minor)"])]
+    assert q_disputes == [(disputes.loc[0, "dispute_id"],
+                           ["expect_column_pair_values_a_to_be_greater_than_b(closed_at,opened_at)"])]
+    assert counts == {"ledger_entries": len(ledger) - 2, "webhook_events": len(events) - 1,
+                      "dispute_outcomes": len(disputes) - 1, "kyc_records": len(tables["kyc_records"])}
+    assert quarantined_col == report.quarantined
+    # a readable reason, an alert record, and Data Docs for the run
+    assert "2 rows of ledger_entries -> quarantine.ledger_entries" in message
+    [alert] = [json.loads(r.getMessage().removeprefix("riskloop alert ")) for r in caplog.records
+               if r.name == "riskloop.alerts" and "contract_violation" in r.getMessage()]
+    assert alert["kind"] == "contract_violation" and alert["details"]["quarantined"] == report.quarantined
+    assert report.data_docs and Path(report.data_docs).exists()
+    assert "ledger_entries" in Path(report.data_docs).read_text()
+    # what is left in raw is the good data: it passes, and the quarantine is untouched by that run
+    assert run_contracts(settings).success
+
+    # the same bad file loaded again is quarantined again, not duplicated
+    _load(settings, {"webhook_events": events})
+    with pytest.raises(ContractViolation):
+        run_contracts(settings, ["webhook_events"])
+    with db.connect(settings) as conn:
+        assert conn.execute("select count(*) from quarantine.webhook_events").fetchone()[0] == 1
+        assert conn.execute("select count(*) from raw.webhook_events").fetchone()[0] == len(events) - 1
+
+
+def test_feature_mart_suites(settings) -> None:
+    from fixtures_marts import isolated_settings, make_marts, write_marts
+
+    from riskloop.contracts import load_mart_specs, run_mart_contracts
+
+    assert set(load_mart_specs()) == {"customer_spending_features", "terminal_risk_features", "credit_features"}
+    mart_settings = isolated_settings("riskloop_t_mart_contracts")
+    write_marts(mart_settings, make_marts(days=20, customers=30, terminals=15, seed=3))
+    assert run_mart_contracts(mart_settings).success
+    with db.connect(mart_settings) as conn:
+        conn.execute("update marts.terminal_risk_features set terminal_risk_7d = 1.5 "
+                     "where ctid = (select min(ctid) from marts.terminal_risk_features)")
+    with pytest.raises(ContractViolation) as info:
+        run_mart_contracts(mart_settings)
+    assert [(f.table, f.label, f.unexpected_count) for f in info.value.report.failures] == [
+        ("terminal_risk_features", "expect_column_values_to_be_between(terminal_risk_7d)", 1)]
 
 
 def test_empty_table_fails_row_count(settings) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import psycopg
 import pytest
 
@@ -41,9 +42,15 @@ def test_bad_batch_stops_the_dag_before_dbt(settings, tmp_path: Path) -> None:
     assert states["load_raw"] == "success"
     assert states["check_contracts"] == "failed"
     assert states["transform"] == "upstream_failed"
+    assert states["check_feature_marts"] == "upstream_failed"
     assert states["materialize"] == "upstream_failed"
     with db.connect(settings) as conn:
         marts = conn.execute("select count(*) from information_schema.schemata where schema_name = 'marts'").fetchone()
         loaded = conn.execute("select count(*) from raw.ledger_entries").fetchone()
+        quarantined = conn.execute("select journal_id, _expectations from quarantine.ledger_entries").fetchall()
     assert marts == (0,), "dbt must not have run"
-    assert loaded[0] == len(ledger), "the rejected batch is kept in raw for inspection, not lost"
+    # the unbalanced journal's two lines moved to quarantine (not lost), the good rows stay in raw,
+    # and the landed file is untouched
+    assert loaded[0] == len(ledger) - 2 and len(quarantined) == 2
+    assert {q[0] for q in quarantined} == {ledger.loc[0, "journal_id"]}
+    assert len(pd.read_parquet(landing / "ledger_entries.parquet")) == len(ledger)
