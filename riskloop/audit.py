@@ -6,7 +6,8 @@ The edges (``riskloop.pan``) should make this find nothing; the audit is how we 
   schema, one sequential scan per table, with a POSIX-regex prefilter in SQL (``~``) so only rows
   holding a 13+ digit run ever leave Postgres;
 - **files**: riskloop's logs and run dir, the MLflow artifact root (when it is a local
-  directory), dbt's ``target/`` and ``logs/``, the GX Data Docs and Airflow's task logs, plus any
+  directory), dbt's ``target/`` and ``logs/`` (``<home>/dbt``; the project's own ``target/`` if
+  someone ran dbt by hand), the GX Data Docs and Airflow's task logs, plus any
   ``--path`` given, line by line; a byte-regex prefilter skips lines without a long digit run.
 
 A candidate counts only if it is Luhn-valid *and* fits a card scheme's IIN range and length
@@ -130,8 +131,10 @@ def scan_database(settings: Settings) -> tuple[list[Finding], int, int, int]:
 
 def default_paths(settings: Settings) -> list[Path]:
     """Where riskloop and its components write logs and artifacts."""
-    paths = [settings.log_dir, settings.run_dir, settings.dbt_project_dir / "target",
-             settings.dbt_project_dir / "logs", settings.airflow_home / "logs", data_docs_dir(settings)]
+    from riskloop.transform import dbt_artifacts_dir
+
+    paths = [settings.log_dir, settings.run_dir, dbt_artifacts_dir(settings), settings.dbt_project_dir / "target",
+             settings.airflow_home / "logs", data_docs_dir(settings)]
     artifacts = urlsplit(settings.artifacts)
     if artifacts.scheme in ("", "file"):
         paths.append(Path(url2pathname(artifacts.path)) if artifacts.scheme else Path(settings.artifacts))

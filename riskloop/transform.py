@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from riskloop.config import Settings
@@ -35,7 +36,7 @@ class DbtError(RuntimeError):
 def dbt_env(settings: Settings) -> dict[str, str]:
     """The environment the profile and dbt itself read, derived from Settings."""
     pg = settings.pg
-    artifacts = settings.home / "dbt"
+    artifacts = dbt_artifacts_dir(settings)
     return {
         "RISKLOOP_DBT_HOST": pg.host,
         "RISKLOOP_DBT_PORT": str(pg.port),
@@ -47,6 +48,11 @@ def dbt_env(settings: Settings) -> dict[str, str]:
         "DBT_LOG_PATH": str(artifacts / "logs"),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
+
+
+def dbt_artifacts_dir(settings: Settings) -> Path:
+    """Where dbt writes ``target/`` and ``logs/`` (scanned by ``riskloop audit pan`` too)."""
+    return settings.home / "dbt"
 
 
 @contextmanager
