@@ -291,7 +291,7 @@ def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], toke
     def take(attr: str) -> Any:
         return pa.array([getattr(refs[v], attr) for v in distinct], pa.string()).take(index)
 
-    position = names.index(pans[0]) - sum(1 for n in drop if names.index(n) < names.index(pans[0]))
+    position = arrow.column_names.index(pans[0])
     arrow = arrow.remove_column(position)
     for offset, (name, attr) in enumerate(((token_column, "token"), ("card_bin", "bin"), ("card_last4", "last4"))):
         arrow = arrow.add_column(position + offset, name, take(attr))
