@@ -13,6 +13,7 @@ row is queued without waiting. A thread hop per request cost more than all of th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -42,6 +43,7 @@ from serving.devices import KnownDevices
 from serving.model import (
     LoadedModel,
     ModelLoadError,
+    alias_version,
     load_for_serving,
     save_last_known_good,
 )
@@ -119,6 +121,34 @@ def _load_and_check(settings: Settings, cfg: ServingSettings, online: OnlineFeat
     return model
 
 
+def _swap(st: Any, new: LoadedModel) -> None:
+    """Serve ``new`` from the next request on: one attribute store of an immutable LoadedModel, so a
+    request in flight keeps the model it read (no request is dropped or mixes two versions)."""
+    old, st.model, st.model_error = st.model, new, None
+    log.info("now serving %s v%s (was v%s)", new.name, new.version, old.version if old else None)
+
+
+async def _poll_alias(app: FastAPI) -> None:
+    """Every ``model_poll_s``: if the alias moved (or the model came from the last-known-good cache
+    and the registry answers again), load the new version off the loop and swap it in."""
+    from starlette.concurrency import run_in_threadpool
+
+    st = app.state
+    while True:
+        await asyncio.sleep(st.cfg.model_poll_s)
+        try:
+            version = await run_in_threadpool(alias_version, st.settings.tracking_uri,
+                                              st.settings.fraud_model_name, st.cfg.model_alias)
+            current: LoadedModel | None = st.model
+            if current is not None and current.version == version and current.source == "registry":
+                continue
+            new = await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online)
+        except Exception as exc:  # noqa: BLE001 - keep serving what we have; try again next time
+            log.warning("alias poll of %s@%s failed: %s", st.settings.fraud_model_name, st.cfg.model_alias, exc)
+            continue
+        _swap(st, new)
+
+
 def _model_info(app: FastAPI) -> LoadedModelInfo:
     st = app.state
     m: LoadedModel | None = st.model
@@ -191,9 +221,12 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             st.model_error = f"{type(exc).__name__}: {exc}"
             log.error("no model served: %s", st.model_error)
         await st.online.connect()
+        poller = asyncio.create_task(_poll_alias(app)) if cfg.model_poll_s > 0 else None
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
             await st.online.aclose()
             st.writer.close(cfg.log_shutdown_timeout_s)
 
@@ -250,8 +283,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             log.error("reload failed, still serving the previous model: %s", st.model_error)
             raise HTTPException(status_code=503, detail={"error": st.model_error,
                                                          "serving": _model_info(request.app).model_dump(mode="json")})
-        old, st.model, st.model_error = st.model, new, None
-        log.info("reloaded %s: v%s -> v%s", new.name, old.version if old else None, new.version)
+        _swap(st, new)
         return _model_info(request.app)
 
     @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])

@@ -33,6 +33,9 @@ class ServingSettings(BaseSettings):
         default=180, gt=0, description="Start-up warm-up of known (customer, device) pairs from the decision log.")
     feature_store_retry_s: float = Field(
         default=5.0, ge=0.0, description="After a feature-store failure, rebuild it at most this often.")
+    model_poll_s: float = Field(
+        default=30.0, ge=0.0, description="How often to check whether the served alias moved (or the registry "
+        "came back after a last-known-good start) and swap the model in; 0 = only /v1/admin/reload.")
     online_read: Literal["sql", "sdk"] = Field(
         default="sql", description="How the fraud endpoint reads online features: 'sql' = one prepared statement "
         "over Feast's Postgres online-store tables (planned from the Feast repo at start-up), 'sdk' = "

@@ -162,6 +162,13 @@ def save_last_known_good(model: LoadedModel, cache_dir: Path) -> None:
     log.info("saved %s v%s as the last-known-good model (%s)", model.name, model.version, path)
 
 
+def alias_version(tracking_uri: str, name: str, alias: str) -> str:
+    """The version ``name@alias`` points at now (one registry call; the registry must answer)."""
+    if not registry_reachable(tracking_uri):
+        raise ModelLoadError(f"model registry {tracking_uri} unreachable")
+    return str(mlflow_client(tracking_uri).get_model_version_by_alias(name, alias).version)
+
+
 def load_for_serving(tracking_uri: str, name: str, alias: str, cache_dir: Path, *, at_start: bool) -> LoadedModel:
     """``name@alias`` from the registry; at start only, from the last-known-good cache when the
     registry does not answer (a reload never falls back: the model being served stays). The

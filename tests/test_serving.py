@@ -96,6 +96,7 @@ def app_factory(stack: Stack) -> Callable[..., Any]:
 
     def make(store_factory: Callable[[], Any] | None = None, **cfg: Any):
         cfg.setdefault("api_keys", f"{ADMIN_KEY}:admin")
+        cfg.setdefault("model_poll_s", 0)  # alias moves are picked up by /v1/admin/reload, except where tested
         return create_app(stack.settings, ServingSettings(**cfg), feature_store_factory=store_factory)
 
     return make
@@ -370,6 +371,45 @@ def test_last_known_good_model_when_registry_unreachable(app_factory, stack: Sta
         assert body["score"] == expected["score"] and body["reasons"] == expected["reasons"]
         assert c.post("/v1/admin/reload").status_code == 503  # a reload needs the registry
         assert c.get("/v1/model").json()["version"] == stack.model_version  # and keeps serving
+
+
+def test_moved_alias_picked_up_under_load(app_factory, stack: Stack) -> None:
+    """The poller swaps the model while requests keep coming: none fails, none mixes versions."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from training.train import train_fraud
+
+    new_version = train_fraud(stack.settings, {"n_estimators": 20}).version  # alias challenger only
+    registry = MlflowClient(stack.settings.tracking_uri, stack.settings.tracking_uri)
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+    with TestClient(app_factory(model_poll_s=0.2), headers=AUTH) as c:
+        def load() -> None:
+            while not stop.is_set():
+                r = c.post("/v1/score/fraud", json=_request(stack))
+                seen.append((r.status_code, r.json()["model"]["version"] if r.status_code == 200 else r.text))
+
+        workers = [threading.Thread(target=load) for _ in range(3)]
+        for w in workers:
+            w.start()
+        try:
+            time.sleep(0.5)
+            registry.set_registered_model_alias(stack.settings.fraud_model_name, "champion", new_version)
+            deadline = time.monotonic() + 30
+            while c.get("/v1/model").json()["version"] != new_version and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+            registry.set_registered_model_alias(stack.settings.fraud_model_name, "champion", stack.model_version)
+    assert all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:3]
+    versions = [v for _, v in seen]
+    assert versions[0] == stack.model_version and versions[-1] == new_version
+    assert set(versions) == {stack.model_version, new_version}
 
 
 def test_model_endpoint_and_reload(client: TestClient, stack: Stack) -> None:
