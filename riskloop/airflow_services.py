@@ -203,16 +203,11 @@ def trigger_dag(settings: Settings, dag_id: str, conf: dict[str, Any] | None = N
 
 def wait_dag_run(settings: Settings, dag_id: str, run_id: str, timeout_s: float = 300.0) -> str:
     """Poll a DAG run until it ends; return its final state (``success`` or ``failed``)."""
-    import time
+    def check(api):
+        state = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()["state"]
+        return state if state in ("success", "failed") else None
 
-    deadline = time.monotonic() + timeout_s
-    with api_client(settings) as api:
-        while time.monotonic() < deadline:
-            state = api.get(f"/dags/{dag_id}/dagRuns/{run_id}").raise_for_status().json()["state"]
-            if state in ("success", "failed"):
-                return state
-            time.sleep(1.0)
-    raise TimeoutError(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f}s")
+    return _poll(settings, check, timeout_s, f"{dag_id} run {run_id} did not finish")
 
 
 def set_paused(settings: Settings, dag_id: str, paused: bool) -> None:

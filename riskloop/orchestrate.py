@@ -51,6 +51,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     })
     # What the DAG files read at parse time and the tasks at run time, when the caller set it.
     env.update({
+        "RISKLOOP_FRAUD_MODEL_NAME": settings.fraud_model_name,
+        "RISKLOOP_CREDIT_MODEL_NAME": settings.credit_model_name,
         "RISKLOOP_SCHEDULE_START": settings.schedule_start.isoformat(),
         "RISKLOOP_SCHEDULE_CATCHUP": str(settings.schedule_catchup).lower(),
     })

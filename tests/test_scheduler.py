@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -64,8 +65,10 @@ def airflow(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     landing = tmp_path_factory.mktemp("sched-landing")
     landing.chmod(0o755)
     simulator.write(simulator.simulate(days=30, customers=CUSTOMERS, seed=11, start_date=SIM_START), landing)
+    suffix = uuid.uuid4().hex[:6]  # the session's registry is shared: models of our own
     s = Settings().model_copy(update={
         "airflow_port": free_port(), "landing_dir": Path(landing),
+        "fraud_model_name": f"sched-fraud-{suffix}", "credit_model_name": f"sched-credit-{suffix}",
         "schedule_start": FIRST, "schedule_end": LAST, "schedule_catchup": True,
     })
     reset_warehouse(s)
