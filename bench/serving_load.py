@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -63,36 +62,30 @@ def feast_body(service: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 
 @contextmanager
 def feast_serve(port: int) -> Iterator[str]:
-    """``feast serve`` on the stack's feature repo, as riskloop configures it; stopped on exit."""
+    """``feast serve`` on the stack's feature repo, as riskloop configures it; stopped on exit.
+
+    Started, awaited and stopped with the stack's own process helpers (log in <home>/logs/feast_serve.log)."""
     from riskloop.config import get_settings
     from riskloop.features import feast_env
+    from riskloop.stack import spawn_detached, stop_process, wait_until
 
     settings = get_settings()
-    cmd = [str(Path(sys.executable).parent / "feast"), "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--max-requests", "0", "--no-access-log"]
-    proc = subprocess.Popen(cmd, cwd=settings.feature_repo, env={**os.environ, **feast_env(settings)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [str(Path(sys.executable).parent / "feast"), "--chdir", str(settings.feature_repo), "serve",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--max-requests", "0", "--no-access-log"]
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url + "/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    proc = spawn_detached(settings, "feast_serve", cmd, {**os.environ, **feast_env(settings)})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"feast serve exited with {proc.returncode}")
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("feast serve did not answer /health within 120 s")
-            time.sleep(0.5)
+        wait_until(settings, {"feast_serve": proc}, healthy, wait_s=120)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(settings, "feast_serve")
 
 
 async def run_rate(url: str, key: str, bodies: list[dict[str, Any]], rate: float, duration: float,
