@@ -161,23 +161,21 @@ class DecisionLogWriter:
 
     def submit(self, row: dict[str, Any]) -> None:
         """Queue a row; raises :class:`LogBackpressure` if there is no room in time (nothing queued)."""
-        key = str(row["decision_id"])
-        with self._pending_lock:
-            self._pending[key] = row
-        try:
-            self._queue.put(row, timeout=self._enqueue_timeout_s)
-        except queue.Full:
-            with self._pending_lock:
-                self._pending.pop(key, None)
-            raise LogBackpressure(f"decision log queue full ({self._queue.maxsize})") from None
+        if not self._put(row, block=True):
+            raise LogBackpressure(f"decision log queue full ({self._queue.maxsize})")
 
     def offer(self, row: dict[str, Any]) -> bool:
         """Queue a row if there is room right now; False (nothing queued) if not. Never blocks."""
+        return self._put(row, block=False)
+
+    def _put(self, row: dict[str, Any], *, block: bool) -> bool:
+        """Queue ``row`` (waiting up to the enqueue timeout if ``block``); visible to :meth:`pending`
+        from before it is queued, and gone again if it could not be."""
         key = str(row["decision_id"])
         with self._pending_lock:
             self._pending[key] = row
         try:
-            self._queue.put_nowait(row)
+            self._queue.put(row, block=block, timeout=self._enqueue_timeout_s if block else None)
         except queue.Full:
             with self._pending_lock:
                 self._pending.pop(key, None)
