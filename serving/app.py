@@ -287,8 +287,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         return _model_info(request.app)
 
     @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])
-    async def score_fraud(body: FraudScoreRequest, request: Request, response: Response,
-                    x_request_id: str | None = Header(default=None)) -> FraudScoreResponse:
+    async def score_fraud(body: FraudScoreRequest, request: Request,
+                          x_request_id: str | None = Header(default=None)) -> FraudScoreResponse:
         t0 = time.perf_counter()
         st = request.app.state
         cfg: ServingSettings = st.cfg
@@ -360,7 +360,6 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         if st.metrics:
             st.metrics.decisions.labels(decision=decision, degraded=str(degraded).lower()).inc()
             st.metrics.latency.observe(latency_ms / 1000.0)
-        response.headers["X-Request-ID"] = request_id
         return FraudScoreResponse(
             decision_id=decision_id, decision=decision, score=score,
             model=ModelInfo(name=model_name, version=model_version, alias=model_alias),

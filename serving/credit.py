@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serving.auth import require
@@ -166,7 +166,7 @@ def score_credit_vector(model: LoadedModel, policy: Policy, features: dict[str, 
 
 
 @router.post("/v1/score/credit", response_model=CreditScoreResponse, dependencies=[Depends(require("score"))])
-def score_credit(body: CreditScoreRequest, request: Request, response: Response,
+def score_credit(body: CreditScoreRequest, request: Request,
                  x_request_id: str | None = Header(default=None)) -> CreditScoreResponse:
     t0 = time.perf_counter()
     st = request.app.state
@@ -220,7 +220,6 @@ def score_credit(body: CreditScoreRequest, request: Request, response: Response,
         "product": "credit", "policy_version": policy.id, "signals": {},
     }
     record_or_refuse(st.writer, row)
-    response.headers["X-Request-ID"] = request_id
     return CreditScoreResponse(decision_id=decision_id, decision=decision, score=score, model=info,
                                reasons=reasons, rules=rules, degraded=degraded, policy_version=policy.id,
                                application_id=body.application_id)
