@@ -4,7 +4,9 @@ Scheduled on the ingest DAG's online-features asset (data-aware: it runs when ne
 been materialised, never on a clock); each model task emits its model's asset, which the monitor
 DAG follows (a model left out by the ``models`` param is skipped and emits nothing). Each run
 registers a new version with the `challenger` alias (the first version ever also becomes
-`champion`); promotion is the monitor DAG's job, never this one's.
+`champion`); promotion is the monitor DAG's job, never this one's. The ``search_trials`` param runs a
+bounded hyperparameter search (nested MLflow runs, validation rows only) before the final fit;
+with ``RISKLOOP_DASK_SCHEDULER`` set on the workers, the fits run on that Dask cluster.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minu
         "models": Param(["fraud", "credit"], type="array", description="Which models to train."),
         "fraud_params": Param({}, type="object", description="XGBoost parameter overrides for fraud."),
         "credit_params": Param({}, type="object", description="XGBoost parameter overrides for credit."),
+        "search_trials": Param(0, type="integer", minimum=0, maximum=200,
+                               description="Trials of a bounded hyperparameter search per model, on validation "
+                               "rows only, logged as nested MLflow runs (0: train with the parameters as given)."),
     },
     doc_md=__doc__,
 )
@@ -53,8 +58,10 @@ def riskloop_train():
         from riskloop.config import get_settings
         from training.train import train_fraud as run
 
-        result = run(get_settings(), params=context["params"]["fraud_params"] or None)
-        return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics}
+        result = run(get_settings(), params=context["params"]["fraud_params"] or None,
+                     search_trials=int(context["params"]["search_trials"]))
+        return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
+                "run_url": result.run_url, "search": result.search}
 
     @task(outlets=[CREDIT_MODEL])
     def train_credit(**context) -> dict:
@@ -65,8 +72,10 @@ def riskloop_train():
         from riskloop.config import get_settings
         from training.train import train_credit as run
 
-        result = run(get_settings(), params=context["params"]["credit_params"] or None)
-        return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics}
+        result = run(get_settings(), params=context["params"]["credit_params"] or None,
+                     search_trials=int(context["params"]["search_trials"]))
+        return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
+                "run_url": result.run_url, "search": result.search}
 
     train_fraud()
     train_credit()

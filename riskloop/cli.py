@@ -127,9 +127,15 @@ def serve(
 @app.command()
 def train(
     model: str = typer.Argument(..., help="fraud or credit"),
-    param: list[str] = typer.Option([], "--param", help="XGBoost parameter override, k=v (repeatable)."),
+    param: list[str] = typer.Option([], "--param", help="XGBoost parameter override, k=v (repeatable); "
+                                    "held fixed during a --search."),
+    search: int = typer.Option(0, "--search", min=0, help="Trials of a bounded hyperparameter search (Optuna, "
+                               "seeded) selecting on validation rows only, logged as nested runs. 0: no search."),
+    seed: int = typer.Option(42, help="Random seed: same data, config and seed, same model bytes."),
 ) -> None:
     """Train a model on point-in-time features and register it in MLflow as the challenger."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from training.train import train_credit, train_fraud
 
     if model not in ("fraud", "credit"):
@@ -144,11 +150,30 @@ def train(
         except json.JSONDecodeError:
             params[key] = value
     settings = get_settings()
-    with console.status(f"training {model}"):
-        result = (train_fraud if model == "fraud" else train_credit)(settings, params=params or None)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=False)
+
+    class _Progress:
+        """Prints the run URL as soon as the run exists and advances the bar per search trial."""
+
+        def __init__(self) -> None:
+            self.task = bar.add_task(f"training {model}", total=search or None)
+
+        def run_started(self, url: str) -> None:
+            bar.console.print(f"run: {url}")
+
+        def trial_finished(self, number: int, total: int, value: float, best: float) -> None:
+            bar.update(self.task, advance=1, description=f"search {model}: best {best:.4f}")
+
+    with bar:
+        result = (train_fraud if model == "fraud" else train_credit)(
+            settings, params=params or None, seed=seed, search_trials=search, progress=_Progress())
     console.print(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases)})")
-    console.print(f"run: {settings.tracking_uri}/#/experiments/0/runs/{result.run_id}")
-    console.print_json(json.dumps(result.metrics))
+    console.print(f"run: {result.run_url}")
+    if result.search:
+        console.print(f"search: trial {result.search['best_trial']} of {result.search['trials']} chosen on "
+                      f"{result.search['metric']} = {result.search['best_value']:.4f}")
+    console.print_json(json.dumps({"test": result.metrics, "validation": result.valid_metrics}))
 
 
 @app.command()

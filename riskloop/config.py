@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     fraud_model_name: str = "riskloop-fraud"
     credit_model_name: str = "riskloop-credit"
     label_delay_days: int = Field(default=7, description="Days before a fraud label counts as known.")
+    model_owner: str = Field(
+        default="riskloop-ml", description="Who answers for the models: the owner line of every training "
+        "run's model card (a team or a person).")
+    dask_scheduler: str | None = Field(
+        default=None, description="Address of a Dask scheduler (tcp://host:8786): training fits with "
+        "xgboost.dask on its workers. Unset: single-process XGBoost.")
     feature_repo: Path = PROJECT_ROOT / "feature_repo"
     dbt_project_dir: Path = PROJECT_ROOT / "dbt_project"
     dags_folder: Path = PROJECT_ROOT / "dags"

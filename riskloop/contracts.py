@@ -405,3 +405,22 @@ def run_mart_contracts(settings: Settings, *, raise_on_failure: bool = True,
     if raise_on_failure:
         raise ContractViolation(report)
     return report
+
+
+def latest_runs(settings: Settings, before: datetime | None = None) -> list[dict[str, Any]]:
+    """The latest recorded contract run of each schema (``raw``, ``marts``), oldest schema name first.
+
+    A training run records these as its data-contract results: which checks the data it read had
+    passed. Empty when no contract ever ran against this warehouse (e.g. marts built by hand).
+    """
+    with db.connect(settings) as conn:
+        if not conn.execute("select to_regclass(%s) is not null", (f"{RAW_SCHEMA}.{CONTRACT_RUNS}",)).fetchone()[0]:
+            return []
+        rows = conn.execute(
+            f"select distinct on (schema_name) schema_name, run_id, run_at, success, tables, failures, evaluated "
+            f"from {RAW_SCHEMA}.{CONTRACT_RUNS} where run_at <= coalesce(%s, now()) "
+            "order by schema_name, run_at desc", (before,)).fetchall()
+    return [{"schema": schema, "run_id": str(run_id), "run_at": run_at.isoformat(), "success": success,
+             "tables": list(tables), "evaluated": int(sum(evaluated.values())),
+             "failed": sum(len(f) for f in failures.values())}
+            for schema, run_id, run_at, success, tables, failures, evaluated in rows]

@@ -129,22 +129,132 @@ def test_credit_monotone_constraints_hold_on_noisy_data() -> None:
     assert np.all(np.diff(clf.predict_proba(grid[list(x.columns)])[:, 1]) <= 1e-9)
 
 
-# --- end to end through Feast and the real MLflow server ------------------------------------
+# --- plots, model card, Dask (no stack) ------------------------------------------------------
+
+def _synthetic(n: int = 3000, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame(rng.normal(size=(n, 6)), columns=[f"f{i}" for i in range(6)])
+    x.loc[rng.random(n) < 0.05, "f2"] = np.nan  # missing values reach the SHAP summary too
+    y = (x["f0"] + 0.5 * x["f1"] + rng.normal(scale=0.7, size=n) > 1.2).astype(int)
+    return x, y
+
+
+def test_shap_contributions_add_up_to_the_margin_and_plots_are_deterministic() -> None:
+    import io
+
+    import xgboost as xgb
+
+    from training import model, plots
+
+    x, y = _synthetic()
+    clf = model.fit(x, y, {"n_estimators": 30}, seed=1)
+    contribs, rows = plots.shap_values(clf, x, seed=3, sample=200)
+    assert len(rows) == 200 and list(contribs.columns) == list(x.columns)
+    bias = float(clf.get_booster().predict(xgb.DMatrix(rows.head(1)), pred_contribs=True)[0, -1])
+    margin = clf.get_booster().predict(xgb.DMatrix(rows), output_margin=True)
+    assert np.allclose(contribs.sum(axis=1).to_numpy() + bias, margin, atol=1e-4)
+    importance = plots.mean_abs_shap(contribs)
+    assert importance.index[0] == "f0" and importance.iloc[0] == importance.max()  # f0 drives the label
+
+    score = clf.predict_proba(x)[:, 1]
+
+    def png(fig) -> bytes:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        return buf.getvalue()
+
+    for draw in (lambda: plots.roc(y.to_numpy(), score, "t"), lambda: plots.calibration(y.to_numpy(), score, "t"),
+                 lambda: plots.shap_summary(contribs, rows, "t", seed=3)):
+        first = png(draw())
+        assert first.startswith(b"\x89PNG") and first == png(draw())
+
+
+def test_model_card_states_use_data_metrics_limitations_owner_and_constraints() -> None:
+    from training import card
+
+    facts = card.CardFacts(
+        kind="credit", model_name="m", owner="credit-risk-team", run_id="abc", git_commit="f00d",
+        feature_service="credit_model_v1", features=["n_delinquencies", "annual_income"],
+        run_params={"train_rows": 100, "train_min_ts": "2024-01-01", "train_max_ts": "2024-02-01",
+                    "valid_rows": 25, "valid_min_ts": "2024-01-25", "valid_fraction": 0.25, "test_rows": 30,
+                    "test_min_ts": "2024-02-01", "test_max_ts": "2024-02-10"},
+        xgb_params={"max_depth": 3}, test_metrics={"auc_roc": 0.81, "brier": 0.1},
+        validation_metrics={"auc_roc": 0.79, "brier": float("nan")}, label_delay="outcome after 90 days",
+        content_hash="ab" * 32, monotone_constraints={"n_delinquencies": 1, "annual_income": -1},
+        feature_importance=pd.Series({"n_delinquencies": 0.5, "annual_income": 0.2}),
+        search={"trials": 4, "sampler": "optuna TPE", "metric": "valid_brier", "direction": "minimize",
+                "best_trial": 2, "best_value": 0.09},
+        contracts=[{"schema": "marts", "success": True, "run_at": "2024-02-11T00:00:00+00:00", "evaluated": 12,
+                    "tables": ["a", "b"], "failed": 0}])
+    text = card.render(facts)
+    for section in ("## Intended use", "## Data", "## Metrics", "## Limitations", "## Features",
+                    "## Monotone constraints"):
+        assert section in text
+    assert "**Owner:** credit-risk-team" in text and "ab" * 32 in text and "outcome after 90 days" in text
+    assert "| auc_roc | 0.8100 | 0.7900 |" in text and "| brier | 0.1000 | n/a |" in text
+    assert "| n_delinquencies | increasing risk |" in text and "| annual_income | decreasing risk |" in text
+    assert "`marts`: passed" in text and "4-trial search" in text and "best trial 2" in text
+    fraud = card.render(facts.__class__(**{**facts.__dict__, "kind": "fraud", "monotone_constraints": {},
+                                          "contracts": [], "search": None}))
+    assert "## Monotone constraints" not in fraud and "no contract run recorded" in fraud
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A real local Dask cluster, two worker processes of one thread each (started once: ~15 s)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_training_registers_versions_with_aliases_and_metrics(stack_env: dict[str, str]) -> None:
-    from mlflow import MlflowClient
+@pytest.mark.timeout(300)
+def test_xgboost_dask_on_a_local_cluster_matches_single_process_quality(dask_client) -> None:
+    from training import model
 
+    x, y = _synthetic(6000, seed=5)
+    x_train, y_train, x_test, y_test = x.iloc[:4000], y.iloc[:4000], x.iloc[4000:], y.iloc[4000:]
+    params = {"n_estimators": 60, "max_depth": 4}
+    single = model.fit(x_train, y_train, params, seed=2)
+    distributed = model.fit_dask(x_train, y_train, dask_client, params, seed=2)
+    assert type(distributed) is type(single)  # a plain XGBClassifier: logged and served like any other
+    assert distributed.get_booster().num_boosted_rounds() == 60
+    auc_single = metrics.auc_roc(y_test, single.predict_proba(x_test)[:, 1])
+    auc_dask = metrics.auc_roc(y_test, distributed.predict_proba(x_test)[:, 1])
+    assert auc_single > 0.85
+    assert abs(auc_dask - auc_single) < 0.01, (auc_dask, auc_single)
+
+
+# --- end to end through Feast and the real MLflow server ------------------------------------
+
+@pytest.fixture(scope="module")
+def marts_settings(stack_env: dict[str, str]):
+    """One synthetic warehouse with Feast applied, shared by the end-to-end training tests."""
     from riskloop import features
-    from training.train import train_credit, train_fraud
 
     suffix = uuid.uuid4().hex[:8]
     base = isolated_settings("riskloop_t_training")
     settings = base.model_copy(update={"fraud_model_name": f"test-fraud-{suffix}",
-                                       "credit_model_name": f"test-credit-{suffix}"})
+                                       "credit_model_name": f"test-credit-{suffix}",
+                                       "model_owner": "fraud-ml-team"})
     write_marts(settings, make_marts(days=30, customers=60, terminals=30, seed=2))
     features.apply(settings)
+    return settings
+
+
+PLOTS = {f"plots/{n}.png" for n in ("roc", "precision_recall", "calibration", "shap_summary", "score_distribution")}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_training_registers_versions_with_aliases_metrics_plots_and_card(marts_settings) -> None:
+    from mlflow import MlflowClient
+
+    from riskloop import review
+    from training.train import train_credit, train_fraud
+
+    settings = marts_settings
     client = MlflowClient(settings.tracking_uri)
     params = {"n_estimators": 40}
 
@@ -157,22 +267,100 @@ def test_training_registers_versions_with_aliases_and_metrics(stack_env: dict[st
     assert client.get_model_version_by_alias(name, "challenger").version == "2"
 
     run = client.get_run(second.run_id)
-    assert set(run.data.metrics) == {"auc_roc", "average_precision", "card_precision_at_100"}
+    test_metrics = {"auc_roc", "average_precision", "card_precision_at_100"}
+    assert set(run.data.metrics) == test_metrics | {f"valid_{m}" for m in test_metrics}
     assert run.data.metrics["auc_roc"] > 0.7  # amount > 220 is learnable
     assert run.data.params["features"].split(",") == list(second.features)
     assert list(second.features[:3]) == ["amount", "is_weekend", "is_night"]
     assert run.data.params["feature_service"] == "fraud_model_v1"
     assert run.data.params["test_start"] == "2024-01-17T00:00:00+00:00"
+    # validation: the newest quarter of the training window, before the test window
+    assert run.data.params["train_min_ts"] < run.data.params["valid_min_ts"] <= run.data.params["train_max_ts"]
+    assert run.data.params["valid_max_ts"] < run.data.params["test_start"]
     assert run.data.params["train_content_hash"] == client.get_run(first.run_id).data.params["train_content_hash"]
+    assert second.run_url.endswith(f"/#/experiments/{run.info.experiment_id}/runs/{second.run_id}")
     artifacts = {a.path for a in client.list_artifacts(second.run_id, "reference")}
     assert artifacts == {"reference/features.parquet"}
     assert {a.path for a in client.list_artifacts(second.run_id, "evaluation")} == {
         "evaluation/test_predictions.parquet"}
+    plots = {a.path: a.file_size for a in client.list_artifacts(second.run_id, "plots")}
+    assert set(plots) == PLOTS and all(size > 5000 for size in plots.values())
+
+    # The model card: an artifact, the version's description, and what the reviewer's card shows.
+    card_md = client.download_artifacts(second.run_id, "model_card.md")
+    text = open(card_md).read()
+    assert text.startswith(f"# Model card: {name} (fraud)") and "**Owner:** fraud-ml-team" in text
+    assert run.data.params["train_content_hash"] in text and "2024-01-17" not in text.split("## Data")[0]
+    assert f"| auc_roc | {run.data.metrics['auc_roc']:.4f} | {run.data.metrics['valid_auc_roc']:.4f} |" in text
+    assert "## Limitations" in text and "## Monotone constraints" not in text
+    assert review.card(settings, name, "2")["description"] == text
 
     credit = train_credit(settings, params)
     assert credit.version == "1" and set(credit.aliases) == {"champion", "challenger"}
-    assert set(client.get_run(credit.run_id).data.metrics) == {"auc_roc", "brier", "ece", "oracle_auc_roc",
-                                                                "auc_to_oracle"}
+    credit_metrics = set(client.get_run(credit.run_id).data.metrics)
+    assert {"auc_roc", "brier", "ece", "oracle_auc_roc", "auc_to_oracle", "valid_brier"} <= credit_metrics
     assert 0 <= credit.metrics["ece"] <= 1 and credit.metrics["oracle_auc_roc"] > 0.5
     assert "n_delinquencies" in client.get_run(credit.run_id).data.params["xgb_monotone_constraints"]
     assert credit.metrics["auc_roc"] > 0.6
+    assert {a.path for a in client.list_artifacts(credit.run_id, "plots")} == PLOTS
+    credit_card = client.get_model_version(settings.credit_model_name, credit.version).description
+    assert "| n_delinquencies | increasing risk |" in credit_card and "Intended use" in credit_card
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_search_logs_nested_trials_and_selects_on_validation_only(marts_settings) -> None:
+    from mlflow import MlflowClient
+
+    from training.train import train_fraud
+
+    settings = marts_settings.model_copy(update={"fraud_model_name": marts_settings.fraud_model_name + "-search"})
+    client = MlflowClient(settings.tracking_uri)
+    seen: list[tuple[int, float, float]] = []
+
+    class Recorder:
+        def run_started(self, url: str) -> None:
+            seen.append((-1, 0.0, 0.0))
+
+        def trial_finished(self, number: int, total: int, value: float, best: float) -> None:
+            seen.append((number, value, best))
+
+    result = train_fraud(settings, {"n_estimators": 30}, search_trials=4, progress=Recorder())
+    parent = client.get_run(result.run_id)
+    trials = client.search_runs([parent.info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{result.run_id}'", max_results=50)
+    assert len(trials) == 4 and seen[0][0] == -1 and [n for n, _, _ in seen[1:]] == [0, 1, 2, 3]
+    for trial in trials:  # trials are judged on validation rows: no test metric is ever computed for them
+        assert set(trial.data.metrics) == {"valid_auc_roc", "valid_average_precision", "valid_card_precision_at_100"}
+        assert trial.data.params["xgb_n_estimators"] == "30"  # the caller's parameter is held fixed
+    values = {int(r.data.tags["riskloop.search_trial"]): r.data.metrics["valid_average_precision"] for r in trials}
+    best_number = min(n for n, v in values.items() if v == max(values.values()))  # ties: the earliest trial
+    best = next(r for r in trials if r.data.tags["riskloop.search_trial"] == str(best_number))
+    assert parent.data.params["search_best_trial"] == best.data.tags["riskloop.search_trial"]
+    assert parent.data.params["search_metric"] == "valid_average_precision"
+    assert parent.data.metrics["valid_average_precision"] == best.data.metrics["valid_average_precision"]
+    assert seen[-1][2] == best.data.metrics["valid_average_precision"]
+    for key in ("xgb_max_depth", "xgb_learning_rate", "xgb_min_child_weight", "xgb_subsample"):
+        assert parent.data.params[key] == best.data.params[key]  # the final model uses the chosen trial
+    assert {"auc_roc", "average_precision", "card_precision_at_100"} <= set(parent.data.metrics)
+    assert result.search == {"trials": 4, "sampler": "optuna TPE", "metric": "valid_average_precision",
+                             "direction": "maximize", "best_trial": int(best.data.tags["riskloop.search_trial"]),
+                             "best_value": best.data.metrics["valid_average_precision"]}
+    assert "4-trial search" in client.get_model_version(settings.fraud_model_name, result.version).description
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_training_on_a_dask_cluster_registers_a_model_of_the_same_quality(marts_settings, dask_client) -> None:
+    from mlflow import MlflowClient
+
+    from training.train import train_credit
+
+    settings = marts_settings.model_copy(update={"credit_model_name": marts_settings.credit_model_name + "-dask"})
+    single = train_credit(settings, {"n_estimators": 40})
+    distributed = train_credit(settings, {"n_estimators": 40}, dask_client=dask_client)
+    params = MlflowClient(settings.tracking_uri).get_run(distributed.run_id).data.params
+    assert params["training_backend"].startswith("xgboost.dask on tcp://") and "(2 workers)" in params["training_backend"]
+    assert params["train_content_hash"] == single.params["train_content_hash"]
+    assert abs(distributed.metrics["auc_roc"] - single.metrics["auc_roc"]) < 0.03
+    assert abs(distributed.metrics["brier"] - single.metrics["brier"]) < 0.01

@@ -76,3 +76,8 @@ def register_aliases(client: Any, name: str, version: str, first: bool) -> list[
 def has_versions(client: Any, name: str) -> bool:
     """Whether the registered model exists with at least one version."""
     return bool(client.search_model_versions(f"name = '{name}'", max_results=1))
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
