@@ -160,7 +160,7 @@ def train(
             self.task = bar.add_task(f"training {model}", total=search or None)
 
         def run_started(self, url: str) -> None:
-            bar.console.print(f"run: {url}")
+            bar.console.print(f"run: {url}", soft_wrap=True)
 
         def trial_finished(self, number: int, total: int, value: float, best: float) -> None:
             bar.update(self.task, advance=1, description=f"search {model}: best {best:.4f}")
@@ -169,10 +169,10 @@ def train(
         result = (train_fraud if model == "fraud" else train_credit)(
             settings, params=params or None, seed=seed, search_trials=search, progress=_Progress())
     console.print(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases)})")
-    console.print(f"run: {result.run_url}")
+    console.print(f"run: {result.run_url}", soft_wrap=True)
     if result.search:
         console.print(f"search: trial {result.search['best_trial']} of {result.search['trials']} chosen on "
-                      f"{result.search['metric']} = {result.search['best_value']:.4f}")
+                      f"{result.search['metric']} = {result.search['best_value']:.4f}", soft_wrap=True)
     console.print_json(json.dumps({"test": result.metrics, "validation": result.valid_metrics}))
 
 

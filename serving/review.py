@@ -94,6 +94,7 @@ PAGE = """<!doctype html>
  #message { font-weight: bold; margin: .5rem 0; } #message.error { color: #b00020; }
  textarea { width: 40rem; max-width: 100%; height: 4rem; }
  section { margin-bottom: 1.5rem; }
+ #model-card { white-space: pre-wrap; max-height: 30rem; overflow: auto; background: #f6f6f6; padding: 0.5rem; }
 </style></head>
 <body>
 <h1>riskloop: challengers awaiting review</h1>
@@ -107,6 +108,7 @@ PAGE = """<!doctype html>
 <section id="card" hidden>
  <h2 id="card-title"></h2>
  <table id="facts"><tbody></tbody></table>
+ <h3>Model card</h3><pre id="model-card"></pre>
  <h3>Metrics against the champion (training run)</h3><table id="metrics"><thead><tr><th>metric</th>
   <th>this version</th><th>champion</th><th>difference</th></tr></thead><tbody></tbody></table>
  <h3>Last promotion gate (same test window)</h3><div id="gate" class="muted"></div>
@@ -151,10 +153,10 @@ async function openCard(model, version) {
   const facts = $("facts").tBodies[0]; facts.replaceChildren();
   for (const [k, v] of [["aliases", c.aliases.join(", ")], ["champion", c.champion_version], ["author", c.author],
                         ["created", c.created_at], ["run", c.run_id], ["content hash", c.content_hash],
-                        ["description", c.description],
                         ["params", Object.entries(c.params).map(([a, b]) => a + "=" + b).join("  ")]]) {
     const tr = facts.insertRow(); cell(tr, k); cell(tr, v);
   }
+  $("model-card").textContent = c.description || "no model card: this version was registered without one";
   const mt = $("metrics").tBodies[0]; mt.replaceChildren();
   for (const [m, d] of Object.entries(c.metrics_vs_champion)) {
     const tr = mt.insertRow(); tr.dataset.metric = m;

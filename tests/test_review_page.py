@@ -84,6 +84,7 @@ def test_review_page_lists_shows_refuses_self_approval_and_approves(settings: Se
     v2 = register(settings, name, clf, ("challenger",), metrics={"auc_roc": 0.85, "average_precision": 0.28})
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     client.set_model_version_tag(name, v2, "canary.share", "0.05")
+    client.update_model_version(name, v2, description="# Model card: test\n\n## Intended use\nscoring payments")
     author = client.get_run(client.get_model_version(name, v2).run_id).info.user_id
 
     app_settings = settings.model_copy(update={
@@ -108,6 +109,7 @@ def test_review_page_lists_shows_refuses_self_approval_and_approves(settings: Se
         row.query_selector("button.open").click()
         page.wait_for_selector("#card:not([hidden])")
         assert page.text_content("#card-title") == f"{name} v{v2}"
+        assert page.text_content("#model-card") == "# Model card: test\n\n## Intended use\nscoring payments"
         auc = page.text_content('#metrics tr[data-metric="auc_roc"]')
         assert "0.8500" in auc and "0.8000" in auc and "+0.0500" in auc
         assert "-0.0200" in page.text_content('#metrics tr[data-metric="average_precision"]')

@@ -364,3 +364,23 @@ def test_training_on_a_dask_cluster_registers_a_model_of_the_same_quality(marts_
     assert params["train_content_hash"] == single.params["train_content_hash"]
     assert abs(distributed.metrics["auc_roc"] - single.metrics["auc_roc"]) < 0.03
     assert abs(distributed.metrics["brier"] - single.metrics["brier"]) < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cli_train_with_search_prints_the_run_url_and_the_choice(marts_settings, monkeypatch) -> None:
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from riskloop.cli import app
+
+    name = marts_settings.credit_model_name + "-cli"
+    monkeypatch.setenv("RISKLOOP_DATABASE_URL", marts_settings.database_url)
+    monkeypatch.setenv("RISKLOOP_CREDIT_MODEL_NAME", name)
+    result = CliRunner().invoke(app, ["train", "credit", "--search", "2", "--param", "n_estimators=20"])
+    assert result.exit_code == 0, result.output
+    run_id = MlflowClient(marts_settings.tracking_uri).get_model_version(name, "1").run_id
+    assert f"/runs/{run_id}" in result.output and "registered " + name + " v1" in result.output
+    assert "search: trial" in result.output and "of 2 chosen on valid_brier" in result.output
+    params = MlflowClient(marts_settings.tracking_uri).get_run(run_id).data.params
+    assert params["search_trials"] == "2" and params["xgb_n_estimators"] == "20"
