@@ -198,7 +198,8 @@ def promote(
     model: str = typer.Option("riskloop-fraud", help="Registered model name."),
     margin: float = typer.Option(0.0, help="Tolerated metric loss of the challenger."),
 ) -> None:
-    """Run the promotion gate: challenger → champion only if no worse and drift is not critical."""
+    """Run the promotion gate: challenger → champion only if no worse, drift not critical, approved by a
+    reviewer and (unless RISKLOOP_CANARY_REQUIRED=false) its canary passed."""
     from riskloop.monitoring import run_drift
     from riskloop.promotion import evaluate_promotion
 
@@ -472,6 +473,71 @@ def review_reject(model: str = typer.Argument(..., help="Registered model name."
 
 
 app.add_typer(review_app, name="review")
+
+
+canary_app = typer.Typer(help="The challenger on live traffic: canary (a share decides) or shadow (scores only); "
+                         "its figures gate promotion, its tripwires roll it back.", no_args_is_help=True)
+_MODEL = typer.Option("riskloop-fraud", "--model", help="Registered model name.")
+
+
+@canary_app.command("start")
+def canary_start(
+    model: str = _MODEL,
+    share: Optional[float] = typer.Option(None, help="Share of traffic for the challenger (default "
+                                          "RISKLOOP_CANARY_SHARE)."),
+    mode: str = typer.Option("canary", help="canary (the share decides with the challenger) or shadow (both score, "
+                             "the champion decides; does not pass the promotion gate)."),
+    min_minutes: Optional[float] = typer.Option(None, help="Minimum duration (default RISKLOOP_CANARY_MIN_MINUTES)."),
+    min_decisions: Optional[int] = typer.Option(None, help="Minimum scored challenger decisions (default "
+                                                "RISKLOOP_CANARY_MIN_DECISIONS)."),
+    reason: str = typer.Option("canary started", help="Why (recorded)."),
+) -> None:
+    """Start a canary of the current @challenger; serving picks it up within RISKLOOP_SERVING_CANARY_POLL_S."""
+    from riskloop.canary import CanaryError, start
+
+    try:
+        state = start(get_settings(), model, share=share, mode=mode, min_minutes=min_minutes,
+                      min_decisions=min_decisions, reason=reason)
+    except CanaryError as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(state.to_dict(), default=str))
+
+
+@canary_app.command("status")
+def canary_status(model: str = _MODEL) -> None:
+    """The current canary state, its figures per arm and the gate's verdict so far (JSON)."""
+    from riskloop.canary import status
+
+    typer.echo(json.dumps(status(get_settings(), model), indent=2, default=str))
+
+
+@canary_app.command("stop")
+def canary_stop(model: str = _MODEL, reason: str = typer.Option("canary stopped", help="Why (recorded).")) -> None:
+    """End the running canary (share 0); the challenger alias stays where it is."""
+    from riskloop.canary import end
+
+    state = end(get_settings(), model, "stop", reason)
+    if state is None:
+        console.print(f"no canary running for {model}")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(state.to_dict(), default=str))
+
+
+@canary_app.command("watch")
+def canary_watch(
+    model: str = _MODEL,
+    interval: Optional[float] = typer.Option(None, help="Seconds between checks (default "
+                                             "RISKLOOP_CANARY_WATCH_INTERVAL_S)."),
+) -> None:
+    """Check the running canary's tripwires forever; a breach rolls it back (share 0, @challenger back,
+    recorded, alerted). Serving does the same in its poller unless RISKLOOP_SERVING_CANARY_WATCH=false."""
+    from riskloop.canary import watch
+
+    watch(get_settings(), model, interval)
+
+
+app.add_typer(canary_app, name="canary")
 
 
 audit_app = typer.Typer(help="Audits of what riskloop stores.", no_args_is_help=True)

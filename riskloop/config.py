@@ -177,6 +177,40 @@ class Settings(BaseSettings):
     tripwire_degraded_rate: float = Field(
         default=0.05, gt=0, description="Trip when this share of recent decisions was degraded (no model score).")
     tripwire_latency_p99_ms: float = Field(default=250.0, gt=0, description="Trip above this p99 latency (ms).")
+    # --- canary (riskloop.canary): the challenger on a share of live traffic, its gate and tripwires ---
+    canary_required: bool = Field(
+        default=True, description="The promotion gate refuses a challenger without a passed canary phase. "
+        "false = an explicit opt-out for local/demo flows (the decision's reason says the canary was skipped).")
+    canary_share: float = Field(default=0.05, gt=0, le=1, description="Share of fraud traffic `riskloop canary "
+                                "start` routes to the challenger (unless --share).")
+    canary_min_minutes: float = Field(default=30.0, ge=0, description="A canary passes only after this long...")
+    canary_min_decisions: int = Field(
+        default=1000, ge=0, description="...and with at least this many scored challenger decisions.")
+    canary_max_p99_ratio: float = Field(
+        default=1.5, ge=1, description="Gate: the challenger's p99 latency may exceed the champion's by this factor...")
+    canary_p99_slack_ms: float = Field(
+        default=2.0, ge=0, description="...or by this many ms, whichever is larger (sub-ms p99s are noise).")
+    canary_max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Gate: the challenger's error + degraded rate may exceed the "
+        "champion's by at most this (absolute).")
+    canary_max_psi: float = Field(
+        default=0.1, gt=0, description="Gate: PSI of the challenger's scores against the champion's at most this.")
+    canary_psi_bins: int = Field(default=10, ge=2, description="PSI bins (quantiles of the champion's scores).")
+    canary_hard_max_psi: float = Field(
+        default=0.5, gt=0, description="Tripwire: PSI beyond this rolls the canary back at once.")
+    canary_hard_max_error_rate: float = Field(
+        default=0.05, gt=0, le=1, description="Tripwire: challenger error + degraded rate this much above the "
+        "champion's rolls back.")
+    canary_hard_p99_ms: float = Field(
+        default=250.0, gt=0, description="Tripwire: a challenger p99 latency above this (ms)...")
+    canary_hard_p99_ratio: float = Field(
+        default=2.0, ge=1, description="...and above this multiple of the champion's p99 rolls back.")
+    canary_watch_min_decisions: int = Field(
+        default=50, ge=1, description="Tripwires judge only with at least this many decisions in each arm.")
+    canary_watch_window_s: float = Field(
+        default=300.0, gt=0, description="Tripwires look at the canary's last this-many seconds of decisions.")
+    canary_watch_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the watchdog (serving's poller or `riskloop canary watch`) checks.")
     batch_url: str | None = Field(
         default=None,
         description="Where processors' settlement and dispute files land: s3://bucket/prefix (boto3, "

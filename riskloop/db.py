@@ -68,6 +68,30 @@ create or replace trigger {name}_no_truncate
 """
 
 
+def ensure_audit_tables(settings: Settings, schema: str, ddl: str, append_only: tuple[str, ...],
+                        lock: str = "riskloop.governance.ddl") -> None:
+    """Run ``ddl`` in ``schema`` and make ``append_only`` tables refuse UPDATE/DELETE/TRUNCATE.
+
+    Idempotent, and serialised on an advisory lock: two processes starting at once (serving
+    replicas, a DAG task) must not race on ``create ... if not exists``."""
+    with connect(settings) as conn:
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (lock,))
+        ensure_schema(conn, schema)
+        conn.execute(ddl + "".join(append_only_ddl(t) for t in append_only))
+
+
+def who() -> str:
+    """``user@host`` of this process: the actor recorded in governance rows written by a job."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
 def table_checksum(conn: psycopg.Connection, table: str, columns: list[str] | None = None) -> tuple[int, str]:
     """``(row count, md5)`` of ``schema.table`` over ``columns`` (default: all), independent of row order.
 

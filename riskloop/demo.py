@@ -35,6 +35,7 @@ class DemoConfig:
     customers: int = 5000
     seed: int = 42
     n_requests: int = 300
+    canary_share: float = 0.5  # a new challenger decides this share of the demo's traffic
     serve_port: int = 8765
     summary_path: Path = PROJECT_ROOT / "demo-summary.json"
 
@@ -150,6 +151,23 @@ def _serving(settings: Settings, port: int) -> Iterator[tuple[str, str]]:
             proc.kill()
 
 
+def _start_canary(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
+    """A real canary phase when training produced a new challenger: the serving process started next
+    routes ``cfg.canary_share`` of the demo's requests to it, and the promotion gate judges it from the
+    decision log. Its minimums are scaled to a demo (no minimum time; 80 % of the challenger decisions
+    the share should bring), the bounds are the configured ones: with a few dozen decisions per arm the
+    score PSI is noisy, and the gate may well refuse; that is the gate working, not the demo failing."""
+    from riskloop import canary
+
+    try:
+        state = canary.start(settings, settings.fraud_model_name, share=cfg.canary_share, min_minutes=0,
+                             min_decisions=int(cfg.n_requests * cfg.canary_share * 0.8),
+                             reason="demo: canary phase of the new challenger")
+    except canary.CanaryError as exc:  # the first run: champion and challenger are one version
+        return {"started": False, "reason": str(exc)}
+    return {"started": True, **state.to_dict()}
+
+
 def _send(url: str, requests: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """Score each request over HTTP, one after another; latency is measured at the client."""
     import httpx
@@ -243,6 +261,7 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
         with stages.stage("serve_and_score", on_change):
             requests = _score_requests(settings, cfg.n_requests, cfg.seed)
             scoring_started = datetime.now(timezone.utc)
+            summary["canary"] = _start_canary(settings, cfg)
             with _serving(settings, cfg.serve_port) as (url, key):
                 summary["scoring"] = _send(url, requests, key)
         with stages.stage("monitor_and_promote", on_change):
@@ -255,9 +274,14 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
             drift["drifted_features"] = sorted(k for k, v in per_feature.items() if v.get("drifted"))
             summary["drift"] = drift
             promo = _latest_row(settings, "select decision, reason, champion_version, challenger_version, "
-                                          "new_champion_version from governance.promotion_decisions "
+                                          "new_champion_version, canary_verdict from governance.promotion_decisions "
                                           "order by decided_at desc limit 1")
             summary["promotion"] = promo
+            if summary["canary"].get("started"):  # promoted: already ended; refused: the demo is over, stop it
+                from riskloop import canary
+
+                canary.end(settings, settings.fraud_model_name, "stop", "demo over",
+                           canary_id=summary["canary"]["canary_id"])
             summary["models"] = _models(settings)
         with stages.stage("audit_pan", on_change):
             # Last, once everything has written its tables, logs and artifacts: it must find no card number.

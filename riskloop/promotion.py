@@ -14,10 +14,8 @@ registry alone tells why a version is or is not serving.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import math
-import socket
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -27,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from riskloop import db
+from riskloop import canary, db
 from riskloop.alerts import notify
 from riskloop.config import Settings
 from riskloop.monitoring import DriftResult
@@ -72,6 +70,10 @@ create index if not exists promotion_decisions_model_idx
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists content_hash text;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists approval_id uuid;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists approved_by text;
+-- v3 (issue 6): the canary gate's evidence (riskloop.canary: verdict, figures, bounds).
+alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_id uuid;
+alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_verdict text;
+alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_evidence jsonb;
 """
 
 # A loader of the common test set: (settings, challenger run params) -> one row per transaction
@@ -106,6 +108,9 @@ class PromotionDecision:
     content_hash: str | None = None
     approval_id: str | None = None
     approved_by: str | None = None
+    canary_id: str | None = None
+    canary_verdict: str | None = None
+    canary_evidence: dict[str, Any] = field(default_factory=dict)
     decided_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -127,10 +132,7 @@ class PromotionDecision:
 
 def ensure_tables(settings: Settings) -> None:
     """Create ``governance.promotion_decisions`` and its append-only triggers (idempotent, race-safe)."""
-    with db.connect(settings) as conn:
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.governance.ddl'))")
-        db.ensure_schema(conn, GOVERNANCE_SCHEMA)
-        conn.execute(_DDL + db.append_only_ddl(f"{GOVERNANCE_SCHEMA}.promotion_decisions"))
+    db.ensure_audit_tables(settings, GOVERNANCE_SCHEMA, _DDL, (f"{GOVERNANCE_SCHEMA}.promotion_decisions",))
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -242,7 +244,9 @@ def evaluate_promotion(
     here on the challenger's test window, ``drift`` is not ``critical`` (a critical input shift
     means the test window no longer describes production, so no evidence is good enough), and a
     reviewer other than the run's author approved the challenger's current content hash
-    (:func:`riskloop.review.approval_gate`). A refusal is also sent as a ``promotion_blocked`` alert.
+    (:func:`riskloop.review.approval_gate`), and its canary phase passed (:func:`riskloop.canary.gate`,
+    unless ``settings.canary_required`` is off; a promotion ends the canary). A refusal is also sent
+    as a ``promotion_blocked`` alert.
     ``load_test_set`` replaces the Feast-backed :func:`fraud_test_set` (tests, other models).
     """
     if margin < 0:
@@ -324,12 +328,22 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
                         + (f" although {why}" if good_enough else ""))
     if not approval.ok:
         failures.append(f"approval gate: {approval.reason}")
+    canary_v = canary.gate(settings, model_name, challenger, champion)
+    base.update(canary_id=canary_v.canary_id, canary_verdict=canary_v.verdict,
+                canary_evidence={"reason": canary_v.reason, **canary_v.evidence})
+    if not canary_v.ok:
+        failures.append(f"canary gate: {canary_v.reason}")
+    if canary_v.canary_id:
+        try:  # the figures on the version, for `riskloop review show` and the review page
+            canary.tag_version(settings, model_name, challenger, canary_v)
+        except Exception:  # noqa: BLE001 - the decision row is the record of authority
+            log.exception("gate %s: tagging v%s with its canary figures failed", model_name, challenger)
     if failures:
         return _finish(settings, client, PromotionDecision(
             **base, decision="refused", reason="; ".join([*failures, cp])))
     drift_note = f"drift {drift.verdict}" if drift else "drift not assessed"
     return _finish(settings, client, PromotionDecision(
-        **base, decision="promoted", reason=f"{why}; {cp}; {drift_note}; {approval.reason}"),
+        **base, decision="promoted", reason=f"{why}; {cp}; {drift_note}; {approval.reason}; {canary_v.reason}"),
         expect_champion=champion)
 
 
@@ -357,20 +371,25 @@ def _finish(settings: Settings, client, decision: PromotionDecision,
                 (decision_id, decided_at, model_name, decision, reason, champion_version, challenger_version,
                  new_champion_version, margin, champion_metrics, challenger_metrics, test_start, test_end,
                  n_test, n_test_frauds, drift_verdict, drift_report_id, drift_model_version, decided_by,
-                 content_hash, approval_id, approved_by)
-                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                 content_hash, approval_id, approved_by, canary_id, canary_verdict, canary_evidence)
+                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                        %s, %s, %s)""",
             (decision.decision_id, decision.decided_at, decision.model_name, decision.decision, decision.reason,
              decision.champion_version, decision.challenger_version, decision.new_champion_version,
              decision.margin, Jsonb(_jsonable(decision.champion_metrics)),
              Jsonb(_jsonable(decision.challenger_metrics)), decision.test_start, decision.test_end,
              decision.n_test, decision.n_test_frauds, decision.drift_verdict, decision.drift_report_id,
-             decision.drift_model_version, _who(), decision.content_hash, decision.approval_id,
-             decision.approved_by),
+             decision.drift_model_version, db.who(), decision.content_hash, decision.approval_id,
+             decision.approved_by, decision.canary_id, decision.canary_verdict,
+             Jsonb(decision.canary_evidence) if decision.canary_verdict else None),
         )
         if decision.promoted:
             client.set_registered_model_alias(decision.model_name, CHAMPION, decision.challenger_version)
     log.info("gate %s: %s (champion v%s, challenger v%s): %s", decision.model_name, decision.decision,
              decision.champion_version, decision.challenger_version, decision.reason)
+    if decision.promoted and decision.canary_id:  # the canary did its job: serving goes back to one model
+        canary.end(settings, decision.model_name, "promoted", f"v{decision.challenger_version} promoted by "
+                   f"decision {decision.decision_id}", canary_id=decision.canary_id)
     if decision.challenger_version and decision.decision != "no_change":
         try:
             _tag(client, decision)
@@ -392,6 +411,7 @@ def _tag(client, d: PromotionDecision) -> None:
         "promotion.drift_verdict": d.drift_verdict or "not_assessed",
         "promotion.content_hash": d.content_hash or "",
         "promotion.approved_by": d.approved_by or "",
+        "promotion.canary_verdict": d.canary_verdict or "not_assessed",
         "promotion.test_window": f"{d.test_start.isoformat() if d.test_start else ''}/"
                                  f"{d.test_end.isoformat() if d.test_end else ''}",
     }
@@ -408,11 +428,3 @@ def _tag(client, d: PromotionDecision) -> None:
 def _jsonable(metrics: dict[str, float]) -> dict[str, float | None]:
     """NaN is not JSON: an undefined metric is stored as null."""
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()}
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"

@@ -91,10 +91,7 @@ class GateResult:
 
 
 def ensure_tables(settings: Settings) -> None:
-    with db.connect(settings) as conn:
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.governance.ddl'))")
-        db.ensure_schema(conn, SCHEMA)
-        conn.execute(_DDL + db.append_only_ddl(TABLE))
+    db.ensure_audit_tables(settings, SCHEMA, _DDL, (TABLE,))
 
 
 def hash_tree(root: Path) -> str:

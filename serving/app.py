@@ -30,11 +30,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
+from riskloop import canary
 from riskloop.config import Settings, get_settings
 from riskloop.db import dsn
 from riskloop.logs import RequestIdMiddleware
 from riskloop.pan import InvalidPan, PanKeyMissing, tokenizer
-from serving import credit, decision_log, overrides
+from serving import credit, decision_log, overrides, routing
 from serving.auth import KeyRing, require
 from serving.config import ServingSettings
 from serving.decision_log import DecisionLogWriter, record_or_refuse_async
@@ -51,6 +52,7 @@ from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatu
 from serving.policy import Policy, PolicyError, load_policy
 from serving.reasons import top_reasons
 from serving.review import router as review_router
+from serving.routing import Routing
 from serving.schemas import (
     FraudScoreRequest,
     FraudScoreResponse,
@@ -69,11 +71,17 @@ class _Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.decisions = Counter("riskloop_fraud_decisions", "Fraud decisions returned.",
-                                 ["decision", "degraded"], registry=self.registry)
+        self.decisions = Counter("riskloop_fraud_decisions", "Fraud decisions returned, by deciding model.",
+                                 ["decision", "degraded", "model_alias", "model_version"], registry=self.registry)
         self.latency = Histogram("riskloop_fraud_score_latency_seconds", "Scoring time, request to decision.",
+                                 ["model_alias", "model_version"],
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
                                  registry=self.registry)
+        self.shadow_scores = Counter("riskloop_fraud_shadow_scores", "Non-deciding scores (shadow mode, or a "
+                                     "failed canary route), by model and outcome.",
+                                     ["model_alias", "model_version", "outcome"], registry=self.registry)
+        self.canary_share = Gauge("riskloop_canary_share", "Share of fraud requests routed to the challenger now.",
+                                  registry=self.registry)
         self.feature_store_errors = Counter("riskloop_feature_store_errors", "Online reads that failed.",
                                             registry=self.registry)
         self.log_written = Counter("riskloop_decision_log_rows_written", "Decision-log rows committed.",
@@ -102,14 +110,14 @@ def _default_feature_store_factory(settings: Settings) -> Callable[[], Any]:
 
 
 def _load_and_check(settings: Settings, cfg: ServingSettings, online: OnlineFeatures, *,
-                    at_start: bool = False) -> LoadedModel:
+                    at_start: bool = False, alias: str | None = None) -> LoadedModel:
     """Load the alias and, if the store is up, prove every model input has a source before serving it.
 
     Each model loaded from the registry is kept on disk (``<run_dir>/models``); at start only, a
     registry that does not answer means serving that last-known-good model (``/readyz`` says so)
     rather than rules only (:func:`serving.model.load_for_serving`)."""
     cache = settings.run_dir / "models"
-    model = load_for_serving(settings.tracking_uri, settings.fraud_model_name, cfg.model_alias, cache,
+    model = load_for_serving(settings.tracking_uri, settings.fraud_model_name, alias or cfg.model_alias, cache,
                              at_start=at_start)
     if online.ensure():
         try:
@@ -128,25 +136,127 @@ def _swap(st: Any, new: LoadedModel) -> None:
     log.info("now serving %s v%s (was v%s)", new.name, new.version, old.version if old else None)
 
 
-async def _poll_alias(app: FastAPI) -> None:
-    """Every ``model_poll_s``: if the alias moved (or the model came from the last-known-good cache
-    and the registry answers again), load the new version off the loop and swap it in."""
+def _read_canary_state(settings: Settings) -> Any:
+    """The fraud model's current canary row (``None``: never had one). Off the loop, in the poller."""
+    with _connect(settings) as conn:
+        if conn.execute("select to_regclass(%s)", (canary.TABLE,)).fetchone()[0] is None:
+            return None
+        return canary.current(conn, settings.fraud_model_name)
+
+
+def _set_route(st: Any, new: Routing) -> None:
+    """Swap the routing snapshot (one attribute store, like the model)."""
+    old: Routing = st.route
+    st.route = new
+    if st.metrics:
+        st.metrics.canary_share.set(new.share if new.effective_mode == "canary" else 0.0)
+    if (old.effective_mode, old.share, old.canary_id) != (new.effective_mode, new.share, new.canary_id):
+        log.info("fraud routing now %s (share %.3f, canary %s, challenger v%s)", new.effective_mode, new.share,
+                 new.canary_id, new.challenger.version if new.challenger else None)
+
+
+async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
+    """Load the challenger the routing asks for (or drop it when no longer wanted). A failed load is
+    retried at most every ``feature_store_retry_s`` (not every poll) and leaves the champion deciding."""
     from starlette.concurrency import run_in_threadpool
 
     st = app.state
+    route: Routing = st.route
+    if not (route.wants_challenger and st.cfg.challenger_alias):
+        if route.challenger is not None:
+            _set_route(st, route.with_challenger(None))
+        return
+    current = route.challenger
+    if not force and current is not None and (route.challenger_version in (None, current.version)):
+        return
+    if not force and time.monotonic() < st.challenger_retry_at:
+        return
+    try:
+        version = await run_in_threadpool(alias_version, st.settings.tracking_uri, st.settings.fraud_model_name,
+                                          st.cfg.challenger_alias)
+        if current is not None and current.version == version and current.source == "registry":
+            return
+        new = await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online, alias=st.cfg.challenger_alias)
+    except Exception as exc:  # noqa: BLE001 - the champion keeps deciding; retry later
+        st.challenger_error = f"{type(exc).__name__}: {exc}"
+        st.challenger_retry_at = time.monotonic() + max(st.cfg.feature_store_retry_s, 1.0)
+        log.warning("challenger %s@%s not loaded: %s", st.settings.fraud_model_name, st.cfg.challenger_alias,
+                    st.challenger_error)
+        return
+    st.challenger_error = None
+    _set_route(st, st.route.with_challenger(new))
+
+
+async def _refresh_canary(app: FastAPI) -> None:
+    """Re-read the canary state; on a change swap the routing; while a canary runs, check its
+    tripwires (riskloop.canary.watch_once) and apply a rollback to this process at once."""
+    from starlette.concurrency import run_in_threadpool
+
+    st = app.state
+    state = await run_in_threadpool(_read_canary_state, st.settings)
+    new = routing.from_state(state, st.cfg)
+    if not routing.same_terms(new, st.route):
+        _set_route(st, new.with_challenger(st.route.challenger))
+    await _refresh_challenger(app)
+    if st.cfg.canary_watch and state is not None and state.mode == "canary" and st.route.effective_mode == "canary":
+        rolled = await run_in_threadpool(canary.watch_once, st.settings, st.settings.fraud_model_name, state)
+        if rolled is not None:
+            _set_route(st, routing.from_state(rolled, st.cfg))
+            await _refresh_challenger(app)
+
+
+async def _refresh_champion(app: FastAPI) -> None:
+    """If the champion alias moved (or the model came from the last-known-good cache and the registry
+    answers again), load the new version off the loop and swap it in."""
+    from starlette.concurrency import run_in_threadpool
+
+    st = app.state
+    try:
+        version = await run_in_threadpool(alias_version, st.settings.tracking_uri,
+                                          st.settings.fraud_model_name, st.cfg.model_alias)
+        current: LoadedModel | None = st.model
+        if current is not None and current.version == version and current.source == "registry":
+            return
+        new = await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online)
+    except Exception as exc:  # noqa: BLE001 - keep serving what we have; try again next time
+        log.warning("alias poll of %s@%s failed: %s", st.settings.fraud_model_name, st.cfg.model_alias, exc)
+        return
+    _swap(st, new)
+
+
+async def _poll(app: FastAPI) -> None:
+    """The one background poller: the canary state every ``canary_poll_s`` (cheap: one indexed row),
+    the champion and challenger aliases every ``model_poll_s`` (registry calls)."""
+    cfg: ServingSettings = app.state.cfg
+    tick = min(p for p in (cfg.model_poll_s, cfg.canary_poll_s) if p > 0)
+    next_alias = time.monotonic() + cfg.model_poll_s
     while True:
-        await asyncio.sleep(st.cfg.model_poll_s)
-        try:
-            version = await run_in_threadpool(alias_version, st.settings.tracking_uri,
-                                              st.settings.fraud_model_name, st.cfg.model_alias)
-            current: LoadedModel | None = st.model
-            if current is not None and current.version == version and current.source == "registry":
-                continue
-            new = await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online)
-        except Exception as exc:  # noqa: BLE001 - keep serving what we have; try again next time
-            log.warning("alias poll of %s@%s failed: %s", st.settings.fraud_model_name, st.cfg.model_alias, exc)
-            continue
-        _swap(st, new)
+        await asyncio.sleep(tick)
+        if cfg.canary_poll_s > 0:
+            try:
+                await _refresh_canary(app)
+            except Exception as exc:  # noqa: BLE001 - keep the last routing; try again next tick
+                log.warning("canary state poll failed (routing unchanged): %s", exc)
+        if cfg.model_poll_s > 0 and time.monotonic() >= next_alias:
+            next_alias = time.monotonic() + cfg.model_poll_s
+            await _refresh_champion(app)
+            await _refresh_challenger(app, force=True)
+
+
+def _shadow_score(m: LoadedModel, vector_of: Callable[[LoadedModel], list[float]],
+                  metrics: _Metrics | None) -> dict[str, Any]:
+    """Score a request with the shadow model (never deciding): its score and own time, or its error."""
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"alias": m.alias, "version": m.version}
+    try:
+        score, _ = m.predict(np.asarray([vector_of(m)], dtype=np.float64))
+        out.update(score=score, latency_ms=(time.perf_counter() - t0) * 1000.0)
+    except Exception as exc:  # noqa: BLE001 - a failing shadow never affects the decision
+        log.error("shadow model v%s failed: %s", m.version, exc)
+        out.update(score=None, error=f"{type(exc).__name__}: {exc}")
+    if metrics:
+        metrics.shadow_scores.labels(m.alias, m.version, "error" if "error" in out else "ok").inc()
+    return out
 
 
 def _model_info(app: FastAPI) -> LoadedModelInfo:
@@ -194,7 +304,9 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                                    cfg.feature_service, retry_s=cfg.feature_store_retry_s, read=cfg.online_read,
                                    timeout_s=cfg.online_timeout_s, pool_size=cfg.online_pool_size)
         st.model, st.model_error = None, None
+        st.route, st.challenger_error, st.challenger_retry_at = routing.from_settings(cfg), None, 0.0
         try:
+            canary.ensure_tables(settings)
             with _connect(settings) as conn:
                 decision_log.ensure_table(conn)
                 overrides.ensure_table(conn)
@@ -220,8 +332,15 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         except Exception as exc:  # noqa: BLE001 - start anyway: rules-only + /readyz 503 until a reload
             st.model_error = f"{type(exc).__name__}: {exc}"
             log.error("no model served: %s", st.model_error)
+        try:
+            st.route = routing.from_state(_read_canary_state(settings), cfg)
+        except psycopg.Error as exc:
+            log.error("canary state unreadable at start, routing from settings (%s): %s", st.route.mode, exc)
+        if st.route.wants_challenger and st.model is not None:
+            await _refresh_challenger(app)
+        _set_route(st, st.route)
         await st.online.connect()
-        poller = asyncio.create_task(_poll_alias(app)) if cfg.model_poll_s > 0 else None
+        poller = asyncio.create_task(_poll(app)) if cfg.model_poll_s > 0 or cfg.canary_poll_s > 0 else None
         try:
             yield
         finally:
@@ -286,15 +405,28 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         _swap(st, new)
         return _model_info(request.app)
 
+    @app.get("/v1/canary", dependencies=[Depends(require("read_model"))])
+    def canary_info(request: Request) -> dict[str, Any]:
+        """The routing this process applies now: mode, share, the canary and the loaded challenger."""
+        st = request.app.state
+        return {**st.route.describe(), "challenger_error": st.challenger_error}
+
     @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])
     async def score_fraud(body: FraudScoreRequest, request: Request,
                           x_request_id: str | None = Header(default=None)) -> FraudScoreResponse:
         t0 = time.perf_counter()
         st = request.app.state
         cfg: ServingSettings = st.cfg
-        model: LoadedModel | None = st.model  # one read: a concurrent reload cannot mix versions
+        champion: LoadedModel | None = st.model  # one read: a concurrent reload cannot mix versions
+        route: Routing = st.route  # one read: the mode, share and challenger of one snapshot
         request_id = x_request_id or uuid.uuid4().hex
         decided_at = datetime.now(UTC)
+        mode = route.effective_mode if champion is not None else "champion"
+        model, other = champion, None  # deciding; shadow (or a canary route's fallback)
+        if mode == "canary" and route.to_challenger(body.transaction_id or request_id):
+            model, other = route.challenger, champion
+        elif mode == "shadow":
+            other = route.challenger
 
         ts = body.timestamp.astimezone(UTC)  # the marts derive these flags in UTC too
         request_time = {"amount": body.amount_minor / 100.0,
@@ -318,12 +450,15 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         reasons: list[dict] = []
         features: dict[str, float | None] = {}
         stamps: dict[str, str | None] = {}
+        shadow: dict[str, Any] | None = None
         degraded = model is None
         if model is not None:
             try:
                 if not await st.online.ensure_async():
                     raise FeatureStoreUnavailable(st.online.last_error or "feature store not available")
                 inputs = plan_inputs(model.features, st.online.offered)
+                if other is not None and other.features != model.features:
+                    inputs = {**inputs, **plan_inputs(other.features, st.online.offered)}
                 values, stamps = await st.online.fetch_async(
                     inputs, {"customer_id": body.customer_id, "terminal_id": body.terminal_id})
             except (FeatureStoreUnavailable, FeatureMismatch) as exc:
@@ -333,11 +468,31 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                     st.metrics.feature_store_errors.inc()
                 log.warning("degraded decision for request %s: %s", request_id, exc)
             else:
-                vector = [request_time[n] if n in request_time else values[n] for n in model.features]
-                x = np.asarray([vector], dtype=np.float64)
-                score, contribs = model.predict(x)
+                def vector_of(m: LoadedModel) -> list[float]:
+                    return [request_time[n] if n in request_time else values[n] for n in m.features]
+
+                routed = mode == "canary" and other is not None  # to the challenger, the champion standing by
+                try:
+                    vector = vector_of(model)
+                    x = np.asarray([vector], dtype=np.float64)
+                    score, contribs = model.predict(x)
+                except Exception as exc:  # noqa: BLE001 - only a routed challenger falls back
+                    if not routed:
+                        raise
+                    log.error("challenger v%s failed on request %s, the champion decides: %s", model.version,
+                              request_id, exc)
+                    shadow = {"alias": model.alias, "version": model.version, "score": None,
+                              "error": f"{type(exc).__name__}: {exc}"}
+                    if st.metrics:
+                        st.metrics.shadow_scores.labels(model.alias, model.version, "error").inc()
+                    model = other
+                    vector = vector_of(model)
+                    x = np.asarray([vector], dtype=np.float64)
+                    score, contribs = model.predict(x)
                 reasons = top_reasons(list(model.features), x[0], contribs, cfg.max_reasons)
                 features = {n: (None if math.isnan(v) else v) for n, v in zip(model.features, vector, strict=True)}
+                if mode == "shadow" and other is not None:
+                    shadow = _shadow_score(other, vector_of, st.metrics)
 
         decision, rules = policy.decide(score, req, features, signals)
 
@@ -353,13 +508,16 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             "features": features, "feature_timestamps": stamps,
             "request": req, "latency_ms": latency_ms, "degraded": degraded,
             "product": "fraud", "policy_version": policy.id, "signals": signals,
+            "serving_mode": mode, "shadow": shadow,
         }
         await record_or_refuse_async(st.writer, row)
         if decision == "allow":  # only once logged: the warm-up after a restart reads the same fact
             st.devices.add(body.customer_id, body.device_id)
         if st.metrics:
-            st.metrics.decisions.labels(decision=decision, degraded=str(degraded).lower()).inc()
-            st.metrics.latency.observe(latency_ms / 1000.0)
+            st.metrics.decisions.labels(decision=decision, degraded=str(degraded).lower(), model_alias=model_alias,
+                                        model_version=str(model_version)).inc()
+            st.metrics.latency.labels(model_alias=model_alias, model_version=str(model_version)).observe(
+                latency_ms / 1000.0)
         return FraudScoreResponse(
             decision_id=decision_id, decision=decision, score=score,
             model=ModelInfo(name=model_name, version=model_version, alias=model_alias),

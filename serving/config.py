@@ -22,6 +22,22 @@ class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RISKLOOP_SERVING_", extra="ignore")
 
     model_alias: str = Field(default="champion", description="Registry alias served (champion or challenger).")
+    challenger_alias: str = Field(
+        default="challenger", description="Registry alias of the challenger, loaded beside the champion while the "
+        "mode is canary or shadow ('' = never load one).")
+    mode: Literal["champion", "canary", "shadow"] = Field(
+        default="champion", description="Serving mode when no canary state is recorded in Postgres "
+        "(governance.canary_state, set by `riskloop canary start|stop` and rollbacks, takes precedence): "
+        "champion alone; canary = canary_share of requests decided by the challenger; shadow = both score "
+        "every request, the champion decides, both are logged.")
+    canary_share: float = Field(default=0.0, ge=0.0, le=1.0, description="Share routed to the challenger in canary "
+                                "mode when no canary state is recorded.")
+    canary_poll_s: float = Field(
+        default=1.0, ge=0.0, description="How often serving re-reads the canary state from Postgres (and, while a "
+        "canary runs, checks its tripwires): a rollback reaches every process within this. 0 = never.")
+    canary_watch: bool = Field(
+        default=True, description="Run the canary tripwires (riskloop.canary.watch_once) in this process's poller "
+        "while a canary runs; false when `riskloop canary watch` runs elsewhere.")
     feature_service: str = Field(default="fraud_model_v1", description="Feast feature service of the fraud model.")
     fraud_policy: Path = Field(
         default=POLICY_DIR / "fraud-v1.yaml",

@@ -30,8 +30,10 @@ SCHEMA = "serving"
 TABLE = f"{SCHEMA}.decision_log"
 COLUMNS = ("decision_id", "request_id", "decided_at", "model_name", "model_version", "model_alias", "score",
            "decision", "reasons", "rules", "features", "feature_timestamps", "request", "latency_ms", "degraded",
-           "product", "policy_version", "signals")
-JSON_COLUMNS = frozenset({"reasons", "rules", "features", "feature_timestamps", "request", "signals"})
+           "product", "policy_version", "signals", "serving_mode", "shadow")
+JSON_COLUMNS = frozenset({"reasons", "rules", "features", "feature_timestamps", "request", "signals", "shadow"})
+# Columns a row may leave out (null): added after the other producers (credit) wrote rows without them.
+OPTIONAL_COLUMNS = frozenset({"serving_mode", "shadow"})
 
 FRAUD_DECISIONS = ("allow", "step_up", "review", "deny")  # in increasing severity
 CREDIT_DECISIONS = ("approve", "refer", "decline")
@@ -66,6 +68,12 @@ create index if not exists decision_log_decided_at_idx on {TABLE} (decided_at);
 alter table {TABLE} add column if not exists product text not null default 'fraud';
 alter table {TABLE} add column if not exists policy_version text;
 alter table {TABLE} add column if not exists signals jsonb not null default '{{}}'::jsonb;
+-- v3 (issue 5, models by alias): which serving mode decided ('champion' alone, 'canary' routing,
+-- 'shadow') and, in shadow or a failed canary route, the other model's outcome
+-- ({{alias, version, score, latency_ms, error}}). The deciding model is model_alias/model_version.
+alter table {TABLE} add column if not exists serving_mode text;
+alter table {TABLE} add column if not exists shadow jsonb;
+create index if not exists decision_log_model_decided_idx on {TABLE} (model_name, decided_at);
 alter table {TABLE} drop constraint if exists decision_log_decision_check;
 do $$
 begin
@@ -97,7 +105,8 @@ def fetch(conn: psycopg.Connection, decision_id: str) -> dict[str, Any] | None:
 
 
 def _params(row: dict[str, Any]) -> tuple:
-    return tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in COLUMNS)
+    values = (row.get(c) if c in OPTIONAL_COLUMNS else row[c] for c in COLUMNS)
+    return tuple(Jsonb(v) if c in JSON_COLUMNS and v is not None else v for c, v in zip(COLUMNS, values, strict=True))
 
 
 class LogBackpressure(RuntimeError):

@@ -111,6 +111,10 @@ class DecisionRecord(BaseModel):
     product: str = "fraud"
     policy_version: str | None = None
     signals: dict = Field(default_factory=dict, description="Stateful rule inputs (e.g. device_known), for replay.")
+    serving_mode: str | None = Field(default=None, description="champion (alone), canary or shadow: how the "
+                                     "deciding model (model_alias) was chosen.")
+    shadow: dict | None = Field(default=None, description="The other model's outcome in shadow mode or a failed "
+                                "canary route: alias, version, score, latency_ms, error.")
     persisted: bool = Field(description="False while the row is still queued for the writer.")
     overrides: list["Override"] = Field(default_factory=list, description="Reviewer overrides, oldest first.")
     effective_decision: Decision | CreditDecision | None = Field(

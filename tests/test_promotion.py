@@ -129,6 +129,14 @@ def approve(settings: Settings, name: str, version: str, reviewer: str = "alice"
     return json.loads(out.stdout)
 
 
+@pytest.fixture()
+def settings(stack_env: dict[str, str]) -> Settings:
+    """The metric, drift and approval gates on their own: these synthetic models (four made-up inputs)
+    cannot be served, so no canary can run for them, and the canary requirement is waived explicitly
+    (RISKLOOP_CANARY_REQUIRED=false). The canary gate is tested below and in test_canary.py."""
+    return Settings(canary_required=False)
+
+
 def fresh_name() -> str:
     return f"riskloop-fraud-gate-{uuid.uuid4().hex[:6]}"
 
@@ -302,16 +310,53 @@ def test_reviewer_approval_gate_four_eyes_bound_to_the_content_hash(settings: Se
                          "'approved', %s, 'mine', null, %s)", (name, v2, "0" * 64, author, author))
 
 
+def test_promotion_refused_without_a_passed_canary(settings: Settings, classifiers) -> None:
+    """With the canary required (the default), a better, approved challenger still waits for its canary."""
+    from riskloop import canary
+    from riskloop.promotion import evaluate_promotion
+
+    gated = settings.model_copy(update={"canary_required": True})
+    name = fresh_name()
+    v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
+    v2 = register(settings, name, classifiers["good"], ("challenger",))
+    approve(settings, name, v2)
+
+    d = evaluate_promotion(gated, name, load_test_set=Loader())
+    assert d.decision == "refused" and d.canary_verdict == "missing"
+    assert f"canary gate: no canary phase for v{v2}" in d.reason and "not worse" not in d.reason
+    assert aliases(settings, name)["champion"] == v1
+    row = stored(settings, d.decision_id)
+    assert row["canary_verdict"] == "missing" and "riskloop canary start" in row["canary_evidence"]["reason"]
+
+    # a canary that has not reached its minimums is no better than none
+    state = canary.start(gated, name, share=0.1, min_minutes=30, min_decisions=500)
+    try:
+        d = evaluate_promotion(gated, name, load_test_set=Loader())
+        assert d.decision == "refused" and d.canary_verdict == "insufficient" and d.canary_id == state.canary_id
+        assert "0 of 500 scored challenger decisions" in d.reason
+        assert version_tags(settings, name, v2)["canary.verdict"] == "insufficient"
+    finally:
+        canary.end(gated, name, "stop", "test over")
+    assert aliases(settings, name)["champion"] == v1
+    # the explicit opt-out is recorded as such
+    d = evaluate_promotion(settings, name, load_test_set=Loader())
+    assert d.decision == "promoted" and d.canary_verdict == "skipped" and "canary not required" in d.reason
+
+
 def test_decisions_are_append_only(settings: Settings) -> None:
+    from riskloop import canary
     from riskloop.promotion import ensure_tables
 
     ensure_tables(settings)
+    canary.ensure_tables(settings)
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("update governance.promotion_decisions set reason = 'x'")
-        conn.rollback()
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("delete from governance.promotion_decisions")
+        for table in ("governance.promotion_decisions", "governance.canary_state"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"update {table} set reason = 'x'")
+            conn.rollback()
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"delete from {table}")
+            conn.rollback()
 
 
 # --- end to end: real training, real Feast test window -------------------------------------
@@ -333,7 +378,7 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
 
     suffix = uuid.uuid4().hex[:8]
     settings = isolated_settings("riskloop_t_promotion").model_copy(
-        update={"fraud_model_name": f"test-fraud-gate-{suffix}"})
+        update={"fraud_model_name": f"test-fraud-gate-{suffix}", "canary_required": False})  # metrics here
     write_marts(settings, make_marts(days=30, customers=60, terminals=30, seed=2))
     features.apply(settings)
     first = train_fraud(settings, {"n_estimators": 2, "max_depth": 1})
