@@ -13,14 +13,18 @@ are fixed at application time, 90 days covers scoring and any re-scoring during 
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, PushSource, ValueType
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 from feast.types import Float64, Int64, String
+
+from riskloop import windows
 
 customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING,
                   description="A cardholder (one card per customer in the simulator).")
 terminal = Entity(name="terminal", join_keys=["terminal_id"], value_type=ValueType.STRING,
                   description="A merchant payment terminal.")
+card = Entity(name="card", join_keys=["card_token"], value_type=ValueType.STRING,
+              description="A card, by its token (processor fingerprint or riskloop's keyed PAN token; never a PAN).")
 application = Entity(name="application", join_keys=["application_id"], value_type=ValueType.STRING,
                      description="A credit application.")
 
@@ -104,3 +108,31 @@ credit_model_v1 = FeatureService(
     features=[credit_application],
     description="Features of the credit (probability of default) model.",
 )
+
+
+def _realtime_view(spec: windows.WindowEntity, entity: Entity) -> FeatureView:
+    """The view the stream (``riskloop stream``) pushes to: fields and names from riskloop/windows.py.
+
+    Its push source's batch source is the dbt mart computing the same windows, so the offline store
+    (training, backfills) sees what the stream pushed. A day's TTL: the widest window is 24 h.
+    """
+    push = PushSource(
+        name=windows.push_source_name(spec),
+        batch_source=PostgreSQLSource(name=windows.mart_name(spec), table=f"marts.{windows.mart_name(spec)}",
+                                      timestamp_field=windows.TIMESTAMP_FIELD),
+    )
+    return FeatureView(
+        name=windows.view_name(spec),
+        entities=[entity],
+        ttl=timedelta(seconds=max(w.seconds for w in windows.WINDOWS)),
+        schema=[Field(name=spec.key, dtype=String)]
+        + [Field(name=name, dtype=Int64) for name in windows.feature_names(spec)],
+        source=push,
+        online=True,
+        description=f"Count and minor-unit sum of the {spec.name}'s payments over "
+                    f"{', '.join(w.name for w in windows.WINDOWS)}, as of its latest payment (event time).",
+    )
+
+
+# One view per entity of the window spec (riskloop.features collects the views of this tuple).
+REALTIME_VIEWS = tuple(_realtime_view(e, {"card": card, "customer": customer}[e.name]) for e in windows.ENTITIES)

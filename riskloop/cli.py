@@ -125,6 +125,29 @@ def serve(
 
 
 @app.command()
+def stream(
+    name: str = typer.Option("default", help="Consumer name (its offset; one running consumer per name)."),
+    once: bool = typer.Option(False, "--once", help="Process what is committed now, then exit."),
+) -> None:
+    """Tail the webhook inbox: accepted payments update the card and customer windows (10m/1h/24h
+    counts and sums) in the Feast online store. Runs until SIGINT/SIGTERM; restarts resume."""
+    import signal
+    import threading
+
+    from riskloop.config import get_settings
+    from riskloop.stream import StreamConsumer
+
+    with StreamConsumer(get_settings(), name=name) as consumer:
+        if once:
+            console.print_json(json.dumps(consumer.run_once().__dict__))
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        consumer.run(stop)
+
+
+@app.command()
 def train(
     model: str = typer.Argument(..., help="fraud or credit"),
     param: list[str] = typer.Option([], "--param", help="XGBoost parameter override, k=v (repeatable); "

@@ -218,6 +218,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="Endpoint of an S3-compatible server (MinIO, moto…). Unset: AWS.")
 
+    stream_poll_s: float = Field(
+        default=1.0, gt=0, description="riskloop stream: longest wait between rounds when no inbox NOTIFY "
+        "arrives (a round starts at once on each notice).")
+    stream_page_rows: int = Field(default=2000, gt=0, description="riskloop stream: inbox rows read per page.")
     log_json: bool = Field(
         default=False,
         description="CLI and scoring server log one JSON object per line (with request/run ids) "

@@ -83,12 +83,17 @@ def _load_definitions(repo: Path, project: str) -> "RepoContents":
         raise FileNotFoundError(path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    objects = [getattr(module, name) for name in sorted(vars(module)) if not name.startswith("_")]
+    objects = []
+    for name in sorted(vars(module)):
+        value = getattr(module, name)
+        if not name.startswith("_"):  # a tuple of objects (views built in a loop) counts as its items
+            objects.extend(value if isinstance(value, tuple) else [value])
     feature_views = [o for o in objects if isinstance(o, FeatureView)]
     sources: list[DataSource] = [o for o in objects if isinstance(o, DataSource)]
     for fv in feature_views:
-        if fv.batch_source is not None and not any(fv.batch_source is s for s in sources):
-            sources.append(fv.batch_source)
+        for src in (fv.batch_source, fv.stream_source):
+            if src is not None and not any(src is s for s in sources):
+                sources.append(src)
     return RepoContents(
         projects=[Project(name=project)],
         data_sources=sources,
@@ -120,7 +125,8 @@ def apply(settings: Settings) -> None:
 
 
 def materialize(settings: Settings, end: datetime | None = None) -> None:
-    """Load feature rows newer than the last materialization, up to ``end``, into the online store.
+    """Load feature rows newer than the last materialization, up to ``end``, into the online store
+    (every online view but the stream's push-fed ones).
 
     Incremental: Feast keeps each view's materialized interval in the registry; a view's first
     run starts at ``end - ttl`` (Feast's own default, ``now - ttl``, is empty for past data).
@@ -130,12 +136,18 @@ def materialize(settings: Settings, end: datetime | None = None) -> None:
         raise ValueError("materialize needs a timezone-aware end")
     started = time.perf_counter()
     store = feature_store(settings)
-    for fv in store.list_feature_views():
-        if fv.online and fv.most_recent_end_time is None and fv.ttl:
+    from feast.data_source import PushSource
+
+    # Views fed by a push source are the stream's (riskloop.stream): it keeps their online rows
+    # current, and a batch run built before the latest events would overwrite them with older values.
+    views = [fv for fv in store.list_feature_views() if fv.online and not isinstance(fv.stream_source, PushSource)]
+    for fv in views:
+        if fv.most_recent_end_time is None and fv.ttl:
             # Feast would start a first incremental run at now() - ttl, which loads nothing
             # for a replayed or simulated past; start at end - ttl instead.
             store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
-    store.materialize_incremental(end_date=end)
+    if views:
+        store.materialize_incremental(end_date=end, feature_views=[fv.name for fv in views])
     log.info("feast materialize-incremental to %s in %.1fs", end.isoformat(), time.perf_counter() - started)
 
 

@@ -36,6 +36,7 @@ from psycopg import sql
 
 from riskloop import db, pan
 from riskloop.config import Settings
+from riskloop.inbox import create_inbox
 from riskloop.schema import OPTIONAL_INPUT_COLUMNS, RAW_SCHEMA, RAW_TABLES, RAW_TABLES_BY_NAME, RawTable
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ def _table_ddl(table: RawTable) -> sql.Composed:
 
 
 def create_raw_tables(conn: psycopg.Connection) -> None:
-    """Create schema ``raw``, ``raw.load_batches`` and one table per contract table (idempotent).
+    """Create schema ``raw``, ``raw.load_batches``, one table per contract table and the webhook
+    inbox (idempotent).
 
     Runs under a transaction-scoped advisory lock: two loaders starting at once would otherwise
     race on ``create table if not exists`` (it is not atomic in the catalog).  Does not commit;
@@ -127,6 +129,7 @@ def create_raw_tables(conn: psycopg.Connection) -> None:
     ).format(sql.Identifier(RAW_SCHEMA), sql.Identifier(LOAD_BATCHES)))
     for table in RAW_TABLES:
         conn.execute(_table_ddl(table))
+    create_inbox(conn)  # the receiver's table: dbt reads it as a source, so it exists before dbt runs
 
 
 # --- reading and validating ------------------------------------------------------------------

@@ -84,15 +84,18 @@ def run_dbt(settings: Settings, args: Sequence[str] = ("build",), *, vars: Mappi
             raise_on_failure: bool = True) -> Any:
     """Invoke ``dbt <args>`` on ``settings.dbt_project_dir``; return dbt's result object.
 
-    ``label_delay_days`` is passed as a dbt var from Settings unless the caller passes ``--vars``
-    itself.  Raises :class:`DbtError` naming the failed nodes when dbt does not succeed.
+    ``label_delay_days`` (from Settings) and ``realtime_windows`` (the window spec of
+    :mod:`riskloop.windows`, which the dbt project deliberately has no copy of) are passed as dbt
+    vars unless the caller passes ``--vars`` itself.  Raises :class:`DbtError` naming the failed nodes when dbt does not succeed.
     """
     from dbt.cli.main import dbtRunner
 
     project = settings.dbt_project_dir
     cli = [*args, "--project-dir", str(project), "--profiles-dir", str(project)]
     if "--vars" not in args:
-        merged = {"label_delay_days": settings.label_delay_days, **(vars or {})}
+        from riskloop.windows import dbt_var
+
+        merged = {"label_delay_days": settings.label_delay_days, "realtime_windows": dbt_var(), **(vars or {})}
         cli += ["--vars", json.dumps(merged)]
     env = dbt_env(settings)
     log.info("dbt %s (project %s, database %s)", " ".join(args), project, settings.warehouse_db)

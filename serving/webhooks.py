@@ -44,30 +44,12 @@ from psycopg import sql
 
 from riskloop.config import Settings, get_settings
 from riskloop.db import dsn
+from riskloop.inbox import INBOX, ensure_inbox
 from riskloop.pan import InvalidPan, PanKeyMissing, PanTokenizer, scrub, tokenizer
 from riskloop.schema import RAW_SCHEMA, WEBHOOK_INBOX
 from riskloop.webhooks import Rejection, Scheme, StandardVerifier, WebhookSettings, verify_stripe
 
 log = logging.getLogger(__name__)
-
-INBOX = f"{RAW_SCHEMA}.{WEBHOOK_INBOX.name}"
-
-
-def inbox_ddl() -> sql.Composed:
-    """``create table if not exists raw.webhook_inbox`` from the declaration in ``riskloop.schema``."""
-    cols = [sql.SQL("{} {} not null").format(sql.Identifier(c.name), sql.SQL(c.pg_type))
-            for c in WEBHOOK_INBOX.columns]
-    cols.append(sql.SQL("primary key ({})").format(sql.SQL(", ").join(map(sql.Identifier, WEBHOOK_INBOX.key))))
-    return sql.SQL("create table if not exists {}.{} ({})").format(
-        sql.Identifier(RAW_SCHEMA), sql.Identifier(WEBHOOK_INBOX.name), sql.SQL(", ").join(cols))
-
-
-def ensure_inbox(conn: psycopg.Connection) -> None:
-    """Create schema ``raw`` and the inbox (idempotent, serialised against concurrent starters)."""
-    with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.webhooks.ddl'))")
-        conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(RAW_SCHEMA)))
-        conn.execute(inbox_ddl())
 
 
 class WebhookMetrics:

@@ -35,8 +35,9 @@ def test_apply_registers_the_promised_names_and_is_idempotent(applied: tuple[Set
     features.apply(settings)  # second apply: no error, nothing duplicated
     store = features.feature_store(settings)
     assert {fv.name for fv in store.list_feature_views()} == {"customer_spending", "terminal_risk",
-                                                               "credit_application"}
-    assert {e.name for e in store.list_entities()} >= {"customer", "terminal", "application"}
+                                                               "credit_application", "card_realtime",
+                                                               "customer_realtime"}
+    assert {e.name for e in store.list_entities()} >= {"customer", "terminal", "application", "card"}
     assert {fs.name for fs in store.list_feature_services()} == {"fraud_model_v1", "credit_model_v1"}
     assert {p.name for p in store.get_feature_service("fraud_model_v1").feature_view_projections} == {
         "customer_spending", "terminal_risk"}

@@ -1,0 +1,30 @@
+{#- The batch path of the real-time windows (riskloop/windows.py is the one spec; riskloop.transform
+    passes it as the var `realtime_windows`, there is deliberately no default): one row per
+    payment of the entity, each window covering (occurred_at - w, occurred_at] as RANGE frames,
+    so ties (same-time payments) are in each other's windows, as in the stream's query. -#}
+{% macro realtime_window_mart(entity_name) -%}
+{%- set spec = var('realtime_windows') -%}
+{%- set ents = spec['entities'] | selectattr('name', 'equalto', entity_name) | list -%}
+{%- if ents | length != 1 -%}
+    {{ exceptions.raise_compiler_error("realtime_windows has no entity " ~ entity_name) }}
+{%- endif -%}
+{%- set key = ents[0]['key'] -%}
+with events as (
+    select {{ key }}, occurred_at, amount_minor from {{ ref('int_inbox_payments') }}
+    where {{ key }} is not null
+)
+
+select
+    {{ key }}::text as {{ key }},
+    occurred_at::timestamptz as event_timestamp
+{%- for a in spec['aggregates'] %}{% for w in spec['windows'] %},
+    {{ a['sql'] }} over w_{{ w['name'] }} ::bigint as {{ entity_name }}_{{ a['name'] }}_{{ w['name'] }}
+{%- endfor %}{% endfor %}
+from events
+window
+{%- for w in spec['windows'] %}
+    w_{{ w['name'] }} as (partition by {{ key }} order by occurred_at
+        range between interval '{{ w['seconds'] - 1 }} seconds 999999 microseconds' preceding and current row)
+    {{- "," if not loop.last }}
+{%- endfor %}
+{%- endmacro %}

@@ -1,0 +1,314 @@
+"""The real-time path: accepted payment webhooks → windowed counts/sums → Feast push → online store.
+
+``riskloop stream`` runs :class:`StreamConsumer`, a process apart from the receiver, so the
+receiver's hot path is unchanged: it answers after its durable commit and never waits on Feast.
+The consumer tails the committed ``raw.webhook_inbox`` (``riskloop.inbox``): woken by the inbox's
+``NOTIFY``, it reads every row whose inserting transaction id is below the horizon of finished
+transactions, parses the payment authorisations, adds them to ``realtime.payment_events`` (its
+indexed projection of the inbox, keyed like it), recomputes the windows of every card and
+customer the new events touched and pushes those rows to the views' push sources.
+
+Why windows are recomputed from Postgres rather than kept in in-memory rings: a windowed query
+per touched key over an index on (key, occurred_at) costs about as much as the push itself, needs
+no state to seed or rebuild after a restart, and gives late or out-of-order events exactly the
+batch answer, because both evaluate the same spec (``riskloop.windows``) over the same committed
+events as of the key's latest event time. Rings would need the same query to be seeded anyway and
+would have to be re-sorted on every late event.
+
+Delivery: at least once, and idempotent. The offset (``realtime.stream_offsets``: every inbox row
+with ``_xid`` below it is processed) advances only after the push, so a crash replays the last
+round; replaying inserts nothing new into ``payment_events`` (its key is the inbox's) and pushes
+the same values again. A replayed webhook never reaches the consumer (the inbox deduplicates it).
+One consumer per name (a session advisory lock), so pushes to a key are never reordered.
+
+Online values are as of the entity's latest payment (``event_timestamp`` in the online store):
+a card that stops paying keeps its last counts until its next payment or the view's 24 h TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from riskloop import windows
+from riskloop.config import Settings
+from riskloop.db import dsn
+from riskloop.inbox import CHANNEL, INBOX, XID_COLUMN, ensure_inbox
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger(__name__)
+
+STATE_SCHEMA = "realtime"
+OFFSETS_TABLE = f"{STATE_SCHEMA}.stream_offsets"
+# The event type each processor sends for an accepted (authorised) payment; other events of the
+# payment (captures, refunds, disputes) do not add a payment to the windows.
+PAYMENT_TYPES = {"stripe": "charge.succeeded", "standard": "payment.authorized"}
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+                      r"(Z|[+-][0-9]{2}:[0-9]{2})")
+_MAX_AMOUNT = 999_999_999_999_999_999
+_MAX_UNIX = 999_999_999_999
+
+
+@dataclass(frozen=True)
+class Payment:
+    """An accepted payment as the windows see it; the same fields ``int_inbox_payments`` parses."""
+
+    processor: str
+    event_id: str
+    card_token: str | None
+    customer_id: str | None
+    amount_minor: int
+    occurred_at: datetime
+
+
+def _path(doc: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(k)
+    return doc
+
+
+def _key(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _integral(value: Any, upper: int) -> int | None:
+    """A JSON number with an integral value in [0, upper] (``100``, ``100.0``, ``1e2``), else None.
+    Floats are parsed as Decimal, so the test is exact like Postgres' numeric."""
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        return None
+    if isinstance(value, Decimal) and (not value.is_finite() or value != value.to_integral_value()):
+        return None
+    return int(value) if 0 <= value <= upper else None
+
+
+def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> Payment | None:
+    """The payment an inbox row announces, or None (not an authorisation, or no valid amount/time).
+
+    The rules of ``dbt_project/models/intermediate/int_inbox_payments.sql`` (the batch path), field
+    by field; tests/test_realtime.py checks that both read the same events the same way.
+    """
+    if PAYMENT_TYPES.get(processor) != event_type:
+        return None
+    try:
+        doc = json.loads(body, parse_float=Decimal)
+    except ValueError:
+        return None
+    if processor == "stripe":
+        card = _path(doc, "data", "object", "payment_method_details", "card", "fingerprint")
+        customer = _path(doc, "data", "object", "customer")
+        amount = _path(doc, "data", "object", "amount")
+        created = _integral(_path(doc, "created"), _MAX_UNIX)
+        occurred = datetime.fromtimestamp(created, timezone.utc) if created is not None else None
+    else:
+        card = _path(doc, "data", "card_token")
+        if card is None:
+            card = _path(doc, "data", "card", "pan_token")
+        customer = _path(doc, "data", "customer_id")
+        amount = _path(doc, "data", "amount_minor")
+        stamp = _path(doc, "timestamp")
+        occurred = None
+        if isinstance(stamp, str) and _RFC3339.fullmatch(stamp):
+            try:
+                occurred = datetime.fromisoformat(stamp)
+            except ValueError:
+                occurred = None
+    amount_minor = _integral(amount, _MAX_AMOUNT)
+    if amount_minor is None or occurred is None:
+        return None
+    return Payment(processor, event_id, _key(card), _key(customer), amount_minor, occurred)
+
+
+def ensure_state(conn: psycopg.Connection) -> None:
+    """The consumer's tables (idempotent): the parsed events and the offsets."""
+    with conn.transaction():
+        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.stream.ddl'))")
+        conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(STATE_SCHEMA)))
+        conn.execute(f"""
+            create table if not exists {windows.EVENTS_TABLE} (
+              processor text not null,
+              event_id text not null,
+              card_token text,
+              customer_id text,
+              amount_minor bigint not null,
+              occurred_at timestamptz not null,
+              primary key (processor, event_id))""")
+        for e in windows.ENTITIES:
+            conn.execute(f"create index if not exists payment_events_{e.name} "
+                         f"on {windows.EVENTS_TABLE} ({e.key}, occurred_at)")
+        conn.execute(f"""
+            create table if not exists {OFFSETS_TABLE} (
+              consumer text primary key,
+              next_xid xid8 not null,
+              events bigint not null default 0,
+              updated_at timestamptz not null default now())""")
+
+
+class ConsumerBusy(RuntimeError):
+    """Another consumer of the same name holds the lock (two would reorder pushes)."""
+
+
+@dataclass
+class RoundResult:
+    rows: int = 0  # inbox rows read
+    payments: int = 0  # of which accepted payments
+    skipped: int = 0  # payment-typed rows without a valid amount/time (logged)
+    pushed: int = 0  # entity rows pushed
+
+
+class StreamConsumer:
+    """Tails the inbox and pushes windows; :meth:`run_once` is one round, :meth:`run` loops.
+
+    ``store`` defaults to ``riskloop.features.feature_store(settings)`` (opened once: its registry
+    cache and online-store connection are reused by every push).
+    """
+
+    def __init__(self, settings: Settings, name: str = "default", store: "FeatureStore | None" = None) -> None:
+        self.settings, self.name = settings, name
+        self._store = store
+        self._conn: psycopg.Connection | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def open(self) -> "StreamConsumer":
+        conn = psycopg.connect(dsn(self.settings), autocommit=True)
+        try:
+            ensure_inbox(conn)
+            ensure_state(conn)
+            locked = conn.execute("select pg_try_advisory_lock(hashtext('riskloop.stream'), hashtext(%s))",
+                                  (self.name,)).fetchone()[0]
+            if not locked:
+                raise ConsumerBusy(f"another stream consumer named {self.name!r} is running")
+            conn.execute(f"insert into {OFFSETS_TABLE} (consumer, next_xid) values (%s, '0'::xid8) "
+                         f"on conflict do nothing", (self.name,))
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        if self._store is None:
+            from riskloop.features import feature_store
+
+            self._store = feature_store(self.settings)
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # ends the session: the advisory lock goes with it
+            self._conn = None
+
+    def __enter__(self) -> "StreamConsumer":
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None:
+            raise RuntimeError("StreamConsumer is not open")
+        return self._conn
+
+    # --- one round ------------------------------------------------------------------------------
+
+    def offset(self) -> int:
+        """Every inbox row with ``_xid`` below this is processed."""
+        return int(self.conn.execute(f"select next_xid::text from {OFFSETS_TABLE} where consumer = %s",
+                                     (self.name,)).fetchone()[0])
+
+    def run_once(self, page: int | None = None) -> RoundResult:
+        """Process every inbox row committed since the offset, in pages; push; advance the offset."""
+        page = page or self.settings.stream_page_rows
+        result = RoundResult()
+        lo = self.offset()
+        hi = int(self.conn.execute("select pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()[0])
+        if hi <= lo:
+            return result
+        types = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(p), sql.Literal(t))
+                                   for p, t in PAYMENT_TYPES.items())
+        query = sql.SQL(
+            "select {xid}::text, processor, event_id, event_type, body from {inbox} "
+            "where {xid} >= %s::xid8 and ({xid}, processor, event_id) > (%s::xid8, %s, %s) and {xid} < %s::xid8 "
+            "and (processor, event_type) in ({types}) order by {xid}, processor, event_id limit %s"
+        ).format(xid=sql.Identifier(XID_COLUMN), inbox=sql.SQL(INBOX), types=types)
+        cursor: tuple[str, str, str] = (str(lo), "", "")
+        while True:
+            rows = self.conn.execute(query, (cursor[0], *cursor, str(hi), page)).fetchall()
+            if not rows:
+                break
+            result.rows += len(rows)
+            payments = []
+            for _xid, processor, event_id, event_type, body in rows:
+                p = parse_payment(processor, event_id, event_type, body)
+                if p is None:
+                    result.skipped += 1
+                    log.warning("stream: inbox event %s/%s (%s) has no valid amount or time: not a payment",
+                                processor, event_id, event_type)
+                else:
+                    payments.append(p)
+            result.payments += len(payments)
+            result.pushed += self._apply(payments)
+            cursor = (rows[-1][0], rows[-1][1], rows[-1][2])
+            if len(rows) < page:
+                break
+        self.conn.execute(f"update {OFFSETS_TABLE} set next_xid = %s::xid8, events = events + %s, "
+                          f"updated_at = now() where consumer = %s", (str(hi), result.payments, self.name))
+        if result.rows:
+            log.info("stream: %d inbox rows, %d payments, %d skipped, %d entity rows pushed",
+                     result.rows, result.payments, result.skipped, result.pushed)
+        return result
+
+    def _apply(self, payments: list[Payment]) -> int:
+        """Store the payments, recompute the touched keys' windows, push them. Returns rows pushed."""
+        if not payments:
+            return 0
+        cols = list(zip(*((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor, p.occurred_at)
+                          for p in payments), strict=True))
+        self.conn.execute(
+            f"insert into {windows.EVENTS_TABLE} (processor, event_id, card_token, customer_id, amount_minor, "
+            f"occurred_at) select * from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+            f"%s::timestamptz[]) on conflict do nothing", [list(c) for c in cols])
+        pushed = 0
+        for e in windows.ENTITIES:
+            keys = sorted({getattr(p, e.key) for p in payments} - {None})
+            if keys:
+                pushed += self._push(e, keys)
+        return pushed
+
+    def _push(self, entity: windows.WindowEntity, keys: Iterable[str]) -> int:
+        import pandas as pd
+        from feast.data_source import PushMode
+
+        cur = self.conn.execute(windows.stream_sql(entity), {"keys": list(keys)})
+        frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+        frame[windows.TIMESTAMP_FIELD] = pd.to_datetime(frame[windows.TIMESTAMP_FIELD], utc=True)
+        assert self._store is not None
+        self._store.push(windows.push_source_name(entity), frame, to=PushMode.ONLINE)
+        return len(frame)
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Rounds until ``stop`` is set: a round at once on each inbox NOTIFY, and at least every
+        ``stream_poll_s`` (a notice can be missed, e.g. across a reconnect)."""
+        stop = stop or threading.Event()
+        with psycopg.connect(dsn(self.settings), autocommit=True) as listener:
+            listener.execute(sql.SQL("listen {}").format(sql.Identifier(CHANNEL)))
+            log.info("stream consumer %r tailing %s (offset %d)", self.name, INBOX, self.offset())
+            while not stop.is_set():
+                self.run_once()
+                for _ in listener.notifies(timeout=self.settings.stream_poll_s, stop_after=1):
+                    pass
