@@ -158,6 +158,13 @@ def ensure_state(conn: psycopg.Connection) -> None:
               updated_at timestamptz not null default now())""")
 
 
+def _scalar(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    if row is None:
+        raise RuntimeError(f"no row from {query!r}")
+    return row[0]
+
+
 class ConsumerBusy(RuntimeError):
     """Another consumer of the same name holds the lock (two would reorder pushes)."""
 
@@ -189,8 +196,8 @@ class StreamConsumer:
         try:
             ensure_inbox(conn)
             ensure_state(conn)
-            locked = conn.execute("select pg_try_advisory_lock(hashtext('riskloop.stream'), hashtext(%s))",
-                                  (self.name,)).fetchone()[0]
+            locked = _scalar(conn, "select pg_try_advisory_lock(hashtext('riskloop.stream'), hashtext(%s))",
+                             (self.name,))
             if not locked:
                 raise ConsumerBusy(f"another stream consumer named {self.name!r} is running")
             conn.execute(f"insert into {OFFSETS_TABLE} (consumer, next_xid) values (%s, '0'::xid8) "
@@ -226,15 +233,14 @@ class StreamConsumer:
 
     def offset(self) -> int:
         """Every inbox row with ``_xid`` below this is processed."""
-        return int(self.conn.execute(f"select next_xid::text from {OFFSETS_TABLE} where consumer = %s",
-                                     (self.name,)).fetchone()[0])
+        return int(_scalar(self.conn, f"select next_xid::text from {OFFSETS_TABLE} where consumer = %s", (self.name,)))
 
     def run_once(self, page: int | None = None) -> RoundResult:
         """Process every inbox row committed since the offset, in pages; push; advance the offset."""
         page = page or self.settings.stream_page_rows
         result = RoundResult()
         lo = self.offset()
-        hi = int(self.conn.execute("select pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()[0])
+        hi = int(_scalar(self.conn, "select pg_snapshot_xmin(pg_current_snapshot())::text"))
         if hi <= lo:
             return result
         types = sql.SQL(", ").join(sql.SQL("({}, {})").format(sql.Literal(p), sql.Literal(t))
@@ -267,7 +273,7 @@ class StreamConsumer:
         self.conn.execute(f"update {OFFSETS_TABLE} set next_xid = %s::xid8, events = events + %s, "
                           f"updated_at = now() where consumer = %s", (str(hi), result.payments, self.name))
         if result.rows:
-            log.info("stream: %d inbox rows, %d payments, %d skipped, %d entity rows pushed",
+            log.debug("stream: %d inbox rows, %d payments, %d skipped, %d entity rows pushed",
                      result.rows, result.payments, result.skipped, result.pushed)
         return result
 
@@ -293,7 +299,7 @@ class StreamConsumer:
         from feast.data_source import PushMode
 
         cur = self.conn.execute(windows.stream_sql(entity), {"keys": list(keys)})
-        frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+        frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or ()])
         frame[windows.TIMESTAMP_FIELD] = pd.to_datetime(frame[windows.TIMESTAMP_FIELD], utc=True)
         assert self._store is not None
         self._store.push(windows.push_source_name(entity), frame, to=PushMode.ONLINE)
