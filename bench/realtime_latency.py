@@ -84,32 +84,51 @@ class Poller(threading.Thread):
                         self.pending.pop(card, None)
 
 
-async def send(url: str, n: int, rate: float, cards: int, run: str, poller: Poller) -> dict[int, int]:
-    codes: dict[int, int] = {}
-    counts: dict[str, int] = {}
+def prepare(n: int, cards: int, run: str) -> list[tuple[str, str, int, bytes, dict[str, str]]]:
+    """Signed bodies, built before the clock starts: (processor, card, k, body, headers), where k is
+    the card's 24 h count once this event and the card's earlier ones are in."""
     rng = random.Random(0)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    counts: dict[str, int] = {}
+    out = []
+    now = datetime.now(UTC)
+    for i in range(n):
+        processor = "stripe" if i % 2 else "standard"
+        card = f"{run}_card{rng.randrange(cards)}"
+        ev = {"event_id": f"evt_{run}_{i}", "event_type": "payment.authorized", "occurred_at": now,
+              "payment_id": f"pay_{run}_{i}", "card_token": card, "customer_id": f"{run}_cust{i % 500}",
+              "terminal_id": "T1", "amount_minor": 1000 + i, "currency": "EUR", "dispute_id": None}
+        body = stripe_body(ev) if processor == "stripe" else standard_body(ev)
+        headers = signed_headers(processor, body, STRIPE if processor == "stripe" else STANDARD, int(time.time()))
+        counts[card] = counts.get(card, 0) + 1
+        out.append((processor, card, counts[card], body, headers))
+    return out
+
+
+async def send(url: str, events: list[tuple[str, str, int, bytes, dict[str, str]]], rate: float,
+               poller: Poller, in_flight: int = 32) -> dict[int, int]:
+    """Open loop at ``rate``, at most ``in_flight`` requests outstanding (a receiver that falls
+    behind lowers the achieved rate, reported, instead of piling up requests in the client)."""
+    codes: dict[int, int] = {}
+    slots = asyncio.Semaphore(in_flight)
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         async def one(i: int) -> None:
-            processor = "stripe" if i % 2 else "standard"
-            card = f"{run}_card{rng.randrange(cards)}"
-            ev = {"event_id": f"evt_{run}_{i}", "event_type": "payment.authorized", "occurred_at": datetime.now(UTC),
-                  "payment_id": f"pay_{run}_{i}", "card_token": card, "customer_id": f"{run}_cust{i % 500}",
-                  "terminal_id": "T1", "amount_minor": 1000 + i, "currency": "EUR", "dispute_id": None}
-            body = stripe_body(ev) if processor == "stripe" else standard_body(ev)
-            headers = signed_headers(processor, body, STRIPE if processor == "stripe" else STANDARD, int(time.time()))
-            counts[card] = k = counts.get(card, 0) + 1  # the count this event makes, once everything before it is in
-            r = await client.post(f"{url}/webhooks/{processor}", content=body, headers=headers)
+            processor, card, k, body, headers = events[i]
+            try:
+                r = await client.post(f"{url}/webhooks/{processor}", content=body, headers=headers)
+            finally:
+                slots.release()
             codes[r.status_code] = codes.get(r.status_code, 0) + 1
             if r.status_code == 200:
                 poller.add(card, k, time.perf_counter(), i)
 
         start = time.perf_counter()
         tasks = []
-        for i in range(n):
+        for i in range(len(events)):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            await slots.acquire()
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
     return codes
@@ -126,6 +145,8 @@ def main() -> None:
     ap.add_argument("--cards", type=int, default=1000, help="distinct cards the events are spread over")
     ap.add_argument("--warmup", type=int, default=50)
     args = ap.parse_args()
+    if args.n / args.rate > 240:
+        ap.error("--n / --rate must stay under 240 s: the bodies are signed up front (300 s tolerance)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
@@ -155,12 +176,13 @@ def main() -> None:
         stack.wait_until(settings, {"bench-receiver": receiver, "bench-stream": consumer}, up, 120)
         poller.start()
         # warm-up (also waits for the new consumer to catch up with the inbox's history)
-        asyncio.run(send(url, args.warmup, 10, args.warmup, f"{run}w", poller))
+        asyncio.run(send(url, prepare(args.warmup, args.warmup, f"{run}w"), 10, poller))
         stack.wait_until(settings, {"bench-stream": consumer}, lambda: not poller.pending, 600)
         poller.visible.clear()
         load_before = os.getloadavg()
+        events = prepare(args.n, args.cards, run)
         t0 = time.perf_counter()
-        codes = asyncio.run(send(url, args.n, args.rate, args.cards, run, poller))
+        codes = asyncio.run(send(url, events, args.rate, poller))
         sent_s = time.perf_counter() - t0
         deadline = time.monotonic() + 60
         while poller.pending and time.monotonic() < deadline:
