@@ -1,8 +1,13 @@
-"""Ingest → contracts → transform → mart contracts → materialize: landed files to online features.
+"""Ingest (per source) → contracts → transform → mart contracts → materialize: landed files to
+online features.
 
 Thin and declarative: every task calls one riskloop function, imported inside the task so that
 parsing this file costs nothing. Each task is idempotent (upserts keyed by natural keys, dbt
 rebuilds, Feast materialisation up to the interval's end), so re-running an interval is safe.
+
+Per source, per interval: ``landed`` lists the sources with a file and ``load_raw`` is mapped over
+them, one task instance per source (ledger, webhooks, disputes, KYC, credit applications and
+outcomes), each retried on its own; the contracts then check every raw table before dbt runs.
 
 Backfills: a run reads only its data interval, never the wall clock: ``load_raw`` loads the rows
 whose event time is in ``[data_interval_start, data_interval_end)``, dbt rebuilds the marts from
@@ -52,13 +57,36 @@ DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelt
 )
 def riskloop_ingest():
     @task
-    def load_raw(**context) -> dict:
-        """COPY landed files into raw.* and upsert on the natural keys."""
+    def landed(**context) -> list[str]:
+        """The sources (raw tables) with a landed file: one load task is mapped over each."""
         from pathlib import Path
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from riskloop.config import get_settings
+        from riskloop.ingest import landed_tables
+
+        settings = get_settings()
+        sources = landed_tables(settings, Path(context["params"]["landing_dir"] or settings.landing))
+        if not sources:
+            raise AirflowSkipException("nothing has landed: no source to load for this interval")
+        return sources
+
+    @task(map_index_template="{{ source }}")
+    def load_raw(source: str, **context) -> dict:
+        """COPY one source's landed file into raw.<source> and upsert on its natural key.
+
+        One mapped task instance per source and interval: a source is loaded (in one transaction),
+        retried and reported on its own, and a bad file of one source cannot hold back the others'
+        load (the contracts below still stop the line before dbt)."""
+        from pathlib import Path
+
+        from airflow.sdk import get_current_context
 
         from riskloop.config import get_settings
         from riskloop.ingest import load_landing
 
+        get_current_context()["source"] = source  # the mapped instance's label (map_index_template)
         settings = get_settings()
         landing = Path(context["params"]["landing_dir"] or settings.landing)
         start, end = context["data_interval_start"], context["data_interval_end"]
@@ -67,12 +95,13 @@ def riskloop_ingest():
         # (`riskloop demo`, a person) loads everything that has landed.
         by_interval = str(getattr(run_type, "value", run_type)) in ("scheduled", "backfill") and start < end
         interval = (start, end) if by_interval else (None, None)
-        results = load_landing(settings, landing, interval_start=interval[0], interval_end=interval[1])
+        results = load_landing(settings, landing, interval_start=interval[0], interval_end=interval[1],
+                               tables=[source])
         return {r.table: {"rows_in": r.rows_in, "inserted": r.rows_inserted, "updated": r.rows_updated}
                 for r in results}
 
     @task
-    def check_contracts(loaded: dict) -> dict:
+    def check_contracts(loaded: list[dict]) -> dict:
         """Great Expectations checkpoint on raw.*; raising here stops everything downstream."""
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -84,7 +113,7 @@ def riskloop_ingest():
         except ContractViolation as exc:
             # Bad data stays bad on a retry: fail now, without retries, and say why.
             raise AirflowFailException(f"data contract violated: {exc}") from exc
-        return {"success": report.success, "tables": sorted(loaded)}
+        return {"success": report.success, "tables": sorted(t for per_source in loaded for t in per_source)}
 
     @task
     def transform(contracts: dict) -> dict:
@@ -124,7 +153,7 @@ def riskloop_ingest():
         feast_materialize(settings, end)
         return {"materialized_to": end.isoformat()}
 
-    materialize(check_feature_marts(transform(check_contracts(load_raw()))))
+    materialize(check_feature_marts(transform(check_contracts(load_raw.expand(source=landed())))))
 
 
 riskloop_ingest()

@@ -1,11 +1,10 @@
-"""Monitor → alert → promote: Evidently drift of the champion's inputs, alerts (with hysteresis)
-to the configured sinks, then the challenger gate.
-
-The gate promotes only when the challenger is not worse than the champion on the same test
-window and drift is not critical; every decision and its evidence is recorded.
+"""Monitor → alert: Evidently drift of the champion's inputs, then the alert state machine
+(hysteresis, grouping) and the decision-stream tripwires to the configured sinks.
 
 Runs daily (drift grows without new models) and whenever riskloop_train emits a new fraud model
-(the asset), so a challenger meets the gate without waiting for the next day.
+(the asset), so a challenger meets the gate without waiting for the next day. Each drift check is
+recorded in ``monitoring.drift_reports`` and emitted as the ``riskloop_drift_checked`` asset
+(its extra names the report): ``riskloop_promote`` runs the promotion gate on it.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ from riskloop.dag_defaults import default_args, on_failure
 
 # Same identity as in riskloop_train.py.
 FRAUD_MODEL = Asset(name="riskloop_fraud_model", uri="riskloop://mlflow/riskloop-fraud")
+# Same identity as in riskloop_promote.py: a recorded drift check, the gate's evidence.
+DRIFT_CHECKED = Asset(name="riskloop_drift_checked", uri="riskloop://monitoring/drift_reports")
 
 
 DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minutes=2),
@@ -36,20 +37,20 @@ DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minu
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     on_failure_callback=on_failure,
-    tags=["riskloop", "monitoring", "promotion"],
+    tags=["riskloop", "monitoring"],
     params={
         "model_name": Param("riskloop-fraud", type="string"),
-        "margin": Param(0.0, type="number", description="Tolerated metric loss of the challenger."),
         "since": Param(None, type=["null", "string"],
                        description="Compare decisions logged since this ISO time; default the latest ones."),
     },
     doc_md=__doc__,
 )
 def riskloop_monitor():
-    @task
+    @task(outlets=[DRIFT_CHECKED])
     def drift(**context) -> dict:
         """Drift over the run's data interval (scheduled and backfilled runs: the day it covers,
-        never "now"); an asset-triggered run has no interval and checks the latest decisions."""
+        never "now"); an asset-triggered run has no interval and checks the latest decisions.
+        The asset event carries the report id, so the promote DAG gates on this very check."""
         from datetime import datetime
 
         from riskloop.config import get_settings
@@ -63,6 +64,9 @@ def riskloop_monitor():
             if start is not None and end is not None and start < end:
                 since, until = start, end
         result = run_drift(get_settings(), model_name=context["params"]["model_name"], since=since, until=until)
+        context["outlet_events"][DRIFT_CHECKED].extra = {
+            "report_id": result.report_id, "model_name": result.model_name,
+            "model_version": result.model_version, "verdict": result.verdict}
         return result.to_dict()
 
     @task
@@ -74,23 +78,7 @@ def riskloop_monitor():
 
         return [a.to_dict() for a in check_and_alert(get_settings(), DriftResult.from_dict(drift_result))]
 
-    @task
-    def promote(drift_result: dict, **context) -> dict:
-        from riskloop.config import get_settings
-        from riskloop.monitoring import DriftResult
-        from riskloop.promotion import evaluate_promotion
-
-        decision = evaluate_promotion(
-            get_settings(),
-            model_name=context["params"]["model_name"],
-            drift=DriftResult.from_dict(drift_result),
-            margin=context["params"]["margin"],
-        )
-        return decision.to_dict()
-
-    checked = drift()
-    alert(checked)
-    promote(checked)
+    alert(drift())
 
 
 riskloop_monitor()

@@ -267,6 +267,9 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
         with stages.stage("monitor_and_promote", on_change):
             # Drift of this run's traffic only: earlier demo runs replay the same requests.
             run_dag(settings, "riskloop_monitor", conf={"since": scoring_started.isoformat()})
+            # Under a scheduler the drift check's asset event triggers riskloop_promote; `dags test`
+            # runs one DAG only, so run it here: it gates on the model's latest drift check.
+            run_dag(settings, "riskloop_promote")
             drift = _latest_row(settings, "select verdict, reason, share_drifted, n_reference, n_current, "
                                           "report_path, per_feature from monitoring.drift_reports "
                                           "order by created_at desc limit 1")

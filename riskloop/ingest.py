@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -365,26 +365,44 @@ def load_table(
         return _load(conn, raw, arrow, source, start, end)
 
 
+def landed_tables(settings: Settings, landing_dir: str | Path | None = None) -> list[str]:
+    """Names of the raw tables (sources) with a file in ``landing_dir``, in contract order.
+
+    The ingest DAG maps one load task over these, so each source of an interval is loaded,
+    retried and shown on its own."""
+    directory = Path(landing_dir) if landing_dir is not None else settings.landing
+    if not directory.is_dir():
+        raise FileNotFoundError(f"landing directory {directory} does not exist")
+    return [t.name for t in RAW_TABLES if (directory / t.file_name).exists()]
+
+
 def load_landing(
     settings: Settings,
     landing_dir: str | Path | None = None,
     interval_start: datetime | str | None = None,
     interval_end: datetime | str | None = None,
+    tables: Sequence[str] | None = None,
 ) -> list[LoadResult]:
-    """Load every ``<raw table>.parquet`` present in ``landing_dir`` (default: the settings' landing).
+    """Load every ``<raw table>.parquet`` present in ``landing_dir`` (default: the settings' landing),
+    or only those of ``tables`` (one source at a time, as the ingest DAG does).
 
     All files are read and validated before anything is written, then loaded in one
     transaction: a bad file anywhere leaves the warehouse exactly as it was, so the Airflow task
-    can simply be retried once the file is fixed.  Files that are not raw tables are ignored.
+    can simply be retried once the file is fixed.  Files that are not raw tables are ignored; a
+    name in ``tables`` that is not a raw table is an error.
     """
     directory = Path(landing_dir) if landing_dir is not None else settings.landing
     if not directory.is_dir():
         raise FileNotFoundError(f"landing directory {directory} does not exist")
+    if tables is not None:
+        unknown = sorted(set(tables) - {t.name for t in RAW_TABLES})
+        if unknown:
+            raise ValueError(f"not raw tables: {', '.join(unknown)} (known: {', '.join(t.name for t in RAW_TABLES)})")
     start, end = _to_utc(interval_start), _to_utc(interval_end)
     prepared = [
         (table, *_prepare(table, directory / table.file_name, settings, start, end))
         for table in RAW_TABLES
-        if (directory / table.file_name).exists()
+        if (tables is None or table.name in tables) and (directory / table.file_name).exists()
     ]
     if not prepared:
         log.warning("no raw table file in %s", directory)

@@ -470,3 +470,31 @@ def _record(settings: Settings, result: DriftResult, thresholds: dict[str, Any])
              result.verdict, result.reason, Jsonb({k: asdict(v) for k, v in result.per_feature.items()}),
              Jsonb(thresholds), result.report_path, result.created_at),
         )
+
+
+_REPORT_COLUMNS = ("report_id", "model_name", "model_version", "model_alias", "verdict", "reason", "n_reference",
+                   "n_current", "per_feature", "score_drift", "share_drifted", "window_start", "window_end",
+                   "report_path", "mlflow_run_id", "created_at")
+
+
+def load_drift(settings: Settings, *, report_id: str | None = None, model_name: str | None = None) -> DriftResult | None:
+    """A recorded drift check, read back from ``monitoring.drift_reports``: the one with
+    ``report_id``, else the latest for ``model_name``; ``None`` if there is none.
+
+    The promote DAG acts on the drift check that triggered it (the asset event names the report),
+    so the gate judges exactly the evidence the monitor recorded, not a fresh re-run of it."""
+    if (report_id is None) == (model_name is None):
+        raise ValueError("give exactly one of report_id and model_name")
+    ensure_tables(settings)
+    where, arg = ("report_id = %s", report_id) if report_id is not None else ("model_name = %s", model_name)
+    with db.connect(settings) as conn:
+        row = conn.execute(
+            f"select {', '.join(_REPORT_COLUMNS)} from {MONITORING_SCHEMA}.drift_reports "
+            f"where {where} order by created_at desc limit 1", (arg,)).fetchone()
+    if row is None:
+        return None
+    data = dict(zip(_REPORT_COLUMNS, row))
+    per_feature = {k: ColumnDrift(**v) for k, v in (data.pop("per_feature") or {}).items()}
+    score = data.pop("score_drift")
+    return DriftResult(**{**data, "report_id": str(data["report_id"])}, features=tuple(per_feature),
+                       per_feature=per_feature, score_drift=ColumnDrift(**score) if score else None)

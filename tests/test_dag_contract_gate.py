@@ -17,12 +17,13 @@ from tests.fixtures_data import make_tables, reset_warehouse, write_landing
 
 
 def _task_states(settings, dag_id: str, logical_date: datetime) -> dict[str, str]:
+    """task id → state; a mapped task's instances appear as ``task[label]`` (its rendered map index)."""
     with psycopg.connect(settings.pg.url(AIRFLOW_DB, driver="")) as conn:
         rows = conn.execute(
-            "select ti.task_id, ti.state from task_instance ti join dag_run dr "
-            "on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id "
+            "select ti.task_id, ti.map_index, ti.rendered_map_index, ti.state from task_instance ti "
+            "join dag_run dr on dr.dag_id = ti.dag_id and dr.run_id = ti.run_id "
             "where dr.dag_id = %s and dr.logical_date = %s", (dag_id, logical_date)).fetchall()
-    return dict(rows)
+    return {(task if index < 0 else f"{task}[{label}]"): state for task, index, label, state in rows}
 
 
 def test_bad_batch_stops_the_dag_before_dbt(settings, tmp_path: Path) -> None:
@@ -39,7 +40,10 @@ def test_bad_batch_stops_the_dag_before_dbt(settings, tmp_path: Path) -> None:
     assert "ledger_entries" in str(info.value)
 
     states = _task_states(settings, "riskloop_ingest", logical)
-    assert states["load_raw"] == "success"
+    # One load per landed source (mapped, labelled by source), all loaded before the contracts ran.
+    assert states["landed"] == "success"
+    assert {k: v for k, v in states.items() if k.startswith("load_raw")} == {
+        f"load_raw[{name}]": "success" for name in sorted(tables)}
     assert states["check_contracts"] == "failed"
     assert states["transform"] == "upstream_failed"
     assert states["check_feature_marts"] == "upstream_failed"

@@ -13,7 +13,7 @@ import pytest
 from riskloop.config import PROJECT_ROOT, Settings
 from riskloop.orchestrate import airflow_env
 
-EXPECTED_DAGS = {"riskloop_ingest", "riskloop_train", "riskloop_monitor", "riskloop_batch_files"}
+EXPECTED_DAGS = {"riskloop_ingest", "riskloop_train", "riskloop_monitor", "riskloop_promote", "riskloop_batch_files"}
 
 PARSE = textwrap.dedent("""
     import json, sys, time
@@ -34,7 +34,9 @@ PARSE = textwrap.dedent("""
                                 "tasks": {t.task_id: {"retries": t.retries, "owner": t.owner,
                                                       "timeout": bool(t.execution_timeout),
                                                       "on_failure": bool(t.on_failure_callback),
-                                                      "outlets": sorted(o.name for o in t.outlets)}
+                                                      "outlets": sorted(o.name for o in t.outlets),
+                                                      "mapped": bool(getattr(t, "is_mapped", False)),
+                                                      "downstream": sorted(t.downstream_task_ids)}
                                           for t in d.tasks}}
                     for d in bag.dags.values()}}
     print(json.dumps(out))
@@ -83,7 +85,8 @@ def test_every_dag_and_task_alerts_on_failure(dagbag: dict) -> None:
 
 
 def test_dags_are_chained_by_assets(dagbag: dict) -> None:
-    """ingest → (online features) → train → (fraud model) → monitor: data-aware, no sensors."""
+    """ingest → (online features) → train → (fraud model) → monitor → (drift checked) → promote:
+    data-aware, no sensors."""
     dags = dagbag["dags"]
     assert dags["riskloop_ingest"]["tasks"]["materialize"]["outlets"] == ["riskloop_online_features"]
     assert dags["riskloop_train"]["timetable"] == "AssetTriggeredTimetable"
@@ -95,6 +98,18 @@ def test_dags_are_chained_by_assets(dagbag: dict) -> None:
     # The monitor also runs daily: drift grows without any new model.
     assert dags["riskloop_monitor"]["timetable"] == "AssetOrTimeSchedule"
     assert dags["riskloop_monitor"]["schedule_assets"] == ["riskloop_fraud_model"]
+    assert dags["riskloop_monitor"]["tasks"]["drift"]["outlets"] == ["riskloop_drift_checked"]
+    assert "promote" not in dags["riskloop_monitor"]["tasks"]  # promotion is its own DAG
+    assert dags["riskloop_promote"]["timetable"] == "AssetTriggeredTimetable"
+    assert dags["riskloop_promote"]["schedule_assets"] == ["riskloop_drift_checked"]
+
+
+def test_ingest_is_mapped_per_source(dagbag: dict) -> None:
+    """One load task instance per landed source, mapped at run time over what has landed."""
+    tasks = dagbag["dags"]["riskloop_ingest"]["tasks"]
+    assert tasks["load_raw"]["mapped"] is True
+    assert tasks["landed"]["mapped"] is False
+    assert tasks["load_raw"]["downstream"] == ["check_contracts"]
 
 
 def test_failure_alert_is_one_structured_record(caplog: pytest.LogCaptureFixture) -> None:

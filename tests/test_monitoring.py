@@ -258,3 +258,22 @@ def test_until_bounds_the_window_like_a_scheduled_interval(settings: Settings, d
     # window_end is the newest row's decided_at: a half-open interval ending there leaves it out.
     assert bounded.n_current == everything.n_current - 1
     assert bounded.window_end < everything.window_end
+
+
+def test_a_recorded_drift_check_reads_back_as_it_was_made(settings: Settings, drift_model) -> None:
+    """What the promote DAG gates on: the stored check, by its id or as the model's latest."""
+    from riskloop.monitoring import load_drift, run_drift
+
+    made = run_drift(settings, drift_model["name"], version=drift_model["shift"], min_rows=50, log_to_mlflow=False)
+    by_id = load_drift(settings, report_id=made.report_id)
+    assert by_id is not None
+    assert (by_id.report_id, by_id.model_version, by_id.verdict, by_id.reason, by_id.n_current) == (
+        made.report_id, made.model_version, made.verdict, made.reason, made.n_current)
+    assert by_id.per_feature == made.per_feature and by_id.score_drift == made.score_drift
+    # jsonb keeps no key order: the inputs come back as a set, which is all the gate reads.
+    assert sorted(by_id.drifted_features) == sorted(made.drifted_features)
+    assert by_id.blocks_promotion == made.blocks_promotion
+    assert load_drift(settings, model_name=drift_model["name"]).report_id == made.report_id  # the latest
+    assert load_drift(settings, report_id="00000000-0000-0000-0000-000000000000") is None
+    with pytest.raises(ValueError):
+        load_drift(settings)

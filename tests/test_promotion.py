@@ -399,3 +399,23 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
     expected, _ = _compare(d.champion_metrics, d.challenger_metrics, 0.0)
     assert d.decision == ("promoted" if expected else "refused"), d.reason
     assert aliases(settings, settings.fraud_model_name)["champion"] == (second.version if expected else first.version)
+
+
+def test_promote_dag_gates_on_the_drift_check_it_is_given(settings: Settings, classifiers) -> None:
+    """The riskloop_promote DAG (dag.test) reads the recorded drift check back and records its
+    decision against that very report: the evidence the monitor emitted, not a fresh re-run."""
+    from riskloop.monitoring import run_drift
+    from riskloop.orchestrate import run_dag
+
+    name = fresh_name()
+    version = register(settings, name, classifiers["good"], ("champion", "challenger"))
+    drift = run_drift(settings, name, log_to_mlflow=False)  # no decisions yet: insufficient_data, recorded
+    run_dag(settings, "riskloop_promote", conf={"model_name": name, "report_id": drift.report_id})
+
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        rows = conn.execute("select decision, reason, drift_report_id::text, drift_verdict, challenger_version "
+                            "from governance.promotion_decisions where model_name = %s", (name,)).fetchall()
+    assert len(rows) == 1, rows
+    decision, reason, report_id, verdict, challenger = rows[0]
+    assert (decision, report_id, verdict, challenger) == ("no_change", drift.report_id, "insufficient_data", version)
+    assert "already the champion" in reason

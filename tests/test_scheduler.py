@@ -130,7 +130,8 @@ def test_scheduler_runs_two_intervals_then_training(airflow: Settings, scheduled
     # Task logs are JSON lines, and riskloop's own lines carry the run's ids.
     run_id = ingest[-1]["dag_run_id"]
     task_dir = s.airflow_home / "logs" / "dag_id=riskloop_ingest" / f"run_id={run_id}" / "task_id=load_raw"
-    records = [json.loads(line) for path in task_dir.glob("attempt=*.log")
+    # load_raw is mapped per source: one log directory per map index (map_index=N/attempt=M.log).
+    records = [json.loads(line) for path in task_dir.rglob("attempt=*.log")
                for line in path.read_text().splitlines() if line.strip()]
     ours = [r for r in records if r.get("logger") == "riskloop.ingest"]
     assert ours and all(r["run_id"] == run_id and r["task_id"] == "load_raw" for r in ours), records[:5]

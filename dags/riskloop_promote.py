@@ -1,0 +1,79 @@
+"""Promote: the challenger gate, run on every recorded drift check of a model.
+
+Scheduled on the ``riskloop_drift_checked`` asset that ``riskloop_monitor`` emits (data-aware:
+no sensor, no time offset), so a new challenger meets the gate as soon as the monitor has looked
+at the champion's traffic. The gate (:func:`riskloop.promotion.evaluate_promotion`) moves
+``champion`` only when every gate passes: data contracts, offline metrics non-inferior to the
+champion's on the same test window (``margin``), no critical drift in the triggering check, and
+a reviewer's approval bound to the version's content hash. Every decision and its evidence is
+recorded in ``governance.promotion_decisions``; a refusal is also an alert.
+
+Triggered by hand (the Airflow UI, ``airflow dags trigger riskloop_promote``), it gates on the report given
+in ``report_id``, else on the model's latest recorded drift check.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+
+# Light (standard library only): the failure alert and task defaults every DAG shares.
+from riskloop.dag_defaults import default_args, on_failure
+
+# Same identity as in riskloop_monitor.py.
+DRIFT_CHECKED = Asset(name="riskloop_drift_checked", uri="riskloop://monitoring/drift_reports")
+
+
+DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minutes=2),
+                            execution_timeout=timedelta(minutes=30))
+
+
+@dag(
+    dag_id="riskloop_promote",
+    schedule=[DRIFT_CHECKED],
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    on_failure_callback=on_failure,
+    tags=["riskloop", "promotion"],
+    params={
+        "model_name": Param("riskloop-fraud", type="string"),
+        "margin": Param(0.0, type="number", minimum=0, description="Tolerated metric loss of the challenger."),
+        "report_id": Param(None, type=["null", "string"],
+                           description="Gate on this drift report; default the triggering one, else the latest."),
+    },
+    doc_md=__doc__,
+)
+def riskloop_promote():
+    @task
+    def promote(**context) -> dict:
+        """Gate the challenger on the drift check named by the trigger (or the params)."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from riskloop.config import get_settings
+        from riskloop.monitoring import load_drift
+        from riskloop.promotion import evaluate_promotion
+
+        settings = get_settings()
+        params = context["params"]
+        report_id = params["report_id"]
+        if not report_id:
+            # Newest first; events of other models are not ours to gate.
+            events = [e.extra for e in context["triggering_asset_events"].get(DRIFT_CHECKED, [])
+                      if (e.extra or {}).get("model_name") == params["model_name"]]
+            report_id = events[-1]["report_id"] if events else None
+        drift = (load_drift(settings, report_id=report_id) if report_id
+                 else load_drift(settings, model_name=params["model_name"]))
+        if report_id and drift is None:
+            raise AirflowFailException(f"drift report {report_id} is not recorded: nothing to gate on")
+        decision = evaluate_promotion(settings, model_name=params["model_name"], drift=drift,
+                                      margin=params["margin"])
+        return decision.to_dict()
+
+    promote()
+
+
+riskloop_promote()
