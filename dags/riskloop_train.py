@@ -2,7 +2,9 @@
 
 Scheduled on the ingest DAG's online-features asset (data-aware: it runs when new features have
 been materialised, never on a clock); each model task emits its model's asset, which the monitor
-DAG follows (a model left out by the ``models`` param is skipped and emits nothing). Each run
+DAG follows (a model left out by the ``models`` param is skipped and emits nothing). Params: which
+models, XGBoost overrides per model, and the fraud training window (``fraud_window``: training
+days, test days, label delay). Each run
 registers a new version with the `challenger` alias (the first version ever also becomes
 `champion`); promotion is the monitor DAG's job, never this one's. The ``search_trials`` param runs a
 bounded hyperparameter search (nested MLflow runs, validation rows only) before the final fit;
@@ -45,6 +47,11 @@ DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minu
         "search_trials": Param(0, type="integer", minimum=0, maximum=200,
                                description="Trials of a bounded hyperparameter search per model, on validation "
                                "rows only, logged as nested MLflow runs (0: train with the parameters as given)."),
+        "fraud_window": Param({}, type="object", additionalProperties=False,
+                              properties={k: {"type": ["integer", "null"], "minimum": 0}
+                                          for k in ("train_days", "test_days", "delay_days")},
+                              description="Fraud training window in days (train_days, test_days, "
+                                          "delay_days = the label delay); unset keys keep the defaults."),
     },
     doc_md=__doc__,
 )
@@ -58,8 +65,9 @@ def riskloop_train():
         from riskloop.config import get_settings
         from training.train import train_fraud as run
 
+        window = {k: v for k, v in (context["params"]["fraud_window"] or {}).items() if v is not None}
         result = run(get_settings(), params=context["params"]["fraud_params"] or None,
-                     search_trials=int(context["params"]["search_trials"]))
+                     search_trials=int(context["params"]["search_trials"]), **window)
         return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
                 "run_url": result.run_url, "search": result.search}
 
