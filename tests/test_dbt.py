@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import yaml
 from riskloop import db
 from riskloop.ingest import load_landing, load_table
 from riskloop.schema import RAW_TABLES_BY_NAME
-from riskloop.transform import DbtError, run_dbt
+from riskloop.transform import DbtError, dbt_artifacts_dir, run_dbt
 from tests.fixtures_data import T0, Payment, default_payments, make_tables, reset_warehouse, write_landing
 
 DBT = Path(__file__).resolve().parents[1] / "dbt_project"
@@ -210,3 +211,25 @@ def test_failing_dbt_test_raises_with_node_name(built) -> None:
     finally:
         with db.connect(settings) as conn:
             conn.execute("delete from raw.credit_outcomes where application_id = 'app_missing'")
+
+
+def test_dbt_unit_tests_pin_the_label_delay_logic(built) -> None:
+    """dbt's own unit tests (fixture rows in, expected rows out) for the label arrival time and the
+    delayed terminal-risk windows; `dbt build` runs them before the models, this runs them alone."""
+    settings, _ = built
+    result = run_dbt(settings, ["test", "--select", "test_type:unit"])
+    outcome = {r.node.name: str(r.status) for r in result.results}
+    assert outcome == {"fraud_label_arrives_when_a_fraud_dispute_is_lost": "pass",
+                       "terminal_risk_counts_only_labels_known_before_the_day": "pass"}
+
+
+def test_docs_generate_catalogues_the_marts(built) -> None:
+    """`dbt docs generate` works against the warehouse: every mart is in the catalog with its columns."""
+    settings, _ = built
+    run_dbt(settings, ["docs", "generate"])
+    catalog = json.loads((dbt_artifacts_dir(settings) / "target" / "catalog.json").read_text())
+    marts = {node["metadata"]["name"]: set(node["columns"]) for node in catalog["nodes"].values()
+             if node["metadata"]["schema"] == "marts"}
+    assert {"fct_transactions", "terminal_risk_features", "customer_spending_features"} <= set(marts)
+    assert {"payment_id", "tx_at", "is_fraud", "fraud_known_at"} <= marts["fct_transactions"]
+    assert catalog["errors"] is None
