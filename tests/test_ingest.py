@@ -109,3 +109,93 @@ def test_interval_loads_only_rows_inside(clean, tmp_path) -> None:
         interval = conn.execute("select interval_start, interval_end from raw.load_batches limit 1").fetchone()
     assert start <= lo and hi < end
     assert interval == (start, end)
+
+
+@pytest.fixture()
+def own_postgres():
+    """A Postgres of this test's own (embedded, temp home): it is crashed on purpose below, which
+    the session's server, shared by every other test, must not be."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from riskloop import stack
+    from riskloop.config import Settings
+    from tests.conftest import free_port
+
+    home = Path(tempfile.mkdtemp(prefix="riskloop-crash-"))
+    home.chmod(0o755)
+    s = Settings(home=home, pg_port=free_port())
+    stack.start_postgres(s)
+    stack.ensure_databases(s)
+    try:
+        yield s
+    finally:
+        stack.stop_postgres(s, mode="immediate")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_postgres_stopped_mid_load_then_rerun_gives_exact_counts(own_postgres, tmp_path) -> None:
+    """The server dies while a load's transaction is open (after the batch row and the COPY, while
+    the upsert waits): nothing of it survives recovery, and running the load again gives exact
+    counts and the same table checksums as an undisturbed load, twice over."""
+    import threading
+    import time
+
+    from riskloop import stack
+    from riskloop.ingest import create_raw_tables
+
+    s = own_postgres
+    tables = make_tables()
+    landing = write_landing(tables, tmp_path / "landing")
+    with db.connect(s) as conn:
+        create_raw_tables(conn)
+
+    # Hold the target table so the load stops, mid-transaction, at its upsert into it.
+    import psycopg
+
+    blocker = psycopg.connect(db.dsn(s))
+    blocker.execute("lock table raw.webhook_events in access exclusive mode")
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_landing(s, landing)
+        except BaseException as exc:  # noqa: BLE001 - the crash is the point; keep it for the assert
+            errors.append(exc)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    deadline = time.monotonic() + 60
+    with db.connect(s, autocommit=True) as probe:
+        while True:
+            waiting = probe.execute(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                "and backend_xid is not null and query ilike '%%raw%%webhook_events%%'").fetchone()[0]
+            if waiting or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert waiting == 1, "the load never reached its upsert"
+    stack.stop_postgres(s, mode="immediate")
+    loader.join(timeout=60)
+    try:
+        blocker.close()
+    except Exception:  # noqa: BLE001 - its server is gone
+        pass
+    assert errors and not loader.is_alive(), "the load should have failed with the server"
+
+    stack.start_postgres(s)  # crash recovery
+    assert {t.name: _count(s, f"select count(*) from raw.{t.name}") for t in RAW_TABLES} == {
+        t.name: 0 for t in RAW_TABLES}
+    assert _count(s, "select count(*) from raw.load_batches") == 0
+
+    load_landing(s, landing)
+    after_rerun = {t.name: _snapshot(s, t.name) for t in RAW_TABLES}
+    for name, df in tables.items():
+        assert len(after_rerun[name]) == len(df), name
+    with db.connect(s) as conn:
+        checksums = {t.name: db.table_checksum(conn, f"raw.{t.name}", list(t.column_names)) for t in RAW_TABLES}
+    load_landing(s, landing)
+    with db.connect(s) as conn:
+        assert {t.name: db.table_checksum(conn, f"raw.{t.name}", list(t.column_names)) for t in RAW_TABLES} == checksums
+    assert _count(s, "select count(*) from raw.load_batches") == 2 * len(RAW_TABLES)
