@@ -233,3 +233,35 @@ def test_docs_generate_catalogues_the_marts(built) -> None:
     assert {"fct_transactions", "terminal_risk_features", "customer_spending_features"} <= set(marts)
     assert {"payment_id", "tx_at", "is_fraud", "fraud_known_at"} <= marts["fct_transactions"]
     assert catalog["errors"] is None
+
+
+def test_int_payments_is_incremental_and_matches_a_full_refresh(built) -> None:
+    """New events re-pivot only the payments they touch (a refund of an old payment, a new
+    payment), and the incremental result is row for row what a --full-refresh build gives."""
+    settings, tables = built
+    events = tables["webhook_events"]
+    authorized = events[events["event_type"] == "payment.authorized"]
+    old, template = authorized.iloc[0], authorized.iloc[1]
+    refund = old.copy()
+    refund["event_id"], refund["event_type"] = "evt_incr_refund", "payment.refunded"
+    refund["occurred_at"] = refund["received_at"] = old["occurred_at"] + timedelta(days=1)
+    new = template.copy()
+    new["event_id"], new["payment_id"] = "evt_incr_new", "pay_990001"
+    load_table(settings, "webhook_events", pd.DataFrame([refund, new]).reset_index(drop=True))
+
+    def state() -> tuple[tuple[int, str], dict]:
+        with db.connect(settings) as conn:
+            rows = dict(conn.execute("select payment_id, refunded_at from intermediate.int_payments "
+                                     "where payment_id in (%s, %s)", (old["payment_id"], "pay_990001")).fetchall())
+            return db.table_checksum(conn, "intermediate.int_payments"), rows
+
+    # No lookback here: every fixture load is minutes old, and the default 2 h would re-read them all.
+    result = run_dbt(settings, ["build", "--select", "int_payments"], vars={"incremental_lookback_hours": 0})
+    node = next(r for r in result.results if r.node.name == "int_payments")
+    assert node.adapter_response.get("rows_affected") == 2  # the two touched payments, not the table
+    incremental, rows = state()
+    assert rows[old["payment_id"]] == refund["occurred_at"] and "pay_990001" in rows
+    assert incremental[0] == len(authorized) + 1
+
+    run_dbt(settings, ["build", "--select", "int_payments", "--full-refresh"])
+    assert state()[0] == incremental

@@ -37,17 +37,22 @@ def _utc(d: date) -> datetime:
 
 
 def warehouse_state(settings: Settings) -> dict[str, tuple[int, str]]:
-    """Row count and checksum of every raw table (contract columns) and every dbt table."""
+    """Row count and checksum of every raw table (contract columns) and every dbt table (all but
+    its lineage columns)."""
     state = {}
     with db.connect(settings) as conn:
         for table in RAW_TABLES:
             state[f"{RAW_SCHEMA}.{table.name}"] = db.table_checksum(conn, f"{RAW_SCHEMA}.{table.name}",
                                                                     list(table.column_names))
+        # dbt tables: every column but the lineage ones (*loaded_at: when a load ran, the wall clock).
         built = conn.execute(
-            "select table_schema || '.' || table_name from information_schema.tables "
-            "where table_schema in ('intermediate', 'marts') and table_type = 'BASE TABLE' order by 1").fetchall()
-        for (name,) in built:
-            state[name] = db.table_checksum(conn, name)
+            "select c.table_schema || '.' || c.table_name, array_agg(c.column_name::text order by c.ordinal_position) "
+            "from information_schema.columns c join information_schema.tables t "
+            "  on t.table_schema = c.table_schema and t.table_name = c.table_name "
+            "where c.table_schema in ('intermediate', 'marts') and t.table_type = 'BASE TABLE' "
+            "  and c.column_name not like '%%loaded_at' group by 1 order by 1").fetchall()
+        for name, columns in built:
+            state[name] = db.table_checksum(conn, name, list(columns))
     return state
 
 

@@ -1,7 +1,26 @@
 -- One row per authorised payment, pivoted from its webhook events. The authorisation event
 -- fixes who/where/how much; the later events only add lifecycle timestamps.
+--
+-- Incremental (the events table grows every interval): a run re-pivots only the payments with an
+-- event loaded since the table's watermark (the newest load it has seen, last_loaded_at), all of
+-- their events, and replaces those rows (delete+insert on payment_id). The watermark is moved
+-- back by `incremental_lookback_hours` because a load's _loaded_at is its transaction's start:
+-- a load that started before the previous run but committed after it is still picked up.
+-- `dbt build --full-refresh` rebuilds from scratch.
+{{ config(materialized='incremental', unique_key='payment_id', incremental_strategy='delete+insert',
+          on_schema_change='fail') }}
+
 with events as (
     select * from {{ ref('stg_webhook_events') }}
+    {% if is_incremental() %}
+    where payment_id in (
+        select payment_id from {{ ref('stg_webhook_events') }}
+        where loaded_at > (
+            select coalesce(max(last_loaded_at), '-infinity'::timestamptz)
+                   - interval '{{ var("incremental_lookback_hours") | int }} hours'
+            from {{ this }})
+    )
+    {% endif %}
 ),
 
 authorizations as (
@@ -26,7 +45,8 @@ lifecycle as (
         min(occurred_at) filter (where event_type = 'payment.captured') as captured_at,
         min(occurred_at) filter (where event_type = 'payment.refunded') as refunded_at,
         min(occurred_at) filter (where event_type = 'dispute.opened') as dispute_opened_at,
-        min(occurred_at) filter (where event_type = 'dispute.closed') as dispute_closed_at
+        min(occurred_at) filter (where event_type = 'dispute.closed') as dispute_closed_at,
+        max(loaded_at) as last_loaded_at
     from events
     group by payment_id
 )
@@ -51,6 +71,7 @@ select
     l.captured_at,
     l.refunded_at,
     l.dispute_opened_at,
-    l.dispute_closed_at
+    l.dispute_closed_at,
+    l.last_loaded_at
 from authorizations a
 left join lifecycle l on l.payment_id = a.payment_id
