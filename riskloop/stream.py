@@ -187,12 +187,14 @@ class StreamConsumer:
     def __init__(self, settings: Settings, name: str = "default", store: "FeatureStore | None" = None) -> None:
         self.settings, self.name = settings, name
         self._store = store
+        self._owns_store = store is None
+        self.application_name = f"riskloop-stream-{name}"[:63]  # how pg_stat_activity shows its sessions
         self._conn: psycopg.Connection | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def open(self) -> "StreamConsumer":
-        conn = psycopg.connect(dsn(self.settings), autocommit=True)
+        conn = psycopg.connect(dsn(self.settings), autocommit=True, application_name=self.application_name)
         try:
             ensure_inbox(conn)
             ensure_state(conn)
@@ -309,9 +311,29 @@ class StreamConsumer:
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Rounds until ``stop`` is set: a round at once on each inbox NOTIFY, and at least every
-        ``stream_poll_s`` (a notice can be missed, e.g. across a reconnect)."""
+        ``stream_poll_s`` (a notice can be missed, e.g. across a reconnect).
+
+        A lost database connection (a Postgres restart, a killed backend) is logged and retried
+        every ``stream_poll_s`` with fresh connections, the Feast store's included (its online
+        connection would be dead too); the round in flight is redone from the stored offset, so
+        nothing is lost. Only :class:`ConsumerBusy` (another consumer took the name meanwhile) ends it.
+        """
         stop = stop or threading.Event()
-        with psycopg.connect(dsn(self.settings), autocommit=True) as listener:
+        while not stop.is_set():
+            try:
+                if self._conn is None:
+                    self.open()
+                self._loop(stop)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.error("stream consumer %r lost the database (%s): reconnecting in %.1fs",
+                          self.name, str(exc).strip() or type(exc).__name__, self.settings.stream_poll_s)
+                self.close()
+                if self._owns_store:
+                    self._store = None
+                stop.wait(self.settings.stream_poll_s)
+
+    def _loop(self, stop: threading.Event) -> None:
+        with psycopg.connect(dsn(self.settings), autocommit=True, application_name=self.application_name) as listener:
             listener.execute(sql.SQL("listen {}").format(sql.Identifier(CHANNEL)))
             log.info("stream consumer %r tailing %s (offset %d)", self.name, INBOX, self.offset())
             while not stop.is_set():

@@ -216,3 +216,47 @@ def test_parse_payment_rejects_what_dbt_rejects() -> None:
     assert parse_payment("standard", "e", "payment.captured", ok.decode()) is None
     no_keys = parse_payment("standard", "e", "payment.authorized", ok.replace(b'"k"', b"1").decode())
     assert no_keys is not None and no_keys.card_token is None
+
+
+def wait_for(check: Any, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_running_consumer_survives_losing_its_connections(env: Env) -> None:
+    """``run`` (the ``riskloop stream`` loop): NOTIFY-driven, and after its Postgres sessions are
+    killed it reconnects and carries on from its offset."""
+    import threading
+
+    from riskloop.stream import StreamConsumer
+
+    settings = env.settings.model_copy(update={"stream_poll_s": 0.2})
+    card = windows.entity("card")
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    first = event("live1", "standard", t, "L", "cL", 10)
+    key = first["card_token"]
+
+    def count() -> int | None:
+        return online(env, card, [key])[key]["card_tx_count_24h"]
+
+    consumer = StreamConsumer(settings, name=f"live-{RUN}", store=env.store)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        post(env, first)
+        wait_for(lambda: count() == 1)
+        with psycopg.connect(dsn(settings), autocommit=True) as conn:
+            killed = conn.execute("select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                                  "where application_name = %s", (consumer.application_name,)).fetchone()[0]
+        assert killed == 2  # its working session and its listener
+        post(env, event("live2", "stripe", t + timedelta(seconds=30), "L", "cL", 5))
+        wait_for(lambda: count() == 2)
+        assert online(env, card, [key])[key]["card_amount_minor_sum_24h"] == 15
+    finally:
+        stop.set()
+        thread.join(30)
+        consumer.close()
+    assert not thread.is_alive()
