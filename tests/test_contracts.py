@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from riskloop import db
-from riskloop.contracts import EXPECTATIONS_DIR, ContractViolation, load_suite_specs, run_contracts
+from riskloop.contracts import EXPECTATIONS_DIR, ContractViolation, latest_runs, load_suite_specs, run_contracts
 from riskloop.ingest import load_table
 from riskloop.schema import RAW_TABLES, RAW_TABLES_BY_NAME, WEBHOOK_EVENT_TYPES
 from tests.fixtures_data import make_tables, reset_warehouse
@@ -73,6 +73,10 @@ def test_good_data_passes_and_bad_batch_is_named(settings, caplog: pytest.LogCap
     with db.connect(settings) as conn:
         runs = conn.execute("select success, failures from raw.contract_runs order by run_at").fetchall()
     assert [r[0] for r in runs][-2:] == [True, False]
+    # what a training run records as its data-contract result: the latest run, failed, with its counts
+    [latest] = [r for r in latest_runs(settings) if r["schema"] == "raw"]
+    assert latest["run_id"] == report.run_id and latest["success"] is False and latest["failed"] == 3
+    assert latest["evaluated"] == sum(t.evaluated for t in report.tables.values())
     assert set(runs[-1][1]) == {"ledger_entries", "webhook_events", "dispute_outcomes"}
     assert runs[-1][1]["ledger_entries"][0]["unexpected_count"] == 1
 

@@ -94,7 +94,7 @@ def calibration(y: np.ndarray, score: np.ndarray, title: str, n_bins: int = 10) 
             ax.annotate(str(row.n), (row.mean_predicted, row.observed), fontsize=6, textcoords="offset points",
                         xytext=(3, -8))
     ax.set(xlabel="mean predicted probability", ylabel="observed rate", title=f"Calibration: {title}",
-           xlim=(0, 1), ylim=(0, 1))
+           xlim=(0, 1.02), ylim=(0, 1.02))
     ax.legend(loc="upper left")
     return fig
 
