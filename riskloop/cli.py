@@ -157,9 +157,15 @@ def train(
     seed: int = typer.Option(42, help="Random seed: same data, config and seed, same model bytes."),
 ) -> None:
     """Train a model on point-in-time features and register it in MLflow as the challenger."""
+    import os
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from training.train import train_credit, train_fraud
+
+    # MLflow writes two "View run" lines to stdout per run ended (every search trial): the run's
+    # URL is printed here, once, when the parent run starts.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
     if model not in ("fraud", "credit"):
         raise typer.BadParameter("model must be 'fraud' or 'credit'")

@@ -348,6 +348,18 @@ def test_search_logs_nested_trials_and_selects_on_validation_only(marts_settings
                              "best_value": best.data.metrics["valid_average_precision"]}
     assert "4-trial search" in client.get_model_version(settings.fraud_model_name, result.version).description
 
+    # Same data, parameters, trials and seed: the same trials, the same choice, the same model bytes.
+    import mlflow.xgboost
+
+    from training import model
+
+    again = train_fraud(settings, {"n_estimators": 30}, search_trials=4)
+    assert again.search == result.search
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    first, second = (mlflow.xgboost.load_model(f"models:/{settings.fraud_model_name}/{v}")
+                     for v in (result.version, again.version))
+    assert model.model_bytes(first) == model.model_bytes(second)
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -382,5 +394,6 @@ def test_cli_train_with_search_prints_the_run_url_and_the_choice(marts_settings,
     run_id = MlflowClient(marts_settings.tracking_uri).get_model_version(name, "1").run_id
     assert f"/runs/{run_id}" in result.output and "registered " + name + " v1" in result.output
     assert "search: trial" in result.output and "of 2 chosen on valid_brier" in result.output
+    assert "View run" not in result.output  # one URL, not two lines per trial from MLflow
     params = MlflowClient(marts_settings.tracking_uri).get_run(run_id).data.params
     assert params["search_trials"] == "2" and params["xgb_n_estimators"] == "20"
