@@ -333,6 +333,8 @@ def test_search_logs_nested_trials_and_selects_on_validation_only(marts_settings
     for trial in trials:  # trials are judged on validation rows: no test metric is ever computed for them
         assert set(trial.data.metrics) == {"valid_auc_roc", "valid_average_precision", "valid_card_precision_at_100"}
         assert trial.data.params["xgb_n_estimators"] == "30"  # the caller's parameter is held fixed
+    [baseline] = [r for r in trials if r.data.tags["riskloop.search_trial"] == "0"]
+    assert baseline.data.params["xgb_max_depth"] == "4" and baseline.data.params["xgb_learning_rate"] == "0.1"
     values = {int(r.data.tags["riskloop.search_trial"]): r.data.metrics["valid_average_precision"] for r in trials}
     best_number = min(n for n, v in values.items() if v == max(values.values()))  # ties: the earliest trial
     best = next(r for r in trials if r.data.tags["riskloop.search_trial"] == str(best_number))

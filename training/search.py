@@ -1,6 +1,7 @@
 """Bounded hyperparameter search, one nested MLflow run per trial, selecting on validation only.
 
-Optuna's TPE sampler with a fixed seed proposes ``n_trials`` XGBoost configurations; each is fitted
+Optuna's TPE sampler with a fixed seed proposes ``n_trials`` XGBoost configurations (the first is
+riskloop's defaults); each is fitted
 on the older part of the training window and scored on its newest part (the validation rows,
 labels as known at the training moment). The test window is never touched here: the caller fits
 the final model with the selected parameters and scores the test set once, in the parent run.
@@ -82,8 +83,13 @@ def run_search(n_trials: int, validate: Callable[[dict[str, Any]], dict[str, flo
 
     if not 1 <= n_trials <= MAX_TRIALS:
         raise ValueError(f"the search takes 1 to {MAX_TRIALS} trials, got {n_trials}")
+    from training.model import DEFAULT_PARAMS
+
     sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction=objective.direction, sampler=sampler)
+    # Trial 0 is riskloop's default configuration: the search can only ever choose something at
+    # least as good on validation as training without a search would have used.
+    study.enqueue_trial({k: v for k, v in DEFAULT_PARAMS.items() if k not in fixed})
     trials: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for _ in range(n_trials):
