@@ -295,49 +295,62 @@ def test_judge_names_each_breached_bound(stack: Stack) -> None:
 # --- the tripwire: automatic rollback -----------------------------------------------------------------
 
 def test_tripwire_rolls_back_under_load_without_failed_requests(stack: Stack) -> None:
+    """Two serving apps (each its own poller, watchdog, connections: what two processes would have)
+    share the canary of a challenger whose scores are far off; both route, both watch, one rolls back."""
+    from contextlib import ExitStack
+
     from sinks import http_sink
 
     from riskloop import canary
 
     stack.set_challenger(stack.bad)
-    bodies = _requests(stack, 5000, "trip")
+    bodies = _requests(stack, 6000, "trip")
     seen: list[tuple[int, str | None]] = []
     stop = threading.Event()
-    with http_sink() as sink:
+    with http_sink() as sink, ExitStack() as apps:
         settings = stack.settings.model_copy(update={"alert_webhook_url": sink.url("/hook"),
                                                      "alert_webhook_secret": SecretStr("whsec_MDEyMzQ1Njc4OWFiY2RlZg=="),
                                                      "canary_watch_min_decisions": 30})
         state = canary.start(settings, stack.name, share=0.5, min_minutes=0, min_decisions=0)
-        with TestClient(_app(stack, settings), headers=AUTH) as c:
-            def load(k: int) -> None:
-                i = k
-                while not stop.is_set() and i < len(bodies):
-                    r = c.post("/v1/score/fraud", json=bodies[i])
-                    seen.append((r.status_code, r.json()["model"]["alias"] if r.status_code == 200 else r.text))
-                    i += 3
+        clients = [apps.enter_context(TestClient(_app(stack, settings), headers=AUTH)) for _ in range(2)]
 
-            workers = [threading.Thread(target=load, args=(k,)) for k in range(3)]
+        def load(k: int) -> None:
+            c, i = clients[k % 2], k
+            while not stop.is_set() and i < len(bodies):
+                r = c.post("/v1/score/fraud", json=bodies[i])
+                seen.append((r.status_code, r.json()["model"]["alias"] if r.status_code == 200 else r.text))
+                i += 4
+
+        workers = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+        for w in workers:
+            w.start()
+        try:
+            took = _wait(lambda: not canary.current_state(settings, stack.name).active, 60, "rollback")
+            for c in clients:
+                _wait(lambda c=c: c.get("/v1/canary").json()["effective_mode"] == "champion", 10, "serving follows")
+            time.sleep(0.2)  # requests that read the routing before the swap have answered
+            n_after = len(seen)
+            _wait(lambda: len(seen) > n_after + 40, 30, "more traffic after the rollback")
+        finally:
+            stop.set()
             for w in workers:
-                w.start()
-            try:
-                took = _wait(lambda: not canary.current_state(settings, stack.name).active, 60, "rollback")
-                _wait(lambda: c.get("/v1/canary").json()["effective_mode"] == "champion", 10, "serving follows")
-                n_after = len(seen)
-                _wait(lambda: len(seen) > n_after + 30, 30, "more traffic after the rollback")
-            finally:
-                stop.set()
-                for w in workers:
-                    w.join()
-        print(f"canary rolled back {took:.1f}s after it started")  # noqa: T201 - reported in -s runs
+                w.join()
+        print(f"canary rolled back {took:.1f}s after the load started")  # noqa: T201 - reported in -s runs
         assert all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:3]
         assert "challenger" in {alias for _, alias in seen[:n_after]}
         assert {alias for _, alias in seen[n_after:]} == {"champion"}
         rolled = canary.current_state(settings, stack.name)
         assert rolled.event == "rollback" and rolled.share == 0 and rolled.canary_id == state.canary_id
         assert "PSI" in rolled.reason and rolled.evidence["stats"]["psi"] > settings.canary_hard_max_psi
+        with psycopg.connect(dsn(settings)) as conn:  # two watchers, one rollback
+            (n_rollbacks,) = conn.execute("select count(*) from governance.canary_state where canary_id = %s "
+                                          "and event = 'rollback'", (state.canary_id,)).fetchone()
+        assert n_rollbacks == 1
         assert stack.aliases()["challenger"] == stack.champion  # @challenger back where it rests
         _wait(lambda: sink.bodies("/hook"), 10, "alert delivered")
-        alert = json.loads(sink.bodies("/hook")[0])["data"]
+        time.sleep(1.0)  # a second watcher's alert would have arrived by now
+        (body,) = sink.bodies("/hook")
+        alert = json.loads(body)["data"]
         assert alert["kind"] == "canary_rollback" and stack.bad in alert["summary"]
     # The rolled-back version cannot pass the gate.
     verdict = canary.gate(settings, stack.name, stack.bad, stack.champion)
