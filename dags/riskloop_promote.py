@@ -4,8 +4,9 @@ Scheduled on the ``riskloop_drift_checked`` asset that ``riskloop_monitor`` emit
 no sensor, no time offset), so a new challenger meets the gate as soon as the monitor has looked
 at the champion's traffic. The gate (:func:`riskloop.promotion.evaluate_promotion`) moves
 ``champion`` only when every gate passes: data contracts, offline metrics non-inferior to the
-champion's on the same test window (``margin``), no critical drift in the triggering check, and
-a reviewer's approval bound to the version's content hash. Every decision and its evidence is
+champion's on the same test window (``margin``), no critical drift in the triggering check, a
+reviewer's approval bound to the version's content hash, and a passed canary phase on live traffic
+(``riskloop canary start``; waived only by ``RISKLOOP_CANARY_REQUIRED=false``). Every decision and its evidence is
 recorded in ``governance.promotion_decisions``; a refusal is also an alert.
 
 Triggered by hand (the Airflow UI, ``airflow dags trigger riskloop_promote``), it gates on the report given
