@@ -47,7 +47,8 @@ STATE_TABLE = f"{SCHEMA}.alert_state"
 EVENTS_TABLE = f"{SCHEMA}.alert_events"
 # Every alert kind has a runbook docs/runbooks/<kind>.md (a test keeps the two in step).
 KINDS = ("input_drift", "approval_rate_drop", "review_rate_spike", "override_spike", "degraded_rate",
-         "latency_p99", "promotion_blocked", "airflow_failure", "contract_violation", "canary_rollback")
+         "latency_p99", "promotion_blocked", "airflow_failure", "contract_violation", "canary_rollback",
+         "performance_drop")
 
 _DDL = f"""
 create table if not exists {STATE_TABLE} (
@@ -362,7 +363,7 @@ def check_and_alert(settings: Settings, drift: "DriftResult | None") -> list[Ale
     tripwires, through the state machine and the sinks. Shared by ``riskloop monitor`` and the DAG."""
     from riskloop.tripwires import evaluate
 
-    checks = [drift_check(settings, drift)] if drift is not None else []
+    checks = [drift_check(settings, drift), performance_check(settings, drift)] if drift is not None else []
     return process(settings, checks + evaluate(settings))
 
 
@@ -412,6 +413,32 @@ def drift_check(settings: Settings, result: "DriftResult") -> Check:
                                "threshold": thresholds.get(f, c.threshold)} for f, c in tripped.items()},
                "score_drifted": score_tripped}
     return Check("input_drift", key, bool(parts), summary, details, link)
+
+
+def performance_check(settings: Settings, result: "DriftResult") -> Check:
+    """Realised performance on matured labels: breached when realised average precision is more than
+    ``RISKLOOP_MONITOR_AP_MARGIN`` below the version's own test AP, or when the matured fraud rate
+    drifted from the test window's (the model's prior no longer holds). No matured labels: None."""
+    from riskloop.monitoring import performance_text
+
+    key, perf, target = result.model_name, result.performance, result.target_drift
+    head = f"{result.model_name} v{result.model_version}: "
+    link = report_url(settings, result.report_path)
+    if perf is None:
+        return Check("performance_drop", key, None, head + "realised performance not assessed (too few matured "
+                     "labels)", report_url=link)
+    margin = settings.monitor_ap_margin
+    dropped = perf.ap_drop is not None and perf.ap_drop > margin
+    shifted = target is not None and target.drifted
+    causes = ([f"AP {_fmt(perf.average_precision)} is {_fmt(perf.ap_drop)} below test AP "
+               f"{_fmt(perf.test_average_precision)} (margin {_fmt(margin)})"] if dropped else []) + \
+             (["fraud rate drifted"] if shifted else [])
+    summary = head + ("; ".join(causes) + " — " if causes else "") + performance_text(perf, target)
+    details = {"model_name": result.model_name, "model_version": result.model_version,
+               "drift_report_id": result.report_id, "performance": asdict(perf),
+               "target_drift": asdict(target) if target else None, "ap_margin": margin,
+               "ap_dropped": dropped, "target_drifted": shifted}
+    return Check("performance_drop", key, dropped or shifted, summary, details, link)
 
 
 def _fmt(x: float | None) -> str:

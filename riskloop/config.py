@@ -162,6 +162,16 @@ class Settings(BaseSettings):
     alert_feature_thresholds: dict[str, float] = Field(
         default_factory=dict, description='Per-feature drift thresholds as JSON, e.g. {"amount": 0.2}: replace '
         "Evidently's threshold for that input (a p-value: drift below it; a distance: drift at or above).")
+    # Realised performance on matured labels (riskloop.monitoring.run_drift) and its alert.
+    monitor_min_matured: int = Field(
+        default=200, ge=1, description="Matured decisions (label known, both classes present) needed before "
+        "the monitor computes realised AUC / AP and target drift.")
+    monitor_ap_margin: float = Field(
+        default=0.1, ge=0, description="performance_drop fires when realised average precision is more than "
+        "this (absolute) below the model version's own test AP.")
+    monitor_target_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Target drift: the matured fraud rate differs from the reference's "
+        "(test-window) label rate when the two-proportion Z-test p-value is below this.")
     # Tripwires on the decision stream: a recent window against the baseline window before it.
     tripwire_window_minutes: int = Field(default=60, gt=0, description="Recent window of the tripwires.")
     tripwire_baseline_hours: int = Field(default=24 * 7, gt=0, description="Baseline window, just before it.")

@@ -9,8 +9,17 @@ the vectors that were scored, including degraded ones (they are what the model s
 Evidently picks the statistical test per column (K-S / chi-square / Z-test for small samples,
 Wasserstein / Jensen-Shannon for large ones); we only turn its per-column verdicts into a
 three-level verdict that the promotion gate and alerting can act on, and keep the evidence in
-``monitoring.drift_reports``, an HTML report under ``<home>/reports`` and an MLflow run in the
+``monitoring.drift_reports``, an HTML report under ``<home>/reports`` (copied to object storage,
+``open_store(settings)``, key ``reports/<model>/<report_id>.html``) and an MLflow run in the
 ``riskloop-monitoring`` experiment.
+
+The *score* is compared with the version's out-of-sample test predictions
+(``evaluation/test_predictions.parquet``): scores of the training rows themselves are over-confident
+and would raise false score drift. Once labels mature (the transaction is ``label_delay_days`` older
+than the newest transaction in the warehouse: decisions may be replayed traffic, so the wall clock
+says nothing about maturity), the decisions are joined to ``marts.fct_transactions`` for realised
+AUC ROC / average precision and *target drift*: the matured fraud rate against the test window's
+label rate, with Evidently's two-proportion Z-test.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ log = logging.getLogger(__name__)
 MONITORING_SCHEMA = "monitoring"
 MONITORING_EXPERIMENT = "riskloop-monitoring"
 REFERENCE_ARTIFACT = "reference/features.parquet"
+PREDICTIONS_ARTIFACT = "evaluation/test_predictions.parquet"  # = training.tracking.PREDICTIONS_ARTIFACT
 # Columns a reference sample may carry for the model's output; the first one present is the score.
 SCORE_COLUMNS = ("score", "prediction", "y_score")
 VERDICTS = ("ok", "warning", "critical", "insufficient_data")
@@ -64,6 +74,9 @@ create table if not exists {MONITORING_SCHEMA}.drift_reports (
 );
 create index if not exists drift_reports_model_idx
     on {MONITORING_SCHEMA}.drift_reports (model_name, model_version, created_at desc);
+alter table {MONITORING_SCHEMA}.drift_reports add column if not exists performance jsonb;
+alter table {MONITORING_SCHEMA}.drift_reports add column if not exists target_drift jsonb;
+alter table {MONITORING_SCHEMA}.drift_reports add column if not exists report_url text;
 """
 
 
@@ -81,6 +94,42 @@ class ColumnDrift:
     score: float | None
     drifted: bool
     note: str = ""
+
+
+@dataclass(frozen=True)
+class Performance:
+    """Realised performance on matured labels next to the version's own test metrics.
+
+    ``ap_drop`` is test AP minus realised AP (positive = worse in production)."""
+
+    n_matured: int
+    n_positive: int
+    auc_roc: float
+    average_precision: float
+    test_auc_roc: float | None
+    test_average_precision: float | None
+    label_delay_days: int
+    data_now: str | None  # newest transaction in the warehouse (ISO): the data's "now"
+
+    @property
+    def ap_drop(self) -> float | None:
+        if self.test_average_precision is None:
+            return None
+        return self.test_average_precision - self.average_precision
+
+
+@dataclass(frozen=True)
+class TargetDrift:
+    """Matured fraud rate vs the reference (test-window) label rate: Evidently's two-proportion Z-test."""
+
+    method: str
+    threshold: float
+    p_value: float
+    drifted: bool
+    reference_rate: float
+    current_rate: float
+    n_reference: int
+    n_current: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +153,9 @@ class DriftResult:
     report_path: str | None = None
     mlflow_run_id: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    performance: Performance | None = None
+    target_drift: TargetDrift | None = None
+    report_url: str | None = None  # the HTML report in object storage
 
     @property
     def drifted_features(self) -> list[str]:
@@ -132,6 +184,10 @@ class DriftResult:
         kwargs["per_feature"] = {k: ColumnDrift(**v) for k, v in (kwargs.get("per_feature") or {}).items()}
         if kwargs.get("score_drift"):
             kwargs["score_drift"] = ColumnDrift(**kwargs["score_drift"])
+        if kwargs.get("performance"):
+            kwargs["performance"] = Performance(**kwargs["performance"])
+        if kwargs.get("target_drift"):
+            kwargs["target_drift"] = TargetDrift(**kwargs["target_drift"])
         return cls(**kwargs)
 
 
@@ -149,16 +205,91 @@ def ensure_tables(settings: Settings) -> None:
 
 
 
-def _load_reference(settings: Settings, run_id: str) -> pd.DataFrame:
+def _load_reference(settings: Settings, run_id: str, artifact: str = REFERENCE_ARTIFACT) -> pd.DataFrame:
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="riskloop-ref-") as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp, tracking_uri=settings.tracking_uri)
+                run_id=run_id, artifact_path=artifact, dst_path=tmp, tracking_uri=settings.tracking_uri)
         except Exception as exc:  # MlflowException or an OSError from the artifact store
-            raise MonitoringError(f"run {run_id} has no readable {REFERENCE_ARTIFACT}: {exc}") from exc
+            raise MonitoringError(f"run {run_id} has no readable {artifact}: {exc}") from exc
         return pd.read_parquet(path)
+
+
+def _load_predictions(settings: Settings, run_id: str) -> pd.DataFrame | None:
+    """The run's out-of-sample test predictions (``score``, ``label``), or None for a run that has none
+    (older or hand-registered versions: score drift then falls back to a score in the reference)."""
+    try:
+        frame = _load_reference(settings, run_id, PREDICTIONS_ARTIFACT)
+    except MonitoringError as exc:
+        log.warning("no test predictions for run %s (%s): no out-of-sample score/label reference", run_id, exc)
+        return None
+    return frame if "score" in frame.columns else None
+
+
+_MATURED_SQL = """
+with data_now as (select max(tx_at) as at from marts.fct_transactions)
+select distinct on (f.payment_id) d.score, f.is_fraud, data_now.at
+from serving.decision_log d
+join marts.fct_transactions f on f.payment_id = d.request->>'transaction_id'
+cross join data_now
+where d.model_name = %(name)s and d.model_version = %(version)s and d.score is not null
+  and f.tx_at <= data_now.at - make_interval(days => %(delay)s) {until}
+order by f.payment_id, d.decided_at desc
+"""
+
+
+def _load_matured(settings: Settings, model_name: str, model_version: str,
+                  until: datetime | None) -> tuple[pd.DataFrame, datetime | None]:
+    """Scores of this version's decisions whose label has matured, with the label (``is_fraud``).
+
+    Maturity is judged against the newest transaction in the warehouse, never the wall clock.
+    One row per transaction (a retried or replayed request counts once: its latest decision)."""
+    empty = pd.DataFrame(columns=["score", "is_fraud"])
+    with db.connect(settings) as conn:
+        present = conn.execute("select to_regclass('serving.decision_log') is not null "
+                               "and to_regclass('marts.fct_transactions') is not null").fetchone()[0]
+        if not present:
+            log.info("no decision log or marts.fct_transactions yet: no matured labels")
+            return empty, None
+        rows = conn.execute(_MATURED_SQL.format(until="and d.decided_at < %(until)s" if until else ""),
+                            {"name": model_name, "version": str(model_version),
+                             "delay": int(settings.label_delay_days), "until": until}).fetchall()
+        data_now = rows[0][2] if rows else conn.execute(
+            "select max(tx_at) from marts.fct_transactions").fetchone()[0]
+    return pd.DataFrame([r[:2] for r in rows], columns=["score", "is_fraud"]), data_now
+
+
+def _realised(settings: Settings, matured: pd.DataFrame, data_now: datetime | None, run_metrics: dict[str, float],
+              predictions: pd.DataFrame | None, min_matured: int,
+              alpha: float) -> tuple[Performance | None, TargetDrift | None, str | None]:
+    """Realised AUC / AP and target drift, or why they were not computed (too few rows, one class)."""
+    from training import metrics
+
+    n, n_pos = len(matured), int(matured["is_fraud"].sum()) if len(matured) else 0
+    if n < min_matured:
+        return None, None, f"{n} matured labels (< {min_matured}): realised performance not assessed"
+    if n_pos in (0, n):
+        return None, None, f"{n} matured labels, all of one class: realised performance not assessed"
+    y, score = matured["is_fraud"].astype(int).to_numpy(), matured["score"].astype(float).to_numpy()
+    perf = Performance(n_matured=n, n_positive=n_pos, auc_roc=metrics.auc_roc(y, score),
+                       average_precision=metrics.average_precision(y, score),
+                       test_auc_roc=run_metrics.get("auc_roc"),
+                       test_average_precision=run_metrics.get("average_precision"),
+                       label_delay_days=settings.label_delay_days,
+                       data_now=data_now.isoformat() if data_now else None)
+    target = None
+    if predictions is not None and "label" in predictions.columns and len(predictions):
+        from evidently.legacy.calculations.stattests import z_stat_test
+        from evidently.legacy.core import ColumnType
+
+        ref_labels = predictions["label"].astype(int)
+        p_value, drifted = z_stat_test.func(ref_labels, pd.Series(y), ColumnType.Categorical, alpha)
+        target = TargetDrift(method=z_stat_test.name, threshold=alpha, p_value=float(p_value),
+                             drifted=bool(drifted), reference_rate=float(ref_labels.mean()),
+                             current_rate=float(y.mean()), n_reference=len(ref_labels), n_current=n)
+    return perf, target, None
 
 
 def _load_current(settings: Settings, model_name: str, model_version: str, since: datetime | None,
@@ -249,6 +380,8 @@ def run_drift(
     critical_share: float = 0.5,
     include_degraded: bool = True,
     log_to_mlflow: bool = True,
+    min_matured: int | None = None,
+    target_alpha: float | None = None,
 ) -> DriftResult:
     """Compare the model version's training reference with its recent serving inputs.
 
@@ -259,6 +392,14 @@ def run_drift(
     *not* an alarm); share of drifted inputs ≥ ``critical_share`` → ``critical``; ≥ ``warning_share``
     or a drifted score → ``warning``; else ``ok``. Every check is recorded in
     ``monitoring.drift_reports``, whatever the verdict.
+
+    The score is compared with the version's test predictions when the run logged them (else with a
+    score column of the reference sample, if any). Realised performance and target drift use this
+    version's decisions before ``until`` whose labels matured (any age: the recent window is mostly
+    unlabelled), once at least ``min_matured`` (default ``settings.monitor_min_matured``) of both
+    classes exist; target drift's significance is ``target_alpha`` (default
+    ``settings.monitor_target_alpha``). Target drift makes the verdict at least ``warning``; a drop
+    in realised AP is judged by the alerting (``performance_drop``), not by the verdict.
     """
     if not 0.0 < warning_share <= critical_share <= 1.0:
         raise ValueError("need 0 < warning_share <= critical_share <= 1")
@@ -278,12 +419,16 @@ def run_drift(
     if missing_in_ref:
         raise MonitoringError(f"{model_name} v{mv.version}: reference sample lacks model inputs {missing_in_ref}")
     score_col = next((c for c in SCORE_COLUMNS if c in reference.columns), None)
+    predictions = _load_predictions(settings, mv.run_id)
+    min_matured = settings.monitor_min_matured if min_matured is None else min_matured
+    target_alpha = settings.monitor_target_alpha if target_alpha is None else target_alpha
 
     current_raw = _load_current(settings, model_name, str(mv.version), since, last_n, include_degraded, until)
     thresholds = {"min_rows": min_rows, "warning_share": warning_share, "critical_share": critical_share,
                   "last_n": last_n, "since": since.isoformat() if since else None,
                   "until": until.isoformat() if until else None,
-                  "include_degraded": include_degraded}
+                  "include_degraded": include_degraded, "min_matured": min_matured,
+                  "target_alpha": target_alpha, "label_delay_days": settings.label_delay_days}
     base = dict(
         report_id=str(uuid.uuid4()), model_name=model_name, model_version=str(mv.version),
         model_alias=alias if version is None else None, n_reference=len(reference),
@@ -292,20 +437,35 @@ def run_drift(
         window_end=current_raw["decided_at"].max() if len(current_raw) else None,
     )
 
+    # Matured labels do not depend on the recent window: assessed even when it is too thin.
+    matured, data_now = _load_matured(settings, model_name, str(mv.version), until)
+    performance, target_drift, not_assessed = _realised(
+        settings, matured, data_now, run.data.metrics, predictions, min_matured, target_alpha)
+    base.update(performance=performance, target_drift=target_drift)
+
     if len(current_raw) < min_rows:
         result = DriftResult(**base, verdict="insufficient_data",
                              reason=f"only {len(current_raw)} scored rows in the window (< min_rows={min_rows}); "
-                                    "drift not assessed")
+                                    "drift not assessed" + (f"; {performance_text(performance, target_drift)}"
+                                                            if performance else ""))
         _record(settings, result, thresholds)
         log.info("drift %s v%s: %s", model_name, mv.version, result.reason)
         return result
 
     current = _expand_features(current_raw, features)
-    ref = reference[features].apply(pd.to_numeric, errors="coerce")
+    ref = reference[features].apply(pd.to_numeric, errors="coerce").reset_index(drop=True)
     absent = [f for f in features if current[f].isna().all()]
     compared = [f for f in features if f not in absent]
-    if score_col is not None:
-        ref["__score__"] = pd.to_numeric(reference[score_col], errors="coerce")
+    score_source = None
+    if predictions is not None:
+        # The two samples differ in length: the shorter is padded with NaN, which Evidently drops
+        # per column, so each column is tested on its own rows only.
+        ref_score, score_source = predictions["score"], f"test predictions ({len(predictions)} rows)"
+    elif score_col is not None:
+        ref_score, score_source = reference[score_col], f"reference column {score_col!r}"
+    if score_source is not None:
+        ref = pd.concat([ref, pd.to_numeric(ref_score, errors="coerce").reset_index(drop=True)
+                         .rename("__score__")], axis=1)
         current["__score__"] = pd.to_numeric(current_raw["score"], errors="coerce")
         if current["__score__"].notna().any():
             compared.append("__score__")
@@ -319,13 +479,16 @@ def run_drift(
                                      drifted=True, note="null or missing in every scored row")
     score_drift = col_results.get("__score__")
     if score_drift is not None:
-        score_drift = ColumnDrift(**{**asdict(score_drift), "column": "score"})
+        score_drift = ColumnDrift(**{**asdict(score_drift), "column": "score",
+                                     "note": f"reference: {score_source}"})
+
 
     drifted = [f for f in features if per_feature[f].drifted]
     share = len(drifted) / len(features)
     if share >= critical_share:
         verdict = "critical"
-    elif share >= warning_share or (score_drift is not None and score_drift.drifted):
+    elif (share >= warning_share or (score_drift is not None and score_drift.drifted)
+          or (target_drift is not None and target_drift.drifted)):
         verdict = "warning"
     else:
         verdict = "ok"
@@ -337,12 +500,15 @@ def run_drift(
     if score_drift is not None:
         pieces.append(f"score {'drifted' if score_drift.drifted else 'stable'} "
                       f"({score_drift.method}={_fmt(score_drift.score)})")
+    pieces.append(performance_text(performance, target_drift) if performance else not_assessed)
     result = DriftResult(**base, verdict=verdict, reason="; ".join(pieces), per_feature=per_feature,
                          score_drift=score_drift, share_drifted=share)
 
     report_path = _save_html(settings, snapshot, result) if snapshot is not None else None
+    stored_url = _store_html(settings, result, report_path) if report_path else None
     run_id = _log_mlflow(settings, client, result, report_path, mv.run_id, thresholds) if log_to_mlflow else None
-    result = DriftResult(**{**_shallow(result), "report_path": report_path, "mlflow_run_id": run_id})
+    result = DriftResult(**{**_shallow(result), "report_path": report_path, "mlflow_run_id": run_id,
+                            "report_url": stored_url})
     _record(settings, result, thresholds)
     log.info("drift %s v%s: %s: %s (%.1fs)", model_name, mv.version, verdict, result.reason,
              (datetime.now(UTC) - started).total_seconds())
@@ -351,6 +517,17 @@ def run_drift(
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3g}"
+
+
+def performance_text(performance: Performance, target: TargetDrift | None) -> str:
+    """Realised performance (and target drift) in one line, for the reason and the alert."""
+    text = (f"realised on {performance.n_matured} matured labels: AUC {_fmt(performance.auc_roc)} "
+            f"(test {_fmt(performance.test_auc_roc)}), AP {_fmt(performance.average_precision)} "
+            f"(test {_fmt(performance.test_average_precision)})")
+    if target is not None:
+        text += (f"; fraud rate {'drifted' if target.drifted else 'stable'}: {target.current_rate:.2%} matured "
+                 f"vs {target.reference_rate:.2%} in the test window (Z-test p={_fmt(target.p_value)})")
+    return text
 
 
 def _shallow(result: DriftResult) -> dict[str, Any]:
@@ -383,6 +560,28 @@ def _save_html(settings: Settings, snapshot, result: DriftResult) -> str:
     path = reports / f"drift_{_slug(result.model_name)}_v{result.model_version}_{stamp}_{result.report_id[:8]}.html"
     snapshot.save_html(str(path))
     return str(path)
+
+
+def report_key(result: DriftResult) -> str:
+    """Object-storage key of a check's HTML report."""
+    return f"reports/{_slug(result.model_name)}/{result.report_id}.html"
+
+
+def _store_html(settings: Settings, result: DriftResult, report_path: str) -> str | None:
+    """Copy the HTML report to object storage; its URL, or None if the store failed (logged: the
+    figures are already computed and still land in Postgres and MLflow)."""
+    from pathlib import Path
+
+    from riskloop.objectstore import open_store
+
+    key = report_key(result)
+    try:
+        store = open_store(settings)
+        store.put(key, Path(report_path).read_bytes())
+    except Exception:
+        log.exception("storing drift report %s in object storage failed", result.report_id)
+        return None
+    return f"{store.url.rstrip('/')}/{key}"
 
 
 def _log_mlflow(settings: Settings, client, result: DriftResult, report_path: str | None,
@@ -421,6 +620,18 @@ def _log_mlflow(settings: Settings, client, result: DriftResult, report_path: st
                     client.log_metric(run_id, f"drift_score.{_slug(f)}", d.score)
             if result.score_drift is not None and result.score_drift.score is not None:
                 client.log_metric(run_id, "drift_score.score", result.score_drift.score)
+            if result.performance is not None:
+                p = result.performance
+                client.log_metric(run_id, "n_matured", p.n_matured)
+                client.log_metric(run_id, "realised_auc_roc", p.auc_roc)
+                client.log_metric(run_id, "realised_average_precision", p.average_precision)
+                if p.ap_drop is not None:
+                    client.log_metric(run_id, "average_precision_drop", p.ap_drop)
+            if result.target_drift is not None:
+                t = result.target_drift
+                client.log_metric(run_id, "target_rate_current", t.current_rate)
+                client.log_metric(run_id, "target_rate_reference", t.reference_rate)
+                client.log_metric(run_id, "target_drift_p_value", t.p_value)
             client.log_dict(run_id, _figures(result), "drift/figures.json")
             if report_path:
                 client.log_artifact(run_id, report_path, artifact_path="drift")
@@ -448,6 +659,8 @@ def _figures(result: DriftResult) -> dict[str, Any]:
         "drifted_features": result.drifted_features,
         "per_feature": {k: asdict(v) for k, v in result.per_feature.items()},
         "score_drift": asdict(result.score_drift) if result.score_drift else None,
+        "performance": asdict(result.performance) if result.performance else None,
+        "target_drift": asdict(result.target_drift) if result.target_drift else None,
     }
 
 
@@ -460,21 +673,25 @@ def _record(settings: Settings, result: DriftResult, thresholds: dict[str, Any])
             f"""insert into {MONITORING_SCHEMA}.drift_reports
                 (report_id, mlflow_run_id, model_name, model_version, model_alias, window_start, window_end,
                  n_reference, n_current, n_features, n_drifted, share_drifted, drifted_features, score_drift,
-                 verdict, reason, per_feature, thresholds, report_path, created_at)
-                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                 verdict, reason, per_feature, thresholds, report_path, created_at, performance, target_drift,
+                 report_url)
+                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                        %s, %s, %s)""",
             (result.report_id, result.mlflow_run_id, result.model_name, result.model_version, result.model_alias,
              result.window_start, result.window_end, result.n_reference, result.n_current, len(result.features),
              len(result.drifted_features) if result.share_drifted is not None else None, result.share_drifted,
              Jsonb(result.drifted_features),
              Jsonb(asdict(result.score_drift)) if result.score_drift else None,
              result.verdict, result.reason, Jsonb({k: asdict(v) for k, v in result.per_feature.items()}),
-             Jsonb(thresholds), result.report_path, result.created_at),
+             Jsonb(thresholds), result.report_path, result.created_at,
+             Jsonb(asdict(result.performance)) if result.performance else None,
+             Jsonb(asdict(result.target_drift)) if result.target_drift else None, result.report_url),
         )
 
 
 _REPORT_COLUMNS = ("report_id", "model_name", "model_version", "model_alias", "verdict", "reason", "n_reference",
                    "n_current", "per_feature", "score_drift", "share_drifted", "window_start", "window_end",
-                   "report_path", "mlflow_run_id", "created_at")
+                   "report_path", "mlflow_run_id", "created_at", "performance", "target_drift", "report_url")
 
 
 def load_drift(settings: Settings, *, report_id: str | None = None, model_name: str | None = None) -> DriftResult | None:
@@ -495,6 +712,8 @@ def load_drift(settings: Settings, *, report_id: str | None = None, model_name: 
         return None
     data = dict(zip(_REPORT_COLUMNS, row))
     per_feature = {k: ColumnDrift(**v) for k, v in (data.pop("per_feature") or {}).items()}
-    score = data.pop("score_drift")
+    score, perf, target = data.pop("score_drift"), data.pop("performance"), data.pop("target_drift")
     return DriftResult(**{**data, "report_id": str(data["report_id"])}, features=tuple(per_feature),
-                       per_feature=per_feature, score_drift=ColumnDrift(**score) if score else None)
+                       per_feature=per_feature, score_drift=ColumnDrift(**score) if score else None,
+                       performance=Performance(**perf) if perf else None,
+                       target_drift=TargetDrift(**target) if target else None)

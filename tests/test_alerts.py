@@ -217,3 +217,29 @@ def test_airflow_failure_goes_to_the_configured_sinks(monkeypatch: pytest.Monkey
         (text,) = [json.loads(b)["text"] for b in http.bodies("/slack")]
     assert "[FIRING] airflow_failure riskloop_train/train_fraud" in text and "MemoryError" in text
     assert "report: http://airflow/log/1" in text and "docs/runbooks/airflow_failure.md" in text
+
+
+def test_performance_check_fires_on_an_ap_drop_beyond_the_margin_or_target_drift() -> None:
+    from riskloop.alerts import performance_check
+    from riskloop.monitoring import DriftResult, Performance, TargetDrift
+
+    perf = Performance(n_matured=400, n_positive=40, auc_roc=0.81, average_precision=0.42, test_auc_roc=0.9,
+                       test_average_precision=0.6, label_delay_days=7, data_now="2024-03-31T00:00:00+00:00")
+    stable = TargetDrift(method="z", threshold=0.01, p_value=0.4, drifted=False, reference_rate=0.1,
+                         current_rate=0.1, n_reference=1000, n_current=400)
+    base = dict(report_id=str(uuid.uuid4()), model_name="m", model_version="3", model_alias="champion",
+                verdict="ok", reason="", n_reference=1000, n_current=500, features=("amount",))
+    result = DriftResult(**base, performance=perf, target_drift=stable)
+
+    check = performance_check(Settings(monitor_ap_margin=0.1), result)  # 0.6 - 0.42 = 0.18 > 0.1
+    assert check.kind == "performance_drop" and check.key == "m" and check.breached is True
+    assert "AP 0.42 is 0.18 below test AP 0.6 (margin 0.1)" in check.summary
+    assert check.details["ap_dropped"] and not check.details["target_drifted"]
+    assert performance_check(Settings(monitor_ap_margin=0.2), result).breached is False
+
+    shifted = DriftResult(**base, performance=perf, target_drift=TargetDrift(
+        method="z", threshold=0.01, p_value=1e-6, drifted=True, reference_rate=0.1, current_rate=0.25,
+        n_reference=1000, n_current=400))
+    check = performance_check(Settings(monitor_ap_margin=0.2), shifted)
+    assert check.breached is True and "fraud rate drifted" in check.summary and "25.00% matured" in check.summary
+    assert performance_check(Settings(), DriftResult(**base)).breached is None  # nothing matured: no verdict

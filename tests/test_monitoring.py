@@ -2,6 +2,8 @@
 
 A small XGBoost model is registered three times (same reference sample) so each scenario owns a
 version and its own decision-log rows: no drift, a clear shift (amounts x 5), too few rows.
+Realised performance runs in a database of its own, with planted ``marts.fct_transactions`` rows
+whose labels are known.
 """
 
 from __future__ import annotations
@@ -56,8 +58,15 @@ def tracking(settings: Settings) -> Iterator[None]:
 
 
 def register(settings: Settings, name: str, train: pd.DataFrame, reference: pd.DataFrame,
-             params: dict | None = None, aliases: tuple[str, ...] = ("challenger",)) -> str:
-    """Train and register a small model the way ``training`` does; returns the version."""
+             params: dict | None = None, aliases: tuple[str, ...] = ("challenger",),
+             test: pd.DataFrame | None = None) -> str:
+    """Train and register a small model the way ``training`` does; returns the version.
+
+    With ``test``, the run also logs what training logs for its test window: the predictions
+    (``score``, ``label``) and the AUC / AP metrics, and the reference sample carries no score (as
+    training's does not)."""
+    from riskloop.monitoring import PREDICTIONS_ARTIFACT
+    from training import metrics
     import mlflow
     import mlflow.xgboost
     import xgboost as xgb
@@ -67,7 +76,11 @@ def register(settings: Settings, name: str, train: pd.DataFrame, reference: pd.D
     xgb_params = {"n_estimators": 30, "max_depth": 3, "learning_rate": 0.3, "n_jobs": 1, **(params or {})}
     clf = xgb.XGBClassifier(**xgb_params).fit(train[FEATURES], train["is_fraud"])
     ref = reference[FEATURES].copy()
-    ref["score"] = clf.predict_proba(ref)[:, 1]
+    if test is None:
+        ref["score"] = clf.predict_proba(ref)[:, 1]
+    else:
+        predictions = pd.DataFrame({"label": test["is_fraud"].to_numpy(),
+                                    "score": clf.predict_proba(test[FEATURES])[:, 1]})
     with tracking(settings), tempfile.TemporaryDirectory() as tmp:
         mlflow.set_experiment("riskloop-tests")
         with mlflow.start_run():
@@ -75,10 +88,17 @@ def register(settings: Settings, name: str, train: pd.DataFrame, reference: pd.D
                                "test_end": "2024-03-15"})
             ref.to_parquet(Path(tmp) / "features.parquet")
             mlflow.log_artifact(str(Path(tmp) / "features.parquet"), artifact_path="reference")
+            if test is not None:
+                predictions.to_parquet(Path(tmp) / Path(PREDICTIONS_ARTIFACT).name)
+                mlflow.log_artifact(str(Path(tmp) / Path(PREDICTIONS_ARTIFACT).name),
+                                    artifact_path=str(Path(PREDICTIONS_ARTIFACT).parent))
+                mlflow.log_metrics({
+                    "auc_roc": metrics.auc_roc(predictions["label"], predictions["score"]),
+                    "average_precision": metrics.average_precision(predictions["label"], predictions["score"])})
             # explicit requirements and signature: skips MLflow's slow environment inference
             info = mlflow.xgboost.log_model(
                 clf, name="model", registered_model_name=name, pip_requirements=["xgboost"],
-                signature=infer_signature(train[FEATURES].astype(float), ref["score"].to_numpy()))
+                signature=infer_signature(train[FEATURES].astype(float), clf.predict_proba(ref[FEATURES])[:, 1]))
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     version = str(info.registered_model_version)
     for alias in aliases:
@@ -87,11 +107,10 @@ def register(settings: Settings, name: str, train: pd.DataFrame, reference: pd.D
 
 
 def log_decisions(settings: Settings, name: str, version: str, frame: pd.DataFrame,
-                  scores: np.ndarray | None = None, end: datetime | None = None) -> None:
+                  scores: np.ndarray | None = None, end: datetime | None = None,
+                  transaction_ids: list[str] | None = None) -> None:
     """Append rows to serving.decision_log as the scoring service would."""
-    from psycopg.types.json import Jsonb
-
-    from serving.decision_log import COLUMNS, INSERT, JSON_COLUMNS, ensure_table
+    from serving.decision_log import INSERT, _params, ensure_table
 
     end = end or datetime.now(UTC)
     rows = []
@@ -102,10 +121,13 @@ def log_decisions(settings: Settings, name: str, version: str, frame: pd.DataFra
             "model_version": version, "model_alias": "champion",
             "score": None if scores is None else float(scores[i]), "decision": "allow",
             "reasons": [], "rules": [], "features": {k: float(v) for k, v in r.items()},
-            "feature_timestamps": {}, "request": {"amount": float(r["amount"])}, "latency_ms": 3.0,
+            "feature_timestamps": {}, "request": {"amount": float(r["amount"]),
+                                                      **({"transaction_id": transaction_ids[i]}
+                                                         if transaction_ids else {})},
+            "latency_ms": 3.0,
             "degraded": False, "product": "fraud", "policy_version": "test", "signals": {},
         }
-        rows.append(tuple(Jsonb(row[c]) if c in JSON_COLUMNS else row[c] for c in COLUMNS))
+        rows.append(_params(row))  # the service's own row -> parameters (optional columns may be absent)
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
         ensure_table(conn)
         with conn.cursor() as cur:
@@ -127,7 +149,8 @@ def drift_model(stack_env: dict[str, str]) -> dict[str, str]:
     settings = Settings()
     name = f"riskloop-fraud-drift-{uuid.uuid4().hex[:6]}"
     train, reference = synth(3000, seed=1), synth(1000, seed=2)
-    v_ok = register(settings, name, train, reference, aliases=("champion", "challenger"))
+    # v_ok logs test predictions like training does: its score reference is out-of-sample.
+    v_ok = register(settings, name, train, reference, aliases=("champion", "challenger"), test=synth(1000, seed=6))
     v_shift = register(settings, name, train, reference)
     v_few = register(settings, name, train, reference)
 
@@ -159,12 +182,25 @@ def test_no_drift_on_a_sample_of_the_reference_distribution(settings: Settings, 
     assert result.n_current == 400 and result.n_reference == 1000
     assert set(result.per_feature) == set(FEATURES)
     assert all(d.method and d.threshold is not None for d in result.per_feature.values())
+    # Its score reference is the run's test predictions (the reference sample holds no score at all).
     assert result.score_drift is not None and not result.score_drift.drifted
+    assert result.score_drift.note == "reference: test predictions (1000 rows)"
     assert result.report_path and Path(result.report_path).is_file()
     assert Path(result.report_path).parent == settings.home / "reports"
+    # ...and the same HTML is in object storage (the local default: <home>/batch) under a stable key.
+    from riskloop.monitoring import report_key
+    from riskloop.objectstore import open_store
+
+    assert report_key(result) == f"reports/{drift_model['name']}/{result.report_id}.html"
+    assert open_store(settings).get(report_key(result)) == Path(result.report_path).read_bytes()
+    assert result.report_url == f"{open_store(settings).url}/{report_key(result)}"
     row = _stored(settings, result.report_id)
     assert row["verdict"] == "ok" and row["n_current"] == 400 and row["model_version"] == drift_model["ok"]
     assert set(row["per_feature"]) == set(FEATURES)
+    assert row["score_drift"]["note"].startswith("reference: test predictions")
+    assert row["report_url"] == result.report_url
+    # no marts here: nothing matured, said so rather than guessed
+    assert row["performance"] is None and result.performance is None and "0 matured labels" in result.reason
 
     from mlflow import MlflowClient
 
@@ -277,3 +313,97 @@ def test_a_recorded_drift_check_reads_back_as_it_was_made(settings: Settings, dr
     assert load_drift(settings, report_id="00000000-0000-0000-0000-000000000000") is None
     with pytest.raises(ValueError):
         load_drift(settings)
+
+
+DATA_NOW = datetime(2024, 3, 31, 12, tzinfo=UTC)  # newest transaction: the warehouse's "now"
+
+
+def plant_transactions(settings: Settings, rows: list[tuple[str, datetime, int]]) -> None:
+    """``marts.fct_transactions`` rows (payment_id, tx_at, is_fraud) in the settings' warehouse."""
+    from fixtures_marts import DDL
+
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        conn.execute("create schema if not exists marts")
+        conn.execute("drop table if exists marts.fct_transactions")
+        conn.execute(f"create table marts.fct_transactions ({DDL['fct_transactions']})")
+        with conn.cursor() as cur:
+            cur.executemany(
+                "insert into marts.fct_transactions (payment_id, transaction_id, customer_id, terminal_id, tx_at, "
+                "amount, amount_minor, is_weekend, is_night, is_fraud, refunded) "
+                "values (%s, %s, 'c', 't', %s, 10, 1000, 0, 0, %s, 0)",
+                [(pid, i, at, label) for i, (pid, at, label) in enumerate(rows)])
+
+
+@pytest.fixture(scope="module")
+def matured_model(stack_env: dict[str, str]) -> dict:
+    """A version with test predictions, scored on 300 transactions whose labels matured (fraud rate
+    40%, far above the test window's) plus 40 too recent ones, all frauds, that must not count."""
+    from fixtures_marts import isolated_settings
+
+    settings = isolated_settings("riskloop_monitoring_matured")
+    name = f"riskloop-fraud-matured-{uuid.uuid4().hex[:6]}"
+    version = register(settings, name, synth(3000, seed=1), synth(1000, seed=2), aliases=("champion",),
+                       test=synth(1000, seed=6))
+    rng = np.random.default_rng(9)
+    matured, recent = synth(300, seed=8), synth(40, seed=10)
+    labels = rng.binomial(1, 0.4, len(matured))
+    old = [DATA_NOW - timedelta(days=10 + i % 20, hours=1) for i in range(len(matured))]
+    ids = [f"pay-old-{i}" for i in range(len(matured))]
+    recent_ids = [f"pay-new-{i}" for i in range(len(recent))]
+    plant_transactions(settings, list(zip(ids, old, labels.tolist(), strict=True)) +
+                       [(pid, DATA_NOW - timedelta(days=2), 1) for pid in recent_ids[:-1]] +
+                       [(recent_ids[-1], DATA_NOW, 1)])
+    scores = model_scores(settings, name, version, matured)
+    log_decisions(settings, name, version, matured, scores, transaction_ids=ids)
+    # a replay of the first 20 requests (same transaction, same score): each transaction counts once
+    log_decisions(settings, name, version, matured.head(20), scores[:20], transaction_ids=ids[:20])
+    log_decisions(settings, name, version, recent, model_scores(settings, name, version, recent),
+                  transaction_ids=recent_ids)
+    return {"settings": settings, "name": name, "version": version, "labels": labels, "scores": scores}
+
+
+def test_realised_performance_and_target_drift_on_matured_labels(matured_model) -> None:
+    from mlflow import MlflowClient
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from riskloop.alerts import performance_check
+    from riskloop.monitoring import DriftResult, load_drift, run_drift
+
+    settings, labels, scores = matured_model["settings"], matured_model["labels"], matured_model["scores"]
+    result = run_drift(settings, matured_model["name"], alias="champion", min_rows=100, min_matured=250)
+
+    perf = result.performance
+    assert perf is not None, result.reason
+    assert perf.n_matured == 300 and perf.n_positive == int(labels.sum())  # recent and replayed rows left out
+    assert perf.auc_roc == pytest.approx(roc_auc_score(labels, scores))
+    assert perf.average_precision == pytest.approx(average_precision_score(labels, scores))
+    assert perf.data_now == DATA_NOW.isoformat() and perf.label_delay_days == settings.label_delay_days
+    client = MlflowClient(settings.tracking_uri)
+    training_run = client.get_run(client.get_model_version(matured_model["name"], matured_model["version"]).run_id)
+    assert perf.test_average_precision == pytest.approx(training_run.data.metrics["average_precision"])
+    assert perf.test_auc_roc == pytest.approx(training_run.data.metrics["auc_roc"])
+    run = client.get_run(result.mlflow_run_id)
+    # target drift: ~40% matured fraud vs the test window's rate, Evidently's two-proportion Z-test
+    target = result.target_drift
+    assert target is not None and target.method == "z" and target.drifted and target.p_value < 0.01
+    assert target.current_rate == pytest.approx(labels.mean()) and target.n_current == 300
+    assert target.reference_rate < 0.3 and target.n_reference == 1000
+    assert result.verdict == "warning" and "fraud rate drifted" in result.reason
+
+    # recorded everywhere the issue names: Postgres (and read back), MLflow, the alert
+    assert DriftResult.from_dict(result.to_dict()) == result
+    back = load_drift(settings, report_id=result.report_id)
+    assert back.performance == perf and back.target_drift == target and back.report_url == result.report_url
+    assert run.data.metrics["realised_average_precision"] == pytest.approx(perf.average_precision)
+    assert run.data.metrics["realised_auc_roc"] == pytest.approx(perf.auc_roc)
+    assert run.data.metrics["target_rate_current"] == pytest.approx(target.current_rate)
+    check = performance_check(settings, result)
+    assert check.kind == "performance_drop" and check.breached is True
+    assert "fraud rate drifted" in check.summary and f"AP {perf.average_precision:.3g}" in check.summary
+
+    # too few matured labels for the operator's minimum: not assessed, and said so
+    thin = run_drift(settings, matured_model["name"], alias="champion", min_rows=100, min_matured=301,
+                     log_to_mlflow=False)
+    assert thin.performance is None and thin.target_drift is None
+    assert "300 matured labels (< 301)" in thin.reason
+    assert performance_check(settings, thin).breached is None
