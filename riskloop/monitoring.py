@@ -500,7 +500,7 @@ def run_drift(
     if score_drift is not None:
         pieces.append(f"score {'drifted' if score_drift.drifted else 'stable'} "
                       f"({score_drift.method}={_fmt(score_drift.score)})")
-    pieces.append(performance_text(performance, target_drift) if performance else not_assessed)
+    pieces.append(performance_text(performance, target_drift) if performance else str(not_assessed))
     result = DriftResult(**base, verdict=verdict, reason="; ".join(pieces), per_feature=per_feature,
                          score_drift=score_drift, share_drifted=share)
 
