@@ -103,12 +103,24 @@ def simulate(
     seed: int = typer.Option(42, help="Random seed: same seed, same data."),
     out: Path = typer.Option(..., help="Directory to write the landed files to."),
     preset: Optional[str] = typer.Option(None, help="'handbook': 5,000 customers, 10,000 terminals, 183 days."),
+    drift: Optional[str] = typer.Option(
+        None, help="Inject drift from --drift-from on: 'amount-shift' (every amount x --drift-factor) or "
+                   "'new-fraud-pattern' (night-time card-testing bursts of tiny payments, fraud scenario 4)."),
+    drift_from: Optional[str] = typer.Option(None, "--drift-from", help="First drifted day, YYYY-MM-DD (UTC)."),
+    drift_factor: float = typer.Option(3.0, "--drift-factor", help="Amount multiplier of --drift amount-shift."),
 ) -> None:
-    """Simulate card payments (the fraud handbook's generator) and the raw feeds derived from them."""
+    """Simulate card payments (the fraud handbook's generator) and the raw feeds derived from them,
+    optionally with drift injected after a date (docs: riskloop/simulator/drift.py)."""
     from riskloop import simulator
 
+    try:
+        simulator.resolve_params(days, customers, seed, terminals, None, preset, drift=drift, drift_from=drift_from,
+                                 drift_factor=drift_factor)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     with console.status("simulating"):
-        sim = simulator.simulate(days=days, customers=customers, terminals=terminals, seed=seed, preset=preset)
+        sim = simulator.simulate(days=days, customers=customers, terminals=terminals, seed=seed, preset=preset,
+                                 drift=drift, drift_from=drift_from, drift_factor=drift_factor)
         manifest = simulator.write(sim, out)
     console.print_json(json.dumps(manifest, default=str))
 

@@ -433,3 +433,94 @@ def test_schema_tables_all_have_time_columns() -> None:
     # The realism rule filters on each table's time column: it must be a timestamp.
     for table in RAW_TABLES_BY_NAME.values():
         assert {c.name: c.pg_type for c in table.columns}[table.time_column] == "timestamptz"
+
+
+# --- injected drift (riskloop.simulator.drift) ----------------------------------------------
+
+DRIFT_FROM = "2018-04-15"  # day 14 of a 20-day simulation from 2018-04-01
+
+
+def _split(tx: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    before = tx["TX_DATETIME"] < pd.Timestamp(DRIFT_FROM)
+    return (tx[before].drop(columns="TRANSACTION_ID").reset_index(drop=True),
+            tx[~before].drop(columns="TRANSACTION_ID").reset_index(drop=True))
+
+
+def test_amount_shift_scales_every_amount_from_the_date_and_nothing_before(small: Simulation) -> None:
+    drifted = simulate(days=20, customers=200, seed=3, drift="amount-shift", drift_from=DRIFT_FROM, drift_factor=3)
+    base_before, base_after = _split(small.transactions)
+    before, after = _split(drifted.transactions)
+    pd.testing.assert_frame_equal(before, base_before)
+    assert len(after) == len(base_after) > 0
+    np.testing.assert_allclose(after["TX_AMOUNT"], np.round(base_after["TX_AMOUNT"] * 3, 2))
+    pd.testing.assert_frame_equal(after.drop(columns="TX_AMOUNT"), base_after.drop(columns="TX_AMOUNT"))
+    # the raw feeds carry it: authorised amounts after the date are three times larger
+    auth = drifted.tables["webhook_events"].query("event_type == 'payment.authorized'")
+    late = auth["occurred_at"] >= pd.Timestamp(DRIFT_FROM, tz="UTC")
+    base = small.tables["webhook_events"].query("event_type == 'payment.authorized'")
+    assert auth.loc[late, "amount_minor"].median() == pytest.approx(
+        3 * base.loc[base["occurred_at"] >= pd.Timestamp(DRIFT_FROM, tz="UTC"), "amount_minor"].median(), rel=0.01)
+    assert auth.loc[~late, "amount_minor"].median() == base.loc[
+        base["occurred_at"] < pd.Timestamp(DRIFT_FROM, tz="UTC"), "amount_minor"].median()
+    assert drifted.params.drift == "amount-shift" and drifted.params.drift_from == DRIFT_FROM
+    assert simulate(days=20, customers=200, seed=3, drift="amount-shift", drift_from=DRIFT_FROM,
+                    drift_factor=3).transactions.equals(drifted.transactions)
+
+
+def test_new_fraud_pattern_adds_night_card_testing_only_after_the_date(small: Simulation, tmp_path: Path) -> None:
+    from riskloop.simulator.drift import CARD_TESTING_AMOUNT, CARD_TESTING_BURST, CARD_TESTING_SCENARIO
+
+    drifted = simulate(days=20, customers=200, seed=3, drift="new-fraud-pattern", drift_from=DRIFT_FROM)
+    tx = drifted.transactions
+    assert (tx["TRANSACTION_ID"].to_numpy() == np.arange(len(tx))).all()
+    assert tx["TX_TIME_SECONDS"].is_monotonic_increasing
+    before, _ = _split(tx)
+    pd.testing.assert_frame_equal(before, _split(small.transactions)[0])
+    new = tx[tx["TX_FRAUD_SCENARIO"] == CARD_TESTING_SCENARIO]
+    n_days = 20 - 14
+    assert new["TX_TIME_DAYS"].min() == 14 and new["TX_TIME_DAYS"].nunique() == n_days
+    assert len(tx) == len(small.transactions) + len(new)
+    assert (new["TX_FRAUD"] == 1).all()
+    assert new["TX_AMOUNT"].between(*CARD_TESTING_AMOUNT).all()
+    assert (new["TX_DATETIME"].dt.hour < 7).all()  # night, the flag the marts call is_night
+    bursts = new.groupby(["TX_TIME_DAYS", "CUSTOMER_ID"]).size()
+    assert bursts.between(*CARD_TESTING_BURST).all() and len(bursts) == n_days  # one card a day at 200 customers
+    # every feed derives from it: each card test is authorised and disputed as fraud
+    info = write(drifted, tmp_path)
+    assert info["fraud_scenario_counts"]["4"] == len(new)
+    assert info["parameters"]["drift"] == "new-fraud-pattern" and info["parameters"]["drift_from"] == DRIFT_FROM
+    ids = {f"pay_{i}" for i in new["TRANSACTION_ID"]}
+    events = drifted.tables["webhook_events"]
+    assert ids <= set(events.loc[events["event_type"] == "payment.authorized", "payment_id"])
+    assert set(drifted.tables["dispute_outcomes"]["payment_id"]) & ids  # those whose label arrived in time
+    assert "4" not in json.loads(json.dumps(write(small, tmp_path / "plain")))["fraud_scenario_counts"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"drift": "gremlins", "drift_from": DRIFT_FROM}, "unknown drift"),
+    ({"drift": "amount-shift"}, "needs drift_from"),
+    ({"drift_from": DRIFT_FROM}, "no drift kind"),
+    ({"drift": "amount-shift", "drift_from": "2018-04-01"}, "after the first simulated day"),
+    ({"drift": "amount-shift", "drift_from": "2018-04-21"}, "before the end"),
+    ({"drift": "amount-shift", "drift_from": "soon"}, "not a date"),
+    ({"drift": "amount-shift", "drift_from": DRIFT_FROM, "drift_factor": 1.0}, "factor"),
+])
+def test_bad_drift_options_are_refused_before_generating(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resolve_params(days=20, customers=200, seed=3, **kwargs)
+
+
+def test_cli_simulate_with_drift(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from riskloop.cli import app
+
+    out = CliRunner().invoke(app, ["simulate", "--days", "20", "--customers", "200", "--seed", "3", "--out",
+                                   str(tmp_path), "--drift", "amount-shift", "--drift-from", DRIFT_FROM,
+                                   "--drift-factor", "2"])
+    assert out.exit_code == 0, out.output
+    params = json.loads((tmp_path / "manifest.json").read_text())["parameters"]
+    assert (params["drift"], params["drift_from"], params["drift_factor"]) == ("amount-shift", DRIFT_FROM, 2.0)
+    bad = CliRunner().invoke(app, ["simulate", "--days", "20", "--customers", "200", "--out", str(tmp_path / "x"),
+                                   "--drift", "amount-shift"])
+    assert bad.exit_code == 2 and "needs drift_from" in bad.output and not (tmp_path / "x").exists()

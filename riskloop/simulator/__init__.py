@@ -12,6 +12,7 @@ Two layers:
 Public API::
 
     sim = simulate(days=30, customers=5000, seed=42)       # or simulate(preset="handbook")
+    sim = simulate(days=35, customers=500, drift="amount-shift", drift_from="2018-04-29")  # see .drift
     manifest = write(sim, "landing/2018-05-01")             # <table>.parquet + manifest.json
     tables = derive_from_handbook(pd.read_parquet(path), seed=0)
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,12 +36,13 @@ import pyarrow.parquet as pq
 from riskloop.schema import RAW_TABLES
 from riskloop.simulator.batch import write_batch_files
 from riskloop.simulator.derive import derive_tables, infer_period
+from riskloop.simulator.drift import DEFAULT_AMOUNT_FACTOR, DRIFTS, apply_drift, validate
 from riskloop.simulator.frames import to_arrow
 from riskloop.simulator.handbook import DEFAULT_RADIUS, DEFAULT_START_DATE, generate
 from riskloop.simulator.score_requests import write_score_requests
 from riskloop.webhooks import write_webhook_files
 
-__all__ = ["PRESETS", "Simulation", "SimulationParams", "derive_from_handbook", "infer_period", "manifest",
+__all__ = ["DRIFTS", "PRESETS", "Simulation", "SimulationParams", "derive_from_handbook", "infer_period", "manifest",
            "resolve_params", "simulate", "write"]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,10 @@ class SimulationParams:
     r: float = DEFAULT_RADIUS
     applications_per_customer: float = 1.0
     preset: str | None = None
+    # Injected drift (riskloop.simulator.drift): kind, first drifted day (YYYY-MM-DD), amount factor.
+    drift: str | None = None
+    drift_from: str | None = None
+    drift_factor: float = DEFAULT_AMOUNT_FACTOR
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,10 @@ class Simulation:
 
 def resolve_params(days: int | None = None, customers: int | None = None, seed: int = 0,
                    terminals: int | None = None, start_date: str | None = None, preset: str | None = None,
-                   r: float = DEFAULT_RADIUS, applications_per_customer: float = 1.0) -> SimulationParams:
-    """The parameters `simulate` will use (see its docstring for the preset rule)."""
+                   r: float = DEFAULT_RADIUS, applications_per_customer: float = 1.0, drift: str | None = None,
+                   drift_from: str | None = None, drift_factor: float = DEFAULT_AMOUNT_FACTOR) -> SimulationParams:
+    """The parameters `simulate` will use (see its docstring for the preset rule); bad drift
+    options fail here, before anything is generated."""
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
@@ -95,17 +104,21 @@ def resolve_params(days: int | None = None, customers: int | None = None, seed: 
                                                   fixed["start_date"])
     if days is None or customers is None:
         raise ValueError("days and customers are required unless a preset is given")
+    start = str(pd.Timestamp(start_date or DEFAULT_START_DATE).date())
+    first = validate(drift, drift_from, start, int(days), float(drift_factor))
     return SimulationParams(
         days=int(days), customers=int(customers),
         terminals=int(terminals) if terminals is not None else 2 * int(customers),
-        seed=int(seed), start_date=str(pd.Timestamp(start_date or DEFAULT_START_DATE).date()), r=float(r),
+        seed=int(seed), start_date=start, r=float(r),
         applications_per_customer=float(applications_per_customer), preset=preset,
+        drift=drift, drift_from=str(first.date()) if first is not None else None, drift_factor=float(drift_factor),
     )
 
 
 def simulate(days: int | None = None, customers: int | None = None, seed: int = 0, terminals: int | None = None,
              start_date: str | None = None, preset: str | None = None, r: float = DEFAULT_RADIUS,
-             applications_per_customer: float = 1.0) -> Simulation:
+             applications_per_customer: float = 1.0, drift: str | None = None, drift_from: str | None = None,
+             drift_factor: float = DEFAULT_AMOUNT_FACTOR) -> Simulation:
     """Simulate ``days`` days of ``customers`` customers' card payments and derive the raw tables.
 
     ``terminals`` defaults to 2 per customer and ``start_date`` to 2018-04-01 (the handbook's).
@@ -114,17 +127,29 @@ def simulate(days: int | None = None, customers: int | None = None, seed: int = 
     passed for those are ignored: a CLI passes its defaults for them, and a preset must mean
     the same data whatever those defaults are.  ``r`` is the customer-terminal radius and
     ``applications_per_customer`` the mean number of credit applications per customer.
+    ``drift`` (``"amount-shift"`` or ``"new-fraud-pattern"``) changes the world from the day
+    ``drift_from`` on (see :mod:`riskloop.simulator.drift`; ``drift_factor`` scales the amounts
+    of an amount shift); the transactions before it are exactly those of the same call without drift.
     Same arguments, same output.
     """
-    params = resolve_params(days, customers, seed, terminals, start_date, preset, r, applications_per_customer)
+    params = resolve_params(days, customers, seed, terminals, start_date, preset, r, applications_per_customer,
+                            drift, drift_from, drift_factor)
     logger.info("simulating %s", params)
     data = generate(params.days, params.customers, params.terminals, params.seed, params.start_date, params.r)
+    transactions = data.transactions
+    if params.drift is not None:
+        first_day = (pd.Timestamp(params.drift_from) - pd.Timestamp(params.start_date)).days
+        # A stream of its own, so the undrifted part and the other feeds do not move with the drift.
+        drift_rng = np.random.default_rng([params.seed, 0xD21F7])
+        transactions = apply_drift(transactions, params.drift, first_day, drift_rng,
+                                   pd.Timestamp(params.start_date), params.customers, params.terminals,
+                                   params.drift_factor)
     start = pd.Timestamp(params.start_date, tz="UTC")
     as_of = start + pd.Timedelta(days=params.days)
-    tables = derive_tables(data.transactions, seed=params.seed, as_of=as_of, start=start,
+    tables = derive_tables(transactions, seed=params.seed, as_of=as_of, start=start,
                            applications_per_customer=params.applications_per_customer,
                            customer_ids=data.customers["CUSTOMER_ID"].to_numpy())
-    return Simulation(params=params, as_of=as_of, transactions=data.transactions, tables=tables)
+    return Simulation(params=params, as_of=as_of, transactions=transactions, tables=tables)
 
 
 def derive_from_handbook(df: pd.DataFrame, seed: int = 0, applications_per_customer: float = 1.0
@@ -149,7 +174,9 @@ def manifest(sim: Simulation) -> dict[str, Any]:
     """What `write` records next to the files: parameters, period, row counts, fraud rates."""
     tx = sim.transactions
     n = len(tx)
-    scenarios = tx["TX_FRAUD_SCENARIO"].value_counts().reindex(range(4), fill_value=0)
+    counts = tx["TX_FRAUD_SCENARIO"].value_counts()
+    # the handbook's 0-3 always; 4 (card testing) only when that drift was injected
+    scenarios = counts.reindex(sorted({0, 1, 2, 3, *map(int, counts.index)}), fill_value=0)
     return {
         "generator": GENERATOR,
         "seed": sim.params.seed,
