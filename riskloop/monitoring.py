@@ -389,8 +389,10 @@ def run_drift(
     after ``since`` and before ``until`` (a scheduled run's data interval, so a backfilled day
     checks that day's decisions, not whatever is latest when it runs), newest first, at most ``last_n`` (``None`` = no limit). Verdict: fewer than
     ``min_rows`` current rows → ``insufficient_data`` (too little evidence either way, which is
-    *not* an alarm); share of drifted inputs ≥ ``critical_share`` → ``critical``; ≥ ``warning_share``
-    or a drifted score → ``warning``; else ``ok``. Every check is recorded in
+    *not* an alarm); share of drifted inputs ≥ ``critical_share``, or ≥ ``warning_share`` together
+    with a drifted score (the shift reaches the decisions: e.g. every amount x3 moves 6 of the fraud
+    model's 24 inputs and its score) → ``critical``; ≥ ``warning_share`` or a drifted score alone →
+    ``warning``; else ``ok``. Every check is recorded in
     ``monitoring.drift_reports``, whatever the verdict.
 
     The score is compared with the version's test predictions when the run logged them (else with a
@@ -485,10 +487,12 @@ def run_drift(
 
     drifted = [f for f in features if per_feature[f].drifted]
     share = len(drifted) / len(features)
-    if share >= critical_share:
+    score_moved = score_drift is not None and score_drift.drifted
+    if share >= critical_share or (score_moved and share >= warning_share):
+        # Many inputs moved, or enough of them to move the model's own output: the decisions are
+        # changing, and the test window no longer describes production.
         verdict = "critical"
-    elif (share >= warning_share or (score_drift is not None and score_drift.drifted)
-          or (target_drift is not None and target_drift.drifted)):
+    elif share >= warning_share or score_moved or (target_drift is not None and target_drift.drifted):
         verdict = "warning"
     else:
         verdict = "ok"
