@@ -132,6 +132,9 @@ def world(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
 
     env = {"RISKLOOP_DATABASE_URL": settings.database_url, "RISKLOOP_FRAUD_MODEL_NAME": name,
            "RISKLOOP_PAN_TOKEN_KEY": pan_key,
+           # The canary phase (riskloop.canary) is not exercised here: explicitly opted out, which the
+           # decision's reason records. TODO(canary): run a real canary phase before the promotion.
+           "RISKLOOP_CANARY_REQUIRED": "false",
            # a shared 2-core machine under load must not page for latency: not what this test is about
            "RISKLOOP_TRIPWIRE_LATENCY_P99_MS": "10000"}
     w = World(settings, env, first.version, second.version, by_day)
