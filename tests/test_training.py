@@ -281,12 +281,6 @@ def test_training_registers_versions_with_aliases_metrics_plots_and_card(marts_s
     assert second.run_url.endswith(f"/#/experiments/{run.info.experiment_id}/runs/{second.run_id}")
     artifacts = {a.path for a in client.list_artifacts(second.run_id, "reference")}
     assert artifacts == {"reference/features.parquet"}
-    import mlflow
-
-    reference = pd.read_parquet(mlflow.artifacts.download_artifacts(
-        run_id=second.run_id, artifact_path="reference/features.parquet", tracking_uri=settings.tracking_uri))
-    assert list(reference.columns) == [*second.features, "score"]  # the score: for the monitor's score drift
-    assert reference["score"].between(0, 1).all() and reference["score"].nunique() > 1
     assert {a.path for a in client.list_artifacts(second.run_id, "evaluation")} == {
         "evaluation/test_predictions.parquet"}
     plots = {a.path: a.file_size for a in client.list_artifacts(second.run_id, "plots")}

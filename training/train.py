@@ -301,8 +301,6 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
                                             # that loads the model) and needs nothing we lack
                                             pip_requirements=mlflow.xgboost.get_default_pip_requirements())
             reference = x_train.sample(n=min(reference_rows, len(x_train)), random_state=seed).sort_index()
-            # with the model's own score: the drift monitor compares the served scores with it (score drift)
-            reference = reference.assign(score=clf.predict_proba(reference)[:, 1])
             tracking.log_frame(reference, tracking.REFERENCE_ARTIFACT)
             tracking.log_frame(predictions, tracking.PREDICTIONS_ARTIFACT)
     version = str(info.registered_model_version)
