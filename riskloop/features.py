@@ -124,12 +124,14 @@ def apply(settings: Settings) -> None:
              len(repo.feature_services), time.perf_counter() - started)
 
 
-def materialize(settings: Settings, end: datetime | None = None) -> None:
+def materialize(settings: Settings, end: datetime | None = None, *, start: datetime | None = None) -> None:
     """Load feature rows newer than the last materialization, up to ``end``, into the online store
     (every online view but the stream's push-fed ones).
 
     Incremental: Feast keeps each view's materialized interval in the registry; a view's first
     run starts at ``end - ttl`` (Feast's own default, ``now - ttl``, is empty for past data).
+    With ``start``: the whole range ``[start, end]`` whatever was materialized before (a reload,
+    e.g. after the marts were rebuilt, or a registry shared with another run that went further).
     """
     end = end or datetime.now(timezone.utc)
     if end.tzinfo is None:
@@ -141,6 +143,13 @@ def materialize(settings: Settings, end: datetime | None = None) -> None:
     # Views fed by a push source are the stream's (riskloop.stream): it keeps their online rows
     # current, and a batch run built before the latest events would overwrite them with older values.
     views = [fv for fv in store.list_feature_views() if fv.online and not isinstance(fv.stream_source, PushSource)]
+    if start is not None:
+        if start.tzinfo is None:
+            raise ValueError("materialize needs a timezone-aware start")
+        store.materialize(start_date=start, end_date=end, feature_views=[fv.name for fv in views])
+        log.info("feast materialize %s .. %s in %.1fs", start.isoformat(), end.isoformat(),
+                 time.perf_counter() - started)
+        return
     for fv in views:
         if fv.most_recent_end_time is None and fv.ttl:
             # Feast would start a first incremental run at now() - ttl, which loads nothing

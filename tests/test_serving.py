@@ -81,9 +81,9 @@ def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
     marts = make_marts(days=30, customers=60, terminals=30, seed=5)
     write_marts(settings, marts)
     features.apply(settings)
-    # Full range rather than features.materialize (incremental): the Feast registry and online
-    # store are shared by the session, another module may already have materialized a later end.
-    features.feature_store(settings).materialize(marts.as_of - timedelta(days=60), marts.as_of.to_pydatetime())
+    # The full range (start=), not incremental: the Feast registry and online store are shared by
+    # the session, another module may already have materialized a later end.
+    features.materialize(settings, marts.as_of.to_pydatetime(), start=(marts.as_of - timedelta(days=60)).to_pydatetime())
     result = train_fraud(settings, {"n_estimators": 40})
     assert "champion" in result.aliases
     yield Stack(settings, marts, result.version, list(result.features))

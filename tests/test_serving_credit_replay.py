@@ -45,7 +45,7 @@ def stack(stack_env: dict[str, str]) -> Iterator[Any]:
     marts = make_marts(days=30, customers=60, terminals=30, seed=11)
     write_marts(settings, marts)
     features.apply(settings)
-    features.feature_store(settings).materialize(marts.as_of - timedelta(days=400), marts.as_of.to_pydatetime())
+    features.materialize(settings, marts.as_of.to_pydatetime(), start=(marts.as_of - timedelta(days=400)).to_pydatetime())
     fraud = train_fraud(settings, {"n_estimators": 30})
     credit = train_credit(settings, {"n_estimators": 40})
     yield type("Stack", (), {"settings": settings, "marts": marts, "fraud": fraud, "credit": credit})
