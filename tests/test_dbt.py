@@ -219,8 +219,9 @@ def test_dbt_unit_tests_pin_the_label_delay_logic(built) -> None:
     settings, _ = built
     result = run_dbt(settings, ["test", "--select", "test_type:unit"])
     outcome = {r.node.name: str(r.status) for r in result.results}
-    assert outcome == {"fraud_label_arrives_when_a_fraud_dispute_is_lost": "pass",
-                       "terminal_risk_counts_only_labels_known_before_the_day": "pass"}
+    assert {"fraud_label_arrives_when_a_fraud_dispute_is_lost", "terminal_risk_counts_only_labels_known_before_the_day",
+            "card_windows_edges_and_ties"} <= set(outcome)
+    assert set(outcome.values()) == {"pass"}, outcome
 
 
 def test_docs_generate_catalogues_the_marts(built) -> None:
