@@ -158,8 +158,6 @@ def _set_route(st: Any, new: Routing) -> None:
 async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
     """Load the challenger the routing asks for (or drop it when no longer wanted). A failed load is
     retried at most every ``feature_store_retry_s`` (not every poll) and leaves the champion deciding."""
-    from starlette.concurrency import run_in_threadpool
-
     st = app.state
     route: Routing = st.route
     if not (route.wants_challenger and st.cfg.challenger_alias):
@@ -172,11 +170,9 @@ async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
     if not force and time.monotonic() < st.challenger_retry_at:
         return
     try:
-        version = await run_in_threadpool(alias_version, st.settings.tracking_uri, st.settings.fraud_model_name,
-                                          st.cfg.challenger_alias)
-        if current is not None and current.version == version and current.source == "registry":
+        new = await _load_if_moved(st, st.cfg.challenger_alias, current)
+        if new is None:
             return
-        new = await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online, alias=st.cfg.challenger_alias)
     except Exception as exc:  # noqa: BLE001 - the champion keeps deciding; retry later
         st.challenger_error = f"{type(exc).__name__}: {exc}"
         st.challenger_retry_at = time.monotonic() + max(st.cfg.feature_store_retry_s, 1.0)
@@ -205,23 +201,27 @@ async def _refresh_canary(app: FastAPI) -> None:
             await _refresh_challenger(app)
 
 
-async def _refresh_champion(app: FastAPI) -> None:
-    """If the champion alias moved (or the model came from the last-known-good cache and the registry
-    answers again), load the new version off the loop and swap it in."""
+async def _load_if_moved(st: Any, alias: str, current: LoadedModel | None) -> LoadedModel | None:
+    """The model ``alias`` points at now, loaded off the loop, if it is not ``current`` (or ``current``
+    came from the last-known-good cache and the registry answers again); else ``None``."""
     from starlette.concurrency import run_in_threadpool
 
+    version = await run_in_threadpool(alias_version, st.settings.tracking_uri, st.settings.fraud_model_name, alias)
+    if current is not None and current.version == version and current.source == "registry":
+        return None
+    return await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online, alias=alias)
+
+
+async def _refresh_champion(app: FastAPI) -> None:
+    """If the champion alias moved, load the new version off the loop and swap it in."""
     st = app.state
     try:
-        version = await run_in_threadpool(alias_version, st.settings.tracking_uri,
-                                          st.settings.fraud_model_name, st.cfg.model_alias)
-        current: LoadedModel | None = st.model
-        if current is not None and current.version == version and current.source == "registry":
-            return
-        new = await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online)
+        new = await _load_if_moved(st, st.cfg.model_alias, st.model)
     except Exception as exc:  # noqa: BLE001 - keep serving what we have; try again next time
         log.warning("alias poll of %s@%s failed: %s", st.settings.fraud_model_name, st.cfg.model_alias, exc)
         return
-    _swap(st, new)
+    if new is not None:
+        _swap(st, new)
 
 
 async def _poll(app: FastAPI) -> None:
