@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -115,9 +116,21 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
 
 
 def _failure_excerpt(path: Path, limit: int = 4000) -> str:
-    """The lines around the first task error: what an engineer needs to see first."""
+    """The first task error with its whole traceback down to the exception line (what an engineer
+    needs first), plus the log's path; a long traceback keeps its head and its tail."""
     lines = path.read_text(errors="replace").splitlines()
-    for i, line in enumerate(lines):
-        if "Task failed" in line or "[error" in line:
-            return "\n".join(lines[max(0, i - 5): i + 40])[-limit:]
-    return "\n".join(lines[-40:])[-limit:]
+    start = next((i for i, line in enumerate(lines) if "Task failed" in line or "[error" in line), None)
+    if start is None:
+        return "\n".join(lines[-40:])[-limit:] + f"\n(log: {path})"
+    # the traceback ends where the next timestamped log record begins
+    end = next((j for j in range(start + 1, len(lines)) if _LOG_RECORD.match(lines[j])), len(lines))
+    block = lines[max(0, start - 3): end]
+    if len(block) > 60:
+        block = [*block[:15], f"... ({len(block) - 45} lines) ...", *block[-30:]]
+    text = "\n".join(block)
+    if len(text) > limit:
+        text = text[: limit // 4] + "\n...\n" + text[-(limit - limit // 4):]
+    return text + f"\n(log: {path})"
+
+
+_LOG_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
