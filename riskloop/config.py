@@ -188,6 +188,10 @@ class Settings(BaseSettings):
         default=0.05, gt=0, description="Trip when this share of recent decisions was degraded (no model score).")
     tripwire_latency_p99_ms: float = Field(default=250.0, gt=0, description="Trip above this p99 latency (ms).")
     # --- canary (riskloop.canary): the challenger on a share of live traffic, its gate and tripwires ---
+    promotion_require_contracts: bool = Field(
+        default=True, description="The promotion gate refuses a challenger whose training run recorded no passed "
+        "data-contract run of the raw sources and the marts. false = marts built by hand (tests, notebooks); the "
+        "decision's reason says so.")
     canary_required: bool = Field(
         default=True, description="The promotion gate refuses a challenger without a passed canary phase. "
         "false = an explicit opt-out for local/demo flows (the decision's reason says the canary was skipped).")

@@ -74,7 +74,17 @@ alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists app
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_id uuid;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_verdict text;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_evidence jsonb;
+-- v4 (issue 6): the data-contract gate's evidence (the contract runs recorded with the training run).
+alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists contracts_verdict text;
+alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists contracts_evidence jsonb;
 """
+
+# Training tags its run with the latest contract run per schema it read (training.train):
+# ``riskloop.contracts.<schema>`` = ``passed <run_at>`` | ``failed <run_at>``.
+CONTRACT_TAG_PREFIX = "riskloop.contracts."
+# The schemas whose contracts must have passed for a model's training data: the raw sources and the
+# feature marts (the ingest DAG checks both before anything reaches a model).
+REQUIRED_CONTRACT_SCHEMAS = ("raw", "marts")
 
 # A loader of the common test set: (settings, challenger run params) -> one row per transaction
 # with the model inputs, ``label``, ``customer_id`` and ``event_timestamp``.
@@ -111,6 +121,8 @@ class PromotionDecision:
     canary_id: str | None = None
     canary_verdict: str | None = None
     canary_evidence: dict[str, Any] = field(default_factory=dict)
+    contracts_verdict: str | None = None
+    contracts_evidence: dict[str, str] = field(default_factory=dict)
     decided_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -243,6 +255,7 @@ def evaluate_promotion(
     than the champion by more than ``margin`` on AUC ROC and on average precision, both computed
     here on the challenger's test window, ``drift`` is not ``critical`` (a critical input shift
     means the test window no longer describes production, so no evidence is good enough), and a
+    training run recorded passed data contracts for the data it read (:func:`contracts_gate`), a
     reviewer other than the run's author approved the challenger's current content hash
     (:func:`riskloop.review.approval_gate`), and its canary phase passed (:func:`riskloop.canary.gate`,
     unless ``settings.canary_required`` is off; a promotion ends the canary). A refusal is also sent
@@ -297,7 +310,8 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
         raise ValueError(f"drift result is for {drift.model_name}, not {model_name}")
 
     challenger_mv = client.get_model_version(model_name, challenger)
-    run_params = dict(client.get_run(challenger_mv.run_id).data.params) if challenger_mv.run_id else {}
+    run = client.get_run(challenger_mv.run_id) if challenger_mv.run_id else None
+    run_params = dict(run.data.params) if run else {}
     for key in ("test_start", "test_end"):  # training also tags the version; accept either
         if key not in run_params and key in challenger_mv.tags:
             run_params[key] = challenger_mv.tags[key]
@@ -326,6 +340,10 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
         failures.append(f"blocked by critical input drift (report {drift.report_id}, {model_name} "
                         f"v{drift.model_version}, share {drift.share_drifted:.2f}, drifted: {drifted})"
                         + (f" although {why}" if good_enough else ""))
+    contracts_ok, contracts_why, contract_results = contracts_gate(settings, dict(run.data.tags) if run else {})
+    base.update(contracts_verdict="passed" if contracts_ok else "failed", contracts_evidence=contract_results)
+    if not contracts_ok:
+        failures.append(f"data-contract gate: {contracts_why}")
     if not approval.ok:
         failures.append(f"approval gate: {approval.reason}")
     canary_v = canary.gate(settings, model_name, challenger, champion)
@@ -343,8 +361,31 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
             **base, decision="refused", reason="; ".join([*failures, cp])))
     drift_note = f"drift {drift.verdict}" if drift else "drift not assessed"
     return _finish(settings, client, PromotionDecision(
-        **base, decision="promoted", reason=f"{why}; {cp}; {drift_note}; {approval.reason}; {canary_v.reason}"),
+        **base, decision="promoted",
+        reason=f"{why}; {cp}; {drift_note}; {contracts_why}; {approval.reason}; {canary_v.reason}"),
         expect_champion=champion)
+
+
+def contracts_gate(settings: Settings, run_tags: dict[str, str]) -> tuple[bool, str, dict[str, str]]:
+    """Did the challenger's training data pass its data contracts? Judged on what its training run
+    recorded (``riskloop.contracts.<schema>`` tags: the latest contract run of each schema before it
+    read the data), so a later green run cannot launder a model trained on data that failed.
+
+    Returns (ok, reason, the recorded results per schema). A required schema with no recorded run is a
+    failure unless ``settings.promotion_require_contracts`` is off (marts built by hand, e.g. tests)."""
+    results = {k.removeprefix(CONTRACT_TAG_PREFIX): v for k, v in sorted(run_tags.items())
+               if k.startswith(CONTRACT_TAG_PREFIX)}
+    failed = [f"{schema} ({value})" for schema, value in results.items() if not value.startswith("passed")]
+    if failed:
+        return False, f"its training data failed data contracts: {', '.join(failed)}", results
+    missing = [schema for schema in REQUIRED_CONTRACT_SCHEMAS if schema not in results]
+    if missing and settings.promotion_require_contracts:
+        return False, (f"no data-contract run of {', '.join(missing)} recorded before its training run read the "
+                       "data (run the ingest DAG's contract checks, then retrain)"), results
+    if missing:
+        return True, (f"data contracts of {', '.join(missing)} not recorded, not required "
+                      "(RISKLOOP_PROMOTION_REQUIRE_CONTRACTS=false)"), results
+    return True, f"data contracts passed ({', '.join(results)})", results
 
 
 def _finish(settings: Settings, client, decision: PromotionDecision,
@@ -371,9 +412,10 @@ def _finish(settings: Settings, client, decision: PromotionDecision,
                 (decision_id, decided_at, model_name, decision, reason, champion_version, challenger_version,
                  new_champion_version, margin, champion_metrics, challenger_metrics, test_start, test_end,
                  n_test, n_test_frauds, drift_verdict, drift_report_id, drift_model_version, decided_by,
-                 content_hash, approval_id, approved_by, canary_id, canary_verdict, canary_evidence)
+                 content_hash, approval_id, approved_by, canary_id, canary_verdict, canary_evidence,
+                 contracts_verdict, contracts_evidence)
                 values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                        %s, %s, %s)""",
+                        %s, %s, %s, %s, %s)""",
             (decision.decision_id, decision.decided_at, decision.model_name, decision.decision, decision.reason,
              decision.champion_version, decision.challenger_version, decision.new_champion_version,
              decision.margin, Jsonb(_jsonable(decision.champion_metrics)),
@@ -381,7 +423,8 @@ def _finish(settings: Settings, client, decision: PromotionDecision,
              decision.n_test, decision.n_test_frauds, decision.drift_verdict, decision.drift_report_id,
              decision.drift_model_version, db.who(), decision.content_hash, decision.approval_id,
              decision.approved_by, decision.canary_id, decision.canary_verdict,
-             Jsonb(decision.canary_evidence) if decision.canary_verdict else None),
+             Jsonb(decision.canary_evidence) if decision.canary_verdict else None,
+             decision.contracts_verdict, Jsonb(decision.contracts_evidence) if decision.contracts_verdict else None),
         )
         if decision.promoted:
             client.set_registered_model_alias(decision.model_name, CHAMPION, decision.challenger_version)
@@ -412,6 +455,7 @@ def _tag(client, d: PromotionDecision) -> None:
         "promotion.content_hash": d.content_hash or "",
         "promotion.approved_by": d.approved_by or "",
         "promotion.canary_verdict": d.canary_verdict or "not_assessed",
+        "promotion.contracts_verdict": d.contracts_verdict or "not_assessed",
         "promotion.test_window": f"{d.test_start.isoformat() if d.test_start else ''}/"
                                  f"{d.test_end.isoformat() if d.test_end else ''}",
     }

@@ -51,8 +51,13 @@ def classifiers() -> dict[str, object]:
     return {"good": good, "bad": bad}
 
 
-def register(settings: Settings, name: str, clf, aliases: tuple[str, ...], metrics: dict | None = None) -> str:
-    """Log and register like ``training`` does (features, test window, reference sample, aliases)."""
+PASSED_CONTRACTS = {"raw": "passed 2024-03-01T00:05:00+00:00", "marts": "passed 2024-03-01T00:09:00+00:00"}
+
+
+def register(settings: Settings, name: str, clf, aliases: tuple[str, ...], metrics: dict | None = None,
+             contracts: dict[str, str] | None = PASSED_CONTRACTS) -> str:
+    """Log and register like ``training`` does (features, test window, reference sample, aliases, the
+    data-contract results of the training data as run tags)."""
     import mlflow
     import mlflow.xgboost
     from mlflow import MlflowClient
@@ -70,6 +75,7 @@ def register(settings: Settings, name: str, clf, aliases: tuple[str, ...], metri
                                "label_cutoff": "2024-03-08T00:00:00+00:00"})
             if metrics:
                 mlflow.log_metrics(metrics)
+            mlflow.set_tags({f"riskloop.contracts.{schema}": v for schema, v in (contracts or {}).items()})
             x.to_parquet(Path(tmp) / "features.parquet")
             mlflow.log_artifact(str(Path(tmp) / "features.parquet"), artifact_path="reference")
             info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=name,
@@ -168,7 +174,8 @@ def test_better_challenger_is_promoted(settings: Settings, classifiers) -> None:
     assert row["approved_by"] == "alice" and row["content_hash"] == approval["content_hash"]
     tags = version_tags(settings, name, v2)
     assert tags["promotion.decision"] == "promoted" and tags["promotion.decision_id"] == d.decision_id
-    assert "not worse" in tags["promotion.reason"]
+    assert "not worse" in tags["promotion.reason"] and "data contracts passed (marts, raw)" in d.reason
+    assert tags["promotion.contracts_verdict"] == "passed" and row["contracts_evidence"] == PASSED_CONTRACTS
     assert version_tags(settings, name, v1)["promotion.superseded_by"] == v2
 
     # challenger == champion now: nothing to do, and it is recorded
@@ -363,6 +370,37 @@ def test_decisions_are_append_only(settings: Settings) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+def test_promotion_refused_unless_its_training_data_passed_the_contracts(settings: Settings, classifiers) -> None:
+    """The data-contract gate reads what the challenger's training run recorded: a failed contract run
+    refuses it, a missing one too (unless explicitly not required), whatever its metrics."""
+    from riskloop.promotion import evaluate_promotion
+
+    name = fresh_name()
+    v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
+    failed = {**PASSED_CONTRACTS, "raw": "failed 2024-03-01T00:05:00+00:00"}
+    v2 = register(settings, name, classifiers["good"], ("challenger",), contracts=failed)
+    approve(settings, name, v2)
+    d = evaluate_promotion(settings, name, load_test_set=Loader())
+    assert d.decision == "refused" and d.contracts_verdict == "failed", d.reason
+    assert "data-contract gate: its training data failed data contracts: raw (failed 2024-03-01" in d.reason
+    assert "marts" not in d.reason.split("data-contract gate:")[1].split(";")[0]
+    row = stored(settings, d.decision_id)
+    assert row["contracts_verdict"] == "failed" and row["contracts_evidence"] == failed
+    assert version_tags(settings, name, v2)["promotion.contracts_verdict"] == "failed"
+
+    v3 = register(settings, name, classifiers["good"], ("challenger",), contracts={"raw": PASSED_CONTRACTS["raw"]})
+    approve(settings, name, v3)
+    d = evaluate_promotion(settings, name, load_test_set=Loader())
+    assert d.decision == "refused" and "no data-contract run of marts recorded" in d.reason
+    assert aliases(settings, name)["champion"] == v1
+
+    # explicitly not required: promoted, and the reason says what was not checked
+    lax = settings.model_copy(update={"promotion_require_contracts": False})
+    d = evaluate_promotion(lax, name, load_test_set=Loader())
+    assert d.decision == "promoted" and "data contracts of marts not recorded, not required" in d.reason
+    assert aliases(settings, name)["champion"] == v3
+
+
 def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
     """Two versions trained by ``training``; the gate rebuilds the test window through Feast.
 
@@ -378,7 +416,9 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
 
     suffix = uuid.uuid4().hex[:8]
     settings = isolated_settings("riskloop_t_promotion").model_copy(
-        update={"fraud_model_name": f"test-fraud-gate-{suffix}", "canary_required": False})  # metrics here
+        # the metric gate here; these marts are written by hand, so no contract run ever checked them
+        update={"fraud_model_name": f"test-fraud-gate-{suffix}", "canary_required": False,
+                "promotion_require_contracts": False})
     write_marts(settings, make_marts(days=30, customers=60, terminals=30, seed=2))
     features.apply(settings)
     first = train_fraud(settings, {"n_estimators": 2, "max_depth": 1})
