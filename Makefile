@@ -24,11 +24,15 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/riskloop demo
 
+# Two workers, a test file at a time each: the suite waits on servers and subprocesses as much
+# as it computes, so two overlap well on 2 cores (tests/conftest.py starts the longest files first).
+PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
+
 test: install
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: install
-	$(VENV)/bin/python -m pytest -m "not slow"
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 up: install
 	$(VENV)/bin/riskloop up
