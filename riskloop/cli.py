@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -240,15 +241,27 @@ def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model n
 def promote(
     model: str = typer.Option("riskloop-fraud", help="Registered model name."),
     margin: float = typer.Option(0.0, help="Tolerated metric loss of the challenger."),
+    report_id: Optional[str] = typer.Option(
+        None, "--report-id", help="Gate on this recorded drift check (`riskloop monitor` printed its id), as the "
+        "promote DAG does, instead of running a fresh one now."),
 ) -> None:
-    """Run the promotion gate: challenger → champion only if no worse, drift not critical, approved by a
-    reviewer and (unless RISKLOOP_CANARY_REQUIRED=false) its canary passed. Prints the decision as one
+    """Run the promotion gate: challenger → champion only if no worse, drift not critical, its training data
+    passed the data contracts, approved by a reviewer and (unless RISKLOOP_CANARY_REQUIRED=false) its canary passed. Prints the decision as one
     JSON object on stdout."""
-    from riskloop.monitoring import run_drift
+    from riskloop.monitoring import load_drift, run_drift
     from riskloop.promotion import evaluate_promotion
 
     settings = get_settings()
-    drift = run_drift(settings, model_name=model)
+    if report_id is None:
+        drift = run_drift(settings, model_name=model)
+    else:
+        try:
+            drift = load_drift(settings, report_id=str(uuid.UUID(report_id)))
+        except ValueError:
+            drift = None
+        if drift is None or drift.model_name != model:
+            console.print(f"[red]refused:[/red] no drift check {report_id} recorded for {model}")
+            raise typer.Exit(2)
     decision = evaluate_promotion(settings, model_name=model, drift=drift, margin=margin)
     typer.echo(json.dumps(decision.to_dict(), default=str))
 
