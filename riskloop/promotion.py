@@ -123,6 +123,7 @@ class PromotionDecision:
     canary_evidence: dict[str, Any] = field(default_factory=dict)
     contracts_verdict: str | None = None
     contracts_evidence: dict[str, str] = field(default_factory=dict)
+    decided_by: str | None = None  # who asked for the gate; None: the database session's user
     decided_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -248,6 +249,7 @@ def evaluate_promotion(
     margin: float = 0.0,
     *,
     load_test_set: TestSetLoader | None = None,
+    actor: str | None = None,
 ) -> PromotionDecision:
     """Decide whether ``challenger`` replaces ``champion`` for ``model_name``, and act on it.
 
@@ -261,6 +263,7 @@ def evaluate_promotion(
     unless ``settings.canary_required`` is off; a promotion ends the canary). A refusal is also sent
     as a ``promotion_blocked`` alert.
     ``load_test_set`` replaces the Feast-backed :func:`fraud_test_set` (tests, other models).
+    ``actor`` is who asked (recorded as ``decided_by``; default: the database session's user).
     """
     if margin < 0:
         raise ValueError("margin must be >= 0")
@@ -269,7 +272,8 @@ def evaluate_promotion(
     base: dict[str, Any] = {"decision_id": str(uuid.uuid4()), "model_name": model_name, "margin": margin,
                             "drift_verdict": drift.verdict if drift else None,
                             "drift_report_id": drift.report_id if drift else None,
-                            "drift_model_version": drift.model_version if drift else None}
+                            "drift_model_version": drift.model_version if drift else None,
+                            "decided_by": actor}
     # One gate at a time per model: two concurrent runs must not both move the alias.
     with db.connect(settings, autocommit=True) as lock_conn:
         lock_conn.execute("select pg_advisory_lock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
@@ -421,7 +425,7 @@ def _finish(settings: Settings, client, decision: PromotionDecision,
              decision.margin, Jsonb(_jsonable(decision.champion_metrics)),
              Jsonb(_jsonable(decision.challenger_metrics)), decision.test_start, decision.test_end,
              decision.n_test, decision.n_test_frauds, decision.drift_verdict, decision.drift_report_id,
-             decision.drift_model_version, db.who(), decision.content_hash, decision.approval_id,
+             decision.drift_model_version, decision.decided_by or db.who(), decision.content_hash, decision.approval_id,
              decision.approved_by, decision.canary_id, decision.canary_verdict,
              Jsonb(decision.canary_evidence) if decision.canary_verdict else None,
              decision.contracts_verdict, Jsonb(decision.contracts_evidence) if decision.contracts_verdict else None),

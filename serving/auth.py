@@ -41,6 +41,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "read_model": frozenset({"scorer", "reviewer", "admin"}),
     "read_review": frozenset({"reviewer", "admin"}),
     "review_model": frozenset({"reviewer"}),  # approve / reject a challenger (serving.review)
+    # run the promotion gate (it moves @champion only if every gate, approval included, passes)
+    "promote_model": frozenset({"reviewer", "admin"}),
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Literal
+from uuid import UUID
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
@@ -81,6 +82,49 @@ def decide(request: Request, name: str, version: str, verdict: Literal["approve"
     except ReviewError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
     return approval.to_dict()
+
+
+def _require_model(settings, name: str) -> None:
+    """404 for a model the registry does not know (rather than a recorded "no challenger" decision)."""
+    from mlflow.exceptions import MlflowException
+
+    from riskloop.registry import mlflow_client
+
+    try:
+        mlflow_client(settings.tracking_uri).get_registered_model(name)
+    except MlflowException as exc:
+        raise HTTPException(status_code=404, detail=f"no registered model {name!r}") from exc
+
+
+class PromoteRequest(BaseModel):
+    margin: float = Field(0.0, ge=0, description="Tolerated metric loss of the challenger (AUC ROC, AP).")
+    report_id: UUID | None = Field(None, description="Gate on this recorded drift check (`riskloop monitor`); "
+                                   "default: the model's latest recorded check, as the promote DAG run by hand.")
+
+
+@router.post("/api/models/{name}/promote")
+def promote(request: Request, name: str, body: PromoteRequest,
+            principal: Principal = Depends(require("promote_model"))) -> dict[str, Any]:
+    """Run the promotion gate for ``name``: the same gate as ``riskloop promote`` and the promote DAG.
+    It moves ``@champion`` only if every gate passes; a refusal is a 200 with ``decision: refused``
+    and its reasons (and a ``promotion_blocked`` alert). The caller is recorded as ``decided_by``.
+    Reads a recorded drift check instead of running Evidently in the scoring process."""
+    from riskloop.monitoring import load_drift
+    from riskloop.promotion import PromotionError, evaluate_promotion
+
+    settings = _settings(request)
+    _require_model(settings, name)
+    drift = (load_drift(settings, report_id=str(body.report_id)) if body.report_id
+             else load_drift(settings, model_name=name))
+    if body.report_id and (drift is None or drift.model_name != name):
+        raise HTTPException(status_code=404, detail=f"no drift check {body.report_id} recorded for {name}")
+    actor = reviewer_name(settings, principal)
+    try:
+        decision = evaluate_promotion(settings, model_name=name, drift=drift, margin=body.margin, actor=actor)
+    except PromotionError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    log.info("promotion gate run by %s for %s: %s", actor, name, decision.decision)
+    return decision.to_dict()
 
 
 PAGE = """<!doctype html>

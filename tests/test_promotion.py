@@ -8,6 +8,7 @@ which these fast tests do not load); both models are genuinely scored on it by t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import uuid
@@ -402,7 +403,8 @@ def test_promotion_refused_unless_its_training_data_passed_the_contracts(setting
 
 
 def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
-    """Two versions trained by ``training``; the gate rebuilds the test window through Feast.
+    """Two versions trained by ``training``; the gate, run through the service API, rebuilds the test
+    window through Feast.
 
     The challenger's recomputed metrics must equal those training logged for it on the same
     window: proof that the gate scores the very test set training used, not an approximation.
@@ -411,7 +413,7 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
 
     from riskloop import features
     from riskloop.monitoring import run_drift
-    from riskloop.promotion import _compare, evaluate_promotion
+    from riskloop.promotion import _compare
     from training.train import train_fraud
 
     suffix = uuid.uuid4().hex[:8]
@@ -429,16 +431,40 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
     assert drift.verdict == "insufficient_data" and drift.n_reference > 0 and drift.score_drift is None
 
     approve(settings, settings.fraud_model_name, second.version)
-    d = evaluate_promotion(settings, settings.fraud_model_name, drift=drift)
 
-    assert (d.champion_version, d.challenger_version) == (first.version, second.version)
+    # The gate through the service's API (POST /review/api/models/{name}/promote), as a reviewer: it
+    # gates on the model's latest recorded drift check (the one above) and records the caller.
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    keys = {"bob-reviewer-key-0123456789": "reviewer", "scorer-key-0123456789abc": "scorer"}
+    app = create_app(settings.model_copy(update={"review_identities": {
+        hashlib.sha256(b"bob-reviewer-key-0123456789").hexdigest()[:12]: "bob"}}),
+        ServingSettings(api_keys=",".join(f"{k}:{r}" for k, r in keys.items())))
+    url = f"/review/api/models/{settings.fraud_model_name}/promote"
+    with TestClient(app) as client:
+        bob, scorer = ({"Authorization": f"Bearer {k}"} for k in keys)
+        assert client.post(url, json={}, headers=scorer).status_code == 403
+        assert client.post(url, json={}).status_code == 401
+        assert client.post(url, json={"margin": -1}, headers=bob).status_code == 422
+        missing = client.post("/review/api/models/no-such-model/promote", json={}, headers=bob)
+        assert missing.status_code == 404 and "no registered model" in missing.json()["detail"]
+        response = client.post(url, json={"margin": 0.0}, headers=bob)
+    assert response.status_code == 200, response.text
+    d = response.json()
+
+    assert (d["champion_version"], d["challenger_version"]) == (first.version, second.version)
+    assert d["drift_report_id"] == drift.report_id and d["drift_verdict"] == "insufficient_data"
     for m in ("auc_roc", "average_precision", "card_precision_at_100"):
-        assert d.challenger_metrics[m] == pytest.approx(second.metrics[m]), m
-        assert d.champion_metrics[m] == pytest.approx(first.metrics[m]), m  # same window in this setup
-    assert d.n_test and d.test_start is not None
-    expected, _ = _compare(d.champion_metrics, d.challenger_metrics, 0.0)
-    assert d.decision == ("promoted" if expected else "refused"), d.reason
+        assert d["challenger_metrics"][m] == pytest.approx(second.metrics[m]), m
+        assert d["champion_metrics"][m] == pytest.approx(first.metrics[m]), m  # same window in this setup
+    assert d["n_test"] and d["test_start"] is not None
+    expected, _ = _compare(d["champion_metrics"], d["challenger_metrics"], 0.0)
+    assert d["decision"] == ("promoted" if expected else "refused"), d["reason"]
     assert aliases(settings, settings.fraud_model_name)["champion"] == (second.version if expected else first.version)
+    assert stored(settings, d["decision_id"])["decided_by"] == "bob"
 
 
 def test_promote_dag_gates_on_the_drift_check_it_is_given(settings: Settings, classifiers) -> None:
