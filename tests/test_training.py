@@ -297,8 +297,15 @@ def test_training_registers_versions_with_aliases_metrics_plots_and_card(marts_s
 
     credit = train_credit(settings, params)
     assert credit.version == "1" and set(credit.aliases) == {"champion", "challenger"}
-    credit_metrics = set(client.get_run(credit.run_id).data.metrics)
-    assert {"auc_roc", "brier", "ece", "oracle_auc_roc", "auc_to_oracle", "valid_brier"} <= credit_metrics
+    credit_run = client.get_run(credit.run_id).data
+    assert {"auc_roc", "brier", "ece", "oracle_auc_roc", "auc_to_oracle", "oracle_ece", "valid_brier"} <= set(
+        credit_run.metrics)
+    # The credit model's own defaults (shallow, slow, heavier leaves) under the caller's parameters.
+    from training.model import CREDIT_DEFAULT_PARAMS
+
+    assert credit_run.params["xgb_n_estimators"] == "40"
+    assert credit_run.params["xgb_max_depth"] == str(CREDIT_DEFAULT_PARAMS["max_depth"]) != "4"
+    assert credit_run.params["xgb_min_child_weight"] == str(CREDIT_DEFAULT_PARAMS["min_child_weight"])
     assert 0 <= credit.metrics["ece"] <= 1 and credit.metrics["oracle_auc_roc"] > 0.5
     assert "n_delinquencies" in client.get_run(credit.run_id).data.params["xgb_monotone_constraints"]
     assert credit.metrics["auc_roc"] > 0.6
@@ -397,5 +404,14 @@ def test_cli_train_with_search_prints_the_run_url_and_the_choice(marts_settings,
     assert f"/runs/{run_id}" in result.output and "registered " + name + " v1" in result.output
     assert "search: trial" in result.output and "of 2 chosen on valid_brier" in result.output
     assert "View run" not in result.output  # one URL, not two lines per trial from MLflow
-    params = MlflowClient(marts_settings.tracking_uri).get_run(run_id).data.params
+    client = MlflowClient(marts_settings.tracking_uri)
+    params = client.get_run(run_id).data.params
     assert params["search_trials"] == "2" and params["xgb_n_estimators"] == "20"
+    # Trial 0 is what `riskloop train credit` without a search fits: the credit defaults.
+    from training.model import CREDIT_DEFAULT_PARAMS
+
+    parent = client.get_run(run_id)
+    [baseline] = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' "
+                                    "and tags.`riskloop.search_trial` = '0'")
+    assert {k: baseline.data.params[f"xgb_{k}"] for k in ("max_depth", "learning_rate", "min_child_weight")} == {
+        k: str(CREDIT_DEFAULT_PARAMS[k]) for k in ("max_depth", "learning_rate", "min_child_weight")}

@@ -71,12 +71,14 @@ class SearchResult:
 
 def run_search(n_trials: int, validate: Callable[[dict[str, Any]], dict[str, float]], objective: Objective, *,
                fixed: dict[str, Any], seed: int, log_params: Callable[[dict[str, Any]], dict[str, Any]],
-               on_trial: Callable[[int, float, float], None] | None = None) -> SearchResult:
+               on_trial: Callable[[int, float, float], None] | None = None,
+               defaults: dict[str, Any] | None = None) -> SearchResult:
     """Run ``n_trials`` trials as nested runs of the active MLflow run; return the best on validation.
 
     ``validate(params)`` fits on the training part and returns validation metrics (keys without
     prefix); ``log_params(params)`` gives the run params of a configuration (the caller's naming);
-    ``on_trial(number, value, best)`` reports progress.
+    ``on_trial(number, value, best)`` reports progress; ``defaults`` are the model's own defaults over
+    :data:`training.model.DEFAULT_PARAMS` (trial 0 is the configuration training without a search uses).
     """
     import mlflow
     import optuna
@@ -89,7 +91,7 @@ def run_search(n_trials: int, validate: Callable[[dict[str, Any]], dict[str, flo
     study = optuna.create_study(direction=objective.direction, sampler=sampler)
     # Trial 0 is riskloop's default configuration: the search can only ever choose something at
     # least as good on validation as training without a search would have used.
-    study.enqueue_trial({k: v for k, v in DEFAULT_PARAMS.items() if k not in fixed})
+    study.enqueue_trial({k: v for k, v in {**DEFAULT_PARAMS, **(defaults or {})}.items() if k not in fixed})
     trials: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for _ in range(n_trials):
