@@ -59,6 +59,7 @@ from serving.schemas import (
     LoadedModelInfo,
     ModelInfo,
 )
+from serving.webhooks import WebhookFastPath
 from serving.webhooks import build_router as webhooks_router
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,9 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             st.writer.close(cfg.log_shutdown_timeout_s)
 
     app = FastAPI(title="riskloop scoring", version="0.1.0", lifespan=lifespan)
+    # The webhook routes answered without the framework around them (serving.webhooks); added
+    # first so that it runs inside the request-id middleware.
+    app.add_middleware(WebhookFastPath)
     # Every request gets an id (X-Request-ID or a new one): on its log lines, in its response header.
     app.add_middleware(RequestIdMiddleware)
     app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}

@@ -31,7 +31,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,6 +68,10 @@ class WebhookMetrics:
         self.latency = Histogram("riskloop_webhook_latency_seconds", "Request read to durable answer.",
                                  ["processor"], registry=registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+        # The children each answer touches, resolved once (``labels()`` per request is a locked lookup).
+        self.stored = {p: self.events.labels(processor=p, outcome="stored") for p in _FAST_PATHS.values()}
+        self.duplicates = {p: self.events.labels(processor=p, outcome="duplicate") for p in _FAST_PATHS.values()}
+        self.latency_of = {p: self.latency.labels(processor=p) for p in _FAST_PATHS.values()}
 
 
 @dataclass
@@ -82,7 +86,13 @@ class StoreUnavailable(Exception):
 
 class InboxWriter:
     """One async connection, one task: takes every queued row, inserts them in one statement,
-    commits, then resolves each waiter with whether its row was new (False: a duplicate)."""
+    commits, then resolves each waiter with whether its row was new (False: a duplicate).
+
+    The connection is in autocommit mode, so a batch is **one** round trip: the single
+    ``INSERT … RETURNING`` is its own transaction, committed (and flushed to the WAL, with
+    ``synchronous_commit=on``) before Postgres sends the result. An explicit transaction cost
+    three (BEGIN, INSERT, COMMIT) and was a third of the receiver's CPU under load (py-spy,
+    BENCHMARKS.md "Webhooks"). The statement is prepared server-side on first use."""
 
     _INSERT = sql.SQL(
         "insert into {} ({}) select * from unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], "
@@ -120,7 +130,7 @@ class InboxWriter:
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=3)
+            self._conn = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=3, autocommit=True)
         return self._conn
 
     async def _run(self) -> None:
@@ -131,10 +141,10 @@ class InboxWriter:
             try:
                 conn = await self._connection()
                 cols = list(zip(*(p.row for p in batch), strict=True))
-                async with conn.transaction():
-                    cur = await conn.execute(self._INSERT, [list(c) for c in cols])
-                    inserted = {tuple(r) for r in await cur.fetchall()}
-                # the transaction block has committed here: only now may anyone answer 2xx
+                # autocommit: the statement has committed when its result arrives; only then may
+                # anyone answer 2xx
+                cur = await conn.execute(self._INSERT, [list(c) for c in cols], prepare=True)
+                inserted = {tuple(r) for r in await cur.fetchall()}
             except (psycopg.Error, OSError) as exc:
                 log.error("webhook inbox commit of %d events failed: %s", len(batch), exc)
                 if self._conn is not None:
@@ -185,6 +195,133 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+Answer = tuple[int, dict[str, Any], dict[str, str]]  # status, JSON body, extra headers
+
+
+def _reject(st: Any, processor: str, client: str, exc: Rejection) -> Answer:
+    st.webhook_metrics.rejections.labels(processor=processor, reason=exc.reason).inc()
+    log.warning("webhook rejected: processor=%s reason=%s status=%d client=%s: %s",
+                processor, exc.reason, exc.status, client, exc.detail)
+    return exc.status, {"error": exc.reason, "detail": exc.detail}, {}
+
+
+async def handle(st: Any, scheme: Scheme, read_body: Callable[[int], Awaitable[bytes]],
+                 header: Callable[[str], str | None], client: str) -> Answer:
+    """One webhook, framework-free: read (bounded), verify, parse, scrub, commit; the answer to send.
+
+    ``st`` is the app state the router's lifespan filled; ``read_body(limit)`` raises
+    :class:`_TooLarge` past ``limit``; ``header(name)`` takes a lower-case name. Shared by the
+    FastAPI routes and :class:`WebhookFastPath`, so both answer exactly alike."""
+    t0 = time.perf_counter()
+    now = st.webhook_clock()
+    cfg_: WebhookSettings = st.webhook_cfg
+    try:
+        try:
+            body = await read_body(cfg_.max_body_bytes)
+        except _TooLarge:
+            raise Rejection(413, "body_too_large", f"body over {cfg_.max_body_bytes} bytes") from None
+        if scheme == "stripe":
+            signed_at = verify_stripe(body, header("stripe-signature"), st.webhook_stripe_secrets, now,
+                                      cfg_.tolerance_s)
+            event_id = None
+        else:
+            headers = {k: header(k) or "" for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+            event_id, signed_at = st.webhook_standard.verify(body, headers, now)
+        # authenticated from here on: parse
+        try:
+            text = body.decode("utf-8")
+            payload = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise Rejection(400, "invalid_json", "body is not a UTF-8 JSON document") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str) or not payload["type"]:
+            raise Rejection(400, "invalid_event", "body must be a JSON object with a string 'type'")
+        if scheme == "stripe":
+            event_id = payload.get("id")
+            if not isinstance(event_id, str) or not event_id or len(event_id) > 256:
+                raise Rejection(400, "invalid_event", "stripe event needs a string 'id'")
+        if "\x00" in text:
+            raise Rejection(400, "invalid_json", "NUL characters are not stored")
+        text = _scrub_cards(st.webhook_pan, payload, text)
+    except Rejection as exc:
+        return _reject(st, scheme, client, exc)
+
+    row = (scheme, event_id, payload["type"], datetime.fromtimestamp(signed_at, UTC),
+           datetime.fromtimestamp(now, UTC), text)
+    try:
+        new = await st.webhook_writer.write(row)
+    except StoreUnavailable as exc:
+        st.webhook_metrics.store_errors.inc()
+        log.error("webhook %s/%s not stored, answering 503: %s", scheme, event_id, exc)
+        return 503, {"error": "store_unavailable", "detail": "retry later"}, {"Retry-After": "5"}
+    m: WebhookMetrics = st.webhook_metrics
+    (m.stored if new else m.duplicates)[scheme].inc()
+    m.latency_of[scheme].observe(time.perf_counter() - t0)
+    return 200, {"received": True, "id": event_id, "duplicate": not new}, {}
+
+
+class WebhookFastPath:
+    """ASGI middleware answering ``POST /webhooks/{stripe,standard}`` itself, with :func:`handle`.
+
+    Under load the framework around a webhook (Starlette's exception middlewares, FastAPI's
+    routing, request and dependency machinery, ``JSONResponse``) cost about as much CPU as the
+    receiver's own work (py-spy, BENCHMARKS.md "Webhooks"); this skips it. Every other request,
+    and these paths with another method, goes on to the app. The FastAPI routes stay: they
+    document the endpoints in OpenAPI and serve an app that mounts the router without this."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        scheme = _FAST_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if scheme is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        raw = scope["headers"]
+
+        def header(name: str) -> str | None:
+            key = name.encode("latin-1")
+            for k, v in raw:
+                if k == key:
+                    return v.decode("latin-1")
+            return None
+
+        async def read_body(limit: int) -> bytes:
+            declared = header("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise _TooLarge
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _TooLarge
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+
+        client = scope.get("client")
+        try:
+            status, content, extra = await handle(scope["app"].state, scheme, read_body, header,
+                                                  client[0] if client else "-")
+        except _Disconnected:
+            return  # nobody to answer; nothing was written (the body never arrived whole)
+        body = json.dumps(content, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+_FAST_PATHS: dict[str, Scheme] = {"/webhooks/stripe": "stripe", "/webhooks/standard": "standard"}
+
+
+class _Disconnected(Exception):
+    pass
+
+
 def build_router(settings: Settings | None = None, webhook_settings: WebhookSettings | None = None, *,
                  clock: Callable[[], float] = time.time) -> APIRouter:
     """The receiver's routes and lifespan. ``clock`` (unix seconds) judges signature age and stamps
@@ -204,6 +341,7 @@ def build_router(settings: Settings | None = None, webhook_settings: WebhookSett
             registry = CollectorRegistry()
         st.webhook_metrics = WebhookMetrics(registry)
         st.webhook_cfg = cfg
+        st.webhook_clock = clock
         st.webhook_stripe_secrets = cfg.secrets("stripe")
         st.webhook_standard = StandardVerifier(cfg.secrets("standard"), cfg.tolerance_s)
         try:
@@ -229,61 +367,11 @@ def build_router(settings: Settings | None = None, webhook_settings: WebhookSett
 
     router = APIRouter(lifespan=lifespan, tags=["webhooks"])
 
-    def reject(request: Request, processor: str, exc: Rejection) -> JSONResponse:
-        request.app.state.webhook_metrics.rejections.labels(processor=processor, reason=exc.reason).inc()
-        client = request.client.host if request.client else "-"
-        log.warning("webhook rejected: processor=%s reason=%s status=%d client=%s: %s",
-                    processor, exc.reason, exc.status, client, exc.detail)
-        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status)
-
     async def receive(request: Request, scheme: Scheme) -> Response:
-        st = request.app.state
-        t0 = time.perf_counter()
-        now = clock()
-        cfg_: WebhookSettings = st.webhook_cfg
-        try:
-            try:
-                body = await _read_body(request, cfg_.max_body_bytes)
-            except _TooLarge:
-                raise Rejection(413, "body_too_large", f"body over {cfg_.max_body_bytes} bytes") from None
-            if scheme == "stripe":
-                signed_at = verify_stripe(body, request.headers.get("stripe-signature"), st.webhook_stripe_secrets,
-                                          now, cfg_.tolerance_s)
-                event_id = None
-            else:
-                headers = {k: request.headers.get(k, "") for k in ("webhook-id", "webhook-timestamp",
-                                                                    "webhook-signature")}
-                event_id, signed_at = st.webhook_standard.verify(body, headers, now)
-            # authenticated from here on: parse
-            try:
-                text = body.decode("utf-8")
-                payload = json.loads(text)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise Rejection(400, "invalid_json", "body is not a UTF-8 JSON document") from None
-            if not isinstance(payload, dict) or not isinstance(payload.get("type"), str) or not payload["type"]:
-                raise Rejection(400, "invalid_event", "body must be a JSON object with a string 'type'")
-            if scheme == "stripe":
-                event_id = payload.get("id")
-                if not isinstance(event_id, str) or not event_id or len(event_id) > 256:
-                    raise Rejection(400, "invalid_event", "stripe event needs a string 'id'")
-            if "\x00" in text:
-                raise Rejection(400, "invalid_json", "NUL characters are not stored")
-            text = _scrub_cards(st.webhook_pan, payload, text)
-        except Rejection as exc:
-            return reject(request, scheme, exc)
-
-        row = (scheme, event_id, payload["type"], datetime.fromtimestamp(signed_at, UTC),
-               datetime.fromtimestamp(now, UTC), text)
-        try:
-            new = await st.webhook_writer.write(row)
-        except StoreUnavailable as exc:
-            st.webhook_metrics.store_errors.inc()
-            log.error("webhook %s/%s not stored, answering 503: %s", scheme, event_id, exc)
-            return JSONResponse({"error": "store_unavailable", "detail": "retry later"}, status_code=503,
-                                headers={"Retry-After": "5"})
-        st.webhook_metrics.events.labels(processor=scheme, outcome="stored" if new else "duplicate").inc()
-        st.webhook_metrics.latency.labels(processor=scheme).observe(time.perf_counter() - t0)
-        return JSONResponse({"received": True, "id": event_id, "duplicate": not new}, status_code=200)
+        client = request.client.host if request.client else "-"
+        status, content, headers = await handle(request.app.state, scheme, lambda limit: _read_body(request, limit),
+                                                request.headers.get, client)
+        return JSONResponse(content, status_code=status, headers=headers)
 
     @router.post("/webhooks/stripe")
     async def stripe_webhook(request: Request) -> Response:
@@ -302,6 +390,7 @@ def create_webhook_app(settings: Settings | None = None, webhook_settings: Webho
                        clock: Callable[[], float] = time.time) -> FastAPI:
     """The receiver alone (no model, no feature store), with its own ``/metrics``."""
     app = FastAPI(title="riskloop webhooks", version="0.1.0")
+    app.add_middleware(WebhookFastPath)
     app.include_router(build_router(settings, webhook_settings, clock=clock))
 
     @app.get("/metrics", include_in_schema=False)
