@@ -36,6 +36,8 @@ import aiohttp
 import httpx
 import numpy as np
 
+from proc_cpu import tree_cpu_seconds  # bench/ is on sys.path when run as a script
+
 log = logging.getLogger("serving_load")
 
 
@@ -150,6 +152,9 @@ def main() -> None:
     parser.add_argument("--feast-port", type=int, default=None,
                         help="Also start `feast serve` on this port and measure it at each rate.")
     parser.add_argument("--feature-service", default="fraud_model_v1")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="The scoring server's pid: also report its CPU ms per request (with its children), "
+                        "the figure a busy shared machine does not move much.")
     args = parser.parse_args()
     if not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         parser.error("loopback only: this is a latency benchmark, not a load test of a remote service")
@@ -162,9 +167,15 @@ def main() -> None:
             if feast_url:
                 targets.append(("feast_serve", feast_url, "/get-online-features", feast_body(args.feature_service)))
             for target, url, path, transform in targets:
+                pid = args.server_pid if target == "decision" else None
+                cpu0 = tree_cpu_seconds(pid) if pid else 0.0
                 result = asyncio.run(run_rate(url, args.key, bodies, rate, args.duration, args.timeout,
                                               args.warmup, path, transform))
                 result = {"target": target, **result, "loadavg_1m": round(os.getloadavg()[0], 2)}
+                if pid:  # includes the warm-up requests, hence divided by all requests sent
+                    warm = max(1, int(rate * args.warmup))
+                    result["server_cpu_ms_per_request"] = round(
+                        (tree_cpu_seconds(pid) - cpu0) * 1000 / (result["sent"] + warm), 3)
                 print(json.dumps(result), flush=True)  # noqa: T201 - the benchmark's output
 
 

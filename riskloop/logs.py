@@ -85,9 +85,16 @@ def configure(settings: Settings, level: int = logging.INFO, stream: IO[str] | N
 
 @contextmanager
 def bound(**ids: Any) -> Iterator[None]:
-    """Carry ``ids`` on every log line written inside the block (this thread / asyncio task)."""
-    with structlog.contextvars.bound_contextvars(**ids):
+    """Carry ``ids`` on every log line written inside the block (this thread / asyncio task).
+
+    Restores the previous values by the tokens ``bind_contextvars`` returns: structlog's own
+    ``bound_contextvars`` copies the whole context first, which is most of its cost, and every
+    HTTP request pays it (:class:`RequestIdMiddleware`)."""
+    tokens = structlog.contextvars.bind_contextvars(**ids)
+    try:
         yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
 
 
 class RequestIdMiddleware:

@@ -417,7 +417,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
 
     @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])
     async def score_fraud(body: FraudScoreRequest, request: Request,
-                          x_request_id: str | None = Header(default=None)) -> FraudScoreResponse:
+                          x_request_id: str | None = Header(default=None)) -> Response:
         t0 = time.perf_counter()
         st = request.app.state
         cfg: ServingSettings = st.cfg
@@ -522,10 +522,13 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                                         model_version=str(model_version)).inc()
             st.metrics.latency.labels(model_alias=model_alias, model_version=str(model_version)).observe(
                 latency_ms / 1000.0)
-        return FraudScoreResponse(
+        # Validated once here and encoded by pydantic-core; returned as a Response so that FastAPI
+        # does not dump, re-validate and re-encode it for response_model (which stays for /docs).
+        return Response(FraudScoreResponse(
             decision_id=decision_id, decision=decision, score=score,
             model=ModelInfo(name=model_name, version=model_version, alias=model_alias),
-            reasons=reasons, rules=rules, degraded=degraded, policy_version=policy.id)
+            reasons=reasons, rules=rules, degraded=degraded, policy_version=policy.id).model_dump_json(),
+            media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:

@@ -1,12 +1,12 @@
 """``serving.decision_log``: the append-only record of every decision, and its writer.
 
 Rows are written off the request path: a request puts its row on a bounded queue and returns;
-one background thread drains the queue and inserts in batches (one round trip per batch via
-``executemany``). Nothing is dropped: a failed batch is retried with backoff, a full queue makes
-the *request* wait (then 503) instead of discarding a decision, and on shutdown the queue is
-flushed — if the database is still unreachable after the shutdown budget, the remaining rows go
-to a JSON-lines spill file rather than vanishing. ``ON CONFLICT DO NOTHING`` makes a retried
-batch whose first commit did land harmless.
+one background thread drains the queue and writes each batch with one ``COPY``. Nothing is
+dropped: a failed batch is retried with backoff, a full queue makes the *request* wait (then 503)
+instead of discarding a decision, and on shutdown the queue is flushed — if the database is
+still unreachable after the shutdown budget, the remaining rows go to a JSON-lines spill file
+rather than vanishing. A retried batch whose first commit did land fails its ``COPY`` on the
+primary key and is then inserted with ``ON CONFLICT DO NOTHING``, which makes it harmless.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ $$;
 
 INSERT = (f"insert into {TABLE} ({', '.join(COLUMNS)}) values ({', '.join(['%s'] * len(COLUMNS))}) "
           "on conflict (decision_id) do nothing")
+COPY = f"copy {TABLE} ({', '.join(COLUMNS)}) from stdin"
 SELECT = f"select {', '.join(COLUMNS)} from {TABLE} where decision_id = %s"
 
 
@@ -107,6 +108,21 @@ def fetch(conn: psycopg.Connection, decision_id: str) -> dict[str, Any] | None:
 def _params(row: dict[str, Any]) -> tuple:
     values = (row.get(c) if c in OPTIONAL_COLUMNS else row[c] for c in COLUMNS)
     return tuple(Jsonb(v) if c in JSON_COLUMNS and v is not None else v for c, v in zip(COLUMNS, values, strict=True))
+
+
+def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]]) -> None:
+    """Commit ``batch``: one ``COPY`` (a few round trips for the whole batch, no per-row statement),
+    or, when some rows are already there (a retried batch whose first commit did land, which only
+    the unique key can tell), row by row with ``ON CONFLICT DO NOTHING`` so the retry is harmless."""
+    params = [_params(r) for r in batch]
+    try:
+        with conn.transaction(), conn.cursor() as cur, cur.copy(COPY) as copy:
+            for p in params:
+                copy.write_row(p)
+    except psycopg.errors.UniqueViolation:
+        log.info("decision log batch of %d rows partly written before: inserting the rest", len(batch))
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(INSERT, params)
 
 
 class LogBackpressure(RuntimeError):
@@ -245,8 +261,7 @@ class DecisionLogWriter:
         while True:
             try:
                 conn = self._connect()
-                with conn.transaction(), conn.cursor() as cur:
-                    cur.executemany(INSERT, [_params(r) for r in batch])
+                _copy_batch(conn, batch)
                 break
             except psycopg.Error as exc:
                 attempt += 1

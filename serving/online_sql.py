@@ -144,6 +144,13 @@ def build_plan(store: Any, service: Any) -> SqlPlan:
                    key_version=int(config.entity_key_serialization_version), connect=connect)
 
 
+async def _keep_session(conn: Any) -> None:
+    """Pool release without asyncpg's default reset query (``RESET ALL``, ``UNLISTEN *``, …): a
+    second round trip per read, 11 % of the server's samples at 300 requests/s (py-spy). These
+    connections only ever run the one read statement, so there is no session state to reset; asyncpg
+    still rolls back an open transaction itself before calling this."""
+
+
 class SqlReader:
     """An asyncpg pool bound to one :class:`SqlPlan`; lives on the serving event loop."""
 
@@ -161,7 +168,8 @@ class SqlReader:
                     import asyncpg
 
                     self._pool = await asyncpg.create_pool(
-                        **self.plan.connect, min_size=1, max_size=self._max_size, timeout=2.0)
+                        **self.plan.connect, min_size=1, max_size=self._max_size, timeout=2.0,
+                        reset=_keep_session)
         return self._pool
 
     async def connect(self) -> None:
