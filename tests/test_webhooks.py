@@ -348,3 +348,38 @@ def test_scoring_app_serves_the_receiver_and_its_metrics(settings, monkeypatch: 
     with psycopg.connect(dsn(settings)) as conn:
         assert conn.execute("select count(*) from raw.webhook_inbox where event_id = 'evt_scoring_app'"
                             ).fetchone()[0] == 1
+
+
+def test_fast_path_and_fastapi_route_answer_alike(receiver: Receiver, settings) -> None:
+    """The receiver apps answer the two routes in an ASGI fast path (serving.webhooks.WebhookFastPath);
+    the FastAPI routes stay for an app that mounts the router alone. Same requests, same answers."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from serving.webhooks import build_router
+
+    r = receiver
+    cfg = WebhookSettings(secrets_stripe=STRIPE_SECRET, secrets_standard=STANDARD_SECRET, max_body_bytes=4096)
+    plain = FastAPI()
+    plain.include_router(build_router(settings, cfg, clock=r.clock))
+
+    def requests(tag: str) -> list[tuple[str, bytes, dict[str, str]]]:
+        body = stripe_event(f"evt_{tag}")
+        signed = {"Stripe-Signature": sign_stripe(body, STRIPE_SECRET, int(r.clock.now))}
+        std = sign_standard(f"msg_{tag}", body, STANDARD_SECRET, int(r.clock.now))
+        return [("stripe", body, signed), ("stripe", body, signed),  # stored, then a duplicate
+                ("stripe", body + b" ", signed), ("stripe", body, {}),  # bad signature, missing header
+                ("stripe", b"x" * 5000, signed), ("standard", body, std), ("standard", b"{}", std)]
+
+    def answers(post, tag: str) -> list[tuple[int, dict]]:
+        out = []
+        for scheme, body, headers in requests(tag):
+            resp = post(f"/webhooks/{scheme}", content=body, headers=headers)
+            out.append((resp.status_code, {k: v for k, v in resp.json().items() if k != "id"}))
+        return out
+
+    with httpx.Client(base_url=r.url) as fast, TestClient(plain) as routed:
+        got_fast, got_routed = answers(fast.post, "fast"), answers(routed.post, "routed")
+    assert got_fast == got_routed
+    assert [s for s, _ in got_fast] == [200, 200, 401, 400, 413, 200, 401]
+    assert {e for (_, e, *_) in r.rows()} == {"evt_fast", "evt_routed", "msg_fast", "msg_routed"}
