@@ -4,7 +4,12 @@ Reads ``incoming/`` of the batch store (``RISKLOOP_BATCH_URL``: ``s3://bucket/pr
 boto3, ``RISKLOOP_S3_ENDPOINT_URL`` for S3-compatible servers; default the local directory
 ``<home>/batch``), upserts each file keyed by (file, line) with its arrival time, and moves it
 to ``archive/``. A malformed file is moved to ``rejected/`` with the reason, nothing of it is
-written, and the task fails (alert) after the good files are loaded.
+written, and the task fails (alert) after the good files are loaded. Then ``check_contracts``
+runs the tables' GX suites (``expectations/settlement_file_rows.json``,
+``expectations/dispute_file_rows.json``): rows that parse but break the contract (a fee above
+the amount, a closed dispute without a verdict...) move to ``quarantine.<table>``, an alert is
+raised and the task fails; the ingest DAG's contract check covers these tables too, so dbt does
+not build on them either.
 
 Not an interval job: it drains what has arrived, whenever it runs, so a re-run or a backfill
 finds nothing new and writes nothing. Hourly, because processors deliver on their own clocks.
@@ -39,7 +44,7 @@ DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelt
     doc_md=__doc__,
 )
 def riskloop_batch_files():
-    @task(outlets=[BATCH_FILES])
+    @task
     def load_batch_files() -> dict:
         """Load, archive, reject; fail without retries when a file was rejected (it stays bad)."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -52,7 +57,22 @@ def riskloop_batch_files():
         except BatchFilesRejected as exc:
             raise AirflowFailException(f"batch files rejected (moved to rejected/): {exc}") from exc
 
-    load_batch_files()
+    @task(outlets=[BATCH_FILES])  # the batch files are loaded *and* checked
+    def check_contracts(loaded: dict) -> dict:
+        """GX suites of the batch-file tables; a violation quarantines the rows and fails the run."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from riskloop.config import get_settings
+        from riskloop.contracts import ContractViolation, run_contracts
+        from riskloop.schema import BATCH_FILE_TABLES
+
+        try:
+            report = run_contracts(get_settings(), [t.name for t in BATCH_FILE_TABLES.values()])
+        except ContractViolation as exc:
+            raise AirflowFailException(f"batch file contract violated: {exc}") from exc
+        return {"success": report.success, "files_loaded": loaded["files_loaded"]}
+
+    check_contracts(load_batch_files())
 
 
 riskloop_batch_files()

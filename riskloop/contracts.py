@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 
 from riskloop import db
 from riskloop.config import PROJECT_ROOT, Settings
-from riskloop.schema import RAW_SCHEMA, RAW_TABLES_BY_NAME
+from riskloop.schema import CONTRACT_TABLES_BY_NAME, RAW_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,10 @@ class ContractViolation(RuntimeError):
 # --- suites as data ------------------------------------------------------------------------
 
 def load_suite_specs(tables: list[str] | None = None, directory: Path = EXPECTATIONS_DIR) -> dict[str, dict]:
-    """Read ``<directory>/<table>.json`` for the requested (default: all) raw tables."""
-    names = list(tables) if tables else list(RAW_TABLES_BY_NAME)
-    unknown = [n for n in names if n not in RAW_TABLES_BY_NAME]
+    """Read ``<directory>/<table>.json`` for the requested (default: all) contract tables
+    (:data:`riskloop.schema.CONTRACT_TABLES`: the landed files' and the batch files' tables)."""
+    names = list(tables) if tables else list(CONTRACT_TABLES_BY_NAME)
+    unknown = [n for n in names if n not in CONTRACT_TABLES_BY_NAME]
     if unknown:
         raise ValueError(f"not raw tables: {unknown}")
     specs = {}
@@ -289,7 +290,7 @@ def _selections(table: str, definition: Any, spec: dict, failed: list[Expectatio
     """Where the failing rows of ``table`` are, per failed expectation (see riskloop.quarantine)."""
     from riskloop.quarantine import Selection, batch_placeholder
 
-    key = list(RAW_TABLES_BY_NAME[table].key)
+    key = list(CONTRACT_TABLES_BY_NAME[table].key)
     labels = {f.label for f in failed}
     out: list[Selection] = []
     row_level = [f for f in failed if f.expectation != "unexpected_rows_expectation"]
@@ -350,7 +351,8 @@ def _alert(settings: Settings, report: ContractReport, schema: str) -> None:
 
 def run_contracts(settings: Settings, tables: list[str] | None = None, *, raise_on_failure: bool = True,
                   expectations_dir: Path = EXPECTATIONS_DIR, quarantine: bool = True) -> ContractReport:
-    """Validate the raw tables (default: all) with a GX Checkpoint; raise :class:`ContractViolation` on failure.
+    """Validate the raw tables (default: all of ``CONTRACT_TABLES``, the batch files' included)
+    with a GX Checkpoint; raise :class:`ContractViolation` on failure.
 
     The raw tables are created if missing (empty), so a feed that never landed fails its
     row-count expectation instead of crashing the checkpoint with a missing-table error. On a
@@ -378,8 +380,8 @@ def run_contracts(settings: Settings, tables: list[str] | None = None, *, raise_
 
 # --- the feature marts, before Feast materialises them ------------------------------------------
 
-def load_mart_specs(directory: Path = MART_EXPECTATIONS_DIR) -> dict[str, dict]:
-    """Every ``<directory>/<mart>.json`` suite, by mart name."""
+def load_mart_specs(directory: Path = MART_EXPECTATIONS_DIR, marts: list[str] | None = None) -> dict[str, dict]:
+    """Every ``<directory>/<mart>.json`` suite (or those of ``marts``), by mart name."""
     specs = {}
     for path in sorted(directory.glob("*.json")):
         spec = json.loads(path.read_text())
@@ -388,14 +390,18 @@ def load_mart_specs(directory: Path = MART_EXPECTATIONS_DIR) -> dict[str, dict]:
         specs[path.stem] = spec
     if not specs:
         raise FileNotFoundError(f"no mart suites in {directory}")
-    return specs
+    unknown = sorted(set(marts or ()) - set(specs))
+    if unknown:
+        raise ValueError(f"no mart suite for {unknown} in {directory}")
+    return {m: specs[m] for m in marts} if marts else specs
 
 
-def run_mart_contracts(settings: Settings, *, raise_on_failure: bool = True,
+def run_mart_contracts(settings: Settings, marts: list[str] | None = None, *, raise_on_failure: bool = True,
                        directory: Path = MART_EXPECTATIONS_DIR) -> ContractReport:
-    """Validate ``marts.*`` before materialisation. A failure raises (nothing is moved: marts are
-    rebuilt from raw by dbt, so the fix is upstream) and raises a ``contract_violation`` alert."""
-    report, _ = _checkpoint(settings, MARTS_SCHEMA, load_mart_specs(directory), "mart_contracts")
+    """Validate ``marts.*`` (default: every mart with a suite, the real-time windows' included)
+    before materialisation. A failure raises (nothing is moved: marts are rebuilt from raw by
+    dbt, so the fix is upstream) and raises a ``contract_violation`` alert."""
+    report, _ = _checkpoint(settings, MARTS_SCHEMA, load_mart_specs(directory, marts), "mart_contracts")
     _record(settings, report, MARTS_SCHEMA)
     if report.success:
         log.info("mart %s (%.1fs)", report.summary(), report.seconds)

@@ -37,7 +37,14 @@ from psycopg import sql
 from riskloop import db, pan
 from riskloop.config import Settings
 from riskloop.inbox import create_inbox
-from riskloop.schema import OPTIONAL_INPUT_COLUMNS, RAW_SCHEMA, RAW_TABLES, RAW_TABLES_BY_NAME, RawTable
+from riskloop.schema import (
+    CONTRACT_TABLES,
+    OPTIONAL_INPUT_COLUMNS,
+    RAW_SCHEMA,
+    RAW_TABLES,
+    RAW_TABLES_BY_NAME,
+    RawTable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,9 @@ def _table_ddl(table: RawTable) -> sql.Composed:
 
 
 def create_raw_tables(conn: psycopg.Connection) -> None:
-    """Create schema ``raw``, ``raw.load_batches``, one table per contract table and the webhook
-    inbox (idempotent).
+    """Create schema ``raw``, ``raw.load_batches``, one table per contract table (the landed
+    files' and the batch files') and the webhook inbox (idempotent): dbt reads all of them as
+    sources and the contracts check them, so they exist (maybe empty) before either runs.
 
     Runs under a transaction-scoped advisory lock: two loaders starting at once would otherwise
     race on ``create table if not exists`` (it is not atomic in the catalog).  Does not commit;
@@ -127,7 +135,7 @@ def create_raw_tables(conn: psycopg.Connection) -> None:
         )
         """
     ).format(sql.Identifier(RAW_SCHEMA), sql.Identifier(LOAD_BATCHES)))
-    for table in RAW_TABLES:
+    for table in CONTRACT_TABLES:
         conn.execute(_table_ddl(table))
     create_inbox(conn)  # the receiver's table: dbt reads it as a source, so it exists before dbt runs
 

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from riskloop.schema import RAW_SCHEMA, RAW_TABLES_BY_NAME, RawTable
+from riskloop.schema import CONTRACT_TABLES_BY_NAME, RAW_SCHEMA, RawTable
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _collect(conn: psycopg.Connection, table: RawTable, selections: list[Selecti
 def move(conn: psycopg.Connection, table_name: str, selections: list[Selection], run_id: str) -> int:
     """Move the selected rows of ``raw.<table>`` to ``quarantine.<table>`` (in the caller's
     transaction); returns how many rows moved."""
-    table = RAW_TABLES_BY_NAME[table_name]
+    table = CONTRACT_TABLES_BY_NAME[table_name]
     ensure_table(conn, table)
     conn.execute(sql.SQL("set local search_path to {}").format(sql.Identifier(RAW_SCHEMA)))  # GX's queries
     tmp = _collect(conn, table, selections)

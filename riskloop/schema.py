@@ -233,3 +233,9 @@ DISPUTE_FILE_ROWS = RawTable(
 
 BATCH_FILE_TABLES: dict[str, RawTable] = {"settlements": SETTLEMENT_FILE_ROWS, "disputes": DISPUTE_FILE_ROWS}
 BATCH_LINEAGE_COLUMNS = tuple(c.name for c in _BATCH_LINEAGE)
+
+# Every raw table with a data contract (a GX suite ``expectations/<table>.json``, a dbt source and
+# a ``stg_`` model, a page ``docs/contracts/<table>.md``): the landed files and the batch files.
+# ``riskloop.contracts`` checks them all before dbt runs, and quarantines by their keys.
+CONTRACT_TABLES: tuple[RawTable, ...] = (*RAW_TABLES, *BATCH_FILE_TABLES.values())
+CONTRACT_TABLES_BY_NAME = {t.name: t for t in CONTRACT_TABLES}

@@ -58,6 +58,7 @@ OFFSETS_TABLE = f"{STATE_SCHEMA}.stream_offsets"
 PAYMENT_TYPES = {"stripe": "charge.succeeded", "standard": "payment.authorized"}
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
                       r"(Z|[+-][0-9]{2}:[0-9]{2})")
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
 _MAX_AMOUNT = 999_999_999_999_999_999
 _MAX_UNIX = 999_999_999_999
 
@@ -72,6 +73,7 @@ class Payment:
     customer_id: str | None
     amount_minor: int
     occurred_at: datetime
+    currency: str | None = None  # ISO 4217, upper-cased; None: counts, sums in no currency
 
 
 def _path(doc: Any, *keys: str) -> Any:
@@ -84,6 +86,11 @@ def _path(doc: Any, *keys: str) -> Any:
 
 def _key(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _currency(value: Any) -> str | None:
+    """Three ASCII letters, upper-cased (Stripe sends ``eur``), else None: dbt's rule."""
+    return value.upper() if isinstance(value, str) and _CURRENCY.fullmatch(value) else None
 
 
 def _integral(value: Any, upper: int) -> int | None:
@@ -112,6 +119,7 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
         card = _path(doc, "data", "object", "payment_method_details", "card", "fingerprint")
         customer = _path(doc, "data", "object", "customer")
         amount = _path(doc, "data", "object", "amount")
+        currency = _path(doc, "data", "object", "currency")
         created = _integral(_path(doc, "created"), _MAX_UNIX)
         occurred = datetime.fromtimestamp(created, timezone.utc) if created is not None else None
     else:
@@ -120,6 +128,7 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
             card = _path(doc, "data", "card", "pan_token")
         customer = _path(doc, "data", "customer_id")
         amount = _path(doc, "data", "amount_minor")
+        currency = _path(doc, "data", "currency")
         stamp = _path(doc, "timestamp")
         occurred = None
         if isinstance(stamp, str) and _RFC3339.fullmatch(stamp):
@@ -130,7 +139,7 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
     amount_minor = _integral(amount, _MAX_AMOUNT)
     if amount_minor is None or occurred is None:
         return None
-    return Payment(processor, event_id, _key(card), _key(customer), amount_minor, occurred)
+    return Payment(processor, event_id, _key(card), _key(customer), amount_minor, occurred, _currency(currency))
 
 
 def ensure_state(conn: psycopg.Connection) -> None:
@@ -147,6 +156,9 @@ def ensure_state(conn: psycopg.Connection) -> None:
               amount_minor bigint not null,
               occurred_at timestamptz not null,
               primary key (processor, event_id))""")
+        # added with the currency rule of riskloop.windows (rows stored before have none: replay
+        # the inbox with a new consumer name to re-parse them)
+        conn.execute(f"alter table {windows.EVENTS_TABLE} add column if not exists currency text")
         for e in windows.ENTITIES:
             conn.execute(f"create index if not exists payment_events_{e.name} "
                          f"on {windows.EVENTS_TABLE} ({e.key}, occurred_at)")
@@ -283,12 +295,12 @@ class StreamConsumer:
         """Store the payments, recompute the touched keys' windows, push them. Returns rows pushed."""
         if not payments:
             return 0
-        cols = list(zip(*((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor, p.occurred_at)
-                          for p in payments), strict=True))
+        cols = list(zip(*((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor, p.occurred_at,
+                           p.currency) for p in payments), strict=True))
         self.conn.execute(
             f"insert into {windows.EVENTS_TABLE} (processor, event_id, card_token, customer_id, amount_minor, "
-            f"occurred_at) select * from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
-            f"%s::timestamptz[]) on conflict do nothing", [list(c) for c in cols])
+            f"occurred_at, currency) select * from unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+            f"%s::bigint[], %s::timestamptz[], %s::text[]) on conflict do nothing", [list(c) for c in cols])
         pushed = 0
         for e in windows.ENTITIES:
             keys = sorted({getattr(p, e.key) for p in payments} - {None})

@@ -18,9 +18,15 @@ payment: dbt writes one row per payment (its windows end at and include it, like
 marts), the stream pushes the row of the entity's latest payment, hence the online value of an
 entity always equals the batch row with the same ``event_timestamp``.
 
-Amounts are summed in minor units (exact integers, so stream and batch agree to the unit); a
-card or customer paying in several currencies sums their minor units together, as the
-simulated processors do not mix currencies per card.
+Money never mixes currencies: the sums are defined on one currency, :data:`SUM_CURRENCY`, in its
+minor units (exact integers, so stream and batch agree to the unit). A payment in another
+currency counts in ``tx_count`` (a velocity count is currency-free) but adds nothing to
+``amount_minor_sum``: adding 100 JPY minor units (100 yen) to 100 EUR minor units (1 euro) is
+meaningless, and converting would make the feature depend on an FX rate feed riskloop does not
+have. The currency is part of the feature's definition, like the window lengths, not a deployment
+setting: changing it changes every value (and the models trained on them). Both paths read the
+payment's currency the same way (a three-letter string, upper-cased: Stripe sends ``eur``); a
+payment without a valid one counts but sums in no currency.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from typing import Any, Literal
 
 TIMESTAMP_FIELD = "event_timestamp"
 EVENTS_TABLE = "realtime.payment_events"  # the stream's parsed, indexed projection of the inbox
+# The one currency the amount sums are defined on (ISO 4217; see the module docstring).
+SUM_CURRENCY = "EUR"
 
 
 @dataclass(frozen=True)
@@ -49,15 +57,22 @@ class Aggregate:
     name: str  # middle of the feature names
     func: Literal["count", "sum"]
     column: str | None  # None: count(*)
+    where: str | None = None  # the payments it covers (SQL over the events' columns); None: all
 
-    def sql(self) -> str:
-        return f"{self.func}({self.column or '*'})"
+    def sql(self, condition: str | None = None) -> str:
+        """The aggregate call with its FILTER clause (``condition``: a further one, the stream's
+        window bound); a window ``over w`` goes after it. Null when no payment qualified: both
+        paths wrap it in ``coalesce(…, 0)``."""
+        where = " and ".join(c for c in (condition, self.where) if c)
+        call = f"{self.func}({self.column or '*'})"
+        return f"{call} filter (where {where})" if where else call
 
 
 ENTITIES: tuple[WindowEntity, ...] = (WindowEntity("card", "card_token"), WindowEntity("customer", "customer_id"))
 WINDOWS: tuple[Window, ...] = (Window("10m", 600), Window("1h", 3600), Window("24h", 86400))
 AGGREGATES: tuple[Aggregate, ...] = (Aggregate("tx_count", "count", None),
-                                     Aggregate("amount_minor_sum", "sum", "amount_minor"))
+                                     Aggregate("amount_minor_sum", "sum", "amount_minor",
+                                               where=f"currency = '{SUM_CURRENCY}'"))
 
 
 def feature_name(entity: WindowEntity, agg: Aggregate, window: Window) -> str:
@@ -99,6 +114,11 @@ def dbt_var() -> dict[str, Any]:
     }
 
 
+def _after(window: Window) -> str:
+    """The stream's lower window bound on an event ``e`` as of ``k.asof`` (the upper is the join's)."""
+    return f"e.occurred_at > k.asof - interval '{window.seconds} seconds'"
+
+
 def stream_sql(entity: WindowEntity) -> str:
     """Windows of the given keys (``%(keys)s``, a text array) as of each key's latest payment.
 
@@ -107,7 +127,7 @@ def stream_sql(entity: WindowEntity) -> str:
     """
     widest = max(w.seconds for w in WINDOWS)
     cols = ",\n  ".join(
-        f"{a.sql()} filter (where e.occurred_at > k.asof - interval '{w.seconds} seconds')::bigint"
+        f"coalesce({a.sql(_after(w))}, 0)::bigint"
         f" as {feature_name(entity, a, w)}"
         for a in AGGREGATES for w in WINDOWS)
     return (

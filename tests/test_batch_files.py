@@ -146,10 +146,10 @@ def test_malformed_files_are_rejected_with_nothing_written(s3_settings: Settings
         by_file = dict(conn.execute("select source_file, count(*) from raw.settlement_file_rows group by 1").fetchall())
         batches = conn.execute("select count(*) from raw.load_batches where source_file = any(%s)",
                                (list(malformed),)).fetchone()[0]
-        # The only disputes file was malformed: its table was never even created.
-        disputes_table = conn.execute("select to_regclass('raw.dispute_file_rows')").fetchone()[0]
+        # The only disputes file was malformed: its table is empty.
+        disputes = conn.execute("select count(*) from raw.dispute_file_rows").fetchone()[0]
     assert by_file == {good: files[good].count(b"\n") - 1}
-    assert batches == 0 and disputes_table is None
+    assert batches == 0 and disputes == 0
     # ... the files are kept intact under rejected/ with the reason beside them; the good one is archived.
     for rel, data in malformed.items():
         assert store.get(f"rejected/{rel}") == data
@@ -175,3 +175,68 @@ def test_local_directory_is_the_embedded_default(settings: Settings, files: dict
     assert not (tmp_path / "batch" / "incoming" / rel).exists()
     with pytest.raises(ValueError, match="escapes"):
         store.get("../../etc/passwd")
+
+
+def _replace_field(data: bytes, line: int, column: str, value: str) -> bytes:
+    """The CSV with data line ``line`` (1-based) having ``value`` in ``column``."""
+    rows = data.split(b"\n")
+    header = rows[0].decode().split(",")
+    cells = rows[line].split(b",")
+    cells[header.index(column)] = value.encode()
+    rows[line] = b",".join(cells)
+    return b"\n".join(rows)
+
+
+def test_contract_violation_quarantines_the_rows_and_stops(settings: Settings, files: dict[str, bytes],
+                                                           tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Lines that parse but break the contract (a fee above the amount, a lower-case currency, a
+    dispute still open with a verdict already) fail the GX check that follows the load: explicitly, logged
+    and alerted; exactly those rows move to quarantine, the good ones stay in raw, and the files
+    stay byte for byte in archive/. The real simulated files pass."""
+    from riskloop.contracts import ContractViolation, run_contracts
+
+    local = settings.model_copy(update={"home": tmp_path, "batch_url": None})
+    names = [t.name for t in BATCH_FILE_TABLES.values()]
+    with db.connect(settings) as conn:
+        for name in names:
+            conn.execute(f"drop table if exists {RAW_SCHEMA}.{name}")
+            conn.execute(f"drop table if exists quarantine.{name}")
+    store = open_store(local)
+    settlement = next(k for k in sorted(files) if k.startswith("settlements/"))
+    dispute = next(k for k in sorted(files) if k.startswith("disputes/"))
+    _deliver(store, files)
+    load_batch_files(local)
+    assert run_contracts(local, names).success  # what the simulated processors deliver is in contract
+
+    amount = int(files[settlement].split(b"\n")[2].split(b",")[3])
+    bad_settlement = _replace_field(_replace_field(files[settlement], 2, "fee_minor", str(amount + 1)),
+                                    3, "currency", "eur")
+    assert b",opened,," in files[dispute].split(b"\n")[1]
+    bad_dispute = _replace_field(files[dispute], 1, "fraud_confirmed", "true")
+    corrected = {settlement: bad_settlement, dispute: bad_dispute}
+    _deliver(store, corrected)  # the processor re-delivers two files, with bad lines in them
+    assert load_batch_files(local).to_dict()["updated"] == 3  # they parse: only the contract can catch them
+
+    with caplog.at_level("ERROR"), pytest.raises(ContractViolation) as info:
+        run_contracts(local, names)
+    report = info.value.report
+    assert {f.label for f in report.failures} == {
+        "expect_column_pair_values_a_to_be_greater_than_b(amount_minor,fee_minor)",
+        "expect_column_values_to_match_regex(currency)",
+        "unexpected_rows_expectation[fraud_confirmed is set exactly when the dispute is closed (won or lost)]"}
+    assert report.quarantined == {"settlement_file_rows": 2, "dispute_file_rows": 1}
+    assert "settlement_file_rows" in str(info.value) and "quarantine.dispute_file_rows" in str(info.value)
+    assert any(r.name == "riskloop.alerts" and "contract_violation" in r.getMessage() for r in caplog.records)
+    with db.connect(settings) as conn:
+        quarantined = conn.execute(
+            "select source_file, line_no, _expectations from quarantine.settlement_file_rows "
+            "union all select source_file, line_no, _expectations from quarantine.dispute_file_rows "
+            "order by 1, 2").fetchall()
+        counts = {n: conn.execute(f"select count(*) from {RAW_SCHEMA}.{n}").fetchone()[0] for n in names}
+    assert [(f, n) for f, n, _ in quarantined] == sorted([(dispute, 1), (settlement, 2), (settlement, 3)])
+    assert counts == {"settlement_file_rows": _lines(files, "settlements") - 2,
+                      "dispute_file_rows": _lines(files, "disputes") - 1}
+    for rel, data in corrected.items():  # the delivered files are kept as they came
+        assert store.get(f"archive/{rel}") == data
+    # what is left in raw passes
+    assert run_contracts(local, names).success

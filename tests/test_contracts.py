@@ -11,21 +11,29 @@ import pytest
 from riskloop import db
 from riskloop.contracts import EXPECTATIONS_DIR, ContractViolation, latest_runs, load_suite_specs, run_contracts
 from riskloop.ingest import load_table
-from riskloop.schema import RAW_TABLES, RAW_TABLES_BY_NAME, WEBHOOK_EVENT_TYPES
+from riskloop import windows
+from riskloop.schema import CONTRACT_TABLES, CONTRACT_TABLES_BY_NAME, RAW_TABLES, WEBHOOK_EVENT_TYPES
 from tests.fixtures_data import make_tables, reset_warehouse
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "contracts"
 
 
 def test_suites_are_declared_for_every_table_and_name_real_columns() -> None:
     specs = load_suite_specs()
-    assert set(specs) == {t.name for t in RAW_TABLES}
+    assert set(specs) == {t.name for t in CONTRACT_TABLES}  # the batch files' tables too
     for name, spec in specs.items():
-        columns = set(RAW_TABLES_BY_NAME[name].column_names)
+        columns = set(CONTRACT_TABLES_BY_NAME[name].column_names)
         for exp in spec["expectations"]:
             for key in ("column", "column_A", "column_B"):
                 if key in exp["kwargs"]:
                     assert exp["kwargs"][key] in columns, (name, exp)
         types = {e["type"] for e in spec["expectations"]}
-        assert "expect_table_row_count_to_be_between" in types
+        # a landed feed must not be empty; a processor's batch files may not have arrived yet
+        assert ("expect_table_row_count_to_be_between" in types) == (name in {t.name for t in RAW_TABLES}), name
+        # one documented contract per source: its page names every column and its suite
+        page = (DOCS / f"{name}.md").read_text()
+        assert all(f"`{c}`" in page for c in columns) and f"expectations/{name}.json" in page, name
     event_types = next(e for e in specs["webhook_events"]["expectations"]
                        if e["kwargs"].get("column") == "event_type")["kwargs"]["value_set"]
     assert set(event_types) == set(WEBHOOK_EVENT_TYPES)
@@ -42,7 +50,7 @@ def test_good_data_passes_and_bad_batch_is_named(settings, caplog: pytest.LogCap
     tables = make_tables()
     _load(settings, tables)
     report = run_contracts(settings)
-    assert report.success and set(report.tables) == {t.name for t in RAW_TABLES}
+    assert report.success and set(report.tables) == {t.name for t in CONTRACT_TABLES}
     assert all(t.evaluated > 0 and not t.failed for t in report.tables.values())
 
     # a bad batch: one journal no longer balances, one webhook has a negative amount,
@@ -126,15 +134,16 @@ def test_feature_mart_suites(settings) -> None:
 
     from riskloop.contracts import load_mart_specs, run_mart_contracts
 
-    assert set(load_mart_specs()) == {"customer_spending_features", "terminal_risk_features", "credit_features"}
+    batch_marts = ["customer_spending_features", "terminal_risk_features", "credit_features"]
+    assert set(load_mart_specs()) == {*batch_marts, *(windows.mart_name(e) for e in windows.ENTITIES)}
     mart_settings = isolated_settings("riskloop_t_mart_contracts")
     write_marts(mart_settings, make_marts(days=20, customers=30, terminals=15, seed=3))
-    assert run_mart_contracts(mart_settings).success
+    assert run_mart_contracts(mart_settings, batch_marts).success  # (the real-time ones: tests/test_realtime.py)
     with db.connect(mart_settings) as conn:
         conn.execute("update marts.terminal_risk_features set terminal_risk_7d = 1.5 "
                      "where ctid = (select min(ctid) from marts.terminal_risk_features)")
     with pytest.raises(ContractViolation) as info:
-        run_mart_contracts(mart_settings)
+        run_mart_contracts(mart_settings, batch_marts)
     assert [(f.table, f.label, f.unexpected_count) for f in info.value.report.failures] == [
         ("terminal_risk_features", "expect_column_values_to_be_between(terminal_risk_7d)", 1)]
 

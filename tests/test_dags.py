@@ -136,6 +136,10 @@ def test_ingest_is_mapped_per_source(dagbag: dict) -> None:
     assert tasks["load_raw"]["mapped"] is True
     assert tasks["landed"]["mapped"] is False
     assert tasks["load_raw"]["downstream"] == ["check_contracts"]
+    # the batch files' DAG checks its tables' contracts after loading, before it announces them
+    batch = dagbag["dags"]["riskloop_batch_files"]["tasks"]
+    assert batch["load_batch_files"]["downstream"] == ["check_contracts"]
+    assert batch["check_contracts"]["outlets"] == ["riskloop_batch_files"]
 
 
 def test_failure_alert_is_one_structured_record(caplog: pytest.LogCaptureFixture) -> None:

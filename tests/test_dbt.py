@@ -12,7 +12,8 @@ import yaml
 
 from riskloop import db
 from riskloop.ingest import load_landing, load_table
-from riskloop.schema import RAW_TABLES_BY_NAME
+from riskloop import windows
+from riskloop.schema import BATCH_FILE_TABLES, CONTRACT_TABLES_BY_NAME, RAW_TABLES_BY_NAME
 from riskloop.transform import DbtError, dbt_artifacts_dir, run_dbt
 from tests.fixtures_data import T0, Payment, default_payments, make_tables, reset_warehouse, write_landing
 
@@ -46,6 +47,8 @@ MARTS = {
     "fct_credit_outcomes": {
         "application_id": "text", "applied_at": "timestamp with time zone", "defaulted": "integer",
         "observed_at": "timestamp with time zone", "true_default_probability": "double precision"},
+    **{windows.mart_name(e): {e.key: "text", windows.TIMESTAMP_FIELD: "timestamp with time zone",
+                              **dict.fromkeys(windows.feature_names(e), "bigint")} for e in windows.ENTITIES},
 }
 
 DAYS = 16
@@ -53,6 +56,7 @@ LATE_FRAUD_TX = T0 + timedelta(hours=2)             # day 0, terminal T9
 LATE_LABEL = T0 + timedelta(days=12, hours=5)       # its label arrives on day 12
 EARLY_FRAUD_TX = T0 + timedelta(hours=3)            # day 0, terminal T8
 EARLY_LABEL = T0 + timedelta(days=2)                # label known on day 2
+YEN_TX = T0 + timedelta(days=5, hours=12)           # C1 pays once in JPY (12,000 yen = 12000.0 major units)
 
 
 def _payments() -> list[Payment]:
@@ -64,6 +68,7 @@ def _payments() -> list[Payment]:
         Payment("pay_900003", "C1", "T8", EARLY_FRAUD_TX, 40_000,
                 dispute=(EARLY_FRAUD_TX + timedelta(hours=5), EARLY_LABEL, "lost", True)),
         Payment("pay_900004", "C3", "T8", EARLY_FRAUD_TX + timedelta(hours=2), 1_500),
+        Payment("pay_900005", "C1", "T1", YEN_TX, 12_000, currency="JPY"),
     ]
     return pays
 
@@ -87,11 +92,26 @@ def _frame(settings, query: str) -> pd.DataFrame:
 
 
 def test_sources_declare_exactly_the_contract_columns() -> None:
-    sources = yaml.safe_load((DBT / "models/staging/_sources.yml").read_text())["sources"][0]
-    declared = {t["name"]: [c["name"] for c in t["columns"]] for t in sources["tables"]}
-    assert declared == {name: t.column_names for name, t in RAW_TABLES_BY_NAME.items()}
-    for name in RAW_TABLES_BY_NAME:
+    sources = {s["name"]: s for s in yaml.safe_load((DBT / "models/staging/_sources.yml").read_text())["sources"]}
+    for source, tables in (("raw", RAW_TABLES_BY_NAME.values()), ("batch_files", BATCH_FILE_TABLES.values())):
+        declared = {t["name"]: [c["name"] for c in t["columns"]] for t in sources[source]["tables"]}
+        assert declared == {t.name: t.column_names for t in tables}, source
+    # the batch files: freshness on their arrival time, every column described
+    batch = sources["batch_files"]
+    assert batch["config"]["loaded_at_field"] == "arrived_at" and batch["config"]["freshness"]["error_after"]
+    assert all(c.get("description") for t in batch["tables"] for c in t["columns"])
+    for name in CONTRACT_TABLES_BY_NAME:
         assert (DBT / f"models/staging/stg_{name}.sql").exists()
+
+
+def test_realtime_marts_enforce_exactly_the_spec_columns() -> None:
+    """The real-time marts' enforced contracts list riskloop/windows.py's columns, in its order."""
+    models = {m["name"]: m for m in yaml.safe_load((DBT / "models/marts/_marts.yml").read_text())["models"]}
+    for e in windows.ENTITIES:
+        mart = models[windows.mart_name(e)]
+        assert mart["config"]["contract"] == {"enforced": True}
+        assert [c["name"] for c in mart["columns"]] == [e.key, windows.TIMESTAMP_FIELD, *windows.feature_names(e)]
+        assert all(c["data_type"] and {"type": "not_null"} in c["constraints"] for c in mart["columns"])
 
 
 def test_build_produces_documented_marts(built) -> None:
@@ -103,8 +123,8 @@ def test_build_produces_documented_marts(built) -> None:
     for mart, expected in MARTS.items():
         got = marts[marts.table_name == mart]
         assert dict(zip(got.column_name, got.data_type)) == expected, mart
-    assert {f"stg_{n}" for n in RAW_TABLES_BY_NAME} <= set(cols[cols.table_schema == "staging"].table_name)
-    assert {"int_payments", "int_fraud_labels"} <= set(cols[cols.table_schema == "intermediate"].table_name)
+    assert {f"stg_{n}" for n in CONTRACT_TABLES_BY_NAME} <= set(cols[cols.table_schema == "staging"].table_name)
+    assert {"int_payments", "int_fraud_labels", "int_settlement_reconciliation"} <= set(cols[cols.table_schema == "intermediate"].table_name)
 
     fct = _frame(settings, "select * from marts.fct_transactions")
     assert len(fct) == len(_payments())
@@ -128,18 +148,27 @@ def test_build_produces_documented_marts(built) -> None:
 
 
 def test_customer_windows_end_at_and_include_the_transaction(built) -> None:
+    """Counts over every currency, amount statistics over the row's own currency only."""
     settings, _ = built
-    fct = _frame(settings, "select customer_id, tx_at, amount from marts.fct_transactions")
+    fct = _frame(settings, "select customer_id, tx_at, currency, amount from marts.fct_transactions")
     feats = _frame(settings, "select * from marts.customer_spending_features")
     assert len(feats) == len(fct)
     merged = feats.merge(fct.rename(columns={"tx_at": "event_timestamp"}), on=["customer_id", "event_timestamp"])
-    for _, r in merged.sample(25, random_state=0).iterrows():
+    yen = merged[merged.currency == "JPY"]
+    c1_days_5_6 = merged[(merged.customer_id == "C1") & (merged.event_timestamp > YEN_TX)
+                         & (merged.event_timestamp < YEN_TX + timedelta(days=1))]
+    assert len(yen) == 1 and len(c1_days_5_6) > 0
+    # 12,000 yen never lands in C1's euro statistics, and the yen row's statistics are its own
+    assert yen.customer_avg_amount_30d.item() == 12_000.0 and (c1_days_5_6.customer_max_amount_30d < 12_000).all()
+    for _, r in pd.concat([merged.sample(25, random_state=0), yen, c1_days_5_6]).iterrows():
         mine = fct[fct.customer_id == r.customer_id]
+        same = mine[mine.currency == r.currency]
         for w in (1, 7, 30):
             inside = mine[(mine.tx_at > r.event_timestamp - timedelta(days=w)) & (mine.tx_at <= r.event_timestamp)]
             assert r[f"customer_nb_tx_{w}d"] == len(inside)
+            inside = same[(same.tx_at > r.event_timestamp - timedelta(days=w)) & (same.tx_at <= r.event_timestamp)]
             assert r[f"customer_avg_amount_{w}d"] == pytest.approx(inside.amount.mean())
-        inside = mine[(mine.tx_at > r.event_timestamp - timedelta(days=30)) & (mine.tx_at <= r.event_timestamp)]
+        inside = same[(same.tx_at > r.event_timestamp - timedelta(days=30)) & (same.tx_at <= r.event_timestamp)]
         assert r["customer_std_amount_30d"] == pytest.approx(inside.amount.std() if len(inside) > 1 else 0.0)
         assert r["customer_max_amount_30d"] == pytest.approx(inside.amount.max())
 
@@ -220,7 +249,8 @@ def test_dbt_unit_tests_pin_the_label_delay_logic(built) -> None:
     result = run_dbt(settings, ["test", "--select", "test_type:unit"])
     outcome = {r.node.name: str(r.status) for r in result.results}
     assert {"fraud_label_arrives_when_a_fraud_dispute_is_lost", "terminal_risk_counts_only_labels_known_before_the_day",
-            "card_windows_edges_and_ties"} <= set(outcome)
+            "card_windows_edges_and_ties", "card_windows_sum_one_currency",
+            "settlement_lines_are_reconciled_per_payment"} <= set(outcome)
     assert set(outcome.values()) == {"pass"}, outcome
 
 

@@ -1,7 +1,9 @@
 {#- The batch path of the real-time windows (riskloop/windows.py is the one spec; riskloop.transform
     passes it as the var `realtime_windows`, there is deliberately no default): one row per
     payment of the entity, each window covering (occurred_at - w, occurred_at] as RANGE frames,
-    so ties (same-time payments) are in each other's windows, as in the stream's query. -#}
+    so ties (same-time payments) are in each other's windows, as in the stream's query. An
+    aggregate's FILTER (the sums: windows.SUM_CURRENCY only) comes with its sql; no qualifying
+    payment gives 0, not null, as in the stream. -#}
 {% macro realtime_window_mart(entity_name) -%}
 {%- set spec = var('realtime_windows') -%}
 {%- set ents = spec['entities'] | selectattr('name', 'equalto', entity_name) | list -%}
@@ -10,7 +12,7 @@
 {%- endif -%}
 {%- set key = ents[0]['key'] -%}
 with events as (
-    select {{ key }}, occurred_at, amount_minor from {{ ref('int_inbox_payments') }}
+    select {{ key }}, occurred_at, amount_minor, currency from {{ ref('int_inbox_payments') }}
     where {{ key }} is not null
 )
 
@@ -18,7 +20,7 @@ select
     {{ key }}::text as {{ key }},
     occurred_at::timestamptz as event_timestamp
 {%- for a in spec['aggregates'] %}{% for w in spec['windows'] %},
-    {{ a['sql'] }} over w_{{ w['name'] }} ::bigint as {{ entity_name }}_{{ a['name'] }}_{{ w['name'] }}
+    coalesce({{ a['sql'] }} over w_{{ w['name'] }}, 0) ::bigint as {{ entity_name }}_{{ a['name'] }}_{{ w['name'] }}
 {%- endfor %}{% endfor %}
 from events
 window

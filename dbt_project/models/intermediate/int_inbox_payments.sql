@@ -1,5 +1,6 @@
 -- One row per accepted payment (authorisation) webhook of the receiver's inbox, parsed from the
--- two processors' bodies: who (card, customer), how much (minor units) and when it happened.
+-- two processors' bodies: who (card, customer), how much (minor units, in which currency) and
+-- when it happened.
 -- The same rules as riskloop.stream.parse_payment (the stream path); tests/test_realtime.py feeds
 -- the same events through both. A field of the wrong JSON type is null here (never a failed
 -- build; numbers count when integral, whatever their JSON spelling): an event without a valid amount or time is not a payment, a missing key only drops
@@ -21,7 +22,9 @@ fields as (
         case when processor = 'stripe' then body #> '{data,object,amount}'
              else body #> '{data,amount_minor}' end as amount_j,
         case when processor = 'stripe' then body -> 'created'
-             else body -> 'timestamp' end as time_j
+             else body -> 'timestamp' end as time_j,
+        case when processor = 'stripe' then body #> '{data,object,currency}'
+             else body #> '{data,currency}' end as currency_j
     from inbox
 ),
 
@@ -32,6 +35,9 @@ typed as (
         case when jsonb_typeof(card_j) = 'string' and card_j #>> '{}' <> '' then card_j #>> '{}' end as card_token,
         case when jsonb_typeof(customer_j) = 'string' and customer_j #>> '{}' <> '' then customer_j #>> '{}' end
             as customer_id,
+        -- ISO 4217 letters, upper-cased (Stripe sends "eur"); anything else: no currency
+        case when jsonb_typeof(currency_j) = 'string' and currency_j #>> '{}' ~ '^[A-Za-z]{3}$'
+             then upper(currency_j #>> '{}') end as currency,
         -- nested CASE: AND does not promise to test the JSON type before the cast
         case when jsonb_typeof(amount_j) = 'number' then
             case when amount_j::numeric between 0 and 999999999999999999 and amount_j::numeric = trunc(amount_j::numeric)
@@ -50,6 +56,6 @@ typed as (
     from fields
 )
 
-select processor, event_id, card_token, customer_id, amount_minor, occurred_at
+select processor, event_id, card_token, customer_id, amount_minor, currency, occurred_at
 from typed
 where amount_minor is not null and occurred_at is not null
