@@ -1,10 +1,12 @@
-"""A seeded bad batch fails the contract task of the real ingest DAG (dag.test) and nothing
-downstream runs: dbt never builds the marts, Feast never materialises."""
+"""A seeded bad batch (a landed file, a processor's batch file) fails the contract task of the
+real ingest DAG (dag.test) and nothing downstream runs: dbt never builds the marts, Feast never
+materialises."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import psycopg
@@ -26,18 +28,39 @@ def _task_states(settings, dag_id: str, logical_date: datetime) -> dict[str, str
     return {(task if index < 0 else f"{task}[{label}]"): state for task, index, label, state in rows}
 
 
+def _bad_settlement_file(settings, home: Path) -> tuple[str, Any, bytes]:
+    """A processor's settlement file that parses but breaks its contract on line 2 (a fee above
+    the amount), loaded the real way (object store → raw.settlement_file_rows) and archived."""
+    from riskloop.batch_files import file_columns, load_batch_files
+    from riskloop.objectstore import open_store
+    from riskloop.schema import SETTLEMENT_FILE_ROWS
+
+    local = settings.model_copy(update={"home": home, "batch_url": None})
+    rel = "settlements/stripe/2024-03-02.csv"
+    data = (",".join(file_columns(SETTLEMENT_FILE_ROWS)) + "\n"
+            "stripe,po_1,pay_000001,1137,41,EUR,2024-03-02T06:00:00Z\n"
+            "stripe,po_1,pay_000002,1274,1275,EUR,2024-03-02T06:00:00Z\n").encode()
+    store = open_store(local)
+    store.put(f"incoming/{rel}", data)
+    assert load_batch_files(local).to_dict()["inserted"] == 2
+    return rel, store, data
+
+
 def test_bad_batch_stops_the_dag_before_dbt(settings, tmp_path: Path) -> None:
+    """A bad landed file and bad batch-file rows (the processors' settlement files) both stop the
+    ingest DAG at its contract check: every contract table is checked before dbt."""
     reset_warehouse(settings)
     tables = make_tables()
     ledger = tables["ledger_entries"].copy()
     ledger.loc[0, "amount_minor"] += 1  # one journal no longer sums to zero
     tables["ledger_entries"] = ledger
     landing = write_landing(tables, tmp_path / "landing")
+    settlement_file, store, delivered = _bad_settlement_file(settings, tmp_path)
     logical = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
     with pytest.raises(DagRunFailed) as info:
         run_dag(settings, "riskloop_ingest", logical_date=logical, conf={"landing_dir": str(landing)})
-    assert "ledger_entries" in str(info.value)
+    assert "ledger_entries" in str(info.value) and "settlement_file_rows" in str(info.value)
 
     states = _task_states(settings, "riskloop_ingest", logical)
     # One load per landed source (mapped, labelled by source), all loaded before the contracts ran.
@@ -52,9 +75,17 @@ def test_bad_batch_stops_the_dag_before_dbt(settings, tmp_path: Path) -> None:
         marts = conn.execute("select count(*) from information_schema.schemata where schema_name = 'marts'").fetchone()
         loaded = conn.execute("select count(*) from raw.ledger_entries").fetchone()
         quarantined = conn.execute("select journal_id, _expectations from quarantine.ledger_entries").fetchall()
+        settlements = conn.execute("select payment_id from raw.settlement_file_rows").fetchall()
+        q_settlements = conn.execute("select source_file, line_no, _expectations "
+                                     "from quarantine.settlement_file_rows").fetchall()
     assert marts == (0,), "dbt must not have run"
     # the unbalanced journal's two lines moved to quarantine (not lost), the good rows stay in raw,
     # and the landed file is untouched
     assert loaded[0] == len(ledger) - 2 and len(quarantined) == 2
     assert {q[0] for q in quarantined} == {ledger.loc[0, "journal_id"]}
     assert len(pd.read_parquet(landing / "ledger_entries.parquet")) == len(ledger)
+    # the bad settlement line too: quarantined with what it broke, the good line kept, the file as delivered
+    assert settlements == [("pay_000001",)]
+    assert q_settlements == [(settlement_file, 2,
+                              ["expect_column_pair_values_a_to_be_greater_than_b(amount_minor,fee_minor)"])]
+    assert store.get(f"archive/{settlement_file}") == delivered

@@ -53,10 +53,10 @@ def env(stack_env: dict[str, str]) -> Iterator[Env]:
 
 
 def event(eid: str, processor: str, when: datetime, card: str, customer: str, amount: int,
-          kind: str = "payment.authorized") -> dict[str, Any]:
+          kind: str = "payment.authorized", currency: str = "EUR") -> dict[str, Any]:
     return {"event_id": f"{RUN}_{eid}", "processor": processor, "event_type": kind, "occurred_at": when,
             "payment_id": f"pay_{RUN}_{eid}", "card_token": f"{RUN}_{card}", "customer_id": f"{RUN}_{customer}",
-            "terminal_id": "T1", "amount_minor": amount, "currency": "EUR", "dispute_id": None}
+            "terminal_id": "T1", "amount_minor": amount, "currency": currency, "dispute_id": None}
 
 
 def post(env: Env, ev: dict[str, Any], body: bytes | None = None) -> httpx.Response:
@@ -72,7 +72,8 @@ def post(env: Env, ev: dict[str, Any], body: bytes | None = None) -> httpx.Respo
 
 def scenario(base: datetime) -> list[dict[str, Any]]:
     """Payments of 3 cards / 2 customers over 30 h, with window-edge gaps (exactly 10 min, 1 h,
-    24 h before the latest), same-time ties, captures (not payments) and both processors."""
+    24 h before the latest), same-time ties, captures (not payments), both processors, and
+    payments in other currencies (counted, never summed with the euros)."""
     rng = random.Random(7)
     evs = []
     latest = base
@@ -89,6 +90,8 @@ def scenario(base: datetime) -> list[dict[str, Any]]:
         evs.append(event(f"{card}tie2", "stripe", latest - timedelta(minutes=5), card, customer, 300))
         latest -= timedelta(minutes=3)  # the cards' latest payments differ: c1's windows end at A's
     evs.append(event("A0cap", "standard", base, "A", "c1", 999_999, kind="payment.captured"))
+    for i, (processor, currency) in enumerate([("stripe", "USD"), ("standard", "JPY"), ("standard", "USD")]):
+        evs.append(event(f"Bfx{i}", processor, base - timedelta(minutes=4 + i), "B", "c1", 90_000, currency=currency))
     return evs
 
 
@@ -109,7 +112,8 @@ def brute_force(evs: list[dict[str, Any]], entity: windows.WindowEntity) -> dict
         for w in windows.WINDOWS:
             inside = [e for e in mine if asof - timedelta(seconds=w.seconds) < e["occurred_at"] <= asof]
             row[f"{entity.name}_tx_count_{w.name}"] = len(inside)
-            row[f"{entity.name}_amount_minor_sum_{w.name}"] = sum(e["amount_minor"] for e in inside)
+            row[f"{entity.name}_amount_minor_sum_{w.name}"] = sum(
+                e["amount_minor"] for e in inside if e["currency"] == windows.SUM_CURRENCY)
         out[key] = row
     return out
 
@@ -139,6 +143,7 @@ def batch(env: Env, entity: windows.WindowEntity) -> dict[str, dict[str, Any]]:
 
 
 def test_stream_and_dbt_agree_and_replays_change_nothing(env: Env) -> None:
+    from riskloop.contracts import ContractViolation, run_mart_contracts
     from riskloop.stream import StreamConsumer
     from riskloop.transform import run_dbt
 
@@ -178,6 +183,16 @@ def test_stream_and_dbt_agree_and_replays_change_nothing(env: Env) -> None:
                 "select column_name from information_schema.columns where table_schema = 'marts' "
                 "and table_name = %s order by ordinal_position", (windows.mart_name(entity),))]
         assert cols == [entity.key, windows.TIMESTAMP_FIELD, *windows.feature_names(entity)]
+    marts = [windows.mart_name(e) for e in windows.ENTITIES]
+    assert run_mart_contracts(env.settings, marts).success
+    with psycopg.connect(dsn(env.settings)) as conn:  # a 1 h window wider than its 24 h one breaks the suite
+        conn.execute("update marts.card_realtime_windows set card_tx_count_1h = card_tx_count_24h + 1 "
+                     "where ctid = (select min(ctid) from marts.card_realtime_windows)")
+    with pytest.raises(ContractViolation) as info:
+        run_mart_contracts(env.settings, marts)
+    assert [(f.table, f.label, f.unexpected_count) for f in info.value.report.failures] == [
+        ("card_realtime_windows", "expect_column_pair_values_a_to_be_greater_than_b(card_tx_count_24h,card_tx_count_1h)",
+         1)]
 
     # replays: the receiver answers 200 duplicate and the consumer (restarted: resumes at its offset)
     # has nothing to do; online values are unchanged
@@ -216,6 +231,12 @@ def test_parse_payment_rejects_what_dbt_rejects() -> None:
     assert parse_payment("standard", "e", "payment.captured", ok.decode()) is None
     no_keys = parse_payment("standard", "e", "payment.authorized", ok.replace(b'"k"', b"1").decode())
     assert no_keys is not None and no_keys.card_token is None
+    # the currency: three letters, upper-cased (Stripe sends lower case); anything else is none
+    with_currency = ok.replace(b'"amount_minor"', b'"currency":"usd","amount_minor"')
+    assert parse_payment("standard", "e", "payment.authorized", with_currency.decode()).currency == "USD"
+    for bad in (b'"us"', b'"usdx"', b'"US1"', b"840", b"null"):
+        p = parse_payment("standard", "e", "payment.authorized", with_currency.replace(b'"usd"', bad).decode())
+        assert p is not None and p.currency is None, bad
 
 
 def wait_for(check: Any, timeout_s: float = 60.0) -> None:
