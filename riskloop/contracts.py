@@ -422,6 +422,7 @@ def latest_runs(settings: Settings, before: datetime | None = None) -> list[dict
     with db.connect(settings) as conn:
         if not conn.execute("select to_regclass(%s) is not null", (f"{RAW_SCHEMA}.{CONTRACT_RUNS}",)).fetchone()[0]:
             return []
+        _ensure_runs_table(conn)  # a table from before schema_name existed: add its columns first
         rows = conn.execute(
             f"select distinct on (schema_name) schema_name, run_id, run_at, success, tables, failures, evaluated "
             f"from {RAW_SCHEMA}.{CONTRACT_RUNS} where run_at <= coalesce(%s, now()) "

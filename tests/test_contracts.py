@@ -153,3 +153,21 @@ def test_empty_table_fails_row_count(settings) -> None:
     report = run_contracts(settings, ["kyc_records"], raise_on_failure=False)
     assert not report.success
     assert [f.expectation for f in report.failures] == ["expect_table_row_count_to_be_between"]
+
+
+def test_latest_runs_reads_a_runs_table_from_before_the_schema_column(stack_env: dict[str, str]) -> None:
+    """A warehouse whose ``raw.contract_runs`` predates ``schema_name`` (the writer adds it; training
+    only reads): reading it migrates it first instead of failing training with UndefinedColumn."""
+    from fixtures_marts import isolated_settings
+
+    settings = isolated_settings("riskloop_t_contract_runs_v1")
+    with db.connect(settings) as conn:
+        conn.execute("create schema raw")
+        conn.execute("create table raw.contract_runs (run_id uuid primary key, run_at timestamptz not null, "
+                     "success boolean not null, tables text[] not null, failures jsonb not null, "
+                     "evaluated jsonb not null, seconds double precision not null)")
+        conn.execute("insert into raw.contract_runs values ('6f1c0d1e-8a43-4c57-9d2a-2f0f5d0c1a11', "
+                     "'2024-03-01T00:05:00+00:00', true, '{ledger_entries}', '{}', '{\"ledger_entries\": 4}', 1.5)")
+    [run] = latest_runs(settings)
+    assert run["schema"] == "raw" and run["success"] is True and run["evaluated"] == 4
+    assert run["run_id"] == "6f1c0d1e-8a43-4c57-9d2a-2f0f5d0c1a11"
