@@ -458,17 +458,17 @@ def test_not_ready_without_model(app_factory, stack: Stack) -> None:
         assert body["degraded"] is True and body["model"]["version"] is None
 
 
-def test_latency_in_process(client: TestClient, stack: Stack) -> None:
-    """p50/p99 over a few hundred in-process requests (reported, loosely bounded)."""
+def test_a_run_of_requests_is_scored_in_full(client: TestClient, stack: Stack) -> None:
+    """Three hundred requests in a row against the warm app: every one scored by the model with the
+    online store up (none degraded, each with its own decision id). Latency is measured in
+    bench/serving_load.py and reported in BENCHMARKS.md, not bounded here."""
     tx = stack.marts.fct_transactions.tail(300)
-    times = []
+    bodies = []
     for t in tx.itertuples():
         body = _request(stack, customer_id=t.customer_id, terminal_id=t.terminal_id,
                         amount_minor=int(round(t.amount * 100)) or 1)
-        t0 = time.perf_counter()
         r = client.post("/v1/score/fraud", json=body)
-        times.append((time.perf_counter() - t0) * 1000)
-        assert r.status_code == 200
-    p50, p99 = np.percentile(times, [50, 99])
-    log.warning("in-process latency over %d requests: p50 %.2f ms, p99 %.2f ms", len(times), p50, p99)
-    assert p99 < 1000
+        assert r.status_code == 200, r.text
+        bodies.append(r.json())
+    assert all(b["degraded"] is False and b["score"] is not None and b["decision"] in DECISIONS for b in bodies)
+    assert len({b["decision_id"] for b in bodies}) == len(bodies)
