@@ -88,9 +88,11 @@ def test_real_airflow_runs_a_dag_and_stops_cleanly(settings: Settings) -> None:
         # Credentials come from configuration: a wrong password is refused.
         import httpx
 
-        bad = httpx.post(f"{s.airflow_url}/auth/token", json={"username": "admin", "password": "wrong"})
+        # a generous timeout: the API server's first answers are slow on a busy 2-core machine (5 s, httpx's
+        # default, timed out once in a full run)
+        bad = httpx.post(f"{s.airflow_url}/auth/token", json={"username": "admin", "password": "wrong"}, timeout=60)
         assert bad.status_code == 401
-        assert httpx.get(f"{s.airflow_url}/api/v2/dags").status_code == 401
+        assert httpx.get(f"{s.airflow_url}/api/v2/dags", timeout=60).status_code == 401
 
         # A tiny run of a real DAG: the train DAG with no model selected (each task skips, so no model asset is emitted).
         # The dag-processor may not have serialised the DAGs yet right after start: retry briefly.

@@ -262,7 +262,10 @@ def test_running_consumer_survives_losing_its_connections(env: Env) -> None:
     def count() -> int | None:
         return online(env, card, [key])[key]["card_tx_count_24h"]
 
-    consumer = StreamConsumer(settings, name=f"live-{RUN}", store=env.store)
+    # Its own FeatureStore, as the `riskloop stream` process has: Feast's Postgres online store keeps one
+    # psycopg connection per store, which this thread and the test's reads must not share (a read
+    # during the consumer's push found the connection mid-transaction once).
+    consumer = StreamConsumer(settings, name=f"live-{RUN}")
     stop = threading.Event()
     thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
     thread.start()
