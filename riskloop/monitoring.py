@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from riskloop import db
@@ -261,8 +262,31 @@ def _load_matured(settings: Settings, model_name: str, model_version: str,
     return pd.DataFrame([r[:2] for r in rows], columns=["score", "is_fraud"]), data_now
 
 
+def _reference_labels(settings: Settings, run_params: dict[str, str],
+                      predictions: pd.DataFrame | None) -> pd.Series | None:
+    """The reference of target drift: final fraud labels (``is_fraud``) of every payment in the
+    version's test window, as the matured decisions are labelled, from ``marts.fct_transactions``.
+
+    Not the test set's own ``label`` column: that set drops the payments of cards already known to be
+    compromised and labels as known at the cut-off, while production traffic carries every payment and
+    matures to the final label, so comparing the two flags a drift of the definitions (the fraud rate
+    of an undrifted week came out twice the test set's). Falls back to the test predictions' labels
+    for a run without a recorded test window."""
+    start, end = run_params.get("test_start"), run_params.get("test_end")
+    if start and end:
+        with db.connect(settings) as conn:
+            if conn.execute("select to_regclass('marts.fct_transactions') is not null").fetchone()[0]:
+                n, k = conn.execute("select count(*), coalesce(sum(is_fraud), 0) from marts.fct_transactions "
+                                    "where tx_at >= %s and tx_at < %s", (start, end)).fetchone()
+                if n:
+                    return pd.Series(np.repeat([1, 0], [k, n - k]))
+    if predictions is not None and "label" in predictions.columns and len(predictions):
+        return predictions["label"].astype(int)
+    return None
+
+
 def _realised(settings: Settings, matured: pd.DataFrame, data_now: datetime | None, run_metrics: dict[str, float],
-              predictions: pd.DataFrame | None, min_matured: int,
+              ref_labels: pd.Series | None, min_matured: int,
               alpha: float) -> tuple[Performance | None, TargetDrift | None, str | None]:
     """Realised AUC / AP and target drift, or why they were not computed (too few rows, one class)."""
     from training import metrics
@@ -280,11 +304,10 @@ def _realised(settings: Settings, matured: pd.DataFrame, data_now: datetime | No
                        label_delay_days=settings.label_delay_days,
                        data_now=data_now.isoformat() if data_now else None)
     target = None
-    if predictions is not None and "label" in predictions.columns and len(predictions):
+    if ref_labels is not None and len(ref_labels):
         from evidently.legacy.calculations.stattests import z_stat_test
         from evidently.legacy.core import ColumnType
 
-        ref_labels = predictions["label"].astype(int)
         p_value, drifted = z_stat_test.func(ref_labels, pd.Series(y), ColumnType.Categorical, alpha)
         target = TargetDrift(method=z_stat_test.name, threshold=alpha, p_value=float(p_value),
                              drifted=bool(drifted), reference_rate=float(ref_labels.mean()),
@@ -442,7 +465,8 @@ def run_drift(
     # Matured labels do not depend on the recent window: assessed even when it is too thin.
     matured, data_now = _load_matured(settings, model_name, str(mv.version), until)
     performance, target_drift, not_assessed = _realised(
-        settings, matured, data_now, run.data.metrics, predictions, min_matured, target_alpha)
+        settings, matured, data_now, run.data.metrics, _reference_labels(settings, run.data.params, predictions),
+        min_matured, target_alpha)
     base.update(performance=performance, target_drift=target_drift)
 
     if len(current_raw) < min_rows:

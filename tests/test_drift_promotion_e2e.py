@@ -428,6 +428,14 @@ def test_injected_drift_pages_once_and_blocks_promotion(world: World) -> None:
     drifted = replay(world, DRIFT_FROM, 7, per_day=50)  # the drifted week
     assert {r["model"]["version"] for r in drifted} == {champion}
 
+    # The undrifted week's check (the first test) may have left a breach pending: a few terminal inputs
+    # sit just past their thresholds against a training window weeks older. Hysteresis counts it.
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        prior = dict(conn.execute("select kind, consecutive_breaches from monitoring.alert_state where key = %s "
+                                  "and status <> 'firing'", (settings.fraud_model_name,)).fetchall())
+    raise_after = settings.alert_raise_after
+    pages_at = max(0, raise_after - 1 - prior.get("input_drift", 0))
+
     with http_sink() as sink:
         env = {"RISKLOOP_ALERT_SLACK_WEBHOOK_URL": sink.url("/slack")}
         runs = [cli(world, "monitor", "--model", settings.fraud_model_name, extra_env=env) for _ in range(3)]
@@ -435,15 +443,21 @@ def test_injected_drift_pages_once_and_blocks_promotion(world: World) -> None:
         decision = cli(world, "promote", "--model", settings.fraud_model_name, extra_env=env)
         pages = alerts(sink)
 
-    # Drift seen on every run; with the default hysteresis (raise after 2) the second run pages, the
-    # third, still drifted, is the same incident and sends nothing.
+    # Drift seen on every run; with the default hysteresis (raise after 2) the run that makes the second
+    # consecutive breach pages, and the later ones, still drifted, are the same incident and send nothing.
     for run in runs:
         assert run["verdict"] == "critical" and run["model_version"] == champion, run["reason"]
         drifted_inputs = {f for f, c in run["per_feature"].items() if c["drifted"]}
         assert {"amount", "customer_avg_amount_7d"} <= drifted_inputs, run["reason"]
         assert run["score_drift"]["drifted"]
-    assert [[a["kind"] for a in run["alerts"]] for run in runs] == [[], ["input_drift"], []]
-    (page,) = pages_after_monitor  # exactly one alert at the sink, and it is the drift's
+    drift_pages = [["input_drift" in [a["kind"] for a in run["alerts"]]] for run in runs]
+    assert drift_pages == [[i == pages_at] for i in range(3)], (prior, [run["alerts"] for run in runs])
+    # The shift also costs the champion precision on the drifted week's matured labels: a separate
+    # incident (performance_drop), paged at most once too.
+    others = [a["kind"] for run in runs for a in run["alerts"] if a["kind"] != "input_drift"]
+    assert set(others) <= {"performance_drop"} and len(others) <= 1, others
+    (page,) = [p for p in pages_after_monitor if " input_drift " in p]  # the drift's one page at the sink
+    assert len(pages_after_monitor) == 1 + len(others)
     assert page.startswith(f"[FIRING] input_drift {settings.fraud_model_name}") and "amount" in page
     assert "report: file://" in page and "runbook: docs/runbooks/input_drift.md" in page
     report = Path(page.split("report: file://", 1)[1].split()[0])
@@ -465,7 +479,7 @@ def test_injected_drift_pages_once_and_blocks_promotion(world: World) -> None:
                              "'input_drift' and key = %s", (settings.fraud_model_name,)).fetchall()
     assert row[:3] == ("refused", "critical", decision["drift_report_id"]) and "critical input drift" in row[3]
     assert event == [("firing", "critical")]
-    assert len(pages) == 2 and pages[0] == page
-    blocked = pages[1]
+    assert len(pages) == len(pages_after_monitor) + 1 and pages[:-1] == pages_after_monitor
+    blocked = pages[-1]
     assert blocked.startswith(f"[FIRING] promotion_blocked {settings.fraud_model_name}")
     assert f"v{challenger} NOT promoted" in blocked and "critical input drift" in blocked

@@ -320,6 +320,7 @@ def test_a_recorded_drift_check_reads_back_as_it_was_made(settings: Settings, dr
 
 
 DATA_NOW = datetime(2024, 3, 31, 12, tzinfo=UTC)  # newest transaction: the warehouse's "now"
+TEST_WINDOW_START = datetime(2024, 3, 1, tzinfo=UTC)  # register()'s test_start
 
 
 def plant_transactions(settings: Settings, rows: list[tuple[str, datetime, int]]) -> None:
@@ -346,15 +347,19 @@ def matured_model(stack_env: dict[str, str]) -> dict:
 
     settings = isolated_settings("riskloop_monitoring_matured")
     name = f"riskloop-fraud-matured-{uuid.uuid4().hex[:6]}"
-    version = register(settings, name, synth(3000, seed=1), synth(1000, seed=2), aliases=("champion",),
-                       test=synth(1000, seed=6))
+    test = synth(1000, seed=6)
+    version = register(settings, name, synth(3000, seed=1), synth(1000, seed=2), aliases=("champion",), test=test)
     rng = np.random.default_rng(9)
     matured, recent = synth(300, seed=8), synth(40, seed=10)
     labels = rng.binomial(1, 0.4, len(matured))
-    old = [DATA_NOW - timedelta(days=10 + i % 20, hours=1) for i in range(len(matured))]
+    # the test window's payments (2024-03-01 .. 03-15, the version's test_start/test_end): the reference
+    # fraud rate of target drift; production's decisions come after it and have matured by DATA_NOW
+    window = [(f"pay-test-{i}", TEST_WINDOW_START + timedelta(minutes=20 * i), int(y))
+              for i, y in enumerate(test["is_fraud"])]
+    old = [DATA_NOW - timedelta(days=8 + i % 8, hours=1) for i in range(len(matured))]
     ids = [f"pay-old-{i}" for i in range(len(matured))]
     recent_ids = [f"pay-new-{i}" for i in range(len(recent))]
-    plant_transactions(settings, list(zip(ids, old, labels.tolist(), strict=True)) +
+    plant_transactions(settings, window + list(zip(ids, old, labels.tolist(), strict=True)) +
                        [(pid, DATA_NOW - timedelta(days=2), 1) for pid in recent_ids[:-1]] +
                        [(recent_ids[-1], DATA_NOW, 1)])
     scores = model_scores(settings, name, version, matured)
@@ -363,7 +368,8 @@ def matured_model(stack_env: dict[str, str]) -> dict:
     log_decisions(settings, name, version, matured.head(20), scores[:20], transaction_ids=ids[:20])
     log_decisions(settings, name, version, recent, model_scores(settings, name, version, recent),
                   transaction_ids=recent_ids)
-    return {"settings": settings, "name": name, "version": version, "labels": labels, "scores": scores}
+    return {"settings": settings, "name": name, "version": version, "labels": labels, "scores": scores,
+            "test_labels": test["is_fraud"]}
 
 
 def test_realised_performance_and_target_drift_on_matured_labels(matured_model) -> None:
@@ -387,11 +393,14 @@ def test_realised_performance_and_target_drift_on_matured_labels(matured_model) 
     assert perf.test_average_precision == pytest.approx(training_run.data.metrics["average_precision"])
     assert perf.test_auc_roc == pytest.approx(training_run.data.metrics["auc_roc"])
     run = client.get_run(result.mlflow_run_id)
-    # target drift: ~40% matured fraud vs the test window's rate, Evidently's two-proportion Z-test
+    # target drift: ~40% matured fraud vs the test window's rate over all its payments (final labels,
+    # as production matures), Evidently's two-proportion Z-test
     target = result.target_drift
     assert target is not None and target.method == "z" and target.drifted and target.p_value < 0.01
     assert target.current_rate == pytest.approx(labels.mean()) and target.n_current == 300
-    assert target.reference_rate < 0.3 and target.n_reference == 1000
+    test_labels = matured_model["test_labels"]
+    assert target.reference_rate == pytest.approx(test_labels.mean()) and target.n_reference == len(test_labels)
+    assert target.reference_rate < 0.3
     assert result.verdict == "warning" and "fraud rate drifted" in result.reason
 
     # recorded everywhere the issue names: Postgres (and read back), MLflow, the alert
