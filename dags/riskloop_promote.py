@@ -55,7 +55,7 @@ def riskloop_promote():
         from airflow.sdk.exceptions import AirflowFailException
 
         from riskloop.config import get_settings
-        from riskloop.monitoring import load_drift
+        from riskloop.monitoring import UnknownDriftCheck, recorded_drift
         from riskloop.promotion import evaluate_promotion
 
         settings = get_settings()
@@ -66,10 +66,10 @@ def riskloop_promote():
             events = [e.extra for e in context["triggering_asset_events"].get(DRIFT_CHECKED, [])
                       if (e.extra or {}).get("model_name") == params["model_name"]]
             report_id = events[-1]["report_id"] if events else None
-        drift = (load_drift(settings, report_id=report_id) if report_id
-                 else load_drift(settings, model_name=params["model_name"]))
-        if report_id and drift is None:
-            raise AirflowFailException(f"drift report {report_id} is not recorded: nothing to gate on")
+        try:
+            drift = recorded_drift(settings, params["model_name"], report_id or None)
+        except UnknownDriftCheck as exc:
+            raise AirflowFailException(str(exc)) from exc
         decision = evaluate_promotion(settings, model_name=params["model_name"], drift=drift,
                                       margin=params["margin"])
         return decision.to_dict()

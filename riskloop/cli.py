@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -248,7 +247,7 @@ def promote(
     """Run the promotion gate: challenger → champion only if no worse, drift not critical, its training data
     passed the data contracts, approved by a reviewer and (unless RISKLOOP_CANARY_REQUIRED=false) its canary passed. Prints the decision as one
     JSON object on stdout."""
-    from riskloop.monitoring import load_drift, run_drift
+    from riskloop.monitoring import UnknownDriftCheck, recorded_drift, run_drift
     from riskloop.promotion import evaluate_promotion
 
     settings = get_settings()
@@ -256,12 +255,10 @@ def promote(
         drift = run_drift(settings, model_name=model)
     else:
         try:
-            drift = load_drift(settings, report_id=str(uuid.UUID(report_id)))
-        except ValueError:
-            drift = None
-        if drift is None or drift.model_name != model:
-            console.print(f"[red]refused:[/red] no drift check {report_id} recorded for {model}")
-            raise typer.Exit(2)
+            drift = recorded_drift(settings, model, report_id)
+        except UnknownDriftCheck as exc:
+            console.print(f"[red]refused:[/red] {exc}")
+            raise typer.Exit(2) from exc
     decision = evaluate_promotion(settings, model_name=model, drift=drift, margin=margin)
     typer.echo(json.dumps(decision.to_dict(), default=str))
 

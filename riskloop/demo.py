@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from riskloop.config import PROJECT_ROOT, Settings
+from riskloop.orchestrate import clip
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class StageLog:
             yield
         except BaseException as exc:
             self.stages[name] = {"status": "failed", "seconds": round(time.perf_counter() - t0, 2),
-                                 "error": _clip(str(exc))}
+                                 "error": clip(str(exc))}
             if on_change:
                 on_change(name, "failed")
             raise
@@ -299,8 +300,3 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
         summary["finished_at"] = datetime.now(timezone.utc).isoformat()
         cfg.summary_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
-
-
-def _clip(text: str, limit: int = 4000) -> str:
-    """An error for the summary: its head (what failed) and its tail (the exception), never the middle."""
-    return text if len(text) <= limit else text[: limit // 4] + "\n...\n" + text[-(limit - limit // 4):]

@@ -38,14 +38,13 @@ import pandas as pd
 
 from riskloop import db
 from riskloop.config import Settings
+from training.tracking import PREDICTIONS_ARTIFACT, REFERENCE_ARTIFACT  # what training logs, read back here
 from riskloop.registry import mlflow_client, parse_features_param
 
 log = logging.getLogger(__name__)
 
 MONITORING_SCHEMA = "monitoring"
 MONITORING_EXPERIMENT = "riskloop-monitoring"
-REFERENCE_ARTIFACT = "reference/features.parquet"
-PREDICTIONS_ARTIFACT = "evaluation/test_predictions.parquet"  # = training.tracking.PREDICTIONS_ARTIFACT
 # Columns a reference sample may carry for the model's output; the first one present is the score.
 SCORE_COLUMNS = ("score", "prediction", "y_score")
 VERDICTS = ("ok", "warning", "critical", "insufficient_data")
@@ -720,6 +719,26 @@ def _record(settings: Settings, result: DriftResult, thresholds: dict[str, Any])
 _REPORT_COLUMNS = ("report_id", "model_name", "model_version", "model_alias", "verdict", "reason", "n_reference",
                    "n_current", "per_feature", "score_drift", "share_drifted", "window_start", "window_end",
                    "report_path", "mlflow_run_id", "created_at", "performance", "target_drift", "report_url")
+
+
+class UnknownDriftCheck(LookupError):
+    """A report id names no recorded drift check of the model (a typo, another model's check)."""
+
+
+def recorded_drift(settings: Settings, model_name: str, report_id: str | None = None) -> DriftResult | None:
+    """The recorded check a promotion gates on: the one ``report_id`` names, which must be a check of
+    ``model_name`` (else :class:`UnknownDriftCheck`), or without an id the model's latest (``None``
+    if it was never checked). Shared by ``riskloop promote --report-id``, the promote DAG and the
+    service's promote API, so all three accept and refuse the same evidence."""
+    if report_id is None:
+        return load_drift(settings, model_name=model_name)
+    try:
+        drift = load_drift(settings, report_id=str(uuid.UUID(str(report_id))))
+    except ValueError:
+        drift = None
+    if drift is None or drift.model_name != model_name:
+        raise UnknownDriftCheck(f"drift check {report_id} is not recorded for {model_name}: nothing to gate on")
+    return drift
 
 
 def load_drift(settings: Settings, *, report_id: str | None = None, model_name: str | None = None) -> DriftResult | None:

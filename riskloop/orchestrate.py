@@ -127,10 +127,13 @@ def _failure_excerpt(path: Path, limit: int = 4000) -> str:
     block = lines[max(0, start - 3): end]
     if len(block) > 60:
         block = [*block[:15], f"... ({len(block) - 45} lines) ...", *block[-30:]]
-    text = "\n".join(block)
-    if len(text) > limit:
-        text = text[: limit // 4] + "\n...\n" + text[-(limit - limit // 4):]
-    return text + f"\n(log: {path})"
+    return clip("\n".join(block), limit) + f"\n(log: {path})"
+
+
+def clip(text: str, limit: int = 4000) -> str:
+    """``text`` cut to about ``limit`` characters: its head (what failed) and its tail (the
+    exception), never the middle."""
+    return text if len(text) <= limit else text[: limit // 4] + "\n...\n" + text[-(limit - limit // 4):]
 
 
 _LOG_RECORD = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")

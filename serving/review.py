@@ -109,15 +109,15 @@ def promote(request: Request, name: str, body: PromoteRequest,
     It moves ``@champion`` only if every gate passes; a refusal is a 200 with ``decision: refused``
     and its reasons (and a ``promotion_blocked`` alert). The caller is recorded as ``decided_by``.
     Reads a recorded drift check instead of running Evidently in the scoring process."""
-    from riskloop.monitoring import load_drift
+    from riskloop.monitoring import UnknownDriftCheck, recorded_drift
     from riskloop.promotion import PromotionError, evaluate_promotion
 
     settings = _settings(request)
     _require_model(settings, name)
-    drift = (load_drift(settings, report_id=str(body.report_id)) if body.report_id
-             else load_drift(settings, model_name=name))
-    if body.report_id and (drift is None or drift.model_name != name):
-        raise HTTPException(status_code=404, detail=f"no drift check {body.report_id} recorded for {name}")
+    try:
+        drift = recorded_drift(settings, name, str(body.report_id) if body.report_id else None)
+    except UnknownDriftCheck as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
     actor = reviewer_name(settings, principal)
     try:
         decision = evaluate_promotion(settings, model_name=name, drift=drift, margin=body.margin, actor=actor)

@@ -182,17 +182,24 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def _read_body(receive: Callable[[], Awaitable[dict]], declared: str | None, limit: int) -> bytes:
+    """The request body from ASGI ``receive``, refused (:class:`_TooLarge`) as soon as the declared
+    length or the bytes read pass ``limit``; :class:`_Disconnected` if the client goes away first.
+    One reader for the FastAPI routes (``request.receive``) and :class:`WebhookFastPath`."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _TooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]  # status, JSON body, extra headers
@@ -285,27 +292,11 @@ class WebhookFastPath:
                     return v.decode("latin-1")
             return None
 
-        async def read_body(limit: int) -> bytes:
-            declared = header("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise _TooLarge
-            chunks, size = [], 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _Disconnected
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _TooLarge
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-
         client = scope.get("client")
         try:
-            status, content, extra = await handle(scope["app"].state, scheme, read_body, header,
-                                                  client[0] if client else "-")
+            status, content, extra = await handle(
+                scope["app"].state, scheme, lambda limit: _read_body(receive, header("content-length"), limit),
+                header, client[0] if client else "-")
         except _Disconnected:
             return  # nobody to answer; nothing was written (the body never arrived whole)
         body = json.dumps(content, separators=(",", ":")).encode()
@@ -369,8 +360,13 @@ def build_router(settings: Settings | None = None, webhook_settings: WebhookSett
 
     async def receive(request: Request, scheme: Scheme) -> Response:
         client = request.client.host if request.client else "-"
-        status, content, headers = await handle(request.app.state, scheme, lambda limit: _read_body(request, limit),
-                                                request.headers.get, client)
+        try:
+            status, content, headers = await handle(
+                request.app.state, scheme,
+                lambda limit: _read_body(request.receive, request.headers.get("content-length"), limit),
+                request.headers.get, client)
+        except _Disconnected:  # nobody to answer; nothing was written (the body never arrived whole)
+            return Response(status_code=400)
         return JSONResponse(content, status_code=status, headers=headers)
 
     @router.post("/webhooks/stripe")
