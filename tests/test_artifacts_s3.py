@@ -45,6 +45,7 @@ def test_mlflow_server_writes_artifacts_and_models_to_s3(monkeypatch) -> None:
             "RISKLOOP_PG_PORT": str(free_port()),
             "RISKLOOP_MLFLOW_PORT": str(free_port()),
             "RISKLOOP_ARTIFACT_ROOT": f"s3://{BUCKET}/{PREFIX}",
+            "RISKLOOP_STREAM_SERVICE": "false",  # an MLflow-only stack
             "MLFLOW_S3_ENDPOINT_URL": endpoint,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",

@@ -31,7 +31,7 @@ def e2e_env() -> Iterator[dict[str, str]]:
     home = Path(tempfile.mkdtemp(prefix="riskloop-e2e-"))
     home.chmod(0o755)
     env = {**os.environ, "RISKLOOP_HOME": str(home), "RISKLOOP_PG_PORT": str(free_port()),
-           "RISKLOOP_MLFLOW_PORT": str(free_port())}
+           "RISKLOOP_MLFLOW_PORT": str(free_port()), "RISKLOOP_STREAM_SERVICE": "true"}
     env.pop("RISKLOOP_DATABASE_URL", None)
     env.pop("RISKLOOP_MLFLOW_TRACKING_URI", None)
     try:

@@ -284,3 +284,48 @@ def test_running_consumer_survives_losing_its_connections(env: Env) -> None:
         thread.join(30)
         consumer.close()
     assert not thread.is_alive()
+
+
+def test_riskloop_up_manages_the_consumer(env: Env) -> None:
+    """``riskloop up`` starts ``riskloop stream`` as a managed process (pid, log, status) that pushes
+    accepted webhooks to the online store; stopped (as ``riskloop down`` does), events accepted
+    meanwhile are pushed once it is started again: it resumes from its stored offset."""
+    from riskloop import stack
+    from riskloop.stream import consumer_progress
+
+    settings = env.settings.model_copy(update={"stream_service": True, "stream_poll_s": 0.2})
+    card = windows.entity("card")
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    key = event("managed1", "stripe", t, "M", "cM", 1)["card_token"]
+
+    def count() -> int | None:
+        return online(env, card, [key])[key]["card_tx_count_24h"]
+
+    try:
+        info = stack.up(settings)
+        assert info["stream"] == "up" and info["stream_managed"] is True, info
+        pid = stack._read_pid(stack._pidfile(settings, stack.STREAM))
+        assert pid is not None
+        assert stack.up(settings)["stream"] == "up"  # idempotent: the same process
+        assert stack._read_pid(stack._pidfile(settings, stack.STREAM)) == pid
+        post(env, event("managed1", "stripe", t, "M", "cM", 1))
+        wait_for(lambda: count() == 1)
+        before = consumer_progress(settings, stack.STREAM_CONSUMER)
+        assert before is not None and before["events"] >= 1
+
+        assert stack.stop_stream(settings)
+        assert stack.status(settings)["stream"] == "down"
+        post(env, event("managed2", "standard", t + timedelta(seconds=20), "M", "cM", 2))
+        time.sleep(1.0)  # nothing consumes it now
+        assert count() == 1
+
+        assert stack.up(settings)["stream"] == "up"
+        assert stack._read_pid(stack._pidfile(settings, stack.STREAM)) != pid
+        wait_for(lambda: count() == 2)
+        assert online(env, card, [key])[key]["card_amount_minor_sum_24h"] == 3
+        after = consumer_progress(settings, stack.STREAM_CONSUMER)
+        assert after is not None and after["events"] == before["events"] + 1
+        assert (settings.log_dir / f"{stack.STREAM}.log").stat().st_size > 0
+    finally:
+        stack.stop_stream(settings)
+    assert stack.status(settings)["stream"] == "down"
