@@ -108,6 +108,35 @@ def _table_ddl(table: RawTable) -> sql.Composed:
     )
 
 
+class SchemaOutOfDate(RuntimeError):
+    """A warehouse table lacks a required column that a newer contract added."""
+
+
+def _create_or_migrate(conn: psycopg.Connection, table: RawTable) -> None:
+    """Create ``raw.<table>``, or bring one created by an older riskloop up to the contract.
+
+    Contracts only ever grow by nullable columns (older files lack them, ingest fills nulls), so
+    the migration is additive: each missing nullable column is added (a catalog-only change,
+    no rewrite, dbt's views over the table stay valid). A missing ``not null`` column cannot be
+    back-filled honestly, so it is an explicit error naming the column, and nothing is loaded."""
+    conn.execute(_table_ddl(table))
+    present = {r[0] for r in conn.execute(
+        "select column_name from information_schema.columns where table_schema = %s and table_name = %s",
+        (RAW_SCHEMA, table.name)).fetchall()}
+    for col in table.columns:
+        if col.name in present:
+            continue
+        if not col.nullable:
+            raise SchemaOutOfDate(
+                f"{RAW_SCHEMA}.{table.name} predates the required column {col.name!r} ({col.pg_type} not null): "
+                "add it by hand with its values, or load into a fresh warehouse; nothing was loaded")
+        conn.execute(sql.SQL("alter table {}.{} add column if not exists {} {}").format(
+            sql.Identifier(RAW_SCHEMA), sql.Identifier(table.name), sql.Identifier(col.name),
+            sql.SQL(col.pg_type)))
+        log.warning("migrated %s.%s: added the nullable column %s (%s) of the current contract; "
+                    "its existing rows hold null there", RAW_SCHEMA, table.name, col.name, col.pg_type)
+
+
 def create_raw_tables(conn: psycopg.Connection) -> None:
     """Create schema ``raw``, ``raw.load_batches``, one table per contract table (the landed
     files' and the batch files') and the webhook inbox (idempotent): dbt reads all of them as
@@ -136,7 +165,7 @@ def create_raw_tables(conn: psycopg.Connection) -> None:
         """
     ).format(sql.Identifier(RAW_SCHEMA), sql.Identifier(LOAD_BATCHES)))
     for table in CONTRACT_TABLES:
-        conn.execute(_table_ddl(table))
+        _create_or_migrate(conn, table)
     create_inbox(conn)  # the receiver's table: dbt reads it as a source, so it exists before dbt runs
 
 
@@ -331,7 +360,7 @@ def _load(conn: psycopg.Connection, table: RawTable, arrow: pa.Table, source: st
 def ensure_table(conn: psycopg.Connection, table: RawTable) -> None:
     """Create ``raw.<table>`` (and ``raw.load_batches``) for a table outside RAW_TABLES; idempotent."""
     create_raw_tables(conn)
-    conn.execute(_table_ddl(table))
+    _create_or_migrate(conn, table)
 
 
 def conform(table: RawTable, arrow: pa.Table) -> pa.Table:

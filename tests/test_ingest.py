@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from riskloop import db
-from riskloop.ingest import ContractError, load_landing, load_table
+from riskloop.ingest import ContractError, SchemaOutOfDate, load_landing, load_table
 from riskloop.schema import RAW_TABLES
 from tests.fixtures_data import T0, make_tables, reset_warehouse, write_landing
 
@@ -93,6 +93,38 @@ def test_bad_columns_rejected_and_nothing_written(clean, tmp_path) -> None:
     nulls.loc[0, "customer_id"] = None
     with pytest.raises(ContractError, match="customer_id: 1 null"):
         load_table(settings, "kyc_records", nulls)
+
+
+def test_warehouse_of_an_older_version_is_migrated_or_refused(clean) -> None:
+    """A raw table created before a nullable column joined the contract gains it on the next load
+    (its old rows hold null; dbt's views over it stay valid); one missing a required column is an
+    explicit error that loads nothing."""
+    settings = clean
+    events = make_tables()["webhook_events"].assign(card_bin="411111")
+    load_table(settings, "webhook_events", events.iloc[:5])
+    with db.connect(settings) as conn:
+        conn.execute("create view raw._older_reader as select event_id from raw.webhook_events")
+        conn.execute("alter table raw.webhook_events drop column card_bin")  # as an older riskloop made it
+    try:
+        result = load_table(settings, "webhook_events", events)
+        # the five old rows lacked the column: the file's values for them are an update
+        assert (result.rows_inserted, result.rows_updated) == (len(events) - 5, 5)
+        with db.connect(settings) as conn:
+            bins = conn.execute("select distinct card_bin from raw.webhook_events").fetchall()
+            assert conn.execute("select count(*) from raw._older_reader").fetchone()[0] == len(events)
+        assert bins == [("411111",)]
+
+        with db.connect(settings) as conn:
+            conn.execute("alter table raw.webhook_events drop column currency")
+        before = _count(settings, "select count(*) from raw.load_batches")
+        with pytest.raises(SchemaOutOfDate, match="raw.webhook_events predates the required column 'currency'"):
+            load_table(settings, "webhook_events", events)
+        assert _count(settings, "select count(*) from raw.load_batches") == before
+        assert _count(settings, "select count(*) from raw.webhook_events") == len(events)
+    finally:
+        with db.connect(settings) as conn:
+            conn.execute("drop view if exists raw._older_reader")
+            conn.execute("drop table raw.webhook_events cascade")
 
 
 def test_interval_loads_only_rows_inside(clean, tmp_path) -> None:
