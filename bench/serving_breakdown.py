@@ -45,6 +45,7 @@ def main() -> None:
     settings = get_settings()
     bodies = [json.loads(line) for line in args.requests.read_text().splitlines()[: args.n] if line.strip()]
     rows = [{"customer_id": b["customer_id"], "terminal_id": b["terminal_id"]} for b in bodies]
+    amounts = [{"amount": b["amount_minor"] / 100.0} for b in bodies]
     model = load_model(settings.tracking_uri, settings.fraud_model_name, "champion")
     sdk = OnlineFeatures(lambda: feature_store(settings), FRAUD_SERVICE, read="sdk")
     sql = OnlineFeatures(lambda: feature_store(settings), FRAUD_SERVICE, read="sql", timeout_s=5.0)
@@ -53,9 +54,9 @@ def main() -> None:
     out = []
 
     times, vectors = [], []
-    for r in rows:
+    for r, a in zip(rows, amounts, strict=True):
         t = time.perf_counter()
-        values, _ = sdk.fetch_row(inputs, r)
+        values, _ = sdk.fetch_row(inputs, r, a)
         times.append(time.perf_counter() - t)
         vectors.append([values.get(n, 1.0) for n in model.features])
     out.append(_stats("online read: Feast SDK get_online_features", times))
@@ -63,9 +64,9 @@ def main() -> None:
     async def direct() -> list[float]:
         await sql.connect()
         ts = []
-        for r in rows:
+        for r, a in zip(rows, amounts, strict=True):
             t = time.perf_counter()
-            await sql.fetch_async(inputs, r)
+            await sql.fetch_async(inputs, r, a)
             ts.append(time.perf_counter() - t)
         await sql.aclose()
         return ts

@@ -54,10 +54,12 @@ def load_bodies(path: Path | None) -> list[dict[str, Any]]:
 
 
 def feast_body(service: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A scoring body → the ``feast serve`` request for the same entities and feature service."""
+    """A scoring body → the ``feast serve`` request for the same entities and feature service (with
+    the payment's amount: the service's on-demand view, ``customer_amount_ratios``, reads it)."""
     def make(body: dict[str, Any]) -> dict[str, Any]:
         return {"feature_service": service, "full_feature_names": True,
-                "entities": {"customer_id": [body["customer_id"]], "terminal_id": [body["terminal_id"]]}}
+                "entities": {"customer_id": [body["customer_id"]], "terminal_id": [body["terminal_id"]],
+                             "amount": [body["amount_minor"] / 100.0]}}
 
     return make
 

@@ -13,11 +13,13 @@ are fixed at application time, 90 days covers scoring and any re-scoring during 
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, PushSource, ValueType
+import pandas as pd
+from feast import Entity, FeatureService, FeatureView, Field, PushSource, RequestSource, ValueType
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
-from riskloop import windows
+from riskloop import amount_features, windows
 
 customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING,
                   description="A cardholder (one card per customer in the simulator).")
@@ -97,10 +99,41 @@ credit_application = FeatureView(
     description="Applicant attributes as declared/observed at application time.",
 )
 
+payment_request = RequestSource(
+    name="payment_request",
+    schema=[Field(name=amount_features.REQUEST_FIELD, dtype=Float64)],
+    description="The payment being scored: its amount in major units (the entity rows' ``amount`` in training).",
+)
+
+
+@on_demand_feature_view(
+    name=amount_features.VIEW_NAME,
+    sources=[customer_spending, payment_request],
+    schema=[Field(name=name, dtype=Float64) for name in amount_features.FEATURES],
+    mode="pandas",
+    description="The payment's amount against the customer's 30/7-day mean, 30-day maximum and spread "
+                "(riskloop/amount_features.py; serving computes the same from its online read).",
+)
+def customer_amount_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
+    """Feast's side of :func:`riskloop.amount_features.amount_ratios` (the one definition).
+
+    The imports are inside: Feast stores this function's *source* in the registry and compiles
+    it on its own when it transforms, without this module's globals."""
+    import pandas as pd
+
+    from riskloop.amount_features import amount_ratios
+
+    return pd.DataFrame(amount_ratios(inputs), index=inputs.index)
+
+
+# Adding inputs to fraud_model_v1 is how this repo evolves the service (the 24 inputs of issue 4
+# were added the same way): a model's own input list says what it reads, serving maps each by
+# name, so models trained on fewer inputs keep being served from the same service.
 fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
-    features=[customer_spending, terminal_risk],
-    description="Stored features of the fraud model; request-time inputs: amount, is_weekend, is_night.",
+    features=[customer_spending, terminal_risk, customer_amount_ratios],
+    description="Features of the fraud model: stored customer/terminal views and the amount-to-history ratios "
+                "(on demand); request-time inputs: amount, is_weekend, is_night.",
 )
 
 credit_model_v1 = FeatureService(

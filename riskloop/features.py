@@ -74,6 +74,7 @@ def _load_definitions(repo: Path, project: str) -> "RepoContents":
     from feast import Entity, FeatureService, FeatureView
     from feast.data_source import DataSource
     from feast.feature_view import DUMMY_ENTITY
+    from feast.on_demand_feature_view import OnDemandFeatureView
     from feast.project import Project
     from feast.repo_contents import RepoContents
 
@@ -98,7 +99,7 @@ def _load_definitions(repo: Path, project: str) -> "RepoContents":
         projects=[Project(name=project)],
         data_sources=sources,
         feature_views=feature_views,
-        on_demand_feature_views=[],
+        on_demand_feature_views=[o for o in objects if isinstance(o, OnDemandFeatureView)],
         stream_feature_views=[],
         label_views=[],
         entities=[o for o in objects if isinstance(o, Entity)] + [DUMMY_ENTITY],

@@ -480,7 +480,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                 if other is not None and other.features != model.features:
                     inputs = {**inputs, **plan_inputs(other.features, st.online.offered)}
                 values, stamps = await st.online.fetch_async(
-                    inputs, {"customer_id": body.customer_id, "terminal_id": body.terminal_id})
+                    inputs, {"customer_id": body.customer_id, "terminal_id": body.terminal_id}, request_time)
             except (FeatureStoreUnavailable, FeatureMismatch) as exc:
                 degraded = True
                 stamps = {}

@@ -12,15 +12,34 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from riskloop import amount_features
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIME_FEATURES = ("amount", "is_weekend", "is_night")
 TS_SUFFIX = "__ts"
+
+
+@dataclass(frozen=True)
+class OnDemand:
+    """A Feast on-demand view serving computes itself, from its one online read plus the request."""
+
+    sources: tuple[str, ...]  # the stored fields it reads
+    request_fields: tuple[str, ...]  # the request-time fields it reads
+    compute: Callable[[Mapping[str, Any]], dict[str, Any]]  # the function Feast runs for training
+
+
+# By view name. The function is the one feature_repo/definitions.py gives Feast, so the values
+# serving computes cannot differ from those training read from the point-in-time join.
+ON_DEMAND: dict[str, OnDemand] = {
+    amount_features.VIEW_NAME: OnDemand(amount_features.SOURCE_FIELDS, (amount_features.REQUEST_FIELD,),
+                                        amount_features.amount_ratios),
+}
 
 
 class FeatureStoreUnavailable(RuntimeError):
@@ -37,6 +56,12 @@ class Binding:
 
     service: Any  # feast.FeatureService
     entity_casts: dict[str, Callable[[str], Any]]  # join key -> str → entity value type
+    stored_refs: tuple[str, ...]  # "view:feature" of the service's stored (not on-demand) features
+
+
+def on_demand_view_names(store: Any) -> frozenset[str]:
+    """The repo's on-demand feature views: computed at read time, no online table to read."""
+    return frozenset(v.name for v in store.list_on_demand_feature_views())
 
 
 def _entity_casts(store: Any) -> dict[str, Callable[[str], Any]]:
@@ -57,10 +82,16 @@ def bind(store: Any, service_name: str) -> tuple[Binding, dict[str, tuple[str, s
     name that two views share is dropped so that it can never silently pick the wrong view.
     """
     service = store.get_feature_service(service_name)
+    on_demand = on_demand_view_names(store)
     offered: dict[str, tuple[str, str]] = {}
     ambiguous: set[str] = set()
+    stored_refs: list[str] = []
     for proj in service.feature_view_projections:
         view = proj.name_to_use()
+        if proj.name in on_demand and proj.name not in ON_DEMAND:
+            raise FeatureMismatch(f"on-demand view {proj.name} of {service_name} has no serving-side computation")
+        if proj.name not in on_demand:
+            stored_refs.extend(f"{view}:{f.name}" for f in proj.features)
         for f in proj.features:
             full = f"{view}__{f.name}"
             offered[full] = (view, full)
@@ -69,7 +100,7 @@ def bind(store: Any, service_name: str) -> tuple[Binding, dict[str, tuple[str, s
             offered[f.name] = (view, full)
     for name in ambiguous:
         offered.pop(name, None)
-    return Binding(service=service, entity_casts=_entity_casts(store)), offered
+    return Binding(service=service, entity_casts=_entity_casts(store), stored_refs=tuple(stored_refs)), offered
 
 
 def plan_inputs(model_features: Sequence[str], offered: dict[str, tuple[str, str]],
@@ -85,6 +116,13 @@ def plan_inputs(model_features: Sequence[str], offered: dict[str, tuple[str, str
             continue
         if name in offered:
             inputs[name] = offered[name]
+            # An on-demand input is computed from stored fields: read those too, model input or not.
+            on_demand = ON_DEMAND.get(offered[name][0])
+            for source in on_demand.sources if on_demand else ():
+                if source in offered:
+                    inputs.setdefault(source, offered[source])
+                else:
+                    missing.append(source)
         else:
             missing.append(name)
     if missing:
@@ -95,10 +133,13 @@ def plan_inputs(model_features: Sequence[str], offered: dict[str, tuple[str, str
 
 def _decode(inputs: dict[str, tuple[str, str]], resp: dict[str, list[Any]]
             ) -> tuple[dict[str, float], dict[str, str | None]]:
-    """A one-row ``to_dict(include_event_timestamps=True)`` → model input values and view stamps."""
+    """A one-row ``to_dict(include_event_timestamps=True)`` → stored input values and view stamps
+    (on-demand inputs are left to :func:`with_on_demand`)."""
     values: dict[str, float] = {}
     stamps: dict[str, str | None] = {}
     for name, (view, column) in inputs.items():
+        if view in ON_DEMAND:
+            continue
         raw = (resp.get(column) or [None])[0]
         values[name] = math.nan if raw is None else float(raw)
         if view not in stamps or stamps[view] is None:
@@ -106,6 +147,35 @@ def _decode(inputs: dict[str, tuple[str, str]], resp: dict[str, list[Any]]
             stamps[view] = (datetime.fromtimestamp(ts, UTC).isoformat()
                             if raw is not None and ts else None)
     return values, stamps
+
+
+def with_on_demand(inputs: dict[str, tuple[str, str]], values: dict[str, float],
+                   request: Mapping[str, float]) -> dict[str, float]:
+    """``values`` plus every on-demand input of ``inputs``, computed by its view's function from the
+    stored values read and the ``request``'s fields (plain floats: no Feast, no pandas)."""
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for name, (view, column) in inputs.items():
+        if view in ON_DEMAND:
+            wanted.setdefault(view, []).append((name, column.rsplit("__", 1)[-1]))
+    if not wanted:
+        return values
+    out = dict(values)
+    row = {**values, **request}
+    for view, names in wanted.items():
+        missing = [f for f in ON_DEMAND[view].request_fields if f not in request]
+        if missing:
+            raise FeatureMismatch(f"on-demand view {view} needs the request fields {missing}")
+        computed = ON_DEMAND[view].compute(row)
+        for name, field in names:
+            out[name] = float(computed[field])
+    return out
+
+
+def _unknown(inputs: dict[str, tuple[str, str]], request: Mapping[str, float] | None
+             ) -> tuple[dict[str, float], dict[str, str | None]]:
+    """An entity the store cannot know: every stored input missing, on-demand ones computed from that."""
+    values = {name: math.nan for name, (view, _) in inputs.items() if view not in ON_DEMAND}
+    return with_on_demand(inputs, values, request or {}), {}
 
 
 class OnlineFeatures:
@@ -216,14 +286,15 @@ class OnlineFeatures:
 
         return await run_in_threadpool(self.ensure)
 
-    async def fetch_async(self, inputs: dict[str, tuple[str, str]], entity_row: dict[str, str]
+    async def fetch_async(self, inputs: dict[str, tuple[str, str]], entity_row: dict[str, str],
+                          request: Mapping[str, float] | None = None
                           ) -> tuple[dict[str, float], dict[str, str | None]]:
         """As :meth:`fetch_row`, from the event loop: one prepared statement (``read="sql"``), or the
         SDK in a worker thread. Never blocks the loop: a (re)build of the store runs in a thread."""
         from starlette.concurrency import run_in_threadpool
 
         if self._read == "sdk":
-            return await run_in_threadpool(self.fetch_row, inputs, entity_row)
+            return await run_in_threadpool(self.fetch_row, inputs, entity_row, request)
         if not await self.ensure_async():
             raise FeatureStoreUnavailable(self.last_error or "feature store not available")
         binding, plan = self._binding, self._plan
@@ -231,7 +302,7 @@ class OnlineFeatures:
             raise FeatureStoreUnavailable(self.last_error or "feature store not available")
         row = self._cast(binding, entity_row)
         if row is None:
-            return {name: math.nan for name in inputs}, {}
+            return _unknown(inputs, request)
         reader = self._current_reader()
         try:
             resp = await reader.read(row)
@@ -242,8 +313,9 @@ class OnlineFeatures:
             self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise FeatureStoreUnavailable(self.last_error) from exc
         if resp is None:
-            return {name: math.nan for name in inputs}, {}
-        return _decode(inputs, resp)
+            return _unknown(inputs, request)
+        values, stamps = _decode(inputs, resp)
+        return with_on_demand(inputs, values, request or {}), stamps
 
     async def aclose(self) -> None:
         reader, self._reader = self._reader, None
@@ -259,18 +331,22 @@ class OnlineFeatures:
         """Model input → value (NaN when unknown) and feature view → event time of the value used."""
         return self.fetch_row(inputs, {"customer_id": customer_id, "terminal_id": terminal_id})
 
-    def fetch_row(self, inputs: dict[str, tuple[str, str]], entity_row: dict[str, str]
-                  ) -> tuple[dict[str, float], dict[str, str | None]]:
-        """As :meth:`fetch`, for any entity keys (``{"application_id": ...}`` for credit)."""
+    def fetch_row(self, inputs: dict[str, tuple[str, str]], entity_row: dict[str, str],
+                  request: Mapping[str, float] | None = None) -> tuple[dict[str, float], dict[str, str | None]]:
+        """As :meth:`fetch`, for any entity keys (``{"application_id": ...}`` for credit).
+
+        ``request``: the request-time fields on-demand inputs read (the fraud model's ``amount``).
+        Feast is asked for the stored features only and on-demand ones are computed here, exactly
+        as on the direct-read path."""
         if not self.ensure():
             raise FeatureStoreUnavailable(self.last_error or "feature store not available")
         binding, store = self._binding, self._store
         assert binding is not None
         row = self._cast(binding, entity_row)
         if row is None:  # an id that cannot even be an entity key is an unknown entity
-            return {name: math.nan for name in inputs}, {}
+            return _unknown(inputs, request)
         try:
-            resp = store.get_online_features(features=binding.service, entity_rows=[row],
+            resp = store.get_online_features(features=list(binding.stored_refs), entity_rows=[row],
                                              full_feature_names=True).to_dict(include_event_timestamps=True)
         except Exception as exc:  # noqa: BLE001 - the store's own errors are many and undocumented
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -278,4 +354,5 @@ class OnlineFeatures:
             # store so that a later request (after retry_s) builds a fresh one.
             self._unbind(store)
             raise FeatureStoreUnavailable(self.last_error) from exc
-        return _decode(inputs, resp)
+        values, stamps = _decode(inputs, resp)
+        return with_on_demand(inputs, values, request or {}), stamps

@@ -121,8 +121,14 @@ def build_plan(store: Any, service: Any) -> SqlPlan:
     if getattr(online, "type", None) != "postgres":
         raise DirectReadUnsupported(f"online store {getattr(online, 'type', online)!r} is not postgres")
     versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+    from serving.online import on_demand_view_names
+
+    on_demand = on_demand_view_names(store)  # computed by serving from this read (serving.online.ON_DEMAND)
     views, selects = [], []
-    for i, proj in enumerate(service.feature_view_projections):
+    for proj in service.feature_view_projections:
+        if proj.name in on_demand:
+            continue
+        i = len(views)
         if proj.join_key_map:
             raise DirectReadUnsupported(f"projection {proj.name} remaps join keys")
         fv = store.get_feature_view(proj.name)

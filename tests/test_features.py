@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 from fixtures_marts import SyntheticMarts, isolated_settings, make_marts, write_marts
 
+from riskloop.amount_features import FEATURES as AMOUNT_FEATURES
+from riskloop.amount_features import SOURCE_FIELDS as AMOUNT_SOURCES
+from riskloop.amount_features import amount_ratios
 from riskloop.config import Settings
 
 pytestmark = pytest.mark.timeout(600)
@@ -42,7 +46,8 @@ def test_apply_registers_the_promised_names_and_is_idempotent(applied: tuple[Set
     assert {e.name for e in store.list_entities()} >= {"customer", "terminal", "application", "card"}
     assert {fs.name for fs in store.list_feature_services()} == {"fraud_model_v1", "credit_model_v1"}
     assert {p.name for p in store.get_feature_service("fraud_model_v1").feature_view_projections} == {
-        "customer_spending", "terminal_risk"}
+        "customer_spending", "terminal_risk", "customer_amount_ratios"}
+    assert [v.name for v in store.list_on_demand_feature_views()] == ["customer_amount_ratios"]
 
 
 def test_materialize_then_online_features_are_the_latest(applied: tuple[Settings, SyntheticMarts]) -> None:
@@ -63,9 +68,11 @@ def test_materialize_then_online_features_are_the_latest(applied: tuple[Settings
     latest_t = risk.groupby("terminal_id").tail(1).set_index("terminal_id")
     customers, terminals = sorted(latest_c.index)[:5], sorted(latest_t.index)[:5]
 
+    amounts = [12.5, 0.0, 80.0, 300.0, 1.25]  # the payment being scored: the on-demand view reads it
     online = store.get_online_features(
         features=store.get_feature_service("fraud_model_v1"),
-        entity_rows=[{"customer_id": c, "terminal_id": t} for c, t in zip(customers, terminals)],
+        entity_rows=[{"customer_id": c, "terminal_id": t, "amount": a}
+                     for c, t, a in zip(customers, terminals, amounts)],
     ).to_df()
     pd.testing.assert_frame_equal(
         online[CUSTOMER_FEATURES].reset_index(drop=True).astype(float),
@@ -73,6 +80,11 @@ def test_materialize_then_online_features_are_the_latest(applied: tuple[Settings
     pd.testing.assert_frame_equal(
         online[TERMINAL_FEATURES].reset_index(drop=True).astype(float),
         latest_t.loc[terminals, TERMINAL_FEATURES].reset_index(drop=True).astype(float))
+    # Feast's online on-demand values: the ratios of these amounts to the latest stored history.
+    expected = pd.DataFrame(amount_ratios(latest_c.loc[customers].reset_index(drop=True).assign(amount=amounts)))
+    assert (expected["amount_vs_customer_avg_30d"] > 0).sum() == 4  # not a comparison of NaNs or zeros
+    pd.testing.assert_frame_equal(online[list(AMOUNT_FEATURES)].reset_index(drop=True).astype(float),
+                                  expected[list(AMOUNT_FEATURES)].astype(float))
 
 
 def test_historical_features_are_point_in_time_correct(applied: tuple[Settings, SyntheticMarts]) -> None:
@@ -87,6 +99,7 @@ def test_historical_features_are_point_in_time_correct(applied: tuple[Settings, 
         event_timestamp=probes["event_timestamp"] - pd.Timedelta(seconds=1), probe="before")
     at = probes[["customer_id", "event_timestamp"]].assign(probe="at")
     entity_df = pd.concat([before, at], ignore_index=True).assign(terminal_id="t0000")
+    entity_df["amount"] = 10.0 + 7.0 * entity_df.index.to_numpy()  # the payment's own amount (on-demand view)
     got = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service("fraud_model_v1")).to_df()
     got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
 
@@ -99,6 +112,10 @@ def test_historical_features_are_point_in_time_correct(applied: tuple[Settings, 
     assert len(merged) == len(entity_df)
     for col in CUSTOMER_FEATURES:
         assert (merged[col].astype(float) == merged[f"{col}_expected"].astype(float)).all(), col
+    # The on-demand ratios: the shared definition applied to the amount and the as-of row above.
+    ratios = amount_ratios({"amount": merged["amount"], **{f: merged[f"{f}_expected"] for f in AMOUNT_SOURCES}})
+    for col in AMOUNT_FEATURES:
+        assert merged[col].notna().all() and np.allclose(merged[col], ratios[col], rtol=0, atol=1e-12), col
     # A row stamped after the entity timestamp is never used: "before" never sees the probe row's count.
     probe_counts = probes.set_index("customer_id")["customer_nb_tx_30d"]
     early = merged[merged["probe"] == "before"].set_index("customer_id")

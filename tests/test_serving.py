@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 CUSTOMER_FEATURES = [f"customer_{kind}_{w}" for kind in ("nb_tx", "avg_amount") for w in ("1d", "7d", "30d")]
 TERMINAL_FEATURES = [f"terminal_{kind}_{w}" for kind in ("nb_tx", "risk") for w in ("1d", "7d", "30d")]
 REQUEST_FEATURES = ["amount", "is_weekend", "is_night"]
+AMOUNT_FEATURES = ["amount_vs_customer_avg_30d", "amount_vs_customer_avg_7d", "amount_vs_customer_max_30d",
+                   "amount_vs_customer_zscore_30d"]  # the on-demand view customer_amount_ratios
 DECISIONS = {"allow", "review", "step_up", "deny"}
 # Admin may score, read decisions and reload: one key for the fixtures; roles are tested in test_serving_auth.
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -182,9 +184,14 @@ def test_decision_logged_with_exact_vector(client: TestClient, stack: Stack) -> 
     # …and the store values exactly what Feast serves online for these entities.
     online = stack.store().get_online_features(
         features=stack.store().get_feature_service("fraud_model_v1"),
-        entity_rows=[{"customer_id": req["customer_id"], "terminal_id": req["terminal_id"]}]).to_dict()
+        entity_rows=[{"customer_id": req["customer_id"], "terminal_id": req["terminal_id"], "amount": 123.45}]
+    ).to_dict()
     for name in CUSTOMER_FEATURES + TERMINAL_FEATURES:
         assert row["features"][name] == pytest.approx(float(online[name][0])), name
+    # The amount-to-history ratios: serving's own computation equals Feast's on-demand view online.
+    assert set(AMOUNT_FEATURES) <= set(stack.features)
+    for name in AMOUNT_FEATURES:
+        assert row["features"][name] == pytest.approx(float(online[name][0]), rel=1e-12), name
     assert set(row["feature_timestamps"]) == {"customer_spending", "terminal_risk"}
     # Re-scoring the logged vector with the registered model reproduces the logged score.
     uri = MlflowClient(stack.settings.tracking_uri, stack.settings.tracking_uri).get_model_version_download_uri(
@@ -316,6 +323,7 @@ def test_direct_read_matches_feast_sdk(stack: Stack) -> None:
             zip(tx.customer_id.unique()[:20], tx.terminal_id.unique()[:20], strict=False)]
     rows += [{"customer_id": "no-such-customer", "terminal_id": tx.terminal_id.iloc[0]},
              {"customer_id": tx.customer_id.iloc[0], "terminal_id": "no-such-terminal"}]
+    amounts = [{"amount": 5.0 + 11.0 * i} for i in range(len(rows))]  # the on-demand inputs read it
     sdk = OnlineFeatures(stack.store, "fraud_model_v1", read="sdk")
     sql = OnlineFeatures(stack.store, "fraud_model_v1", read="sql", timeout_s=5.0)
     assert sdk.ensure() and sql.ensure()
@@ -323,20 +331,61 @@ def test_direct_read_matches_feast_sdk(stack: Stack) -> None:
 
     async def read_all() -> list:
         try:
-            return [await sql.fetch_async(inputs, r) for r in rows]
+            return [await sql.fetch_async(inputs, r, a) for r, a in zip(rows, amounts, strict=True)]
         finally:
             await sql.aclose()
 
     direct = asyncio.run(read_all())
     found = 0
-    for r, (values, stamps) in zip(rows, direct, strict=True):
-        ref_values, ref_stamps = sdk.fetch_row(inputs, r)
+    for r, a, (values, stamps) in zip(rows, amounts, direct, strict=True):
+        ref_values, ref_stamps = sdk.fetch_row(inputs, r, a)
         assert stamps == ref_stamps, r
         assert values.keys() == ref_values.keys()
         for name, v in values.items():
             assert (np.isnan(v) and np.isnan(ref_values[name])) or v == ref_values[name], (r, name)
         found += sum(not np.isnan(v) for v in values.values())
     assert found > 0  # not a comparison of two empty reads
+
+
+def test_amount_ratios_online_equal_offline(stack: Stack) -> None:
+    """The amount-to-history inputs are the same in training and serving for the same payments:
+    Feast's point-in-time join (its on-demand view over customer_spending, what training reads)
+    and serving's one online read plus riskloop.amount_features on the request's amount."""
+    import asyncio
+
+    import pandas as pd
+
+    from serving.online import OnlineFeatures, plan_inputs
+
+    customers = sorted(stack.marts.customer_spending_features["customer_id"].unique())
+    terminal = stack.marts.fct_transactions.terminal_id.iloc[0]
+    amounts = [round(0.5 + 37.3 * i, 2) for i in range(len(customers))]
+    # Payments just after the materialized end: online holds each customer's latest row, which is
+    # the row the point-in-time join picks for them (all rows lie within the view's 30-day TTL).
+    entity_df = pd.DataFrame({"customer_id": customers, "terminal_id": terminal, "amount": amounts,
+                              "event_timestamp": stack.marts.as_of})
+    offline = stack.store().get_historical_features(
+        entity_df=entity_df, features=stack.store().get_feature_service("fraud_model_v1")).to_df()
+    offline = offline.set_index("customer_id").loc[customers]
+
+    sql = OnlineFeatures(stack.store, "fraud_model_v1", read="sql", timeout_s=5.0)
+    assert sql.ensure()
+    inputs = plan_inputs(AMOUNT_FEATURES, sql.offered)  # reads the customer_spending fields they need
+
+    async def read_all() -> list:
+        try:
+            return [(await sql.fetch_async(inputs, {"customer_id": c, "terminal_id": terminal}, {"amount": a}))[0]
+                    for c, a in zip(customers, amounts, strict=True)]
+        finally:
+            await sql.aclose()
+
+    online = pd.DataFrame(asyncio.run(read_all()), index=customers)
+    assert online[AMOUNT_FEATURES].notna().all().all() and (online["amount_vs_customer_zscore_30d"] > 0).any()
+    sources = ["customer_avg_amount_30d", "customer_avg_amount_7d", "customer_max_amount_30d",
+               "customer_std_amount_30d"]
+    pd.testing.assert_frame_equal(online[sources + AMOUNT_FEATURES].astype(float),
+                                  offline[sources + AMOUNT_FEATURES].astype(float),
+                                  check_names=False, rtol=1e-12)
 
 
 def test_direct_read_timeout_degrades(app_factory, stack: Stack) -> None:
