@@ -54,6 +54,16 @@ def test_windows_from_matches_fraud_windows() -> None:
     assert len(benchmark.param_grid(benchmark.HANDBOOK_GRID)) == 18
 
 
+def test_selection_tries_the_handbook_grid_then_the_wider_points() -> None:
+    points = benchmark.selection_candidates()
+    assert points[:18] == benchmark.param_grid(benchmark.HANDBOOK_GRID)  # grid order kept: ties go to it
+    assert points[18:] == [{"learning_rate": 0.05, "max_depth": d, "n_estimators": 300} for d in (4, 6)]
+    # A point already in the grid is not tried twice.
+    again = benchmark.selection_candidates({"max_depth": [4], "n_estimators": [300], "learning_rate": [0.05]})
+    assert again == [{"learning_rate": 0.05, "max_depth": 4, "n_estimators": 300},
+                     {"learning_rate": 0.05, "max_depth": 6, "n_estimators": 300}]
+
+
 # --- the import path, on a slice of the real file ---------------------------------------------
 
 SLICE_DAYS = 45

@@ -347,6 +347,18 @@ def test_direct_read_matches_feast_sdk(stack: Stack) -> None:
     assert found > 0  # not a comparison of two empty reads
 
 
+def test_reason_codes_name_the_amount_ratios() -> None:
+    """A ratio is its own reason (the amount is unusual *for this customer*), not the plain amount's."""
+    from serving.reasons import reason_code, top_reasons
+
+    assert {reason_code(n) for n in AMOUNT_FEATURES} == {"R08_AMOUNT_UNUSUAL_FOR_CUSTOMER"}
+    assert reason_code("customer_amount_ratios__amount_vs_customer_max_30d") == "R08_AMOUNT_UNUSUAL_FOR_CUSTOMER"
+    assert reason_code("amount") == "R05_TRANSACTION_AMOUNT"
+    got = top_reasons(["amount", "amount_vs_customer_avg_30d"], np.array([900.0, 12.0]), np.array([0.1, 1.5, -2.0]), 2)
+    assert [(r["code"], r["feature"], r["value"]) for r in got] == [
+        ("R08_AMOUNT_UNUSUAL_FOR_CUSTOMER", "amount_vs_customer_avg_30d", 12.0), ("R05_TRANSACTION_AMOUNT", "amount", 900.0)]
+
+
 def test_amount_ratios_online_equal_offline(stack: Stack) -> None:
     """The amount-to-history inputs are the same in training and serving for the same payments:
     Feast's point-in-time join (its on-demand view over customer_spending, what training reads)
