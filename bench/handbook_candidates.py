@@ -6,10 +6,11 @@ the same folds, label rules, fit and metrics) on the Feast point-in-time frame t
 for one named experiment at a time: validation folds first (the only ones a choice may look at),
 then the test folds.
 
-The *candidate* inputs are computed here from columns the model already gets (the request's
-amount over the customer's 30/7-day mean, 30-day maximum and spread, as of just before the
-payment). They are NOT riskloop features: the model serves none of them. Adopting one means a
-Feast on-demand view over ``customer_spending`` + the request's amount, that serving computes too.
+The candidate ratios (the request's amount over the customer's 30/7-day mean, 30-day maximum
+and spread, as of just before the payment) have since become product features: the Feast
+on-demand view ``customer_amount_ratios`` in ``fraud_model_v1``, so `riskloop benchmark handbook`
+now reads them from Feast itself. Here they are computed, with the same function
+(``riskloop.amount_features.amount_ratios``), on a frame cached before they existed.
 
     RISKLOOP_HOME=/tmp/rl-feastpit RISKLOOP_PG_PORT=59432 RISKLOOP_MLFLOW_PORT=59000 \\
         .venv/bin/python bench/handbook_candidates.py --cache /tmp/rl-feastpit/train-all.parquet \\
@@ -30,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from riskloop import amount_features
 from riskloop.config import get_settings
 from training import benchmark, datasets
 
 ID_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "event_timestamp", "is_fraud", "fraud_known_at")
-RATIOS = ["amount_to_avg_30d", "amount_to_avg_7d", "amount_to_max_30d", "amount_z_30d"]
+RATIOS = list(amount_features.FEATURES)
 SELECTED = {"max_depth": 3, "n_estimators": 100, "learning_rate": 0.1}  # what the benchmark's grid selects
 WIDER = {"max_depth": 4, "n_estimators": 300, "learning_rate": 0.05}
 EXPERIMENTS: dict[str, tuple[bool, dict]] = {  # name: (with the candidate ratios, XGBoost parameters)
@@ -47,12 +49,9 @@ EXPERIMENTS: dict[str, tuple[bool, dict]] = {  # name: (with the candidate ratio
 
 
 def with_candidates(frame: pd.DataFrame) -> pd.DataFrame:
-    """The candidate ratios (+1 in the denominators: a customer's first payment has no history)."""
-    return frame.assign(
-        amount_to_avg_30d=frame["amount"] / (frame["customer_avg_amount_30d"] + 1.0),
-        amount_to_avg_7d=frame["amount"] / (frame["customer_avg_amount_7d"] + 1.0),
-        amount_to_max_30d=frame["amount"] / (frame["customer_max_amount_30d"] + 1.0),
-        amount_z_30d=(frame["amount"] - frame["customer_avg_amount_30d"]) / (frame["customer_std_amount_30d"] + 1.0))
+    """The ratios, by their one definition (+1 in the denominators: no history, no spread)."""
+    return frame.drop(columns=[c for c in RATIOS if c in frame.columns]).assign(
+        **amount_features.amount_ratios(frame))
 
 
 def main() -> None:
