@@ -11,8 +11,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m serving", description="riskloop fraud scoring API")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
     args = parser.parse_args()
-    run(args.host, args.port)  # configures riskloop's logging (riskloop.logs.configure)
+    run(args.host, args.port, args.workers)  # configures riskloop's logging (riskloop.logs.configure)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,11 +68,20 @@ log = logging.getLogger(__name__)
 
 
 class _Metrics:
-    """Prometheus metrics on a per-app registry (no process-global default registry)."""
+    """Prometheus metrics on a per-app registry (no process-global default registry).
 
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    With several workers (``multiproc_dir``, prometheus_client's ``PROMETHEUS_MULTIPROC_DIR``) each
+    process writes its values to files there and :meth:`exposition` merges every worker's with the
+    library's ``MultiProcessCollector``, so any scrape sees the whole server, whichever worker
+    answers. Gauges then say how they combine (``multiprocess_mode``)."""
 
+    def __init__(self, multiproc_dir: str | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+
+        if multiproc_dir and values.ValueClass is values.MutexValue:
+            raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported "
+                               "(riskloop serve --workers sets it before starting the workers)")
+        self.multiproc_dir = multiproc_dir
         self.registry = CollectorRegistry()
         self.decisions = Counter("riskloop_fraud_decisions", "Fraud decisions returned, by deciding model.",
                                  ["decision", "degraded", "model_alias", "model_version"], registry=self.registry)
@@ -82,7 +93,7 @@ class _Metrics:
                                      "failed canary route), by model and outcome.",
                                      ["model_alias", "model_version", "outcome"], registry=self.registry)
         self.canary_share = Gauge("riskloop_canary_share", "Share of fraud requests routed to the challenger now.",
-                                  registry=self.registry)
+                                  registry=self.registry, multiprocess_mode="livemax")
         self.feature_store_errors = Counter("riskloop_feature_store_errors", "Online reads that failed.",
                                             registry=self.registry)
         self.log_written = Counter("riskloop_decision_log_rows_written", "Decision-log rows committed.",
@@ -90,12 +101,30 @@ class _Metrics:
         self.log_errors = Counter("riskloop_decision_log_write_errors", "Failed decision-log batch inserts.",
                                   registry=self.registry)
         self.queue_depth = Gauge("riskloop_decision_log_queue_depth", "Decisions waiting for the writer.",
-                                 registry=self.registry)
+                                 registry=self.registry, multiprocess_mode="livesum")
+
+    def track_queue(self, writer: DecisionLogWriter) -> None:
+        """The queue depth gauge: read at scrape time in one process; with several, each writer
+        sets its own after every batch (a scrape cannot call into the other processes)."""
+        if self.multiproc_dir:
+            writer.on_depth = self.queue_depth.set
+        else:
+            self.queue_depth.set_function(writer.depth)
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this registry, or every worker's values merged."""
+        from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+        if not self.multiproc_dir:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiproc_dir)
+        return generate_latest(merged)
 
 
-def _make_metrics() -> _Metrics | None:
+def _make_metrics(multiproc_dir: str | None = None) -> _Metrics | None:
     try:
-        return _Metrics()
+        return _Metrics(multiproc_dir)
     except ImportError:  # prometheus_client is only a transitive dependency today
         log.warning("prometheus_client not installed: /metrics disabled")
         return None
@@ -137,23 +166,59 @@ def _swap(st: Any, new: LoadedModel) -> None:
     log.info("now serving %s v%s (was v%s)", new.name, new.version, old.version if old else None)
 
 
-def _read_canary_state(st: Any) -> Any:
-    """The fraud model's current canary row (``None``: never had one). Off the loop, in the poller.
-
-    On one kept autocommit connection (``st.poll_conn``, reopened after an error): a new one per
-    poll, every second, was ~3 % of the server's samples at 150 requests/s (py-spy), plus a
-    backend start on the Postgres side each time."""
+def _on_poll_conn(st: Any, work: Callable[[psycopg.Connection], Any]) -> Any:
+    """Run ``work`` on the poller's kept autocommit connection (``st.poll_conn``, reopened after an
+    error). Off the loop, in the poller. A new connection per poll, every second, was ~3 % of the
+    server's samples at 150 requests/s (py-spy), plus a backend start on the Postgres side each time.
+    The connection also holds the canary watcher's advisory lock (:func:`_is_watch_leader`)."""
     conn: psycopg.Connection | None = st.poll_conn
     if conn is None or conn.closed or conn.broken:
         conn = st.poll_conn = _connect(st.settings)
     try:
+        return work(conn)
+    except psycopg.Error:
+        st.poll_conn = None
+        conn.close()  # releases the watcher lock too: another process may take it over
+        raise
+
+
+def _read_canary_state(st: Any) -> Any:
+    """The fraud model's current canary row (``None``: never had one)."""
+    def read(conn: psycopg.Connection) -> Any:
         if conn.execute("select to_regclass(%s)", (canary.TABLE,)).fetchone()[0] is None:
             return None
         return canary.current(conn, st.settings.fraud_model_name)
-    except psycopg.Error:
-        st.poll_conn = None
-        conn.close()
-        raise
+
+    return _on_poll_conn(st, read)
+
+
+def _refresh_devices(st: Any) -> int:
+    """Known devices allowed by any process since the last refresh (serving.devices)."""
+    return _on_poll_conn(st, st.devices.refresh)
+
+
+def watch_lock_key(model_name: str) -> str:
+    """The text whose hash is the advisory-lock key of the model's canary watcher."""
+    return f"riskloop canary watcher {model_name}"
+
+
+def _is_watch_leader(st: Any) -> bool:
+    """Whether this process judges the running canary's tripwires: the one holding a session-level
+    Postgres advisory lock on the poller's connection. With several workers (or replicas) exactly
+    one judges and rolls back; the others follow the canary state the poller reads anyway. The
+    lock dies with its connection, so if the leader's process goes, the next poll of another
+    process takes over."""
+    def lead(conn: psycopg.Connection) -> bool:
+        if st.watch_lock_conn is conn:
+            return True  # taken earlier on this same session (and re-taking would stack it)
+        got = conn.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
+                           (watch_lock_key(st.settings.fraud_model_name),)).fetchone()[0]
+        if got:
+            st.watch_lock_conn = conn
+            log.info("this process now watches the canary tripwires of %s", st.settings.fraud_model_name)
+        return bool(got)
+
+    return _on_poll_conn(st, lead)
 
 
 def _set_route(st: Any, new: Routing) -> None:
@@ -196,8 +261,9 @@ async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
 
 
 async def _refresh_canary(app: FastAPI) -> None:
-    """Re-read the canary state; on a change swap the routing; while a canary runs, check its
-    tripwires (riskloop.canary.watch_once) and apply a rollback to this process at once."""
+    """Re-read the canary state; on a change swap the routing; while a canary runs, the one watcher
+    process (:func:`_is_watch_leader`) checks its tripwires (riskloop.canary.watch_once) and applies
+    a rollback to itself at once (the others within a poll, from the state)."""
     from starlette.concurrency import run_in_threadpool
 
     st = app.state
@@ -206,7 +272,8 @@ async def _refresh_canary(app: FastAPI) -> None:
     if not routing.same_terms(new, st.route):
         _set_route(st, new.with_challenger(st.route.challenger))
     await _refresh_challenger(app)
-    if st.cfg.canary_watch and state is not None and state.mode == "canary" and st.route.effective_mode == "canary":
+    if (st.cfg.canary_watch and state is not None and state.mode == "canary" and st.route.effective_mode == "canary"
+            and await run_in_threadpool(_is_watch_leader, st)):
         rolled = await run_in_threadpool(canary.watch_once, st.settings, st.settings.fraud_model_name, state)
         if rolled is not None:
             _set_route(st, routing.from_state(rolled, st.cfg))
@@ -238,17 +305,30 @@ async def _refresh_champion(app: FastAPI) -> None:
 
 async def _poll(app: FastAPI) -> None:
     """The one background poller: the canary state every ``canary_poll_s`` (cheap: one indexed row),
-    the champion and challenger aliases every ``model_poll_s`` (registry calls)."""
-    cfg: ServingSettings = app.state.cfg
-    tick = min(p for p in (cfg.model_poll_s, cfg.canary_poll_s) if p > 0)
-    next_alias = time.monotonic() + cfg.model_poll_s
+    the devices other processes allowed every ``known_device_poll_s``, the champion and challenger
+    aliases every ``model_poll_s`` (registry calls)."""
+    from starlette.concurrency import run_in_threadpool
+
+    st = app.state
+    cfg: ServingSettings = st.cfg
+    periods = (cfg.model_poll_s, cfg.canary_poll_s, cfg.known_device_poll_s)
+    tick = min(p for p in periods if p > 0)
+    next_canary = next_devices = time.monotonic()
+    next_alias = next_canary + cfg.model_poll_s
     while True:
         await asyncio.sleep(tick)
-        if cfg.canary_poll_s > 0:
+        if cfg.canary_poll_s > 0 and time.monotonic() >= next_canary:
+            next_canary = time.monotonic() + cfg.canary_poll_s
             try:
                 await _refresh_canary(app)
             except Exception as exc:  # noqa: BLE001 - keep the last routing; try again next tick
                 log.warning("canary state poll failed (routing unchanged): %s", exc)
+        if cfg.known_device_poll_s > 0 and time.monotonic() >= next_devices:
+            next_devices = time.monotonic() + cfg.known_device_poll_s
+            try:
+                await run_in_threadpool(_refresh_devices, st)
+            except Exception as exc:  # noqa: BLE001 - this process's own devices still count
+                log.warning("known-device refresh failed: %s", exc)
         if cfg.model_poll_s > 0 and time.monotonic() >= next_alias:
             next_alias = time.monotonic() + cfg.model_poll_s
             await _refresh_champion(app)
@@ -311,13 +391,14 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         log.info("fraud policy %s (sha256 %s) from %s", fraud_policy.id, fraud_policy.digest[:12], cfg.fraud_policy)
         if len(keys) == 0:
             log.warning("RISKLOOP_API_KEYS is not set: every /v1 endpoint will answer 401")
-        st.metrics = _make_metrics()
+        st.metrics = _make_metrics(cfg.prometheus_multiproc_dir)
         st.online = OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
                                    cfg.feature_service, retry_s=cfg.feature_store_retry_s, read=cfg.online_read,
                                    timeout_s=cfg.online_timeout_s, pool_size=cfg.online_pool_size)
         st.model, st.model_error = None, None
         st.route, st.challenger_error, st.challenger_retry_at = routing.from_settings(cfg), None, 0.0
-        st.poll_conn = None  # the canary poller's connection (_read_canary_state)
+        st.poll_conn = None  # the poller's connection (_on_poll_conn)
+        st.watch_lock_conn = None  # the connection holding the canary watcher's lock (_is_watch_leader)
         try:
             canary.ensure_tables(settings)
             with _connect(settings) as conn:
@@ -333,7 +414,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             spill_path=settings.run_dir / "decision_log_spill.jsonl",
             on_written=m.log_written.inc if m else None, on_error=m.log_errors.inc if m else None)
         if m:
-            m.queue_depth.set_function(st.writer.depth)
+            m.track_queue(st.writer)
         st.writer.start()
         st.online.ensure(force=True)
         credit.setup(st, settings.tracking_uri, settings.credit_model_name, cfg.credit_model_alias,
@@ -353,7 +434,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             await _refresh_challenger(app)
         _set_route(st, st.route)
         await st.online.connect()
-        poller = asyncio.create_task(_poll(app)) if cfg.model_poll_s > 0 or cfg.canary_poll_s > 0 else None
+        polled = (cfg.model_poll_s, cfg.canary_poll_s, cfg.known_device_poll_s)
+        poller = asyncio.create_task(_poll(app)) if any(p > 0 for p in polled) else None
         try:
             yield
         finally:
@@ -365,6 +447,10 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                 st.poll_conn.close()
             await st.online.aclose()
             st.writer.close(cfg.log_shutdown_timeout_s)
+            if st.metrics is not None and st.metrics.multiproc_dir:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid(), st.metrics.multiproc_dir)  # its live gauges go
 
     app = FastAPI(title="riskloop scoring", version="0.1.0", lifespan=lifespan)
     # The webhook routes answered without the framework around them (serving.webhooks); added
@@ -405,6 +491,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         checks["feature_store"] = st.online.ensure()
         checks["decision_log_queue"] = st.writer.depth()
         checks["model_source"] = st.model.source if st.model is not None else None
+        checks["worker_pid"] = os.getpid()  # which of several workers answered
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     @app.get("/v1/model", response_model=LoadedModelInfo, dependencies=[Depends(require("read_model"))])
@@ -429,7 +516,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     def canary_info(request: Request) -> dict[str, Any]:
         """The routing this process applies now: mode, share, the canary and the loaded challenger."""
         st = request.app.state
-        return {**st.route.describe(), "challenger_error": st.challenger_error}
+        leader = st.watch_lock_conn is not None and st.watch_lock_conn is st.poll_conn
+        return {**st.route.describe(), "challenger_error": st.challenger_error, "tripwire_watcher": leader}
 
     @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])
     async def score_fraud(body: FraudScoreRequest, request: Request,
@@ -551,17 +639,40 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         m: _Metrics | None = request.app.state.metrics
         if m is None:
             raise HTTPException(status_code=404, detail="prometheus_client not installed")
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
-def run(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve with uvicorn (one worker: the model and the log writer are per process).
+def create_worker_app() -> FastAPI:
+    """The app of one of several uvicorn workers (each a fresh process): riskloop's logging
+    configured in it, then :func:`create_app` from the environment."""
+    from riskloop.logs import configure
 
-    riskloop's logging config (:func:`riskloop.logs.configure`) owns the output; with
+    configure(get_settings())
+    return create_app()
+
+
+def _multiproc_dir(settings: Settings, port: int) -> Path:
+    """A fresh prometheus_client multiprocess directory for one server: the files of an earlier
+    run would add its counts to this one's."""
+    import shutil
+
+    path = settings.run_dir / f"prometheus-serve-{port}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> None:
+    """Serve with uvicorn: ``workers`` processes (default ``RISKLOOP_SERVING_WORKERS``, 1).
+
+    Each worker has its own model, online-read pool and decision-log writer; what must agree
+    across them is shared through Postgres (known devices, the canary watcher's lock) and, for
+    ``/metrics``, prometheus_client's multiprocess directory, which this sets before any worker
+    starts. riskloop's logging config (:func:`riskloop.logs.configure`) owns the output; with
     ``RISKLOOP_LOG_JSON`` uvicorn's own loggers propagate to it instead of printing text.
     uvloop + httptools (C event loop and HTTP parser) and no access log unless
     RISKLOOP_SERVING_ACCESS_LOG=1: the hot path's share of a request (BENCHMARKS.md, "Serving")."""
@@ -570,7 +681,14 @@ def run(host: str = "127.0.0.1", port: int = 8000) -> None:
     from riskloop.logs import configure
 
     settings = get_settings()
+    cfg = ServingSettings()
+    workers = workers or cfg.workers
     configure(settings)
     kwargs: dict[str, Any] = {"log_config": None} if settings.log_json else {}
-    uvicorn.run("serving.app:create_app", factory=True, host=host, port=port, loop="uvloop", http="httptools",
-                access_log=ServingSettings().access_log, **kwargs)
+    factory = "serving.app:create_app"
+    if workers > 1:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_multiproc_dir(settings, port))  # read by the workers
+        factory, kwargs["workers"] = "serving.app:create_worker_app", workers
+    log.info("serving on %s:%d with %d worker(s)", host, port, workers)
+    uvicorn.run(factory, factory=True, host=host, port=port, loop="uvloop", http="httptools",
+                access_log=cfg.access_log, **kwargs)

@@ -47,6 +47,17 @@ class ServingSettings(BaseSettings):
     credit_feature_service: str = Field(default="credit_model_v1", description="Feast service of the credit model.")
     known_device_lookback_days: int = Field(
         default=180, gt=0, description="Start-up warm-up of known (customer, device) pairs from the decision log.")
+    workers: int = Field(
+        default=1, ge=1, description="uvicorn worker processes of `riskloop serve` (its --workers); each "
+        "decides alone, what must agree across them goes through Postgres and the metrics directory.")
+    known_device_poll_s: float = Field(
+        default=1.0, ge=0.0, description="How often each serving process reads the (customer, device) pairs "
+        "allowed by any process since its last read (serving.known_devices): with several workers or replicas a "
+        "device allowed by one is known to the others within about this. 0 = never (this process's own only).")
+    prometheus_multiproc_dir: str | None = Field(
+        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"),
+        description="prometheus_client's multiprocess directory (its own variable, set by `riskloop serve "
+        "--workers N` for N > 1): /metrics then aggregates every worker's counters from there.")
     feature_store_retry_s: float = Field(
         default=5.0, ge=0.0, description="After a feature-store failure, rebuild it at most this often.")
     model_poll_s: float = Field(

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "serving"
 TABLE = f"{SCHEMA}.decision_log"
+DEVICES_TABLE = f"{SCHEMA}.known_devices"
 COLUMNS = ("decision_id", "request_id", "decided_at", "model_name", "model_version", "model_alias", "score",
            "decision", "reasons", "rules", "features", "feature_timestamps", "request", "latency_ms", "degraded",
            "product", "policy_version", "signals", "serving_mode", "shadow")
@@ -85,12 +86,25 @@ begin
     end if;
 end
 $$;
+-- (issue 5, several workers) The (customer, device) pairs of allowed fraud payments, written by
+-- the writer in the same transaction as their log rows: every serving process reads the new ones
+-- back (serving.devices), so a device one worker allowed is known to the others too. A cache of
+-- the log, not an audit table: first_allowed_at is the server's clock at insert.
+create table if not exists {DEVICES_TABLE} (
+    customer_id      text not null,
+    device_id        text not null,
+    first_allowed_at timestamptz not null default clock_timestamp(),
+    primary key (customer_id, device_id)
+);
+create index if not exists known_devices_first_allowed_idx on {DEVICES_TABLE} (first_allowed_at);
 """ + append_only_ddl(TABLE)
 
 INSERT = (f"insert into {TABLE} ({', '.join(COLUMNS)}) values ({', '.join(['%s'] * len(COLUMNS))}) "
           "on conflict (decision_id) do nothing")
 COPY = f"copy {TABLE} ({', '.join(COLUMNS)}) from stdin"
 SELECT = f"select {', '.join(COLUMNS)} from {TABLE} where decision_id = %s"
+INSERT_DEVICES = (f"insert into {DEVICES_TABLE} (customer_id, device_id) "
+                  "select * from unnest(%s::text[], %s::text[]) on conflict do nothing")
 
 
 def ensure_table(conn: psycopg.Connection) -> None:
@@ -110,19 +124,37 @@ def _params(row: dict[str, Any]) -> tuple:
     return tuple(Jsonb(v) if c in JSON_COLUMNS and v is not None else v for c, v in zip(COLUMNS, values, strict=True))
 
 
+def allowed_devices(batch: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The (customer, device) pairs of the batch's allowed fraud payments, as two columns."""
+    customers, devices = [], []
+    for r in batch:
+        req = r.get("request") or {}
+        if r["decision"] == "allow" and r.get("product", "fraud") == "fraud" and req.get("device_id"):
+            customers.append(req["customer_id"])
+            devices.append(req["device_id"])
+    return customers, devices
+
+
 def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]]) -> None:
     """Commit ``batch``: one ``COPY`` (a few round trips for the whole batch, no per-row statement),
     or, when some rows are already there (a retried batch whose first commit did land, which only
-    the unique key can tell), row by row with ``ON CONFLICT DO NOTHING`` so the retry is harmless."""
+    the unique key can tell), row by row with ``ON CONFLICT DO NOTHING`` so the retry is harmless.
+    The batch's allowed devices go to :data:`DEVICES_TABLE` in the same transaction."""
     params = [_params(r) for r in batch]
+    customers, devices = allowed_devices(batch)
     try:
-        with conn.transaction(), conn.cursor() as cur, cur.copy(COPY) as copy:
-            for p in params:
-                copy.write_row(p)
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(COPY) as copy:
+                for p in params:
+                    copy.write_row(p)
+            if customers:
+                cur.execute(INSERT_DEVICES, (customers, devices))
     except psycopg.errors.UniqueViolation:
         log.info("decision log batch of %d rows partly written before: inserting the rest", len(batch))
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(INSERT, params)
+            if customers:
+                cur.execute(INSERT_DEVICES, (customers, devices))
 
 
 class LogBackpressure(RuntimeError):
@@ -172,6 +204,7 @@ class DecisionLogWriter:
         self._on_written = on_written or (lambda n: None)
         self._on_error = on_error or (lambda: None)
         self._conn: psycopg.Connection | None = None
+        self.on_depth: Any = None  # called with the queue depth after every batch (a gauge's set)
 
     # --- request side ------------------------------------------------------------------
     def start(self) -> None:
@@ -245,6 +278,8 @@ class DecisionLogWriter:
                     batch.append(item)
             if batch and not self._write(batch):
                 break  # spilled at shutdown: the queue (and its stop marker) is drained
+            if self.on_depth is not None:
+                self.on_depth(self._queue.qsize())
         if self._conn is not None:
             self._conn.close()
         log.info("decision log writer stopped")

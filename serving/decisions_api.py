@@ -2,7 +2,8 @@
 
 A decision is read from the writer's queue while it is not yet committed (so a read right after
 a score never 404s) and from ``serving.decision_log`` afterwards, together with its overrides
-(``serving.decision_overrides``). An override needs the committed row (the override table
+(``serving.decision_overrides``); a row queued in another worker is waited for briefly
+(:func:`_fetch_committed`). An override needs the committed row (the override table
 references it), so overriding a decision still in the queue waits briefly for the writer.
 """
 
@@ -28,10 +29,23 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/decisions", tags=["decisions"])
 
 PENDING_WAIT_S = 2.0
+COMMIT_WAIT_S = 0.5
 
 
 def _connect(request: Request) -> psycopg.Connection:
     return psycopg.connect(dsn(request.app.state.settings), connect_timeout=3, autocommit=True)
+
+
+def _fetch_committed(request: Request, conn: psycopg.Connection, decision_id: str) -> dict[str, Any] | None:
+    """The committed row, waiting out another worker's writer: with several serving processes a
+    decision may be queued in the one that scored it, not here, and its writer commits within
+    about ``log_linger_s``. Only an id that is nowhere pays the whole wait before its 404."""
+    deadline = time.monotonic() + max(COMMIT_WAIT_S, 4 * request.app.state.cfg.log_linger_s)
+    while True:
+        row = decision_log.fetch(conn, decision_id)
+        if row is not None or time.monotonic() > deadline:
+            return row
+        time.sleep(0.02)
 
 
 def _record(row: dict[str, Any], ovs: list[dict[str, Any]], persisted: bool) -> DecisionRecord:
@@ -47,7 +61,7 @@ def get_decision(decision_id: UUID, request: Request,
         return _record(queued, [], persisted=False)  # no override can exist before the row does
     try:
         with _connect(request) as conn:
-            row = decision_log.fetch(conn, str(decision_id))
+            row = _fetch_committed(request, conn, str(decision_id))
             ovs = overrides.for_decision(conn, str(decision_id)) if row is not None else []
     except psycopg.Error as exc:
         raise HTTPException(status_code=503, detail="decision log unreachable") from exc
@@ -70,7 +84,7 @@ def override_decision(decision_id: UUID, body: OverrideRequest, request: Request
         time.sleep(0.02)
     try:
         with _connect(request) as conn, conn.transaction():
-            row = decision_log.fetch(conn, str(decision_id))
+            row = _fetch_committed(request, conn, str(decision_id))
             if row is None:
                 raise HTTPException(status_code=404, detail=f"no decision {decision_id}")
             allowed = decision_log.DECISIONS_BY_PRODUCT[row["product"]]

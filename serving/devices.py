@@ -1,21 +1,30 @@
-"""Which (customer, device) pairs this service has already allowed a payment from.
+"""Which (customer, device) pairs the service has already allowed a payment from.
 
 The "new device with a high amount → step_up" rule needs device history that no feature view
-has. Rather than a database read on the hot path, each process keeps the pairs in memory: warmed
-at start-up from the decision log (allowed payments of the last ``lookback_days``, at most
-``max_pairs``), then extended with every payment it allows. A pair allowed by another replica
-after this one started is unknown here, which errs on the safe side (one extra step-up). The
-answer used is logged as ``signals.device_known``, so a replay never depends on this state.
+has. The hot path only does a set lookup in memory: each process warms the set at start-up from
+the decision log (allowed payments of the last ``lookback_days``, at most ``max_pairs``), adds
+every payment it allows itself, and :meth:`KnownDevices.refresh` (the serving poller, every
+``known_device_poll_s``) adds the pairs *every* process allowed since: the decision-log writer
+inserts them into ``serving.known_devices`` in the transaction of their log rows. So with several
+workers or replicas a device allowed by one is known to all within about a poll interval plus the
+writer's linger; inside that window a payment looks new, which errs on the safe side (one extra
+step-up). The answer used is logged as ``signals.device_known``, so a replay never depends on
+this state.
+
+Why a poll and not a read per request: the pairs live in the warehouse database, the online
+features in Feast's, so they cannot share the online read's round trip; a second round trip per
+request would cost more CPU than the whole rest of the decision's database work.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime, timedelta
 
 import psycopg
 
-from serving.decision_log import TABLE
+from serving.decision_log import DEVICES_TABLE, TABLE
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +35,12 @@ where product = 'fraud' and decision = 'allow' and request ? 'device_id'
   and request->>'device_id' is not null and decided_at > now() - make_interval(days => %s)
 limit %s
 """
+REFRESH_SQL = f"""
+select customer_id, device_id, first_allowed_at from {DEVICES_TABLE} where first_allowed_at > %s
+"""
+# A pair is stamped at insert, its transaction commits a moment later: each refresh re-reads this
+# much before the newest stamp it has seen, so a late commit is never skipped (re-adding is free).
+REFRESH_OVERLAP = timedelta(seconds=5)
 
 
 class KnownDevices:
@@ -35,13 +50,31 @@ class KnownDevices:
         self._pairs: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._max = max_pairs
+        self._seen_until: datetime | None = None  # newest first_allowed_at read (server clock)
 
     def warm(self, conn: psycopg.Connection, lookback_days: int) -> int:
+        """Load the history from the decision log; later pairs come from :meth:`refresh`."""
+        self._seen_until = conn.execute("select clock_timestamp()").fetchone()[0]
         rows = conn.execute(WARM_SQL, (lookback_days, self._max)).fetchall()
-        with self._lock:
-            self._pairs.update((c, d) for c, d in rows)
+        self._update(rows)
         log.info("known devices warmed from the decision log: %d pairs", len(rows))
         return len(rows)
+
+    def refresh(self, conn: psycopg.Connection) -> int:
+        """Add the pairs any process allowed since the last refresh; returns how many rows were read."""
+        if self._seen_until is None:
+            self._seen_until = conn.execute("select clock_timestamp()").fetchone()[0] - REFRESH_OVERLAP
+        rows = conn.execute(REFRESH_SQL, (self._seen_until - REFRESH_OVERLAP,)).fetchall()
+        if rows:
+            self._update((c, d) for c, d, _ in rows)
+            self._seen_until = max(self._seen_until, max(at for _, _, at in rows))
+        return len(rows)
+
+    def _update(self, pairs: object) -> None:
+        with self._lock:
+            if len(self._pairs) >= self._max:
+                self._pairs.clear()  # crude but bounded: forgetting only causes extra step-ups
+            self._pairs.update(pairs)  # type: ignore[arg-type]
 
     def known(self, customer_id: str, device_id: str | None) -> bool | None:
         """None when the request names no device (the rule cannot apply)."""
@@ -50,9 +83,7 @@ class KnownDevices:
         return (customer_id, device_id) in self._pairs  # a set lookup is atomic under the GIL
 
     def add(self, customer_id: str, device_id: str | None) -> None:
+        """This process allowed a payment from the pair: known here at once (others: next refresh)."""
         if device_id is None:
             return
-        with self._lock:
-            if len(self._pairs) >= self._max:
-                self._pairs.clear()  # crude but bounded: forgetting only causes extra step-ups
-            self._pairs.add((customer_id, device_id))
+        self._update(((customer_id, device_id),))

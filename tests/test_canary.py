@@ -299,7 +299,8 @@ def test_judge_names_each_breached_bound(stack: Stack) -> None:
 
 def test_tripwire_rolls_back_under_load_without_failed_requests(stack: Stack) -> None:
     """Two serving apps (each its own poller, watchdog, connections: what two processes would have)
-    share the canary of a challenger whose scores are far off; both route, both watch, one rolls back."""
+    share the canary of a challenger whose scores are far off; both route, one watches (the holder of
+    the watcher's Postgres advisory lock, as one of several workers would be) and rolls back."""
     from contextlib import ExitStack
 
     from sinks import http_sink
@@ -349,6 +350,8 @@ def test_tripwire_rolls_back_under_load_without_failed_requests(stack: Stack) ->
             (n_rollbacks,) = conn.execute("select count(*) from governance.canary_state where canary_id = %s "
                                           "and event = 'rollback'", (state.canary_id,)).fetchone()
         assert n_rollbacks == 1
+        watchers = [c.get("/v1/canary").json()["tripwire_watcher"] for c in clients]
+        assert sorted(watchers) == [False, True], watchers  # one leader, elected by the lock
         assert stack.aliases()["challenger"] == stack.champion  # @challenger back where it rests
         _wait(lambda: sink.bodies("/hook"), 10, "alert delivered")
         time.sleep(1.0)  # a second watcher's alert would have arrived by now

@@ -536,3 +536,91 @@ def test_a_run_of_requests_is_scored_in_full(client: TestClient, stack: Stack) -
         [b for b in bodies if (b["score"] is None) != b["degraded"]][:3]
     assert any(not b["degraded"] for b in bodies)  # the store is up: the model scores
     assert len({b["decision_id"] for b in bodies}) == len(bodies)
+
+
+# --- several workers: `riskloop serve --workers 2` as a real server ------------------------------
+
+@pytest.fixture(scope="module")
+def two_workers(stack: Stack) -> Iterator[str]:
+    """``python -m serving --workers 2`` (what ``riskloop serve --workers 2`` runs) on this module's
+    stack, once both workers answer ``/readyz``; stopped (SIGTERM, the writers flush) at the end."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    from conftest import free_port, stop_process
+
+    port = free_port()
+    env = {**os.environ, "RISKLOOP_DATABASE_URL": str(stack.settings.database_url),
+           "RISKLOOP_FRAUD_MODEL_NAME": stack.settings.fraud_model_name, "RISKLOOP_API_KEYS": f"{ADMIN_KEY}:admin",
+           "RISKLOOP_SERVING_MODEL_POLL_S": "0", "RISKLOOP_SERVING_KNOWN_DEVICE_POLL_S": "0.2"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_path = stack.settings.run_dir / f"serve-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(port), "--workers", "2"], env=env,
+                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    pids: set[int] = set()
+    deadline = time.monotonic() + 180
+    try:
+        while len(pids) < 2:  # a new connection each time: the kernel hands it to either worker
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"two ready workers not seen ({pids}):\n{log_path.read_text()[-3000:]}"
+            try:
+                r = httpx.get(f"{url}/readyz", timeout=5)
+                if r.status_code == 200:
+                    pids.add(r.json()["checks"]["worker_pid"])
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        stop_process(proc, timeout=60)
+
+
+def _decisions_total(metrics_text: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics_text.splitlines()
+               if line.startswith("riskloop_fraud_decisions_total{"))
+
+
+def test_two_workers_share_devices_decisions_and_metrics(two_workers: str, stack: Stack) -> None:
+    """What one process used to keep to itself, across two: a device allowed by either worker is
+    known to both; a decision is readable right after it is scored, whichever worker is asked; and
+    every /metrics scrape counts both workers' decisions. New connections each time, so the kernel
+    spreads them over the workers."""
+    import httpx
+
+    def post(body: dict[str, Any]) -> dict[str, Any]:
+        r = httpx.post(f"{two_workers}/v1/score/fraud", json=body, headers=AUTH, timeout=10)
+        assert r.status_code == 200, r.text
+        got = httpx.get(f"{two_workers}/v1/decisions/{r.json()['decision_id']}", headers=AUTH, timeout=10)
+        assert got.status_code == 200, got.text  # queued in one worker, read through either
+        return r.json()
+
+    def scrape() -> float:
+        return _decisions_total(httpx.get(f"{two_workers}/metrics", timeout=10).text)
+
+    before = scrape()
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    first = post(_request(stack, device_id=device, amount_minor=1_000))
+    assert first["decision"] == "allow", first
+    customer = _request(stack)["customer_id"]
+    deadline = time.monotonic() + 10
+    while not _known_pair(stack.settings, customer, device):  # the writer shares it
+        assert time.monotonic() < deadline, "allowed device not in serving.known_devices"
+        time.sleep(0.05)
+    time.sleep(1.0)  # > the workers' 0.2 s refresh
+    big = [post(_request(stack, device_id=device, amount_minor=60_000)) for _ in range(8)]
+    assert all("NEW_DEVICE_HIGH_AMOUNT" not in b["rules"] for b in big), [b["rules"] for b in big]
+    new = post(_request(stack, device_id=f"dev-{uuid.uuid4().hex[:8]}", amount_minor=60_000))
+    assert "NEW_DEVICE_HIGH_AMOUNT" in new["rules"]  # the rule is live: only a known device escapes it
+    sent = 1 + len(big) + 1
+    assert [scrape() - before for _ in range(6)] == [sent] * 6
+
+
+def _known_pair(settings: Settings, customer: str, device: str) -> bool:
+    with psycopg.connect(dsn(settings)) as conn:
+        return conn.execute("select 1 from serving.known_devices where customer_id = %s and device_id = %s",
+                            (customer, device)).fetchone() is not None
