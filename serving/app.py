@@ -43,6 +43,7 @@ from serving.config import ServingSettings
 from serving.decision_log import DecisionLogWriter, record_or_refuse_async
 from serving.decisions_api import router as decisions_router
 from serving.devices import KnownDevices
+from serving.fastpath import ScoreFastPath
 from serving.model import (
     LoadedModel,
     ModelLoadError,
@@ -82,6 +83,7 @@ class _Metrics:
             raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported "
                                "(riskloop serve --workers sets it before starting the workers)")
         self.multiproc_dir = multiproc_dir
+        self._children: dict[tuple, tuple[Any, Any]] = {}  # (decision, degraded, alias, version) → children
         self.registry = CollectorRegistry()
         self.decisions = Counter("riskloop_fraud_decisions", "Fraud decisions returned, by deciding model.",
                                  ["decision", "degraded", "model_alias", "model_version"], registry=self.registry)
@@ -102,6 +104,20 @@ class _Metrics:
                                   registry=self.registry)
         self.queue_depth = Gauge("riskloop_decision_log_queue_depth", "Decisions waiting for the writer.",
                                  registry=self.registry, multiprocess_mode="livesum")
+
+    def decided(self, decision: str, degraded: bool, alias: str, version: str | None, seconds: float) -> None:
+        """Count one fraud decision and its latency. The labelled children are looked up once per
+        label set and kept: ``labels()`` per request (locked, keyword-matched) was ~2 % of the
+        server's samples (py-spy, BENCHMARKS.md "Serving")."""
+        key = (decision, degraded, alias, version)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.decisions.labels(decision=decision, degraded=str(degraded).lower(), model_alias=alias,
+                                      model_version=str(version)),
+                self.latency.labels(model_alias=alias, model_version=str(version)))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def track_queue(self, writer: DecisionLogWriter) -> None:
         """The queue depth gauge: read at scrape time in one process; with several, each writer
@@ -351,6 +367,117 @@ def _shadow_score(m: LoadedModel, vector_of: Callable[[LoadedModel], list[float]
     return out
 
 
+async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> bytes:
+    """One fraud decision, encoded: the whole of ``POST /v1/score/fraud`` after authentication and
+    validation, shared by the FastAPI route and :class:`serving.fastpath.ScoreFastPath`. Raises
+    ``HTTPException`` for the refusals a valid body can still get (PAN 422/503, log backlog 503)."""
+    t0 = time.perf_counter()
+    cfg: ServingSettings = st.cfg
+    champion: LoadedModel | None = st.model  # one read: a concurrent reload cannot mix versions
+    route: Routing = st.route  # one read: the mode, share and challenger of one snapshot
+    decided_at = datetime.now(UTC)
+    mode = route.effective_mode if champion is not None else "champion"
+    model, other = champion, None  # deciding; shadow (or a canary route's fallback)
+    if mode == "canary" and route.to_challenger(body.transaction_id or request_id):
+        model, other = route.challenger, champion
+    elif mode == "shadow":
+        other = route.challenger
+
+    ts = body.timestamp.astimezone(UTC)  # the marts derive these flags in UTC too
+    request_time = {"amount": body.amount_minor / 100.0,
+                    "is_weekend": 1.0 if ts.weekday() >= 5 else 0.0,
+                    "is_night": 1.0 if ts.hour <= 6 else 0.0}
+    policy: Policy = st.fraud_policy
+    req = body.model_dump(mode="json")  # pan is excluded: only its token, BIN and last four are kept
+    if body.pan is not None:
+        if st.pan is None:
+            raise HTTPException(503, detail={"error": "pan_tokenization_unavailable",
+                                             "detail": "no PAN token key configured"})
+        try:
+            card = st.pan.tokenize(body.pan)
+        except InvalidPan as exc:
+            log.warning("score request %s refused: %s", request_id, exc)
+            raise HTTPException(422, detail={"error": "invalid_pan", "detail": str(exc)}) from None
+        req.update(pan_token=card.token, card_bin=card.bin, card_last4=card.last4)
+    signals = {"device_known": st.devices.known(body.customer_id, body.device_id)}
+
+    score: float | None = None
+    reasons: list[dict] = []
+    features: dict[str, float | None] = {}
+    stamps: dict[str, str | None] = {}
+    shadow: dict[str, Any] | None = None
+    degraded = model is None
+    if model is not None:
+        try:
+            if not await st.online.ensure_async():
+                raise FeatureStoreUnavailable(st.online.last_error or "feature store not available")
+            inputs = plan_inputs(model.features, st.online.offered)
+            if other is not None and other.features != model.features:
+                inputs = {**inputs, **plan_inputs(other.features, st.online.offered)}
+            values, stamps = await st.online.fetch_async(
+                inputs, {"customer_id": body.customer_id, "terminal_id": body.terminal_id}, request_time)
+        except (FeatureStoreUnavailable, FeatureMismatch) as exc:
+            degraded = True
+            stamps = {}
+            if st.metrics:
+                st.metrics.feature_store_errors.inc()
+            log.warning("degraded decision for request %s: %s", request_id, exc)
+        else:
+            def vector_of(m: LoadedModel) -> list[float]:
+                return [request_time[n] if n in request_time else values[n] for n in m.features]
+
+            routed = mode == "canary" and other is not None  # to the challenger, the champion standing by
+            try:
+                vector = vector_of(model)
+                x = np.asarray([vector], dtype=np.float64)
+                score, contribs = model.predict(x)
+            except Exception as exc:  # noqa: BLE001 - only a routed challenger falls back
+                if not routed:
+                    raise
+                log.error("challenger v%s failed on request %s, the champion decides: %s", model.version,
+                          request_id, exc)
+                shadow = {"alias": model.alias, "version": model.version, "score": None,
+                          "error": f"{type(exc).__name__}: {exc}"}
+                if st.metrics:
+                    st.metrics.shadow_scores.labels(model.alias, model.version, "error").inc()
+                model = other
+                vector = vector_of(model)
+                x = np.asarray([vector], dtype=np.float64)
+                score, contribs = model.predict(x)
+            reasons = top_reasons(list(model.features), x[0], contribs, cfg.max_reasons)
+            features = {n: (None if math.isnan(v) else v) for n, v in zip(model.features, vector, strict=True)}
+            if mode == "shadow" and other is not None:
+                shadow = _shadow_score(other, vector_of, st.metrics)
+
+    decision, rules = policy.decide(score, req, features, signals)
+
+    decision_id = uuid.uuid4()
+    model_name = model.name if model else st.settings.fraud_model_name
+    model_version = model.version if model else None
+    model_alias = model.alias if model else cfg.model_alias
+    latency_ms = (time.perf_counter() - t0) * 1000.0
+    row = {
+        "decision_id": decision_id, "request_id": request_id, "decided_at": decided_at,
+        "model_name": model_name, "model_version": model_version, "model_alias": model_alias,
+        "score": score, "decision": decision, "reasons": reasons, "rules": rules,
+        "features": features, "feature_timestamps": stamps,
+        "request": req, "latency_ms": latency_ms, "degraded": degraded,
+        "product": "fraud", "policy_version": policy.id, "signals": signals,
+        "serving_mode": mode, "shadow": shadow,
+    }
+    await record_or_refuse_async(st.writer, row)
+    if decision == "allow":  # only once logged: the warm-up after a restart reads the same fact
+        st.devices.add(body.customer_id, body.device_id)
+    if st.metrics:
+        st.metrics.decided(decision, degraded, model_alias, model_version, latency_ms / 1000.0)
+    # Validated once here and encoded by pydantic-core; the route returns these bytes as a
+    # Response so that FastAPI does not dump, re-validate and re-encode it for response_model.
+    return FraudScoreResponse(
+        decision_id=decision_id, decision=decision, score=score,
+        model=ModelInfo(name=model_name, version=model_version, alias=model_alias),
+        reasons=reasons, rules=rules, degraded=degraded, policy_version=policy.id).model_dump_json().encode()
+
+
 def _model_info(app: FastAPI) -> LoadedModelInfo:
     st = app.state
     m: LoadedModel | None = st.model
@@ -458,6 +585,10 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     app.add_middleware(WebhookFastPath)
     # Every request gets an id (X-Request-ID or a new one): on its log lines, in its response header.
     app.add_middleware(RequestIdMiddleware)
+    # Outermost: valid fraud scoring requests are answered before any of the above (serving.fastpath);
+    # the rest go on to the route, whose errors stay FastAPI's.
+    app.add_middleware(ScoreFastPath, path="/v1/score/fraud", model=FraudScoreRequest, action="score",
+                       max_body_bytes=cfg.max_body_bytes, handler=decide_fraud)
     app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}
     app.state.keys = keys
     app.include_router(decisions_router)
@@ -522,117 +653,10 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])
     async def score_fraud(body: FraudScoreRequest, request: Request,
                           x_request_id: str | None = Header(default=None)) -> Response:
-        t0 = time.perf_counter()
-        st = request.app.state
-        cfg: ServingSettings = st.cfg
-        champion: LoadedModel | None = st.model  # one read: a concurrent reload cannot mix versions
-        route: Routing = st.route  # one read: the mode, share and challenger of one snapshot
-        request_id = x_request_id or uuid.uuid4().hex
-        decided_at = datetime.now(UTC)
-        mode = route.effective_mode if champion is not None else "champion"
-        model, other = champion, None  # deciding; shadow (or a canary route's fallback)
-        if mode == "canary" and route.to_challenger(body.transaction_id or request_id):
-            model, other = route.challenger, champion
-        elif mode == "shadow":
-            other = route.challenger
-
-        ts = body.timestamp.astimezone(UTC)  # the marts derive these flags in UTC too
-        request_time = {"amount": body.amount_minor / 100.0,
-                        "is_weekend": 1.0 if ts.weekday() >= 5 else 0.0,
-                        "is_night": 1.0 if ts.hour <= 6 else 0.0}
-        policy: Policy = st.fraud_policy
-        req = body.model_dump(mode="json")  # pan is excluded: only its token, BIN and last four are kept
-        if body.pan is not None:
-            if st.pan is None:
-                raise HTTPException(503, detail={"error": "pan_tokenization_unavailable",
-                                                 "detail": "no PAN token key configured"})
-            try:
-                card = st.pan.tokenize(body.pan)
-            except InvalidPan as exc:
-                log.warning("score request %s refused: %s", request_id, exc)
-                raise HTTPException(422, detail={"error": "invalid_pan", "detail": str(exc)}) from None
-            req.update(pan_token=card.token, card_bin=card.bin, card_last4=card.last4)
-        signals = {"device_known": st.devices.known(body.customer_id, body.device_id)}
-
-        score: float | None = None
-        reasons: list[dict] = []
-        features: dict[str, float | None] = {}
-        stamps: dict[str, str | None] = {}
-        shadow: dict[str, Any] | None = None
-        degraded = model is None
-        if model is not None:
-            try:
-                if not await st.online.ensure_async():
-                    raise FeatureStoreUnavailable(st.online.last_error or "feature store not available")
-                inputs = plan_inputs(model.features, st.online.offered)
-                if other is not None and other.features != model.features:
-                    inputs = {**inputs, **plan_inputs(other.features, st.online.offered)}
-                values, stamps = await st.online.fetch_async(
-                    inputs, {"customer_id": body.customer_id, "terminal_id": body.terminal_id}, request_time)
-            except (FeatureStoreUnavailable, FeatureMismatch) as exc:
-                degraded = True
-                stamps = {}
-                if st.metrics:
-                    st.metrics.feature_store_errors.inc()
-                log.warning("degraded decision for request %s: %s", request_id, exc)
-            else:
-                def vector_of(m: LoadedModel) -> list[float]:
-                    return [request_time[n] if n in request_time else values[n] for n in m.features]
-
-                routed = mode == "canary" and other is not None  # to the challenger, the champion standing by
-                try:
-                    vector = vector_of(model)
-                    x = np.asarray([vector], dtype=np.float64)
-                    score, contribs = model.predict(x)
-                except Exception as exc:  # noqa: BLE001 - only a routed challenger falls back
-                    if not routed:
-                        raise
-                    log.error("challenger v%s failed on request %s, the champion decides: %s", model.version,
-                              request_id, exc)
-                    shadow = {"alias": model.alias, "version": model.version, "score": None,
-                              "error": f"{type(exc).__name__}: {exc}"}
-                    if st.metrics:
-                        st.metrics.shadow_scores.labels(model.alias, model.version, "error").inc()
-                    model = other
-                    vector = vector_of(model)
-                    x = np.asarray([vector], dtype=np.float64)
-                    score, contribs = model.predict(x)
-                reasons = top_reasons(list(model.features), x[0], contribs, cfg.max_reasons)
-                features = {n: (None if math.isnan(v) else v) for n, v in zip(model.features, vector, strict=True)}
-                if mode == "shadow" and other is not None:
-                    shadow = _shadow_score(other, vector_of, st.metrics)
-
-        decision, rules = policy.decide(score, req, features, signals)
-
-        decision_id = uuid.uuid4()
-        model_name = model.name if model else st.settings.fraud_model_name
-        model_version = model.version if model else None
-        model_alias = model.alias if model else cfg.model_alias
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        row = {
-            "decision_id": decision_id, "request_id": request_id, "decided_at": decided_at,
-            "model_name": model_name, "model_version": model_version, "model_alias": model_alias,
-            "score": score, "decision": decision, "reasons": reasons, "rules": rules,
-            "features": features, "feature_timestamps": stamps,
-            "request": req, "latency_ms": latency_ms, "degraded": degraded,
-            "product": "fraud", "policy_version": policy.id, "signals": signals,
-            "serving_mode": mode, "shadow": shadow,
-        }
-        await record_or_refuse_async(st.writer, row)
-        if decision == "allow":  # only once logged: the warm-up after a restart reads the same fact
-            st.devices.add(body.customer_id, body.device_id)
-        if st.metrics:
-            st.metrics.decisions.labels(decision=decision, degraded=str(degraded).lower(), model_alias=model_alias,
-                                        model_version=str(model_version)).inc()
-            st.metrics.latency.labels(model_alias=model_alias, model_version=str(model_version)).observe(
-                latency_ms / 1000.0)
-        # Validated once here and encoded by pydantic-core; returned as a Response so that FastAPI
-        # does not dump, re-validate and re-encode it for response_model (which stays for /docs).
-        return Response(FraudScoreResponse(
-            decision_id=decision_id, decision=decision, score=score,
-            model=ModelInfo(name=model_name, version=model_version, alias=model_alias),
-            reasons=reasons, rules=rules, degraded=degraded, policy_version=policy.id).model_dump_json(),
-            media_type="application/json")
+        """Documents the endpoint (OpenAPI) and answers what :class:`ScoreFastPath` hands over:
+        requests it does not answer itself (bad key, invalid body: the errors are FastAPI's)."""
+        return Response(await decide_fraud(request.app.state, body, x_request_id or uuid.uuid4().hex),
+                        media_type="application/json")
 
     @app.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:

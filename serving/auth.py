@@ -107,8 +107,20 @@ class KeyRing:
         return found
 
 
+def permits(keys: KeyRing, authorization: str | None, action: str) -> bool:
+    """Whether an ``Authorization`` header value carries a key whose role may do ``action``: the
+    yes/no of :func:`require` without building its error (the fast paths hand a "no" to the route,
+    whose dependency answers it)."""
+    token = bearer_token(authorization)
+    principal = keys.authenticate(token) if token is not None else None
+    return principal is not None and principal.role in PERMISSIONS[action]
+
+
 def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+    return bearer_token(request.headers.get("authorization"))
+
+
+def bearer_token(header: str | None) -> str | None:
     if not header:
         return None
     scheme, _, token = header.partition(" ")

@@ -75,6 +75,9 @@ class ServingSettings(BaseSettings):
         default=False, description="uvicorn's per-request access log line (off: it costs more than the "
         "decision's own logging; /metrics counts requests).")
     max_reasons: int = Field(default=4, ge=0, le=4)
+    max_body_bytes: int = Field(
+        default=65_536, gt=0, description="A fraud scoring request body over this is refused with 413 before "
+        "it is parsed (a payment is a few hundred bytes).")
     log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for the writer, at most.")
     log_batch_size: int = Field(default=500, gt=0, description="Rows per INSERT batch.")
     log_linger_s: float = Field(

@@ -248,6 +248,19 @@ def test_bad_json_is_422(client: TestClient, stack: Stack) -> None:
     assert len(_log_rows(stack.settings)) == before
 
 
+def test_oversized_or_non_json_body(client: TestClient, stack: Stack) -> None:
+    """The fast path refuses a flood before parsing it (413) and hands a body that is not JSON to
+    the route, whose answer it was before (422); neither is decided or logged."""
+    before = len(_log_rows(stack.settings))
+    huge = {**_request(stack), "padding": "x" * 70_000}
+    r = client.post("/v1/score/fraud", json=huge, headers={"X-Request-ID": "req-huge"})
+    assert r.status_code == 413 and "bytes" in r.json()["detail"] and r.headers["x-request-id"] == "req-huge"
+    r = client.post("/v1/score/fraud", content=b"customer_id=C1", headers={"content-type": "text/plain"})
+    assert r.status_code == 422, r.text
+    assert client.app.state.writer.depth() == 0
+    assert len(_log_rows(stack.settings)) == before
+
+
 def test_unknown_customer_scores_with_missing_features(client: TestClient, stack: Stack) -> None:
     body = client.post("/v1/score/fraud", json=_request(stack, customer_id="C-never-seen",
                                                         terminal_id="T-never-seen")).json()
