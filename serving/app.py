@@ -71,7 +71,8 @@ log = logging.getLogger(__name__)
 class _Metrics:
     """Prometheus metrics on a per-app registry (no process-global default registry).
 
-    With several workers (``multiproc_dir``, prometheus_client's ``PROMETHEUS_MULTIPROC_DIR``) each
+    With several workers (``multiproc_dir``: ``RISKLOOP_SERVING_METRICS_DIR``, set by :func:`run` with
+    prometheus_client's ``PROMETHEUS_MULTIPROC_DIR`` to the same directory) each
     process writes its values to files there and :meth:`exposition` merges every worker's with the
     library's ``MultiProcessCollector``, so any scrape sees the whole server, whichever worker
     answers. Gauges then say how they combine (``multiprocess_mode``)."""
@@ -518,7 +519,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         log.info("fraud policy %s (sha256 %s) from %s", fraud_policy.id, fraud_policy.digest[:12], cfg.fraud_policy)
         if len(keys) == 0:
             log.warning("RISKLOOP_API_KEYS is not set: every /v1 endpoint will answer 401")
-        st.metrics = _make_metrics(cfg.prometheus_multiproc_dir)
+        st.metrics = _make_metrics(cfg.metrics_dir)
         st.online = OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
                                    cfg.feature_service, retry_s=cfg.feature_store_retry_s, read=cfg.online_read,
                                    timeout_s=cfg.online_timeout_s, pool_size=cfg.online_pool_size)
@@ -711,7 +712,8 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -
     kwargs: dict[str, Any] = {"log_config": None} if settings.log_json else {}
     factory = "serving.app:create_app"
     if workers > 1:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_multiproc_dir(settings, port))  # read by the workers
+        metrics_dir = str(_multiproc_dir(settings, port))  # both read by the workers
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["RISKLOOP_SERVING_METRICS_DIR"] = metrics_dir
         factory, kwargs["workers"] = "serving.app:create_worker_app", workers
     log.info("serving on %s:%d with %d worker(s)", host, port, workers)
     uvicorn.run(factory, factory=True, host=host, port=port, loop="uvloop", http="httptools",

@@ -54,10 +54,10 @@ class ServingSettings(BaseSettings):
         default=1.0, ge=0.0, description="How often each serving process reads the (customer, device) pairs "
         "allowed by any process since its last read (serving.known_devices): with several workers or replicas a "
         "device allowed by one is known to the others within about this. 0 = never (this process's own only).")
-    prometheus_multiproc_dir: str | None = Field(
-        default=None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"),
-        description="prometheus_client's multiprocess directory (its own variable, set by `riskloop serve "
-        "--workers N` for N > 1): /metrics then aggregates every worker's counters from there.")
+    metrics_dir: str | None = Field(
+        default=None, description="Set by `riskloop serve --workers N` (N > 1), with prometheus_client's own "
+        "PROMETHEUS_MULTIPROC_DIR to the same directory: /metrics then merges every worker's values from there. "
+        "Not PROMETHEUS_MULTIPROC_DIR itself: Feast sets that variable to a temp dir of its own on import.")
     feature_store_retry_s: float = Field(
         default=5.0, ge=0.0, description="After a feature-store failure, rebuild it at most this often.")
     model_poll_s: float = Field(

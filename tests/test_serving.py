@@ -568,7 +568,8 @@ def two_workers(stack: Stack) -> Iterator[str]:
     env = {**os.environ, "RISKLOOP_DATABASE_URL": str(stack.settings.database_url),
            "RISKLOOP_FRAUD_MODEL_NAME": stack.settings.fraud_model_name, "RISKLOOP_API_KEYS": f"{ADMIN_KEY}:admin",
            "RISKLOOP_SERVING_MODEL_POLL_S": "0", "RISKLOOP_SERVING_KNOWN_DEVICE_POLL_S": "0.2"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    for inherited in ("PROMETHEUS_MULTIPROC_DIR", "RISKLOOP_SERVING_METRICS_DIR"):  # Feast sets the first on import
+        env.pop(inherited, None)
     log_path = stack.settings.run_dir / f"serve-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as logf:
