@@ -307,6 +307,15 @@ def demo(
     console.print(f"credit v{credit.get('version')}: AUC {credit.get('auc_roc')}  Brier {credit.get('brier')}")
     console.print(f"scoring: {scoring.get('n')} requests, p50 {scoring.get('p50_ms')} ms, "
                   f"p99 {scoring.get('p99_ms')} ms, decisions {scoring.get('decisions')}")
+    rt = summary.get("realtime", {})
+    if "skipped" in rt:
+        console.print(f"real-time: skipped ({rt['skipped']})")
+    else:
+        card_online = rt.get("online", {}).get("card", {})
+        console.print(f"real-time: {rt.get('webhooks_accepted')} webhooks → riskloop stream → online "
+                      f"{rt.get('card_token')}: {card_online}; matches what was sent: {rt.get('online_equals_expected')}; "
+                      f"accepted → online p50 {rt.get('accepted_to_online_ms', {}).get('p50')} ms, "
+                      f"max {rt.get('accepted_to_online_ms', {}).get('max')} ms")
     console.print(f"drift: {summary.get('drift', {}).get('verdict')}   promotion: "
                   f"{summary.get('promotion', {}).get('decision')} ({summary.get('promotion', {}).get('reason')})")
     console.print(f"total {summary['total_seconds']:.0f}s; summary written to {cfg.summary_path}")

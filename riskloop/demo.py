@@ -1,7 +1,8 @@
 """`make demo`: the whole risk loop on the embedded stack, timed stage by stage.
 
-stack → simulate → ingest DAG (load, contracts, dbt, Feast) → train DAG (fraud + credit, MLflow
-registry) → serving (HTTP scoring with a decision log) → monitor DAG (drift, promotion gate).
+stack (with the managed `riskloop stream` consumer) → simulate → ingest DAG (load, contracts, dbt,
+Feast) → train DAG (fraud + credit, MLflow registry) → serving (HTTP scoring with a decision log;
+signed payment webhooks → stream → Feast online store, read back) → monitor DAG (drift, promotion gate).
 Every stage is the real component; the summary is read back from where the stages recorded
 their results (MLflow registry, decision log, drift and promotion tables), not from memory.
 Running it again reuses the stack and the simulated data and trains a new challenger.
@@ -9,6 +10,7 @@ Running it again reuses the stack and the simulated data and trains a new challe
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -113,17 +115,28 @@ def _score_requests(settings: Settings, n: int, seed: int) -> list[dict[str, Any
     ]
 
 
+@dataclass(frozen=True)
+class WebhookSecrets:
+    """Throw-away signing secrets of one demo run (never written anywhere), one per scheme."""
+
+    stripe: str = field(default_factory=lambda: "whsec_demo_" + secrets.token_hex(16))
+    standard: str = field(default_factory=lambda: "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())
+
+
 @contextmanager
-def _serving(settings: Settings, port: int) -> Iterator[tuple[str, str]]:
+def _serving(settings: Settings, port: int, hooks: WebhookSecrets | None = None) -> Iterator[tuple[str, str]]:
     """Run `riskloop serve` as a separate process, as production would; stop it afterwards.
 
     The server refuses unauthenticated requests, so the demo makes a throw-away scorer key for
-    this one run (never written anywhere) and yields it with the URL.
+    this one run (never written anywhere) and yields it with the URL; with ``hooks`` its webhook
+    routes verify those secrets.
     """
     import httpx
 
     key = secrets.token_urlsafe(32)
     env = {**os.environ, "RISKLOOP_API_KEYS": f"{key}:scorer"}
+    if hooks is not None:
+        env.update(RISKLOOP_WEBHOOK_SECRETS_STRIPE=hooks.stripe, RISKLOOP_WEBHOOK_SECRETS_STANDARD=hooks.standard)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     logf = open(settings.log_dir / "serving.log", "ab")  # noqa: SIM115 - handed to the child
@@ -190,6 +203,73 @@ def _send(url: str, requests: list[dict[str, Any]], key: str) -> dict[str, Any]:
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
     return {"n": len(requests), "errors": errors, "decisions": decisions,
             "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2), "max_ms": round(latencies[-1], 2)}
+
+
+def _realtime(settings: Settings, url: str, hooks: WebhookSecrets, n: int = 6,
+              timeout_s: float = 120.0) -> dict[str, Any]:
+    """The real-time loop through the running platform: ``n`` signed payment webhooks (both
+    processors, alternating) to `riskloop serve`, then the managed `riskloop stream` consumer pushes
+    the card's and customer's windows; the Feast SDK reads them back until they include every event.
+
+    A card and customer of this run only, so the expected values are exact whatever earlier runs
+    sent: ``n`` payments in every window, the amounts' sum (all EUR). Latency is accepted (the 200)
+    → first read that shows the event, polled every 50 ms.
+    """
+    import httpx
+
+    from riskloop import windows
+    from riskloop.features import feature_store
+    from riskloop.webhooks import signed_headers, standard_body, stripe_body
+
+    run = secrets.token_hex(4)
+    card, customer = f"tok_demo_{run}", f"demo_{run}"
+    store = feature_store(settings)
+    views = {e.name: (e, windows.feature_names(e)) for e in windows.ENTITIES}
+    keys = {"card": card, "customer": customer}
+
+    def read() -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, (e, names) in views.items():
+            resp = store.get_online_features(features=[f"{windows.view_name(e)}:{f}" for f in names],
+                                             entity_rows=[{e.key: keys[name]}]).to_dict()
+            out[name] = {f: resp[f][0] for f in names}
+        return out
+
+    accepted: list[float] = []
+    visible: dict[int, float] = {}
+    amounts = [1000 + 250 * i for i in range(n)]
+    now = datetime.now(timezone.utc)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for i, amount in enumerate(amounts):
+            processor = "stripe" if i % 2 else "standard"
+            ev = {"event_id": f"evt_demo_{run}_{i}", "event_type": "payment.authorized", "occurred_at": now,
+                  "payment_id": f"pay_demo_{run}_{i}", "card_token": card, "customer_id": customer,
+                  "terminal_id": "T-demo", "amount_minor": amount, "currency": "EUR", "dispute_id": None}
+            body = stripe_body(ev) if processor == "stripe" else standard_body(ev)
+            secret = hooks.stripe if processor == "stripe" else hooks.standard
+            r = client.post(f"/webhooks/{processor}", content=body,
+                            headers=signed_headers(processor, body, secret, int(time.time())))
+            if r.status_code != 200:
+                raise RuntimeError(f"webhook {i} refused by riskloop serve: {r.status_code} {r.text[:300]}")
+            accepted.append(time.perf_counter())
+            deadline = time.monotonic() + timeout_s
+            while True:  # one at a time: each event's own latency, not the batch's
+                seen = read()["card"][f"card_tx_count_{windows.WINDOWS[-1].name}"]
+                if seen is not None and seen >= i + 1:
+                    visible[i] = time.perf_counter() - accepted[i]
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"payment {i} not visible online after {timeout_s:.0f}s: is `riskloop stream` "
+                                       f"running? see {settings.log_dir}/stream.log")
+                time.sleep(0.05)
+    online = read()
+    expected = {name: {windows.feature_name(e, a, w): (n if a.func == "count" else sum(amounts))
+                       for a in windows.AGGREGATES for w in windows.WINDOWS} for name, (e, _) in views.items()}
+    latencies = sorted(visible.values())
+    return {"webhooks_accepted": len(accepted), "card_token": card, "customer_id": customer,
+            "online": online, "online_equals_expected": online == expected,
+            "accepted_to_online_ms": {"p50": round(latencies[len(latencies) // 2] * 1000, 1),
+                                      "max": round(latencies[-1] * 1000, 1)}}
 
 
 def _models(settings: Settings) -> dict[str, Any]:
@@ -263,8 +343,16 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
             requests = _score_requests(settings, cfg.n_requests, cfg.seed)
             scoring_started = datetime.now(timezone.utc)
             summary["canary"] = _start_canary(settings, cfg)
-            with _serving(settings, cfg.serve_port) as (url, key):
+            hooks = WebhookSecrets()
+            with _serving(settings, cfg.serve_port, hooks) as (url, key):
                 summary["scoring"] = _send(url, requests, key)
+                if stack.stream_listening(settings):
+                    summary["realtime"] = _realtime(settings, url, hooks)
+                    if not summary["realtime"]["online_equals_expected"]:
+                        raise RuntimeError(f"online windows differ from the webhooks sent: {summary['realtime']}")
+                else:
+                    summary["realtime"] = {"skipped": "the stream consumer is not running "
+                                                      "(RISKLOOP_STREAM_SERVICE=false?)"}
         with stages.stage("monitor_and_promote", on_change):
             # Drift of this run's traffic only: earlier demo runs replay the same requests.
             run_dag(settings, "riskloop_monitor", conf={"since": scoring_started.isoformat()})

@@ -47,6 +47,7 @@ from riskloop.db import dsn
 from riskloop.inbox import CHANNEL, INBOX, XID_COLUMN, ensure_inbox
 
 if TYPE_CHECKING:
+    import pandas as pd
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,78 @@ def consumer_progress(settings: Settings, name: str) -> dict[str, Any] | None:
     return None if row is None else {"events": int(row[0]), "updated_at": row[1].isoformat()}
 
 
+class OnlinePush:
+    """``FeatureStore.push(source, df, to=PushMode.ONLINE)`` with what is fixed per registry version
+    resolved once, and both entities' rows handed over in one call.
+
+    Feast's ``push`` re-resolves, on every call, the views a push source feeds (twice: once in
+    ``push``, once in ``write_to_online_store``, each rebuilding Python objects from the cached
+    registry proto) and lists the feature services from the SQL registry *uncached* to find
+    services with ``precompute_online`` (``_precompute_for_push``): about half of a push's time for
+    a round of a few keys (BENCHMARKS.md, "Real-time features"). Here the plan (views per push
+    source, precomputed services touching them) is rebuilt whenever the store's cached registry
+    proto is replaced (Feast refreshes it after ``cache_ttl_seconds``; ``feast apply`` changes show
+    up then, as they would for ``push`` with its default ``allow_registry_cache=True``).
+
+    What each push still does is Feast's own, per view: the vector-feature validation, the
+    empty-frame checks of ``write_to_online_store``, the provider's ``ingest_df`` (entity-key
+    serialisation, the online store's upsert) and ``precompute_feature_service`` for a service
+    with ``precompute_online`` (none of riskloop's has it). A push source that feeds anything
+    but plain feature views (stream or label views) goes through ``FeatureStore.push`` unchanged.
+    """
+
+    def __init__(self, store: "FeatureStore") -> None:
+        self.store = store
+        self._proto: object | None = None  # the registry proto the plan was built from
+        self._views: dict[str, list[Any]] = {}  # push source -> the feature views it feeds
+        self._precompute: dict[str, list[str]] = {}  # push source -> services to recompute
+        self._fallback: set[str] = set()  # push sources left to FeatureStore.push
+
+    def _plan(self, source: str) -> None:
+        from feast.feature_view import FeatureView
+
+        registry = self.store.registry
+        # What every cached registry read of Feast's does first: replace the proto once its TTL is over.
+        refresh = getattr(registry, "_refresh_cached_registry_if_necessary", None)
+        if refresh is not None:
+            refresh()
+        if getattr(registry, "cached_registry_proto", None) is not self._proto:
+            self._views, self._precompute, self._fallback = {}, {}, set()
+        if source in self._views or source in self._fallback:
+            return
+        # Feast's own resolution from the cached registry (PushSourceNotFoundException for an unknown source)
+        views = list(self.store._fvs_for_push_source_or_raise(source, True))
+        self._proto = getattr(registry, "cached_registry_proto", None)
+        if any(type(v) is not FeatureView for v in views):  # stream or label views: Feast's push as is
+            self._fallback.add(source)
+            return
+        self._views[source] = sorted(views, key=lambda v: v.name)
+        first = self._views[source][0].name  # Feast recomputes the services of the first view pushed
+        self._precompute[source] = [
+            svc.name for svc in registry.list_feature_services(self.store.project, allow_cache=True)
+            if svc.precompute_online and any(p.name == first for p in svc.feature_view_projections)]
+
+    def push(self, frames: dict[str, Any]) -> None:
+        """Push each ``{push source name: DataFrame}`` to the online store, in the given order."""
+        from feast.data_source import PushMode
+
+        provider = self.store._get_provider()
+        for source, df in frames.items():
+            self._plan(source)
+            if source in self._fallback:
+                self.store.push(source, df, to=PushMode.ONLINE)
+                continue
+            for view in self._views[source]:
+                self.store._validate_vector_features(view, df)
+                names = [f.name for f in view.features]
+                if df.empty or (names and df[names].isnull().all().all()):
+                    log.warning("stream: nothing to write to %s (empty frame or all features null)", view.name)
+                    continue
+                provider.ingest_df(view, df)
+            for service in self._precompute[source]:
+                self.store.precompute_feature_service(service)
+
+
 class ConsumerBusy(RuntimeError):
     """Another consumer of the same name holds the lock (two would reorder pushes)."""
 
@@ -222,6 +295,7 @@ class StreamConsumer:
         self.application_name = application_name(name)
         self._conn: psycopg.Connection | None = None
         self._failures = 0  # consecutive failed attempts of :meth:`run` (its back-off)
+        self._pusher: OnlinePush | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -321,23 +395,32 @@ class StreamConsumer:
             f"insert into {windows.EVENTS_TABLE} (processor, event_id, card_token, customer_id, amount_minor, "
             f"occurred_at, currency) select * from unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
             f"%s::bigint[], %s::timestamptz[], %s::text[]) on conflict do nothing", [list(c) for c in cols])
-        pushed = 0
+        frames = {}
         for e in windows.ENTITIES:
             keys = sorted({getattr(p, e.key) for p in payments} - {None})
             if keys:
-                pushed += self._push(e, keys)
-        return pushed
+                frames[windows.push_source_name(e)] = self._windows(e, keys)
+        if frames:
+            self.pusher.push(frames)
+        return sum(len(f) for f in frames.values())
 
-    def _push(self, entity: windows.WindowEntity, keys: Iterable[str]) -> int:
+    def _windows(self, entity: windows.WindowEntity, keys: Iterable[str]) -> "pd.DataFrame":
+        """The keys' rows to push: their windows as of each key's latest payment."""
         import pandas as pd
-        from feast.data_source import PushMode
 
         cur = self.conn.execute(windows.stream_sql(entity), {"keys": list(keys)})
         frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or ()])
         frame[windows.TIMESTAMP_FIELD] = pd.to_datetime(frame[windows.TIMESTAMP_FIELD], utc=True)
-        assert self._store is not None
-        self._store.push(windows.push_source_name(entity), frame, to=PushMode.ONLINE)
-        return len(frame)
+        return frame
+
+    @property
+    def pusher(self) -> OnlinePush:
+        """The :class:`OnlinePush` of the current store (a new one when the store was rebuilt)."""
+        if self._store is None:
+            raise RuntimeError("StreamConsumer is not open")
+        if self._pusher is None or self._pusher.store is not self._store:
+            self._pusher = OnlinePush(self._store)
+        return self._pusher
 
     # --- the loop -------------------------------------------------------------------------------
 

@@ -73,6 +73,12 @@ def test_demo_runs_the_whole_loop_twice(e2e_env: dict[str, str], tmp_path: Path)
     with psycopg.connect(server["database_url"]) as conn:
         logged = conn.execute("select count(*), count(distinct model_version) from serving.decision_log").fetchone()
     assert logged == (60, 1)
+    # the real-time loop in the running platform: webhooks to `riskloop serve`, the stream consumer
+    # `riskloop up` manages, the windows read back from the Feast online store equal what was sent
+    realtime = first["realtime"]
+    assert realtime["webhooks_accepted"] == 6 and realtime["online_equals_expected"] is True, realtime
+    assert realtime["online"]["card"]["card_tx_count_10m"] == 6
+    assert server["stream"] == "up" and server["stream_events"] >= 6, server
     # card numbers went in (webhook archive, score requests) and only tokens came out
     assert first["pan_audit"]["clean"] and first["pan_audit"]["hits"] == 0
     assert first["pan_audit"]["tables_scanned"] > 5 and first["pan_audit"]["files_scanned"] > 0

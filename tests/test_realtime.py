@@ -329,3 +329,33 @@ def test_riskloop_up_manages_the_consumer(env: Env) -> None:
     finally:
         stack.stop_stream(settings)
     assert stack.status(settings)["stream"] == "down"
+
+
+def test_online_push_writes_what_feast_push_writes(env: Env) -> None:
+    """``OnlinePush`` (the consumer's push) and Feast's ``FeatureStore.push`` leave the same online
+    rows for the same frames, and an unknown push source is Feast's own error."""
+    import pandas as pd
+    from feast.data_source import PushMode
+    from feast.errors import PushSourceNotFoundException
+
+    from riskloop.stream import OnlinePush
+
+    at = pd.Timestamp(datetime.now(UTC).replace(microsecond=0))
+
+    def frames(tag: str) -> dict[str, pd.DataFrame]:
+        return {windows.push_source_name(e): pd.DataFrame(
+            [{e.key: f"{RUN}_{tag}_{e.name}{k}", windows.TIMESTAMP_FIELD: at,
+              **{n: 10 * k + i for i, n in enumerate(windows.feature_names(e))}} for k in range(3)])
+            for e in windows.ENTITIES}
+
+    pusher = OnlinePush(env.store)
+    pusher.push(frames("ours"))
+    for source, df in frames("feast").items():
+        env.store.push(source, df, to=PushMode.ONLINE)
+    for e in windows.ENTITIES:
+        ours = online(env, e, [f"{RUN}_ours_{e.name}{k}" for k in range(3)])
+        theirs = online(env, e, [f"{RUN}_feast_{e.name}{k}" for k in range(3)])
+        assert list(ours.values()) == list(theirs.values())
+        assert [r[windows.feature_names(e)[1]] for r in ours.values()] == [1, 11, 21]
+    with pytest.raises(PushSourceNotFoundException):
+        pusher.push({"no_such_push_source": next(iter(frames("x").values()))})

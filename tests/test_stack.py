@@ -55,3 +55,20 @@ def test_mlflow_server_is_backed_by_postgres(settings: Settings) -> None:
     with psycopg.connect(settings.pg.url("riskloop_mlflow", driver="")) as conn:
         names = {r[0] for r in conn.execute("select name from experiments")}
     assert "stack-smoke" in names
+
+
+def test_settings_environ_hands_the_same_settings_to_a_child(monkeypatch) -> None:
+    """What `riskloop up` gives the stream consumer it starts: set in code or read from the
+    environment, the child reads back equal settings (secrets, JSON dicts, paths, bools included)."""
+    s = Settings(database_url="postgresql://u:p%40w@db:5433/risk", pan_token_key="k-123",
+                 review_identities={"abc123": "ann"}, stream_service=False, stream_poll_s=0.25,
+                 alert_feature_thresholds={"amount": 0.2})
+    for name in list(os.environ):
+        if name.startswith("RISKLOOP_"):
+            monkeypatch.delenv(name)
+    for name, value in s.environ().items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child == s
+    assert child.pan_token_key is not None and child.pan_token_key.get_secret_value() == "k-123"
+    assert child.stream_service is False and child.review_identities == {"abc123": "ann"}
