@@ -54,9 +54,15 @@ class Poller:
         self.store, self.feature = store, feature
         self.pending: dict[str, list[tuple[int, float, int]]] = {}  # card -> [(k, accepted_at, event)]
         self.visible: dict[int, float] = {}
+        self.accepted: dict[str, int] = {}  # card -> its events accepted so far
         self.polls, self.poll_seconds = 0, 0.0
 
-    def add(self, card: str, k: int, accepted_at: float, idx: int) -> None:
+    def add(self, card: str, accepted_at: float, idx: int) -> None:
+        """Event ``idx`` of ``card`` was accepted: it is visible once the card's count reaches the number
+        of its events accepted so far, counted in the order the acceptances arrive here. (Not the order
+        they were prepared in: two senders that fall behind their schedule unevenly accept a card's
+        events out of that order, and a later event would then wait for an earlier one not yet sent.)"""
+        k = self.accepted[card] = self.accepted.get(card, 0) + 1
         self.pending.setdefault(card, []).append((k, accepted_at, idx))
 
     def poll(self) -> None:
@@ -85,11 +91,9 @@ class Poller:
                 self.pending.pop(card, None)
 
 
-def prepare(n: int, cards: int, run: str) -> list[tuple[str, str, int, bytes, dict[str, str]]]:
-    """Signed bodies, built before the clock starts: (processor, card, k, body, headers), where k is
-    the card's 24 h count once this event and the card's earlier ones are in."""
+def prepare(n: int, cards: int, run: str) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """Signed bodies, built before the clock starts: (processor, card, body, headers)."""
     rng = random.Random(0)
-    counts: dict[str, int] = {}
     out = []
     now = datetime.now(UTC)
     for i in range(n):
@@ -100,8 +104,7 @@ def prepare(n: int, cards: int, run: str) -> list[tuple[str, str, int, bytes, di
               "terminal_id": "T1", "amount_minor": 1000 + i, "currency": "EUR", "dispute_id": None}
         body = stripe_body(ev) if processor == "stripe" else standard_body(ev)
         headers = signed_headers(processor, body, STRIPE if processor == "stripe" else STANDARD, int(time.time()))
-        counts[card] = counts.get(card, 0) + 1
-        out.append((processor, card, counts[card], body, headers))
+        out.append((processor, card, body, headers))
     return out
 
 
@@ -144,14 +147,14 @@ def sender(url: str, events: list[tuple[int, str, bytes, dict[str, str]]], rate:
     done.put(codes)
 
 
-def run_load(url: str, events: list[tuple[str, str, int, bytes, dict[str, str]]], rate: float, senders: int,
+def run_load(url: str, events: list[tuple[str, str, bytes, dict[str, str]]], rate: float, senders: int,
              poller: Poller) -> tuple[dict[int, int], float]:
     """Send ``events`` from ``senders`` processes (event i from sender i % senders) while this
     process polls; returns the merged status counts and the sending time."""
     ctx = mp.get_context("spawn")  # a fresh interpreter: no Feast store or threads inherited
     accepted, done, go, shared_start = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
     procs = [ctx.Process(target=sender, daemon=True, args=(
-        url, [(i, p, body, headers) for i, (p, _card, _k, body, headers) in enumerate(events) if i % senders == j],
+        url, [(i, p, body, headers) for i, (p, _card, body, headers) in enumerate(events) if i % senders == j],
         rate, shared_start, go, accepted, done)) for j in range(senders)]
     for p in procs:
         p.start()
@@ -171,8 +174,7 @@ def run_load(url: str, events: list[tuple[str, str, int, bytes, dict[str, str]]]
             except queue.Empty:
                 break
             drained = True
-            _p, card, k, _b, _h = events[i]
-            poller.add(card, k, at, i)
+            poller.add(events[i][1], at, i)
         try:
             for code, count in done.get_nowait().items():
                 codes[code] = codes.get(code, 0) + count
@@ -190,8 +192,7 @@ def run_load(url: str, events: list[tuple[str, str, int, bytes, dict[str, str]]]
             i, at = accepted.get(timeout=0.2)
         except queue.Empty:
             break
-        _p, card, k, _b, _h = events[i]
-        poller.add(card, k, at, i)
+        poller.add(events[i][1], at, i)
     for p in procs:
         p.join(10)
     return codes, sent_s
@@ -208,6 +209,8 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=1, help="sender processes sharing the rate")
     ap.add_argument("--cards", type=int, default=1000, help="distinct cards the events are spread over")
     ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--consumer-debug", action="store_true",
+                    help="the consumer logs each round (rows, pushed, seconds) to <home>/logs/bench-stream.log")
     args = ap.parse_args()
     if args.n / args.rate > 240:
         ap.error("--n / --rate must stay under 240 s: the bodies are signed up front (300 s tolerance)")
@@ -227,7 +230,8 @@ def main() -> None:
         sys.executable, "-m", "uvicorn", "serving.webhooks:create_webhook_app", "--factory", "--host", "127.0.0.1",
         "--port", str(port), "--log-level", "warning", "--no-access-log"], env)
     consumer = stack.spawn_detached(settings, "bench-stream", [
-        sys.executable, "-m", "riskloop", "stream", "--name", f"bench-{run}"], env)
+        sys.executable, "-m", "riskloop", *(["-v"] if args.consumer_debug else []), "stream", "--name", f"bench-{run}"],
+        env)
     url = f"http://127.0.0.1:{port}"
     poller = Poller(store, feature)
     try:

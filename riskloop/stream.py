@@ -347,6 +347,7 @@ class StreamConsumer:
         """Process every inbox row committed since the offset, in pages; push; advance the offset."""
         page = page or self.settings.stream_page_rows
         result = RoundResult()
+        started = time.perf_counter()
         lo = self.offset()
         hi = int(_scalar(self.conn, "select pg_snapshot_xmin(pg_current_snapshot())::text"))
         if hi <= lo:
@@ -381,8 +382,8 @@ class StreamConsumer:
         self.conn.execute(f"update {OFFSETS_TABLE} set next_xid = %s::xid8, events = events + %s, "
                           f"updated_at = now() where consumer = %s", (str(hi), result.payments, self.name))
         if result.rows:
-            log.debug("stream: %d inbox rows, %d payments, %d skipped, %d entity rows pushed",
-                     result.rows, result.payments, result.skipped, result.pushed)
+            log.debug("stream: %d inbox rows, %d payments, %d skipped, %d entity rows pushed in %.3fs",
+                      result.rows, result.payments, result.skipped, result.pushed, time.perf_counter() - started)
         return result
 
     def _apply(self, payments: list[Payment]) -> int:
