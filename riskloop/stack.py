@@ -307,7 +307,7 @@ def stop_stream(settings: Settings) -> bool:
 
 def stream_status(settings: Settings) -> dict[str, Any]:
     """``stream``: up (running and listening), starting (running, not listening yet), down; with
-    the consumer's offset row: payments processed and when the offset last moved."""
+    the consumer's offset row: payments processed and when it last finished a round."""
     running = _read_pid(_pidfile(settings, STREAM)) is not None
     sessions = _stream_sessions(settings) if running else None
     state = "down" if not running else ("up" if (sessions or 0) >= 2 else "starting")

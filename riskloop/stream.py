@@ -184,7 +184,7 @@ def application_name(name: str) -> str:
 
 
 def consumer_progress(settings: Settings, name: str) -> dict[str, Any] | None:
-    """The consumer's offset row (payments processed, when the offset last moved), or None when it
+    """The consumer's offset row (payments processed, when it last finished a round), or None when it
     never ran here or the warehouse does not answer."""
     try:
         with psycopg.connect(dsn(settings), connect_timeout=2, autocommit=True) as conn:
