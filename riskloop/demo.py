@@ -219,7 +219,7 @@ def _realtime(settings: Settings, url: str, hooks: WebhookSecrets, n: int = 6,
 
     from riskloop import windows
     from riskloop.features import feature_store
-    from riskloop.webhooks import signed_headers, standard_body, stripe_body
+    from riskloop.webhooks import Scheme, signed_headers, standard_body, stripe_body
 
     run = secrets.token_hex(4)
     card, customer = f"tok_demo_{run}", f"demo_{run}"
@@ -241,7 +241,7 @@ def _realtime(settings: Settings, url: str, hooks: WebhookSecrets, n: int = 6,
     now = datetime.now(timezone.utc)
     with httpx.Client(base_url=url, timeout=10) as client:
         for i, amount in enumerate(amounts):
-            processor = "stripe" if i % 2 else "standard"
+            processor: Scheme = "stripe" if i % 2 else "standard"
             ev = {"event_id": f"evt_demo_{run}_{i}", "event_type": "payment.authorized", "occurred_at": now,
                   "payment_id": f"pay_demo_{run}_{i}", "card_token": card, "customer_id": customer,
                   "terminal_id": "T-demo", "amount_minor": amount, "currency": "EUR", "dispute_id": None}
