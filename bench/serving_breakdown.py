@@ -39,13 +39,14 @@ def main() -> None:
 
     from riskloop.config import get_settings
     from riskloop.features import FRAUD_SERVICE, feature_store
+    from serving.currencies import minor_to_major
     from serving.model import load_model
     from serving.online import OnlineFeatures, plan_inputs
 
     settings = get_settings()
     bodies = [json.loads(line) for line in args.requests.read_text().splitlines()[: args.n] if line.strip()]
     rows = [{"customer_id": b["customer_id"], "terminal_id": b["terminal_id"]} for b in bodies]
-    amounts = [{"amount": b["amount_minor"] / 100.0} for b in bodies]
+    amounts = [{"amount": minor_to_major(b["amount_minor"], b["currency"])} for b in bodies]
     model = load_model(settings.tracking_uri, settings.fraud_model_name, "champion")
     sdk = OnlineFeatures(lambda: feature_store(settings), FRAUD_SERVICE, read="sdk")
     sql = OnlineFeatures(lambda: feature_store(settings), FRAUD_SERVICE, read="sql", timeout_s=5.0)

@@ -36,6 +36,7 @@ import aiohttp
 import httpx
 import numpy as np
 
+from serving.currencies import minor_to_major
 from proc_cpu import tree_cpu_seconds  # bench/ is on sys.path when run as a script
 
 log = logging.getLogger("serving_load")
@@ -59,7 +60,7 @@ def feast_body(service: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def make(body: dict[str, Any]) -> dict[str, Any]:
         return {"feature_service": service, "full_feature_names": True,
                 "entities": {"customer_id": [body["customer_id"]], "terminal_id": [body["terminal_id"]],
-                             "amount": [body["amount_minor"] / 100.0]}}
+                             "amount": [minor_to_major(body["amount_minor"], body["currency"])]}}
 
     return make
 

@@ -40,6 +40,7 @@ from riskloop.pan import InvalidPan, PanKeyMissing, tokenizer
 from serving import credit, decision_log, overrides, routing
 from serving.auth import KeyRing, require
 from serving.config import ServingSettings
+from serving.currencies import minor_to_major
 from serving.decision_log import DecisionLogWriter, record_or_refuse_async
 from serving.decisions_api import router as decisions_router
 from serving.devices import KnownDevices
@@ -385,7 +386,7 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
         other = route.challenger
 
     ts = body.timestamp.astimezone(UTC)  # the marts derive these flags in UTC too
-    request_time = {"amount": body.amount_minor / 100.0,
+    request_time = {"amount": minor_to_major(body.amount_minor, body.currency),
                     "is_weekend": 1.0 if ts.weekday() >= 5 else 0.0,
                     "is_night": 1.0 if ts.hour <= 6 else 0.0}
     policy: Policy = st.fraud_policy

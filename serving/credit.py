@@ -36,7 +36,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serving.auth import require
-from serving.currencies import ISO_4217
+from serving.currencies import ISO_4217, minor_to_major
 from serving.decision_log import record_or_refuse
 from serving.model import LoadedModel
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
@@ -50,9 +50,6 @@ router = APIRouter(tags=["credit"])
 
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
-# As dbt's minor_to_major macro: ISO 4217 exponents other than 2.
-_EXPONENT_0 = frozenset("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split())
-_EXPONENT_3 = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
 
 # Adverse-action reason codes by credit feature, with the statement a notice would carry.
 CREDIT_REASONS: dict[str, tuple[str, str]] = {
@@ -67,10 +64,6 @@ CREDIT_REASONS: dict[str, tuple[str, str]] = {
     "pep": ("C09_ENHANCED_DUE_DILIGENCE", "Application requires enhanced due diligence"),
 }
 CREDIT_OTHER = ("C99_OTHER", "Other factor in the applicant's profile")
-
-
-def minor_to_major(amount_minor: int, currency: str) -> float:
-    return amount_minor / (1 if currency in _EXPONENT_0 else 1000 if currency in _EXPONENT_3 else 100)
 
 
 class CreditApplicant(BaseModel):

@@ -270,6 +270,19 @@ def test_unknown_customer_scores_with_missing_features(client: TestClient, stack
     assert row["features"]["amount"] == 123.45
 
 
+@pytest.mark.parametrize(("currency", "major"), [("JPY", 12_345.0), ("KWD", 12.345), ("USD", 123.45)])
+def test_amount_reaches_the_model_in_major_units_of_its_currency(client: TestClient, stack: Stack,
+                                                                 currency: str, major: float) -> None:
+    """The marts convert minor units with each currency's ISO 4217 exponent (dbt's minor_to_major),
+    so serving must too: a yen amount divided by 100 would be a 100x-off model input and ratio."""
+    body = client.post("/v1/score/fraud", json=_request(stack, currency=currency)).json()
+    assert body["decision"] in DECISIONS
+    features = _wait_logged(stack.settings, body["decision_id"])["features"]
+    assert features["amount"] == pytest.approx(major)
+    assert features["customer_avg_amount_30d"] is not None  # a known customer: the ratio is computed
+    assert features["amount_vs_customer_avg_30d"] == pytest.approx(major / (features["customer_avg_amount_30d"] + 1))
+
+
 def test_hard_amount_limit_denies(client: TestClient, stack: Stack) -> None:
     body = client.post("/v1/score/fraud", json=_request(stack, amount_minor=5_000_000)).json()
     assert body["decision"] == "deny" and "HARD_AMOUNT_LIMIT" in body["rules"]
