@@ -112,6 +112,8 @@ def simulate(
                    "'new-fraud-pattern' (night-time card-testing bursts of tiny payments, fraud scenario 4)."),
     drift_from: Optional[str] = typer.Option(None, "--drift-from", help="First drifted day, YYYY-MM-DD (UTC)."),
     drift_factor: float = typer.Option(3.0, "--drift-factor", help="Amount multiplier of --drift amount-shift."),
+    applications_per_customer: float = typer.Option(
+        1.0, "--applications-per-customer", min=0, help="Mean credit applications per customer."),
 ) -> None:
     """Simulate card payments (the fraud handbook's generator) and the raw feeds derived from them,
     optionally with drift injected after a date (docs: riskloop/simulator/drift.py)."""
@@ -119,12 +121,13 @@ def simulate(
 
     try:
         simulator.resolve_params(days, customers, seed, terminals, None, preset, drift=drift, drift_from=drift_from,
-                                 drift_factor=drift_factor)
+                                 drift_factor=drift_factor, applications_per_customer=applications_per_customer)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     with console.status("simulating"):
         sim = simulator.simulate(days=days, customers=customers, terminals=terminals, seed=seed, preset=preset,
-                                 drift=drift, drift_from=drift_from, drift_factor=drift_factor)
+                                 drift=drift, drift_from=drift_from, drift_factor=drift_factor,
+                                 applications_per_customer=applications_per_customer)
         manifest = simulator.write(sim, out)
     console.print_json(json.dumps(manifest, default=str))
 
@@ -329,13 +332,19 @@ def import_(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A handbook-schema Parquet file."),
     seed: int = typer.Option(0, help="Seed of the derived feeds (disputes, KYC, credit)."),
     no_materialize: bool = typer.Option(False, "--no-materialize", help="Skip Feast apply/materialize."),
+    applications_per_customer: Optional[float] = typer.Option(
+        None, "--applications-per-customer", min=0,
+        help="Mean credit applications derived per card customer (default: "
+             "riskloop.handbook.HANDBOOK_APPLICATIONS_PER_CUSTOMER, 8: a lender's application flow, enough "
+             "test applications to measure the credit model's calibration)."),
 ) -> None:
     """Derive raw feeds from a Fraud Detection Handbook file and run ingest → contracts → dbt → Feast."""
     from dataclasses import asdict
 
     from riskloop.handbook import import_handbook
 
-    result = import_handbook(get_settings(), path, seed=seed, materialize=not no_materialize)
+    result = import_handbook(get_settings(), path, seed=seed, materialize=not no_materialize,
+                             applications_per_customer=applications_per_customer)
     console.print_json(json.dumps(asdict(result)))
 
 

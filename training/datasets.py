@@ -111,11 +111,12 @@ def fraud_dataset(store: "FeatureStore", windows: list[tuple[pd.Timestamp, pd.Ti
 
 
 def credit_dataset(store: "FeatureStore") -> pd.DataFrame:
-    """One row per application with an observed outcome: ``defaulted``, the simulator's
+    """One row per application with an observed outcome: ``customer_id`` (never a feature: it
+    shows repeat applicants), ``defaulted``, the simulator's
     ``true_default_probability`` (never a feature: the oracle the model is measured against) and
     the ``credit_model_v1`` features as of ``applied_at``."""
     entity_sql = (
-        "select f.application_id, f.event_timestamp, o.defaulted, o.observed_at, "
+        "select f.application_id, f.customer_id, f.event_timestamp, o.defaulted, o.observed_at, "
         "o.true_default_probability "
         "from marts.credit_features f join marts.fct_credit_outcomes o using (application_id)")
     frame = _fetch(store, entity_sql, CREDIT_SERVICE, ["event_timestamp", "application_id"])
