@@ -96,13 +96,24 @@ def test_import_lands_the_file_through_ingest_dbt_and_feast(imported) -> None:
     settings, tx, path, result = imported
     assert result.transactions == len(tx) and result.frauds == int(tx["TX_FRAUD"].sum())
     assert set(result.seconds) == {"derive", "load_raw", "contracts", "dbt_build", "feast"}
+    # The handbook import derives a lender's application flow, several per card customer (Poisson
+    # mean HANDBOOK_APPLICATIONS_PER_CUSTOMER), all the way to the credit mart.
+    from riskloop.handbook import HANDBOOK_APPLICATIONS_PER_CUSTOMER
+
+    customers = tx["CUSTOMER_ID"].nunique()
+    apps = result.raw_rows["credit_applications"]
+    assert abs(apps - HANDBOOK_APPLICATIONS_PER_CUSTOMER * customers) < 4 * (HANDBOOK_APPLICATIONS_PER_CUSTOMER
+                                                                              * customers) ** 0.5
     assert is_imported(settings, path)
     with db.connect(settings) as conn:
         n, ids = conn.execute("select count(*), count(distinct transaction_id) from marts.fct_transactions").fetchone()
         contract_ok = conn.execute("select success from raw.contract_runs order by run_at desc limit 1").fetchone()[0]
+        credit_rows, applicants = conn.execute(
+            "select count(*), count(distinct customer_id) from marts.credit_features").fetchone()
         frauds_known = conn.execute("select count(*) from marts.fct_transactions where is_fraud = 1").fetchone()[0]
     assert n == ids == len(tx)
     assert contract_ok
+    assert credit_rows == apps and applicants <= customers and credit_rows > 4 * applicants
     # Labels that had not arrived by the end of the file are not in the mart (yet).
     assert 0 < frauds_known <= int(tx["TX_FRAUD"].sum())
 

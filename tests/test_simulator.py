@@ -521,6 +521,26 @@ def test_cli_simulate_with_drift(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     params = json.loads((tmp_path / "manifest.json").read_text())["parameters"]
     assert (params["drift"], params["drift_from"], params["drift_factor"]) == ("amount-shift", DRIFT_FROM, 2.0)
+    assert params["applications_per_customer"] == 1.0
     bad = CliRunner().invoke(app, ["simulate", "--days", "20", "--customers", "200", "--out", str(tmp_path / "x"),
                                    "--drift", "amount-shift"])
     assert bad.exit_code == 2 and "needs drift_from" in bad.output and not (tmp_path / "x").exists()
+
+
+def test_cli_simulate_applications_per_customer(tmp_path: Path) -> None:
+    """--applications-per-customer reaches the landed credit feed (and the manifest)."""
+    from typer.testing import CliRunner
+
+    from riskloop.cli import app
+
+    args = ["simulate", "--days", "5", "--customers", "200", "--seed", "3"]
+    out = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x6"), "--applications-per-customer", "6"])
+    assert out.exit_code == 0, out.output
+    manifest = json.loads((tmp_path / "x6" / "manifest.json").read_text())
+    assert manifest["parameters"]["applications_per_customer"] == 6.0
+    apps = pd.read_parquet(tmp_path / "x6" / "credit_applications.parquet")
+    assert len(apps) == manifest["row_counts"]["credit_applications"]
+    assert abs(len(apps) - 6 * 200) < 4 * (6 * 200) ** 0.5  # Poisson(6) per customer
+    assert apps.groupby("customer_id").size().max() > 1  # repeat applicants
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "neg"), "--applications-per-customer", "-1"])
+    assert bad.exit_code == 2 and not (tmp_path / "neg").exists()

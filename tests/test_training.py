@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import numpy as np
@@ -107,6 +108,26 @@ def test_expected_calibration_error_hand_computed() -> None:
     y, p = [0, 1, 1, 1], [0.15, 0.15, 0.85, 0.85]
     assert metrics.expected_calibration_error(y, p) == pytest.approx((2 * 0.35 + 2 * 0.15) / 4)
     assert metrics.expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0
+
+
+def test_ece_interval_brackets_the_ece_and_narrows_with_rows() -> None:
+    """The bootstrap interval holds the run's ECE, is reproducible, and shrinks as rows grow: on
+    perfectly calibrated scores its width is the sampling noise a goal like ECE <= 0.02 must beat."""
+    rng = np.random.default_rng(3)
+    widths = []
+    for n in (1_000, 16_000):
+        p = rng.beta(1, 8, n)
+        y = (rng.random(n) < p).astype(int)  # calibrated by construction
+        low, high = metrics.ece_interval(y, p)
+        assert low <= metrics.expected_calibration_error(y, p) <= high
+        assert (low, high) == metrics.ece_interval(y, p)  # fixed seed: the same run logs the same interval
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(n): 16x the rows, ~1/4 the width
+    # A miscalibrated model's interval excludes the truth's: scores 0.05 too high everywhere.
+    p = rng.beta(1, 8, 16_000)
+    y = (rng.random(len(p)) < p).astype(int)
+    assert metrics.ece_interval(y, np.clip(p + 0.05, 0, 1))[0] > metrics.ece_interval(y, p)[1]
+    assert all(math.isnan(v) for v in metrics.ece_interval([], []))
 
 
 def test_credit_monotone_constraints_hold_on_noisy_data() -> None:
@@ -308,6 +329,15 @@ def test_training_registers_versions_with_aliases_metrics_plots_and_card(marts_s
     assert credit_run.params["xgb_min_child_weight"] == str(CREDIT_DEFAULT_PARAMS["min_child_weight"])
     assert 0 <= credit.metrics["ece"] <= 1 and credit.metrics["oracle_auc_roc"] > 0.5
     assert "n_delinquencies" in client.get_run(credit.run_id).data.params["xgb_monotone_constraints"]
+    # The ECE with its sampling uncertainty, the share of test applicants who also applied before
+    # the split, and the test calibration curve as a table.
+    assert credit.metrics["ece_ci95_low"] <= credit.metrics["ece"] <= credit.metrics["ece_ci95_high"]
+    assert 0 <= float(credit_run.params["test_applicants_seen_in_training"]) <= 1
+    from training.train import CALIBRATION_ARTIFACT
+
+    curve = pd.read_parquet(client.download_artifacts(credit.run_id, CALIBRATION_ARTIFACT))
+    assert list(curve.columns) == ["bin", "n", "mean_predicted", "observed"]
+    assert curve["n"].sum() == int(credit_run.params["test_rows"])
     assert credit.metrics["auc_roc"] > 0.6
     assert {a.path for a in client.list_artifacts(credit.run_id, "plots")} == PLOTS
     credit_card = client.get_model_version(settings.credit_model_name, credit.version).description
