@@ -129,6 +129,37 @@ def test_transaction_dtypes_match_the_real_handbook_file(handbook_path: Path) ->
     assert {c: str(t) for c, t in real.dtypes.items()} == hb.TRANSACTION_COLUMNS
 
 
+def test_handbook_profiles_are_the_published_files_customers_and_terminals(handbook_path: Path) -> None:
+    """`hb.handbook_profiles` is the handbook's own draw: every customer of the real file used only
+    terminals within r of the reconstructed positions, and spent and transacted as its profile says."""
+    real = pd.read_parquet(handbook_path, columns=["CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_FRAUD"])
+    cust, term = hb.handbook_profiles(5000, 10_000)
+    pairs = real[["CUSTOMER_ID", "TERMINAL_ID"]].drop_duplicates().astype(np.int64)
+    c = cust.loc[pairs.CUSTOMER_ID]
+    t = term.loc[pairs.TERMINAL_ID]
+    dist = np.hypot(c.x_customer_id.to_numpy() - t.x_terminal_id.to_numpy(),
+                    c.y_customer_id.to_numpy() - t.y_terminal_id.to_numpy())
+    assert (dist < hb.DEFAULT_RADIUS).all()
+    genuine = real[real.TX_FRAUD == 0]
+    spent = genuine.groupby(genuine.CUSTOMER_ID.astype(np.int64)).TX_AMOUNT.mean()
+    profile = cust.mean_amount.loc[spent.index]
+    assert np.corrcoef(spent, profile)[0, 1] > 0.99
+    # negative draws are redrawn from U(0, 2·mean): the mean of what is spent is ~2.7% above the profile's
+    assert 1.0 < float(np.median(spent / profile)) < 1.05
+    rate = real.groupby(real.CUSTOMER_ID.astype(np.int64)).size() / 183
+    assert np.corrcoef(rate, cust.mean_nb_tx_per_day.loc[rate.index])[0, 1] > 0.99
+
+
+def test_generate_with_handbook_profiles_keeps_the_seeds_transactions_streams() -> None:
+    data = hb.generate(days=3, customers=50, seed=1, with_handbook_profiles=True)
+    cust, term = hb.handbook_profiles(50, 100)
+    pd.testing.assert_frame_equal(data.customers.drop(columns="nb_terminals"), cust)
+    pd.testing.assert_frame_equal(data.terminals, term)
+    again = hb.generate(days=3, customers=50, seed=1, with_handbook_profiles=True).transactions
+    pd.testing.assert_frame_equal(data.transactions, again)
+    assert not data.transactions.equals(hb.generate(days=3, customers=50, seed=1).transactions)
+
+
 def test_customers_use_only_terminals_within_radius() -> None:
     data = hb.generate(days=10, customers=300, seed=2)
     tx = data.transactions

@@ -102,6 +102,39 @@ def _terminal_profiles(rng: np.random.Generator, n: int) -> pd.DataFrame:
     return pd.DataFrame({"TERMINAL_ID": np.arange(n, dtype=np.int64), "x_terminal_id": x, "y_terminal_id": y})
 
 
+# The seeds of numpy's legacy global generator the handbook draws its profiles with
+# (``generate_customer_profiles_table(random_state=0)``, ``generate_terminal_profiles_table(random_state=1)``).
+HANDBOOK_CUSTOMER_SEED = 0
+HANDBOOK_TERMINAL_SEED = 1
+
+
+def handbook_profiles(customers: int, terminals: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The exact customer and terminal profiles of the handbook's published file.
+
+    The handbook draws them one entity at a time from ``np.random.seed(0)`` (customers: x, y,
+    mean_amount, mean_nb_tx_per_day) and ``np.random.seed(1)`` (terminals: x, y); the legacy
+    generator's ``uniform(low, high)`` is ``low + (high - low) * random_sample()``, so one
+    row-major block of doubles reproduces them.  The draw of 5,000 customers is an unusual
+    one (886 mean amounts under 20, where U(5, 100) gives 789 ± 26), which is why the
+    benchmark can tell this draw from the preset's fresh ones (BENCHMARKS.md, "Simulator
+    fidelity").  Only the profiles: transactions and frauds still come from the seed.
+    """
+    u = np.random.RandomState(HANDBOOK_CUSTOMER_SEED).random_sample((customers, 4))
+    mean_amount = 5 + 95 * u[:, 2]
+    cust = pd.DataFrame({
+        "CUSTOMER_ID": np.arange(customers, dtype=np.int64),
+        "x_customer_id": GRID_SIZE * u[:, 0],
+        "y_customer_id": GRID_SIZE * u[:, 1],
+        "mean_amount": mean_amount,
+        "std_amount": mean_amount / 2,
+        "mean_nb_tx_per_day": 4 * u[:, 3],
+    })
+    v = np.random.RandomState(HANDBOOK_TERMINAL_SEED).random_sample((terminals, 2))
+    term = pd.DataFrame({"TERMINAL_ID": np.arange(terminals, dtype=np.int64),
+                         "x_terminal_id": GRID_SIZE * v[:, 0], "y_terminal_id": GRID_SIZE * v[:, 1]})
+    return cust, term
+
+
 def _expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenate ``arange(s, s + l)`` for every (s, l) pair without a Python loop."""
     total = int(lengths.sum())
@@ -223,13 +256,16 @@ def _add_frauds(rng: np.random.Generator, days: int, n_customers: int, n_termina
 
 
 def generate(days: int, customers: int, terminals: int | None = None, seed: int = 0,
-             start_date: str | pd.Timestamp = DEFAULT_START_DATE, r: float = DEFAULT_RADIUS) -> HandbookData:
+             start_date: str | pd.Timestamp = DEFAULT_START_DATE, r: float = DEFAULT_RADIUS,
+             with_handbook_profiles: bool = False) -> HandbookData:
     """Simulate ``days`` days of card transactions of ``customers`` customers.
 
     ``terminals`` defaults to 2 per customer, the handbook's 5,000 / 10,000 density ratio.
     The same arguments always give the same frames: all randomness comes from
     ``numpy.random.default_rng(seed)``, split into independent streams per stage so that, e.g.,
-    the customer profiles of a seed do not change with ``days``.
+    the customer profiles of a seed do not change with ``days``.  ``with_handbook_profiles``
+    takes the profiles from `handbook_profiles` instead (the published file's customers and
+    terminals); the other streams are the seed's either way.
     """
     if days <= 0 or customers <= 0:
         raise ValueError(f"days and customers must be positive, got days={days}, customers={customers}")
@@ -239,8 +275,11 @@ def generate(days: int, customers: int, terminals: int | None = None, seed: int 
     started = time.perf_counter()
     rng_customers, rng_terminals, rng_tx, rng_fraud = np.random.default_rng(seed).spawn(4)
 
-    cust = _customer_profiles(rng_customers, customers)
-    term = _terminal_profiles(rng_terminals, n_terminals)
+    if with_handbook_profiles:
+        cust, term = handbook_profiles(customers, n_terminals)
+    else:
+        cust = _customer_profiles(rng_customers, customers)
+        term = _terminal_profiles(rng_terminals, n_terminals)
     offsets, neighbours = terminals_within_radius(
         cust.x_customer_id.to_numpy(), cust.y_customer_id.to_numpy(),
         term.x_terminal_id.to_numpy(), term.y_terminal_id.to_numpy(), r)
