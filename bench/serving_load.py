@@ -96,7 +96,8 @@ def feast_serve(port: int) -> Iterator[str]:
 
 async def run_rate(url: str, key: str, bodies: list[dict[str, Any]], rate: float, duration: float,
                    timeout: float, warmup: float, path: str = "/v1/score/fraud",
-                   transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+                   transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   timeline: Path | None = None) -> dict[str, Any]:
     n = int(rate * duration)
     latencies = np.full(n, math.nan)
     statuses: dict[str, int] = {}
@@ -138,6 +139,9 @@ async def run_rate(url: str, key: str, bodies: list[dict[str, Any]], rate: float
         generator_cpu_s = time.process_time() - cpu0
     finally:
         client.close()
+    if timeline is not None:  # latency (ms, NaN = failed) by due time: do slow answers cluster?
+        np.savetxt(timeline, np.column_stack([np.arange(n) / rate, latencies * 1000]), fmt="%.4f",
+                   delimiter=",", header="due_s,latency_ms", comments="")
     ok = latencies[~np.isnan(latencies)] * 1000
     p50, p99, p999 = (np.percentile(ok, [50, 99, 99.9]) if len(ok) else (math.nan,) * 3)
     return {"rate": rate, "duration_s": duration, "sent": n, "ok": int(len(ok)),
@@ -160,6 +164,8 @@ def main() -> None:
     parser.add_argument("--feast-port", type=int, default=None,
                         help="Also start `feast serve` on this port and measure it at each rate.")
     parser.add_argument("--feature-service", default="fraud_model_v1")
+    parser.add_argument("--timeline", type=Path, default=None,
+                        help="Directory: write each rate's per-request latencies by due time as CSV.")
     parser.add_argument("--server-pid", type=int, default=None,
                         help="The scoring server's pid: also report its CPU ms per request (with its children), "
                         "the figure a busy shared machine does not move much.")
@@ -180,7 +186,8 @@ def main() -> None:
                 # uvloop: the generator's own CPU per request is what the server does not get
                 # on the shared cores (generator_cpu_ms_per_request; ~0.6 ms on asyncio's loop).
                 result = uvloop.run(run_rate(url, args.key, bodies, rate, args.duration, args.timeout,
-                                             args.warmup, path, transform))
+                                             args.warmup, path, transform,
+                                             args.timeline / f"{target}-{rate:g}.csv" if args.timeline else None))
                 result = {"target": target, **result, "loadavg_1m": round(os.getloadavg()[0], 2)}
                 if pid:  # includes the warm-up requests, hence divided by all requests sent
                     warm = max(1, int(rate * args.warmup))
