@@ -114,10 +114,11 @@ def handbook_profiles(customers: int, terminals: int) -> tuple[pd.DataFrame, pd.
     The handbook draws them one entity at a time from ``np.random.seed(0)`` (customers: x, y,
     mean_amount, mean_nb_tx_per_day) and ``np.random.seed(1)`` (terminals: x, y); the legacy
     generator's ``uniform(low, high)`` is ``low + (high - low) * random_sample()``, so one
-    row-major block of doubles reproduces them.  The draw of 5,000 customers is an unusual
-    one (886 mean amounts under 20, where U(5, 100) gives 789 ± 26), which is why the
-    benchmark can tell this draw from the preset's fresh ones (BENCHMARKS.md, "Simulator
-    fidelity").  Only the profiles: transactions and frauds still come from the seed.
+    row-major block of doubles reproduces them.  Why have them: the draw of 5,000 customers is
+    an unusual one (886 mean amounts under 20, where U(5, 100) gives 789 ± 26), and simulating
+    with it separates what the published file owes to this draw from what the generator does
+    (BENCHMARKS.md, "Simulator fidelity": little of the benchmark's AP gap).  Only the
+    profiles: transactions and frauds still come from the seed.
     """
     u = np.random.RandomState(HANDBOOK_CUSTOMER_SEED).random_sample((customers, 4))
     mean_amount = 5 + 95 * u[:, 2]
