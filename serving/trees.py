@@ -7,7 +7,7 @@ depth 4. Walking all trees *at once* (one numpy step per tree level) gives the m
 Saabas contributions — exactly what ``pred_contribs(approx_contribs=True)`` computes: per tree,
 the change of the cover-weighted node mean along the decision path is credited to the split
 feature, the root means plus the base margin form the bias — in ~0.05 ms, so every decision
-gets its reasons inline. ``tests/test_serving_fast_path.py`` checks score and contributions
+gets its reasons inline. ``tests/test_serving_trees.py`` checks score and contributions
 against XGBoost itself on rows with missing values.
 
 Only what the project trains is compiled (``gbtree`` + ``binary:logistic``, numerical splits);

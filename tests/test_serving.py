@@ -373,6 +373,53 @@ def test_direct_read_matches_feast_sdk(stack: Stack) -> None:
     assert found > 0  # not a comparison of two empty reads
 
 
+def test_online_reader_times_out_without_losing_its_connection(stack: Stack) -> None:
+    """A read past the timeout raises at once, but its query is not cancelled: the connection
+    comes back when the answer does and serves the next read (no reconnect per timeout), and a
+    read waiting for the one busy connection gets it when it is released."""
+    import asyncio
+    import dataclasses
+
+    from serving.online_sql import SqlReader, build_plan
+
+    store = stack.store()
+    plan = build_plan(store, store.get_feature_service("fraud_model_v1"))
+    # The read itself, made slow on demand: the session's rl.sleep setting (seconds).
+    # (No row: random() < 0 keeps the planner from skipping the sleep, as a constant false would.)
+    plan = dataclasses.replace(plan, views=(), sql="select 0::int, ''::text, ''::bytea, null::timestamp "
+                               "from pg_sleep(coalesce(nullif(current_setting('rl.sleep', true), ''), '0')::float8) "
+                               "where random() < 0")
+    reader = SqlReader(plan, timeout_s=0.2, max_size=1)
+
+    async def scenario() -> None:
+        await reader.connect()
+        conn = reader._idle[0]
+        await conn.execute("set rl.sleep = 0.6")
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await reader.read({})
+        assert time.monotonic() - t0 < 0.5  # the request degrades at its timeout, not at the answer
+        assert reader._idle == [] and not conn.is_closed()  # still running its query
+        with pytest.raises(TimeoutError):  # the only connection is busy: waits, then gives up
+            await reader.read({})
+        await asyncio.sleep(0.6)
+        assert reader._idle == [conn] and not conn.is_closed()  # back, the same connection
+        await conn.execute("set rl.sleep = 0")
+        assert await reader.read({}) == {}
+        assert reader._idle == [conn] and reader._opened == 1
+
+        await conn.execute("set rl.sleep = 0.1")
+        first = asyncio.ensure_future(reader.read({}))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(reader.read({}))  # waits for the connection `first` holds
+        assert await first == {} and await second == {}
+        assert reader._idle == [conn] and reader._opened == 1
+        await reader.close()
+        assert conn.is_closed()
+
+    asyncio.run(scenario())
+
+
 def test_reason_codes_name_the_amount_ratios() -> None:
     """A ratio is its own reason (the amount is unusual *for this customer*), not the plain amount's."""
     from serving.reasons import reason_code, top_reasons
