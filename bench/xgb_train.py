@@ -1,16 +1,18 @@
 """XGBoost training time on the whole handbook file (1,754,155 payments), 2 threads.
 
 The training set is the one riskloop trains on: `training.datasets.fraud_dataset` over every
-payment (Feast point-in-time join of `fraud_model_v1`, request-time inputs first), labels =
-``is_fraud``. Then `training.model.fit` (``tree_method="hist"``, ``n_jobs=2``, riskloop's
-default parameters merged with ``--params``) is timed alone, ``--repeat`` times.
+payment (Feast point-in-time join of `fraud_model_v1`, request-time inputs first, the on-demand
+amount ratios included), labels = ``is_fraud``. Then `training.model.fit` (``tree_method="hist"``,
+``n_jobs=2``, riskloop's default parameters merged with ``--params``) is timed alone, ``--repeat``
+times.
 
     RISKLOOP_HOME=/tmp/rl-feastpit RISKLOOP_PG_PORT=57432 RISKLOOP_MLFLOW_PORT=57000 \\
         .venv/bin/python bench/xgb_train.py --cache /tmp/rl-feastpit/train-all.parquet \\
         [--params '{"max_depth": 6, "n_estimators": 100}']
 
-``--cache`` keeps the joined frame in a Parquet file so a re-run only fits. Prints one JSON
-line per fit with its wall and CPU seconds and the load average at its start.
+``--cache`` keeps the joined frame in a Parquet file so a re-run only fits, with no stack running
+(a frame cached before the amount ratios existed gets them computed by their one definition).
+Prints one JSON line per fit with its wall and CPU seconds and the load average at its start.
 """
 
 from __future__ import annotations
@@ -24,17 +26,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from riskloop.config import get_settings
-from riskloop.features import feature_store
 from training import datasets, model
 
 
+# What a cached training frame holds beside the model's inputs.
+NOT_INPUTS = frozenset({"transaction_id", "customer_id", "terminal_id", "event_timestamp", "is_fraud",
+                        "fraud_known_at"})
+
+
 def training_frame(cache: Path | None) -> tuple[pd.DataFrame, list[str]]:
+    """The joined frame and the model's inputs. A cached frame needs no stack: its inputs are its
+    columns; one cached before the amount ratios existed gets them from their one definition."""
+    if cache is not None and cache.exists():
+        from riskloop.amount_features import amount_ratios
+
+        frame = pd.read_parquet(cache)
+        for name, values in amount_ratios(frame).items():
+            if name not in frame:
+                frame[name] = values
+        return frame, [c for c in frame.columns if c not in NOT_INPUTS]
+    from riskloop.config import get_settings
+    from riskloop.features import feature_store
+
     settings = get_settings()
     store = feature_store(settings)
     features = datasets.fraud_feature_names(store)
-    if cache is not None and cache.exists():
-        return pd.read_parquet(cache), features
     lo, hi = datasets.transaction_range(settings)
     frame = datasets.fraud_dataset(store, [(lo, hi + pd.Timedelta(seconds=1))])
     if cache is not None:
