@@ -70,7 +70,8 @@ class ServingSettings(BaseSettings):
     online_timeout_s: float = Field(
         default=0.1, gt=0.0, description="A direct online read slower than this degrades the decision to "
         "rules-only (and the store is re-bound after feature_store_retry_s).")
-    online_pool_size: int = Field(default=4, gt=0, description="Connections of the direct online-read pool.")
+    online_pool_size: int = Field(default=4, gt=0, description="At most this many connections for the direct online "
+                                  "read (opened as needed; serving.online_sql.SqlReader).")
     access_log: bool = Field(
         default=False, description="uvicorn's per-request access log line (off: it costs more than the "
         "decision's own logging; /metrics counts requests).")
