@@ -173,7 +173,8 @@ class SqlReader:
     A read that times out is not cancelled: cancelling a query mid-flight leaves its connection
     unusable, and reconnecting after every timeout would add load exactly when the store is
     already slow. It finishes in the background and gives its connection back; the request
-    degrades at once. A connection that fails is closed and replaced by the next read.
+    degrades at once. A connection that fails is closed; the oldest waiting read (or else the next
+    read) opens its replacement.
     """
 
     def __init__(self, plan: SqlPlan, *, timeout_s: float, max_size: int) -> None:
@@ -185,10 +186,12 @@ class SqlReader:
         self._waiters: deque[asyncio.Future] = deque()
         self._closed = False
 
-    async def _open(self) -> Any:
+    async def _open(self, *, reserved: bool = False) -> Any:
+        """A new connection; ``reserved``: its place in ``max_size`` was handed over already."""
         import asyncpg
 
-        self._opened += 1
+        if not reserved:
+            self._opened += 1
         try:
             return await asyncpg.connect(**self.plan.connect, timeout=2.0)
         except BaseException:
@@ -206,24 +209,36 @@ class SqlReader:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            return await waiter
+            conn = await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release(waiter.result(), ok=True)  # handed over just as this read gave up
+                if waiter.result() is None:  # the place handed to it passes on, or is freed
+                    if not self._hand_over(None):
+                        self._opened -= 1
+                else:
+                    self._release(waiter.result(), ok=True)  # handed over just as this read gave up
             raise
+        return conn if conn is not None else await self._open(reserved=True)
 
-    def _release(self, conn: Any, *, ok: bool) -> None:
-        if not ok or self._closed or conn.is_closed():
-            self._opened -= 1
-            if not conn.is_closed():
-                conn.terminate()
-            return
+    def _hand_over(self, conn: Any) -> bool:
+        """Give ``conn`` (``None``: a free place to open one) to the oldest waiting read, if any."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(conn)
-                return
-        self._idle.append(conn)
+                return True
+        return False
+
+    def _release(self, conn: Any, *, ok: bool) -> None:
+        if not ok or self._closed or conn.is_closed():
+            if not conn.is_closed():
+                conn.terminate()
+            # Its place goes to the oldest waiting read, which opens a fresh connection; or is freed.
+            if self._closed or not self._hand_over(None):
+                self._opened -= 1
+            return
+        if not self._hand_over(conn):
+            self._idle.append(conn)
 
     async def _query(self, conn: Any, params: list[Any]) -> list[Any]:
         try:

@@ -375,8 +375,9 @@ def test_direct_read_matches_feast_sdk(stack: Stack) -> None:
 
 def test_online_reader_times_out_without_losing_its_connection(stack: Stack) -> None:
     """A read past the timeout raises at once, but its query is not cancelled: the connection
-    comes back when the answer does and serves the next read (no reconnect per timeout), and a
-    read waiting for the one busy connection gets it when it is released."""
+    comes back when the answer does and serves the next read (no reconnect per timeout); a read
+    waiting for the one busy connection gets it when it is released, or opens a fresh one when
+    it dies."""
     import asyncio
     import dataclasses
 
@@ -414,8 +415,24 @@ def test_online_reader_times_out_without_losing_its_connection(stack: Stack) -> 
         second = asyncio.ensure_future(reader.read({}))  # waits for the connection `first` holds
         assert await first == {} and await second == {}
         assert reader._idle == [conn] and reader._opened == 1
+
+        # The one connection dies mid-read while another read waits: that read opens a fresh one.
+        import asyncpg
+
+        await conn.execute("set rl.sleep = 0.15")
+        first = asyncio.ensure_future(reader.read({}))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(reader.read({}))
+        admin = await asyncpg.connect(**plan.connect)
+        await admin.execute("select pg_terminate_backend($1)", conn.get_server_pid())
+        await admin.close()
+        with pytest.raises(Exception):  # noqa: B017 - whatever asyncpg raises for a killed session
+            await first
+        assert await second == {}  # within its 0.2 s, on a new connection
+        assert reader._opened == 1 and len(reader._idle) == 1 and reader._idle[0] is not conn
+        fresh = reader._idle[0]
         await reader.close()
-        assert conn.is_closed()
+        assert fresh.is_closed()
 
     asyncio.run(scenario())
 
