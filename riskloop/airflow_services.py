@@ -154,7 +154,7 @@ def start(settings: Settings, wait_s: float = 300.0) -> dict[str, Any]:
     stack.wait_until(settings, {pidname(s): p for s, p in procs.items()}, lambda: healthy(settings), wait_s)
     log.info("Airflow UI on %s (user %s, password in %s)", settings.airflow_url,
              settings.airflow_admin_user, passwords_file(settings))
-    return status(settings)
+    return status(settings, known_healthy=True)
 
 
 def stop(settings: Settings) -> list[str]:
@@ -164,11 +164,15 @@ def stop(settings: Settings) -> list[str]:
     return [s for s in order if stack.stop_process(settings, pidname(s), timeout=30.0)]
 
 
-def status(settings: Settings) -> dict[str, Any]:
+def status(settings: Settings, *, known_healthy: bool = False) -> dict[str, Any]:
+    """``known_healthy``: the caller has just seen every component healthy (:func:`start`'s wait),
+    so a second health call, which a busy machine can answer late, does not turn "up" into
+    "starting" (a flaky CI run asserted on exactly that)."""
     alive = running(settings)
+    up = known_healthy or healthy(settings, timeout=1.0)
     return {
         "airflow_url": settings.airflow_url,
-        "airflow": "up" if healthy(settings, timeout=1.0) else ("starting" if any(alive.values()) else "down"),
+        "airflow": "up" if up else ("starting" if any(alive.values()) else "down"),
         "airflow_services": {s: "running" if a else "stopped" for s, a in alive.items()},
     }
 
