@@ -40,12 +40,17 @@ def brier(y_true: np.ndarray | pd.Series, y_prob: np.ndarray | pd.Series) -> flo
     return float(brier_score_loss(np.asarray(y_true), np.asarray(y_prob)))
 
 
+def _binned(y_true: np.ndarray | pd.Series, y_prob: np.ndarray | pd.Series, n_bins: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores clipped to [0, 1], labels, and each row's equal-width bin: the one binning of the ECE."""
+    p = np.clip(np.asarray(y_prob, dtype=float), 0.0, 1.0)
+    return p, np.asarray(y_true, dtype=float), np.minimum((p * n_bins).astype(int), n_bins - 1)
+
+
 def calibration_table(y_true: np.ndarray | pd.Series, y_prob: np.ndarray | pd.Series,
                       n_bins: int = 10) -> pd.DataFrame:
     """Equal-width probability bins: rows, mean predicted and observed rate (the calibration curve)."""
-    p = np.clip(np.asarray(y_prob, dtype=float), 0.0, 1.0)
-    y = np.asarray(y_true, dtype=float)
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    p, y, bins = _binned(y_true, y_prob, n_bins)
     frame = pd.DataFrame({"bin": bins, "p": p, "y": y})
     table = frame.groupby("bin").agg(n=("y", "size"), mean_predicted=("p", "mean"), observed=("y", "mean"))
     return table.reset_index()
@@ -78,11 +83,9 @@ def ece_interval(y_true: np.ndarray | pd.Series, y_prob: np.ndarray | pd.Series,
     ECE itself unchanged); the ECE of a resample is never below the true one on average, so the
     interval leans high, never flatters. (NaN, NaN) without rows. Deterministic for a ``seed``.
     """
-    p = np.clip(np.asarray(y_prob, dtype=float), 0.0, 1.0)
-    y = np.asarray(y_true, dtype=float)
+    p, y, bins = _binned(y_true, y_prob, n_bins)
     if not len(p):
         return math.nan, math.nan
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
     rng = np.random.default_rng(seed)
     n = len(p)
     draws = [_binned_ece(bins, p, y, np.bincount(rng.integers(0, n, n), minlength=n).astype(float), n_bins)

@@ -81,13 +81,11 @@ class HandbookData:
     transactions: pd.DataFrame
 
 
-def _customer_profiles(rng: np.random.Generator, n: int) -> pd.DataFrame:
-    x = rng.uniform(0, GRID_SIZE, n)
-    y = rng.uniform(0, GRID_SIZE, n)
-    mean_amount = rng.uniform(5, 100, n)
-    mean_nb_tx_per_day = rng.uniform(0, 4, n)
+def _customer_frame(x: np.ndarray, y: np.ndarray, mean_amount: np.ndarray,
+                    mean_nb_tx_per_day: np.ndarray) -> pd.DataFrame:
+    """The customer profiles table (the handbook's columns), whichever generator drew them."""
     return pd.DataFrame({
-        "CUSTOMER_ID": np.arange(n, dtype=np.int64),
+        "CUSTOMER_ID": np.arange(len(x), dtype=np.int64),
         "x_customer_id": x,
         "y_customer_id": y,
         "mean_amount": mean_amount,
@@ -96,10 +94,20 @@ def _customer_profiles(rng: np.random.Generator, n: int) -> pd.DataFrame:
     })
 
 
-def _terminal_profiles(rng: np.random.Generator, n: int) -> pd.DataFrame:
+def _terminal_frame(x: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"TERMINAL_ID": np.arange(len(x), dtype=np.int64), "x_terminal_id": x, "y_terminal_id": y})
+
+
+def _customer_profiles(rng: np.random.Generator, n: int) -> pd.DataFrame:
     x = rng.uniform(0, GRID_SIZE, n)
     y = rng.uniform(0, GRID_SIZE, n)
-    return pd.DataFrame({"TERMINAL_ID": np.arange(n, dtype=np.int64), "x_terminal_id": x, "y_terminal_id": y})
+    mean_amount = rng.uniform(5, 100, n)
+    return _customer_frame(x, y, mean_amount, rng.uniform(0, 4, n))
+
+
+def _terminal_profiles(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    x = rng.uniform(0, GRID_SIZE, n)
+    return _terminal_frame(x, rng.uniform(0, GRID_SIZE, n))
 
 
 # The seeds of numpy's legacy global generator the handbook draws its profiles with
@@ -121,18 +129,9 @@ def handbook_profiles(customers: int, terminals: int) -> tuple[pd.DataFrame, pd.
     profiles: transactions and frauds still come from the seed.
     """
     u = np.random.RandomState(HANDBOOK_CUSTOMER_SEED).random_sample((customers, 4))
-    mean_amount = 5 + 95 * u[:, 2]
-    cust = pd.DataFrame({
-        "CUSTOMER_ID": np.arange(customers, dtype=np.int64),
-        "x_customer_id": GRID_SIZE * u[:, 0],
-        "y_customer_id": GRID_SIZE * u[:, 1],
-        "mean_amount": mean_amount,
-        "std_amount": mean_amount / 2,
-        "mean_nb_tx_per_day": 4 * u[:, 3],
-    })
+    cust = _customer_frame(GRID_SIZE * u[:, 0], GRID_SIZE * u[:, 1], 5 + 95 * u[:, 2], 4 * u[:, 3])
     v = np.random.RandomState(HANDBOOK_TERMINAL_SEED).random_sample((terminals, 2))
-    term = pd.DataFrame({"TERMINAL_ID": np.arange(terminals, dtype=np.int64),
-                         "x_terminal_id": GRID_SIZE * v[:, 0], "y_terminal_id": GRID_SIZE * v[:, 1]})
+    term = _terminal_frame(GRID_SIZE * v[:, 0], GRID_SIZE * v[:, 1])
     return cust, term
 
 
