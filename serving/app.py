@@ -523,7 +523,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st.metrics = _make_metrics(cfg.metrics_dir)
         st.online = OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
                                    cfg.feature_service, retry_s=cfg.feature_store_retry_s, read=cfg.online_read,
-                                   timeout_s=cfg.online_timeout_s, pool_size=cfg.online_pool_size)
+                                   timeout_s=cfg.online_timeout_s, pool_size=cfg.online_pool_size,
+                                   cache_size=cfg.online_cache_size)
         st.model, st.model_error = None, None
         st.route, st.challenger_error, st.challenger_retry_at = routing.from_settings(cfg), None, 0.0
         st.poll_conn = None  # the poller's connection (_on_poll_conn)
@@ -623,6 +624,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         # Informational: a down feature store degrades decisions, it does not make us unready.
         checks["feature_store"] = st.online.ensure()
         checks["decision_log_queue"] = st.writer.depth()
+        checks["online_cache"] = st.online.cache_stats()
         checks["model_source"] = st.model.source if st.model is not None else None
         checks["worker_pid"] = os.getpid()  # which of several workers answered
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

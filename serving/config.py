@@ -72,6 +72,10 @@ class ServingSettings(BaseSettings):
         "rules-only (and the store is re-bound after feature_store_retry_s).")
     online_pool_size: int = Field(default=4, gt=0, description="At most this many connections for the direct online "
                                   "read (opened as needed; serving.online_sql.SqlReader).")
+    online_cache_size: int = Field(
+        default=100_000, ge=0, description="Decoded online rows kept per feature view in each serving process for "
+        "the direct read, dropped as soon as the store notifies a change (serving.online_cache); 0 = every "
+        "read goes to the store.")
     access_log: bool = Field(
         default=False, description="uvicorn's per-request access log line (off: it costs more than the "
         "decision's own logging; /metrics counts requests).")

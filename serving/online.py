@@ -187,7 +187,7 @@ class OnlineFeatures:
     """
 
     def __init__(self, factory: Callable[[], Any], service_name: str, retry_s: float = 5.0, *,
-                 read: str = "sdk", timeout_s: float = 0.1, pool_size: int = 4) -> None:
+                 read: str = "sdk", timeout_s: float = 0.1, pool_size: int = 4, cache_size: int = 0) -> None:
         if read not in ("sql", "sdk"):
             raise ValueError(f"online read must be 'sql' or 'sdk', not {read!r}")
         self._factory = factory
@@ -196,6 +196,7 @@ class OnlineFeatures:
         self._read = read
         self._timeout_s = timeout_s
         self._pool_size = pool_size
+        self._cache_size = cache_size
         self._lock = threading.Lock()
         self._store: Any = None
         self._binding: Binding | None = None
@@ -269,7 +270,8 @@ class OnlineFeatures:
         plan = self._plan
         if self._reader is None or self._reader.plan is not plan:
             old = self._reader
-            self._reader = SqlReader(plan, timeout_s=self._timeout_s, max_size=self._pool_size)
+            self._reader = SqlReader(plan, timeout_s=self._timeout_s, max_size=self._pool_size,
+                                     cache_size=self._cache_size)
             if old is not None:
                 import asyncio
 
@@ -321,6 +323,11 @@ class OnlineFeatures:
         reader, self._reader = self._reader, None
         if reader is not None:
             await reader.close()
+
+    def cache_stats(self) -> dict[str, Any] | None:
+        """The direct read's cache (:mod:`serving.online_cache`): on or off, entries, hits, misses."""
+        reader = self._reader
+        return reader.cache.stats() if reader is not None and reader.cache is not None else None
 
     @property
     def offered(self) -> dict[str, tuple[str, str]]:

@@ -48,6 +48,7 @@ class SqlPlan:
     views: tuple[_View, ...]
     key_version: int
     connect: dict[str, Any]  # asyncpg.connect keyword arguments
+    tables: tuple[str, ...] = ()  # each view's online table (unquoted, in the connection's search path)
 
     def params(self, entity_row: dict[str, Any]) -> list[Any] | None:
         """The statement's parameters; ``None`` when an entity key is not in the row."""
@@ -67,38 +68,59 @@ class SqlPlan:
             out.append(list(view.features))
         return out
 
-    @cached_property
-    def _columns(self) -> tuple[dict[str, tuple[str, str]], ...]:
-        """Per view: feature → its response column and timestamp column (built once, not per read)."""
-        return tuple({f: (f"{v.name}__{f}", f"{v.name}__{f}{TS_SUFFIX}") for f in v.features} for v in self.views)
+    def keys(self, entity_row: dict[str, Any]) -> list[tuple[Any, ...]] | None:
+        """Per view, its join-key values (the cache's key); ``None`` when one is not in the row."""
+        try:
+            return [tuple(entity_row[key] for key, _ in view.join_keys) for view in self.views]
+        except KeyError:
+            return None
 
     @cached_property
-    def _absent(self) -> dict[str, list[Any]]:
-        """The response of a read that found nothing: every column ``[None]``, every stamp ``[0]``."""
-        return {name: [None] if i == 0 else [0] for cols in self._columns for pair in cols.values()
-                for i, name in enumerate(pair)}
+    def _positions(self) -> tuple[dict[str, int], ...]:
+        """Per view: feature → its position in the view's entry (built once, not per read)."""
+        return tuple({f: j for j, f in enumerate(v.features)} for v in self.views)
 
-    def response(self, rows: list[Any]) -> dict[str, list[Any]]:
-        """Rows → the shape of ``OnlineResponse.to_dict(include_event_timestamps=True)`` for one
-        entity row (``view__feature`` and ``view__feature__ts``), so both paths share one decoder.
-        The one-element lists of absent features are shared between responses: read, never mutate."""
+    @cached_property
+    def _columns(self) -> tuple[tuple[tuple[str, str], ...], ...]:
+        """Per view, per feature in entry order: its response column and timestamp column."""
+        return tuple(tuple((f"{v.name}__{f}", f"{v.name}__{f}{TS_SUFFIX}") for f in v.features) for v in self.views)
+
+    def decode(self, rows: list[Any]) -> list[tuple[tuple[Any, int], ...]]:
+        """Rows → per view, per feature in plan order: (value, event time in whole seconds; 0 when
+        absent), as Feast reports them. Tuples of plain values: what :mod:`serving.online_cache`
+        keeps."""
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
 
-        out = dict(self._absent)
-        columns = self._columns
+        found: list[list[tuple[Any, int]]] = [[(None, 0)] * len(v.features) for v in self.views]
+        positions = self._positions
         for view_idx, feature, value, event_ts in rows:
-            cols = columns[view_idx].get(feature)
-            if cols is None:
+            j = positions[view_idx].get(feature)
+            if j is None:
                 continue
             proto = Value.FromString(value)
             kind = proto.WhichOneof("val")
             # Scalars directly (a tenth of the cost); anything else through Feast's converter.
-            out[cols[0]] = [None if kind is None or kind == "null_val" else
-                            getattr(proto, kind) if kind in _SCALARS else feast_value_type_to_python_type(proto)]
             # Feast stores naive UTC timestamps and reports whole seconds.
-            out[cols[1]] = [int(event_ts.replace(tzinfo=UTC).timestamp()) if event_ts else 0]
+            found[view_idx][j] = (None if kind is None or kind == "null_val" else
+                                  getattr(proto, kind) if kind in _SCALARS else feast_value_type_to_python_type(proto),
+                                  int(event_ts.replace(tzinfo=UTC).timestamp()) if event_ts else 0)
+        return [tuple(entry) for entry in found]
+
+    def assemble(self, entries: list[tuple[tuple[Any, int], ...]]) -> dict[str, list[Any]]:
+        """Per-view entries → the shape of ``OnlineResponse.to_dict(include_event_timestamps=True)``
+        for one entity row (``view__feature`` and ``view__feature__ts``), so both read paths share
+        one decoder."""
+        out: dict[str, list[Any]] = {}
+        for columns, entry in zip(self._columns, entries, strict=True):
+            for (name, ts_name), (value, ts) in zip(columns, entry, strict=True):
+                out[name] = [value]
+                out[ts_name] = [ts]
         return out
+
+    def response(self, rows: list[Any]) -> dict[str, list[Any]]:
+        """Rows of one read → the response (:meth:`decode` then :meth:`assemble`)."""
+        return self.assemble(self.decode(rows))
 
 
 _SCALARS = frozenset({"double_val", "float_val", "int64_val", "int32_val", "bool_val", "string_val"})
@@ -137,7 +159,7 @@ def build_plan(store: Any, service: Any) -> SqlPlan:
     from serving.online import on_demand_view_names
 
     on_demand = on_demand_view_names(store)  # computed by serving from this read (serving.online.ON_DEMAND)
-    views, selects = [], []
+    views, selects, tables = [], [], []
     for proj in service.feature_view_projections:
         if proj.name in on_demand:
             continue
@@ -148,8 +170,8 @@ def build_plan(store: Any, service: Any) -> SqlPlan:
         join_keys = tuple((col.name, col.dtype.to_value_type()) for col in fv.entity_columns)
         views.append(_View(name=proj.name_to_use(), join_keys=join_keys,
                            features=tuple(f.name for f in proj.features)))
-        table = _quote(compute_table_id(config.project, fv, versioning))
-        selects.append(f"select {i}::int, feature_name, value, event_ts from {table} "
+        tables.append(compute_table_id(config.project, fv, versioning))
+        selects.append(f"select {i}::int, feature_name, value, event_ts from {_quote(tables[-1])} "
                        f"where entity_key = ${2 * i + 1} and feature_name = any(${2 * i + 2}::text[])")
     if not views:
         raise DirectReadUnsupported(f"feature service {service.name} has no feature views")
@@ -160,7 +182,7 @@ def build_plan(store: Any, service: Any) -> SqlPlan:
                "database": online.database, "server_settings": {"search_path": search_path},
                "ssl": False if online.sslmode in (None, "disable") else online.sslmode}
     return SqlPlan(sql=" union all ".join(selects), views=tuple(views),
-                   key_version=int(config.entity_key_serialization_version), connect=connect)
+                   key_version=int(config.entity_key_serialization_version), connect=connect, tables=tuple(tables))
 
 
 class SqlReader:
@@ -177,8 +199,13 @@ class SqlReader:
     read) opens its replacement.
     """
 
-    def __init__(self, plan: SqlPlan, *, timeout_s: float, max_size: int) -> None:
+    def __init__(self, plan: SqlPlan, *, timeout_s: float, max_size: int, cache_size: int = 0) -> None:
+        from serving.online_cache import OnlineCache
+
         self.plan = plan
+        # Decoded rows kept per entity, dropped by the store's own notifications (serving.online_cache).
+        self.cache = (OnlineCache(plan.connect, plan.tables, max_entries=cache_size)
+                      if cache_size > 0 and plan.tables else None)
         self._timeout_s = timeout_s
         self._max_size = max_size
         self._idle: list[Any] = []  # connections ready for a read
@@ -250,14 +277,27 @@ class SqlReader:
         return rows
 
     async def connect(self) -> None:
-        """Open one connection now (at start-up: the first request must not pay for the connect)."""
+        """Open one connection now (at start-up: the first request must not pay for the connect),
+        and start the cache's listener."""
+        if self.cache is not None:
+            await self.cache.start()
         if not self._idle and self._opened == 0:
             self._release(await self._open(), ok=True)
 
     async def read(self, entity_row: dict[str, Any]) -> dict[str, list[Any]] | None:
         """One round trip; ``None`` when the row lacks an entity key. Raises on any store error
         and ``TimeoutError`` when the answer (or a free connection) takes over the timeout."""
-        params = self.plan.params(entity_row)
+        plan, cache = self.plan, self.cache
+        keys = plan.keys(entity_row)
+        if keys is None:
+            return None
+        if cache is not None:
+            entries = cache.get(keys)
+            if entries is not None:
+                return plan.assemble(entries)
+            epochs = cache.epochs()  # before the query: a change committed meanwhile is not kept
+            await cache.start()  # (idempotent) a reader built after start-up begins listening here
+        params = plan.params(entity_row)
         if params is None:
             return None
         loop = asyncio.get_running_loop()
@@ -270,10 +310,15 @@ class SqlReader:
             except asyncio.CancelledError:
                 query.add_done_callback(_consume)  # it still releases its connection when it ends
                 raise
-        return self.plan.response(rows)
+        entries = plan.decode(rows)
+        if cache is not None:
+            cache.put(keys, entries, epochs)
+        return plan.assemble(entries)
 
     async def close(self) -> None:
         self._closed = True
+        if self.cache is not None:
+            await self.cache.close()
         idle, self._idle = self._idle, []
         for waiter in self._waiters:
             if not waiter.done():

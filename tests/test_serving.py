@@ -437,6 +437,110 @@ def test_online_reader_times_out_without_losing_its_connection(stack: Stack) -> 
     asyncio.run(scenario())
 
 
+def test_online_cache_serves_hits_and_drops_them_on_every_store_change(stack: Stack) -> None:
+    """The direct read's cache (serving.online_cache): a second read of an entity makes no round
+    trip and returns the same response; a Feast write to the view's table is notified and the next
+    read returns the new value; a killed LISTEN session or a dropped trigger switches the cache off
+    (reads still answered by the store) until the listener has re-connected and re-installed."""
+    import asyncio
+
+    import asyncpg
+    import pandas as pd
+
+    from serving.online_sql import SqlReader, build_plan
+
+    store = stack.store()
+    plan = build_plan(store, store.get_feature_service("fraud_model_v1"))
+    t_idx = next(i for i, v in enumerate(plan.views) if v.join_keys[0][0] == "terminal_id")
+    feature = next(f for f in plan.views[t_idx].features if f.startswith("terminal_risk_"))
+    column = f"{plan.views[t_idx].name}__{feature}"
+    terminal = f"cache-test-{uuid.uuid4().hex[:8]}"  # an entity of its own: the online store is shared
+    customer = str(stack.marts.fct_transactions.customer_id.iloc[0])
+    row = {"customer_id": customer, "terminal_id": terminal}
+
+    def write(value: float) -> None:
+        data: dict[str, list[Any]] = {"terminal_id": [terminal], "event_timestamp": [pd.Timestamp.now(tz="UTC").floor("s")]}
+        for f in plan.views[t_idx].features:  # every field of the view (counts are Int64)
+            data[f] = [value] if f == feature else [1] if ("nb_tx" in f or "frauds" in f) else [0.0]
+        store.write_to_online_store(plan.views[t_idx].name, pd.DataFrame(data))
+
+    write(0.25)
+    reader = SqlReader(plan, timeout_s=5.0, max_size=2, cache_size=100)
+    cache = reader.cache
+    assert cache is not None
+    cache._verify_s = 0.2
+
+    async def until(cond, what: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> None:
+        await reader.connect()
+        await until(lambda: cache.enabled, "cache never switched on")
+        first = await reader.read(row)
+        assert first[column] == [0.25] and cache.misses == 1
+        conn = reader._idle[0]
+        assert await reader.read(row) == first and cache.hits == 1
+        assert reader._idle == [conn]  # no connection was taken for the hit
+
+        await asyncio.to_thread(write, 0.75)  # Feast's own writer, in its own transaction
+        await until(lambda: cache.invalidations >= 1, "the write was not notified")
+        assert (await reader.read(row))[column] == [0.75]
+        assert (await reader.read(row))[column] == [0.75] and cache.hits == 2
+
+        # The listener's session killed: off at once, empty, reads go to the store; back on later.
+        admin = await asyncpg.connect(**plan.connect)
+        try:
+            await admin.execute("select pg_terminate_backend($1)", cache._conn.get_server_pid())
+            await until(lambda: cache.stats()["entries"] == 0, "a lost listener left the cache's entries")
+            hits = cache.hits
+            assert (await reader.read(row))[column] == [0.75] and cache.hits == hits
+            await until(lambda: cache.enabled, "the listener did not come back")
+
+            # A trigger gone (as after `feast apply` recreated a table): off, re-installed, on again.
+            await reader.read(row)
+            assert cache.stats()["entries"] == 2
+            await admin.execute(f'drop trigger riskloop_online_changed on "{plan.tables[t_idx]}"')
+            await until(lambda: cache.stats()["entries"] == 0, "a missing trigger left the cache's entries")
+            await until(lambda: cache.enabled, "the trigger was not re-installed")
+            await reader.read(row)
+            await asyncio.to_thread(write, 0.5)  # notified again: the trigger is really back
+            await until(lambda: (cache.stats()["entries"] < 2), "the re-installed trigger did not notify")
+            assert (await reader.read(row))[column] == [0.5]
+        finally:
+            await admin.close()
+            await reader.close()
+        assert cache._conn is None and not cache.enabled
+
+    asyncio.run(scenario())
+
+
+def test_online_cache_keeps_no_read_that_raced_a_change_and_evicts_least_recent() -> None:
+    """A read whose query began before a change notification must not store what it fetched; each
+    view keeps at most max_entries, the least recently read out first."""
+    from serving.online_cache import OnlineCache
+
+    cache = OnlineCache({}, ("t_customer", "t_terminal"), max_entries=2)
+    cache.enabled = True  # as the listener sets it once LISTEN and the triggers hold
+    entry = ((1.0, 10),)
+    before = cache.epochs()
+    cache._on_notify(None, 0, "riskloop_online_changed", "t_terminal")  # committed while the read ran
+    cache.put([("c1",), ("t1",)], [entry, entry], before)
+    assert cache.get([("c1",), ("t1",)]) is None and cache.stats()["entries"] == 0
+    cache._on_notify(None, 0, "riskloop_online_changed", "some_other_table")  # not ours: nothing dropped
+    now = cache.epochs()
+    for key in ("a", "b"):
+        cache.put([(key,), (key,)], [entry, entry], now)
+    assert cache.get([("a",), ("a",)]) == [entry, entry]  # "a" is now the most recent
+    cache.put([("c",), ("c",)], [entry, entry], now)  # evicts "b"
+    assert cache.get([("b",), ("b",)]) is None
+    assert cache.get([("a",), ("a",)]) is not None and cache.get([("c",), ("c",)]) is not None
+    cache.enabled = False
+    assert cache.get([("a",), ("a",)]) is None  # off: every read goes to the store
+
+
 def test_reason_codes_name_the_amount_ratios() -> None:
     """A ratio is its own reason (the amount is unusual *for this customer*), not the plain amount's."""
     from serving.reasons import reason_code, top_reasons
