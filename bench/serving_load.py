@@ -141,6 +141,7 @@ async def run_rate(url: str, key: str, bodies: list[dict[str, Any]], rate: float
     finally:
         client.close()
     if timeline is not None:  # latency (ms, NaN = failed) by due time: do slow answers cluster?
+        timeline.parent.mkdir(parents=True, exist_ok=True)
         np.savetxt(timeline, np.column_stack([np.arange(n) / rate, latencies * 1000]), fmt="%.4f",
                    delimiter=",", header="due_s,latency_ms", comments="")
     ok = latencies[~np.isnan(latencies)] * 1000
