@@ -29,17 +29,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CompiledTrees:
-    """All trees of one booster as flat node arrays (leaves loop onto themselves)."""
+    """All trees of one booster as flat node arrays (leaves loop onto themselves).
+
+    One level of every tree is 7 numpy calls: a node reads its input from a per-call vector laid
+    out as [x with missing → -inf, x with missing → +inf, -inf], at ``slot`` (its split feature,
+    offset by n_features when a missing value goes right; leaves read the last -inf), so
+    "missing goes to the default branch" and "leaves stay put" are the same comparison
+    ``value >= threshold`` as every other split (XGBoost goes left when x < threshold, compared in
+    float32). The visited nodes are kept and the contributions summed once at the end."""
 
     n_features: int
     base_margin: float
     depth: int  # levels to step: the deepest leaf
     roots: np.ndarray  # int64 (n_trees,)
     feature: np.ndarray  # int64 (n_nodes,) split feature (0 for leaves: their step adds nothing)
-    threshold: np.ndarray  # float32 (n_nodes,) go left when x < threshold
-    left: np.ndarray  # int64 (n_nodes,)
-    right: np.ndarray  # int64 (n_nodes,)
-    default_left: np.ndarray  # bool (n_nodes,) where a missing value goes
+    slot: np.ndarray  # int64 (n_nodes,) where the node reads its input (see the class docstring)
+    threshold: np.ndarray  # float32 (n_nodes,) go right when the input >= threshold (leaves: 0)
+    children: np.ndarray  # int64 (2 * n_nodes,) [left, right] per node (a leaf: itself twice)
     mean: np.ndarray  # float64 (n_nodes,) cover-weighted mean of the leaves below (leaf: its value)
     root_mean_sum: float
 
@@ -47,18 +53,22 @@ class CompiledTrees:
         """Probability and contributions (``n_features`` + bias, in log-odds) of one row."""
         x = np.asarray(row, dtype=np.float32).reshape(-1)  # XGBoost compares in float32
         missing = np.isnan(x)
+        inputs = np.concatenate((np.where(missing, -np.inf, x), np.where(missing, np.inf, x), _LEAF_INPUT))
         node = self.roots
-        contribs = np.zeros(self.n_features + 1)
+        path = [node]
         for _ in range(self.depth):
-            f = self.feature[node]
-            go_left = np.where(missing[f], self.default_left[node], x[f] < self.threshold[node])
-            nxt = np.where(go_left, self.left[node], self.right[node])
-            contribs[: self.n_features] += np.bincount(f, weights=self.mean[nxt] - self.mean[node],
-                                                       minlength=self.n_features)
-            node = nxt
+            right = inputs[self.slot[node]] >= self.threshold[node]
+            node = self.children[2 * node + right]
+            path.append(node)
+        parents, reached = np.concatenate(path[:-1]), np.concatenate(path[1:])
+        contribs = np.bincount(self.feature[parents], weights=self.mean[reached] - self.mean[parents],
+                               minlength=self.n_features + 1)
         margin = self.base_margin + float(self.mean[node].sum())
         contribs[self.n_features] = self.base_margin + self.root_mean_sum
         return 1.0 / (1.0 + math.exp(-margin)), contribs
+
+
+_LEAF_INPUT = np.array([-np.inf], dtype=np.float32)  # what a leaf reads: never >= its threshold 0
 
 
 def _base_score(raw: str) -> float:
@@ -81,7 +91,7 @@ def compile_booster(booster: object) -> CompiledTrees | None:
     n_features = int(model["learner_model_param"]["num_feature"])
     p = _base_score(model["learner_model_param"]["base_score"])
     base_margin = math.log(p / (1.0 - p))
-    feature, threshold, left, right, default_left, mean, roots = [], [], [], [], [], [], []
+    feature, slot, threshold, left, right, mean, roots = [], [], [], [], [], [], []
     depth, offset = 0, 0
     for tree in trees:
         if any(tree.get("split_type", [])) or tree.get("categories"):
@@ -107,15 +117,18 @@ def compile_booster(booster: object) -> CompiledTrees | None:
         roots.append(offset)
         left.append(np.where(leaf, idx, lc + offset))
         right.append(np.where(leaf, idx, rc + offset))
-        feature.append(np.where(leaf, 0, np.asarray(tree["split_indices"])))
-        threshold.append(np.where(leaf, np.nan, cond).astype(np.float32))
-        default_left.append(np.asarray(tree["default_left"], dtype=bool))
+        split = np.asarray(tree["split_indices"])
+        feature.append(np.where(leaf, 0, split))
+        default_right = ~np.asarray(tree["default_left"], dtype=bool)
+        slot.append(np.where(leaf, 2 * n_features, split + n_features * default_right))
+        threshold.append(np.where(leaf, 0.0, cond).astype(np.float32))
         mean.append(means)
         offset += n
     roots_a = np.asarray(roots, dtype=np.int64)
     mean_a = np.concatenate(mean)
+    children = np.column_stack([np.concatenate(left), np.concatenate(right)]).reshape(-1).astype(np.int64)
     return CompiledTrees(
         n_features=n_features, base_margin=base_margin, depth=depth, roots=roots_a,
-        feature=np.concatenate(feature).astype(np.int64), threshold=np.concatenate(threshold),
-        left=np.concatenate(left).astype(np.int64), right=np.concatenate(right).astype(np.int64),
-        default_left=np.concatenate(default_left), mean=mean_a, root_mean_sum=float(mean_a[roots_a].sum()))
+        feature=np.concatenate(feature).astype(np.int64), slot=np.concatenate(slot).astype(np.int64),
+        threshold=np.concatenate(threshold), children=children, mean=mean_a,
+        root_mean_sum=float(mean_a[roots_a].sum()))
