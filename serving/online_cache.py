@@ -165,13 +165,18 @@ class OnlineCache:
             # (still empty) store reads.
             await conn.add_listener(CHANNEL, self._on_notify)
             conn.add_termination_listener(self._on_lost)
-            async with conn.transaction():
-                await conn.execute("select pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
-                await conn.execute(install_sql(self.tables))
+            self._conn = conn
+            if not await self._verified():  # (re)create only what is missing: DDL waits for writers
+                await self._install()
         except BaseException:
+            self._conn = None
             conn.terminate()
             raise
-        self._conn = conn
+
+    async def _install(self) -> None:
+        async with self._conn.transaction():
+            await self._conn.execute("select pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
+            await self._conn.execute(install_sql(self.tables))
 
     async def _verified(self) -> bool:
         n = await self._conn.fetchval(_VERIFY_SQL, list(self.tables), timeout=2.0)
@@ -186,9 +191,7 @@ class OnlineCache:
                     await self._listen()
                 elif not await self._verified():
                     self._disable("a change trigger is missing")
-                    async with self._conn.transaction():
-                        await self._conn.execute("select pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
-                        await self._conn.execute(install_sql(self.tables))
+                    await self._install()
                     continue  # verify again before serving
                 if not self.enabled and await self._verified():
                     self._drop_all()
