@@ -285,8 +285,9 @@ class SqlReader:
             self._release(await self._open(), ok=True)
 
     async def read(self, entity_row: dict[str, Any]) -> dict[str, list[Any]] | None:
-        """One round trip; ``None`` when the row lacks an entity key. Raises on any store error
-        and ``TimeoutError`` when the answer (or a free connection) takes over the timeout."""
+        """One round trip (none when the cache holds every view's entry); ``None`` when the row
+        lacks an entity key. Raises on any store error and ``TimeoutError`` when the answer (or a
+        free connection) takes over the timeout."""
         plan, cache = self.plan, self.cache
         keys = plan.keys(entity_row)
         if keys is None:
