@@ -46,6 +46,11 @@ def ensure_schema(conn: psycopg.Connection, name: str) -> None:
     conn.execute(f'create schema if not exists "{name}"')
 
 
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (for SQL built as text, e.g. asyncpg statements)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def append_only_ddl(table: str) -> str:
     """DDL that makes ``schema.table`` append-only in the database itself: UPDATE, DELETE and
     TRUNCATE raise, whoever connects. Audit tables (decisions, promotions) rely on it."""

@@ -69,6 +69,8 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 from psycopg.conninfo import make_conninfo
 
+from riskloop.db import quote_ident
+
 log = logging.getLogger(__name__)
 
 STORE_TYPE = "riskloop.feast_offline.RiskloopPostgreSQLOfflineStore"
@@ -78,11 +80,6 @@ class RiskloopPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
     """The stock Postgres offline store's settings; only the ``type`` differs."""
 
     type: Literal["riskloop.feast_offline.RiskloopPostgreSQLOfflineStore"] = STORE_TYPE  # type: ignore[assignment]
-
-
-def _q(name: str) -> str:
-    """A quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def adbc_connect(config: PostgreSQLConfig) -> Any:
@@ -115,30 +112,31 @@ def point_in_time_sql(contexts: Sequence[offline_utils.FeatureViewQueryContext],
     keys and a range on the event timestamp: an index on ``(keys…, event_timestamp)`` turns it
     into one short backward index scan per entity row.
     """
-    ts = f"e.{_q(timestamp_col)}"
-    select = [f"e.{_q(c)}" for c in entity_columns]
+    ts = f"e.{quote_ident(timestamp_col)}"
+    select = [f"e.{quote_ident(c)}" for c in entity_columns]
     joins = []
     for i, ctx in enumerate(contexts):
         alias = f"fv{i}"
-        conds = [f"s.{_q(src)} = e.{_q(key)}" for src, key in map(_source_column, ctx.entity_selections)]
-        conds.append(f"s.{_q(ctx.timestamp_field)} <= {ts}")
+        conds = [f"s.{quote_ident(src)} = e.{quote_ident(key)}"
+                 for src, key in map(_source_column, ctx.entity_selections)]
+        conds.append(f"s.{quote_ident(ctx.timestamp_field)} <= {ts}")
         if ctx.ttl:
-            conds.append(f"s.{_q(ctx.timestamp_field)} >= {ts} - {int(ctx.ttl)} * interval '1 second'")
-        order = [f"s.{_q(ctx.timestamp_field)} desc"]
+            conds.append(f"s.{quote_ident(ctx.timestamp_field)} >= {ts} - {int(ctx.ttl)} * interval '1 second'")
+        order = [f"s.{quote_ident(ctx.timestamp_field)} desc"]
         if ctx.created_timestamp_column:
-            order.append(f"s.{_q(ctx.created_timestamp_column)} desc")
+            order.append(f"s.{quote_ident(ctx.created_timestamp_column)} desc")
             if filter_by_created_timestamp:
-                conds.append(f"s.{_q(ctx.created_timestamp_column)} <= {ts}")
+                conds.append(f"s.{quote_ident(ctx.created_timestamp_column)} <= {ts}")
         cols = []
         for feature in ctx.features:
             name = ctx.field_mapping.get(feature, feature)
             out = f"{ctx.name}__{name}" if full_feature_names else name
-            cols.append(f"s.{_q(feature)} as {_q(out)}")
-            select.append(f"{alias}.{_q(out)}")
+            cols.append(f"s.{quote_ident(feature)} as {quote_ident(out)}")
+            select.append(f"{alias}.{quote_ident(out)}")
         joins.append(
             f"left join lateral (\n  select {', '.join(cols)}\n  from {ctx.table_subquery} as s\n"
             f"  where {' and '.join(conds)}\n  order by {', '.join(order)}\n  limit 1\n) as {alias} on true")
-    return f"select {', '.join(select)}\nfrom {_q(entity_table)} as e\n" + "\n".join(joins)
+    return f"select {', '.join(select)}\nfrom {quote_ident(entity_table)} as e\n" + "\n".join(joins)
 
 
 class LateralRetrievalJob(PostgreSQLRetrievalJob):
@@ -216,12 +214,12 @@ class LateralRetrievalJob(PostgreSQLRetrievalJob):
             cur.adbc_ingest(self._table, pa.Table.from_pandas(frame, preserve_index=False),
                             mode="create", temporary=True)
         else:
-            cur.execute(f"create temporary table {_q(self._table)} as select * from ({self._entity_df}) as sub "
-                        f"order by {', '.join(map(_q, order))}")
-        cur.execute(f"analyze {_q(self._table)}")
+            cur.execute(f"create temporary table {quote_ident(self._table)} as select * from "
+                        f"({self._entity_df}) as sub order by {', '.join(map(quote_ident, order))}")
+        cur.execute(f"analyze {quote_ident(self._table)}")
         if self._range is None:
-            col = _q(self._timestamp_col or "")
-            cur.execute(f"select min({col}), max({col}) from {_q(self._table)}")
+            col = quote_ident(self._timestamp_col or "")
+            cur.execute(f"select min({col}), max({col}) from {quote_ident(self._table)}")
             lo, hi = cur.fetchone()
             self._range = (pd.Timestamp(lo).to_pydatetime(), pd.Timestamp(hi).to_pydatetime())
 

@@ -37,6 +37,8 @@ import asyncio
 import logging
 from typing import Any
 
+from riskloop.db import quote_ident
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "riskloop_online_changed"
@@ -47,10 +49,6 @@ _DDL_LOCK_KEY = 0x726C5F6F6E6C696E  # "rl_onlin": serialises installs by several
 Entry = tuple[tuple[Any, int], ...]  # per feature of the view, in plan order: (value, event time s)
 
 
-def _quote(ident: str) -> str:
-    return '"' + ident.replace('"', '""') + '"'
-
-
 def install_sql(tables: tuple[str, ...]) -> str:
     """The trigger function (in the connection's first schema) and one statement-level trigger per
     table, all idempotent (``create or replace``)."""
@@ -59,7 +57,7 @@ begin
     perform pg_notify('{CHANNEL}', TG_TABLE_NAME);
     return null;
 end $$"""]
-    parts += [f"create or replace trigger {TRIGGER} after insert or update or delete or truncate on {_quote(t)} "
+    parts += [f"create or replace trigger {TRIGGER} after insert or update or delete or truncate on {quote_ident(t)} "
               f"for each statement execute function {FUNCTION}()" for t in tables]
     return ";\n".join(parts)
 
@@ -151,8 +149,9 @@ class OnlineCache:
         self._drop_all()
 
     # --- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Begin listening and keeping the triggers; the cache turns itself on once both hold."""
+    def start(self) -> None:
+        """Begin listening and keeping the triggers (on the running loop; idempotent); the cache
+        turns itself on once both hold."""
         if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._run())
 

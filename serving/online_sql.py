@@ -24,6 +24,7 @@ from functools import cached_property
 from datetime import UTC
 from typing import Any
 
+from riskloop.db import quote_ident
 from serving.online import TS_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,6 @@ def _entity_value(value: Any, value_type: Any) -> Any:
     return python_values_to_proto_values([value], value_type)[0]
 
 
-def _quote(ident: str) -> str:
-    return '"' + ident.replace('"', '""') + '"'
-
-
 def build_plan(store: Any, service: Any) -> SqlPlan:
     """Resolve tables, keys and connection of ``service`` from the Feast ``store``'s own config."""
     from feast.infra.online_stores.helpers import compute_table_id
@@ -171,7 +168,7 @@ def build_plan(store: Any, service: Any) -> SqlPlan:
         views.append(_View(name=proj.name_to_use(), join_keys=join_keys,
                            features=tuple(f.name for f in proj.features)))
         tables.append(compute_table_id(config.project, fv, versioning))
-        selects.append(f"select {i}::int, feature_name, value, event_ts from {_quote(tables[-1])} "
+        selects.append(f"select {i}::int, feature_name, value, event_ts from {quote_ident(tables[-1])} "
                        f"where entity_key = ${2 * i + 1} and feature_name = any(${2 * i + 2}::text[])")
     if not views:
         raise DirectReadUnsupported(f"feature service {service.name} has no feature views")
@@ -280,7 +277,7 @@ class SqlReader:
         """Open one connection now (at start-up: the first request must not pay for the connect),
         and start the cache's listener."""
         if self.cache is not None:
-            await self.cache.start()
+            self.cache.start()
         if not self._idle and self._opened == 0:
             self._release(await self._open(), ok=True)
 
@@ -297,7 +294,7 @@ class SqlReader:
             if entries is not None:
                 return plan.assemble(entries)
             epochs = cache.epochs()  # before the query: a change committed meanwhile is not kept
-            await cache.start()  # (idempotent) a reader built after start-up begins listening here
+            cache.start()  # (idempotent) a reader built after start-up begins listening here
         params = plan.params(entity_row)
         if params is None:
             return None
