@@ -177,6 +177,11 @@ def test_canary_routes_the_share_and_the_gate_judges_it(stack: Stack) -> None:
         assert st["challenger"]["n_scored"] + st["challenger"]["n_degraded"] == len(expected)
         assert st["champion"]["n_scored"] + st["champion"]["n_degraded"] == 600 - len(expected)
         assert st["psi"] is not None and st["psi"] <= stack.settings.canary_max_psi
+        # The latency bound judges the p99's lower 95 % confidence bound: that order statistic of the arm.
+        for arm, alias in (("challenger", "challenger"), ("champion", "champion")):
+            lat = sorted(r["latency_ms"] for r in rows if r["model_alias"] == alias)
+            assert st[arm]["p99_low_ms"] == pytest.approx(lat[canary.quantile_lower_rank(len(lat)) - 1])
+            assert st[arm]["p99_low_ms"] <= st[arm]["p99_ms"]
         # …and is refused, with the reason, when a bound is breached or the minimums are not met.
         strict = stack.settings.model_copy(update={"canary_max_psi": st["psi"] / 2})
         refused = canary.gate(strict, stack.name, stack.sound, stack.champion)
@@ -278,19 +283,26 @@ def test_judge_names_each_breached_bound(stack: Stack) -> None:
     from riskloop.canary import ArmStats, CanaryStats, judge, tripwires
 
     now = datetime.now(UTC)
-    champ = ArmStats(n=1000, n_scored=990, n_degraded=10, p99_ms=4.0)
-    fine = CanaryStats("canary", now, now, champ, ArmStats(n=100, n_scored=99, n_degraded=1, p99_ms=5.5), psi=0.02)
+    champ = ArmStats(n=1000, n_scored=990, n_degraded=10, p99_ms=4.0, p99_low_ms=3.5)
+    fine = CanaryStats("canary", now, now, champ,
+                       ArmStats(n=100, n_scored=99, n_degraded=1, p99_ms=5.5, p99_low_ms=5.0), psi=0.02)
     assert judge(stack.settings, fine) == [] and tripwires(stack.settings, fine) == []
-    slow_failing = CanaryStats("canary", now, now, champ,
-                               ArmStats(n=100, n_scored=80, n_errors=19, n_degraded=1, p99_ms=300.0), psi=0.02)
+    slow_failing = CanaryStats("canary", now, now, champ, ArmStats(n=100, n_scored=80, n_errors=19, n_degraded=1,
+                                                                   p99_ms=300.0, p99_low_ms=280.0), psi=0.02)
     breaches = judge(stack.settings, slow_failing)
-    assert len(breaches) == 2 and "p99 300.00 ms > 6.00 ms" in breaches[0] and "20.00%" in breaches[1]
+    assert len(breaches) == 2 and "p99 >= 280.00 ms at 95 % confidence (estimate 300.00 ms over 100) > 6.00 ms" \
+        in breaches[0] and "20.00%" in breaches[1]
     trips = tripwires(stack.settings, slow_failing)
-    assert len(trips) == 2 and "error+degraded rate 20.0%" in trips[0] and "p99 latency 300.0 ms" in trips[1]
-    busy = CanaryStats("canary", now, now, ArmStats(n=1000, n_scored=1000, p99_ms=290.0),
-                       ArmStats(n=100, n_scored=100, p99_ms=300.0), psi=0.02)
+    assert len(trips) == 2 and "error+degraded rate 20.0%" in trips[0] and "p99 latency >= 280.0 ms" in trips[1]
+    # A p99 made by two slow requests in a small arm (its lower bound within the bounds) is no evidence.
+    outliers = CanaryStats("canary", now, now, champ,
+                           ArmStats(n=100, n_scored=100, p99_ms=300.0, p99_low_ms=5.9), psi=0.02)
+    assert judge(stack.settings, outliers) == [] and tripwires(stack.settings, outliers) == []
+    busy = CanaryStats("canary", now, now, ArmStats(n=1000, n_scored=1000, p99_ms=290.0, p99_low_ms=280.0),
+                       ArmStats(n=100, n_scored=100, p99_ms=300.0, p99_low_ms=295.0), psi=0.02)
     assert tripwires(stack.settings, busy) == []  # a busy machine slows both arms: not the challenger's fault
-    thin = CanaryStats("canary", now, now, champ, ArmStats(n=10, n_scored=0, n_errors=10, p99_ms=900.0), psi=None)
+    thin = CanaryStats("canary", now, now, champ,
+                       ArmStats(n=10, n_scored=0, n_errors=10, p99_ms=900.0, p99_low_ms=900.0), psi=None)
     assert tripwires(stack.settings, thin) == []  # too few decisions to judge: no rollback on noise
     assert "PSI undefined" in judge(stack.settings, thin)[-1]
 
