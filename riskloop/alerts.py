@@ -417,8 +417,10 @@ def drift_check(settings: Settings, result: "DriftResult") -> Check:
 
 def performance_check(settings: Settings, result: "DriftResult") -> Check:
     """Realised performance on matured labels: breached when realised average precision is more than
-    ``RISKLOOP_MONITOR_AP_MARGIN`` below the version's own test AP, or when the matured fraud rate
-    drifted from the test window's (the model's prior no longer holds). No matured labels: None."""
+    ``RISKLOOP_MONITOR_AP_MARGIN`` below the version's own test AP, and so is the top of its
+    bootstrap 95 % interval (a few dozen matured frauds move AP by more than the margin from sampling
+    alone: a drop within the noise pages no one), or when the matured fraud rate drifted from the
+    test window's (the model's prior no longer holds). No matured labels: None."""
     from riskloop.monitoring import performance_text
 
     key, perf, target = result.model_name, result.performance, result.target_drift
@@ -428,16 +430,21 @@ def performance_check(settings: Settings, result: "DriftResult") -> Check:
         return Check("performance_drop", key, None, head + "realised performance not assessed (too few matured "
                      "labels)", report_url=link)
     margin = settings.monitor_ap_margin
-    dropped = perf.ap_drop is not None and perf.ap_drop > margin
+    dropped = perf.ap_drop is not None and perf.ap_drop > margin and perf.ap_drop_low > margin
+    within_noise = perf.ap_drop is not None and perf.ap_drop > margin and not dropped
     shifted = target is not None and target.drifted
     causes = ([f"AP {_fmt(perf.average_precision)} is {_fmt(perf.ap_drop)} below test AP "
-               f"{_fmt(perf.test_average_precision)} (margin {_fmt(margin)})"] if dropped else []) + \
-             (["fraud rate drifted"] if shifted else [])
+               f"{_fmt(perf.test_average_precision)} (margin {_fmt(margin)}" +
+               ("" if perf.ap_ci95_high is None else f"; at least {_fmt(perf.ap_drop_low)} at 95 %") + ")"]
+              if dropped else []) + (["fraud rate drifted"] if shifted else [])
+    if within_noise:
+        causes.append(f"AP {_fmt(perf.ap_drop)} below test AP but within its sampling noise "
+                      f"(interval top {_fmt(perf.ap_ci95_high)}): not a breach")
     summary = head + ("; ".join(causes) + " — " if causes else "") + performance_text(perf, target)
     details = {"model_name": result.model_name, "model_version": result.model_version,
                "drift_report_id": result.report_id, "performance": asdict(perf),
                "target_drift": asdict(target) if target else None, "ap_margin": margin,
-               "ap_dropped": dropped, "target_drifted": shifted}
+               "ap_dropped": dropped, "ap_drop_within_noise": within_noise, "target_drifted": shifted}
     return Check("performance_drop", key, dropped or shifted, summary, details, link)
 
 

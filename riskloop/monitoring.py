@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import tempfile
 import uuid
@@ -110,12 +111,25 @@ class Performance:
     test_average_precision: float | None
     label_delay_days: int
     data_now: str | None  # newest transaction in the warehouse (ISO): the data's "now"
+    # Bootstrap 95 % interval of the realised AP (None in reports made before it was computed)
+    ap_ci95_low: float | None = None
+    ap_ci95_high: float | None = None
 
     @property
     def ap_drop(self) -> float | None:
         if self.test_average_precision is None:
             return None
         return self.test_average_precision - self.average_precision
+
+    @property
+    def ap_drop_low(self) -> float | None:
+        """The smallest drop the interval allows (test AP minus the interval's top): the drop the
+        matured labels show beyond their sampling noise. The point drop without an interval."""
+        if self.test_average_precision is None:
+            return None
+        if self.ap_ci95_high is None:
+            return self.ap_drop
+        return self.test_average_precision - self.ap_ci95_high
 
 
 @dataclass(frozen=True)
@@ -296,8 +310,10 @@ def _realised(settings: Settings, matured: pd.DataFrame, data_now: datetime | No
     if n_pos in (0, n):
         return None, None, f"{n} matured labels, all of one class: realised performance not assessed"
     y, score = matured["is_fraud"].astype(int).to_numpy(), matured["score"].astype(float).to_numpy()
+    ap_low, ap_high = (None if math.isnan(v) else v for v in metrics.average_precision_interval(y, score))
     perf = Performance(n_matured=n, n_positive=n_pos, auc_roc=metrics.auc_roc(y, score),
                        average_precision=metrics.average_precision(y, score),
+                       ap_ci95_low=ap_low, ap_ci95_high=ap_high,
                        test_auc_roc=run_metrics.get("auc_roc"),
                        test_average_precision=run_metrics.get("average_precision"),
                        label_delay_days=settings.label_delay_days,
@@ -548,9 +564,11 @@ def _fmt(x: float | None) -> str:
 
 def performance_text(performance: Performance, target: TargetDrift | None) -> str:
     """Realised performance (and target drift) in one line, for the reason and the alert."""
-    text = (f"realised on {performance.n_matured} matured labels: AUC {_fmt(performance.auc_roc)} "
-            f"(test {_fmt(performance.test_auc_roc)}), AP {_fmt(performance.average_precision)} "
-            f"(test {_fmt(performance.test_average_precision)})")
+    ci = ("" if performance.ap_ci95_low is None else
+          f", 95 % interval {_fmt(performance.ap_ci95_low)}-{_fmt(performance.ap_ci95_high)}")
+    text = (f"realised on {performance.n_matured} matured labels ({performance.n_positive} frauds): AUC "
+            f"{_fmt(performance.auc_roc)} (test {_fmt(performance.test_auc_roc)}), AP "
+            f"{_fmt(performance.average_precision)} (test {_fmt(performance.test_average_precision)}{ci})")
     if target is not None:
         text += (f"; fraud rate {'drifted' if target.drifted else 'stable'}: {target.current_rate:.2%} matured "
                  f"vs {target.reference_rate:.2%} in the test window (Z-test p={_fmt(target.p_value)})")
@@ -652,6 +670,9 @@ def _log_mlflow(settings: Settings, client, result: DriftResult, report_path: st
                 client.log_metric(run_id, "n_matured", p.n_matured)
                 client.log_metric(run_id, "realised_auc_roc", p.auc_roc)
                 client.log_metric(run_id, "realised_average_precision", p.average_precision)
+                if p.ap_ci95_low is not None:
+                    client.log_metric(run_id, "realised_average_precision_ci95_low", p.ap_ci95_low)
+                    client.log_metric(run_id, "realised_average_precision_ci95_high", p.ap_ci95_high)
                 if p.ap_drop is not None:
                     client.log_metric(run_id, "average_precision_drop", p.ap_drop)
             if result.target_drift is not None:

@@ -3,6 +3,8 @@ on the real database."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import uuid
 from email.message import Message
@@ -236,6 +238,17 @@ def test_performance_check_fires_on_an_ap_drop_beyond_the_margin_or_target_drift
     assert "AP 0.42 is 0.18 below test AP 0.6 (margin 0.1)" in check.summary
     assert check.details["ap_dropped"] and not check.details["target_drifted"]
     assert performance_check(Settings(monitor_ap_margin=0.2), result).breached is False
+    # With its bootstrap interval: a drop the interval's top also shows pages; one within the noise does not.
+    sure = DriftResult(**base, performance=dataclasses.replace(perf, ap_ci95_low=0.38, ap_ci95_high=0.46),
+                       target_drift=stable)
+    check = performance_check(Settings(monitor_ap_margin=0.1), sure)
+    assert check.breached is True and "(margin 0.1; at least 0.14 at 95 %)" in check.summary
+    assert "40 frauds" in check.summary and "95 % interval 0.38-0.46" in check.summary
+    noisy = DriftResult(**base, performance=dataclasses.replace(perf, ap_ci95_low=0.25, ap_ci95_high=0.58),
+                        target_drift=stable)
+    check = performance_check(Settings(monitor_ap_margin=0.1), noisy)
+    assert check.breached is False and check.details["ap_drop_within_noise"] and not check.details["ap_dropped"]
+    assert "within its sampling noise (interval top 0.58): not a breach" in check.summary
 
     shifted = DriftResult(**base, performance=perf, target_drift=TargetDrift(
         method="z", threshold=0.01, p_value=1e-6, drifted=True, reference_rate=0.1, current_rate=0.25,

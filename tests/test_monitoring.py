@@ -387,6 +387,7 @@ def test_realised_performance_and_target_drift_on_matured_labels(matured_model) 
     assert perf.n_matured == 300 and perf.n_positive == int(labels.sum())  # recent and replayed rows left out
     assert perf.auc_roc == pytest.approx(roc_auc_score(labels, scores))
     assert perf.average_precision == pytest.approx(average_precision_score(labels, scores))
+    assert perf.ap_ci95_low < perf.average_precision < perf.ap_ci95_high  # its bootstrap interval
     assert perf.data_now == DATA_NOW.isoformat() and perf.label_delay_days == settings.label_delay_days
     client = MlflowClient(settings.tracking_uri)
     training_run = client.get_run(client.get_model_version(matured_model["name"], matured_model["version"]).run_id)
@@ -409,6 +410,7 @@ def test_realised_performance_and_target_drift_on_matured_labels(matured_model) 
     assert back.performance == perf and back.target_drift == target and back.report_url == result.report_url
     assert run.data.metrics["realised_average_precision"] == pytest.approx(perf.average_precision)
     assert run.data.metrics["realised_auc_roc"] == pytest.approx(perf.auc_roc)
+    assert run.data.metrics["realised_average_precision_ci95_high"] == pytest.approx(perf.ap_ci95_high)
     assert run.data.metrics["target_rate_current"] == pytest.approx(target.current_rate)
     check = performance_check(settings, result)
     assert check.kind == "performance_drop" and check.breached is True

@@ -95,6 +95,68 @@ def ece_interval(y_true: np.ndarray | pd.Series, y_prob: np.ndarray | pd.Series,
     return float(low), float(high)
 
 
+def _ap_categories(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows as the categories a bootstrap of average precision needs: ``sizes`` alternating
+    [negatives up to and including positive tie group j, positives of group j] for each tie group j
+    holding a positive (score descending), then the negatives after the last one; and ``is_pos``.
+
+    Why: AP changes only at the ends of tie groups that hold a positive, where it needs the
+    positives and all rows seen so far; negatives between two such ends count only as their sum.
+    Resampling rows with replacement gives multinomial counts, and sums of multinomial counts over
+    blocks are again multinomial, so drawing the blocks' counts directly is the row bootstrap
+    exactly, in O(positives) instead of O(rows) per resample."""
+    order = np.argsort(-y_score, kind="mergesort")
+    s, y = y_score[order], y_true[order]
+    group = np.r_[0, np.cumsum(s[1:] != s[:-1])]
+    pos = np.bincount(group, weights=y).astype(np.int64)
+    neg = np.bincount(group, weights=1 - y).astype(np.int64)
+    has_pos = np.flatnonzero(pos > 0)
+    # negatives after group j-1's end up to and including group j's (seen at its end)
+    neg_before = np.diff(np.r_[0, np.cumsum(neg)[has_pos]])
+    trailing = neg[has_pos[-1] + 1:].sum() if len(has_pos) else neg.sum()
+    sizes = np.empty(2 * len(has_pos) + 1, dtype=np.int64)
+    sizes[0:-1:2], sizes[1:-1:2], sizes[-1] = neg_before, pos[has_pos], trailing
+    is_pos = np.zeros(len(sizes), dtype=bool)
+    is_pos[1:-1:2] = True
+    return sizes, is_pos
+
+
+def _ap_of_counts(counts: np.ndarray, is_pos: np.ndarray) -> np.ndarray:
+    """Average precision of each row of category ``counts`` (:func:`_ap_categories`)."""
+    seen = np.cumsum(counts, axis=1)[:, is_pos].astype(float)
+    tp = np.cumsum(counts[:, is_pos], axis=1).astype(float)
+    precision = np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)
+    step = counts[:, is_pos]
+    total = tp[:, -1]
+    return np.divide((step * precision).sum(axis=1), total, out=np.full(len(total), np.nan), where=total > 0)
+
+
+def average_precision_interval(y_true: np.ndarray | pd.Series, y_score: np.ndarray | pd.Series,
+                               resamples: int = 200, level: float = 0.95,
+                               seed: int = 0) -> tuple[float, float]:
+    """Bootstrap percentile interval of :func:`average_precision` over the rows.
+
+    Why: realised AP on a few dozen matured frauds moves by 0.1 and more from sampling alone, so a
+    monitor that pages on "AP fell by more than the margin" would page on noise; the interval says
+    how far the figure could be off. The row bootstrap, drawn as multinomial counts of
+    :func:`_ap_categories` (a million rows in about a second); resamples without a positive are
+    skipped. (NaN, NaN) without positives (or with too few for any resample to hold one).
+    Deterministic for a ``seed``."""
+    y, s = np.asarray(y_true).astype(np.int64), np.asarray(y_score, dtype=float)
+    if not y.any():
+        return math.nan, math.nan
+    sizes, is_pos = _ap_categories(y, s)
+    n = int(sizes.sum())
+    counts = np.random.default_rng(seed).multinomial(n, sizes / n, size=resamples)
+    values = _ap_of_counts(counts, is_pos)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def card_precision_at_k_per_day(df: pd.DataFrame, k: int = 100, *, customer_col: str = "customer_id",
                                 time_col: str = "event_timestamp", score_col: str = "score",
                                 label_col: str = "label") -> pd.Series:
