@@ -87,6 +87,20 @@ begin
     end if;
 end
 $$;
+-- No planner statistics on the JSON columns: no query filters on them by a jsonb operator
+-- (readers use the key, decided_at and model columns), yet they were most of the cost of every
+-- ANALYZE: autoanalyze of a 47k-row log took 1.2 s of a core, 0.49 s without them, and while it
+-- runs the serving workers on the same 2 cores answer in 5-15 ms instead of 2.5 (BENCHMARKS.md).
+-- Only when one is still set: ALTER TABLE waits for a running ANALYZE.
+do $$
+begin
+    if exists (select 1 from pg_attribute where attrelid = '{TABLE}'::regclass and not attisdropped
+               and attname in ({", ".join(f"'{c}'" for c in sorted(JSON_COLUMNS))})
+               and attstattarget is distinct from 0) then
+        alter table {TABLE} {", ".join(f"alter column {c} set statistics 0" for c in sorted(JSON_COLUMNS))};
+    end if;
+end
+$$;
 -- (issue 5, several workers) The (customer, device) pairs of allowed fraud payments, written by
 -- the writer in the same transaction as their log rows: every serving process reads the new ones
 -- back (serving.devices), so a device one worker allowed is known to the others too. A cache of
