@@ -123,6 +123,8 @@ class Alert:
             lines.append(f"report: {self.report_url}")
         lines.append(f"runbook: {self.runbook_url}")
         lines.append(f"incident: {self.incident_id}")
+        for r in self.details.get("related_incidents") or ():
+            lines.append(f"related: {r['kind']} {self.key} incident {r['incident_id']}, firing since {r['opened_at']}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -295,8 +297,17 @@ def _transition(conn: "psycopg.Connection", settings: Settings, check: Check, no
          check.kind, check.key))
     if alert_status is None:
         return None
+    details = check.details
+    if alert_status == "firing":
+        # The same key's other open incidents (a model's input drift, then its performance drop):
+        # separate conditions with their own runbooks, but on-call should see they are one story.
+        related = [{"kind": k, "incident_id": str(i), "opened_at": o.isoformat()} for k, i, o in conn.execute(
+            f"select kind, incident_id, opened_at from {STATE_TABLE} where key = %s and kind <> %s "
+            "and status = 'firing' order by opened_at", (check.key, check.kind)).fetchall()]
+        if related:
+            details = {**details, "related_incidents": related}
     return Alert(event_id=str(uuid.uuid4()), incident_id=str(incident), kind=check.kind, key=check.key,
-                 status=alert_status, summary=check.summary, details=check.details, report_url=check.report_url,
+                 status=alert_status, summary=check.summary, details=details, report_url=check.report_url,
                  runbook_url=runbook_url(settings, check.kind), at=now)
 
 

@@ -187,6 +187,31 @@ def test_one_check_per_key_does_not_couple_keys(settings: Settings) -> None:
         process(settings, [Check("no_such_kind", a, True, "x")])
 
 
+def test_a_raise_names_the_same_keys_other_open_incidents(settings: Settings) -> None:
+    """A model's input drift, then its performance drop: two incidents (two runbooks), and the second
+    page says the first is open, so on-call reads them as one story. Resolved ones are not named."""
+    from riskloop.alerts import Check, process
+
+    settings = settings.model_copy(update={"alert_raise_after": 1, "alert_clear_after": 1})
+    key, other = f"m-{uuid.uuid4().hex[:6]}", f"n-{uuid.uuid4().hex[:6]}"
+    (drift,) = process(settings, [Check("input_drift", key, True, "amount drifted"),
+                                  Check("input_drift", other, False, "fine")])
+    assert "related_incidents" not in drift.details and "related:" not in drift.text()
+    (perf,) = process(settings, [Check("performance_drop", key, True, "AP fell")])
+    (related,) = perf.details["related_incidents"]
+    assert related["kind"] == "input_drift" and related["incident_id"] == drift.incident_id
+    assert f"related: input_drift {key} incident {drift.incident_id}, firing since" in perf.text()
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        (logged,) = conn.execute("select details from monitoring.alert_events where event_id = %s",
+                                 (perf.event_id,)).fetchone()
+    assert logged["related_incidents"] == [related]  # recorded with the event, for the incident review
+    (resolved,) = process(settings, [Check("input_drift", key, False, "back to normal")])
+    assert resolved.status == "resolved" and "related_incidents" not in resolved.details
+    process(settings, [Check("performance_drop", key, False, "recovered")])
+    (again,) = process(settings, [Check("performance_drop", key, True, "AP fell again")])
+    assert "related_incidents" not in again.details  # the drift incident is closed now
+
+
 def test_an_alert_a_sink_missed_is_resent_on_the_next_run(settings: Settings) -> None:
     from pydantic import SecretStr
 
