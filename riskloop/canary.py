@@ -243,7 +243,7 @@ class ArmStats:
     n_errors: int = 0
     n_degraded: int = 0
     p99_ms: float | None = None
-    p99_low_ms: float | None = None  # one-sided 95 % lower confidence bound of p99 (canary mode)
+    p99_low_ms: float | None = None  # one-sided 95 % lower confidence bound of p99 (canary mode, challenger)
 
     @property
     def bad_rate(self) -> float | None:
@@ -304,17 +304,17 @@ def quantile_lower_rank(n: int, q: float = 0.99, confidence: float = 0.95) -> in
     return k if log_tail >= target else None
 
 
-def _p99_lower_bounds(conn, p: dict[str, Any], arms: dict[str, ArmStats]) -> dict[str, ArmStats]:
-    """Each arm with its p99's lower confidence bound (:func:`quantile_lower_rank`), one indexed
-    read of one latency per arm."""
-    out = {}
-    for arm, a in arms.items():
-        k = quantile_lower_rank(a.n)
-        low = None if k is None else conn.execute(_ARMS_CTE + """
-            select latency_ms from w where arm = %(arm)s order by latency_ms offset %(k)s limit 1""",
-                                                   {**p, "arm": arm, "k": k - 1}).fetchone()
-        out[arm] = replace(a, p99_low_ms=None if low is None else low[0])
-    return out
+def _with_p99_lower_bound(conn, p: dict[str, Any], arm: ArmStats, name: str) -> ArmStats:
+    """The arm with its p99's lower confidence bound (:func:`quantile_lower_rank`): one read of
+    one latency. Only the challenger's is judged (and computed: the champion's arm is the large one,
+    and the watchdog asks every second)."""
+    k = quantile_lower_rank(arm.n)
+    if k is None:
+        return arm
+    row = conn.execute(_ARMS_CTE + """
+        select latency_ms from w where arm = %(arm)s order by latency_ms offset %(k)s limit 1""",
+                       {**p, "arm": name, "k": k - 1}).fetchone()
+    return replace(arm, p99_low_ms=None if row is None else row[0])
 
 
 def stats(conn, state: CanaryState, bins: int, start: datetime | None = None,
@@ -350,7 +350,8 @@ def stats(conn, state: CanaryState, bins: int, start: datetime | None = None,
                        percentile_cont(0.99) within group (order by latency_ms)
                 from w group by arm""", p).fetchall():
             arms[arm] = ArmStats(n=n, n_scored=n_scored, n_errors=n_err, n_degraded=n_deg, p99_ms=p99)
-        arms = _p99_lower_bounds(conn, p, arms)
+        if "challenger" in arms:
+            arms["challenger"] = _with_p99_lower_bound(conn, p, arms["challenger"], "challenger")
         champ_col, chal_col = "score", "score"
         champ_filter, chal_filter = "arm = 'champion'", "arm = 'challenger' and not errored and not degraded"
     qs = [i / bins for i in range(1, bins)]
@@ -491,8 +492,9 @@ def tag_version(settings: Settings, model_name: str, version: str, verdict: Cana
             a = st[arm]
             tags[f"canary.{arm}.decisions"] = str(a["n_scored"])
             tags[f"canary.{arm}.p99_ms"] = "" if a["p99_ms"] is None else f"{a['p99_ms']:.2f}"
-            tags[f"canary.{arm}.p99_low_ms"] = "" if a.get("p99_low_ms") is None else f"{a['p99_low_ms']:.2f}"
             tags[f"canary.{arm}.bad_rate"] = "" if a["bad_rate"] is None else f"{a['bad_rate']:.4f}"
+        low = st["challenger"].get("p99_low_ms")  # the bound the gate judged
+        tags["canary.challenger.p99_low_ms"] = "" if low is None else f"{low:.2f}"
     client = mlflow_client(settings.tracking_uri)
     for k, v in tags.items():
         client.set_model_version_tag(model_name, version, k, v)
