@@ -7,6 +7,7 @@ The stack gets its own RISKLOOP_HOME and free ports, so a developer's running `r
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -63,10 +64,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, for a server a test is about to start.
+
+    Not the kernel's ``bind(0)`` choice: that comes from the ephemeral range, which every outgoing
+    connection draws its source port from too, and one did take an MLflow server's port between the
+    choice and the server's bind (CI, "Address already in use"). These come from just below that
+    range, where no outgoing connection lands; each xdist worker draws from its own slice, so two
+    workers never pick the same one; and the port is checked free before it is handed out.
+    """
+    high = _ephemeral_low()
+    low = max(1024, high - 12_000)
+    if high - low < 1000:  # an unusual ephemeral range: the kernel's choice after all
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    span = (high - low) // workers
+    start = low + worker * span
+    for _ in range(500):
+        port = start + random.randrange(span)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free loopback port in {start}-{start + span}")
 
 
 @pytest.fixture(scope="session")

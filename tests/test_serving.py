@@ -9,7 +9,6 @@ TestClient (which runs the lifespan: model download, Feast store, decision-log w
 from __future__ import annotations
 
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,9 +38,9 @@ AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # released on close: nothing listens there
+    from conftest import free_port
+
+    return free_port()  # nothing listens there
 
 
 # --- the whole set-up ------------------------------------------------------------------------
