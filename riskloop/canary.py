@@ -319,7 +319,7 @@ def _with_p99_lower_bound(conn, p: dict[str, Any], arm: ArmStats, name: str) -> 
 
 def stats(conn, state: CanaryState, bins: int, start: datetime | None = None,
           end: datetime | None = None) -> CanaryStats:
-    """The canary's figures from the decision log (two aggregate queries; no row leaves the database).
+    """The canary's figures from the decision log (aggregate queries and one latency; no row leaves it).
 
     Canary mode: the challenger arm is what was routed to the challenger (decided by it, or failed on
     it and decided by the champion: an error); PSI compares the two arms' scores. Shadow mode: every
