@@ -58,15 +58,19 @@ def main() -> None:
         out["timing"].append(row)
         print(json.dumps(row), flush=True)  # noqa: T201 - a benchmark's report
     truth = float(average_precision_score(*sample(rng, 2_000_000, args.fraud_rate)))
-    held = widths = 0.0
+    # The alert pages on the interval's top: truth above the top is the side a false page comes from.
+    held = above = below = widths = 0.0
     for _ in range(args.coverage_draws):
         low, high = average_precision_interval(*sample(rng, args.coverage_rows, args.fraud_rate),
                                                resamples=args.resamples)
         held += low <= truth <= high
+        above += truth > high
+        below += truth < low
         widths += high - low
-    out["coverage"] = {"rows": args.coverage_rows, "draws": args.coverage_draws, "population_ap": round(truth, 4),
-                       "share_holding_it": round(held / args.coverage_draws, 3),
-                       "mean_width": round(widths / args.coverage_draws, 3)}
+    k = args.coverage_draws
+    out["coverage"] = {"rows": args.coverage_rows, "draws": k, "population_ap": round(truth, 4),
+                       "share_holding_it": round(held / k, 3), "share_truth_above_top": round(above / k, 3),
+                       "share_truth_below_bottom": round(below / k, 3), "mean_width": round(widths / k, 3)}
     print(json.dumps(out["coverage"]))  # noqa: T201
 
 
