@@ -45,7 +45,7 @@ async def main(requests: Path, n: int, repeat: int) -> None:
     plan = build_plan(store, binding.service)
     bodies = [json.loads(line) for _, line in zip(range(n), requests.open(), strict=False)]
     entities = [{"customer_id": b["customer_id"], "terminal_id": b["terminal_id"]} for b in bodies]
-    params = [plan.params(e) for e in entities]
+    params = [plan.params(plan.keys(e)) for e in entities]
     conn = await asyncpg.connect(**plan.connect)
     pool = await asyncpg.create_pool(**plan.connect, min_size=1, max_size=cfg.online_pool_size)
     reader = SqlReader(plan, timeout_s=1.0, max_size=cfg.online_pool_size)
@@ -59,8 +59,8 @@ async def main(requests: Path, n: int, repeat: int) -> None:
         "query on one asyncpg connection": lambda i: conn.fetch(plan.sql, *params[i]),
         "query through asyncpg.Pool": lambda i: pool.fetch(plan.sql, *params[i]),
         "SqlReader.read (as served)": lambda i: reader.read(entities[i]),
-        "entity keys encoded (plan.params)": lambda i: (plan.params(entities[i]), nothing())[1],
-        "rows decoded (plan.response)": lambda i: (plan.response(rows[i]), nothing())[1],
+        "entity keys encoded (plan.keys, plan.params)": lambda i: (plan.params(plan.keys(entities[i])), nothing())[1],
+        "rows decoded (plan.decode, plan.assemble)": lambda i: (plan.assemble(plan.decode(rows[i])), nothing())[1],
     }
     for _ in range(repeat):
         for label, fn in cases.items():

@@ -304,17 +304,17 @@ def quantile_lower_rank(n: int, q: float = 0.99, confidence: float = 0.95) -> in
     return k if log_tail >= target else None
 
 
-def _with_p99_lower_bound(conn, p: dict[str, Any], arm: ArmStats, name: str) -> ArmStats:
-    """The arm with its p99's lower confidence bound (:func:`quantile_lower_rank`): one read of
-    one latency. Only the challenger's is judged (and computed: the champion's arm is the large one,
-    and the watchdog asks every second)."""
-    k = quantile_lower_rank(arm.n)
+def _with_p99_lower_bound(conn, p: dict[str, Any], challenger: ArmStats) -> ArmStats:
+    """The challenger's arm with its p99's lower confidence bound (:func:`quantile_lower_rank`):
+    one read of one latency. Only the challenger's is judged, so only it is computed (the
+    champion's arm is the large one, and the watchdog asks every second)."""
+    k = quantile_lower_rank(challenger.n)
     if k is None:
-        return arm
+        return challenger
     row = conn.execute(_ARMS_CTE + """
-        select latency_ms from w where arm = %(arm)s order by latency_ms offset %(k)s limit 1""",
-                       {**p, "arm": name, "k": k - 1}).fetchone()
-    return replace(arm, p99_low_ms=None if row is None else row[0])
+        select latency_ms from w where arm = 'challenger' order by latency_ms offset %(k)s limit 1""",
+                       {**p, "k": k - 1}).fetchone()
+    return replace(challenger, p99_low_ms=None if row is None else row[0])
 
 
 def stats(conn, state: CanaryState, bins: int, start: datetime | None = None,
@@ -351,7 +351,7 @@ def stats(conn, state: CanaryState, bins: int, start: datetime | None = None,
                 from w group by arm""", p).fetchall():
             arms[arm] = ArmStats(n=n, n_scored=n_scored, n_errors=n_err, n_degraded=n_deg, p99_ms=p99)
         if "challenger" in arms:
-            arms["challenger"] = _with_p99_lower_bound(conn, p, arms["challenger"], "challenger")
+            arms["challenger"] = _with_p99_lower_bound(conn, p, arms["challenger"])
         champ_col, chal_col = "score", "score"
         champ_filter, chal_filter = "arm = 'champion'", "arm = 'challenger' and not errored and not degraded"
     qs = [i / bins for i in range(1, bins)]

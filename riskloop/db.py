@@ -43,7 +43,7 @@ def connect(settings: Settings, database: str | None = None, autocommit: bool = 
 
 
 def ensure_schema(conn: psycopg.Connection, name: str) -> None:
-    conn.execute(f'create schema if not exists "{name}"')
+    conn.execute(f"create schema if not exists {quote_ident(name)}")
 
 
 def quote_ident(name: str) -> str:

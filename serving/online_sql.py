@@ -51,21 +51,17 @@ class SqlPlan:
     connect: dict[str, Any]  # asyncpg.connect keyword arguments
     tables: tuple[str, ...] = ()  # each view's online table (unquoted, in the connection's search path)
 
-    def params(self, entity_row: dict[str, Any]) -> list[Any] | None:
-        """The statement's parameters; ``None`` when an entity key is not in the row."""
+    def params(self, keys: list[tuple[Any, ...]]) -> list[Any]:
+        """The statement's parameters for :meth:`keys`' values: per view, its serialised entity key
+        and its feature names."""
         from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 
         out: list[Any] = []
-        for view in self.views:
-            keys, values = [], []
-            for key, value_type in view.join_keys:
-                if key not in entity_row:
-                    return None
-                keys.append(key)
-                values.append(_entity_value(entity_row[key], value_type))
-            out.append(serialize_entity_key(EntityKey(join_keys=keys, entity_values=values),
-                                            entity_key_serialization_version=self.key_version))
+        for view, values in zip(self.views, keys, strict=True):
+            key = EntityKey(join_keys=[k for k, _ in view.join_keys], entity_values=[
+                _entity_value(v, value_type) for v, (_, value_type) in zip(values, view.join_keys, strict=True)])
+            out.append(serialize_entity_key(key, entity_key_serialization_version=self.key_version))
             out.append(list(view.features))
         return out
 
@@ -118,10 +114,6 @@ class SqlPlan:
                 out[name] = [value]
                 out[ts_name] = [ts]
         return out
-
-    def response(self, rows: list[Any]) -> dict[str, list[Any]]:
-        """Rows of one read → the response (:meth:`decode` then :meth:`assemble`)."""
-        return self.assemble(self.decode(rows))
 
 
 _SCALARS = frozenset({"double_val", "float_val", "int64_val", "int32_val", "bool_val", "string_val"})
@@ -295,9 +287,7 @@ class SqlReader:
                 return plan.assemble(entries)
             epochs = cache.epochs()  # before the query: a change committed meanwhile is not kept
             cache.start()  # (idempotent) a reader built after start-up begins listening here
-        params = plan.params(entity_row)
-        if params is None:
-            return None
+        params = plan.params(keys)
         loop = asyncio.get_running_loop()
         # One budget for the connection and the answer: a slow store degrades, it never stalls a payment.
         async with asyncio.timeout_at(loop.time() + self._timeout_s):

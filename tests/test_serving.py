@@ -37,12 +37,6 @@ ADMIN_KEY = "test-admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-def _closed_port() -> int:
-    from conftest import free_port
-
-    return free_port()  # nothing listens there
-
-
 # --- the whole set-up ------------------------------------------------------------------------
 
 class Stack:
@@ -61,10 +55,12 @@ class Stack:
 
     def broken_store(self):
         """The same repo pointed at a port nothing listens on (the feature store's server is down)."""
+        from conftest import free_port
+
         from riskloop.features import feature_store
 
         pg = self.settings.pg
-        down = type(pg)(host=pg.host, port=_closed_port(), user=pg.user, password=pg.password)
+        down = type(pg)(host=pg.host, port=free_port(), user=pg.user, password=pg.password)
         return feature_store(self.settings.model_copy(update={"database_url": down.url(self.settings.warehouse_db,
                                                                                         driver="")}))
 
@@ -624,13 +620,15 @@ def test_direct_read_timeout_degrades(app_factory, stack: Stack) -> None:
 
 
 def test_last_known_good_model_when_registry_unreachable(app_factory, stack: Stack) -> None:
+    from conftest import free_port
+
     from serving.app import create_app
     from serving.config import ServingSettings
 
     with TestClient(app_factory(), headers=AUTH) as c:  # a successful load keeps the model on disk
         assert c.get("/readyz").json()["checks"]["model_source"] == "registry"
         expected = c.post("/v1/score/fraud", json=_request(stack)).json()
-    down = stack.settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{_closed_port()}"})
+    down = stack.settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
     with TestClient(create_app(down, ServingSettings(api_keys=f"{ADMIN_KEY}:admin")), headers=AUTH) as c:
         ready = c.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["model_source"] == "last_known_good"
