@@ -9,7 +9,7 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test test-fast up down status clean lock
+.PHONY: install demo test test-fast lint up down status clean lock
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,6 +27,11 @@ demo: install
 # Two workers, a test file at a time each: the suite waits on servers and subprocesses as much
 # as it computes, so two overlap well on 2 cores (tests/conftest.py starts the longest files first).
 PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
+
+# The architecture's import contracts (pyproject.toml, [tool.importlinter]) and ruff.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL)

@@ -1,4 +1,4 @@
-"""Cost and coverage of the realised-AP bootstrap interval (training.metrics.average_precision_interval).
+"""Cost and coverage of the realised-AP bootstrap interval (riskloop.models.metrics.average_precision_interval).
 
 The monitor computes it on every run over the matured decisions, which can be millions of rows. Two
 questions: how long does it take (against the row bootstrap through scikit-learn's sample weights,
@@ -16,7 +16,7 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score
 
-from training.metrics import average_precision_interval
+from riskloop.models.metrics import average_precision_interval
 
 
 def sample(rng: np.random.Generator, n: int, fraud_rate: float) -> tuple[np.ndarray, np.ndarray]:

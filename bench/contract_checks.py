@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from riskloop.config import Settings  # noqa: E402
-from riskloop.contracts import run_contracts, run_mart_contracts  # noqa: E402
-from riskloop.ingest import load_table  # noqa: E402
-from riskloop.schema import RAW_TABLES  # noqa: E402
-from riskloop.transform import run_dbt  # noqa: E402
+from riskloop.core.config import Settings  # noqa: E402
+from riskloop.core.schema import RAW_TABLES  # noqa: E402
+from riskloop.data.contracts import run_contracts, run_mart_contracts  # noqa: E402
+from riskloop.data.ingest import load_table  # noqa: E402
+from riskloop.data.transform import run_dbt  # noqa: E402
 from tests.fixtures_data import make_tables, reset_warehouse  # noqa: E402
 
 BATCH_MARTS = ["customer_spending_features", "terminal_risk_features", "credit_features"]

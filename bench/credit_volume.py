@@ -33,8 +33,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from riskloop.models import classifier as model
+from riskloop.models import metrics, split
 from riskloop.simulator.credit import APPLICATION_WINDOW_DAYS_BEFORE_START, SpendingProfile, derive_credit
-from training import metrics, model, split
 
 FEATURES = ["amount", "term_months", "annual_income", "debt_to_income", "n_delinquencies",
             "credit_history_months", "utilization"]

@@ -21,9 +21,10 @@ import time
 import psycopg
 from decision_log_write import row
 
-from riskloop.config import get_settings
-from riskloop.db import dsn
-from serving import decision_log
+from riskloop.core.config import get_settings
+from riskloop.core.db import dsn
+from riskloop.decisions import log as decision_log
+from serving.decision_log import _params
 
 SCRATCH = "bench_analyze.decision_log"
 
@@ -50,7 +51,7 @@ def main() -> None:
         try:
             with conn.cursor() as cur, cur.copy(f"copy {SCRATCH} ({', '.join(decision_log.COLUMNS)}) from stdin") as cp:
                 for i in range(args.n):
-                    cp.write_row(decision_log._params(row(i)))
+                    cp.write_row(_params(row(i)))
             json_cols = sorted(decision_log.JSON_COLUMNS)
             result = {"rows": args.n, "repeat": args.repeat, "loadavg_1m": round(os.getloadavg()[0], 2)}
             for label, target in (("default_statistics", -1), ("json_statistics_0", 0)):

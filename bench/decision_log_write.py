@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from riskloop.config import get_settings
-from riskloop.db import dsn
+from riskloop.core.config import get_settings
+from riskloop.core.db import dsn
 from serving.decision_log import DecisionLogWriter
 
 

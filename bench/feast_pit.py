@@ -3,8 +3,8 @@
 Times, on the warehouse `riskloop import handbook` filled, the three ways of getting the
 `fraud_model_v1` features as of just before each payment:
 
-- ``riskloop``: `training.datasets.fraud_dataset` through the repo's configured offline store
-  (`riskloop.feast_offline.RiskloopPostgreSQLOfflineStore`), to a sorted, de-duplicated DataFrame;
+- ``riskloop``: `riskloop.features.datasets.fraud_dataset` through the repo's configured offline store
+  (`riskloop.features.feast_offline.RiskloopPostgreSQLOfflineStore`), to a sorted, de-duplicated DataFrame;
 - ``stock``: the same call with ``offline_store.type: postgres`` (Feast 0.67's own template);
 - ``lateral_sql``: `training.benchmark.reference_sql_dataset_seconds`, one hand-written LATERAL
   query over the same entity rows fetched with SQLAlchemy.
@@ -29,9 +29,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from riskloop.config import get_settings
-from riskloop.features import feature_store
-from training import benchmark, datasets
+from riskloop.core.config import get_settings
+from riskloop.features import datasets
+from riskloop.features.store import feature_store
+from training import benchmark
 
 
 def stock_store(settings):  # noqa: ANN001, ANN201 - feast types imported lazily

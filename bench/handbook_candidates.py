@@ -10,13 +10,13 @@ The candidate ratios (the request's amount over the customer's 30/7-day mean, 30
 and spread, as of just before the payment) have since become product features: the Feast
 on-demand view ``customer_amount_ratios`` in ``fraud_model_v1``, so `riskloop benchmark handbook`
 now reads them from Feast itself. Here they are computed, with the same function
-(``riskloop.amount_features.amount_ratios``), on a frame cached before they existed.
+(``riskloop.features.amount_features.amount_ratios``), on a frame cached before they existed.
 
     RISKLOOP_HOME=/tmp/rl-feastpit RISKLOOP_PG_PORT=59432 RISKLOOP_MLFLOW_PORT=59000 \\
         .venv/bin/python bench/handbook_candidates.py --cache /tmp/rl-feastpit/train-all.parquet \\
         baseline "baseline+ratios" "baseline+ratios, wider trees"
 
-(The database is read only for the reported frauds: `training.datasets.known_frauds`.)
+(The database is read only for the reported frauds: `riskloop.features.datasets.known_frauds`.)
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from riskloop import amount_features
-from riskloop.config import get_settings
-from training import benchmark, datasets
+from riskloop.core.config import get_settings
+from riskloop.features import amount_features, datasets
+from training import benchmark
 
 ID_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "event_timestamp", "is_fraud", "fraud_known_at")
 RATIOS = list(amount_features.FEATURES)

@@ -23,9 +23,11 @@ import logging
 import pandas as pd
 import sqlalchemy as sa
 
-from riskloop import db
-from riskloop.config import get_settings
-from training import benchmark, datasets, split
+from riskloop.core import db
+from riskloop.core.config import get_settings
+from riskloop.features import datasets
+from riskloop.models import split
+from training import benchmark
 
 log = logging.getLogger("handbook_label_delay")
 
@@ -34,7 +36,7 @@ FEATURES = [f"customer_{k}_{w}" for k in ("nb_tx", "avg_amount") for w in ("1d",
 
 
 def sql_frame(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
-    """The columns of `training.datasets.fraud_dataset`, joined just before each payment with the
+    """The columns of `riskloop.features.datasets.fraud_dataset`, joined just before each payment with the
     feature views' TTLs (30 days customer, 2 days terminal)."""
     cust = ", ".join(f for f in FEATURES if f.startswith("customer"))
     term = ", ".join(f for f in FEATURES if f.startswith("terminal"))

@@ -13,7 +13,6 @@ key encoding and decoding alone. Run against a dev stack after ``riskloop demo``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import time
@@ -33,11 +32,11 @@ async def _per_call(n: int, fn: Callable[[int], Awaitable[Any]]) -> float:
 async def main(requests: Path, n: int, repeat: int) -> None:
     import asyncpg
 
-    from riskloop.config import get_settings
+    from riskloop.core.config import get_settings
     from serving.app import _default_feature_store_factory
     from serving.config import ServingSettings
-    from serving.online_sql import SqlReader, build_plan
     from serving.online import bind
+    from serving.online_sql import SqlReader, build_plan
 
     settings, cfg = get_settings(), ServingSettings()
     store = _default_feature_store_factory(settings)()

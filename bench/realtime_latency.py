@@ -38,9 +38,12 @@ from datetime import UTC, datetime
 
 import httpx
 
-from riskloop import features, stack, windows
-from riskloop.config import get_settings
-from riskloop.webhooks import signed_headers, standard_body, stripe_body
+from riskloop.core import windows
+from riskloop.core.config import get_settings
+from riskloop.core.signatures import signed_headers
+from riskloop.features import store as features
+from riskloop.ops import processes
+from riskloop.simulator.webhooks import standard_body, stripe_body
 
 log = logging.getLogger("bench.realtime")
 STRIPE = "whsec_bench_" + uuid.uuid4().hex
@@ -226,10 +229,10 @@ def main() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "RISKLOOP_WEBHOOK_SECRETS_STRIPE": STRIPE, "RISKLOOP_WEBHOOK_SECRETS_STANDARD": STANDARD}
-    receiver = stack.spawn_detached(settings, "bench-receiver", [
+    receiver = processes.spawn_detached(settings, "bench-receiver", [
         sys.executable, "-m", "uvicorn", "serving.webhooks:create_webhook_app", "--factory", "--host", "127.0.0.1",
         "--port", str(port), "--log-level", "warning", "--no-access-log"], env)
-    consumer = stack.spawn_detached(settings, "bench-stream", [
+    consumer = processes.spawn_detached(settings, "bench-stream", [
         sys.executable, "-m", "riskloop", *(["-v"] if args.consumer_debug else []), "stream", "--name", f"bench-{run}"],
         env)
     url = f"http://127.0.0.1:{port}"
@@ -241,7 +244,7 @@ def main() -> None:
             except httpx.HTTPError:
                 return False
 
-        stack.wait_until(settings, {"bench-receiver": receiver, "bench-stream": consumer}, up, 120)
+        processes.wait_until(settings, {"bench-receiver": receiver, "bench-stream": consumer}, up, 120)
         # warm-up (also waits for the new consumer to catch up with the inbox's history)
         run_load(url, prepare(args.warmup, args.warmup, f"{run}w"), 10, 1, poller)
         deadline = time.monotonic() + 600
@@ -269,7 +272,7 @@ def main() -> None:
         print(json.dumps(result))
     finally:
         for name in ("bench-stream", "bench-receiver"):
-            stack.stop_process(settings, name)
+            processes.stop_process(settings, name)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ def main() -> None:
 
     import xgboost as xgb
 
-    from riskloop.config import get_settings
-    from riskloop.features import FRAUD_SERVICE, feature_store
+    from riskloop.core.config import get_settings
+    from riskloop.features.store import FRAUD_SERVICE, feature_store
     from serving.currencies import minor_to_major
     from serving.model import load_model
     from serving.online import OnlineFeatures, plan_inputs

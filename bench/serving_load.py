@@ -37,10 +37,10 @@ from typing import Any
 import httpx
 import numpy as np
 import uvloop
-
-from serving.currencies import minor_to_major
 from loadclient import Client, HttpError  # bench/ is on sys.path when run as a script
 from proc_cpu import tree_cpu_seconds
+
+from serving.currencies import minor_to_major
 
 log = logging.getLogger("serving_load")
 
@@ -50,7 +50,7 @@ def load_bodies(path: Path | None) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     import pandas as pd
 
-    from riskloop.config import get_settings
+    from riskloop.core.config import get_settings
     from riskloop.simulator.score_requests import score_request_bodies
 
     events = get_settings().landing / "webhook_events.parquet"
@@ -73,9 +73,9 @@ def feast_serve(port: int) -> Iterator[str]:
     """``feast serve`` on the stack's feature repo, as riskloop configures it; stopped on exit.
 
     Started, awaited and stopped with the stack's own process helpers (log in <home>/logs/feast_serve.log)."""
-    from riskloop.config import get_settings
-    from riskloop.features import feast_env
-    from riskloop.stack import spawn_detached, stop_process, wait_until
+    from riskloop.core.config import get_settings
+    from riskloop.features.store import feast_env
+    from riskloop.ops.stack import spawn_detached, stop_process, wait_until
 
     settings = get_settings()
     cmd = [str(Path(sys.executable).parent / "feast"), "--chdir", str(settings.feature_repo), "serve",

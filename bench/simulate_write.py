@@ -26,7 +26,7 @@ def _timed(fn) -> tuple[float, float]:
 def main() -> None:
     from riskloop import simulator
     from riskloop.simulator.score_requests import reference_lines, write_score_requests
-    from riskloop.webhooks import standard_body, stripe_body, with_pans, write_webhook_files
+    from riskloop.simulator.webhooks import standard_body, stripe_body, with_pans, write_webhook_files
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--days", type=int, default=30)

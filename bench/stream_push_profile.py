@@ -1,5 +1,5 @@
 """Where a stream round's push time goes: Feast's ``FeatureStore.push`` (one call per entity, as the
-consumer did) against ``riskloop.stream.OnlinePush`` (plan cached per registry version, both
+consumer did) against ``riskloop.features.stream.OnlinePush`` (plan cached per registry version, both
 entities in one call), on the same frames, alternating, against the configured stack (Feast
 definitions applied: run after `riskloop demo` or an ingest).
 
@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 import pandas as pd
 from feast.data_source import PushMode
 
-from riskloop import features, windows
-from riskloop.config import get_settings
-from riskloop.stream import OnlinePush
+from riskloop.core import windows
+from riskloop.core.config import get_settings
+from riskloop.features import store as features
+from riskloop.features.stream import OnlinePush
 
 
 def frames(run: str, i: int, keys: int) -> dict[str, pd.DataFrame]:

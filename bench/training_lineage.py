@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from training import model, plots
+from riskloop.models import classifier as model
+from training import plots
 
 
 def main() -> None:

@@ -30,12 +30,11 @@ import uuid
 import aiohttp
 import httpx
 import psycopg
-
-from riskloop.config import get_settings
-from riskloop.db import dsn
-from riskloop.webhooks import sign_stripe
-
 from proc_cpu import tree_cpu_seconds  # bench/ is on sys.path when run as a script
+
+from riskloop.core.config import get_settings
+from riskloop.core.db import dsn
+from riskloop.core.signatures import sign_stripe
 
 log = logging.getLogger("bench.webhooks")
 SECRET = "whsec_bench_" + uuid.uuid4().hex

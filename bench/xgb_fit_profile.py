@@ -1,4 +1,4 @@
-"""Where `training.model.fit`'s time goes on the handbook file: input, histogram sketch, boosting.
+"""Where `riskloop.models.classifier.fit`'s time goes on the handbook file: input, histogram sketch, boosting.
 
 The same fit split into XGBoost's two native steps (``QuantileDMatrix``, then ``xgb.train`` with
 riskloop's default parameters), each timed alone (wall and CPU seconds, load average at its
@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from training import model
+from riskloop.models import classifier as model
 
 ID_COLUMNS = ("transaction_id", "customer_id", "terminal_id", "event_timestamp", "is_fraud", "fraud_known_at")
 

@@ -1,8 +1,8 @@
 """XGBoost training time on the whole handbook file (1,754,155 payments), 2 threads.
 
-The training set is the one riskloop trains on: `training.datasets.fraud_dataset` over every
+The training set is the one riskloop trains on: `riskloop.features.datasets.fraud_dataset` over every
 payment (Feast point-in-time join of `fraud_model_v1`, request-time inputs first, the on-demand
-amount ratios included), labels = ``is_fraud``. Then `training.model.fit` (``tree_method="hist"``,
+amount ratios included), labels = ``is_fraud``. Then `riskloop.models.classifier.fit` (``tree_method="hist"``,
 ``n_jobs=2``, riskloop's default parameters merged with ``--params``) is timed alone, ``--repeat``
 times.
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from training import datasets, model
-
+from riskloop.features import datasets
+from riskloop.models import classifier as model
 
 # What a cached training frame holds beside the model's inputs.
 NOT_INPUTS = frozenset({"transaction_id", "customer_id", "terminal_id", "event_timestamp", "is_fraud",
@@ -38,15 +38,15 @@ def training_frame(cache: Path | None) -> tuple[pd.DataFrame, list[str]]:
     """The joined frame and the model's inputs. A cached frame needs no stack: its inputs are its
     columns; one cached before the amount ratios existed gets them from their one definition."""
     if cache is not None and cache.exists():
-        from riskloop.amount_features import amount_ratios
+        from riskloop.features.amount_features import amount_ratios
 
         frame = pd.read_parquet(cache)
         for name, values in amount_ratios(frame).items():
             if name not in frame:
                 frame[name] = values
         return frame, [c for c in frame.columns if c not in NOT_INPUTS]
-    from riskloop.config import get_settings
-    from riskloop.features import feature_store
+    from riskloop.core.config import get_settings
+    from riskloop.features.store import feature_store
 
     settings = get_settings()
     store = feature_store(settings)

@@ -19,14 +19,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 
 # Light (pydantic only, no database): start date from RISKLOOP_SCHEDULE_START.
-from riskloop.config import get_settings
-from riskloop.dag_defaults import default_args, on_failure
-
-BATCH_FILES = Asset(name="riskloop_batch_files", uri="riskloop://raw/batch_files")
-
+from riskloop.core.config import get_settings
+from riskloop.ops.dag_defaults import BATCH_FILES, default_args, on_failure, start_date
 
 DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelta(minutes=1),
                             execution_timeout=timedelta(minutes=30))
@@ -35,7 +32,7 @@ DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelt
 @dag(
     dag_id="riskloop_batch_files",
     schedule="@hourly",
-    start_date=get_settings().schedule_args()["start_date"],
+    start_date=start_date(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -49,8 +46,8 @@ def riskloop_batch_files():
         """Load, archive, reject; fail without retries when a file was rejected (it stays bad)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from riskloop.batch_files import BatchFilesRejected, load_batch_files as load
-        from riskloop.config import get_settings
+        from riskloop.data.batch_files import BatchFilesRejected
+        from riskloop.data.batch_files import load_batch_files as load
 
         try:
             return load(get_settings()).to_dict()
@@ -62,9 +59,8 @@ def riskloop_batch_files():
         """GX suites of the batch-file tables; a violation quarantines the rows and fails the run."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from riskloop.config import get_settings
-        from riskloop.contracts import ContractViolation, run_contracts
-        from riskloop.schema import BATCH_FILE_TABLES
+        from riskloop.core.schema import BATCH_FILE_TABLES
+        from riskloop.data.contracts import ContractViolation, run_contracts
 
         try:
             report = run_contracts(get_settings(), [t.name for t in BATCH_FILE_TABLES.values()])

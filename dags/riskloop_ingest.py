@@ -25,14 +25,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 # Light (pydantic only, no database): start/end/catchup come from RISKLOOP_SCHEDULE_*.
-from riskloop.config import get_settings
-from riskloop.dag_defaults import default_args, on_failure
+from riskloop.core.config import get_settings
+from riskloop.ops.dag_defaults import ONLINE_FEATURES, default_args, on_failure, schedule_args
 
 # Emitted when the online store holds the interval's features; riskloop_train is scheduled on it.
-ONLINE_FEATURES = Asset(name="riskloop_online_features", uri="riskloop://feast/online_features")
 
 
 DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelta(minutes=1),
@@ -44,14 +43,16 @@ DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelt
     # A data-interval timetable, not Airflow 3's default for "@daily" (CronTriggerTimetable, whose
     # runs have an empty interval): each scheduled or backfilled run covers one whole day.
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    **get_settings().schedule_args(),
+    **schedule_args(),
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     on_failure_callback=on_failure,
     tags=["riskloop", "ingest"],
     params={
-        "landing_dir": Param(None, type=["null", "string"], description="Directory of landed files; default RISKLOOP_HOME/landing."),
-        "as_of": Param(None, type=["null", "string"], description="Materialise features up to this ISO time; default the interval end."),
+        "landing_dir": Param(None, type=["null", "string"],
+                             description="Directory of landed files; default RISKLOOP_HOME/landing."),
+        "as_of": Param(None, type=["null", "string"],
+                       description="Materialise features up to this ISO time; default the interval end."),
     },
     doc_md=__doc__,
 )
@@ -63,8 +64,7 @@ def riskloop_ingest():
 
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from riskloop.config import get_settings
-        from riskloop.ingest import landed_tables
+        from riskloop.data.ingest import landed_tables
 
         settings = get_settings()
         sources = landed_tables(settings, Path(context["params"]["landing_dir"] or settings.landing))
@@ -83,8 +83,7 @@ def riskloop_ingest():
 
         from airflow.sdk import get_current_context
 
-        from riskloop.config import get_settings
-        from riskloop.ingest import load_landing
+        from riskloop.data.ingest import load_landing
 
         get_current_context()["source"] = source  # the mapped instance's label (map_index_template)
         settings = get_settings()
@@ -105,8 +104,7 @@ def riskloop_ingest():
         """Great Expectations checkpoint on raw.*; raising here stops everything downstream."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from riskloop.config import get_settings
-        from riskloop.contracts import ContractViolation, run_contracts
+        from riskloop.data.contracts import ContractViolation, run_contracts
 
         try:
             report = run_contracts(get_settings())  # on failure: rows quarantined, alert raised, Data Docs built
@@ -118,8 +116,7 @@ def riskloop_ingest():
     @task
     def transform(contracts: dict) -> dict:
         """dbt build: staging → intermediate → marts, with dbt tests and enforced contracts."""
-        from riskloop.config import get_settings
-        from riskloop.transform import run_dbt
+        from riskloop.data.transform import run_dbt
 
         run_dbt(get_settings(), ["build"])
         return {"dbt": "build ok"}
@@ -129,8 +126,7 @@ def riskloop_ingest():
         """GX suites on the feature marts: nothing reaches the online store unless they pass."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from riskloop.config import get_settings
-        from riskloop.contracts import ContractViolation, run_mart_contracts
+        from riskloop.data.contracts import ContractViolation, run_mart_contracts
 
         try:
             report = run_mart_contracts(get_settings())
@@ -143,8 +139,8 @@ def riskloop_ingest():
         """feast apply, then materialise the feature views into the online store."""
         from datetime import datetime
 
-        from riskloop.config import get_settings
-        from riskloop.features import apply, materialize as feast_materialize
+        from riskloop.features.store import apply
+        from riskloop.features.store import materialize as feast_materialize
 
         settings = get_settings()
         as_of = context["params"]["as_of"]

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 # Light (pydantic only, no database): start/end/catchup come from RISKLOOP_SCHEDULE_*.
-from riskloop.config import get_settings
-from riskloop.dag_defaults import default_args, on_failure
+from riskloop.core.config import get_settings
+from riskloop.ops.dag_defaults import DRIFT_CHECKED, FRAUD_MODEL, default_args, on_failure, schedule_args
 
 # Same identity as in riskloop_train.py.
-FRAUD_MODEL = Asset(name="riskloop_fraud_model", uri="riskloop://mlflow/riskloop-fraud")
 # Same identity as in riskloop_promote.py: a recorded drift check, the gate's evidence.
-DRIFT_CHECKED = Asset(name="riskloop_drift_checked", uri="riskloop://monitoring/drift_reports")
 
 
 DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minutes=2),
@@ -33,7 +31,7 @@ DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minu
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC",
                                                                 interval=timedelta(days=1)),
                                  assets=[FRAUD_MODEL]),
-    **get_settings().schedule_args(),
+    **schedule_args(),
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     on_failure_callback=on_failure,
@@ -53,8 +51,7 @@ def riskloop_monitor():
         The asset event carries the report id, so the promote DAG gates on this very check."""
         from datetime import datetime
 
-        from riskloop.config import get_settings
-        from riskloop.monitoring import run_drift
+        from riskloop.monitoring.drift import run_drift
 
         since, until = context["params"]["since"], None
         if since:
@@ -72,9 +69,8 @@ def riskloop_monitor():
     @task
     def alert(drift_result: dict) -> list[dict]:
         """Drift and the decision-stream tripwires → the alert state machine → the configured sinks."""
-        from riskloop.alerts import check_and_alert
-        from riskloop.config import get_settings
-        from riskloop.monitoring import DriftResult
+        from riskloop.monitoring.checks import check_and_alert
+        from riskloop.monitoring.drift import DriftResult
 
         return [a.to_dict() for a in check_and_alert(get_settings(), DriftResult.from_dict(drift_result))]
 

@@ -2,7 +2,7 @@
 
 Scheduled on the ``riskloop_drift_checked`` asset that ``riskloop_monitor`` emits (data-aware:
 no sensor, no time offset), so a new challenger meets the gate as soon as the monitor has looked
-at the champion's traffic. The gate (:func:`riskloop.promotion.evaluate_promotion`) moves
+at the champion's traffic. The gate (:func:`riskloop.governance.promotion.evaluate_promotion`) moves
 ``champion`` only when every gate passes: data contracts, offline metrics non-inferior to the
 champion's on the same test window (``margin``), no critical drift in the triggering check, a
 reviewer's approval bound to the version's content hash, and a passed canary phase on live traffic
@@ -17,14 +17,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 # Light (standard library only): the failure alert and task defaults every DAG shares.
-from riskloop.dag_defaults import default_args, on_failure
+from riskloop.ops.dag_defaults import DRIFT_CHECKED, default_args, on_failure, start_date
 
 # Same identity as in riskloop_monitor.py.
-DRIFT_CHECKED = Asset(name="riskloop_drift_checked", uri="riskloop://monitoring/drift_reports")
 
 
 DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minutes=2),
@@ -34,7 +32,7 @@ DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minu
 @dag(
     dag_id="riskloop_promote",
     schedule=[DRIFT_CHECKED],
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    start_date=start_date(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -54,9 +52,9 @@ def riskloop_promote():
         """Gate the challenger on the drift check named by the trigger (or the params)."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from riskloop.config import get_settings
-        from riskloop.monitoring import UnknownDriftCheck, recorded_drift
-        from riskloop.promotion import evaluate_promotion
+        from riskloop.core.config import get_settings
+        from riskloop.governance.promotion import evaluate_promotion
+        from riskloop.monitoring.drift import UnknownDriftCheck, recorded_drift
 
         settings = get_settings()
         params = context["params"]

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 # Light (standard library only): the failure alert and task defaults every DAG shares.
-from riskloop.dag_defaults import default_args, on_failure
+from riskloop.ops.dag_defaults import CREDIT_MODEL, FRAUD_MODEL, ONLINE_FEATURES, default_args, on_failure, start_date
 
 # Same identity as in riskloop_ingest.py (assets are matched by name and URI across DAG files).
-ONLINE_FEATURES = Asset(name="riskloop_online_features", uri="riskloop://feast/online_features")
-FRAUD_MODEL = Asset(name="riskloop_fraud_model", uri="riskloop://mlflow/riskloop-fraud")
-CREDIT_MODEL = Asset(name="riskloop_credit_model", uri="riskloop://mlflow/riskloop-credit")
 
 
 DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minutes=2),
@@ -34,7 +30,7 @@ DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minu
 @dag(
     dag_id="riskloop_train",
     schedule=[ONLINE_FEATURES],
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    start_date=start_date(),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
@@ -62,7 +58,7 @@ def riskloop_train():
             from airflow.sdk.exceptions import AirflowSkipException
 
             raise AirflowSkipException("fraud not in params.models")
-        from riskloop.config import get_settings
+        from riskloop.core.config import get_settings
         from training.train import train_fraud as run
 
         window = {k: v for k, v in (context["params"]["fraud_window"] or {}).items() if v is not None}
@@ -77,7 +73,7 @@ def riskloop_train():
             from airflow.sdk.exceptions import AirflowSkipException
 
             raise AirflowSkipException("credit not in params.models")
-        from riskloop.config import get_settings
+        from riskloop.core.config import get_settings
         from training.train import train_credit as run
 
         result = run(get_settings(), params=context["params"]["credit_params"] or None,

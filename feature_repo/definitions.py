@@ -19,7 +19,8 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
-from riskloop import amount_features, windows
+from riskloop.core import windows
+from riskloop.features import amount_features
 
 customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING,
                   description="A cardholder (one card per customer in the simulator).")
@@ -112,16 +113,16 @@ payment_request = RequestSource(
     schema=[Field(name=name, dtype=Float64) for name in amount_features.FEATURES],
     mode="pandas",
     description="The payment's amount against the customer's 30/7-day mean, 30-day maximum and spread "
-                "(riskloop/amount_features.py; serving computes the same from its online read).",
+                "(riskloop/features/amount_features.py; serving computes the same from its online read).",
 )
 def customer_amount_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
-    """Feast's side of :func:`riskloop.amount_features.amount_ratios` (the one definition).
+    """Feast's side of :func:`riskloop.features.amount_features.amount_ratios` (the one definition).
 
     The imports are inside: Feast stores this function's *source* in the registry and compiles
     it on its own when it transforms, without this module's globals."""
     import pandas as pd
 
-    from riskloop.amount_features import amount_ratios
+    from riskloop.features.amount_features import amount_ratios
 
     return pd.DataFrame(amount_ratios(inputs), index=inputs.index)
 
@@ -144,7 +145,7 @@ credit_model_v1 = FeatureService(
 
 
 def _realtime_view(spec: windows.WindowEntity, entity: Entity) -> FeatureView:
-    """The view the stream (``riskloop stream``) pushes to: fields and names from riskloop/windows.py.
+    """The view the stream (``riskloop stream``) pushes to: fields and names from riskloop/core/windows.py.
 
     Its push source's batch source is the dbt mart computing the same windows, so the offline store
     (training, backfills) sees what the stream pushed. A day's TTL: the widest window is 24 h.
@@ -167,5 +168,5 @@ def _realtime_view(spec: windows.WindowEntity, entity: Entity) -> FeatureView:
     )
 
 
-# One view per entity of the window spec (riskloop.features collects the views of this tuple).
+# One view per entity of the window spec (riskloop.features.store collects the views of this tuple).
 REALTIME_VIEWS = tuple(_realtime_view(e, {"card": card, "customer": customer}[e.name]) for e in windows.ENTITIES)

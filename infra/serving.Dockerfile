@@ -24,7 +24,7 @@ WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 # The project itself, installed in place: riskloop finds feature_repo/, dbt_project/, dags/ and
-# serving/policies/ next to its package (riskloop.config.PROJECT_ROOT).
+# serving/policies/ next to its package (riskloop.core.config.PROJECT_ROOT).
 COPY riskloop ./riskloop
 COPY serving ./serving
 COPY training ./training

@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
     args = parser.parse_args()
-    run(args.host, args.port, args.workers)  # configures riskloop's logging (riskloop.logs.configure)
+    run(args.host, args.port, args.workers)  # configures riskloop's logging (riskloop.core.logs.configure)
 
 
 if __name__ == "__main__":

@@ -28,16 +28,18 @@ from typing import Any
 import numpy as np
 import psycopg
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from riskloop import canary
-from riskloop.config import Settings, get_settings
-from riskloop.db import dsn
-from riskloop.logs import RequestIdMiddleware
-from riskloop.pan import InvalidPan, PanKeyMissing, tokenizer
-from serving import credit, decision_log, overrides, routing
+from riskloop.core.config import Settings, get_settings
+from riskloop.core.db import dsn
+from riskloop.core.logs import RequestIdMiddleware
+from riskloop.core.pan import InvalidPan, PanKeyMissing, tokenizer
+from riskloop.decisions import log as decision_log
+from riskloop.decisions import overrides
+from riskloop.governance import canary
+from serving import credit, routing
 from serving.auth import KeyRing, require
 from serving.config import ServingSettings
 from serving.currencies import minor_to_major
@@ -150,7 +152,7 @@ def _make_metrics(multiproc_dir: str | None = None) -> _Metrics | None:
 
 def _default_feature_store_factory(settings: Settings) -> Callable[[], Any]:
     def factory() -> Any:
-        from riskloop.features import feature_store
+        from riskloop.features.store import feature_store
 
         return feature_store(settings)
 
@@ -280,7 +282,7 @@ async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
 
 async def _refresh_canary(app: FastAPI) -> None:
     """Re-read the canary state; on a change swap the routing; while a canary runs, the one watcher
-    process (:func:`_is_watch_leader`) checks its tripwires (riskloop.canary.watch_once) and applies
+    process (:func:`_is_watch_leader`) checks its tripwires (riskloop.governance.canary.watch_once) and applies
     a rollback to itself at once (the others within a poll, from the state)."""
     from starlette.concurrency import run_in_threadpool
 
@@ -497,7 +499,7 @@ def _connect(settings: Settings) -> psycopg.Connection:
 
 def create_app(settings: Settings | None = None, serving_settings: ServingSettings | None = None, *,
                feature_store_factory: Callable[[], Any] | None = None) -> FastAPI:
-    """Build the app. ``feature_store_factory`` replaces ``riskloop.features.feature_store(settings)``
+    """Build the app. ``feature_store_factory`` replaces ``riskloop.features.store.feature_store(settings)``
     (tests use it to point the store somewhere broken); everything else comes from settings."""
     settings = settings or get_settings()
     cfg = serving_settings or ServingSettings()
@@ -548,7 +550,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st.writer.start()
         st.online.ensure(force=True)
         credit.setup(st, settings.tracking_uri, settings.credit_model_name, cfg.credit_model_alias,
-                     settings.run_dir / "models", OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
+                     settings.run_dir / "models",
+                     OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
                                     cfg.credit_feature_service, retry_s=cfg.feature_store_retry_s))
         st.credit_policy = credit_policy
         try:
@@ -677,7 +680,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
 def create_worker_app() -> FastAPI:
     """The app of one of several uvicorn workers (each a fresh process): riskloop's logging
     configured in it, then :func:`create_app` from the environment."""
-    from riskloop.logs import configure
+    from riskloop.core.logs import configure
 
     configure(get_settings())
     return create_app()
@@ -700,13 +703,13 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -
     Each worker has its own model, online-read pool and decision-log writer; what must agree
     across them is shared through Postgres (known devices, the canary watcher's lock) and, for
     ``/metrics``, prometheus_client's multiprocess directory, which this sets before any worker
-    starts. riskloop's logging config (:func:`riskloop.logs.configure`) owns the output; with
+    starts. riskloop's logging config (:func:`riskloop.core.logs.configure`) owns the output; with
     ``RISKLOOP_LOG_JSON`` uvicorn's own loggers propagate to it instead of printing text.
     uvloop + httptools (C event loop and HTTP parser) and no access log unless
     RISKLOOP_SERVING_ACCESS_LOG=1: the hot path's share of a request (BENCHMARKS.md, "Serving")."""
     import uvicorn
 
-    from riskloop.logs import configure
+    from riskloop.core.logs import configure
 
     settings = get_settings()
     cfg = ServingSettings()

@@ -5,7 +5,7 @@ Why this shape:
 * **Fail closed.** With no key configured every protected endpoint answers 401 — a scoring
   service that silently runs open because an environment variable was forgotten is worse than
   one that refuses. The local demo generates a throw-away key per run and passes it to the
-  server it starts (``riskloop.demo``). ``/healthz``, ``/readyz`` and ``/metrics`` stay open for
+  server it starts (``riskloop.ops.demo``). ``/healthz``, ``/readyz`` and ``/metrics`` stay open for
   probes and scrapers.
 * **Constant time.** The presented key is hashed and compared (``hmac.compare_digest``) with
   *every* configured key's hash, without an early exit, so neither the position of a match nor

@@ -1,6 +1,6 @@
 """Serving knobs: which models and policies, and how the decision-log writer behaves.
 
-Kept apart from :class:`riskloop.config.Settings` (which says *where* things are) because these
+Kept apart from :class:`riskloop.core.config.Settings` (which says *where* things are) because these
 say *how* the service decides; they are still plain ``RISKLOOP_SERVING_*`` environment variables,
 so an operator can switch to another (versioned) policy file without a code change.
 """
@@ -36,7 +36,7 @@ class ServingSettings(BaseSettings):
         default=1.0, ge=0.0, description="How often serving re-reads the canary state from Postgres (and, while a "
         "canary runs, checks its tripwires): a rollback reaches every process within this. 0 = never.")
     canary_watch: bool = Field(
-        default=True, description="Run the canary tripwires (riskloop.canary.watch_once) in this process's poller "
+        default=True, description="Run the canary tripwires (riskloop.governance.canary.watch_once) in this process's poller "
         "while a canary runs; false when `riskloop canary watch` runs elsewhere.")
     feature_service: str = Field(default="fraud_model_v1", description="Feast feature service of the fraud model.")
     fraud_policy: Path = Field(

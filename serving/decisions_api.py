@@ -19,8 +19,9 @@ from uuid import UUID
 import psycopg
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 
-from riskloop.db import dsn
-from serving import decision_log, overrides
+from riskloop.core.db import dsn
+from riskloop.decisions import log as decision_log
+from riskloop.decisions import overrides
 from serving.auth import Principal, require
 from serving.schemas import DecisionRecord, Override, OverrideRequest
 

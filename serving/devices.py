@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-from serving.decision_log import DEVICES_TABLE, TABLE
+from riskloop.decisions.log import DEVICES_TABLE, TABLE
 
 log = logging.getLogger(__name__)
 

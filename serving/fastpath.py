@@ -26,7 +26,7 @@ from typing import Any
 from fastapi import HTTPException
 from pydantic import BaseModel, ValidationError
 
-from riskloop.logs import REQUEST_ID_HEADER, bound
+from riskloop.core.logs import REQUEST_ID_HEADER, bound
 from serving.auth import permits
 from serving.webhooks import _Disconnected, _read_body, _TooLarge
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from riskloop.registry import mlflow_client, parse_features_param
+from riskloop.models.registry import mlflow_client, parse_features_param
 from serving.trees import CompiledTrees, compile_booster
 
 log = logging.getLogger(__name__)

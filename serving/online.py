@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from riskloop import amount_features
+from riskloop.features import amount_features
+from riskloop.features.store import on_demand_view_names
+from serving.online_sql import TS_SUFFIX
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIME_FEATURES = ("amount", "is_weekend", "is_night")
-TS_SUFFIX = "__ts"
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,6 @@ class Binding:
     service: Any  # feast.FeatureService
     entity_casts: dict[str, Callable[[str], Any]]  # join key -> str → entity value type
     stored_refs: tuple[str, ...]  # "view:feature" of the service's stored (not on-demand) features
-
-
-def on_demand_view_names(store: Any) -> frozenset[str]:
-    """The repo's on-demand feature views: computed at read time, no online table to read."""
-    return frozenset(v.name for v in store.list_on_demand_feature_views())
 
 
 def _entity_casts(store: Any) -> dict[str, Callable[[str], Any]]:

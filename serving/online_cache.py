@@ -37,7 +37,7 @@ import asyncio
 import logging
 from typing import Any
 
-from riskloop.db import quote_ident
+from riskloop.core.db import quote_ident
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,14 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import UTC
+from functools import cached_property
 from typing import Any
 
-from riskloop.db import quote_ident
-from serving.online import TS_SUFFIX
+from riskloop.core.db import quote_ident
+
+# The suffix of a feature's event-time column in a read's response (``view__feature__ts``).
+TS_SUFFIX = "__ts"
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,7 @@ def build_plan(store: Any, service: Any) -> SqlPlan:
     if getattr(online, "type", None) != "postgres":
         raise DirectReadUnsupported(f"online store {getattr(online, 'type', online)!r} is not postgres")
     versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
-    from serving.online import on_demand_view_names
+    from riskloop.features.store import on_demand_view_names
 
     on_demand = on_demand_view_names(store)  # computed by serving from this read (serving.online.ON_DEMAND)
     views, selects, tables = [], [], []

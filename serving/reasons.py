@@ -14,7 +14,7 @@ import numpy as np
 
 # (prefix of the feature name, code) — first match wins, so longer prefixes go first.
 _CODES: tuple[tuple[str, str], ...] = (
-    ("amount_vs_customer", "R08_AMOUNT_UNUSUAL_FOR_CUSTOMER"),  # riskloop.amount_features
+    ("amount_vs_customer", "R08_AMOUNT_UNUSUAL_FOR_CUSTOMER"),  # riskloop.features.amount_features
     ("customer_avg_amount", "R01_CUSTOMER_SPEND_SPIKE"),
     ("customer_nb_tx", "R02_CUSTOMER_VELOCITY"),
     ("terminal_risk", "R03_TERMINAL_FRAUD_RATE"),

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from riskloop.config import Settings
-from riskloop.db import connect
-from serving import decision_log
+from riskloop.core.config import Settings
+from riskloop.core.db import connect
+from riskloop.decisions import log as decision_log
 from serving.policy import policy_by_id
 
 SCORE_TOLERANCE = 1e-9  # scores are floats through JSON/jsonb: exact up to printing; allow ulps

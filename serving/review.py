@@ -3,7 +3,7 @@
 The page is a static shell (no data, no secret: it needs no key to load); the reviewer pastes a
 ``reviewer`` API key (``RISKLOOP_API_KEYS``), kept in the tab's ``sessionStorage`` only, and the
 page calls ``/review/api/*`` with it as a bearer token, like any other client of the service.
-Everything a reviewer sees and records goes through :mod:`riskloop.review`, the functions behind
+Everything a reviewer sees and records goes through :mod:`riskloop.governance.review`, the functions behind
 ``riskloop review``: the same audit rows, the same no-self-approval rule, the same content hash.
 
 The reviewer recorded is the name configured for the key's fingerprint
@@ -14,6 +14,7 @@ its thread pool, away from the scoring event loop.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Literal
 from uuid import UUID
@@ -51,7 +52,7 @@ def page() -> HTMLResponse:
 @router.get("/api/pending", dependencies=[Depends(require("read_review"))])
 def pending(request: Request, model: str | None = None) -> list[dict[str, Any]]:
     """Challengers that are not the champion, with their review state."""
-    from riskloop.review import pending as pending_
+    from riskloop.governance.review import pending as pending_
 
     return pending_(_settings(request), model)
 
@@ -59,7 +60,8 @@ def pending(request: Request, model: str | None = None) -> list[dict[str, Any]]:
 @router.get("/api/models/{name}/versions/{version}", dependencies=[Depends(require("read_review"))])
 def card(request: Request, name: str, version: str) -> dict[str, Any]:
     """The version's card: metrics vs champion, drift, canary figures, gate, review history."""
-    from riskloop.review import ReviewError, card as card_
+    from riskloop.governance.review import ReviewError
+    from riskloop.governance.review import card as card_
 
     try:
         return card_(_settings(request), name, version)
@@ -71,7 +73,7 @@ def card(request: Request, name: str, version: str) -> dict[str, Any]:
 def decide(request: Request, name: str, version: str, verdict: Literal["approve", "reject"], body: Verdict,
            principal: Principal = Depends(require("review_model"))) -> dict[str, Any]:
     """Record an approval or a rejection by the calling reviewer (403 for the run's own author)."""
-    from riskloop.review import ReviewError, SelfApproval, record
+    from riskloop.governance.review import ReviewError, SelfApproval, record
 
     settings = _settings(request)
     try:
@@ -88,12 +90,15 @@ def _require_model(settings, name: str) -> None:
     """404 for a model the registry does not know (rather than a recorded "no challenger" decision)."""
     from mlflow.exceptions import MlflowException
 
-    from riskloop.registry import mlflow_client
+    from riskloop.models.registry import mlflow_client
 
     try:
         mlflow_client(settings.tracking_uri).get_registered_model(name)
     except MlflowException as exc:
         raise HTTPException(status_code=404, detail=f"no registered model {name!r}") from exc
+
+
+PROMOTE_JOB = "riskloop.governance.promote_job"  # run as a module in a child process, never imported here
 
 
 class PromoteRequest(BaseModel):
@@ -108,23 +113,45 @@ def promote(request: Request, name: str, body: PromoteRequest,
     """Run the promotion gate for ``name``: the same gate as ``riskloop promote`` and the promote DAG.
     It moves ``@champion`` only if every gate passes; a refusal is a 200 with ``decision: refused``
     and its reasons (and a ``promotion_blocked`` alert). The caller is recorded as ``decided_by``.
-    Reads a recorded drift check instead of running Evidently in the scoring process."""
-    from riskloop.monitoring import UnknownDriftCheck, recorded_drift
-    from riskloop.promotion import PromotionError, evaluate_promotion
+
+    The gate runs as a job in a process of its own (:mod:`riskloop.governance.promote_job`), never
+    in the scoring process: it rebuilds the test window through Feast and loads both models. It
+    gates on a recorded drift check rather than running Evidently. ``gate_job`` in the answer
+    says which process ran it and for how long."""
+    import subprocess
+    import sys
+    import time
+
+    from riskloop.core.config import plain_values
 
     settings = _settings(request)
     _require_model(settings, name)
-    try:
-        drift = recorded_drift(settings, name, str(body.report_id) if body.report_id else None)
-    except UnknownDriftCheck as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
     actor = reviewer_name(settings, principal)
+    stdin = json.dumps({"settings": plain_values(settings), "model_name": name, "margin": body.margin,
+                        "report_id": str(body.report_id) if body.report_id else None, "actor": actor},
+                       default=str).encode()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", PROMOTE_JOB], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        decision = evaluate_promotion(settings, model_name=name, drift=drift, margin=body.margin, actor=actor)
-    except PromotionError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
-    log.info("promotion gate run by %s for %s: %s", actor, name, decision.decision)
-    return decision.to_dict()
+        out, err = proc.communicate(stdin, timeout=settings.promotion_job_timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        proc.communicate()
+        raise HTTPException(status_code=504, detail=f"the promotion gate job (pid {proc.pid}) did not finish "
+                            f"within {settings.promotion_job_timeout_s:.0f} s") from exc
+    job = {"pid": proc.pid, "seconds": round(time.perf_counter() - t0, 3)}
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        log.error("promotion gate job for %s failed (pid %s, exit %s): %s", name, proc.pid, proc.returncode,
+                  err.decode(errors="replace")[-4000:])
+        raise HTTPException(status_code=500, detail=f"the promotion gate job failed: {tail[0]}")
+    answer = json.loads(out)
+    if answer["status"] != 200:
+        raise HTTPException(status_code=answer["status"], detail=answer["detail"])
+    log.info("promotion gate run by %s for %s in job pid %s: %s", actor, name, proc.pid,
+             answer["decision"]["decision"])
+    return {**answer["decision"], "gate_job": job}
 
 
 PAGE = """<!doctype html>

@@ -71,7 +71,7 @@ def from_settings(cfg: ServingSettings) -> Routing:
 
 
 def from_state(state: Any, cfg: ServingSettings) -> Routing:
-    """From a :class:`riskloop.canary.CanaryState` (``None``: no canary ever recorded → settings)."""
+    """From a :class:`riskloop.governance.canary.CanaryState` (``None``: no canary ever recorded → settings)."""
     if state is None:
         return from_settings(cfg)
     if not state.active:

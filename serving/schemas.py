@@ -26,7 +26,7 @@ class FraudScoreRequest(BaseModel):
 
     transaction_id: Id | None = None
     card_token: Id
-    # Never logged, stored or echoed: the handler tokenises it (riskloop.pan) before anything else,
+    # Never logged, stored or echoed: the handler tokenises it (riskloop.core.pan) before anything else,
     # and the decision log keeps only pan_token, card_bin and card_last4.
     pan: str | None = Field(default=None, max_length=32, exclude=True, repr=False,
                             description="The card number, if the channel has it (13-19 digits, spaces or "

@@ -7,10 +7,10 @@ the load benchmark, or a receiver deployed apart from scoring).
 Order of work per request, and why:
 
 1. read the body as a stream and stop at ``max_body_bytes`` (a 413 before buffering a flood);
-2. verify the signature on those raw bytes (``riskloop.webhooks``), before any parsing, so an
+2. verify the signature on those raw bytes (``riskloop.core.signatures``), before any parsing, so an
    unauthenticated sender can reach neither the JSON parser nor the database;
 3. parse, take the event id (Stripe: body ``id``; Standard Webhooks: ``webhook-id``), then
-   tokenise any card number and drop CVV/track/PIN fields (``riskloop.pan``): only the scrubbed
+   tokenise any card number and drop CVV/track/PIN fields (``riskloop.core.pan``): only the scrubbed
    body is stored (a body without card data is stored byte for byte as signed); a Luhn-invalid
    card number is a 422 and nothing is written;
 4. hand the row to :class:`InboxWriter` and wait until its transaction has **committed**: only
@@ -42,12 +42,12 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg import sql
 
-from riskloop.config import Settings, get_settings
-from riskloop.db import dsn
-from riskloop.inbox import INBOX, ensure_inbox
-from riskloop.pan import InvalidPan, PanKeyMissing, PanTokenizer, scrub, tokenizer
-from riskloop.schema import RAW_SCHEMA, WEBHOOK_INBOX
-from riskloop.webhooks import Rejection, Scheme, StandardVerifier, WebhookSettings, verify_stripe
+from riskloop.core.config import Settings, get_settings
+from riskloop.core.db import dsn
+from riskloop.core.pan import InvalidPan, PanKeyMissing, PanTokenizer, scrub, tokenizer
+from riskloop.core.schema import RAW_SCHEMA, WEBHOOK_INBOX
+from riskloop.core.signatures import Rejection, Scheme, StandardVerifier, WebhookSettings, verify_stripe
+from riskloop.data.inbox import INBOX, ensure_inbox
 
 log = logging.getLogger(__name__)
 

@@ -108,8 +108,8 @@ def stack_env() -> Iterator[dict[str, str]]:
     The home is a plain temp directory, not pytest's: as root the server runs as an unprivileged
     user that must traverse it, and pytest resets its own base directory to mode 0700.
     """
-    from riskloop import stack
-    from riskloop.config import Settings
+    from riskloop.core.config import Settings
+    from riskloop.ops import stack
 
     home = Path(tempfile.mkdtemp(prefix="riskloop-test-"))
     home.chmod(0o755)
@@ -140,7 +140,7 @@ def stack_env() -> Iterator[dict[str, str]]:
 
 @pytest.fixture()
 def settings(stack_env: dict[str, str]):
-    from riskloop.config import Settings
+    from riskloop.core.config import Settings
 
     return Settings()
 

@@ -1,4 +1,4 @@
-"""Small hand-made raw tables that follow riskloop/schema.py, for ingestion/contract/dbt tests.
+"""Small hand-made raw tables that follow riskloop/core/schema.py, for ingestion/contract/dbt tests.
 
 Each payment becomes the webhook events a processor would send (authorized, captured, maybe
 refunded or disputed), a balanced ledger journal, and optionally a dispute outcome, so the
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from riskloop.schema import RAW_TABLES, RAW_TABLES_BY_NAME
+from riskloop.core.schema import RAW_TABLES, RAW_TABLES_BY_NAME
 
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
@@ -130,7 +130,7 @@ def write_landing(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
 
 def reset_warehouse(settings) -> None:
     """Drop what the tests build (raw, dbt schemas) so each test starts from an empty warehouse."""
-    from riskloop import db
+    from riskloop.core import db
 
     with db.connect(settings) as conn:
         for schema in ("raw", "quarantine", "staging", "intermediate", "marts"):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from riskloop.config import Settings
+from riskloop.core.config import Settings
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 WINDOWS = {"1d": 1, "7d": 7, "30d": 30}

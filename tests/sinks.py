@@ -69,7 +69,6 @@ class SmtpSink:
 def smtp_sink() -> Iterator[SmtpSink]:
     """aiosmtpd on a free loopback port; every accepted message is parsed into ``messages``."""
     from aiosmtpd.controller import Controller
-
     from conftest import free_port
 
     sink = SmtpSink(port=free_port())

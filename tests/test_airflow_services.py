@@ -13,8 +13,8 @@ import psutil
 import pytest
 from pydantic import SecretStr
 
-from riskloop import airflow_services, stack
-from riskloop.config import Settings
+from riskloop.core.config import Settings
+from riskloop.ops import airflow_services, processes, stack
 from tests.conftest import free_port
 
 
@@ -112,7 +112,7 @@ def test_real_airflow_runs_a_dag_and_stops_cleanly(settings: Settings) -> None:
             tis = api.get(f"/dags/riskloop_train/dagRuns/{run_id}/taskInstances").json()["task_instances"]
         assert {t["task_id"]: t["state"] for t in tis} == {"train_fraud": "skipped", "train_credit": "skipped"}
     finally:
-        pgids = {pid for pid in (stack._read_pid(stack._pidfile(s, airflow_services.pidname(x)))
+        pgids = {pid for pid in (processes._read_pid(processes._pidfile(s, airflow_services.pidname(x)))
                                  for x in airflow_services.SERVICES) if pid}
         t2 = time.perf_counter()
         airflow_services.stop(s)

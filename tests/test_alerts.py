@@ -4,7 +4,6 @@ on the real database."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import uuid
 from email.message import Message
@@ -13,13 +12,13 @@ import psycopg
 import pytest
 from sinks import http_sink, smtp_sink
 
-from riskloop.config import PROJECT_ROOT, Settings
+from riskloop.core.config import PROJECT_ROOT, Settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks spec's example key
 
 
 def sample_alert(settings: Settings):
-    from riskloop.alerts import Alert, report_url, runbook_url
+    from riskloop.core.alerts import Alert, report_url, runbook_url
 
     return Alert(event_id=str(uuid.uuid4()), incident_id=str(uuid.uuid4()), kind="input_drift",
                  key="riskloop-fraud", status="firing",
@@ -35,7 +34,7 @@ def body_text(msg: Message) -> str:
 def test_one_alert_reaches_slack_signed_webhook_email_and_log(caplog) -> None:
     from standardwebhooks import Webhook
 
-    from riskloop.alerts import deliver
+    from riskloop.core.alerts import deliver
 
     with http_sink() as http, smtp_sink() as smtp:
         settings = Settings(alert_slack_webhook_url=http.url("/slack"), alert_webhook_url=http.url("/hook"),
@@ -43,7 +42,7 @@ def test_one_alert_reaches_slack_signed_webhook_email_and_log(caplog) -> None:
                             alert_email_to="oncall@example.org, risk@example.org",
                             alert_report_base_url="https://reports.example.org/riskloop")
         alert = sample_alert(settings)
-        with caplog.at_level("ERROR", logger="riskloop.alerts"):
+        with caplog.at_level("ERROR", logger="riskloop.core.alerts"):
             result = deliver(settings, alert)
 
         assert {k: v["ok"] for k, v in result.items()} == {"log": True, "slack": True, "webhook": True, "email": True}
@@ -67,14 +66,14 @@ def test_one_alert_reaches_slack_signed_webhook_email_and_log(caplog) -> None:
         assert "[FIRING] input_drift riskloop-fraud" in mail["Subject"]
         assert "amount wasserstein=0.41" in body_text(mail) and "docs/runbooks/input_drift.md" in body_text(mail)
 
-    record = next(r for r in caplog.records if r.name == "riskloop.alerts")
+    record = next(r for r in caplog.records if r.name == "riskloop.core.alerts")
     assert record.alert["incident_id"] == alert.incident_id
 
 
 def test_failed_delivery_is_retried_then_reported_never_raised() -> None:
     from conftest import free_port
 
-    from riskloop.alerts import deliver
+    from riskloop.core.alerts import deliver
 
     with http_sink() as http:
         http.fail_next = 2
@@ -92,7 +91,7 @@ def test_failed_delivery_is_retried_then_reported_never_raised() -> None:
 
 
 def test_webhook_without_secret_is_not_sent_unsigned() -> None:
-    from riskloop.alerts import deliver
+    from riskloop.core.alerts import deliver
 
     with http_sink() as http:
         settings = Settings(alert_webhook_url=http.url("/hook"), alert_retries=0)
@@ -102,7 +101,7 @@ def test_webhook_without_secret_is_not_sent_unsigned() -> None:
 
 
 def test_every_alert_kind_has_a_runbook() -> None:
-    from riskloop.alerts import KINDS
+    from riskloop.core.alerts import KINDS
 
     for kind in KINDS:
         path = PROJECT_ROOT / "docs" / "runbooks" / f"{kind}.md"
@@ -111,8 +110,8 @@ def test_every_alert_kind_has_a_runbook() -> None:
 
 
 def test_drift_check_groups_inputs_and_applies_per_feature_thresholds() -> None:
-    from riskloop.alerts import drift_check
-    from riskloop.monitoring import ColumnDrift, DriftResult
+    from riskloop.monitoring.checks import drift_check
+    from riskloop.monitoring.drift import ColumnDrift, DriftResult
 
     per = {"amount": ColumnDrift("amount", "wasserstein", 0.1, 0.41, True),
            "avg_7d": ColumnDrift("avg_7d", "wasserstein", 0.1, 0.15, True),
@@ -144,7 +143,7 @@ def events(settings: Settings, key: str) -> list[tuple]:
 
 
 def test_hysteresis_raises_once_per_incident_and_resolves(settings: Settings) -> None:
-    from riskloop.alerts import Check, process
+    from riskloop.core.alerts import Check, process
 
     settings = settings.model_copy(update={"alert_raise_after": 2, "alert_clear_after": 2})
     key = f"model-{uuid.uuid4().hex[:6]}"
@@ -177,7 +176,7 @@ def test_hysteresis_raises_once_per_incident_and_resolves(settings: Settings) ->
 
 
 def test_one_check_per_key_does_not_couple_keys(settings: Settings) -> None:
-    from riskloop.alerts import Check, process
+    from riskloop.core.alerts import Check, process
 
     settings = settings.model_copy(update={"alert_raise_after": 1, "alert_clear_after": 1})
     a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
@@ -190,7 +189,7 @@ def test_one_check_per_key_does_not_couple_keys(settings: Settings) -> None:
 def test_a_raise_names_the_same_keys_other_open_incidents(settings: Settings) -> None:
     """A model's input drift, then its performance drop: two incidents (two runbooks), and the second
     page says the first is open, so on-call reads them as one story. Resolved ones are not named."""
-    from riskloop.alerts import Check, process
+    from riskloop.core.alerts import Check, process
 
     settings = settings.model_copy(update={"alert_raise_after": 1, "alert_clear_after": 1})
     key, other = f"m-{uuid.uuid4().hex[:6]}", f"n-{uuid.uuid4().hex[:6]}"
@@ -215,7 +214,7 @@ def test_a_raise_names_the_same_keys_other_open_incidents(settings: Settings) ->
 def test_an_alert_a_sink_missed_is_resent_on_the_next_run(settings: Settings) -> None:
     from pydantic import SecretStr
 
-    from riskloop.alerts import Check, process
+    from riskloop.core.alerts import Check, process
 
     key = f"p-{uuid.uuid4().hex[:6]}"
     with http_sink() as http:
@@ -234,7 +233,7 @@ def test_an_alert_a_sink_missed_is_resent_on_the_next_run(settings: Settings) ->
 def test_airflow_failure_goes_to_the_configured_sinks(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from riskloop.alerts import task_failed
+    from riskloop.core.alerts import task_failed
 
     ti = SimpleNamespace(dag_id="riskloop_train", task_id="train_fraud", run_id="manual__1", try_number=2,
                          log_url="http://airflow/log/1")
@@ -247,8 +246,8 @@ def test_airflow_failure_goes_to_the_configured_sinks(monkeypatch: pytest.Monkey
 
 
 def test_performance_check_fires_on_an_ap_drop_beyond_the_margin_or_target_drift() -> None:
-    from riskloop.alerts import performance_check
-    from riskloop.monitoring import DriftResult, Performance, TargetDrift
+    from riskloop.monitoring.checks import performance_check
+    from riskloop.monitoring.drift import DriftResult, Performance, TargetDrift
 
     perf = Performance(n_matured=400, n_positive=40, auc_roc=0.81, average_precision=0.42, test_auc_roc=0.9,
                        test_average_precision=0.6, label_delay_days=7, data_now="2024-03-31T00:00:00+00:00")

@@ -20,8 +20,8 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
-from riskloop import stack
-from riskloop.config import Settings
+from riskloop.core.config import Settings
+from riskloop.ops import stack
 from tests.conftest import free_port, start_moto, stop_process
 
 BUCKET = "riskloop-artifacts"

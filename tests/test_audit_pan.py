@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from riskloop import db
-from riskloop.audit import default_paths
 from riskloop.cli import app
-from riskloop.pan import find_pans
+from riskloop.core import db
+from riskloop.core.pan import find_pans
+from riskloop.ops.audit import default_paths
 
 PLANTED = ("4242 4242 4242 4242", "5555-5555-5555-4444", "378282246310005", "4111111111111111")
 # Not card numbers: epoch milliseconds, a Luhn-invalid number in a Visa range, a digit run glued to a

@@ -9,11 +9,11 @@ from pathlib import Path
 import boto3
 import pytest
 
-from riskloop import db
-from riskloop.batch_files import BatchFilesRejected, load_batch_files
-from riskloop.config import Settings
-from riskloop.objectstore import LocalStore, S3Store, open_store
-from riskloop.schema import BATCH_FILE_TABLES, RAW_SCHEMA
+from riskloop.core import db
+from riskloop.core.config import Settings
+from riskloop.core.objectstore import LocalStore, S3Store, open_store
+from riskloop.core.schema import BATCH_FILE_TABLES, RAW_SCHEMA
+from riskloop.data.batch_files import BatchFilesRejected, load_batch_files
 from tests.conftest import free_port, start_moto, stop_process
 
 BUCKET = "processor-drops"
@@ -199,7 +199,7 @@ def test_contract_violation_quarantines_the_rows_and_stops(settings: Settings, f
     dispute still open with a verdict already) fail the GX check that follows the load: explicitly, logged
     and alerted; exactly those rows move to quarantine, the good ones stay in raw, and the files
     stay byte for byte in archive/. The real simulated files pass."""
-    from riskloop.contracts import ContractViolation, run_contracts
+    from riskloop.data.contracts import ContractViolation, run_contracts
 
     local = settings.model_copy(update={"home": tmp_path, "batch_url": None})
     names = [t.name for t in BATCH_FILE_TABLES.values()]
@@ -229,7 +229,7 @@ def test_contract_violation_quarantines_the_rows_and_stops(settings: Settings, f
         "unexpected_rows_expectation[fraud_confirmed is set exactly when the dispute is closed (won or lost)]"}
     assert report.quarantined == {"settlement_file_rows": 2, "dispute_file_rows": 1}
     assert "settlement_file_rows" in str(info.value) and "quarantine.dispute_file_rows" in str(info.value)
-    assert any(r.name == "riskloop.alerts" and "contract_violation" in r.getMessage() for r in caplog.records)
+    assert any(r.name == "riskloop.core.alerts" and "contract_violation" in r.getMessage() for r in caplog.records)
     with db.connect(settings) as conn:
         quarantined = conn.execute(
             "select source_file, line_no, _expectations from quarantine.settlement_file_rows "

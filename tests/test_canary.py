@@ -18,13 +18,13 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from pydantic import SecretStr
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from riskloop.config import Settings
-from riskloop.db import dsn
+from riskloop.core.config import Settings
+from riskloop.core.db import dsn
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +42,12 @@ class Stack:
         return self.settings.fraud_model_name
 
     def set_challenger(self, version: str) -> None:
-        from riskloop.registry import mlflow_client
+        from riskloop.models.registry import mlflow_client
 
         mlflow_client(self.settings.tracking_uri).set_registered_model_alias(self.name, "challenger", version)
 
     def aliases(self) -> dict[str, str]:
-        from riskloop.registry import mlflow_client
+        from riskloop.models.registry import mlflow_client
 
         return dict(mlflow_client(self.settings.tracking_uri).get_registered_model(self.name).aliases)
 
@@ -56,7 +56,7 @@ class Stack:
 def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
     from fixtures_marts import isolated_settings, make_marts, write_marts
 
-    from riskloop import features
+    from riskloop.features import store as features
     from training.train import train_fraud
 
     base = isolated_settings("riskloop_t_canary")
@@ -135,7 +135,7 @@ def _logged(settings: Settings, ids: list[str]) -> list[dict[str, Any]]:
 
 
 def _stop(stack: Stack) -> None:
-    from riskloop import canary
+    from riskloop.governance import canary
 
     canary.end(stack.settings, stack.name, "stop", "test clean-up")
 
@@ -143,7 +143,7 @@ def _stop(stack: Stack) -> None:
 # --- canary routing, the gate --------------------------------------------------------------------------
 
 def test_canary_routes_the_share_and_the_gate_judges_it(stack: Stack) -> None:
-    from riskloop import canary
+    from riskloop.governance import canary
     from serving.routing import bucket
 
     stack.set_challenger(stack.sound)
@@ -203,15 +203,15 @@ def test_canary_routes_the_share_and_the_gate_judges_it(stack: Stack) -> None:
 
 
 def _set_alias(stack: Stack, alias: str, version: str) -> None:
-    from riskloop.registry import mlflow_client
+    from riskloop.models.registry import mlflow_client
 
     mlflow_client(stack.settings.tracking_uri).set_registered_model_alias(stack.name, alias, version)
 
 
 def _promote_with_canary(stack: Stack) -> None:
-    from riskloop import canary
     from riskloop.cli import app
-    from riskloop.promotion import evaluate_promotion
+    from riskloop.governance import canary
+    from riskloop.governance.promotion import evaluate_promotion
 
     env = {"RISKLOOP_DATABASE_URL": stack.settings.database_url}
     out = CliRunner().invoke(app, ["review", "approve", stack.name, stack.sound, "--reason", "canary and card read",
@@ -230,7 +230,7 @@ def _promote_with_canary(stack: Stack) -> None:
 
 
 def test_stop_reaches_serving_without_restart(stack: Stack) -> None:
-    from riskloop import canary
+    from riskloop.governance import canary
 
     stack.set_challenger(stack.sound)
     canary.start(stack.settings, stack.name, share=1.0, min_minutes=0, min_decisions=0)
@@ -246,7 +246,7 @@ def test_stop_reaches_serving_without_restart(stack: Stack) -> None:
 
 
 def test_shadow_scores_both_and_decides_with_champion(stack: Stack) -> None:
-    from riskloop import canary
+    from riskloop.governance import canary
 
     stack.set_challenger(stack.bad)  # its scores are far off: the champion's decisions must not move
     canary.start(stack.settings, stack.name, mode="shadow", min_minutes=0, min_decisions=0)
@@ -279,7 +279,7 @@ def test_judge_names_each_breached_bound(stack: Stack) -> None:
     """The bounds on figures the log cannot easily be made to show (a slow or failing challenger)."""
     from datetime import UTC, datetime
 
-    from riskloop.canary import ArmStats, CanaryStats, judge, tripwires
+    from riskloop.governance.canary import ArmStats, CanaryStats, judge, tripwires
 
     now = datetime.now(UTC)
     champ = ArmStats(n=1000, n_scored=990, n_degraded=10, p99_ms=4.0, p99_low_ms=3.5)
@@ -316,7 +316,7 @@ def test_tripwire_rolls_back_under_load_without_failed_requests(stack: Stack) ->
 
     from sinks import http_sink
 
-    from riskloop import canary
+    from riskloop.governance import canary
 
     stack.set_challenger(stack.bad)
     bodies = _requests(stack, 6000, "trip")

@@ -8,13 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from riskloop import db
-from riskloop.contracts import EXPECTATIONS_DIR, ContractViolation, latest_runs, load_suite_specs, run_contracts
-from riskloop.ingest import load_table
-from riskloop import windows
-from riskloop.schema import CONTRACT_TABLES, CONTRACT_TABLES_BY_NAME, RAW_TABLES, WEBHOOK_EVENT_TYPES
+from riskloop.core import db, windows
+from riskloop.core.schema import CONTRACT_TABLES, CONTRACT_TABLES_BY_NAME, RAW_TABLES, WEBHOOK_EVENT_TYPES
+from riskloop.data.contracts import EXPECTATIONS_DIR, ContractViolation, latest_runs, load_suite_specs, run_contracts
+from riskloop.data.ingest import load_table
 from tests.fixtures_data import make_tables, reset_warehouse
-
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "contracts"
 
@@ -63,7 +61,7 @@ def test_good_data_passes_and_bad_batch_is_named(settings, caplog: pytest.LogCap
     disputes.loc[0, "closed_at"] = disputes.loc[0, "opened_at"] - pd.Timedelta(hours=1)
     _load(settings, {"ledger_entries": ledger, "webhook_events": events, "dispute_outcomes": disputes})
 
-    with caplog.at_level("ERROR", logger="riskloop.alerts"), pytest.raises(ContractViolation) as info:
+    with caplog.at_level("ERROR", logger="riskloop.core.alerts"), pytest.raises(ContractViolation) as info:
         run_contracts(settings)
     report = info.value.report
     failed = {(f.table, f.expectation, f.column): f for f in report.failures}
@@ -113,7 +111,7 @@ def test_good_data_passes_and_bad_batch_is_named(settings, caplog: pytest.LogCap
     # a readable reason, an alert record, and Data Docs for the run
     assert "2 rows of ledger_entries -> quarantine.ledger_entries" in message
     [alert] = [json.loads(r.getMessage().removeprefix("riskloop alert ")) for r in caplog.records
-               if r.name == "riskloop.alerts" and "contract_violation" in r.getMessage()]
+               if r.name == "riskloop.core.alerts" and "contract_violation" in r.getMessage()]
     assert alert["kind"] == "contract_violation" and alert["details"]["quarantined"] == report.quarantined
     assert report.data_docs and Path(report.data_docs).exists()
     assert "ledger_entries" in Path(report.data_docs).read_text()
@@ -132,7 +130,7 @@ def test_good_data_passes_and_bad_batch_is_named(settings, caplog: pytest.LogCap
 def test_feature_mart_suites(settings) -> None:
     from fixtures_marts import isolated_settings, make_marts, write_marts
 
-    from riskloop.contracts import load_mart_specs, run_mart_contracts
+    from riskloop.data.contracts import load_mart_specs, run_mart_contracts
 
     batch_marts = ["customer_spending_features", "terminal_risk_features", "credit_features"]
     assert set(load_mart_specs()) == {*batch_marts, *(windows.mart_name(e) for e in windows.ENTITIES)}

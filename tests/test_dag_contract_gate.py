@@ -12,9 +12,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from riskloop import db
-from riskloop.config import AIRFLOW_DB
-from riskloop.orchestrate import DagRunFailed, run_dag
+from riskloop.core import db
+from riskloop.core.config import AIRFLOW_DB
+from riskloop.ops.orchestrate import DagRunFailed, run_dag
 from tests.fixtures_data import make_tables, reset_warehouse, write_landing
 
 
@@ -31,9 +31,9 @@ def _task_states(settings, dag_id: str, logical_date: datetime) -> dict[str, str
 def _bad_settlement_file(settings, home: Path) -> tuple[str, Any, bytes]:
     """A processor's settlement file that parses but breaks its contract on line 2 (a fee above
     the amount), loaded the real way (object store → raw.settlement_file_rows) and archived."""
-    from riskloop.batch_files import file_columns, load_batch_files
-    from riskloop.objectstore import open_store
-    from riskloop.schema import SETTLEMENT_FILE_ROWS
+    from riskloop.core.objectstore import open_store
+    from riskloop.core.schema import SETTLEMENT_FILE_ROWS
+    from riskloop.data.batch_files import file_columns, load_batch_files
 
     local = settings.model_copy(update={"home": home, "batch_url": None})
     rel = "settlements/stripe/2024-03-02.csv"

@@ -10,11 +10,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from riskloop import db
-from riskloop.ingest import load_landing, load_table
-from riskloop import windows
-from riskloop.schema import BATCH_FILE_TABLES, CONTRACT_TABLES_BY_NAME, RAW_TABLES_BY_NAME
-from riskloop.transform import DbtError, dbt_artifacts_dir, run_dbt
+from riskloop.core import db, windows
+from riskloop.core.schema import BATCH_FILE_TABLES, CONTRACT_TABLES_BY_NAME, RAW_TABLES_BY_NAME
+from riskloop.data.ingest import load_landing, load_table
+from riskloop.data.transform import DbtError, dbt_artifacts_dir, run_dbt
 from tests.fixtures_data import T0, Payment, default_payments, make_tables, reset_warehouse, write_landing
 
 DBT = Path(__file__).resolve().parents[1] / "dbt_project"
@@ -75,7 +74,7 @@ def _payments() -> list[Payment]:
 
 @pytest.fixture(scope="module")
 def built(stack_env, tmp_path_factory):
-    from riskloop.config import Settings
+    from riskloop.core.config import Settings
 
     settings = Settings()
     reset_warehouse(settings)
@@ -105,7 +104,7 @@ def test_sources_declare_exactly_the_contract_columns() -> None:
 
 
 def test_realtime_marts_enforce_exactly_the_spec_columns() -> None:
-    """The real-time marts' enforced contracts list riskloop/windows.py's columns, in its order."""
+    """The real-time marts' enforced contracts list riskloop/core/windows.py's columns, in its order."""
     models = {m["name"]: m for m in yaml.safe_load((DBT / "models/marts/_marts.yml").read_text())["models"]}
     for e in windows.ENTITIES:
         mart = models[windows.mart_name(e)]
@@ -124,7 +123,8 @@ def test_build_produces_documented_marts(built) -> None:
         got = marts[marts.table_name == mart]
         assert dict(zip(got.column_name, got.data_type)) == expected, mart
     assert {f"stg_{n}" for n in CONTRACT_TABLES_BY_NAME} <= set(cols[cols.table_schema == "staging"].table_name)
-    assert {"int_payments", "int_fraud_labels", "int_settlement_reconciliation"} <= set(cols[cols.table_schema == "intermediate"].table_name)
+    intermediate = set(cols[cols.table_schema == "intermediate"].table_name)
+    assert {"int_payments", "int_fraud_labels", "int_settlement_reconciliation"} <= intermediate
 
     fct = _frame(settings, "select * from marts.fct_transactions")
     assert len(fct) == len(_payments())

@@ -28,8 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,10 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-
 from pydantic import SecretStr
 
-from riskloop.config import Settings
+from riskloop.core.config import Settings
+from riskloop.ops import processes
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.slow
@@ -95,12 +94,12 @@ def world(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     from conftest import free_port
     from fixtures_marts import isolated_settings
 
-    from riskloop import features, stack
-    from riskloop.contracts import run_contracts, run_mart_contracts
-    from riskloop.ingest import load_landing
+    from riskloop.data.contracts import run_contracts, run_mart_contracts
+    from riskloop.data.ingest import load_landing
+    from riskloop.data.transform import run_dbt
+    from riskloop.features import store as features
     from riskloop.simulator import simulate, write
     from riskloop.simulator.score_requests import score_request_bodies
-    from riskloop.transform import run_dbt
     from training.train import train_fraud
 
     name = f"test-e2e-fraud-{uuid.uuid4().hex[:8]}"
@@ -161,14 +160,14 @@ def world(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
                  # a 2-core machine shared with other jobs: a slow online read must not degrade decisions here
                  "RISKLOOP_SERVING_ONLINE_TIMEOUT_S": "5"}
     w.url = f"http://127.0.0.1:{port}"
-    proc = stack.spawn_detached(settings, SERVER, [sys.executable, "-m", "riskloop", "serve", "--host", "127.0.0.1",
+    proc = processes.spawn_detached(settings, SERVER, [sys.executable, "-m", "riskloop", "serve", "--host", "127.0.0.1",
                                                    "--port", str(port)], serve_env)
     try:
-        stack.wait_until(settings, {SERVER: proc}, lambda: _ready(w.url), 120)
+        processes.wait_until(settings, {SERVER: proc}, lambda: _ready(w.url), 120)
         lap("serve")
         yield w
     finally:
-        stack.stop_process(settings, SERVER)
+        processes.stop_process(settings, SERVER)
 
 
 def _ready(url: str) -> bool:
@@ -212,7 +211,7 @@ def replay(world: World, first: pd.Timestamp, days: int, per_day: int) -> list[d
     """Production, a day at a time: score ``per_day`` of the day's requests, then the daily ingest
     loads that day into the online store. (Scoring a week of requests against the store of its last
     day instead would skew every aggregate, a drift of the test's own making.)"""
-    from riskloop import features
+    from riskloop.features import store as features
 
     store = features.feature_store(world.settings)
     responses = []
@@ -306,14 +305,14 @@ class OpenLoop:
 
 def rescore(settings: Settings, version: str, rows: pd.DataFrame, features: list[str]) -> np.ndarray:
     """The registered model of one version, scored on the logged input vectors."""
-    from riskloop.promotion import _load_model, _score
+    from riskloop.governance.promotion import _load_model, _score
 
     frame = pd.DataFrame([{f: (np.nan if r[f] is None else r[f]) for f in features} for r in rows["features"]])
     return _score(_load_model(settings, settings.fraud_model_name, version), frame, features).to_numpy()
 
 
 def model_features(settings: Settings, version: str) -> list[str]:
-    from riskloop.registry import mlflow_client, parse_features_param
+    from riskloop.models.registry import mlflow_client, parse_features_param
 
     client = mlflow_client(settings.tracking_uri)
     return parse_features_param(client.get_run(client.get_model_version(settings.fraud_model_name, version).run_id)

@@ -20,8 +20,6 @@ import psycopg
 import pytest
 from fixtures_marts import isolated_settings
 
-from riskloop.config import Settings
-
 pytestmark = pytest.mark.timeout(300)
 
 T0 = pd.Timestamp("2024-03-01 00:00:00", tz="UTC")
@@ -124,7 +122,7 @@ def pit_stores(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     service = FeatureService(name="pit_service", features=[driver_stats, rider_stats, conv_x_label])
     pg = settings.pg
     stores = []
-    for kind in ("postgres", "riskloop.feast_offline.RiskloopPostgreSQLOfflineStore"):
+    for kind in ("postgres", "riskloop.features.feast_offline.RiskloopPostgreSQLOfflineStore"):
         repo = Path(tmp_path_factory.mktemp("feast_repo"))
         config = RepoConfig(
             project="pit", provider="local", repo_path=repo, entity_key_serialization_version=3,

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from fixtures_marts import SyntheticMarts, isolated_settings, make_marts, write_marts
 
-from riskloop.amount_features import FEATURES as AMOUNT_FEATURES
-from riskloop.amount_features import SOURCE_FIELDS as AMOUNT_SOURCES
-from riskloop.amount_features import amount_ratios
-from riskloop.config import Settings
+from riskloop.core.config import Settings
+from riskloop.features.amount_features import FEATURES as AMOUNT_FEATURES
+from riskloop.features.amount_features import SOURCE_FIELDS as AMOUNT_SOURCES
+from riskloop.features.amount_features import amount_ratios
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -25,7 +25,7 @@ TERMINAL_FEATURES = [f"terminal_{k}_{w}" for k in ("nb_tx", "risk") for w in ("1
 
 @pytest.fixture(scope="module")
 def applied(stack_env: dict[str, str]) -> tuple[Settings, SyntheticMarts]:
-    from riskloop import features
+    from riskloop.features import store as features
 
     settings = isolated_settings("riskloop_t_features")
     marts = make_marts(days=30, customers=40, terminals=20, seed=1)
@@ -35,7 +35,7 @@ def applied(stack_env: dict[str, str]) -> tuple[Settings, SyntheticMarts]:
 
 
 def test_apply_registers_the_promised_names_and_is_idempotent(applied: tuple[Settings, SyntheticMarts]) -> None:
-    from riskloop import features
+    from riskloop.features import store as features
 
     settings, _ = applied
     features.apply(settings)  # second apply: no error, nothing duplicated
@@ -51,7 +51,7 @@ def test_apply_registers_the_promised_names_and_is_idempotent(applied: tuple[Set
 
 
 def test_materialize_then_online_features_are_the_latest(applied: tuple[Settings, SyntheticMarts]) -> None:
-    from riskloop import features
+    from riskloop.features import store as features
 
     settings, marts = applied
     # The Feast registry and online store are the session's, shared by every module: another one may
@@ -88,7 +88,7 @@ def test_materialize_then_online_features_are_the_latest(applied: tuple[Settings
 
 
 def test_historical_features_are_point_in_time_correct(applied: tuple[Settings, SyntheticMarts]) -> None:
-    from riskloop import features
+    from riskloop.features import store as features
 
     settings, marts = applied
     store = features.feature_store(settings)

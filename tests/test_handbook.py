@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training import benchmark, split
+from riskloop.models import split
+from training import benchmark
 
 
 def utc(day: str) -> pd.Timestamp:
@@ -73,7 +74,7 @@ SLICE_DAYS = 45
 def imported(stack_env: dict[str, str], handbook_path: Path, tmp_path_factory: pytest.TempPathFactory):
     from fixtures_marts import isolated_settings
 
-    from riskloop.handbook import import_handbook, is_imported
+    from riskloop.ops.handbook import import_handbook, is_imported
 
     tx = pd.read_parquet(handbook_path, filters=[("TX_TIME_DAYS", "<", SLICE_DAYS)])
     tx = tx[tx["CUSTOMER_ID"].astype(int) % 10 == 0].reset_index(drop=True)
@@ -88,17 +89,17 @@ def imported(stack_env: dict[str, str], handbook_path: Path, tmp_path_factory: p
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_import_lands_the_file_through_ingest_dbt_and_feast(imported) -> None:
-    from riskloop import db
-    from riskloop.features import feature_store
-    from riskloop.handbook import is_imported
-    from training import datasets
+    from riskloop.core import db
+    from riskloop.features import datasets
+    from riskloop.features.store import feature_store
+    from riskloop.ops.handbook import is_imported
 
     settings, tx, path, result = imported
     assert result.transactions == len(tx) and result.frauds == int(tx["TX_FRAUD"].sum())
     assert set(result.seconds) == {"derive", "load_raw", "contracts", "dbt_build", "feast"}
     # The handbook import derives a lender's application flow, several per card customer (Poisson
     # mean HANDBOOK_APPLICATIONS_PER_CUSTOMER), all the way to the credit mart.
-    from riskloop.handbook import HANDBOOK_APPLICATIONS_PER_CUSTOMER
+    from riskloop.ops.handbook import HANDBOOK_APPLICATIONS_PER_CUSTOMER
 
     customers = tx["CUSTOMER_ID"].nunique()
     apps = result.raw_rows["credit_applications"]
@@ -131,8 +132,8 @@ def test_import_lands_the_file_through_ingest_dbt_and_feast(imported) -> None:
 def test_late_label_is_not_used_before_it_arrives(imported) -> None:
     """A fraud reported after the training cut-off is genuine for that training run, and a
     terminal's risk counts it only from the first day after its report."""
-    from riskloop.features import feature_store
-    from training import datasets
+    from riskloop.features import datasets
+    from riskloop.features.store import feature_store
 
     settings, _, _, _ = imported
     windows = split.windows_from("2018-04-20")  # train 04-20..04-26, cut-off 05-04
@@ -147,7 +148,7 @@ def test_late_label_is_not_used_before_it_arrives(imported) -> None:
     # Terminal risk, recomputed from the transactions with labels as known before each row's
     # day, equals what Feast joined; with final labels it would differ somewhere (a late label
     # that the features correctly ignored).
-    from riskloop import db
+    from riskloop.core import db
 
     with db.connect(settings) as conn:
         cur = conn.execute("select terminal_id, tx_at, is_fraud, fraud_known_at from marts.fct_transactions")

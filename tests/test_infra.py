@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from riskloop.config import PROJECT_ROOT
+from riskloop.core.config import PROJECT_ROOT
 from tests.conftest import free_port
 
 INFRA = PROJECT_ROOT / "infra"

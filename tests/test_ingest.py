@@ -7,9 +7,9 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from riskloop import db
-from riskloop.ingest import ContractError, SchemaOutOfDate, load_landing, load_table
-from riskloop.schema import RAW_TABLES
+from riskloop.core import db
+from riskloop.core.schema import RAW_TABLES
+from riskloop.data.ingest import ContractError, SchemaOutOfDate, load_landing, load_table
 from tests.fixtures_data import T0, make_tables, reset_warehouse, write_landing
 
 
@@ -151,8 +151,8 @@ def own_postgres():
     import tempfile
     from pathlib import Path
 
-    from riskloop import stack
-    from riskloop.config import Settings
+    from riskloop.core.config import Settings
+    from riskloop.ops import stack
     from tests.conftest import free_port
 
     home = Path(tempfile.mkdtemp(prefix="riskloop-crash-"))
@@ -174,8 +174,8 @@ def test_postgres_stopped_mid_load_then_rerun_gives_exact_counts(own_postgres, t
     import threading
     import time
 
-    from riskloop import stack
-    from riskloop.ingest import create_raw_tables
+    from riskloop.data.ingest import create_raw_tables
+    from riskloop.ops import stack
 
     s = own_postgres
     tables = make_tables()

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from riskloop.config import Settings
-from riskloop.logs import bound, configure
+from riskloop.core.config import Settings
+from riskloop.core.logs import bound, configure
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from riskloop.config import Settings
+from riskloop.core.config import Settings
 
 FEATURES = ["amount", "is_weekend", "is_night", "customer_nb_tx_1d", "customer_avg_amount_7d", "terminal_risk_7d"]
 AMOUNT_FEATURES = ["amount", "customer_avg_amount_7d"]
@@ -65,13 +65,14 @@ def register(settings: Settings, name: str, train: pd.DataFrame, reference: pd.D
     With ``test``, the run also logs what training logs for its test window: the predictions
     (``score``, ``label``) and the AUC / AP metrics, and the reference sample carries no score (as
     training's does not)."""
-    from riskloop.monitoring import PREDICTIONS_ARTIFACT
-    from training import metrics
     import mlflow
     import mlflow.xgboost
     import xgboost as xgb
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
+
+    from riskloop.models import metrics
+    from riskloop.monitoring.drift import PREDICTIONS_ARTIFACT
 
     xgb_params = {"n_estimators": 30, "max_depth": 3, "learning_rate": 0.3, "n_jobs": 1, **(params or {})}
     clf = xgb.XGBClassifier(**xgb_params).fit(train[FEATURES], train["is_fraud"])
@@ -173,7 +174,7 @@ def _stored(settings: Settings, report_id: str) -> dict:
 
 
 def test_no_drift_on_a_sample_of_the_reference_distribution(settings: Settings, drift_model) -> None:
-    from riskloop.monitoring import run_drift
+    from riskloop.monitoring.drift import run_drift
 
     result = run_drift(settings, drift_model["name"], alias="champion", min_rows=100)
 
@@ -188,8 +189,8 @@ def test_no_drift_on_a_sample_of_the_reference_distribution(settings: Settings, 
     assert result.report_path and Path(result.report_path).is_file()
     assert Path(result.report_path).parent == settings.home / "reports"
     # ...and the same HTML is in object storage (the local default: <home>/batch) under a stable key.
-    from riskloop.monitoring import report_key
-    from riskloop.objectstore import open_store
+    from riskloop.core.objectstore import open_store
+    from riskloop.monitoring.drift import report_key
 
     assert report_key(result) == f"reports/{drift_model['name']}/{result.report_id}.html"
     assert open_store(settings).get(report_key(result)) == Path(result.report_path).read_bytes()
@@ -214,7 +215,7 @@ def test_no_drift_on_a_sample_of_the_reference_distribution(settings: Settings, 
 
 
 def test_amounts_times_five_is_detected_and_named(settings: Settings, drift_model) -> None:
-    from riskloop.monitoring import run_drift
+    from riskloop.monitoring.drift import run_drift
 
     result = run_drift(settings, drift_model["name"], version=drift_model["shift"], min_rows=100)
 
@@ -234,7 +235,7 @@ def test_amounts_times_five_is_detected_and_named(settings: Settings, drift_mode
 
 
 def test_too_few_rows_is_insufficient_data_not_critical(settings: Settings, drift_model) -> None:
-    from riskloop.monitoring import run_drift
+    from riskloop.monitoring.drift import run_drift
 
     result = run_drift(settings, drift_model["name"], version=drift_model["few"], min_rows=100)
 
@@ -247,7 +248,7 @@ def test_too_few_rows_is_insufficient_data_not_critical(settings: Settings, drif
 
 
 def test_since_window_excludes_older_rows(settings: Settings, drift_model) -> None:
-    from riskloop.monitoring import run_drift
+    from riskloop.monitoring.drift import run_drift
 
     future = datetime.now(UTC) + timedelta(days=1)
     result = run_drift(settings, drift_model["name"], version=drift_model["ok"], since=future, min_rows=1)
@@ -285,7 +286,7 @@ def test_riskloop_monitor_raises_one_drift_alert_to_the_sink(settings: Settings,
 
 def test_until_bounds_the_window_like_a_scheduled_interval(settings: Settings, drift_model) -> None:
     """A scheduled (or backfilled) monitor run checks its own interval: rows at or after ``until`` are out."""
-    from riskloop.monitoring import run_drift
+    from riskloop.monitoring.drift import run_drift
 
     everything = run_drift(settings, drift_model["name"], version=drift_model["few"], min_rows=1,
                            log_to_mlflow=False)
@@ -302,7 +303,7 @@ def test_until_bounds_the_window_like_a_scheduled_interval(settings: Settings, d
 
 def test_a_recorded_drift_check_reads_back_as_it_was_made(settings: Settings, drift_model) -> None:
     """What the promote DAG gates on: the stored check, by its id or as the model's latest."""
-    from riskloop.monitoring import load_drift, run_drift
+    from riskloop.monitoring.drift import load_drift, run_drift
 
     made = run_drift(settings, drift_model["name"], version=drift_model["shift"], min_rows=50, log_to_mlflow=False)
     by_id = load_drift(settings, report_id=made.report_id)
@@ -376,8 +377,8 @@ def test_realised_performance_and_target_drift_on_matured_labels(matured_model) 
     from mlflow import MlflowClient
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from riskloop.alerts import performance_check
-    from riskloop.monitoring import DriftResult, load_drift, run_drift
+    from riskloop.monitoring.checks import performance_check
+    from riskloop.monitoring.drift import DriftResult, load_drift, run_drift
 
     settings, labels, scores = matured_model["settings"], matured_model["labels"], matured_model["scores"]
     result = run_drift(settings, matured_model["name"], alias="champion", min_rows=100, min_matured=250)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from riskloop.orchestrate import _failure_excerpt
+from riskloop.ops.orchestrate import _failure_excerpt
 
 
 def test_the_failure_excerpt_keeps_the_exception_of_a_long_traceback(tmp_path: Path) -> None:

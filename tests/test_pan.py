@@ -12,12 +12,12 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pytest
-from pydantic import SecretStr
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
-from riskloop import pan
-from riskloop.db import dsn
-from riskloop.webhooks import sign_standard
+from riskloop.core import pan
+from riskloop.core.db import dsn
+from riskloop.core.signatures import sign_standard
 from tests.test_webhooks import STANDARD_SECRET, Receiver, receiver  # noqa: F401 - the fixture
 
 VISA = "4111 1111 1111 1111"
@@ -134,7 +134,7 @@ def test_score_request_pan_is_tokenised_and_never_logged(settings) -> None:
 # --- landed files -----------------------------------------------------------------------------
 
 def test_ingest_tokenises_a_card_number_column_and_drops_cvv(settings) -> None:
-    from riskloop.ingest import ContractError, load_table
+    from riskloop.data.ingest import ContractError, load_table
     from tests.fixtures_data import make_tables, reset_warehouse
 
     reset_warehouse(settings)
@@ -166,7 +166,7 @@ def test_simulated_cards_are_valid_and_webhook_and_request_files_match_row_rende
     from riskloop import simulator
     from riskloop.simulator.cards import pans_for
     from riskloop.simulator.score_requests import reference_lines, write_score_requests
-    from riskloop.webhooks import standard_body, stripe_body, with_pans, write_webhook_files
+    from riskloop.simulator.webhooks import standard_body, stripe_body, with_pans, write_webhook_files
 
     cards = pans_for(pd.Series(range(500)).to_numpy())
     assert all(pan.normalise(c) == c and pan.brand(c) for c in cards)

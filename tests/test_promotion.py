@@ -19,7 +19,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from riskloop.config import Settings
+from riskloop.core.config import Settings
 
 FEATURES = ["amount", "is_night", "terminal_risk_7d", "customer_nb_tx_1d"]
 TEST_START, TEST_END = "2024-03-08T00:00:00+00:00", "2024-03-15T00:00:00+00:00"
@@ -76,7 +76,7 @@ def register(settings: Settings, name: str, clf, aliases: tuple[str, ...], metri
                                "label_cutoff": "2024-03-08T00:00:00+00:00"})
             if metrics:
                 mlflow.log_metrics(metrics)
-            mlflow.set_tags({f"riskloop.contracts.{schema}": v for schema, v in (contracts or {}).items()})
+            mlflow.set_tags({f"riskloop.data.contracts.{schema}": v for schema, v in (contracts or {}).items()})
             x.to_parquet(Path(tmp) / "features.parquet")
             mlflow.log_artifact(str(Path(tmp) / "features.parquet"), artifact_path="reference")
             info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=name,
@@ -149,7 +149,7 @@ def fresh_name() -> str:
 
 
 def test_better_challenger_is_promoted(settings: Settings, classifiers) -> None:
-    from riskloop.promotion import evaluate_promotion
+    from riskloop.governance.promotion import evaluate_promotion
 
     name = fresh_name()
     v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
@@ -186,7 +186,7 @@ def test_better_challenger_is_promoted(settings: Settings, classifiers) -> None:
 
 
 def test_worse_challenger_is_refused_with_reason(settings: Settings, classifiers) -> None:
-    from riskloop.promotion import evaluate_promotion
+    from riskloop.governance.promotion import evaluate_promotion
 
     name = fresh_name()
     v1 = register(settings, name, classifiers["good"], ("champion", "challenger"))
@@ -205,8 +205,8 @@ def test_worse_challenger_is_refused_with_reason(settings: Settings, classifiers
 
 
 def test_critical_drift_blocks_promotion(settings: Settings, classifiers) -> None:
-    from riskloop.monitoring import ColumnDrift, DriftResult
-    from riskloop.promotion import evaluate_promotion
+    from riskloop.governance.promotion import evaluate_promotion
+    from riskloop.monitoring.drift import ColumnDrift, DriftResult
 
     name = fresh_name()
     v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
@@ -232,7 +232,7 @@ def test_critical_drift_blocks_promotion(settings: Settings, classifiers) -> Non
 
 
 def test_no_challenger_is_no_change(settings: Settings, classifiers) -> None:
-    from riskloop.promotion import evaluate_promotion
+    from riskloop.governance.promotion import evaluate_promotion
 
     name = fresh_name()
     v1 = register(settings, name, classifiers["good"], ("champion",))
@@ -254,7 +254,7 @@ def test_reviewer_approval_gate_four_eyes_bound_to_the_content_hash(settings: Se
     from typer.testing import CliRunner
 
     from riskloop.cli import app
-    from riskloop.promotion import evaluate_promotion
+    from riskloop.governance.promotion import evaluate_promotion
 
     name = fresh_name()
     v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
@@ -320,8 +320,8 @@ def test_reviewer_approval_gate_four_eyes_bound_to_the_content_hash(settings: Se
 
 def test_promotion_refused_without_a_passed_canary(settings: Settings, classifiers) -> None:
     """With the canary required (the default), a better, approved challenger still waits for its canary."""
-    from riskloop import canary
-    from riskloop.promotion import evaluate_promotion
+    from riskloop.governance import canary
+    from riskloop.governance.promotion import evaluate_promotion
 
     gated = settings.model_copy(update={"canary_required": True})
     name = fresh_name()
@@ -352,8 +352,8 @@ def test_promotion_refused_without_a_passed_canary(settings: Settings, classifie
 
 
 def test_decisions_are_append_only(settings: Settings) -> None:
-    from riskloop import canary
-    from riskloop.promotion import ensure_tables
+    from riskloop.governance import canary
+    from riskloop.governance.promotion import ensure_tables
 
     ensure_tables(settings)
     canary.ensure_tables(settings)
@@ -374,7 +374,7 @@ def test_decisions_are_append_only(settings: Settings) -> None:
 def test_promotion_refused_unless_its_training_data_passed_the_contracts(settings: Settings, classifiers) -> None:
     """The data-contract gate reads what the challenger's training run recorded: a failed contract run
     refuses it, a missing one too (unless explicitly not required), whatever its metrics."""
-    from riskloop.promotion import evaluate_promotion
+    from riskloop.governance.promotion import evaluate_promotion
 
     name = fresh_name()
     v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
@@ -411,9 +411,9 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
     """
     from fixtures_marts import isolated_settings, make_marts, write_marts
 
-    from riskloop import features
-    from riskloop.monitoring import run_drift
-    from riskloop.promotion import _compare
+    from riskloop.features import store as features
+    from riskloop.governance.promotion import _compare
+    from riskloop.monitoring.drift import run_drift
     from training.train import train_fraud
 
     suffix = uuid.uuid4().hex[:8]
@@ -470,8 +470,8 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
 def test_promote_dag_gates_on_the_drift_check_it_is_given(settings: Settings, classifiers) -> None:
     """The riskloop_promote DAG (dag.test) reads the recorded drift check back and records its
     decision against that very report: the evidence the monitor emitted, not a fresh re-run."""
-    from riskloop.monitoring import run_drift
-    from riskloop.orchestrate import run_dag
+    from riskloop.monitoring.drift import run_drift
+    from riskloop.ops.orchestrate import run_dag
 
     name = fresh_name()
     version = register(settings, name, classifiers["good"], ("champion", "challenger"))

@@ -1,4 +1,4 @@
-"""The canary's latency evidence: the order statistic that bounds a p99 from below (riskloop.canary)."""
+"""The canary's latency evidence: the order statistic that bounds a p99 from below (riskloop.governance.canary)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from riskloop.canary import quantile_lower_rank
+from riskloop.governance.canary import quantile_lower_rank
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 50, 99, 184, 416, 1000, 12_345, 250_000])

@@ -1,4 +1,4 @@
-"""Real-time windows: the same webhooks through the stream (receiver → inbox → ``riskloop.stream`` →
+"""Real-time windows: the same webhooks through the stream (receiver → inbox → ``riskloop.features.stream`` →
 Feast push → online store) and through dbt (inbox → marts) give the same values per card and
 customer at the same as-of time, and both match a brute-force count. Real receiver over HTTP, real
 Postgres, real Feast online store."""
@@ -18,10 +18,11 @@ import psycopg
 import pytest
 from fixtures_marts import isolated_settings
 
-from riskloop import windows
-from riskloop.config import Settings
-from riskloop.db import dsn
-from riskloop.webhooks import WebhookSettings, signed_headers, standard_body, stripe_body
+from riskloop.core import windows
+from riskloop.core.config import Settings
+from riskloop.core.db import dsn
+from riskloop.core.signatures import WebhookSettings, signed_headers
+from riskloop.simulator.webhooks import standard_body, stripe_body
 from tests.conftest import free_port
 from tests.test_webhooks import serve_in_thread
 
@@ -41,7 +42,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(stack_env: dict[str, str]) -> Iterator[Env]:
-    from riskloop import features
+    from riskloop.features import store as features
     from serving.webhooks import create_webhook_app
 
     settings = isolated_settings("riskloop_t_realtime")
@@ -143,9 +144,9 @@ def batch(env: Env, entity: windows.WindowEntity) -> dict[str, dict[str, Any]]:
 
 
 def test_stream_and_dbt_agree_and_replays_change_nothing(env: Env) -> None:
-    from riskloop.contracts import ContractViolation, run_mart_contracts
-    from riskloop.stream import StreamConsumer
-    from riskloop.transform import run_dbt
+    from riskloop.data.contracts import ContractViolation, run_mart_contracts
+    from riskloop.data.transform import run_dbt
+    from riskloop.features.stream import StreamConsumer
 
     # whole seconds: both processors' bodies carry it exactly, so the window edges below are exact
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
@@ -218,7 +219,7 @@ def test_feast_views_carry_the_spec(env: Env) -> None:
 
 
 def test_parse_payment_rejects_what_dbt_rejects() -> None:
-    from riskloop.stream import parse_payment
+    from riskloop.features.stream import parse_payment
 
     ok = b'{"id":"e","type":"payment.authorized","timestamp":"2026-01-02T03:04:05.678Z","data":' \
          b'{"card_token":"k","customer_id":"c","amount_minor":1e2}}'
@@ -251,7 +252,7 @@ def test_running_consumer_survives_losing_its_connections(env: Env) -> None:
     killed it reconnects and carries on from its offset."""
     import threading
 
-    from riskloop.stream import StreamConsumer
+    from riskloop.features.stream import StreamConsumer
 
     settings = env.settings.model_copy(update={"stream_poll_s": 0.2})
     card = windows.entity("card")
@@ -290,8 +291,8 @@ def test_riskloop_up_manages_the_consumer(env: Env) -> None:
     """``riskloop up`` starts ``riskloop stream`` as a managed process (pid, log, status) that pushes
     accepted webhooks to the online store; stopped (as ``riskloop down`` does), events accepted
     meanwhile are pushed once it is started again: it resumes from its stored offset."""
-    from riskloop import stack
-    from riskloop.stream import consumer_progress
+    from riskloop.features.stream import consumer_progress
+    from riskloop.ops import processes, stack
 
     settings = env.settings.model_copy(update={"stream_service": True, "stream_poll_s": 0.2})
     card = windows.entity("card")
@@ -304,10 +305,10 @@ def test_riskloop_up_manages_the_consumer(env: Env) -> None:
     try:
         info = stack.up(settings)
         assert info["stream"] == "up" and info["stream_managed"] is True, info
-        pid = stack._read_pid(stack._pidfile(settings, stack.STREAM))
+        pid = processes._read_pid(processes._pidfile(settings, stack.STREAM))
         assert pid is not None
         assert stack.up(settings)["stream"] == "up"  # idempotent: the same process
-        assert stack._read_pid(stack._pidfile(settings, stack.STREAM)) == pid
+        assert processes._read_pid(processes._pidfile(settings, stack.STREAM)) == pid
         post(env, event("managed1", "stripe", t, "M", "cM", 1))
         wait_for(lambda: count() == 1)
         before = consumer_progress(settings, stack.STREAM_CONSUMER)
@@ -320,7 +321,7 @@ def test_riskloop_up_manages_the_consumer(env: Env) -> None:
         assert count() == 1
 
         assert stack.up(settings)["stream"] == "up"
-        assert stack._read_pid(stack._pidfile(settings, stack.STREAM)) != pid
+        assert processes._read_pid(processes._pidfile(settings, stack.STREAM)) != pid
         wait_for(lambda: count() == 2)
         assert online(env, card, [key])[key]["card_amount_minor_sum_24h"] == 3
         after = consumer_progress(settings, stack.STREAM_CONSUMER)
@@ -338,7 +339,7 @@ def test_online_push_writes_what_feast_push_writes(env: Env) -> None:
     from feast.data_source import PushMode
     from feast.errors import PushSourceNotFoundException
 
-    from riskloop.stream import OnlinePush
+    from riskloop.features.stream import OnlinePush
 
     at = pd.Timestamp(datetime.now(UTC).replace(microsecond=0))
 

@@ -19,9 +19,9 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
-
 from conftest import free_port
-from riskloop.config import Settings
+
+from riskloop.core.config import Settings
 
 CHROMIUM = "/usr/bin/chromium"
 ALICE, AUTHOR_KEY, SCORER = "alice-reviewer-key-1234567890", "author-reviewer-key-123456789", "scorer-key-1234567890ab"
@@ -70,12 +70,11 @@ def browser() -> Iterator:
 def test_review_page_lists_shows_refuses_self_approval_and_approves(settings: Settings) -> None:
     import xgboost as xgb
     from mlflow import MlflowClient
-
     from playwright.sync_api import expect
+    from test_promotion import FEATURES, fresh_name, register, synth
 
     from serving.app import create_app
     from serving.config import ServingSettings
-    from test_promotion import FEATURES, fresh_name, register, synth
 
     train = synth(500, seed=3)
     clf = xgb.XGBClassifier(n_estimators=5, max_depth=2, n_jobs=1).fit(train[FEATURES], train["label"])

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from riskloop import airflow_services, db
-from riskloop.config import Settings
-from riskloop.schema import RAW_SCHEMA, RAW_TABLES
+from riskloop.core import db
+from riskloop.core.config import Settings
+from riskloop.core.schema import RAW_SCHEMA, RAW_TABLES
+from riskloop.ops import airflow_services
 from tests.conftest import free_port
 from tests.fixtures_data import reset_warehouse
 
@@ -58,7 +59,7 @@ def warehouse_state(settings: Settings) -> dict[str, tuple[int, str]]:
 
 def load_history(settings: Settings) -> None:
     """What an initial backfill would leave: raw rows of the days before the scheduled ones."""
-    from riskloop.ingest import load_landing
+    from riskloop.data.ingest import load_landing
 
     load_landing(settings, settings.landing, interval_end=_utc(FIRST))
 
@@ -138,7 +139,7 @@ def test_scheduler_runs_two_intervals_then_training(airflow: Settings, scheduled
     # load_raw is mapped per source: one log directory per map index (map_index=N/attempt=M.log).
     records = [json.loads(line) for path in task_dir.rglob("attempt=*.log")
                for line in path.read_text().splitlines() if line.strip()]
-    ours = [r for r in records if r.get("logger") == "riskloop.ingest"]
+    ours = [r for r in records if r.get("logger") == "riskloop.data.ingest"]
     assert ours and all(r["run_id"] == run_id and r["task_id"] == "load_raw" for r in ours), records[:5]
 
     # Warehouse: raw holds exactly the landed rows up to the last interval's end; marts built.
@@ -164,7 +165,7 @@ def test_scheduler_runs_two_intervals_then_training(airflow: Settings, scheduled
     assert loads > 0  # the second interval was loaded by its own run
 
     # Feast online store: the features of a customer active on the last day are there.
-    from riskloop.features import feature_store
+    from riskloop.features.store import feature_store
 
     with db.connect(s) as conn:
         customer = conn.execute("select customer_id from marts.fct_transactions where tx_at >= %s limit 1",

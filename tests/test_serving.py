@@ -1,7 +1,7 @@
 """The scoring service against the real stack: Postgres warehouse + Feast online store + MLflow.
 
 Set-up is real end to end: synthetic marts (tests/fixtures_marts.py) in a warehouse of this
-module's own → ``riskloop.features.apply`` + materialize → ``training.train.train_fraud``
+module's own → ``riskloop.features.store.apply`` + materialize → ``training.train.train_fraud``
 registers the model with alias ``champion`` → ``serving.app.create_app`` under FastAPI's
 TestClient (which runs the lifespan: model download, Feast store, decision-log writer).
 """
@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from riskloop.config import Settings
-from riskloop.db import dsn
+from riskloop.core.config import Settings
+from riskloop.core.db import dsn
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Stack:
         self.features = features
 
     def store(self):
-        from riskloop.features import feature_store
+        from riskloop.features.store import feature_store
 
         return feature_store(self.settings)
 
@@ -57,7 +57,7 @@ class Stack:
         """The same repo pointed at a port nothing listens on (the feature store's server is down)."""
         from conftest import free_port
 
-        from riskloop.features import feature_store
+        from riskloop.features.store import feature_store
 
         pg = self.settings.pg
         down = type(pg)(host=pg.host, port=free_port(), user=pg.user, password=pg.password)
@@ -69,7 +69,7 @@ class Stack:
 def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
     from fixtures_marts import isolated_settings, make_marts, write_marts
 
-    from riskloop import features
+    from riskloop.features import store as features
     from training.train import train_fraud
 
     base = isolated_settings("riskloop_t_serving")
@@ -566,7 +566,7 @@ def test_reason_codes_name_the_amount_ratios() -> None:
 def test_amount_ratios_online_equal_offline(stack: Stack) -> None:
     """The amount-to-history inputs are the same in training and serving for the same payments:
     Feast's point-in-time join (its on-demand view over customer_spending, what training reads)
-    and serving's one online read plus riskloop.amount_features on the request's amount."""
+    and serving's one online read plus riskloop.features.amount_features on the request's amount."""
     import asyncio
 
     import pandas as pd

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
-from riskloop.db import dsn
+from riskloop.core.db import dsn
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ RISKY = {**APPLICANT, "debt_to_income": 1.8, "n_delinquencies": 6, "utilization"
 def stack(stack_env: dict[str, str]) -> Iterator[Any]:
     from fixtures_marts import isolated_settings, make_marts, write_marts
 
-    from riskloop import features
+    from riskloop.features import store as features
     from training.train import train_credit, train_fraud
 
     tag = uuid.uuid4().hex[:8]

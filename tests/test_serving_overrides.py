@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from riskloop.db import dsn
+from riskloop.core.db import dsn
 
 SCORER, REVIEWER, ADMIN = "ov-scorer-key-000000000", "ov-reviewer-key-0000000", "ov-admin-key-00000000000"
 KEYS = f"{SCORER}:scorer,{REVIEWER}:reviewer,{ADMIN}:admin"

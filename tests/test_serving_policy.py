@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from riskloop.db import dsn
+from riskloop.core.db import dsn
 from serving.policy import POLICY_DIR, PolicyError, load_policy, policy_by_id
 
 KEY = "policy-admin-key-0000000000"

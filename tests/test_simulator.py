@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from riskloop.schema import RAW_TABLES, RAW_TABLES_BY_NAME, WEBHOOK_EVENT_TYPES, RawTable
+from riskloop.core.schema import RAW_TABLES, RAW_TABLES_BY_NAME, WEBHOOK_EVENT_TYPES, RawTable
 from riskloop.simulator import PRESETS, Simulation, derive_from_handbook, infer_period, resolve_params, simulate, write
 from riskloop.simulator import handbook as hb
 from riskloop.simulator.credit import TRUE_PD_MODEL, default_probability

@@ -9,8 +9,8 @@ import sys
 
 import psycopg
 
-from riskloop import stack
-from riskloop.config import ALL_DATABASES, PgServer, Settings
+from riskloop.core.config import ALL_DATABASES, PgServer, Settings
+from riskloop.ops import stack
 
 
 def test_pg_server_url_round_trip() -> None:

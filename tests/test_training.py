@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from fixtures_marts import isolated_settings, make_marts, write_marts
 
-from training import metrics, split
+from riskloop.models import metrics, split
 
 D = pd.Timestamp("2024-01-01", tz="UTC")
 
@@ -92,7 +92,7 @@ def test_auc_and_ap_are_nan_for_a_single_class() -> None:
 # --- reproducibility ---------------------------------------------------------------------
 
 def test_same_data_and_seed_give_identical_model_bytes() -> None:
-    from training import model
+    from riskloop.models import classifier as model
 
     rng = np.random.default_rng(0)
     x = pd.DataFrame(rng.normal(size=(2000, 6)), columns=[f"f{i}" for i in range(6)])
@@ -166,7 +166,7 @@ def test_average_precision_interval_covers_the_truth_and_narrows_with_frauds() -
 
 def test_credit_monotone_constraints_hold_on_noisy_data() -> None:
     """With the constraints, more delinquencies never lower the predicted risk, whatever the noise."""
-    from training import model
+    from riskloop.models import classifier as model
 
     rng = np.random.default_rng(3)
     n = 3000
@@ -199,7 +199,8 @@ def test_shap_contributions_add_up_to_the_margin_and_plots_are_deterministic() -
 
     import xgboost as xgb
 
-    from training import model, plots
+    from riskloop.models import classifier as model
+    from training import plots
 
     x, y = _synthetic()
     clf = model.fit(x, y, {"n_estimators": 30}, seed=1)
@@ -266,7 +267,7 @@ def dask_client():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_xgboost_dask_on_a_local_cluster_matches_single_process_quality(dask_client) -> None:
-    from training import model
+    from riskloop.models import classifier as model
 
     x, y = _synthetic(6000, seed=5)
     x_train, y_train, x_test, y_test = x.iloc[:4000], y.iloc[:4000], x.iloc[4000:], y.iloc[4000:]
@@ -286,7 +287,7 @@ def test_xgboost_dask_on_a_local_cluster_matches_single_process_quality(dask_cli
 @pytest.fixture(scope="module")
 def marts_settings(stack_env: dict[str, str]):
     """One synthetic warehouse with Feast applied, shared by the end-to-end training tests."""
-    from riskloop import features
+    from riskloop.features import store as features
 
     suffix = uuid.uuid4().hex[:8]
     base = isolated_settings("riskloop_t_training")
@@ -306,7 +307,7 @@ PLOTS = {f"plots/{n}.png" for n in ("roc", "precision_recall", "calibration", "s
 def test_training_registers_versions_with_aliases_metrics_plots_and_card(marts_settings) -> None:
     from mlflow import MlflowClient
 
-    from riskloop import review
+    from riskloop.governance import review
     from training.train import train_credit, train_fraud
 
     settings = marts_settings
@@ -356,7 +357,7 @@ def test_training_registers_versions_with_aliases_metrics_plots_and_card(marts_s
     assert {"auc_roc", "brier", "ece", "oracle_auc_roc", "auc_to_oracle", "oracle_ece", "valid_brier"} <= set(
         credit_run.metrics)
     # The credit model's own defaults (shallow, slow, heavier leaves) under the caller's parameters.
-    from training.model import CREDIT_DEFAULT_PARAMS
+    from riskloop.models.classifier import CREDIT_DEFAULT_PARAMS
 
     assert credit_run.params["xgb_n_estimators"] == "40"
     assert credit_run.params["xgb_max_depth"] == str(CREDIT_DEFAULT_PARAMS["max_depth"]) != "4"
@@ -424,7 +425,7 @@ def test_search_logs_nested_trials_and_selects_on_validation_only(marts_settings
     # Same data, parameters, trials and seed: the same trials, the same choice, the same model bytes.
     import mlflow.xgboost
 
-    from training import model
+    from riskloop.models import classifier as model
 
     again = train_fraud(settings, {"n_estimators": 30}, search_trials=4)
     assert again.search == result.search
@@ -472,7 +473,7 @@ def test_cli_train_with_search_prints_the_run_url_and_the_choice(marts_settings,
     params = client.get_run(run_id).data.params
     assert params["search_trials"] == "2" and params["xgb_n_estimators"] == "20"
     # Trial 0 is what `riskloop train credit` without a search fits: the credit defaults.
-    from training.model import CREDIT_DEFAULT_PARAMS
+    from riskloop.models.classifier import CREDIT_DEFAULT_PARAMS
 
     parent = client.get_run(run_id)
     [baseline] = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}' "

@@ -11,21 +11,23 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from pydantic import SecretStr
 from psycopg.types.json import Jsonb
+from pydantic import SecretStr
 from sinks import http_sink
 
-from riskloop.config import Settings
+from riskloop.core.config import Settings
 
 
 def write(settings: Settings, rows: list[dict]) -> None:
-    from serving import decision_log, overrides
+    from riskloop.decisions import log as decision_log
+    from riskloop.decisions import overrides
+    from serving.decision_log import INSERT
 
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
         decision_log.ensure_table(conn)
         overrides.ensure_table(conn)
         with conn.cursor() as cur:
-            cur.executemany(decision_log.INSERT, [tuple(
+            cur.executemany(INSERT, [tuple(
                 Jsonb(r.get(c, [] if c in ("reasons", "rules") else {})) if c in decision_log.JSON_COLUMNS
                 else r.get(c) for c in decision_log.COLUMNS) for r in rows])
             for r in rows:
@@ -58,8 +60,8 @@ def stream(start: datetime, minutes: float, n: int, model: str, *, allow: float,
 
 
 def test_decision_stream_tripwires_raise_through_the_alert_path(settings: Settings) -> None:
-    from riskloop.alerts import process
-    from riskloop.tripwires import evaluate
+    from riskloop.core.alerts import process
+    from riskloop.monitoring.tripwires import evaluate
 
     settings = settings.model_copy(update={
         "alert_min_samples": 100, "alert_raise_after": 1, "tripwire_window_minutes": 60,

@@ -14,8 +14,8 @@ import httpx
 import psycopg
 import pytest
 
-from riskloop.db import dsn
-from riskloop.webhooks import (
+from riskloop.core.db import dsn
+from riskloop.core.signatures import (
     Rejection,
     StandardVerifier,
     WebhookSettings,

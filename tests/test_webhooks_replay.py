@@ -10,8 +10,10 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from riskloop.db import dsn
-from riskloop.webhooks import STRIPE_TYPES, WebhookSettings, read_bodies
+from riskloop.core.db import dsn
+from riskloop.core.signatures import WebhookSettings
+from riskloop.data.webhook_replay import read_bodies
+from riskloop.simulator.webhooks import STRIPE_TYPES
 from tests.conftest import free_port
 from tests.test_webhooks import STANDARD_SECRET, STRIPE_SECRET, serve_in_thread
 
@@ -41,7 +43,7 @@ def test_simulate_writes_one_exact_body_per_event(landing) -> None:
             assert {d["type"] for d in docs} <= set(STRIPE_TYPES)
             assert all(set(d) == {"id", "type", "timestamp", "data"} for d in docs)
     # the card-present processor sends the card number on authorisations (the receiver tokenises it)
-    from riskloop.pan import find_pans
+    from riskloop.core.pan import find_pans
 
     standard = (out / "webhooks" / "standard.jsonl").read_text()
     assert list(find_pans(standard)) and not list(find_pans((out / "webhooks" / "stripe.jsonl").read_text()))
@@ -50,7 +52,7 @@ def test_simulate_writes_one_exact_body_per_event(landing) -> None:
 
 def test_replay_cli_lands_every_event_once(landing, settings, monkeypatch: pytest.MonkeyPatch) -> None:
     from riskloop.cli import app
-    from riskloop.pan import find_pans
+    from riskloop.core.pan import find_pans
     from serving.webhooks import create_webhook_app
 
     out, events = landing

@@ -1,7 +1,7 @@
 """The fraud model against the Fraud Detection Handbook's published results, on its own protocols.
 
 Two protocols of the handbook (Le Borgne et al., 2022), on the features riskloop serves
-(Feast's point-in-time join of ``fraud_model_v1``, see `training.datasets.fraud_dataset`):
+(Feast's point-in-time join of ``fraud_model_v1``, see `riskloop.features.datasets.fraud_dataset`):
 
 - chapter 3: one split, training from 2018-07-25 (7 days), 7-day delay, test 2018-08-08..08-14,
   riskloop's default XGBoost parameters (the handbook's row "XGBoost, chapter 3, defaults");
@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from riskloop.config import Settings
-from riskloop.features import feature_store
-from training import datasets, metrics, model, split
+from riskloop.core.config import Settings
+from riskloop.features import datasets
+from riskloop.features.store import feature_store
+from riskloop.models import classifier as model
+from riskloop.models import metrics, split
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -187,7 +189,7 @@ def reference_sql_dataset_seconds(settings: Settings, windows: list[tuple[pd.Tim
     same entity rows, to put Feast's ``get_historical_features`` time in perspective."""
     import sqlalchemy as sa
 
-    from riskloop import db
+    from riskloop.core import db
 
     where = " or ".join(f"(t.tx_at >= timestamptz '{a.isoformat()}' and t.tx_at < timestamptz '{b.isoformat()}')"
                         for a, b in windows)

@@ -3,7 +3,7 @@ where it must not be trusted and who answers for it.
 
 Written as Markdown from the run's own facts (nothing typed by hand), logged as the run's
 ``model_card.md`` artifact and set as the registered version's description, which is what the
-reviewer's card (:func:`riskloop.review.card`, the ``/review`` page) shows.
+reviewer's card (:func:`riskloop.governance.review.card`, the ``/review`` page) shows.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from training import metrics
+from riskloop.models import metrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -78,14 +78,14 @@ def run_search(n_trials: int, validate: Callable[[dict[str, Any]], dict[str, flo
     ``validate(params)`` fits on the training part and returns validation metrics (keys without
     prefix); ``log_params(params)`` gives the run params of a configuration (the caller's naming);
     ``on_trial(number, value, best)`` reports progress; ``defaults`` are the model's own defaults over
-    :data:`training.model.DEFAULT_PARAMS` (trial 0 is the configuration training without a search uses).
+    :data:`riskloop.models.classifier.DEFAULT_PARAMS` (trial 0 is the configuration training without a search uses).
     """
     import mlflow
     import optuna
 
     if not 1 <= n_trials <= MAX_TRIALS:
         raise ValueError(f"the search takes 1 to {MAX_TRIALS} trials, got {n_trials}")
-    from training.model import DEFAULT_PARAMS
+    from riskloop.models.classifier import DEFAULT_PARAMS
 
     sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction=objective.direction, sampler=sampler)

@@ -16,15 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from riskloop.config import PROJECT_ROOT
+from riskloop.core.config import PROJECT_ROOT
+from riskloop.models.artifacts import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-MODEL_ARTIFACT = "model"
-REFERENCE_ARTIFACT = "reference/features.parquet"
-PREDICTIONS_ARTIFACT = "evaluation/test_predictions.parquet"
 
 
 def content_hash(frame: pd.DataFrame) -> str:

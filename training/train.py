@@ -24,9 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
-from riskloop.config import Settings
-from riskloop.features import CREDIT_SERVICE, FRAUD_SERVICE, feature_store
-from training import card, datasets, metrics, model, plots, search, split, tracking
+from riskloop.core.config import Settings
+from riskloop.features import datasets
+from riskloop.features.store import CREDIT_SERVICE, FRAUD_SERVICE, feature_store
+from riskloop.models import artifacts, metrics, split
+from riskloop.models import classifier as model
+from training import card, plots, search, tracking
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -104,7 +107,7 @@ def train_fraud(settings: Settings, params: dict[str, Any] | None = None, *, see
     """Train the fraud model on the latest windows of ``marts.fct_transactions`` that fit.
 
     ``delay_days`` and ``maturity_days`` default to ``settings.label_delay_days``; see
-    :mod:`training.split` for the layout and the label rules. ``search_trials`` > 0 runs a bounded
+    :mod:`riskloop.models.split` for the layout and the label rules. ``search_trials`` > 0 runs a bounded
     hyperparameter search on validation first (``params`` stay fixed in it).
     """
     store = store or feature_store(settings)
@@ -161,7 +164,7 @@ def train_credit(settings: Settings, params: dict[str, Any] | None = None, *, se
                  progress: Progress | None = None, dask_client: "Client | None" = None) -> TrainResult:
     """Train the probability-of-default model on every application with an observed outcome;
     the newest ``test_fraction`` of applications is the test set. ``params`` (and a search) override
-    :data:`training.model.CREDIT_DEFAULT_PARAMS`."""
+    :data:`riskloop.models.classifier.CREDIT_DEFAULT_PARAMS`."""
     store = store or feature_store(settings)
     frame = datasets.credit_dataset(store)
     frame = frame.assign(label=frame[datasets.CREDIT_LABEL].astype("int64"))
@@ -218,8 +221,8 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
     import mlflow.xgboost
     from mlflow.models import infer_signature
 
-    from riskloop import contracts
-    from riskloop.registry import mlflow_client
+    from riskloop.data import contracts
+    from riskloop.models.registry import mlflow_client
 
     progress = progress or _Silent()
     fixed = dict(params or {})
@@ -243,7 +246,7 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
     if commit:
         tags["mlflow.source.git.commit"] = commit
     for c in contract_runs:
-        tags[f"riskloop.contracts.{c['schema']}"] = f"{'passed' if c['success'] else 'failed'} {c['run_at']}"
+        tags[f"riskloop.data.contracts.{c['schema']}"] = f"{'passed' if c['success'] else 'failed'} {c['run_at']}"
 
     def xgb_params(p: dict[str, Any]) -> dict[str, Any]:
         return {f"xgb_{k}": v for k, v in model.effective_params({**job.defaults, **p}, seed).items()}
@@ -312,20 +315,20 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
             mlflow.log_text(card_text, card.CARD_ARTIFACT)
             example = x_train.head(5)
             signature = infer_signature(example, clf.predict_proba(example)[:, 1])
-            info = mlflow.xgboost.log_model(clf, name=tracking.MODEL_ARTIFACT, signature=signature,
+            info = mlflow.xgboost.log_model(clf, name=artifacts.MODEL_ARTIFACT, signature=signature,
                                             input_example=example, registered_model_name=job.model_name,
                                             model_format="ubj",
                                             # explicit: inferring them costs ~30 s (a subprocess
                                             # that loads the model) and needs nothing we lack
                                             pip_requirements=mlflow.xgboost.get_default_pip_requirements())
             reference = x_train.sample(n=min(reference_rows, len(x_train)), random_state=seed).sort_index()
-            tracking.log_frame(reference, tracking.REFERENCE_ARTIFACT)
-            tracking.log_frame(predictions, tracking.PREDICTIONS_ARTIFACT)
+            tracking.log_frame(reference, artifacts.REFERENCE_ARTIFACT)
+            tracking.log_frame(predictions, artifacts.PREDICTIONS_ARTIFACT)
             if job.log_calibration and len(x_test):
                 tracking.log_frame(metrics.calibration_table(job.test["label"], scores), CALIBRATION_ARTIFACT)
     version = str(info.registered_model_version)
     name = job.model_name
-    # The reviewer's card (riskloop.review.card, the /review page) shows the version's description.
+    # The reviewer's card (riskloop.governance.review.card, the /review page) shows the version's description.
     client.update_model_version(name, version, description=card_text)
     for key, value in {"feature_service": job.service, "train_content_hash": dataset_hash,
                        "test_start": str(all_params["test_start"]), "test_end": str(all_params["test_end"])}.items():

@@ -1,4 +1,4 @@
-{#- The batch path of the real-time windows (riskloop/windows.py is the one spec; riskloop.transform
+{#- The batch path of the real-time windows (riskloop/core/windows.py is the one spec; riskloop.data.transform
     passes it as the var `realtime_windows`, there is deliberately no default): one row per
     payment of the entity, each window covering (occurred_at - w, occurred_at] as RANGE frames,
     so ties (same-time payments) are in each other's windows, as in the stream's query. An

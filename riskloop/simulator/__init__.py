@@ -6,7 +6,7 @@ Two layers:
   Fraud Detection Handbook (its customers, terminals and three fraud scenarios), producing the
   ground truth in the handbook's column schema;
 - `riskloop.simulator.derive` turns any handbook-schema frame (a simulation or the real
-  handbook file) into the raw tables of `riskloop.schema`, holding only what had happened
+  handbook file) into the raw tables of `riskloop.core.schema`, holding only what had happened
   before ``as_of``.
 
 Public API::
@@ -33,14 +33,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from riskloop.schema import RAW_TABLES
+from riskloop.core.schema import RAW_TABLES
 from riskloop.simulator.batch import write_batch_files
 from riskloop.simulator.derive import derive_tables, infer_period
 from riskloop.simulator.drift import DEFAULT_AMOUNT_FACTOR, DRIFTS, apply_drift, validate
 from riskloop.simulator.frames import to_arrow
 from riskloop.simulator.handbook import DEFAULT_RADIUS, DEFAULT_START_DATE, generate
 from riskloop.simulator.score_requests import write_score_requests
-from riskloop.webhooks import write_webhook_files
+from riskloop.simulator.webhooks import write_webhook_files
 
 __all__ = ["DRIFTS", "PRESETS", "Simulation", "SimulationParams", "derive_from_handbook", "infer_period", "manifest",
            "resolve_params", "simulate", "write"]
@@ -207,7 +207,7 @@ def write(sim: Simulation, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     write_webhook_files(sim.tables["webhook_events"], out)
     # One POST /v1/score/fraud body per authorisation, to drive the scoring API (bench/serving_load.py).
     write_score_requests(sim.tables["webhook_events"], out)
-    # Settlement and dispute files as processors deliver them to object storage (riskloop.batch_files).
+    # Settlement and dispute files as processors deliver them to object storage (riskloop.data.batch_files).
     write_batch_files(sim.tables, out)
     info = manifest(sim)
     tmp = out / (MANIFEST_FILE + ".tmp")

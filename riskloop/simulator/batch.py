@@ -3,7 +3,7 @@
 Settlement file: per processor and day, every payment captured the day before, settled with the
 processor's fee (1.4 % + 25 minor units) in one payout. Dispute report: per processor and day,
 every dispute that opened or closed that day, in its state at that moment. Files are the CSV a
-processor would drop into the bucket (header = ``riskloop.batch_files.file_columns``), keyed
+processor would drop into the bucket (header = ``riskloop.data.batch_files.file_columns``), keyed
 ``<kind>/<processor>/<YYYY-MM-DD>.csv`` as they go under ``incoming/``.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from riskloop.schema import BATCH_FILE_TABLES, BATCH_LINEAGE_COLUMNS
+from riskloop.core.schema import BATCH_FILE_TABLES, BATCH_LINEAGE_COLUMNS
 
 logger = logging.getLogger(__name__)
 

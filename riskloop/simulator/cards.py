@@ -2,7 +2,7 @@
 
 A processor sends riskloop card data in a few places (a card-present authorisation webhook, a
 score request from a checkout that holds the number); the simulator emits it there so the
-tokenising edges (``riskloop.pan``) are exercised end to end. The numbers are built from public
+tokenising edges (``riskloop.core.pan``) are exercised end to end. The numbers are built from public
 *test* BINs (Visa 424242/411111/400011, Mastercard 555555/510510/222300, Amex 378282/371449), so
 nothing here is a real card, yet every one is Luhn-valid and inside its scheme's IIN range.
 """

@@ -1,4 +1,4 @@
-"""Derive riskloop's raw tables (``riskloop.schema.RAW_TABLES``) from a handbook-schema transaction frame.
+"""Derive riskloop's raw tables (``riskloop.core.schema.RAW_TABLES``) from a handbook-schema transaction frame.
 
 The input can be a simulation (`riskloop.simulator.handbook`) or the real handbook file: only
 the handbook's columns are read, and ids may be integers (as in the file) or strings of
@@ -8,7 +8,7 @@ generator's ``default_rng(seed)``, so the same transactions and seed give the sa
 
 The realism rule: the simulation knows everything, but the raw tables hold only what had
 happened, i.e. reached riskloop, before ``as_of`` (the end of the simulated period, exclusive,
-like the half-open data intervals of Airflow and `riskloop.ingest`): webhooks received later,
+like the half-open data intervals of Airflow and `riskloop.data.ingest`): webhooks received later,
 the outcome of disputes still open and credit outcomes not yet observed are dropped.  The full
 truth stays in the transactions frame.
 """
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from riskloop.schema import RAW_TABLES
+from riskloop.core.schema import RAW_TABLES
 from riskloop.simulator import frames as fr
 from riskloop.simulator.credit import SpendingProfile, derive_credit
 from riskloop.simulator.handbook import SECONDS_PER_DAY, TRANSACTION_COLUMNS
@@ -92,7 +92,7 @@ def derive_tables(transactions: pd.DataFrame, seed: int = 0, as_of: pd.Timestamp
                   start: pd.Timestamp | str | None = None,
                   applications_per_customer: float = 1.0,
                   customer_ids: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
-    """Every raw table of ``riskloop.schema``, keyed by table name, as known at ``as_of``.
+    """Every raw table of ``riskloop.core.schema``, keyed by table name, as known at ``as_of``.
 
     ``start`` and ``as_of`` default to the period of the transactions (`infer_period`); pass
     them when the period is longer than the data (e.g. a simulation whose last day is empty).

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from riskloop.schema import RAW_TABLES_BY_NAME, Column
+from riskloop.core.schema import RAW_TABLES_BY_NAME, Column
 
 NS_PER_SECOND = 1_000_000_000
 NS_PER_DAY = 86_400 * NS_PER_SECOND
@@ -95,7 +95,7 @@ def utc_ns(ts: pd.Timestamp | str) -> int:
 
 
 def arrow_schema(table: str) -> pa.Schema:
-    """The Arrow schema of a raw table, from ``riskloop.schema`` (names, order, types, nullability)."""
+    """The Arrow schema of a raw table, from ``riskloop.core.schema`` (names, order, types, nullability)."""
     return pa.schema([pa.field(c.name, ARROW_TYPES[c.pg_type], nullable=c.nullable)
                       for c in RAW_TABLES_BY_NAME[table].columns])
 
@@ -120,7 +120,7 @@ def schema_frame(table: str, columns: Mapping[str, object], n: int) -> pd.DataFr
     """A frame with exactly the schema's columns, in its order, with its pandas dtypes.
 
     Every derived table is built through here, so a column added to or renamed in
-    ``riskloop.schema`` fails loudly instead of silently landing a different contract.
+    ``riskloop.core.schema`` fails loudly instead of silently landing a different contract.
     A ``str`` value is broadcast (e.g. the currency).
     """
     spec = RAW_TABLES_BY_NAME[table]

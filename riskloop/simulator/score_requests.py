@@ -24,7 +24,7 @@ SCORE_REQUESTS_FILE = "score_requests.jsonl"
 
 def _authorisations(webhook_events: pd.DataFrame) -> pd.DataFrame:
     """Authorisations, oldest first; a payment authorised twice (a redelivered event) appears once."""
-    from riskloop.webhooks import with_pans
+    from riskloop.simulator.webhooks import with_pans
 
     auth = webhook_events[(webhook_events["event_type"] == "payment.authorized")
                           & (webhook_events["amount_minor"] > 0)]

@@ -1,7 +1,7 @@
 -- One row per accepted payment (authorisation) webhook of the receiver's inbox, parsed from the
 -- two processors' bodies: who (card, customer), how much (minor units, in which currency) and
 -- when it happened.
--- The same rules as riskloop.stream.parse_payment (the stream path); tests/test_realtime.py feeds
+-- The same rules as riskloop.features.stream.parse_payment (the stream path); tests/test_realtime.py feeds
 -- the same events through both. A field of the wrong JSON type is null here (never a failed
 -- build; numbers count when integral, whatever their JSON spelling): an event without a valid amount or time is not a payment, a missing key only drops
 -- the event from that entity's windows.

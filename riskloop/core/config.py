@@ -1,0 +1,360 @@
+"""One typed settings object for every riskloop component.
+
+Everything is read from ``RISKLOOP_*`` environment variables with safe local defaults, so the
+embedded stack needs no configuration at all and a production deployment needs only a few
+variables (``RISKLOOP_DATABASE_URL``, ``RISKLOOP_MLFLOW_TRACKING_URI``, ``RISKLOOP_ARTIFACT_ROOT``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The checkout (dbt project, feature repo, DAGs, expectations): RISKLOOP_PROJECT_DIR where riskloop runs
+# from an installed package, else the directory this package sits in.
+PROJECT_ROOT = Path(os.environ.get("RISKLOOP_PROJECT_DIR") or Path(__file__).resolve().parents[2])
+
+# The databases riskloop keeps apart on one server: dropping or migrating one component's
+# store (say Airflow's) must never touch another's.
+WAREHOUSE_DB = "riskloop"
+AIRFLOW_DB = "riskloop_airflow"
+MLFLOW_DB = "riskloop_mlflow"
+FEAST_DB = "riskloop_feast"
+ALL_DATABASES = (WAREHOUSE_DB, AIRFLOW_DB, MLFLOW_DB, FEAST_DB)
+
+
+@dataclass(frozen=True)
+class PgServer:
+    """Where a Postgres server is and how to log in; builds a URL for each database/driver."""
+
+    host: str
+    port: int
+    user: str
+    password: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> tuple["PgServer", str]:
+        """Parse ``postgresql[+driver]://user:pw@host:port/db`` into a server and a database name."""
+        parts = urlsplit(url)
+        if not parts.scheme.startswith("postgres"):
+            raise ValueError(f"not a PostgreSQL URL: {url!r}")
+        server = cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+        )
+        return server, (parts.path.lstrip("/") or WAREHOUSE_DB)
+
+    def url(self, database: str, driver: str = "psycopg") -> str:
+        """A SQLAlchemy URL; ``driver=""`` gives a plain libpq URL."""
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"{scheme}://{auth}@{self.host}:{self.port}/{database}"
+
+
+class Settings(BaseSettings):
+    """riskloop's configuration. Every field is ``RISKLOOP_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RISKLOOP_", extra="ignore")
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".riskloop",
+        description="Where the embedded stack keeps its data, logs and pid files.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="An existing Postgres (its database is the warehouse; riskloop_airflow, "
+        "riskloop_mlflow and riskloop_feast are created beside it). Unset: the embedded server.",
+    )
+    pg_port: int = Field(default=55432, description="TCP port of the embedded Postgres (loopback).")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="An existing MLflow server. Unset: riskloop starts its own."
+    )
+    mlflow_port: int = Field(default=55000, description="Port of the MLflow server riskloop starts.")
+    artifact_root: str | None = Field(
+        default=None,
+        description="Where MLflow stores artifacts: a directory or an s3:// URI (boto3; "
+        "MLFLOW_S3_ENDPOINT_URL for S3-compatible stores). Unset: <home>/mlartifacts.",
+    )
+    airflow_port: int = Field(default=55080, description="Port of the Airflow api-server (UI, REST API) "
+                              "that `riskloop up --airflow` starts (loopback).")
+    airflow_admin_user: str = Field(default="admin", description="Admin user of Airflow's simple auth manager.")
+    airflow_admin_password: SecretStr | None = Field(
+        default=None,
+        description="Its password. Unset: generated once in local mode (embedded Postgres) and kept in "
+        "<home>/airflow/passwords.json; required when RISKLOOP_DATABASE_URL is set.",
+    )
+    pan_token_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC-SHA256 card-number tokens (riskloop.core.pan); keep it out of the warehouse "
+        "database. Unset: generated once in local mode (embedded Postgres) into <home>/secrets/pan_token_key; "
+        "required when RISKLOOP_DATABASE_URL is set.",
+    )
+    schedule_start: date = Field(
+        default=date(2024, 1, 1),
+        description="First data interval (UTC day) of the time-scheduled DAGs (riskloop_ingest, "
+        "riskloop_monitor): the day the pipeline's data begins.")
+    schedule_end: date | None = Field(
+        default=None, description="Last data interval to schedule (inclusive). Unset: no end.")
+    schedule_catchup: bool = Field(
+        default=False,
+        description="Let the scheduler create a run for every missed interval since schedule_start "
+        "(Airflow's catchup). Off by default: history is loaded with a backfill, on purpose.")
+    fraud_model_name: str = "riskloop-fraud"
+    credit_model_name: str = "riskloop-credit"
+    label_delay_days: int = Field(default=7, description="Days before a fraud label counts as known.")
+    model_owner: str = Field(
+        default="riskloop-ml", description="Who answers for the models: the owner line of every training "
+        "run's model card (a team or a person).")
+    dask_scheduler: str | None = Field(
+        default=None, description="Address of a Dask scheduler (tcp://host:8786): training fits with "
+        "xgboost.dask on its workers. Unset: single-process XGBoost.")
+    feature_repo: Path = PROJECT_ROOT / "feature_repo"
+    dbt_project_dir: Path = PROJECT_ROOT / "dbt_project"
+    dags_folder: Path = PROJECT_ROOT / "dags"
+    landing_dir: Path | None = Field(
+        default=None, description="Where simulated/processor files land. Unset: <home>/landing."
+    )
+
+    reviewer: str | None = Field(
+        default=None, description="Who runs `riskloop review approve|reject` (recorded in governance.model_approvals); "
+        "--reviewer overrides it.")
+
+    review_identities: dict[str, str] = Field(
+        default_factory=dict, description='Names of reviewer API keys on the /review page, as JSON '
+        '{"<key fingerprint>": "<name>"} (the fingerprint is the 12 hex after "reviewer:" in the audit rows): '
+        "with the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
+
+    # --- alerts (riskloop.core.alerts): sinks, links, retries, noise control ---------------------
+    alert_slack_webhook_url: SecretStr | None = Field(
+        default=None, description="Slack-compatible incoming webhook URL (its path is the secret). Unset: no Slack.")
+    alert_webhook_url: str | None = Field(
+        default=None, description="Generic HTTP webhook receiving each alert as JSON, signed with the "
+        "Standard Webhooks scheme. Unset: no generic webhook.")
+    alert_webhook_secret: SecretStr | None = Field(
+        default=None, description="Its signing secret, whsec_<base64>; required when the URL is set.")
+    alert_smtp_host: str | None = Field(default=None, description="SMTP server for alert e-mail. Unset: no e-mail.")
+    alert_smtp_port: int = Field(default=25, description="SMTP port (587 with STARTTLS, 465 implicit TLS).")
+    alert_smtp_starttls: bool = Field(default=False, description="Upgrade the SMTP session with STARTTLS.")
+    alert_smtp_user: str | None = Field(default=None, description="SMTP login (with the password), if any.")
+    alert_smtp_password: SecretStr | None = None
+    alert_email_from: str = Field(default="riskloop-alerts@localhost", description="From address of alert e-mail.")
+    alert_email_to: str = Field(default="", description="Recipients of alert e-mail, comma-separated.")
+    alert_timeout_s: float = Field(default=5.0, gt=0, description="Per-attempt timeout of one delivery.")
+    alert_retries: int = Field(default=3, ge=0, description="Retries of a failed delivery (after the first try).")
+    alert_retry_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay; doubles per retry.")
+    alert_runbook_base_url: str = Field(
+        default="docs/runbooks", description="Where runbooks live; an alert links <base>/<alert kind>.md.")
+    alert_report_base_url: str | None = Field(
+        default=None, description="Public base URL of <home>/reports (an alert links <base>/<file>). "
+        "Unset: a file:// link.")
+    alert_raise_after: int = Field(default=2, ge=1, description="Raise after N consecutive breaching runs.")
+    alert_clear_after: int = Field(default=2, ge=1, description="Resolve after M consecutive clean runs.")
+    alert_min_samples: int = Field(
+        default=200, ge=1, description="Fewer scored rows (drift) or decisions per window (tripwires) than "
+        "this: no verdict, the alert state does not move.")
+    alert_feature_thresholds: dict[str, float] = Field(
+        default_factory=dict, description='Per-feature drift thresholds as JSON, e.g. {"amount": 0.2}: replace '
+        "Evidently's threshold for that input (a p-value: drift below it; a distance: drift at or above).")
+    # Realised performance on matured labels (riskloop.monitoring.drift.run_drift) and its alert.
+    monitor_min_matured: int = Field(
+        default=200, ge=1, description="Matured decisions (label known, both classes present) needed before "
+        "the monitor computes realised AUC / AP and target drift.")
+    monitor_ap_margin: float = Field(
+        default=0.1, ge=0, description="performance_drop fires when realised average precision is more than "
+        "this (absolute) below the model version's own test AP.")
+    monitor_target_alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Target drift: the matured fraud rate differs from the reference's "
+        "(test-window) label rate when the two-proportion Z-test p-value is below this.")
+    # Tripwires on the decision stream: a recent window against the baseline window before it.
+    tripwire_window_minutes: int = Field(default=60, gt=0, description="Recent window of the tripwires.")
+    tripwire_baseline_hours: int = Field(default=24 * 7, gt=0, description="Baseline window, just before it.")
+    tripwire_approval_drop: float = Field(
+        default=0.10, gt=0, description="Trip when the approval rate falls by this much (absolute) vs baseline.")
+    tripwire_review_ratio: float = Field(
+        default=2.0, gt=1, description="Trip when the review rate reaches this multiple of the baseline...")
+    tripwire_review_min_rate: float = Field(default=0.02, ge=0, description="...and exceeds it by this much.")
+    tripwire_override_ratio: float = Field(
+        default=3.0, gt=1, description="Trip when one rule's or model's override rate reaches this multiple "
+        "of its baseline...")
+    tripwire_override_min_count: int = Field(default=5, ge=1, description="...with at least this many overrides.")
+    tripwire_degraded_rate: float = Field(
+        default=0.05, gt=0, description="Trip when this share of recent decisions was degraded (no model score).")
+    tripwire_latency_p99_ms: float = Field(default=250.0, gt=0, description="Trip above this p99 latency (ms).")
+    # --- canary (riskloop.governance.canary): the challenger on a share of live traffic, its gate and tripwires ---
+    promotion_require_contracts: bool = Field(
+        default=True, description="The promotion gate refuses a challenger whose training run recorded no passed "
+        "data-contract run of the raw sources and the marts. false = marts built by hand (tests, notebooks); the "
+        "decision's reason says so.")
+    promotion_job_timeout_s: float = Field(
+        default=900.0, gt=0, description="How long the review page's promote action waits for the gate's job "
+        "(its own process: a test set rebuilt through Feast, two models scored) before answering 504.")
+    canary_required: bool = Field(
+        default=True, description="The promotion gate refuses a challenger without a passed canary phase. "
+        "false = an explicit opt-out for local/demo flows (the decision's reason says the canary was skipped).")
+    canary_share: float = Field(default=0.05, gt=0, le=1, description="Share of fraud traffic `riskloop canary "
+                                "start` routes to the challenger (unless --share).")
+    canary_min_minutes: float = Field(default=30.0, ge=0, description="A canary passes only after this long...")
+    canary_min_decisions: int = Field(
+        default=1000, ge=0, description="...and with at least this many scored challenger decisions.")
+    canary_max_p99_ratio: float = Field(
+        default=1.5, ge=1, description="Gate: the challenger's p99 latency may exceed the champion's by this factor...")
+    canary_p99_slack_ms: float = Field(
+        default=2.0, ge=0, description="...or by this many ms, whichever is larger (sub-ms p99s are noise).")
+    canary_max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Gate: the challenger's error + degraded rate may exceed the "
+        "champion's by at most this (absolute).")
+    canary_max_psi: float = Field(
+        default=0.1, gt=0, description="Gate: PSI of the challenger's scores against the champion's at most this.")
+    canary_psi_bins: int = Field(default=10, ge=2, description="PSI bins (quantiles of the champion's scores).")
+    canary_hard_max_psi: float = Field(
+        default=0.5, gt=0, description="Tripwire: PSI beyond this rolls the canary back at once.")
+    canary_hard_max_error_rate: float = Field(
+        default=0.05, gt=0, le=1, description="Tripwire: challenger error + degraded rate this much above the "
+        "champion's rolls back.")
+    canary_hard_p99_ms: float = Field(
+        default=250.0, gt=0, description="Tripwire: a challenger p99 latency above this (ms)...")
+    canary_hard_p99_ratio: float = Field(
+        default=2.0, ge=1, description="...and above this multiple of the champion's p99 rolls back.")
+    canary_watch_min_decisions: int = Field(
+        default=50, ge=1, description="Tripwires judge only with at least this many decisions in each arm.")
+    canary_watch_window_s: float = Field(
+        default=300.0, gt=0, description="Tripwires look at the canary's last this-many seconds of decisions.")
+    canary_watch_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the watchdog (serving's poller or `riskloop canary watch`) checks.")
+    batch_url: str | None = Field(
+        default=None,
+        description="Where processors' settlement and dispute files land: s3://bucket/prefix (boto3, "
+        "credentials from the usual AWS variables) or a directory / file:// URL. Unset: <home>/batch.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Endpoint of an S3-compatible server (MinIO, moto…). Unset: AWS.")
+
+    stream_poll_s: float = Field(
+        default=1.0, gt=0, description="riskloop stream: longest wait between rounds when no inbox NOTIFY "
+        "arrives (a round starts at once on each notice).")
+    stream_page_rows: int = Field(default=2000, gt=0, description="riskloop stream: inbox rows read per page.")
+    stream_service: bool = Field(
+        default=True, description="`riskloop up` starts the stream consumer (`riskloop stream`, consumer "
+        "--name default) as a managed process beside MLflow; `riskloop down` stops it. false: run it yourself "
+        "(or not at all: a stack that receives no webhooks, such as the test suite's).")
+    log_json: bool = Field(
+        default=False,
+        description="CLI and scoring server log one JSON object per line (with request/run ids) "
+        "instead of human-readable lines. Airflow task logs are JSON lines either way.")
+
+    def environ(self) -> dict[str, str]:
+        """These settings as ``RISKLOOP_*`` variables: a child process given them (``riskloop stream``
+        started by ``riskloop up``) reads back the very same settings, whether they came from the
+        environment or were set in code (a test's ``Settings(database_url=...)``)."""
+        import json
+
+        out: dict[str, str] = {}
+        for name, value in self:
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if isinstance(value, bool):
+                text = str(value).lower()
+            elif isinstance(value, dict | list | tuple):
+                text = json.dumps(value)
+            else:
+                text = value.isoformat() if isinstance(value, date) else str(value)
+            out[f"RISKLOOP_{name.upper()}"] = text
+        return out
+
+    # --- derived locations -------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def landing(self) -> Path:
+        return self.landing_dir or self.home / "landing"
+
+    @property
+    def batch_store(self) -> str:
+        return self.batch_url or str(self.home / "batch")
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifact_root or (self.home / "mlartifacts").as_uri()
+
+    @property
+    def pg(self) -> PgServer:
+        if self.database_url:
+            return PgServer.from_url(self.database_url)[0]
+        return PgServer(host="127.0.0.1", port=self.pg_port, user="postgres")
+
+    @property
+    def warehouse_db(self) -> str:
+        if self.database_url:
+            return PgServer.from_url(self.database_url)[1]
+        return WAREHOUSE_DB
+
+    @property
+    def warehouse_url(self) -> str:
+        """SQLAlchemy URL of the warehouse (psycopg 3)."""
+        return self.pg.url(self.warehouse_db)
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.airflow_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://127.0.0.1:{self.mlflow_port}"
+
+    @property
+    def manages_mlflow(self) -> bool:
+        return self.mlflow_tracking_uri is None
+
+    def schedule_args(self) -> dict[str, object]:
+        """``start_date``/``end_date``/``catchup`` of the time-scheduled DAGs, read at parse time.
+
+        Plain aware datetimes (no pendulum, no Airflow import) so the DAG files stay cheap to parse;
+        ``end_date`` bounds the *logical* date, so ``schedule_end`` is the last interval that runs.
+        """
+        def midnight(d: date) -> datetime:
+            return datetime.combine(d, time(0), tzinfo=timezone.utc)
+
+        return {"start_date": midnight(self.schedule_start),
+                "end_date": midnight(self.schedule_end) if self.schedule_end else None,
+                "catchup": self.schedule_catchup}
+
+
+def get_settings() -> Settings:
+    """Read the environment now (no module-level cache: tests and tasks change it)."""
+    return Settings()
+
+
+def plain_values(settings: Settings) -> dict[str, Any]:
+    """Every field as a JSON-able value, secrets revealed: what a child process given these settings
+    on a pipe (``Settings(**values)``) needs to act as this one."""
+    return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in settings}

