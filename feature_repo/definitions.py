@@ -127,9 +127,8 @@ def customer_amount_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(amount_ratios(inputs), index=inputs.index)
 
 
-# Adding inputs to fraud_model_v1 is how this repo evolves the service (the 24 inputs of issue 4
-# were added the same way): a model's own input list says what it reads, serving maps each by
-# name, so models trained on fewer inputs keep being served from the same service.
+# Adding inputs to fraud_model_v1 is how this repo evolves the service: a model's own input list
+# says what it reads, serving maps each by name, so models trained on fewer inputs keep being served from the same service.
 fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
     features=[customer_spending, terminal_risk, customer_amount_ratios],

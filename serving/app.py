@@ -6,7 +6,7 @@ built and the decision-log table ensured in the lifespan, and all of it lives on
 
 Fraud scoring is an ``async def`` handler that never blocks the loop: its online read is one
 asyncpg round trip (:mod:`serving.online_sql`; the Feast SDK read, ``online_read=sdk``, goes to a
-worker thread), the model is numpy arrays (:mod:`serving.trees`, ~0.05 ms) and the decision-log
+worker thread), the model is numpy arrays (:mod:`serving.trees`) and the decision-log
 row is queued without waiting. A thread hop per request cost more than all of that under load
 (BENCHMARKS.md, "Serving latency"). The other endpoints stay plain ``def`` handlers.
 """

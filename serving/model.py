@@ -130,7 +130,7 @@ def registry_reachable(tracking_uri: str, timeout_s: float = 2.0) -> bool:
     import httpx
 
     # A plain-http server needs no certificates: without verify=False httpx loads the CA bundle on
-    # every call (~3 % of a serving worker's samples, from this 30 s poll, holding the GIL).
+    # every call (from this poll, holding the GIL the serving loop needs).
     https = tracking_uri.startswith("https://")
     try:
         return httpx.get(tracking_uri.rstrip("/") + "/health", timeout=timeout_s,

@@ -26,8 +26,8 @@ Correctness rests on invalidation by the store itself, never on a time to live:
 A value can therefore be served for as long as it takes the notification to arrive after the
 writer's commit (a loopback round trip), which is also how long a read already in flight would
 have returned it. Entries are tuples of plain values (not tracked by the garbage collector: an
-earlier experiment with dicts of lists as entries stalled both workers for 300–500 ms in full
-collections) and each view keeps at most ``max_entries``, least recently used first out.
+earlier experiment with dicts of lists as entries stalled both workers in full collections) and
+each view keeps at most ``max_entries``, least recently used first out.
 ``RISKLOOP_SERVING_ONLINE_CACHE_SIZE=0`` turns the cache off.
 """
 

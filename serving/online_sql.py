@@ -1,7 +1,7 @@
 """All of a feature service's online features in ONE prepared statement, read straight from
 Feast's Postgres online-store tables.
 
-Why: ``FeatureStore.get_online_features`` costs ~2–4 ms of Python per call before and after the
+Why: ``FeatureStore.get_online_features`` costs milliseconds of Python per call before and after the
 database (request context, protobuf responses, one query per feature view) and it is a blocking
 call, so the scoring handler had to run in a thread pool. Here everything Feast would resolve per
 call is resolved once, *from Feast itself*, when the store is bound: the table of each view
@@ -180,8 +180,8 @@ class SqlReader:
     """A few asyncpg connections bound to one :class:`SqlPlan`; lives on the serving event loop.
 
     Not ``asyncpg.Pool``: these connections only ever run the one read, and the pool's general
-    machinery (connection proxies, holders, reset on release) cost ~115 µs of CPU per read against
-    ~135 µs for the query itself (bench/online_read.py). Here a read takes an idle connection or
+    machinery (connection proxies, holders, reset on release) cost about as much CPU per read as
+    the query itself (bench/online_read.py). Here a read takes an idle connection or
     opens one (up to ``max_size``), or waits for one to come back, all under the read's timeout.
     A read that times out is not cancelled: cancelling a query mid-flight leaves its connection
     unusable, and reconnecting after every timeout would add load exactly when the store is

@@ -1,13 +1,13 @@
 """A served XGBoost model compiled to flat numpy arrays: score and reasons of one row in one pass.
 
-Why: profiling the fraud endpoint showed that a single-row ``inplace_predict`` (~0.3 ms) plus a
-per-request ``DMatrix`` for ``pred_contribs`` (~0.5–4 ms) were most of the model's share of a
-decision, almost all of it per-call overhead rather than arithmetic: the model is 200 trees of
-depth 4. Walking all trees *at once* (one numpy step per tree level) gives the margin and the
+Why: profiling the fraud endpoint showed that a single-row ``inplace_predict`` plus a
+per-request ``DMatrix`` for ``pred_contribs`` were most of the model's share of a decision, almost
+all of it per-call overhead rather than arithmetic: the model is a few hundred shallow trees.
+Walking all trees *at once* (one numpy step per tree level) gives the margin and the
 Saabas contributions — exactly what ``pred_contribs(approx_contribs=True)`` computes: per tree,
 the change of the cover-weighted node mean along the decision path is credited to the split
-feature, the root means plus the base margin form the bias — in ~0.05 ms, so every decision
-gets its reasons inline. ``tests/test_serving_trees.py`` checks score and contributions
+feature, the root means plus the base margin form the bias — cheaply enough that every decision gets its
+reasons inline (bench/score_fastpath.py). ``tests/test_serving_trees.py`` checks score and contributions
 against XGBoost itself on rows with missing values.
 
 Only what the project trains is compiled (``gbtree`` + ``binary:logistic``, numerical splits);

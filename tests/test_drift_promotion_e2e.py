@@ -1,4 +1,4 @@
-"""Issue 6 end to end: injected drift pages on-call once and blocks promotion; without drift an
+"""Drift to promotion, end to end: injected drift pages on-call once and blocks promotion; without drift an
 approved challenger takes over the serving app under load with no failed request.
 
 One small world, built once through the real pipeline in a warehouse database of its own: the

@@ -318,7 +318,7 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
             info = mlflow.xgboost.log_model(clf, name=artifacts.MODEL_ARTIFACT, signature=signature,
                                             input_example=example, registered_model_name=job.model_name,
                                             model_format="ubj",
-                                            # explicit: inferring them costs ~30 s (a subprocess
+                                            # explicit: inferring them costs seconds (a subprocess
                                             # that loads the model) and needs nothing we lack
                                             pip_requirements=mlflow.xgboost.get_default_pip_requirements())
             reference = x_train.sample(n=min(reference_rows, len(x_train)), random_state=seed).sort_index()

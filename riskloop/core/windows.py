@@ -1,4 +1,4 @@
-"""The one definition of riskloop's real-time windowed features (issue 3).
+"""The one definition of riskloop's real-time windowed features.
 
 Per card and per customer: the number of accepted payments and the sum of their amounts (minor
 units) over the last 10 minutes, 1 hour and 24 hours. Three consumers read this spec and nothing

@@ -72,8 +72,8 @@ end
 $$;
 -- No planner statistics on the JSON columns: no query filters on them by a jsonb operator
 -- (readers use the key, decided_at and model columns), yet they were most of the cost of every
--- ANALYZE: autoanalyze of a 47k-row log took 1.2 s of a core, 0.49 s without them, and while it
--- runs the serving workers on the same 2 cores answer in 5-15 ms instead of 2.5 (BENCHMARKS.md).
+-- ANALYZE, and an autoanalyze running beside the serving workers slows their answers
+-- (bench/decision_log_analyze.py measures it).
 -- Only when one is still set: ALTER TABLE waits for a running ANALYZE.
 do $$
 begin

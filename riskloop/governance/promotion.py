@@ -67,15 +67,15 @@ create table if not exists {GOVERNANCE_SCHEMA}.promotion_decisions (
 );
 create index if not exists promotion_decisions_model_idx
     on {GOVERNANCE_SCHEMA}.promotion_decisions (model_name, decided_at desc);
--- v2 (issue 6): the reviewer-approval gate's evidence (the challenger's content hash, the approval).
+-- Added since: the reviewer-approval gate's evidence (the challenger's content hash, the approval).
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists content_hash text;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists approval_id uuid;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists approved_by text;
--- v3 (issue 6): the canary gate's evidence (riskloop.governance.canary: verdict, figures, bounds).
+-- Added since: the canary gate's evidence (riskloop.governance.canary: verdict, figures, bounds).
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_id uuid;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_verdict text;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_evidence jsonb;
--- v4 (issue 6): the data-contract gate's evidence (the contract runs recorded with the training run).
+-- Added since: the data-contract gate's evidence (the contract runs recorded with the training run).
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists contracts_verdict text;
 alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists contracts_evidence jsonb;
 """
