@@ -17,9 +17,23 @@ from urllib.parse import quote, unquote, urlsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The checkout (dbt project, feature repo, DAGs, expectations): RISKLOOP_PROJECT_DIR where riskloop runs
-# from an installed package, else the directory this package sits in.
-PROJECT_ROOT = Path(os.environ.get("RISKLOOP_PROJECT_DIR") or Path(__file__).resolve().parents[2])
+_CHECKOUT = Path(__file__).resolve().parents[2]
+_PACKAGED = Path(__file__).resolve().parents[1] / "project"  # the wheel's copy (pyproject: force-include)
+
+
+def _project_root() -> Path:
+    configured = os.environ.get("RISKLOOP_PROJECT_DIR")
+    if configured:
+        return Path(configured).resolve()
+    return _CHECKOUT if (_CHECKOUT / "dbt_project").is_dir() else _PACKAGED
+
+
+# Where the dbt project, feature repo, DAGs and expectation suites are: RISKLOOP_PROJECT_DIR if set,
+# else the checkout this package sits in, else (an installed wheel) the copy the wheel ships.
+PROJECT_ROOT = _project_root()
+# Where riskloop writes by default (its home, the demo's summary): the project directory, except
+# that an installed package's copy is read-only, so there the working directory.
+WORK_ROOT = Path.cwd() if PROJECT_ROOT == _PACKAGED else PROJECT_ROOT
 
 # The databases riskloop keeps apart on one server: dropping or migrating one component's
 # store (say Airflow's) must never touch another's.
@@ -68,7 +82,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RISKLOOP_", extra="ignore")
 
     home: Path = Field(
-        default=PROJECT_ROOT / ".riskloop",
+        default=WORK_ROOT / ".riskloop",
         description="Where the embedded stack keeps its data, logs and pid files.",
     )
     database_url: str | None = Field(

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from riskloop.core.config import PROJECT_ROOT, Settings
+from riskloop.core.config import WORK_ROOT, Settings
 from riskloop.ops.orchestrate import clip
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class DemoConfig:
     n_requests: int = 300
     canary_share: float = 0.5  # a new challenger decides this share of the demo's traffic
     serve_port: int = 8765
-    summary_path: Path = PROJECT_ROOT / "demo-summary.json"
+    summary_path: Path = WORK_ROOT / "demo-summary.json"
 
 
 @dataclass
