@@ -42,7 +42,7 @@ def test_one_alert_reaches_slack_signed_webhook_email_and_log(caplog) -> None:
                             alert_email_to="oncall@example.org, risk@example.org",
                             alert_report_base_url="https://reports.example.org/riskloop")
         alert = sample_alert(settings)
-        with caplog.at_level("ERROR", logger="riskloop.core.alerts"):
+        with caplog.at_level("ERROR", logger="riskloop.alerts"):
             result = deliver(settings, alert)
 
         assert {k: v["ok"] for k, v in result.items()} == {"log": True, "slack": True, "webhook": True, "email": True}
@@ -66,7 +66,7 @@ def test_one_alert_reaches_slack_signed_webhook_email_and_log(caplog) -> None:
         assert "[FIRING] input_drift riskloop-fraud" in mail["Subject"]
         assert "amount wasserstein=0.41" in body_text(mail) and "docs/runbooks/input_drift.md" in body_text(mail)
 
-    record = next(r for r in caplog.records if r.name == "riskloop.core.alerts")
+    record = next(r for r in caplog.records if r.name == "riskloop.alerts")
     assert record.alert["incident_id"] == alert.incident_id
 
 

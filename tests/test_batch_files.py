@@ -229,7 +229,7 @@ def test_contract_violation_quarantines_the_rows_and_stops(settings: Settings, f
         "unexpected_rows_expectation[fraud_confirmed is set exactly when the dispute is closed (won or lost)]"}
     assert report.quarantined == {"settlement_file_rows": 2, "dispute_file_rows": 1}
     assert "settlement_file_rows" in str(info.value) and "quarantine.dispute_file_rows" in str(info.value)
-    assert any(r.name == "riskloop.core.alerts" and "contract_violation" in r.getMessage() for r in caplog.records)
+    assert any(r.name == "riskloop.alerts" and "contract_violation" in r.getMessage() for r in caplog.records)
     with db.connect(settings) as conn:
         quarantined = conn.execute(
             "select source_file, line_no, _expectations from quarantine.settlement_file_rows "

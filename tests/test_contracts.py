@@ -61,7 +61,7 @@ def test_good_data_passes_and_bad_batch_is_named(settings, caplog: pytest.LogCap
     disputes.loc[0, "closed_at"] = disputes.loc[0, "opened_at"] - pd.Timedelta(hours=1)
     _load(settings, {"ledger_entries": ledger, "webhook_events": events, "dispute_outcomes": disputes})
 
-    with caplog.at_level("ERROR", logger="riskloop.core.alerts"), pytest.raises(ContractViolation) as info:
+    with caplog.at_level("ERROR", logger="riskloop.alerts"), pytest.raises(ContractViolation) as info:
         run_contracts(settings)
     report = info.value.report
     failed = {(f.table, f.expectation, f.column): f for f in report.failures}
@@ -111,7 +111,7 @@ def test_good_data_passes_and_bad_batch_is_named(settings, caplog: pytest.LogCap
     # a readable reason, an alert record, and Data Docs for the run
     assert "2 rows of ledger_entries -> quarantine.ledger_entries" in message
     [alert] = [json.loads(r.getMessage().removeprefix("riskloop alert ")) for r in caplog.records
-               if r.name == "riskloop.core.alerts" and "contract_violation" in r.getMessage()]
+               if r.name == "riskloop.alerts" and "contract_violation" in r.getMessage()]
     assert alert["kind"] == "contract_violation" and alert["details"]["quarantined"] == report.quarantined
     assert report.data_docs and Path(report.data_docs).exists()
     assert "ledger_entries" in Path(report.data_docs).read_text()

@@ -149,11 +149,11 @@ def test_failure_alert_is_one_structured_record(caplog: pytest.LogCaptureFixture
 
     ti = SimpleNamespace(dag_id="riskloop_ingest", task_id="transform", run_id="scheduled__x",
                          try_number=3, log_url="http://af/log")
-    with caplog.at_level("ERROR", logger="riskloop.core.alerts"):
+    with caplog.at_level("ERROR", logger="riskloop.alerts"):
         fields = task_failed({"ti": ti, "exception": RuntimeError("dbt build failed")})
     assert fields["dag_id"] == "riskloop_ingest" and fields["task_id"] == "transform"
     assert fields["try_number"] == 3 and fields["error"] == "RuntimeError: dbt build failed"
-    record = next(r for r in caplog.records if r.name == "riskloop.core.alerts")
+    record = next(r for r in caplog.records if r.name == "riskloop.alerts")
     assert record.levelname == "ERROR" and json.loads(record.getMessage().split(" ", 2)[2]) == fields
     # A context it cannot read still yields an alert instead of an exception.
     assert task_failed({})["alert"] == "airflow_failure"

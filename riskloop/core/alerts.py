@@ -39,7 +39,7 @@ from riskloop.core.config import Settings
 if TYPE_CHECKING:
     import psycopg
 
-log = logging.getLogger("riskloop.core.alerts")
+log = logging.getLogger("riskloop.alerts")
 
 SCHEMA = "monitoring"
 STATE_TABLE = f"{SCHEMA}.alert_state"
@@ -256,7 +256,7 @@ def deliver(settings: Settings, alert: Alert, *, only: Iterable[str] | None = No
 def ensure_tables(settings: Settings) -> None:
     """Create the alert state and event tables (idempotent, serialised against concurrent first runs)."""
     with db.connect(settings) as conn:
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.monitoring.drift.ddl'))")
+        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.monitoring.ddl'))")
         db.ensure_schema(conn, SCHEMA)
         conn.execute(_DDL + db.append_only_ddl(EVENTS_TABLE))
 

@@ -44,7 +44,7 @@ def create_inbox(conn: psycopg.Connection) -> None:
     only if missing. Runs in the caller's transaction (no commit) under a transaction-scoped
     advisory lock: concurrent creators (receivers starting, loaders) would race in the catalog."""
     table = sql.Identifier(RAW_SCHEMA, WEBHOOK_INBOX.name)
-    conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.core.signatures.ddl'))")
+    conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.webhooks.ddl'))")
     conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(RAW_SCHEMA)))
     conn.execute(inbox_ddl())
     has_xid = conn.execute(

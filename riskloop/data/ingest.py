@@ -146,7 +146,7 @@ def create_raw_tables(conn: psycopg.Connection) -> None:
     race on ``create table if not exists`` (it is not atomic in the catalog).  Does not commit;
     the caller's transaction decides.
     """
-    conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.data.ingest.ddl'))")
+    conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.ingest.ddl'))")
     db.ensure_schema(conn, RAW_SCHEMA)
     conn.execute(sql.SQL(
         """

@@ -146,7 +146,7 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
 def ensure_state(conn: psycopg.Connection) -> None:
     """The consumer's tables (idempotent): the parsed events and the offsets."""
     with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.features.stream.ddl'))")
+        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.stream.ddl'))")
         conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(STATE_SCHEMA)))
         conn.execute(f"""
             create table if not exists {windows.EVENTS_TABLE} (
@@ -304,7 +304,7 @@ class StreamConsumer:
         try:
             ensure_inbox(conn)
             ensure_state(conn)
-            locked = _scalar(conn, "select pg_try_advisory_lock(hashtext('riskloop.features.stream'), hashtext(%s))",
+            locked = _scalar(conn, "select pg_try_advisory_lock(hashtext('riskloop.stream'), hashtext(%s))",
                              (self.name,))
             if not locked:
                 raise ConsumerBusy(f"another stream consumer named {self.name!r} is running")

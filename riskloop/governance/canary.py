@@ -137,7 +137,7 @@ def current_state(settings: Settings, model_name: str) -> CanaryState | None:
 
 
 def _lock(conn, model_name: str) -> None:
-    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"riskloop.governance.canary:{model_name}",))
+    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"riskloop.canary:{model_name}",))
 
 
 def _append(conn, base: CanaryState | None, **values: Any) -> CanaryState:

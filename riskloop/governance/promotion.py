@@ -82,7 +82,7 @@ alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists con
 
 # Training tags its run with the latest contract run per schema it read (training.train):
 # ``riskloop.data.contracts.<schema>`` = ``passed <run_at>`` | ``failed <run_at>``.
-CONTRACT_TAG_PREFIX = "riskloop.data.contracts."
+CONTRACT_TAG_PREFIX = "riskloop.contracts."
 # The schemas whose contracts must have passed for a model's training data: the raw sources and the
 # feature marts (the ingest DAG checks both before anything reaches a model).
 REQUIRED_CONTRACT_SCHEMAS = ("raw", "marts")
@@ -278,11 +278,11 @@ def evaluate_promotion(
                             "decided_by": actor}
     # One gate at a time per model: two concurrent runs must not both move the alias.
     with db.connect(settings, autocommit=True) as lock_conn:
-        lock_conn.execute("select pg_advisory_lock(hashtext(%s))", (f"riskloop.governance.promotion:{model_name}",))
+        lock_conn.execute("select pg_advisory_lock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
         try:
             decision = _decide(settings, client, model_name, drift, margin, load_test_set or fraud_test_set, base)
         finally:
-            lock_conn.execute("select pg_advisory_unlock(hashtext(%s))", (f"riskloop.governance.promotion:{model_name}",))
+            lock_conn.execute("select pg_advisory_unlock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
     if decision.decision == "refused":
         notify(settings, "promotion_blocked", model_name,
                f"{model_name}: challenger v{decision.challenger_version} NOT promoted (champion stays "

@@ -212,7 +212,7 @@ class DriftResult:
 def ensure_tables(settings: Settings) -> None:
     """Create ``monitoring.drift_reports`` if missing; serialised so concurrent first runs don't race."""
     with db.connect(settings) as conn:
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.monitoring.drift.ddl'))")
+        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.monitoring.ddl'))")
         db.ensure_schema(conn, MONITORING_SCHEMA)
         conn.execute(_DDL)
 
