@@ -44,7 +44,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     with psycopg.connect(dsn(get_settings()), autocommit=True) as conn:
-        decision_log.ensure_table(conn)
         conn.execute("create schema if not exists bench_analyze")
         conn.execute(f"drop table if exists {SCRATCH}")
         conn.execute(f"create table {SCRATCH} (like {decision_log.TABLE} including defaults)")

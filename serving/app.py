@@ -32,12 +32,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from riskloop.core import migrations
 from riskloop.core.config import Settings, get_settings
 from riskloop.core.db import dsn
 from riskloop.core.logs import RequestIdMiddleware
 from riskloop.core.pan import InvalidPan, PanKeyMissing, tokenizer
 from riskloop.decisions import log as decision_log
-from riskloop.decisions import overrides
 from riskloop.governance import canary
 from serving import credit, routing
 from serving.auth import KeyRing, require
@@ -532,13 +532,15 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st.poll_conn = None  # the poller's connection (_on_poll_conn)
         st.watch_lock_conn = None  # the connection holding the canary watcher's lock (_is_watch_leader)
         try:
-            canary.ensure_tables(settings)
+            # Tables are the migrations' (`riskloop db upgrade`), never created by a serving process.
             with _connect(settings) as conn:
-                decision_log.ensure_table(conn)
-                overrides.ensure_table(conn)
-                st.devices.warm(conn, cfg.known_device_lookback_days)
-        except psycopg.Error as exc:  # the writer retries it on connect; /readyz says 503 meanwhile
-            log.error("could not ensure %s at startup: %s", decision_log.TABLE, exc)
+                behind = migrations.pending_on(conn, settings)
+                if behind is None:
+                    st.devices.warm(conn, cfg.known_device_lookback_days)
+            if behind is not None:
+                log.error("%s; /readyz says 503 until it is", behind)
+        except psycopg.Error as exc:  # the writer retries on connect; /readyz says 503 meanwhile
+            log.error("could not read %s at startup: %s", decision_log.TABLE, exc)
         m = st.metrics
         st.writer = DecisionLogWriter(
             dsn(settings), maxsize=cfg.log_queue_size, batch_size=cfg.log_batch_size,
@@ -619,7 +621,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         checks: dict[str, Any] = {"model": st.model is not None, "writer": st.writer.alive}
         try:
             with _connect(st.settings) as conn:
-                conn.execute("select 1")
+                checks["schema"] = migrations.pending_on(conn, st.settings) is None
             checks["database"] = True
         except psycopg.Error:
             checks["database"] = False

@@ -24,7 +24,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb, set_json_dumps
 
-from riskloop.decisions.log import COLUMNS, DEVICES_TABLE, JSON_COLUMNS, OPTIONAL_COLUMNS, TABLE, ensure_table
+from riskloop.decisions.log import COLUMNS, DEVICES_TABLE, JSON_COLUMNS, OPTIONAL_COLUMNS, TABLE
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,6 @@ class DecisionLogWriter:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(self._dsn, autocommit=False, connect_timeout=5)
             set_json_dumps(_dumps, context=self._conn)
-            ensure_table(self._conn)
         return self._conn
 
     def _write(self, batch: list[dict[str, Any]]) -> bool:

@@ -42,12 +42,13 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg import sql
 
+from riskloop.core import migrations
 from riskloop.core.config import Settings, get_settings
 from riskloop.core.db import dsn
 from riskloop.core.pan import InvalidPan, PanKeyMissing, PanTokenizer, scrub, tokenizer
 from riskloop.core.schema import RAW_SCHEMA, WEBHOOK_INBOX
 from riskloop.core.signatures import Rejection, Scheme, StandardVerifier, WebhookSettings, verify_stripe
-from riskloop.data.inbox import INBOX, ensure_inbox
+from riskloop.data.inbox import INBOX
 
 log = logging.getLogger(__name__)
 
@@ -344,11 +345,13 @@ def build_router(settings: Settings | None = None, webhook_settings: WebhookSett
             if not cfg.secrets(scheme):  # type: ignore[arg-type]
                 log.warning("no %s webhook secret (RISKLOOP_WEBHOOK_SECRETS_%s): every %s webhook will be rejected",
                             scheme, scheme.upper(), scheme)
-        try:
+        try:  # the inbox is the migrations' (`riskloop db upgrade`), never created by the receiver
             with psycopg.connect(dsn(settings), connect_timeout=3, autocommit=True) as conn:
-                ensure_inbox(conn)
+                behind = migrations.pending_on(conn, settings)
+            if behind is not None:
+                log.error("%s; webhooks get 503 until it is", behind)
         except psycopg.Error as exc:  # the writer reconnects per batch; events get 503 meanwhile
-            log.error("could not ensure %s at startup: %s", INBOX, exc)
+            log.error("could not reach %s at startup: %s", INBOX, exc)
         st.webhook_writer = InboxWriter(dsn(settings), batch_max=cfg.batch_max)
         st.webhook_writer.start()
         try:

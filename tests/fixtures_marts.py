@@ -209,12 +209,17 @@ def make_marts(days: int = 30, customers: int = 60, terminals: int = 30, tx_per_
 
 
 def isolated_settings(database: str) -> Settings:
-    """Settings whose warehouse is a fresh database ``database`` on the session's server."""
+    """Settings whose warehouse is a fresh database ``database`` on the session's server, migrated
+    (``riskloop db upgrade``) as a deployment's would be."""
+    from riskloop.core import migrations
+
     base = Settings()
     with psycopg.connect(base.pg.url("postgres", driver=""), autocommit=True) as conn:
         conn.execute(f'drop database if exists "{database}" with (force)')
         conn.execute(f'create database "{database}"')
-    return Settings(database_url=base.pg.url(database, driver=""))
+    settings = Settings(database_url=base.pg.url(database, driver=""))
+    migrations.upgrade(settings)
+    return settings
 
 
 def write_marts(settings: Settings, marts: SyntheticMarts) -> None:

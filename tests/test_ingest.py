@@ -151,6 +151,7 @@ def own_postgres():
     import tempfile
     from pathlib import Path
 
+    from riskloop.core import migrations
     from riskloop.core.config import Settings
     from riskloop.ops import stack
     from tests.conftest import free_port
@@ -160,6 +161,7 @@ def own_postgres():
     s = Settings(home=home, pg_port=free_port())
     stack.start_postgres(s)
     stack.ensure_databases(s)
+    migrations.upgrade(s)
     try:
         yield s
     finally:

@@ -111,7 +111,7 @@ def log_decisions(settings: Settings, name: str, version: str, frame: pd.DataFra
                   scores: np.ndarray | None = None, end: datetime | None = None,
                   transaction_ids: list[str] | None = None) -> None:
     """Append rows to serving.decision_log as the scoring service would."""
-    from serving.decision_log import INSERT, _params, ensure_table
+    from serving.decision_log import INSERT, _params
 
     end = end or datetime.now(UTC)
     rows = []
@@ -130,7 +130,6 @@ def log_decisions(settings: Settings, name: str, version: str, frame: pd.DataFra
         }
         rows.append(_params(row))  # the service's own row -> parameters (optional columns may be absent)
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
-        ensure_table(conn)
         with conn.cursor() as cur:
             cur.executemany(INSERT, rows)
 

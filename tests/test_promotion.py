@@ -352,11 +352,6 @@ def test_promotion_refused_without_a_passed_canary(settings: Settings, classifie
 
 
 def test_decisions_are_append_only(settings: Settings) -> None:
-    from riskloop.governance import canary
-    from riskloop.governance.promotion import ensure_tables
-
-    ensure_tables(settings)
-    canary.ensure_tables(settings)
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
         for table in ("governance.promotion_decisions", "governance.canary_state"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):

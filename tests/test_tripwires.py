@@ -24,8 +24,6 @@ def write(settings: Settings, rows: list[dict]) -> None:
     from serving.decision_log import INSERT
 
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
-        decision_log.ensure_table(conn)
-        overrides.ensure_table(conn)
         with conn.cursor() as cur:
             cur.executemany(INSERT, [tuple(
                 Jsonb(r.get(c, [] if c in ("reasons", "rules") else {})) if c in decision_log.JSON_COLUMNS

@@ -49,39 +49,6 @@ KINDS = ("input_drift", "approval_rate_drop", "review_rate_spike", "override_spi
          "latency_p99", "promotion_blocked", "airflow_failure", "contract_violation", "canary_rollback",
          "performance_drop")
 
-_DDL = f"""
-create table if not exists {STATE_TABLE} (
-    kind                 text not null,
-    key                  text not null,
-    status               text not null check (status in ('ok', 'pending', 'firing')),
-    consecutive_breaches integer not null default 0,
-    consecutive_clean    integer not null default 0,
-    incident_id          uuid,
-    opened_at            timestamptz,
-    last_summary         text,
-    last_details         jsonb,
-    last_evaluated_at    timestamptz not null,
-    primary key (kind, key)
-);
-create table if not exists {EVENTS_TABLE} (
-    event_id     uuid primary key,
-    incident_id  uuid not null,
-    kind         text not null,
-    key          text not null,
-    status       text not null check (status in ('firing', 'resolved')),
-    at           timestamptz not null,
-    summary      text not null,
-    details      jsonb not null default '{{}}'::jsonb,
-    report_url   text,
-    runbook_url  text not null,
-    deliveries   jsonb not null default '{{}}'::jsonb
-);
-create index if not exists alert_events_incident_idx on {EVENTS_TABLE} (incident_id, at);
--- the last raise/resolve that some sink has not received yet: {{"alert": {{...}}, "sinks": [...]}}
-alter table {STATE_TABLE} add column if not exists undelivered jsonb;
-"""
-
-
 # --- what a monitor run observed ---------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -253,14 +220,6 @@ def deliver(settings: Settings, alert: Alert, *, only: Iterable[str] | None = No
 
 # --- the state machine -------------------------------------------------------------------------
 
-def ensure_tables(settings: Settings) -> None:
-    """Create the alert state and event tables (idempotent, serialised against concurrent first runs)."""
-    with db.connect(settings) as conn:
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.monitoring.ddl'))")
-        db.ensure_schema(conn, SCHEMA)
-        conn.execute(_DDL + db.append_only_ddl(EVENTS_TABLE))
-
-
 def _transition(conn: "psycopg.Connection", settings: Settings, check: Check, now: datetime) -> Alert | None:
     """Apply one check to its (kind, key) state row (locked); the raised/resolved alert, if any."""
     from psycopg.types.json import Jsonb
@@ -321,7 +280,6 @@ def process(settings: Settings, checks: Iterable[Check]) -> list[Alert]:
     """
     from psycopg.types.json import Jsonb
 
-    ensure_tables(settings)
     sent: list[Alert] = []
     for check in checks:
         if check.kind not in KINDS:

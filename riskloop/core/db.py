@@ -50,40 +50,6 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def append_only_ddl(table: str) -> str:
-    """DDL that makes ``schema.table`` append-only in the database itself: UPDATE, DELETE and
-    TRUNCATE raise, whoever connects. Audit tables (decisions, promotions) rely on it."""
-    schema, name = table.split(".")
-    fn = f"{schema}.{name}_append_only"
-    return f"""
-create or replace function {fn}() returns trigger
-language plpgsql as $$
-begin
-    raise exception '{table} is append-only: % refused', tg_op
-        using errcode = 'insufficient_privilege';
-end
-$$;
-create or replace trigger {name}_append_only
-    before update or delete on {table}
-    for each row execute function {fn}();
-create or replace trigger {name}_no_truncate
-    before truncate on {table}
-    for each statement execute function {fn}();
-"""
-
-
-def ensure_audit_tables(settings: Settings, schema: str, ddl: str, append_only: tuple[str, ...],
-                        lock: str = "riskloop.governance.ddl") -> None:
-    """Run ``ddl`` in ``schema`` and make ``append_only`` tables refuse UPDATE/DELETE/TRUNCATE.
-
-    Idempotent, and serialised on an advisory lock: two processes starting at once (serving
-    replicas, a DAG task) must not race on ``create ... if not exists``."""
-    with connect(settings) as conn:
-        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (lock,))
-        ensure_schema(conn, schema)
-        conn.execute(ddl + "".join(append_only_ddl(t) for t in append_only))
-
-
 def who() -> str:
     """``user@host`` of this process: the actor recorded in governance rows written by a job."""
     import getpass

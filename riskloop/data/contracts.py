@@ -188,29 +188,9 @@ def _outcome(table: str, res: Any) -> ExpectationOutcome:
     )
 
 
-def _ensure_runs_table(conn) -> None:
-    db.ensure_schema(conn, RAW_SCHEMA)  # a mart-only check may run before any raw load
-    conn.execute(f"""
-        create table if not exists {RAW_SCHEMA}.{CONTRACT_RUNS} (
-          run_id uuid primary key,
-          run_at timestamptz not null,
-          success boolean not null,
-          tables text[] not null,
-          failures jsonb not null,
-          evaluated jsonb not null,
-          seconds double precision not null
-        )""")
-    # added with quarantine and the mart suites (tables created before keep working)
-    conn.execute(f"alter table {RAW_SCHEMA}.{CONTRACT_RUNS} add column if not exists "
-                 f"schema_name text not null default '{RAW_SCHEMA}'")
-    conn.execute(f"alter table {RAW_SCHEMA}.{CONTRACT_RUNS} add column if not exists "
-                 "quarantined jsonb not null default '{}'::jsonb")
-
-
 def _record(settings: Settings, report: ContractReport, schema: str = RAW_SCHEMA) -> None:
     failures = {t: [asdict(f) for f in r.failed] for t, r in report.tables.items() if r.failed}
     with db.connect(settings) as conn:
-        _ensure_runs_table(conn)
         conn.execute(
             f"insert into {RAW_SCHEMA}.{CONTRACT_RUNS} (run_id, run_at, success, tables, failures, evaluated, "
             "seconds, schema_name, quarantined) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -423,7 +403,6 @@ def latest_runs(settings: Settings, before: datetime | None = None) -> list[dict
     with db.connect(settings) as conn:
         if not conn.execute("select to_regclass(%s) is not null", (f"{RAW_SCHEMA}.{CONTRACT_RUNS}",)).fetchone()[0]:
             return []
-        _ensure_runs_table(conn)  # a table from before schema_name existed: add its columns first
         rows = conn.execute(
             f"select distinct on (schema_name) schema_name, run_id, run_at, success, tables, failures, evaluated "
             f"from {RAW_SCHEMA}.{CONTRACT_RUNS} where run_at <= coalesce(%s, now()) "

@@ -44,7 +44,6 @@ from riskloop.core.schema import (
     RAW_TABLES_BY_NAME,
     RawTable,
 )
-from riskloop.data.inbox import create_inbox
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +165,6 @@ def create_raw_tables(conn: psycopg.Connection) -> None:
     ).format(sql.Identifier(RAW_SCHEMA), sql.Identifier(LOAD_BATCHES)))
     for table in CONTRACT_TABLES:
         _create_or_migrate(conn, table)
-    create_inbox(conn)  # the receiver's table: dbt reads it as a source, so it exists before dbt runs
 
 
 # --- reading and validating ------------------------------------------------------------------

@@ -44,7 +44,7 @@ from psycopg import sql
 from riskloop.core import windows
 from riskloop.core.config import Settings
 from riskloop.core.db import dsn
-from riskloop.data.inbox import CHANNEL, INBOX, XID_COLUMN, ensure_inbox
+from riskloop.data.inbox import CHANNEL, INBOX, XID_COLUMN
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -141,34 +141,6 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
     if amount_minor is None or occurred is None:
         return None
     return Payment(processor, event_id, _key(card), _key(customer), amount_minor, occurred, _currency(currency))
-
-
-def ensure_state(conn: psycopg.Connection) -> None:
-    """The consumer's tables (idempotent): the parsed events and the offsets."""
-    with conn.transaction():
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.stream.ddl'))")
-        conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(STATE_SCHEMA)))
-        conn.execute(f"""
-            create table if not exists {windows.EVENTS_TABLE} (
-              processor text not null,
-              event_id text not null,
-              card_token text,
-              customer_id text,
-              amount_minor bigint not null,
-              occurred_at timestamptz not null,
-              primary key (processor, event_id))""")
-        # added with the currency rule of riskloop.core.windows (rows stored before have none: replay
-        # the inbox with a new consumer name to re-parse them)
-        conn.execute(f"alter table {windows.EVENTS_TABLE} add column if not exists currency text")
-        for e in windows.ENTITIES:
-            conn.execute(f"create index if not exists payment_events_{e.name} "
-                         f"on {windows.EVENTS_TABLE} ({e.key}, occurred_at)")
-        conn.execute(f"""
-            create table if not exists {OFFSETS_TABLE} (
-              consumer text primary key,
-              next_xid xid8 not null,
-              events bigint not null default 0,
-              updated_at timestamptz not null default now())""")
 
 
 def _scalar(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -302,8 +274,6 @@ class StreamConsumer:
     def open(self) -> "StreamConsumer":
         conn = psycopg.connect(dsn(self.settings), autocommit=True, application_name=self.application_name)
         try:
-            ensure_inbox(conn)
-            ensure_state(conn)
             locked = _scalar(conn, "select pg_try_advisory_lock(hashtext('riskloop.stream'), hashtext(%s))",
                              (self.name,))
             if not locked:

@@ -51,27 +51,6 @@ MODES = ("off", "canary", "shadow")
 EVENTS = ("start", "stop", "rollback", "promoted")
 CHAMPION, CHALLENGER = "champion", "challenger"
 
-_DDL = f"""
-create table if not exists {TABLE} (
-    state_id            uuid primary key,
-    changed_at          timestamptz not null default clock_timestamp(),
-    model_name          text not null,
-    event               text not null check (event in ({", ".join(f"'{e}'" for e in EVENTS)})),
-    mode                text not null check (mode in ({", ".join(f"'{m}'" for m in MODES)})),
-    share               double precision not null check (share >= 0 and share <= 1),
-    canary_id           uuid not null,
-    started_at          timestamptz not null,
-    challenger_version  text,
-    champion_version    text,
-    min_minutes         double precision not null default 0,
-    min_decisions       integer not null default 0,
-    reason              text not null,
-    evidence            jsonb not null default '{{}}'::jsonb,
-    changed_by          text not null
-);
-create index if not exists canary_state_model_idx on {TABLE} (model_name, changed_at desc);
-"""
-
 _COLS = ("state_id", "changed_at", "model_name", "event", "mode", "share", "canary_id", "started_at",
          "challenger_version", "champion_version", "min_minutes", "min_decisions", "reason", "evidence",
          "changed_by")
@@ -109,11 +88,6 @@ class CanaryState:
         out = asdict(self)
         out["changed_at"], out["started_at"] = self.changed_at.isoformat(), self.started_at.isoformat()
         return out
-
-
-def ensure_tables(settings: Settings) -> None:
-    """Create ``governance.canary_state`` and its append-only triggers (idempotent, race-safe)."""
-    db.ensure_audit_tables(settings, SCHEMA, _DDL, (TABLE,))
 
 
 def _row(r: tuple) -> CanaryState:
@@ -187,7 +161,6 @@ def start(settings: Settings, model_name: str, *, share: float | None = None, mo
                           f"(champion v{champion}, challenger v{challenger})")
     if challenger == champion:
         raise CanaryError(f"{model_name}: @challenger is the champion (v{champion}); nothing to canary")
-    ensure_tables(settings)
     with db.connect(settings) as conn:
         _lock(conn, model_name)
         now = conn.execute("select clock_timestamp()").fetchone()[0]
@@ -207,7 +180,6 @@ def end(settings: Settings, model_name: str, event: str, reason: str,
         evidence: dict[str, Any] | None = None, canary_id: str | None = None) -> CanaryState | None:
     """Append an ``off`` row ending the current canary (``stop`` or ``promoted``); ``None`` if none
     is running (or, with ``canary_id``, if that canary is no longer the current one)."""
-    ensure_tables(settings)
     with db.connect(settings) as conn:
         _lock(conn, model_name)
         cur = current(conn, model_name)
@@ -375,14 +347,6 @@ def stats(conn, state: CanaryState, bins: int, start: datetime | None = None,
                        challenger=arms.get("challenger", ArmStats()), psi=value)
 
 
-def _ensure_log(conn) -> None:
-    """The decision log with its current columns (a gate or a watcher may run before any serving
-    process created or migrated it). Not in the per-second watchdog: serving ensured it at start."""
-    from riskloop.decisions import log as decision_log
-
-    decision_log.ensure_table(conn)
-
-
 # --- the promotion gate -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -440,9 +404,7 @@ def gate(settings: Settings, model_name: str, challenger: str, champion: str) ->
     decisions, never rolled back, and every bound held (:func:`judge`)."""
     if not settings.canary_required:
         return CanaryVerdict(True, "skipped", "canary not required (RISKLOOP_CANARY_REQUIRED=false)")
-    ensure_tables(settings)
     with db.connect(settings) as conn:
-        _ensure_log(conn)
         rows = _canary_rows(conn, model_name, challenger)
         if not rows:
             return CanaryVerdict(False, "missing", f"no canary phase for v{challenger}: run "
@@ -581,9 +543,6 @@ def watch(settings: Settings, model_name: str, interval_s: float | None = None,
           max_iterations: int | None = None) -> None:
     """``riskloop canary watch``: :func:`watch_once` every ``interval_s`` until interrupted."""
     interval = interval_s or settings.canary_watch_interval_s
-    ensure_tables(settings)
-    with db.connect(settings) as conn:
-        _ensure_log(conn)
     i = 0
     while max_iterations is None or i < max_iterations:
         i += 1
@@ -602,7 +561,6 @@ def status(settings: Settings, model_name: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model_name": model_name, "state": state.to_dict() if state else None}
     if state is not None and state.challenger_version and state.champion_version:
         with db.connect(settings) as conn:
-            _ensure_log(conn)
             rows = [r for r in conn.execute(f"select {', '.join(_COLS)} from {TABLE} where canary_id = %s "
                                             "order by changed_at", (state.canary_id,)).fetchall()]
             first = _row(rows[0])

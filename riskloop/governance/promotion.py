@@ -43,43 +43,6 @@ CP_K = 100
 # operational figure that moves with the daily fraud count, too noisy on a week to veto alone.
 GATED_METRICS = ("auc_roc", "average_precision")
 
-_DDL = f"""
-create table if not exists {GOVERNANCE_SCHEMA}.promotion_decisions (
-    decision_id           uuid primary key,
-    decided_at            timestamptz not null,
-    model_name            text not null,
-    decision              text not null check (decision in ('promoted', 'refused', 'no_change')),
-    reason                text not null,
-    champion_version      text,
-    challenger_version    text,
-    new_champion_version  text,
-    margin                double precision not null,
-    champion_metrics      jsonb,
-    challenger_metrics    jsonb,
-    test_start            timestamptz,
-    test_end              timestamptz,
-    n_test                integer,
-    n_test_frauds         integer,
-    drift_verdict         text,
-    drift_report_id       uuid,
-    drift_model_version   text,
-    decided_by            text not null
-);
-create index if not exists promotion_decisions_model_idx
-    on {GOVERNANCE_SCHEMA}.promotion_decisions (model_name, decided_at desc);
--- Added since: the reviewer-approval gate's evidence (the challenger's content hash, the approval).
-alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists content_hash text;
-alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists approval_id uuid;
-alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists approved_by text;
--- Added since: the canary gate's evidence (riskloop.governance.canary: verdict, figures, bounds).
-alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_id uuid;
-alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_verdict text;
-alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists canary_evidence jsonb;
--- Added since: the data-contract gate's evidence (the contract runs recorded with the training run).
-alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists contracts_verdict text;
-alter table {GOVERNANCE_SCHEMA}.promotion_decisions add column if not exists contracts_evidence jsonb;
-"""
-
 # Training tags its run with the latest contract run per schema it read (training.train):
 # ``riskloop.data.contracts.<schema>`` = ``passed <run_at>`` | ``failed <run_at>``.
 CONTRACT_TAG_PREFIX = "riskloop.contracts."
@@ -142,11 +105,6 @@ class PromotionDecision:
             out[key] = out[key].isoformat() if out[key] is not None else None
         out["new_champion_version"] = self.new_champion_version
         return out
-
-
-def ensure_tables(settings: Settings) -> None:
-    """Create ``governance.promotion_decisions`` and its append-only triggers (idempotent, race-safe)."""
-    db.ensure_audit_tables(settings, GOVERNANCE_SCHEMA, _DDL, (f"{GOVERNANCE_SCHEMA}.promotion_decisions",))
 
 
 # --- evaluation ----------------------------------------------------------------------------
@@ -270,7 +228,6 @@ def evaluate_promotion(
     if margin < 0:
         raise ValueError("margin must be >= 0")
     client = mlflow_client(settings.tracking_uri)
-    ensure_tables(settings)
     base: dict[str, Any] = {"decision_id": str(uuid.uuid4()), "model_name": model_name, "margin": margin,
                             "drift_verdict": drift.verdict if drift else None,
                             "drift_report_id": drift.report_id if drift else None,

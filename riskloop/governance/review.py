@@ -32,24 +32,6 @@ SCHEMA = "governance"
 TABLE = f"{SCHEMA}.model_approvals"
 VERDICTS = ("approved", "rejected")
 
-_DDL = f"""
-create table if not exists {TABLE} (
-    approval_id    uuid primary key,
-    decided_at     timestamptz not null,
-    model_name     text not null,
-    model_version  text not null,
-    content_hash   text not null check (content_hash ~ '^[0-9a-f]{{64}}$'),
-    verdict        text not null check (verdict in ('approved', 'rejected')),
-    reviewer       text not null check (length(btrim(reviewer)) > 0),
-    reason         text not null check (length(btrim(reason)) > 0),
-    run_id         text,
-    run_author     text,
-    check (verdict = 'rejected' or reviewer is distinct from run_author)
-);
-create index if not exists model_approvals_version_idx on {TABLE} (model_name, model_version, decided_at);
-"""
-
-
 class ReviewError(ValueError):
     """A review that must not be recorded (no reason, unknown version...)."""
 
@@ -88,10 +70,6 @@ class GateResult:
     content_hash: str
     approval_id: str | None = None
     approved_by: str | None = None
-
-
-def ensure_tables(settings: Settings) -> None:
-    db.ensure_audit_tables(settings, SCHEMA, _DDL, (TABLE,))
 
 
 def hash_tree(root: Path) -> str:
@@ -146,7 +124,6 @@ def record(settings: Settings, name: str, version: str, verdict: str, reviewer: 
     approval = Approval(approval_id=str(uuid.uuid4()), decided_at=datetime.now(UTC), model_name=name,
                         model_version=str(mv.version), content_hash=content_hash(settings, name, str(mv.version)),
                         verdict=verdict, reviewer=reviewer, reason=reason, run_id=mv.run_id, run_author=author)
-    ensure_tables(settings)
     with db.connect(settings) as conn:
         conn.execute(
             f"""insert into {TABLE} (approval_id, decided_at, model_name, model_version, content_hash, verdict,
@@ -165,7 +142,6 @@ def record(settings: Settings, name: str, version: str, verdict: str, reviewer: 
 
 def history(settings: Settings, name: str, version: str | None = None) -> list[Approval]:
     """Recorded verdicts of a model (or one version), oldest first."""
-    ensure_tables(settings)
     sql = f"select {', '.join(Approval.__dataclass_fields__)} from {TABLE} where model_name = %s"
     params: list[Any] = [name]
     if version is not None:

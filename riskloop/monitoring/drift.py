@@ -50,37 +50,6 @@ MONITORING_EXPERIMENT = "riskloop-monitoring"
 SCORE_COLUMNS = ("score", "prediction", "y_score")
 VERDICTS = ("ok", "warning", "critical", "insufficient_data")
 
-_DDL = f"""
-create table if not exists {MONITORING_SCHEMA}.drift_reports (
-    report_id        uuid primary key,
-    mlflow_run_id    text,
-    model_name       text not null,
-    model_version    text not null,
-    model_alias      text,
-    window_start     timestamptz,
-    window_end       timestamptz,
-    n_reference      integer not null,
-    n_current        integer not null,
-    n_features       integer not null,
-    n_drifted        integer,
-    share_drifted    double precision,
-    drifted_features jsonb not null default '[]'::jsonb,
-    score_drift      jsonb,
-    verdict          text not null check (verdict in ('ok', 'warning', 'critical', 'insufficient_data')),
-    reason           text not null,
-    per_feature      jsonb not null default '{{}}'::jsonb,
-    thresholds       jsonb not null default '{{}}'::jsonb,
-    report_path      text,
-    created_at       timestamptz not null default now()
-);
-create index if not exists drift_reports_model_idx
-    on {MONITORING_SCHEMA}.drift_reports (model_name, model_version, created_at desc);
-alter table {MONITORING_SCHEMA}.drift_reports add column if not exists performance jsonb;
-alter table {MONITORING_SCHEMA}.drift_reports add column if not exists target_drift jsonb;
-alter table {MONITORING_SCHEMA}.drift_reports add column if not exists report_url text;
-"""
-
-
 class MonitoringError(RuntimeError):
     """The model version or its reference sample cannot be found: drift cannot even be assessed."""
 
@@ -206,16 +175,6 @@ class DriftResult:
 
 
 # --- small helpers -----------------------------------------------------------------------
-
-
-
-def ensure_tables(settings: Settings) -> None:
-    """Create ``monitoring.drift_reports`` if missing; serialised so concurrent first runs don't race."""
-    with db.connect(settings) as conn:
-        conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.monitoring.ddl'))")
-        db.ensure_schema(conn, MONITORING_SCHEMA)
-        conn.execute(_DDL)
-
 
 
 
@@ -716,7 +675,6 @@ def _figures(result: DriftResult) -> dict[str, Any]:
 def _record(settings: Settings, result: DriftResult, thresholds: dict[str, Any]) -> None:
     from psycopg.types.json import Jsonb
 
-    ensure_tables(settings)
     with db.connect(settings) as conn:
         conn.execute(
             f"""insert into {MONITORING_SCHEMA}.drift_reports
@@ -771,7 +729,6 @@ def load_drift(settings: Settings, *, report_id: str | None = None, model_name: 
     so the gate judges exactly the evidence the monitor recorded, not a fresh re-run of it."""
     if (report_id is None) == (model_name is None):
         raise ValueError("give exactly one of report_id and model_name")
-    ensure_tables(settings)
     where, arg = ("report_id = %s", report_id) if report_id is not None else ("model_name = %s", model_name)
     with db.connect(settings) as conn:
         row = conn.execute(

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from riskloop.core import migrations
 from riskloop.core.config import ALL_DATABASES, Settings
 from riskloop.ops.processes import (
     StackError,
@@ -257,6 +258,7 @@ def up(settings: Settings, airflow: bool = False) -> dict[str, Any]:
     if settings.embedded:
         start_postgres(settings)
     ensure_databases(settings)
+    migrations.upgrade(settings)
     if settings.manages_mlflow:
         start_mlflow(settings)
     if settings.stream_service:
