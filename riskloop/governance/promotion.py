@@ -44,7 +44,7 @@ CP_K = 100
 GATED_METRICS = ("auc_roc", "average_precision")
 
 # Training tags its run with the latest contract run per schema it read (training.train):
-# ``riskloop.data.contracts.<schema>`` = ``passed <run_at>`` | ``failed <run_at>``.
+# ``riskloop.contracts.<schema>`` = ``passed <run_at>`` | ``failed <run_at>``.
 CONTRACT_TAG_PREFIX = "riskloop.contracts."
 # The schemas whose contracts must have passed for a model's training data: the raw sources and the
 # feature marts (the ingest DAG checks both before anything reaches a model).
@@ -331,7 +331,7 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
 
 def contracts_gate(settings: Settings, run_tags: dict[str, str]) -> tuple[bool, str, dict[str, str]]:
     """Did the challenger's training data pass its data contracts? Judged on what its training run
-    recorded (``riskloop.data.contracts.<schema>`` tags: the latest contract run of each schema before it
+    recorded (``riskloop.contracts.<schema>`` tags: the latest contract run of each schema before it
     read the data), so a later green run cannot launder a model trained on data that failed.
 
     Returns (ok, reason, the recorded results per schema). A required schema with no recorded run is a
