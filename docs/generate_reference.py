@@ -274,6 +274,7 @@ def api_reference() -> str:
                  ([code(f"{m} {p}"), _roles(routes.get((p, m)) or _route(app, p)), UNDOCUMENTED.get(p, "")]
                   for p, m in hidden))
     out += sections
+    out += reason_codes()
     out += ["", "## Schemas", ""]
     for name, schema in sorted(spec.get("components", {}).get("schemas", {}).items()):
         if name in ("HTTPValidationError", "ValidationError"):
@@ -291,6 +292,24 @@ def api_reference() -> str:
             out += [f"One of {_json_type(schema)}."]
         out += [""]
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def reason_codes() -> list[str]:
+    """The stable reason codes: fraud codes by feature family, credit adverse-action codes by feature."""
+    from serving import reasons
+    from serving.credit import CREDIT_OTHER, CREDIT_REASONS
+
+    out = ["", "## Reason codes", "",
+           "Fraud (`reasons[].code`): keyed by feature family, so a retrained model with another window keeps "
+           "its codes. The first matching prefix of the feature name wins.", ""]
+    out += table(["code", "features whose name starts with"],
+                 ([code(c), code(prefix)] for prefix, c in reasons._CODES))
+    out += ["", f"Any other feature: `{reasons.OTHER}`.", "",
+            "Credit (adverse-action reasons, with the statement a notice would carry):", ""]
+    out += table(["code", "feature", "statement"],
+                 ([code(c), code(feature), text] for feature, (c, text) in CREDIT_REASONS.items()))
+    out += ["", f"Any other feature: `{CREDIT_OTHER[0]}` ({CREDIT_OTHER[1]})."]
+    return out
 
 
 def _route(app: Any, path: str) -> Any:
