@@ -9,7 +9,7 @@ export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 
-.PHONY: install demo test test-fast lint up down status clean lock
+.PHONY: install demo test test-fast lint docs up down status clean lock
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -32,6 +32,10 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile --no-loadscope-reorder
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+
+# The reference pages in docs/reference/ (CLI, API, configuration), generated from the code.
+docs: install
+	$(VENV)/bin/python docs/generate_reference.py
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL)

@@ -8,7 +8,7 @@ Fraud scoring is an ``async def`` handler that never blocks the loop: its online
 asyncpg round trip (:mod:`serving.online_sql`; the Feast SDK read, ``online_read=sdk``, goes to a
 worker thread), the model is numpy arrays (:mod:`serving.trees`) and the decision-log
 row is queued without waiting. A thread hop per request cost more than all of that under load
-(BENCHMARKS.md, "Serving latency"). The other endpoints stay plain ``def`` handlers.
+(docs/benchmarks/history.md, "Serving"). The other endpoints stay plain ``def`` handlers.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class _Metrics:
     def decided(self, decision: str, degraded: bool, alias: str, version: str | None, seconds: float) -> None:
         """Count one fraud decision and its latency. The labelled children are looked up once per
         label set and kept: ``labels()`` per request (locked, keyword-matched) was ~2 % of the
-        server's samples (py-spy, BENCHMARKS.md "Serving")."""
+        server's samples (py-spy, docs/benchmarks/history.md "Serving")."""
         key = (decision, degraded, alias, version)
         children = self._children.get(key)
         if children is None:
@@ -708,7 +708,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -
     starts. riskloop's logging config (:func:`riskloop.core.logs.configure`) owns the output; with
     ``RISKLOOP_LOG_JSON`` uvicorn's own loggers propagate to it instead of printing text.
     uvloop + httptools (C event loop and HTTP parser) and no access log unless
-    RISKLOOP_SERVING_ACCESS_LOG=1: the hot path's share of a request (BENCHMARKS.md, "Serving")."""
+    RISKLOOP_SERVING_ACCESS_LOG=1: the hot path's share of a request (docs/benchmarks/history.md, "Serving")."""
     import uvicorn
 
     from riskloop.core.logs import configure

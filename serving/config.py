@@ -79,7 +79,8 @@ class ServingSettings(BaseSettings):
     access_log: bool = Field(
         default=False, description="uvicorn's per-request access log line (off: it costs more than the "
         "decision's own logging; /metrics counts requests).")
-    max_reasons: int = Field(default=4, ge=0, le=4)
+    max_reasons: int = Field(default=4, ge=0, le=4, description="Reason codes returned with each fraud decision "
+                             "(the largest contributions towards fraud), at most 4.")
     max_body_bytes: int = Field(
         default=65_536, gt=0, description="A fraud scoring request body over this is refused with 413 before "
         "it is parsed (a payment is a few hundred bytes).")

@@ -1,6 +1,6 @@
 """``POST /v1/score/fraud`` answered without the framework around it.
 
-py-spy on ``riskloop serve`` under load (BENCHMARKS.md, "Serving"): Starlette's middleware and
+py-spy on ``riskloop serve`` under load (docs/benchmarks/history.md, "Serving"): Starlette's middleware and
 exception wrappers, routing, FastAPI's dependency solving, ``Request.json`` and the per-request
 validation of a Python dict cost more CPU than the decision itself (online read, model, rules,
 log row). :class:`ScoreFastPath` is an ASGI middleware that does only what the decision needs:

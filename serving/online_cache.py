@@ -3,7 +3,7 @@
 Why: at 500 decisions/s on 2 cores the direct online read (:mod:`serving.online_sql`) was the
 largest share of a decision: the round trip's socket work, the wake-up of a Postgres backend
 that preempts the worker mid-write, the protobuf decoding, and the backend's own CPU
-(BENCHMARKS.md, "Serving": py-spy --native put 40 % of the workers' samples in that write).
+(docs/benchmarks/history.md, "Serving": py-spy --native put 40 % of the workers' samples in that write).
 The fraud model's views are batch views: their online rows change when ``materialize`` runs,
 not between two payments of one card. So each view's decoded rows are kept per entity here,
 and a read that finds every view of its request in memory makes no round trip at all.

@@ -93,7 +93,7 @@ class InboxWriter:
     ``INSERT … RETURNING`` is its own transaction, committed (and flushed to the WAL, with
     ``synchronous_commit=on``) before Postgres sends the result. An explicit transaction cost
     three (BEGIN, INSERT, COMMIT) and was a third of the receiver's CPU under load (py-spy,
-    BENCHMARKS.md "Webhooks"). The statement is prepared server-side on first use."""
+    docs/benchmarks/history.md "Webhooks"). The statement is prepared server-side on first use."""
 
     _INSERT = sql.SQL(
         "insert into {} ({}) select * from unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], "
@@ -272,7 +272,7 @@ class WebhookFastPath:
 
     Under load the framework around a webhook (Starlette's exception middlewares, FastAPI's
     routing, request and dependency machinery, ``JSONResponse``) cost about as much CPU as the
-    receiver's own work (py-spy, BENCHMARKS.md "Webhooks"); this skips it. Every other request,
+    receiver's own work (py-spy, docs/benchmarks/history.md "Webhooks"); this skips it. Every other request,
     and these paths with another method, goes on to the app. The FastAPI routes stay: they
     document the endpoints in OpenAPI and serve an app that mounts the router without this."""
 

@@ -124,8 +124,8 @@ class Settings(BaseSettings):
         default=False,
         description="Let the scheduler create a run for every missed interval since schedule_start "
         "(Airflow's catchup). Off by default: history is loaded with a backfill, on purpose.")
-    fraud_model_name: str = "riskloop-fraud"
-    credit_model_name: str = "riskloop-credit"
+    fraud_model_name: str = Field(default="riskloop-fraud", description="Registered MLflow model of the fraud model.")
+    credit_model_name: str = Field(default="riskloop-credit", description="Registered MLflow model of the credit model.")
     label_delay_days: int = Field(default=7, description="Days before a fraud label counts as known.")
     model_owner: str = Field(
         default="riskloop-ml", description="Who answers for the models: the owner line of every training "
@@ -133,9 +133,10 @@ class Settings(BaseSettings):
     dask_scheduler: str | None = Field(
         default=None, description="Address of a Dask scheduler (tcp://host:8786): training fits with "
         "xgboost.dask on its workers. Unset: single-process XGBoost.")
-    feature_repo: Path = PROJECT_ROOT / "feature_repo"
-    dbt_project_dir: Path = PROJECT_ROOT / "dbt_project"
-    dags_folder: Path = PROJECT_ROOT / "dags"
+    feature_repo: Path = Field(default=PROJECT_ROOT / "feature_repo", description="The Feast repository (feature_store.yaml "
+                               "and the feature definitions).")
+    dbt_project_dir: Path = Field(default=PROJECT_ROOT / "dbt_project", description="The dbt project that builds the marts.")
+    dags_folder: Path = Field(default=PROJECT_ROOT / "dags", description="The Airflow DAG files.")
     landing_dir: Path | None = Field(
         default=None, description="Where simulated/processor files land. Unset: <home>/landing."
     )
@@ -161,7 +162,7 @@ class Settings(BaseSettings):
     alert_smtp_port: int = Field(default=25, description="SMTP port (587 with STARTTLS, 465 implicit TLS).")
     alert_smtp_starttls: bool = Field(default=False, description="Upgrade the SMTP session with STARTTLS.")
     alert_smtp_user: str | None = Field(default=None, description="SMTP login (with the password), if any.")
-    alert_smtp_password: SecretStr | None = None
+    alert_smtp_password: SecretStr | None = Field(default=None, description="SMTP password (with the login).")
     alert_email_from: str = Field(default="riskloop-alerts@localhost", description="From address of alert e-mail.")
     alert_email_to: str = Field(default="", description="Recipients of alert e-mail, comma-separated.")
     alert_timeout_s: float = Field(default=5.0, gt=0, description="Per-attempt timeout of one delivery.")

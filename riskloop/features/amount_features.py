@@ -4,7 +4,7 @@ Four fraud inputs: the payment's amount over the customer's 30-day and 7-day mea
 30-day maximum, and its distance from the 30-day mean in 30-day standard deviations. A stolen
 card is typically drained with amounts its owner never spends, which the absolute amount and the
 customer's averages each show only in part (``bench/handbook_candidates.py`` measured +0.024
-validation AP on the handbook's chapter 5 folds; BENCHMARKS.md, "Closing the AP gap").
+validation AP on the handbook's chapter 5 folds; docs/benchmarks/history.md, "Closing the AP gap").
 
 They need the payment's own amount, so they cannot be stored rows: Feast computes them as the
 on-demand view ``customer_amount_ratios`` (``feature_repo/definitions.py``) over the

@@ -177,7 +177,7 @@ class OnlinePush:
     ``push``, once in ``write_to_online_store``, each rebuilding Python objects from the cached
     registry proto) and lists the feature services from the SQL registry *uncached* to find
     services with ``precompute_online`` (``_precompute_for_push``): about half of a push's time for
-    a round of a few keys (BENCHMARKS.md, "Real-time features"). Here the plan (views per push
+    a round of a few keys (docs/benchmarks/history.md, "Real-time features"). Here the plan (views per push
     source, precomputed services touching them) is rebuilt whenever the store's cached registry
     proto is replaced (Feast refreshes it after ``cache_ttl_seconds``; ``feast apply`` changes show
     up then, as they would for ``push`` with its default ``allow_registry_cache=True``).

@@ -31,7 +31,7 @@ FIXED_PARAMS: dict[str, Any] = {"tree_method": "hist", "n_jobs": 2, "eval_metric
 # Shallow, slower trees on leaves of weight >= 10 are both better calibrated and better ranked
 # there, and beat post-hoc Platt or isotonic calibration fitted on the ~800 validation rows such
 # a data set leaves (the fitted map carries those rows' noise): bench/credit_calibration.py,
-# figures in BENCHMARKS.md ("Credit calibration").
+# figures in docs/benchmarks/history.md ("Credit calibration").
 CREDIT_DEFAULT_PARAMS: dict[str, Any] = {
     "n_estimators": 200,
     "max_depth": 2,

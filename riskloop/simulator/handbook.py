@@ -125,7 +125,7 @@ def handbook_profiles(customers: int, terminals: int) -> tuple[pd.DataFrame, pd.
     row-major block of doubles reproduces them.  Why have them: the draw of 5,000 customers is
     an unusual one (886 mean amounts under 20, where U(5, 100) gives 789 ± 26), and simulating
     with it separates what the published file owes to this draw from what the generator does
-    (BENCHMARKS.md, "Simulator fidelity": little of the benchmark's AP gap).  Only the
+    (docs/benchmarks/history.md, "Simulator fidelity": little of the benchmark's AP gap).  Only the
     profiles: transactions and frauds still come from the seed.
     """
     u = np.random.RandomState(HANDBOOK_CUSTOMER_SEED).random_sample((customers, 4))
