@@ -129,9 +129,12 @@ def write_landing(tables: dict[str, pd.DataFrame], directory: Path) -> Path:
 
 
 def reset_warehouse(settings) -> None:
-    """Drop what the tests build (raw, dbt schemas) so each test starts from an empty warehouse."""
-    from riskloop.core import db
+    """Drop what the tests build (raw, dbt schemas) so each test starts from an empty warehouse, then
+    migrate it again (the raw schema holds migrated tables too: the webhook inbox, the contract runs)."""
+    from riskloop.core import db, migrations
 
     with db.connect(settings) as conn:
         for schema in ("raw", "quarantine", "staging", "intermediate", "marts"):
             conn.execute(f'drop schema if exists "{schema}" cascade')
+        conn.execute(f"drop table if exists public.{migrations.VERSION_TABLE}")
+    migrations.upgrade(settings)

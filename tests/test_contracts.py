@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import psycopg
 import pytest
 
 from riskloop.core import db, windows
+from riskloop.core.config import Settings
 from riskloop.core.schema import CONTRACT_TABLES, CONTRACT_TABLES_BY_NAME, RAW_TABLES, WEBHOOK_EVENT_TYPES
 from riskloop.data.contracts import EXPECTATIONS_DIR, ContractViolation, latest_runs, load_suite_specs, run_contracts
 from riskloop.data.ingest import load_table
@@ -154,11 +156,16 @@ def test_empty_table_fails_row_count(settings) -> None:
 
 
 def test_latest_runs_reads_a_runs_table_from_before_the_schema_column(stack_env: dict[str, str]) -> None:
-    """A warehouse whose ``raw.contract_runs`` predates ``schema_name`` (the writer adds it; training
-    only reads): reading it migrates it first instead of failing training with UndefinedColumn."""
-    from fixtures_marts import isolated_settings
+    """A warehouse whose ``raw.contract_runs`` predates ``schema_name``, from before migrations
+    existed: ``riskloop db upgrade`` brings it up to date, so training reads it instead of failing
+    with UndefinedColumn."""
+    from riskloop.core import migrations
 
-    settings = isolated_settings("riskloop_t_contract_runs_v1")
+    base = Settings()
+    with psycopg.connect(base.pg.url("postgres", driver=""), autocommit=True) as conn:
+        conn.execute('drop database if exists "riskloop_t_contract_runs_v1" with (force)')
+        conn.execute('create database "riskloop_t_contract_runs_v1"')
+    settings = Settings(database_url=base.pg.url("riskloop_t_contract_runs_v1", driver=""))
     with db.connect(settings) as conn:
         conn.execute("create schema raw")
         conn.execute("create table raw.contract_runs (run_id uuid primary key, run_at timestamptz not null, "
@@ -166,6 +173,7 @@ def test_latest_runs_reads_a_runs_table_from_before_the_schema_column(stack_env:
                      "evaluated jsonb not null, seconds double precision not null)")
         conn.execute("insert into raw.contract_runs values ('6f1c0d1e-8a43-4c57-9d2a-2f0f5d0c1a11', "
                      "'2024-03-01T00:05:00+00:00', true, '{ledger_entries}', '{}', '{\"ledger_entries\": 4}', 1.5)")
+    migrations.upgrade(settings)
     [run] = latest_runs(settings)
     assert run["schema"] == "raw" and run["success"] is True and run["evaluated"] == 4
     assert run["run_id"] == "6f1c0d1e-8a43-4c57-9d2a-2f0f5d0c1a11"
