@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from riskloop.core.config import Settings
+from riskloop.models.artifacts import CONTRACT_TAG_PREFIX
 
 FEATURES = ["amount", "is_night", "terminal_risk_7d", "customer_nb_tx_1d"]
 TEST_START, TEST_END = "2024-03-08T00:00:00+00:00", "2024-03-15T00:00:00+00:00"
@@ -76,7 +77,7 @@ def register(settings: Settings, name: str, clf, aliases: tuple[str, ...], metri
                                "label_cutoff": "2024-03-08T00:00:00+00:00"})
             if metrics:
                 mlflow.log_metrics(metrics)
-            mlflow.set_tags({f"riskloop.data.contracts.{schema}": v for schema, v in (contracts or {}).items()})
+            mlflow.set_tags({CONTRACT_TAG_PREFIX + schema: v for schema, v in (contracts or {}).items()})
             x.to_parquet(Path(tmp) / "features.parquet")
             mlflow.log_artifact(str(Path(tmp) / "features.parquet"), artifact_path="reference")
             info = mlflow.xgboost.log_model(clf, name="model", registered_model_name=name,

@@ -246,7 +246,7 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
     if commit:
         tags["mlflow.source.git.commit"] = commit
     for c in contract_runs:
-        tags[f"riskloop.data.contracts.{c['schema']}"] = f"{'passed' if c['success'] else 'failed'} {c['run_at']}"
+        tags[artifacts.CONTRACT_TAG_PREFIX + c["schema"]] = f"{'passed' if c['success'] else 'failed'} {c['run_at']}"
 
     def xgb_params(p: dict[str, Any]) -> dict[str, Any]:
         return {f"xgb_{k}": v for k, v in model.effective_params({**job.defaults, **p}, seed).items()}

@@ -30,6 +30,7 @@ from riskloop.core.alerts import notify
 from riskloop.core.config import Settings
 from riskloop.governance import canary
 from riskloop.governance.review import approval_gate
+from riskloop.models.artifacts import CONTRACT_TAG_PREFIX
 from riskloop.models.registry import download_version, mlflow_client, parse_features_param
 from riskloop.monitoring.drift import DriftResult
 
@@ -43,9 +44,6 @@ CP_K = 100
 # operational figure that moves with the daily fraud count, too noisy on a week to veto alone.
 GATED_METRICS = ("auc_roc", "average_precision")
 
-# Training tags its run with the latest contract run per schema it read (training.train):
-# ``riskloop.contracts.<schema>`` = ``passed <run_at>`` | ``failed <run_at>``.
-CONTRACT_TAG_PREFIX = "riskloop.contracts."
 # The schemas whose contracts must have passed for a model's training data: the raw sources and the
 # feature marts (the ingest DAG checks both before anything reaches a model).
 REQUIRED_CONTRACT_SCHEMAS = ("raw", "marts")
