@@ -347,8 +347,11 @@ def test_without_drift_an_approved_challenger_takes_over_under_load(world: World
         assert approval["content_hash"] and approval["run_author"] != REVIEWER
 
         # Under an open-loop load: a canary on half of the traffic until its gate passes, then the promotion.
-        today = world.by_day[DRIFT_FROM - pd.Timedelta(days=1)]  # the store holds the day before: "now"
-        with OpenLoop(world.url, today * 20, LOAD_RATE) as load:
+        # The undrifted week's requests, each once: routing is fixed per transaction, so the arms' PSI is
+        # that of two halves of the distinct transactions sent (a day's few hundred, repeated, gave a
+        # split whose PSI sat at the bound whatever the load's length).
+        week = [b for d in range(7, 0, -1) for b in world.by_day[DRIFT_FROM - pd.Timedelta(days=d)]]
+        with OpenLoop(world.url, week * 2, LOAD_RATE) as load:
             time.sleep(2.0)
             started = cli(world, "canary", "start", "--model", name, "--share", "0.5", "--min-minutes", "0",
                           "--min-decisions", str(CANARY_MIN_DECISIONS), "--reason", "e2e: canary before promotion")
