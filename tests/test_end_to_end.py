@@ -22,8 +22,7 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["stack", "simulate", "ingest_contracts_dbt_features", "train", "serve_and_score", "monitor_and_promote",
-          "audit_pan"]
+STAGES = ["stack", "simulate", "ingest_and_train", "serve_and_score", "monitor_and_promote", "audit_pan"]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +56,9 @@ def test_demo_runs_the_whole_loop_twice(e2e_env: dict[str, str], tmp_path: Path)
     for key in ("auc_roc", "average_precision", "card_precision_at_100"):
         assert 0.0 <= first["fraud"][key] <= 1.0
     assert first["fraud"]["auc_roc"] > 0.6, "the fraud model should beat chance on simulated fraud"
+    # the summary says which weeks the model trained and was tested on: the split's whole UTC days
+    assert first["fraud"]["train_window"][1] < first["fraud"]["test_window"][0]
+    assert set(first["dag_runs"]) == {"riskloop_ingest", "riskloop_train", "riskloop_monitor", "riskloop_promote"}
     assert 0.5 < first["credit"]["auc_roc"] <= 1.0 and 0.0 <= first["credit"]["brier"] < 0.25
     assert first["scoring"]["n"] == 60 and first["scoring"]["errors"] == 0
     assert first["scoring"]["p50_ms"] > 0 and first["scoring"]["p99_ms"] >= first["scoring"]["p50_ms"]

@@ -1,8 +1,9 @@
 """Run riskloop's Airflow DAGs with ``dag.test()`` against the stack's Airflow metadata database.
 
-``airflow dags test`` executes a DAG run through Airflow's real task runner (task SDK, XComs,
-retries, state in the metadata DB) without a scheduler; it runs in a child process so Airflow's
-configuration comes only from the environment built here, never from the caller's.
+``dag.test()`` (what ``airflow dags test`` runs) executes a DAG run through Airflow's real task
+runner (task SDK, XComs, retries, state in the metadata DB) without a scheduler; it runs in a child
+process (:mod:`riskloop.ops.dag_runner`) so Airflow's configuration comes only from the environment
+built here, never from the caller's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +95,14 @@ def ensure_airflow_db(settings: Settings) -> None:
 def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = None,
             conf: dict | None = None, timeout_s: float = 1800) -> DagRunResult:
     """Run one DAG run with ``dag.test()``; raise :class:`DagRunFailed` if any task fails."""
+    return run_dags(settings, [(dag_id, conf)], logical_date=logical_date, timeout_s=timeout_s)[0]
+
+
+def run_dags(settings: Settings, runs: Sequence[tuple[str, dict | None]], logical_date: datetime | None = None,
+             timeout_s: float = 1800) -> list[DagRunResult]:
+    """Run ``runs`` (DAG id and conf each) one after another with ``dag.test()`` in one Airflow child
+    process (:mod:`riskloop.ops.dag_runner`), so Airflow and the tasks' libraries load once; raise
+    :class:`DagRunFailed` at the first run with a failed task (the later ones do not run)."""
     import json
 
     ensure_airflow_db(settings)
@@ -100,19 +110,25 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
     # each demo run's history in the metadata DB.
     logical = logical_date or datetime.now(timezone.utc)
     stamp = logical.strftime("%Y%m%dT%H%M%S")
-    log_path = settings.log_dir / f"airflow-{dag_id}-{stamp}.log"
-    cmd = [_airflow_bin(), "dags", "test", dag_id, logical.isoformat()]
-    if conf:
-        cmd += ["--conf", json.dumps(conf)]
-    log.info("airflow dags test %s (log: %s)", dag_id, log_path)
+    names = "+".join(dag_id for dag_id, _ in runs)
+    log_path = settings.log_dir / f"airflow-{names}-{stamp}.log"
+    spec = [{"dag_id": dag_id, "logical_date": logical.isoformat(), "conf": conf} for dag_id, conf in runs]
+    log.info("dag.test %s (log: %s)", ", ".join(dag_id for dag_id, _ in runs), log_path)
     t0 = time.perf_counter()
     with open(log_path, "wb") as out:
-        proc = subprocess.run(cmd, env=airflow_env(settings), stdout=out, stderr=subprocess.STDOUT,
-                              timeout=timeout_s)
+        proc = subprocess.run([sys.executable, "-m", "riskloop.ops.dag_runner", json.dumps(spec)],
+                              env=airflow_env(settings), stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise DagRunFailed(f"DAG {dag_id} failed after {seconds:.0f}s:\n{_failure_excerpt(log_path)}")
-    return DagRunResult(dag_id=dag_id, logical_date=logical.isoformat(), seconds=seconds, log_path=log_path)
+        raise DagRunFailed(f"DAG {names} failed after {seconds:.0f}s:\n{_failure_excerpt(log_path)}")
+    # each run's own time, from the runner's line for it (the process's start-up is the first's)
+    own = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith('{"riskloop_dag_run"'):
+            done = json.loads(line)
+            own[done["riskloop_dag_run"]] = done["seconds"]
+    return [DagRunResult(dag_id=dag_id, logical_date=logical.isoformat(), seconds=own.get(dag_id, seconds),
+                         log_path=log_path) for dag_id, _ in runs]
 
 
 def _failure_excerpt(path: Path, limit: int = 4000) -> str:
