@@ -28,10 +28,6 @@ HEAD = "0001"
 VERSION_TABLE = "alembic_version"
 
 
-class SchemaBehind(RuntimeError):
-    """The warehouse is not at the revision this code expects."""
-
-
 def config(settings: Settings) -> "Config":
     from alembic.config import Config
 
@@ -78,8 +74,3 @@ def pending(settings: Settings) -> str | None:
     with db.connect(settings) as conn:
         return pending_on(conn, settings)
 
-
-def require_current(settings: Settings) -> None:
-    reason = pending(settings)
-    if reason is not None:
-        raise SchemaBehind(reason)
