@@ -73,4 +73,3 @@ def pending(settings: Settings) -> str | None:
     """:func:`pending_on` with a connection of its own."""
     with db.connect(settings) as conn:
         return pending_on(conn, settings)
-
