@@ -43,7 +43,7 @@ async def main(requests: Path, n: int, repeat: int) -> None:
     binding, _ = bind(store, cfg.feature_service)
     plan = build_plan(store, binding.service)
     bodies = [json.loads(line) for _, line in zip(range(n), requests.open(), strict=False)]
-    entities = [{"customer_id": b["customer_id"], "terminal_id": b["terminal_id"]} for b in bodies]
+    entities = [{"customer_id": b["customer_id"], "terminal_id": b["terminal_id"], "card_token": b["card_token"]} for b in bodies]
     params = [plan.params(plan.keys(e)) for e in entities]
     conn = await asyncpg.connect(**plan.connect)
     pool = await asyncpg.create_pool(**plan.connect, min_size=1, max_size=cfg.online_pool_size)

@@ -45,7 +45,7 @@ def main() -> None:
 
     settings = get_settings()
     bodies = [json.loads(line) for line in args.requests.read_text().splitlines()[: args.n] if line.strip()]
-    rows = [{"customer_id": b["customer_id"], "terminal_id": b["terminal_id"]} for b in bodies]
+    rows = [{"customer_id": b["customer_id"], "terminal_id": b["terminal_id"], "card_token": b["card_token"]} for b in bodies]
     amounts = [{"amount": minor_to_major(b["amount_minor"], b["currency"])} for b in bodies]
     model = load_model(settings.tracking_uri, settings.fraud_model_name, "champion")
     sdk = OnlineFeatures(lambda: feature_store(settings), FRAUD_SERVICE, read="sdk")

@@ -127,22 +127,6 @@ def customer_amount_ratios(inputs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(amount_ratios(inputs), index=inputs.index)
 
 
-# Adding inputs to fraud_model_v1 is how this repo evolves the service: a model's own input list
-# says what it reads, serving maps each by name, so models trained on fewer inputs keep being served from the same service.
-fraud_model_v1 = FeatureService(
-    name="fraud_model_v1",
-    features=[customer_spending, terminal_risk, customer_amount_ratios],
-    description="Features of the fraud model: stored customer/terminal views and the amount-to-history ratios "
-                "(on demand); request-time inputs: amount, is_weekend, is_night.",
-)
-
-credit_model_v1 = FeatureService(
-    name="credit_model_v1",
-    features=[credit_application],
-    description="Features of the credit (probability of default) model.",
-)
-
-
 def _realtime_view(spec: windows.WindowEntity, entity: Entity) -> FeatureView:
     """The view the stream (``riskloop stream``) pushes to: fields and names from riskloop/core/windows.py.
 
@@ -169,3 +153,20 @@ def _realtime_view(spec: windows.WindowEntity, entity: Entity) -> FeatureView:
 
 # One view per entity of the window spec (riskloop.features.store collects the views of this tuple).
 REALTIME_VIEWS = tuple(_realtime_view(e, {"card": card, "customer": customer}[e.name]) for e in windows.ENTITIES)
+
+
+# Adding inputs to fraud_model_v1 is how this repo evolves the service: a model's own input list
+# says what it reads, serving maps each by name, so models trained on fewer inputs keep being served from the same service.
+fraud_model_v1 = FeatureService(
+    name="fraud_model_v1",
+    features=[customer_spending, terminal_risk, customer_amount_ratios, *REALTIME_VIEWS],
+    description="Features of the fraud model: stored customer/terminal views, the amount-to-history ratios "
+                "(on demand) and the card/customer real-time windows (offline from their marts, online from the "
+                "stream's push); request-time inputs: amount, is_weekend, is_night.",
+)
+
+credit_model_v1 = FeatureService(
+    name="credit_model_v1",
+    features=[credit_application],
+    description="Features of the credit (probability of default) model.",
+)

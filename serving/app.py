@@ -54,7 +54,7 @@ from serving.model import (
     load_for_serving,
     save_last_known_good,
 )
-from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
+from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, optional_inputs, plan_inputs
 from serving.policy import Policy, PolicyError, load_policy
 from serving.reasons import top_reasons
 from serving.review import router as review_router
@@ -407,51 +407,58 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
 
     score: float | None = None
     reasons: list[dict] = []
-    features: dict[str, float | None] = {}
     stamps: dict[str, str | None] = {}
     shadow: dict[str, Any] | None = None
     degraded = model is None
-    if model is not None:
+    values: dict[str, float] = {}
+    if model is not None or policy.feature_names:
         try:
             if not await st.online.ensure_async():
                 raise FeatureStoreUnavailable(st.online.last_error or "feature store not available")
-            inputs = plan_inputs(model.features, st.online.offered)
-            if other is not None and other.features != model.features:
-                inputs = {**inputs, **plan_inputs(other.features, st.online.offered)}
+            offered = st.online.offered
+            inputs, _ = optional_inputs(policy.feature_names, offered)
+            if model is not None:
+                inputs.update(plan_inputs(model.features, offered))
+                if other is not None and other.features != model.features:
+                    inputs.update(plan_inputs(other.features, offered))
             values, stamps = await st.online.fetch_async(
-                inputs, {"customer_id": body.customer_id, "terminal_id": body.terminal_id}, request_time)
+                inputs, {"customer_id": body.customer_id, "terminal_id": body.terminal_id,
+                         "card_token": body.card_token}, request_time)
         except (FeatureStoreUnavailable, FeatureMismatch) as exc:
             degraded = True
-            stamps = {}
-            if st.metrics:
+            values, stamps = {}, {}
+            if st.metrics and model is not None:
                 st.metrics.feature_store_errors.inc()
             log.warning("degraded decision for request %s: %s", request_id, exc)
-        else:
-            def vector_of(m: LoadedModel) -> list[float]:
-                return [request_time[n] if n in request_time else values[n] for n in m.features]
+    # What the rules read (and the log keeps, so a replay sees the same): the policy's features,
+    # then the model's inputs below.
+    features = {n: (None if math.isnan(values[n]) else values[n]) for n in policy.feature_names if n in values}
+    if model is not None and not degraded:
+        def vector_of(m: LoadedModel) -> list[float]:
+            return [request_time[n] if n in request_time else values[n] for n in m.features]
 
-            routed = mode == "canary" and other is not None  # to the challenger, the champion standing by
-            try:
-                vector = vector_of(model)
-                x = np.asarray([vector], dtype=np.float64)
-                score, contribs = model.predict(x)
-            except Exception as exc:  # noqa: BLE001 - only a routed challenger falls back
-                if not routed:
-                    raise
-                log.error("challenger v%s failed on request %s, the champion decides: %s", model.version,
-                          request_id, exc)
-                shadow = {"alias": model.alias, "version": model.version, "score": None,
-                          "error": f"{type(exc).__name__}: {exc}"}
-                if st.metrics:
-                    st.metrics.shadow_scores.labels(model.alias, model.version, "error").inc()
-                model = other
-                vector = vector_of(model)
-                x = np.asarray([vector], dtype=np.float64)
-                score, contribs = model.predict(x)
-            reasons = top_reasons(list(model.features), x[0], contribs, cfg.max_reasons)
-            features = {n: (None if math.isnan(v) else v) for n, v in zip(model.features, vector, strict=True)}
-            if mode == "shadow" and other is not None:
-                shadow = _shadow_score(other, vector_of, st.metrics)
+        routed = mode == "canary" and other is not None  # to the challenger, the champion standing by
+        try:
+            vector = vector_of(model)
+            x = np.asarray([vector], dtype=np.float64)
+            score, contribs = model.predict(x)
+        except Exception as exc:  # noqa: BLE001 - only a routed challenger falls back
+            if not routed:
+                raise
+            log.error("challenger v%s failed on request %s, the champion decides: %s", model.version,
+                      request_id, exc)
+            shadow = {"alias": model.alias, "version": model.version, "score": None,
+                      "error": f"{type(exc).__name__}: {exc}"}
+            if st.metrics:
+                st.metrics.shadow_scores.labels(model.alias, model.version, "error").inc()
+            model = other
+            vector = vector_of(model)
+            x = np.asarray([vector], dtype=np.float64)
+            score, contribs = model.predict(x)
+        reasons = top_reasons(list(model.features), x[0], contribs, cfg.max_reasons)
+        features.update({n: (None if math.isnan(v) else v) for n, v in zip(model.features, vector, strict=True)})
+        if mode == "shadow" and other is not None:
+            shadow = _shadow_score(other, vector_of, st.metrics)
 
     decision, rules = policy.decide(score, req, features, signals)
 
@@ -550,7 +557,11 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         if m:
             m.track_queue(st.writer)
         st.writer.start()
-        st.online.ensure(force=True)
+        if st.online.ensure(force=True):
+            _, unread = optional_inputs(fraud_policy.feature_names, st.online.offered)
+            if unread:  # the deploy runs, but these rules can never fire: say so where on-call looks
+                log.error("policy %s reads features %s that feature service %s does not offer: their rules "
+                          "cannot fire", fraud_policy.id, unread, cfg.feature_service)
         credit.setup(st, settings.tracking_uri, settings.credit_model_name, cfg.credit_model_alias,
                      settings.run_dir / "models",
                      OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),

@@ -127,6 +127,15 @@ def plan_inputs(model_features: Sequence[str], offered: dict[str, tuple[str, str
     return inputs
 
 
+def optional_inputs(names: Sequence[str], offered: dict[str, tuple[str, str]],
+                    request_time: Sequence[str] = REQUEST_TIME_FEATURES) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """As :func:`plan_inputs` for the features a policy's rules read: those the service offers, and
+    the names it does not (their rules cannot fire: a missing feature proves no breach)."""
+    usable = [n for n in names if n in offered and n not in request_time]
+    missing = [n for n in names if n not in offered and n not in request_time]
+    return plan_inputs(usable, offered, request_time), missing
+
+
 def _decode(inputs: dict[str, tuple[str, str]], resp: dict[str, list[Any]]
             ) -> tuple[dict[str, float], dict[str, str | None]]:
     """A one-row ``to_dict(include_event_timestamps=True)`` → stored input values and view stamps
@@ -329,14 +338,10 @@ class OnlineFeatures:
     def offered(self) -> dict[str, tuple[str, str]]:
         return dict(self._offered)
 
-    def fetch(self, inputs: dict[str, tuple[str, str]], customer_id: str, terminal_id: str
-              ) -> tuple[dict[str, float], dict[str, str | None]]:
-        """Model input → value (NaN when unknown) and feature view → event time of the value used."""
-        return self.fetch_row(inputs, {"customer_id": customer_id, "terminal_id": terminal_id})
-
     def fetch_row(self, inputs: dict[str, tuple[str, str]], entity_row: dict[str, str],
                   request: Mapping[str, float] | None = None) -> tuple[dict[str, float], dict[str, str | None]]:
-        """As :meth:`fetch`, for any entity keys (``{"application_id": ...}`` for credit).
+        """Input → value (NaN when unknown) and feature view → event time of the value used, for the
+        entity keys of the service's views (``{"application_id": ...}`` for credit).
 
         ``request``: the request-time fields on-demand inputs read (the fraud model's ``amount``).
         Feast is asked for the stored features only and on-demand ones are computed here, exactly

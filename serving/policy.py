@@ -118,6 +118,12 @@ class Policy(BaseModel):
     def outcomes(self) -> tuple[str, ...]:
         return SEVERITY[self.policy]
 
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The features the rules read, in policy order: serving fetches them with the model's
+        inputs (a velocity rule may read a window the model does not use) and logs them."""
+        return tuple(dict.fromkeys(r.feature for r in self.rules if r.feature is not None))
+
     @model_validator(mode="after")
     def _consistent(self) -> "Policy":
         outcomes = SEVERITY[self.policy]

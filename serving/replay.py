@@ -80,8 +80,8 @@ def replay(settings: Settings, decision_id: str, max_reasons: int = 4) -> Replay
                                version=row["model_version"])
         except ModelLoadError as exc:
             raise ReplayError(str(exc)) from exc
-        if set(features) != set(model.features):
-            raise ReplayError(f"logged features {sorted(features)} are not the inputs of {model.name} "
+        if not set(model.features) <= set(features):  # the rules' own features are logged too
+            raise ReplayError(f"logged features {sorted(features)} lack inputs of {model.name} "
                               f"v{model.version} {list(model.features)}")
         if row["product"] == "credit":
             score, decision, reasons, rules = score_credit_vector(model, policy, features, row["request"])

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from riskloop.core import windows
 from riskloop.core.config import Settings
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
@@ -58,6 +59,10 @@ DDL = {
         application_id text primary key, applied_at timestamptz not null, defaulted integer not null,
         observed_at timestamptz not null, true_default_probability double precision""",
 }
+DDL.update({
+    windows.mart_name(e): f"{e.key} text not null, {windows.TIMESTAMP_FIELD} timestamptz not null, "
+    + ", ".join(f"{name} bigint not null" for name in windows.feature_names(e))
+    for e in windows.ENTITIES})
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,8 @@ class SyntheticMarts:
     terminal_risk_features: pd.DataFrame
     credit_features: pd.DataFrame
     fct_credit_outcomes: pd.DataFrame
+    card_realtime_windows: pd.DataFrame
+    customer_realtime_windows: pd.DataFrame
 
     def tables(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in DDL}
@@ -123,6 +130,26 @@ def _customer_spending(tx: pd.DataFrame) -> pd.DataFrame:
         row["customer_max_amount_30d"] = roll30.max().to_numpy()
         out.append(pd.DataFrame(row))
     return pd.concat(out, ignore_index=True)
+
+
+def _realtime_windows(tx: pd.DataFrame, entity: windows.WindowEntity) -> pd.DataFrame:
+    """The spec's windows per payment of the entity, as the dbt macro computes them: (t - w, t],
+    payments at the same instant in each other's windows, sums over SUM_CURRENCY only."""
+    tx = tx.sort_values(["tx_at", "transaction_id"]).reset_index(drop=True)
+    values = {"count": pd.Series(1, index=tx.index),
+              "sum": tx["amount_minor"].where(tx["currency"] == windows.SUM_CURRENCY, 0)}
+    out = pd.DataFrame({entity.key: tx[entity.key], windows.TIMESTAMP_FIELD: tx["tx_at"]})
+    for agg in windows.AGGREGATES:
+        for w in windows.WINDOWS:
+            column = pd.Series(0, index=tx.index, dtype="int64")
+            for _, idx in tx.groupby(entity.key, sort=False).groups.items():
+                series = pd.Series(values[agg.func].loc[idx].to_numpy(), index=tx.loc[idx, "tx_at"])
+                column.loc[idx] = series.rolling(f"{w.seconds}s").sum().astype("int64").to_numpy()
+            out[windows.feature_name(entity, agg, w)] = column
+    # Ties: each of the same-instant payments sees all of them (a RANGE frame), i.e. the last row's values.
+    names = windows.feature_names(entity)
+    out[names] = out.groupby([entity.key, windows.TIMESTAMP_FIELD])[names].transform("max")
+    return out
 
 
 def _terminal_risk(tx: pd.DataFrame, days: int, terminals: int) -> pd.DataFrame:
@@ -205,6 +232,8 @@ def make_marts(days: int = 30, customers: int = 60, terminals: int = 30, tx_per_
         terminal_risk_features=_terminal_risk(tx, days, terminals),
         credit_features=credit_features,
         fct_credit_outcomes=outcomes,
+        card_realtime_windows=_realtime_windows(tx, windows.entity("card")),
+        customer_realtime_windows=_realtime_windows(tx, windows.entity("customer")),
     )
 
 

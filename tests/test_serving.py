@@ -179,7 +179,8 @@ def test_decision_logged_with_exact_vector(client: TestClient, stack: Stack) -> 
     # …and the store values exactly what Feast serves online for these entities.
     online = stack.store().get_online_features(
         features=stack.store().get_feature_service("fraud_model_v1"),
-        entity_rows=[{"customer_id": req["customer_id"], "terminal_id": req["terminal_id"], "amount": 123.45}]
+        entity_rows=[{"customer_id": req["customer_id"], "terminal_id": req["terminal_id"],
+                      "card_token": req["card_token"], "amount": 123.45}]
     ).to_dict()
     for name in CUSTOMER_FEATURES + TERMINAL_FEATURES:
         assert row["features"][name] == pytest.approx(float(online[name][0])), name
@@ -187,7 +188,9 @@ def test_decision_logged_with_exact_vector(client: TestClient, stack: Stack) -> 
     assert set(AMOUNT_FEATURES) <= set(stack.features)
     for name in AMOUNT_FEATURES:
         assert row["features"][name] == pytest.approx(float(online[name][0]), rel=1e-12), name
-    assert set(row["feature_timestamps"]) == {"customer_spending", "terminal_risk"}
+    # every stored view read has its event time logged; the card never paid live: no real-time row
+    assert set(row["feature_timestamps"]) == {"customer_spending", "terminal_risk", "card_realtime", "customer_realtime"}
+    assert row["feature_timestamps"]["card_realtime"] is None and row["feature_timestamps"]["terminal_risk"]
     # Re-scoring the logged vector with the registered model reproduces the logged score.
     uri = MlflowClient(stack.settings.tracking_uri, stack.settings.tracking_uri).get_model_version_download_uri(
         stack.settings.fraud_model_name, stack.model_version)
@@ -355,10 +358,11 @@ def test_direct_read_matches_feast_sdk(stack: Stack) -> None:
     from serving.online import OnlineFeatures, plan_inputs
 
     tx = stack.marts.fct_transactions
-    rows = [{"customer_id": c, "terminal_id": t} for c, t in
-            zip(tx.customer_id.unique()[:20], tx.terminal_id.unique()[:20], strict=False)]
-    rows += [{"customer_id": "no-such-customer", "terminal_id": tx.terminal_id.iloc[0]},
-             {"customer_id": tx.customer_id.iloc[0], "terminal_id": "no-such-terminal"}]
+    rows = [{"customer_id": c, "terminal_id": t, "card_token": k} for c, t, k in
+            zip(tx.customer_id.unique()[:20], tx.terminal_id.unique()[:20], tx.card_token.unique()[:20], strict=False)]
+    rows += [{"customer_id": "no-such-customer", "terminal_id": tx.terminal_id.iloc[0], "card_token": "no-such-card"},
+             {"customer_id": tx.customer_id.iloc[0], "terminal_id": "no-such-terminal",
+              "card_token": tx.card_token.iloc[0]}]
     amounts = [{"amount": 5.0 + 11.0 * i} for i in range(len(rows))]  # the on-demand inputs read it
     sdk = OnlineFeatures(stack.store, "fraud_model_v1", read="sdk")
     sql = OnlineFeatures(stack.store, "fraud_model_v1", read="sql", timeout_s=5.0)
@@ -466,7 +470,7 @@ def test_online_cache_serves_hits_and_drops_them_on_every_store_change(stack: St
     column = f"{plan.views[t_idx].name}__{feature}"
     terminal = f"cache-test-{uuid.uuid4().hex[:8]}"  # an entity of its own: the online store is shared
     customer = str(stack.marts.fct_transactions.customer_id.iloc[0])
-    row = {"customer_id": customer, "terminal_id": terminal}
+    row = {"customer_id": customer, "terminal_id": terminal, "card_token": "tok_cache_test"}
 
     def write(value: float) -> None:
         data: dict[str, list[Any]] = {"terminal_id": [terminal], "event_timestamp": [pd.Timestamp.now(tz="UTC").floor("s")]}
@@ -511,13 +515,13 @@ def test_online_cache_serves_hits_and_drops_them_on_every_store_change(stack: St
 
             # A trigger gone (as after `feast apply` recreated a table): off, re-installed, on again.
             await reader.read(row)
-            assert cache.stats()["entries"] == 2
+            assert cache.stats()["entries"] == len(plan.views)  # one entry per view read
             await admin.execute(f'drop trigger riskloop_online_changed on "{plan.tables[t_idx]}"')
             await until(lambda: cache.stats()["entries"] == 0, "a missing trigger left the cache's entries")
             await until(lambda: cache.enabled, "the trigger was not re-installed")
             await reader.read(row)
             await asyncio.to_thread(write, 0.5)  # notified again: the trigger is really back
-            await until(lambda: (cache.stats()["entries"] < 2), "the re-installed trigger did not notify")
+            await until(lambda: (cache.stats()["entries"] < len(plan.views)), "the re-installed trigger did not notify")
             assert (await reader.read(row))[column] == [0.5]
         finally:
             await admin.close()
@@ -578,7 +582,7 @@ def test_amount_ratios_online_equal_offline(stack: Stack) -> None:
     amounts = [round(0.5 + 37.3 * i, 2) for i in range(len(customers))]
     # Payments just after the materialized end: online holds each customer's latest row, which is
     # the row the point-in-time join picks for them (all rows lie within the view's 30-day TTL).
-    entity_df = pd.DataFrame({"customer_id": customers, "terminal_id": terminal, "amount": amounts,
+    entity_df = pd.DataFrame({"customer_id": customers, "terminal_id": terminal, "card_token": "tok_none", "amount": amounts,
                               "event_timestamp": stack.marts.as_of})
     offline = stack.store().get_historical_features(
         entity_df=entity_df, features=stack.store().get_feature_service("fraud_model_v1")).to_df()
@@ -590,7 +594,8 @@ def test_amount_ratios_online_equal_offline(stack: Stack) -> None:
 
     async def read_all() -> list:
         try:
-            return [(await sql.fetch_async(inputs, {"customer_id": c, "terminal_id": terminal}, {"amount": a}))[0]
+            return [(await sql.fetch_async(inputs, {"customer_id": c, "terminal_id": terminal, "card_token": "tok_none"},
+                                             {"amount": a}))[0]
                     for c, a in zip(customers, amounts, strict=True)]
         finally:
             await sql.aclose()

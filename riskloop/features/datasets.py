@@ -100,7 +100,7 @@ def fraud_dataset(store: "FeatureStore", windows: list[tuple[pd.Timestamp, pd.Ti
     """
     where = " or ".join(f"(tx_at >= {_ts(a)} and tx_at < {_ts(b)})" for a, b in windows)
     entity_sql = (
-        "select transaction_id, customer_id, terminal_id, "
+        "select transaction_id, customer_id, terminal_id, card_token, "
         "tx_at - interval '1 microsecond' as event_timestamp, "
         "amount, is_weekend, is_night, is_fraud, fraud_known_at "
         f"from marts.fct_transactions where {where}")
