@@ -83,7 +83,7 @@ class SyntheticMarts:
 
 
 def _transactions(rng: np.random.Generator, days: int, customers: int, terminals: int,
-                  tx_per_day: float, as_of: pd.Timestamp) -> pd.DataFrame:
+                  tx_per_day: float, as_of: pd.Timestamp, seed: int) -> pd.DataFrame:
     n = int(days * customers * tx_per_day)
     offset_s = np.sort(rng.integers(0, days * 86_400, n))
     tx_at = START + pd.to_timedelta(offset_s, unit="s")
@@ -100,7 +100,9 @@ def _transactions(rng: np.random.Generator, days: int, customers: int, terminals
         "transaction_id": np.arange(n, dtype=np.int64),
         "customer_id": [f"c{c:04d}" for c in cust],
         "terminal_id": [f"t{t:04d}" for t in term],
-        "card_token": [f"card_{c:04d}" for c in cust],
+        # the seed in the token: the session's online store is shared, and the stream-fed views keep
+        # the newest row per key, so two modules' cards must not be the same keys
+        "card_token": [f"card{seed}_{c:04d}" for c in cust],
         "tx_at": tx_at,
         "amount": amount,
         "amount_minor": np.round(amount * 100).astype(np.int64),
@@ -223,7 +225,7 @@ def make_marts(days: int = 30, customers: int = 60, terminals: int = 30, tx_per_
     """Deterministic synthetic marts of ``days`` days from 2024-01-01 UTC."""
     rng = np.random.default_rng(seed)
     as_of = START + pd.Timedelta(days=days)
-    tx = _transactions(rng, days, customers, terminals, tx_per_day, as_of)
+    tx = _transactions(rng, days, customers, terminals, tx_per_day, as_of, seed)
     credit_features, outcomes = _credit(rng, applications, customers, as_of)
     return SyntheticMarts(
         as_of=as_of,

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from fixtures_marts import SyntheticMarts, isolated_settings, make_marts, write_marts
 
+from riskloop.core import windows
 from riskloop.core.config import Settings
 from riskloop.features.amount_features import FEATURES as AMOUNT_FEATURES
 from riskloop.features.amount_features import SOURCE_FIELDS as AMOUNT_SOURCES
@@ -46,7 +47,7 @@ def test_apply_registers_the_promised_names_and_is_idempotent(applied: tuple[Set
     assert {e.name for e in store.list_entities()} >= {"customer", "terminal", "application", "card"}
     assert {fs.name for fs in store.list_feature_services()} == {"fraud_model_v1", "credit_model_v1"}
     assert {p.name for p in store.get_feature_service("fraud_model_v1").feature_view_projections} == {
-        "customer_spending", "terminal_risk", "customer_amount_ratios"}
+        "customer_spending", "terminal_risk", "customer_amount_ratios", "card_realtime", "customer_realtime"}
     assert [v.name for v in store.list_on_demand_feature_views()] == ["customer_amount_ratios"]
 
 
@@ -69,11 +70,19 @@ def test_materialize_then_online_features_are_the_latest(applied: tuple[Settings
     customers, terminals = sorted(latest_c.index)[:5], sorted(latest_t.index)[:5]
 
     amounts = [12.5, 0.0, 80.0, 300.0, 1.25]  # the payment being scored: the on-demand view reads it
+    card_of = marts.fct_transactions.drop_duplicates("customer_id").set_index("customer_id")["card_token"]
+    cards = list(card_of.loc[customers])  # one card per customer in the synthetic marts
     online = store.get_online_features(
         features=store.get_feature_service("fraud_model_v1"),
-        entity_rows=[{"customer_id": c, "terminal_id": t, "amount": a}
-                     for c, t, a in zip(customers, terminals, amounts)],
+        entity_rows=[{"customer_id": c, "terminal_id": t, "card_token": k, "amount": a}
+                     for c, t, k, a in zip(customers, terminals, cards, amounts)],
     ).to_df()
+    # the stream-fed views are materialized from their marts too: the card's latest windows
+    card_windows = marts.card_realtime_windows.sort_values("event_timestamp", kind="mergesort")
+    latest_k = card_windows.groupby("card_token").tail(1).set_index("card_token")
+    card_features = windows.feature_names(windows.entity("card"))
+    pd.testing.assert_frame_equal(online[card_features].reset_index(drop=True).astype(float),
+                                  latest_k.loc[cards, card_features].reset_index(drop=True).astype(float))
     pd.testing.assert_frame_equal(
         online[CUSTOMER_FEATURES].reset_index(drop=True).astype(float),
         latest_c.loc[customers, CUSTOMER_FEATURES].reset_index(drop=True).astype(float))
@@ -99,6 +108,8 @@ def test_historical_features_are_point_in_time_correct(applied: tuple[Settings, 
         event_timestamp=probes["event_timestamp"] - pd.Timedelta(seconds=1), probe="before")
     at = probes[["customer_id", "event_timestamp"]].assign(probe="at")
     entity_df = pd.concat([before, at], ignore_index=True).assign(terminal_id="t0000")
+    entity_df["card_token"] = entity_df["customer_id"].map(
+        marts.fct_transactions.drop_duplicates("customer_id").set_index("customer_id")["card_token"])
     entity_df["amount"] = 10.0 + 7.0 * entity_df.index.to_numpy()  # the payment's own amount (on-demand view)
     got = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service("fraud_model_v1")).to_df()
     got["event_timestamp"] = pd.to_datetime(got["event_timestamp"], utc=True)
@@ -116,6 +127,17 @@ def test_historical_features_are_point_in_time_correct(applied: tuple[Settings, 
     ratios = amount_ratios({"amount": merged["amount"], **{f: merged[f"{f}_expected"] for f in AMOUNT_SOURCES}})
     for col in AMOUNT_FEATURES:
         assert merged[col].notna().all() and np.allclose(merged[col], ratios[col], rtol=0, atol=1e-12), col
+    # The card's real-time windows: its latest row at or before the entity time, within the view's 24 h TTL.
+    card_features = windows.feature_names(windows.entity("card"))
+    windows_at = pd.merge_asof(
+        entity_df.sort_values("event_timestamp"), marts.card_realtime_windows.sort_values("event_timestamp"),
+        on="event_timestamp", by="card_token", direction="backward", allow_exact_matches=True,
+        tolerance=pd.Timedelta(hours=24))
+    merged_k = got.merge(windows_at, on=[*key, "probe"], suffixes=("", "_expected"))
+    assert merged_k[f"{card_features[0]}_expected"].notna().sum() >= 10  # the "at" probes at least
+    for col in card_features:
+        pd.testing.assert_series_equal(merged_k[col].astype(float), merged_k[f"{col}_expected"].astype(float),
+                                       check_names=False)
     # A row stamped after the entity timestamp is never used: "before" never sees the probe row's count.
     probe_counts = probes.set_index("customer_id")["customer_nb_tx_30d"]
     early = merged[merged["probe"] == "before"].set_index("customer_id")

@@ -138,3 +138,51 @@ def test_decisions_see_what_training_sees(env: Env) -> None:
     assert code == 1 and out["compared"] == report.compared
     assert [(m["decision_id"], m["feature"], m["kind"], m["online"]["value"], m["offline"]["value"])
             for m in out["mismatches"]] == [(decided[0]["decision_id"], "card_tx_count_10m", "value", 5, 6)]
+
+
+def test_materialize_fills_files_only_keys_and_never_rewinds_the_stream(env: Env) -> None:
+    """The stream-fed views are materialized from their marts too (payments known only from files),
+    and their online tables keep the newest row whoever writes: a batch built before the latest live
+    payment, or any older write, leaves the stream's row in place."""
+    import pandas as pd
+
+    from riskloop.core import windows
+    from riskloop.data.transform import run_dbt
+    from riskloop.features import store as features
+    from riskloop.features.stream import StreamConsumer
+    from tests.test_realtime import online
+
+    card = windows.entity("card")
+    names = windows.feature_names(card)
+    run = f"mz{int(time.time())}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    live = event(f"{run}live", "standard", now - timedelta(minutes=1), "L", "cl", 4_200)
+    with StreamConsumer(env.settings, store=env.store) as consumer:
+        post(env, live)  # type: ignore[arg-type]
+        consumer.run_once()
+    live_card, files_card = live["card_token"], f"{run}_F"
+    stream_row = online(env, card, [live_card])[live_card]  # type: ignore[arg-type]
+    assert stream_row["card_tx_count_10m"] == 1 and stream_row[windows.TIMESTAMP_FIELD] == now - timedelta(minutes=1)
+
+    # the mart as a batch built before the live payment would have it, plus a card known only from files
+    run_dbt(env.settings, ["build", "--select", "+card_realtime_windows"])
+    with psycopg.connect(dsn(env.settings)) as conn:
+        with conn.cursor().copy(f"copy marts.{windows.mart_name(card)} (card_token, event_timestamp, "
+                                f"{', '.join(names)}) from stdin") as copy:
+            copy.write_row([live_card, now - timedelta(minutes=30), *[7] * len(names)])
+            copy.write_row([files_card, now - timedelta(minutes=5), *range(1, len(names) + 1)])
+    features.materialize(env.settings, now + timedelta(seconds=1), start=now - timedelta(hours=2),
+                         views=[windows.view_name(card)])
+    got = online(env, card, [live_card, files_card])  # type: ignore[arg-type]
+    assert got[live_card] == stream_row
+    assert got[files_card] == {**dict(zip(names, range(1, len(names) + 1), strict=True)),
+                               windows.TIMESTAMP_FIELD: now - timedelta(minutes=5)}
+
+    def write(ts: datetime, value: int) -> None:
+        env.store.write_to_online_store(windows.view_name(card), pd.DataFrame(
+            {"card_token": [live_card], windows.TIMESTAMP_FIELD: [ts], **{n: [value] for n in names}}))
+
+    write(now - timedelta(minutes=2), 99)  # older than the stored row: dropped by the table's trigger
+    assert online(env, card, [live_card])[live_card] == stream_row  # type: ignore[arg-type]
+    write(now, 3)  # newer: lands
+    assert online(env, card, [live_card])[live_card]["card_tx_count_10m"] == 3  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,43 +122,88 @@ def apply(settings: Settings) -> None:
     repo = _load_definitions(settings.feature_repo, store.config.project)
     apply_total_with_repo_instance(store, store.config.project, store.registry, repo,
                                    skip_source_validation=False)
+    guard_newer_wins(settings, store)
     log.info("feast apply: %d feature views, %d services in %.1fs", len(repo.feature_views),
              len(repo.feature_services), time.perf_counter() - started)
 
 
-def materialize(settings: Settings, end: datetime | None = None, *, start: datetime | None = None) -> None:
-    """Load feature rows newer than the last materialization, up to ``end``, into the online store
-    (every online view but the stream's push-fed ones).
+NEWER_WINS = "riskloop_online_newer_wins"  # the trigger and its function, in the online database
+
+
+def _push_fed(store: "FeatureStore") -> list:
+    from feast.data_source import PushSource
+
+    return [fv for fv in store.list_feature_views() if fv.online and isinstance(fv.stream_source, PushSource)]
+
+
+def guard_newer_wins(settings: Settings, store: "FeatureStore") -> list[str]:
+    """Make the online rows of the stream-fed views keep the newest event time, whoever writes.
+
+    Two writers fill these views: the stream (``riskloop stream``: each key as of its latest live
+    payment) and :func:`materialize` (each key's latest mart row, which also holds the payments
+    known only from the day's files). Feast's online write overwrites unconditionally, so a batch
+    built before the latest live events would put older windows back. A row trigger on each table
+    drops an update whose ``event_ts`` is older than the stored one; the database enforces it, so it
+    holds for any writer (Feast's push and materialize, a direct writer) and any interleaving.
+    Idempotent (``create or replace``). Returns the guarded tables.
+    """
+    import psycopg
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    from riskloop.core.db import quote_ident
+
+    versioning = bool(getattr(store.config.registry, "enable_online_feature_view_versioning", False))
+    tables = [compute_table_id(store.config.project, fv, versioning) for fv in _push_fed(store)]
+    if not tables:
+        return []
+    statements = [f"""create or replace function {NEWER_WINS}() returns trigger language plpgsql as $$
+begin
+    return null;  -- the stored row is newer: keep it
+end $$"""]
+    statements += [f"create or replace trigger {NEWER_WINS} before update on {quote_ident(t)} for each row "
+                   f"when (new.event_ts < old.event_ts) execute function {NEWER_WINS}()" for t in tables]
+    with psycopg.connect(settings.pg.url(FEAST_DB, driver=""), autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
+    return tables
+
+
+def materialize(settings: Settings, end: datetime | None = None, *, start: datetime | None = None,
+                views: Sequence[str] | None = None) -> None:
+    """Load feature rows newer than the last materialization, up to ``end``, into the online store.
+
+    The stream-fed views are loaded too, from their marts (payments known only from files reach
+    the online store this way), under :func:`guard_newer_wins`: a key the stream has already
+    pushed further keeps the stream's row.
 
     Incremental: Feast keeps each view's materialized interval in the registry; a view's first
     run starts at ``end - ttl`` (Feast's own default, ``now - ttl``, is empty for past data).
     With ``start``: the whole range ``[start, end]`` whatever was materialized before (a reload,
     e.g. after the marts were rebuilt, or a registry shared with another run that went further).
+    ``views``: only these feature views (default: every online view).
     """
     end = end or datetime.now(timezone.utc)
     if end.tzinfo is None:
         raise ValueError("materialize needs a timezone-aware end")
     started = time.perf_counter()
     store = feature_store(settings)
-    from feast.data_source import PushSource
-
-    # Views fed by a push source are the stream's (riskloop.features.stream): it keeps their online rows
-    # current, and a batch run built before the latest events would overwrite them with older values.
-    views = [fv for fv in store.list_feature_views() if fv.online and not isinstance(fv.stream_source, PushSource)]
+    guard_newer_wins(settings, store)  # a deployment applied before the guard existed gets it here
+    names = None if views is None else set(views)
+    online = [fv for fv in store.list_feature_views() if fv.online and (names is None or fv.name in names)]
     if start is not None:
         if start.tzinfo is None:
             raise ValueError("materialize needs a timezone-aware start")
-        store.materialize(start_date=start, end_date=end, feature_views=[fv.name for fv in views])
+        store.materialize(start_date=start, end_date=end, feature_views=[fv.name for fv in online])
         log.info("feast materialize %s .. %s in %.1fs", start.isoformat(), end.isoformat(),
                  time.perf_counter() - started)
         return
-    for fv in views:
+    for fv in online:
         if fv.most_recent_end_time is None and fv.ttl:
             # Feast would start a first incremental run at now() - ttl, which loads nothing
             # for a replayed or simulated past; start at end - ttl instead.
             store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
-    if views:
-        store.materialize_incremental(end_date=end, feature_views=[fv.name for fv in views])
+    if online:
+        store.materialize_incremental(end_date=end, feature_views=[fv.name for fv in online])
     log.info("feast materialize-incremental to %s in %.1fs", end.isoformat(), time.perf_counter() - started)
 
 
