@@ -40,8 +40,9 @@ class ServingSettings(BaseSettings):
         "while a canary runs; false when `riskloop canary watch` runs elsewhere.")
     feature_service: str = Field(default="fraud_model_v1", description="Feast feature service of the fraud model.")
     fraud_policy: Path = Field(
-        default=POLICY_DIR / "fraud-v1.yaml",
-        description="Decision policy (thresholds and hard rules) of the fraud endpoint: a versioned file.")
+        default=POLICY_DIR / "fraud-v2.yaml",
+        description="Decision policy (thresholds and hard rules) of the fraud endpoint: a versioned file "
+        "(serving/policies/fraud-v<N>.yaml; an older version stays loadable for replays and by setting this).")
     credit_policy: Path = Field(default=POLICY_DIR / "credit-v1.yaml", description="Policy of the credit endpoint.")
     credit_model_alias: str = Field(default="champion", description="Registry alias of the credit model served.")
     credit_feature_service: str = Field(default="credit_model_v1", description="Feast service of the credit model.")
@@ -54,6 +55,12 @@ class ServingSettings(BaseSettings):
         default=1.0, ge=0.0, description="How often each serving process reads the (customer, device) pairs "
         "allowed by any process since its last read (serving.known_devices): with several workers or replicas a "
         "device allowed by one is known to the others within about this. 0 = never (this process's own only).")
+    card_location_poll_s: float = Field(
+        default=1.0, ge=0.0, description="How often each serving process reads the card sightings (country, time) "
+        "logged by any process since its last read (serving.card_locations), for the impossible-travel rule: with "
+        "several workers or replicas a payment scored by one is compared against by the others within about this "
+        "(until then the rule can miss that pair, never invent one). 0 = never (this process's own only). Unused "
+        "when the policy has no impossible_travel rule.")
     metrics_dir: str | None = Field(
         default=None, description="Set by `riskloop serve --workers N` (N > 1), with prometheus_client's own "
         "PROMETHEUS_MULTIPROC_DIR to the same directory: /metrics then merges every worker's values from there. "

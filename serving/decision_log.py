@@ -24,7 +24,8 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb, set_json_dumps
 
-from riskloop.decisions.log import COLUMNS, DEVICES_TABLE, JSON_COLUMNS, OPTIONAL_COLUMNS, TABLE
+from riskloop.decisions.log import CARD_LOCATIONS_TABLE, COLUMNS, DEVICES_TABLE, JSON_COLUMNS, OPTIONAL_COLUMNS, TABLE
+from serving.travel import latest_per_card
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,12 @@ INSERT = (f"insert into {TABLE} ({', '.join(COLUMNS)}) values ({', '.join(['%s']
 COPY = f"copy {TABLE} ({', '.join(COLUMNS)}) from stdin"
 INSERT_DEVICES = (f"insert into {DEVICES_TABLE} (customer_id, device_id) "
                   "select * from unnest(%s::text[], %s::text[]) on conflict do nothing")
+# One row per card (latest_per_card): an upsert may not touch a row twice in one statement.
+UPSERT_CARD_LOCATIONS = (
+    f"insert into {CARD_LOCATIONS_TABLE} as t (card_token, country, seen_at) "
+    "select * from unnest(%s::text[], %s::text[], %s::timestamptz[]) on conflict (card_token) do update "
+    "set country = excluded.country, seen_at = excluded.seen_at, updated_at = clock_timestamp() "
+    "where excluded.seen_at >= t.seen_at")
 
 
 def _dumps(obj: Any) -> bytes:
@@ -59,26 +66,39 @@ def allowed_devices(batch: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return customers, devices
 
 
+def card_sightings(batch: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:
+    """The newest (card, country, time) of each card among the batch's fraud payments, as three columns."""
+    latest = latest_per_card(r["request"] for r in batch if r.get("product", "fraud") == "fraud" and r.get("request"))
+    return list(latest), [s.country for s in latest.values()], [s.at.isoformat() for s in latest.values()]
+
+
 def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]]) -> None:
     """Commit ``batch``: one ``COPY`` (a few round trips for the whole batch, no per-row statement),
     or, when some rows are already there (a retried batch whose first commit did land, which only
     the unique key can tell), row by row with ``ON CONFLICT DO NOTHING`` so the retry is harmless.
-    The batch's allowed devices go to :data:`DEVICES_TABLE` in the same transaction."""
+    The batch's allowed devices go to :data:`DEVICES_TABLE` and its cards' newest sightings to
+    :data:`CARD_LOCATIONS_TABLE` in the same transaction."""
     params = [_params(r) for r in batch]
     customers, devices = allowed_devices(batch)
+    cards = card_sightings(batch)
+
+    def side_tables(cur: psycopg.Cursor) -> None:
+        if customers:
+            cur.execute(INSERT_DEVICES, (customers, devices))
+        if cards[0]:
+            cur.execute(UPSERT_CARD_LOCATIONS, cards)
+
     try:
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy(COPY) as copy:
                 for p in params:
                     copy.write_row(p)
-            if customers:
-                cur.execute(INSERT_DEVICES, (customers, devices))
+            side_tables(cur)
     except psycopg.errors.UniqueViolation:
         log.info("decision log batch of %d rows partly written before: inserting the rest", len(batch))
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(INSERT, params)
-            if customers:
-                cur.execute(INSERT_DEVICES, (customers, devices))
+            side_tables(cur)
 
 
 class LogBackpressure(RuntimeError):

@@ -14,7 +14,7 @@ from riskloop.core.config import Settings
 
 PLATFORM_TABLES = ("monitoring.alert_state", "monitoring.alert_events", "monitoring.drift_reports",
                    "governance.model_approvals", "governance.promotion_decisions", "governance.canary_state",
-                   "serving.decision_log", "serving.known_devices", "serving.decision_overrides",
+                   "serving.decision_log", "serving.known_devices", "serving.card_locations", "serving.decision_overrides",
                    "raw.webhook_inbox", "raw.contract_runs", "realtime.payment_events", "realtime.stream_offsets")
 APPEND_ONLY = ("monitoring.alert_events", "governance.model_approvals", "governance.promotion_decisions",
                "governance.canary_state", "serving.decision_log", "serving.decision_overrides")

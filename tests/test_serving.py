@@ -139,7 +139,7 @@ def test_score_contract(client: TestClient, stack: Stack) -> None:
     body = r.json()
     assert set(body) == {"decision_id", "decision", "score", "model", "reasons", "rules", "degraded",
                          "policy_version"}
-    assert body["policy_version"] == "fraud-v1"
+    assert body["policy_version"] == "fraud-v2"
     assert body["decision"] in DECISIONS
     assert isinstance(body["score"], float) and 0.0 <= body["score"] <= 1.0
     assert body["model"] == {"name": stack.settings.fraud_model_name, "version": stack.model_version,

@@ -111,13 +111,15 @@ def _logged(settings: Any, decision_id: str) -> dict[str, Any]:
 
 
 def test_policy_version_and_rules_in_response_and_log(client: TestClient, settings: Any) -> None:
-    r = client.post("/v1/score/fraud", json={**BODY, "country": "IR", "ip": "2001:db8::1", "device_id": "dev-1"})
+    card = f"tok-{uuid.uuid4().hex[:8]}"  # never seen: no previous country, so no travel signals
+    r = client.post("/v1/score/fraud", json={**BODY, "card_token": card, "country": "IR", "ip": "2001:db8::1",
+                                             "device_id": "dev-1"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["decision"] == "deny" and body["rules"] == ["SANCTIONED_COUNTRY"]
-    assert body["policy_version"] == "fraud-v1" and body["degraded"] is True
+    assert body["policy_version"] == "fraud-v2" and body["degraded"] is True  # new deploys run the newest
     row = _logged(settings, body["decision_id"])
-    assert row["policy_version"] == "fraud-v1" and row["product"] == "fraud"
+    assert row["policy_version"] == "fraud-v2" and row["product"] == "fraud"
     assert row["rules"] == ["SANCTIONED_COUNTRY"] and row["decision"] == "deny"
     assert row["request"]["ip"] == "2001:db8::1" and row["request"]["device_id"] == "dev-1"
     assert row["signals"] == {"device_known": False}

@@ -11,6 +11,7 @@ import psycopg
 SCHEMA = "serving"
 TABLE = f"{SCHEMA}.decision_log"
 DEVICES_TABLE = f"{SCHEMA}.known_devices"
+CARD_LOCATIONS_TABLE = f"{SCHEMA}.card_locations"
 COLUMNS = ("decision_id", "request_id", "decided_at", "model_name", "model_version", "model_alias", "score",
            "decision", "reasons", "rules", "features", "feature_timestamps", "request", "latency_ms", "degraded",
            "product", "policy_version", "signals", "serving_mode", "shadow")
