@@ -23,6 +23,7 @@ from riskloop.core.db import dsn
 from riskloop.decisions import log as decision_log
 from riskloop.decisions import overrides
 from serving.auth import Principal, require
+from serving.policy import PolicyError, policy_by_id
 from serving.schemas import DecisionRecord, Override, OverrideRequest
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,24 @@ def _fetch_committed(request: Request, conn: psycopg.Connection, decision_id: st
         time.sleep(0.02)
 
 
+def rule_reasons(row: dict[str, Any]) -> list[dict[str, str]]:
+    """What the reviewer reads about the rules that fired, from the policy version the row names."""
+    if not row.get("rules"):
+        return []
+    try:
+        policy = policy_by_id(row["policy_version"]) if row.get("policy_version") else None
+    except PolicyError as exc:
+        log.warning("decision %s: %s", row.get("decision_id"), exc)
+        policy = None
+    if policy is None:
+        return [{"id": r, "action": "", "description": ""} for r in row["rules"]]
+    return policy.explain(row["rules"], row.get("request") or {}, row.get("features") or {},
+                          row.get("signals") or {}, row.get("feature_timestamps") or {})
+
+
 def _record(row: dict[str, Any], ovs: list[dict[str, Any]], persisted: bool) -> DecisionRecord:
-    return DecisionRecord(**row, persisted=persisted, overrides=[Override(**o) for o in ovs],
+    return DecisionRecord(**row, rule_reasons=rule_reasons(row), persisted=persisted,
+                          overrides=[Override(**o) for o in ovs],
                           effective_decision=ovs[-1]["decision"] if ovs else row["decision"])
 
 

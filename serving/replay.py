@@ -1,7 +1,8 @@
 """Recompute a logged decision from the log and the registry, and say whether it matches.
 
 Everything a decision depended on is in its ``serving.decision_log`` row: the exact feature
-vector scored, the request (for the rules), the stateful rule inputs (``signals``), the model
+vector scored, the request (for the rules), the stateful rule inputs (``signals``), the event
+time of each feature view's values (``feature_timestamps``, for rules with ``max_age_s``), the model
 name and version, and the policy version. Replay reloads *that* model version from MLflow (not
 whatever the alias points at today) and *that* policy file (``serving/policies/<id>.yaml``), and
 recomputes score, reasons, rules and decision. A mismatch means the record cannot explain the
@@ -72,7 +73,7 @@ def replay(settings: Settings, decision_id: str, max_reasons: int = 4) -> Replay
     logged = {k: row[k] for k in ("score", "decision", "rules", "reasons")}
 
     if row["score"] is None:  # decided without the model (degraded): the rules alone
-        decision, rules = policy.decide(None, row["request"], features, row["signals"])
+        decision, rules = policy.decide(None, row["request"], features, row["signals"], row["feature_timestamps"])
         replayed: dict[str, Any] = {"score": None, "decision": decision, "rules": rules, "reasons": []}
     else:
         try:
@@ -90,7 +91,7 @@ def replay(settings: Settings, decision_id: str, max_reasons: int = 4) -> Replay
                            dtype=np.float64)
             score, contribs = model.predict(x)
             reasons = top_reasons(list(model.features), x[0], contribs, max_reasons)
-            decision, rules = policy.decide(score, row["request"], features, row["signals"])
+            decision, rules = policy.decide(score, row["request"], features, row["signals"], row["feature_timestamps"])
         replayed = {"score": score, "decision": decision, "rules": rules, "reasons": reasons}
 
     mismatches = []

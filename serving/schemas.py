@@ -103,6 +103,9 @@ class DecisionRecord(BaseModel):
     decision: Decision | CreditDecision
     reasons: list[dict]
     rules: list[str]
+    rule_reasons: list[dict] = Field(
+        default_factory=list, description="For each rule that fired: id, action and the policy's description of it "
+        "with the values it fired on (e.g. the two countries and the speed of an impossible travel).")
     features: dict
     feature_timestamps: dict
     request: dict
