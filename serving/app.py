@@ -65,6 +65,7 @@ from serving.schemas import (
     LoadedModelInfo,
     ModelInfo,
 )
+from serving.travel import CardLocations, horizon_h
 from serving.webhooks import WebhookFastPath
 from serving.webhooks import build_router as webhooks_router
 
@@ -217,6 +218,11 @@ def _refresh_devices(st: Any) -> int:
     return _on_poll_conn(st, st.devices.refresh)
 
 
+def _refresh_cards(st: Any) -> int:
+    """Card sightings logged by any process since the last refresh (serving.travel)."""
+    return _on_poll_conn(st, st.cards.refresh)
+
+
 def watch_lock_key(model_name: str) -> str:
     """The text whose hash is the advisory-lock key of the model's canary watcher."""
     return f"riskloop canary watcher {model_name}"
@@ -331,9 +337,10 @@ async def _poll(app: FastAPI) -> None:
 
     st = app.state
     cfg: ServingSettings = st.cfg
-    periods = (cfg.model_poll_s, cfg.canary_poll_s, cfg.known_device_poll_s)
+    card_poll_s = cfg.card_location_poll_s if st.cards is not None else 0.0
+    periods = (cfg.model_poll_s, cfg.canary_poll_s, cfg.known_device_poll_s, card_poll_s)
     tick = min(p for p in periods if p > 0)
-    next_canary = next_devices = time.monotonic()
+    next_canary = next_devices = next_cards = time.monotonic()
     next_alias = next_canary + cfg.model_poll_s
     while True:
         await asyncio.sleep(tick)
@@ -349,6 +356,12 @@ async def _poll(app: FastAPI) -> None:
                 await run_in_threadpool(_refresh_devices, st)
             except Exception as exc:  # noqa: BLE001 - this process's own devices still count
                 log.warning("known-device refresh failed: %s", exc)
+        if card_poll_s > 0 and time.monotonic() >= next_cards:
+            next_cards = time.monotonic() + card_poll_s
+            try:
+                await run_in_threadpool(_refresh_cards, st)
+            except Exception as exc:  # noqa: BLE001 - this process's own sightings still count
+                log.warning("card location refresh failed: %s", exc)
         if cfg.model_poll_s > 0 and time.monotonic() >= next_alias:
             next_alias = time.monotonic() + cfg.model_poll_s
             await _refresh_champion(app)
@@ -404,6 +417,8 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
             raise HTTPException(422, detail={"error": "invalid_pan", "detail": str(exc)}) from None
         req.update(pan_token=card.token, card_bin=card.bin, card_last4=card.last4)
     signals = {"device_known": st.devices.known(body.customer_id, body.device_id)}
+    if st.cards is not None:  # the policy has an impossible_travel rule
+        signals.update(st.cards.signals(body.card_token, body.country, ts))
 
     score: float | None = None
     reasons: list[dict] = []
@@ -460,7 +475,7 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
         if mode == "shadow" and other is not None:
             shadow = _shadow_score(other, vector_of, st.metrics)
 
-    decision, rules = policy.decide(score, req, features, signals)
+    decision, rules = policy.decide(score, req, features, signals, stamps)
 
     decision_id = uuid.uuid4()
     model_name = model.name if model else st.settings.fraud_model_name
@@ -479,6 +494,8 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
     await record_or_refuse_async(st.writer, row)
     if decision == "allow":  # only once logged: the warm-up after a restart reads the same fact
         st.devices.add(body.customer_id, body.device_id)
+    if st.cards is not None:
+        st.cards.observe(req)
     if st.metrics:
         st.metrics.decided(decision, degraded, model_alias, model_version, latency_ms / 1000.0)
     # Validated once here and encoded by pydantic-core; the route returns these bytes as a
@@ -521,6 +538,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st = app.state
         st.settings, st.cfg, st.keys, st.fraud_policy = settings, cfg, keys, fraud_policy
         st.devices = KnownDevices()
+        horizon = horizon_h(fraud_policy)
+        st.cards = CardLocations(horizon) if horizon is not None else None
         try:
             st.pan = tokenizer(settings)
         except PanKeyMissing as exc:  # requests carrying a PAN get a 503; others are scored
@@ -544,6 +563,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                 behind = migrations.pending_on(conn, settings)
                 if behind is None:
                     st.devices.warm(conn, cfg.known_device_lookback_days)
+                    if st.cards is not None:
+                        st.cards.warm(conn)
             if behind is not None:
                 log.error("%s; /readyz says 503 until it is", behind)
         except psycopg.Error as exc:  # the writer retries on connect; /readyz says 503 meanwhile
@@ -580,7 +601,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             await _refresh_challenger(app)
         _set_route(st, st.route)
         await st.online.connect()
-        polled = (cfg.model_poll_s, cfg.canary_poll_s, cfg.known_device_poll_s)
+        polled = (cfg.model_poll_s, cfg.canary_poll_s, cfg.known_device_poll_s,
+                  cfg.card_location_poll_s if st.cards is not None else 0.0)
         poller = asyncio.create_task(_poll(app)) if any(p > 0 for p in polled) else None
         try:
             yield

@@ -35,7 +35,7 @@ import math
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ def horizon_h(policy: Policy) -> float | None:
 @dataclass(frozen=True)
 class Sighting:
     country: str
-    at: datetime  # the payment's own timestamp (event time), timezone-aware
+    at: datetime  # the payment's own timestamp (event time), in UTC
 
 
 def sighting(request: Mapping[str, Any]) -> tuple[str, Sighting] | None:
@@ -102,7 +102,7 @@ def sighting(request: Mapping[str, Any]) -> tuple[str, Sighting] | None:
     if not (country and card and ts):
         return None
     at = ts if isinstance(ts, datetime) else datetime.fromisoformat(ts)
-    return card, Sighting(country, at)
+    return card, Sighting(country, at.astimezone(UTC))
 
 
 def latest_per_card(requests: Iterable[Mapping[str, Any]]) -> dict[str, Sighting]:
@@ -144,7 +144,7 @@ class CardLocations:
         """Load the sightings of the last ``horizon_h``; later ones come from :meth:`refresh`."""
         self._seen_until = conn.execute("select clock_timestamp()").fetchone()[0]
         rows = conn.execute(WARM_SQL, (self.horizon_h * 3600.0, self._max)).fetchall()
-        self._merge((card, Sighting(country, at)) for card, country, at in rows)
+        self._merge((card, Sighting(country, at.astimezone(UTC))) for card, country, at in rows)
         log.info("card locations warmed from %s: %d cards", CARD_LOCATIONS_TABLE, len(rows))
         return len(rows)
 
@@ -154,7 +154,7 @@ class CardLocations:
             self._seen_until = conn.execute("select clock_timestamp()").fetchone()[0] - REFRESH_OVERLAP
         rows = conn.execute(REFRESH_SQL, (self._seen_until - REFRESH_OVERLAP,)).fetchall()
         if rows:
-            self._merge((card, Sighting(country, at)) for card, country, at, _ in rows)
+            self._merge((card, Sighting(country, at.astimezone(UTC))) for card, country, at, _ in rows)
             self._seen_until = max(self._seen_until, max(r[3] for r in rows))
         return len(rows)
 
