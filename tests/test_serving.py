@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -836,3 +836,53 @@ def _known_pair(settings: Settings, customer: str, device: str) -> bool:
     with psycopg.connect(dsn(settings)) as conn:
         return conn.execute("select 1 from serving.known_devices where customer_id = %s and device_id = %s",
                             (customer, device)).fetchone() is not None
+
+
+def test_velocity_rule_reads_the_streams_windows(client: TestClient, stack: Stack) -> None:
+    """N+1 payments of one card in 10 minutes: N signed webhooks through the receiver and the stream
+    consumer reach the online store, and the (N+1)th payment, scored, is reviewed by
+    CARD_VELOCITY_10M (fraud-v2: more than 5 in 10 minutes); a card with one payment fewer, or whose
+    burst ended 20 minutes ago, is not. The window values are logged and the decisions replay."""
+    import base64
+
+    from riskloop.core.signatures import WebhookSettings, signed_headers
+    from riskloop.features.stream import StreamConsumer
+    from riskloop.simulator.webhooks import standard_body
+    from serving.replay import replay
+    from serving.webhooks import create_webhook_app
+
+    secret = "whsec_" + base64.b64encode(b"riskloop-velocity-test-key-32by!").decode()
+    run = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC).replace(microsecond=0)
+    bursts = {"burst": (5, timedelta(0)), "fewer": (4, timedelta(0)), "over": (5, timedelta(minutes=20))}
+    receiver = create_webhook_app(stack.settings, WebhookSettings(secrets_standard=secret))
+    with TestClient(receiver) as hooks:
+        for card, (n, ago) in bursts.items():
+            for i in range(n):  # one payment every 2 minutes, the latest 1 minute before the scored one
+                ev = {"event_id": f"vel_{run}_{card}_{i}", "event_type": "payment.authorized",
+                      "occurred_at": now - ago - timedelta(minutes=1 + 2 * i), "payment_id": f"pay_{run}_{card}_{i}",
+                      "card_token": f"tok_{run}_{card}", "customer_id": f"C_{run}_{card}", "terminal_id": "T1",
+                      "amount_minor": 1_500, "currency": "EUR", "dispute_id": None}
+                body = standard_body(ev)
+                r = hooks.post("/webhooks/standard", content=body,
+                               headers=signed_headers("standard", body, secret, int(time.time())))
+                assert r.status_code == 200, r.text
+    with StreamConsumer(stack.settings, name=f"velocity-{run}", store=stack.store()) as consumer:
+        assert consumer.run_once().payments >= sum(n for n, _ in bursts.values())
+
+    out = {card: client.post("/v1/score/fraud", json=_request(
+        stack, card_token=f"tok_{run}_{card}", timestamp=now.isoformat())).json() for card in bursts}
+    assert "CARD_VELOCITY_10M" in out["burst"]["rules"] and out["burst"]["decision"] in ("review", "deny")
+    assert "CARD_VELOCITY_10M" not in out["fewer"]["rules"] and "CARD_VELOCITY_10M" not in out["over"]["rules"]
+    row = _wait_logged(stack.settings, out["burst"]["decision_id"])
+    assert row["policy_version"] == "fraud-v2" and row["features"]["card_tx_count_10m"] == 5
+    assert datetime.fromisoformat(row["feature_timestamps"]["card_realtime"]) == now - timedelta(minutes=1)
+    assert _wait_logged(stack.settings, out["over"]["decision_id"])["features"]["card_tx_count_10m"] == 5  # stale
+    reason = client.get(f"/v1/decisions/{out['burst']['decision_id']}").json()["rule_reasons"]
+    assert [r["id"] for r in reason] == out["burst"]["rules"]
+    assert next(r for r in reason if r["id"] == "CARD_VELOCITY_10M")["description"].startswith(
+        "Card burst: 5 earlier payments of this card within 10 minutes of its latest one, 60 s before this payment")
+    for decision in out.values():
+        _wait_logged(stack.settings, decision["decision_id"])
+        result = replay(stack.settings, decision["decision_id"])
+        assert result.matches, result.mismatches
