@@ -68,8 +68,7 @@ def allowed_devices(batch: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 def card_sightings(batch: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:
     """The newest (card, country, time) of each card among the batch's fraud payments, as three columns."""
-    latest = latest_per_card(r["request"] for r in batch if r.get("product", "fraud") == "fraud" and r.get("request"))
-    return list(latest), [s.country for s in latest.values()], [s.at.isoformat() for s in latest.values()]
+    return latest_per_card(r["request"] for r in batch if r.get("product", "fraud") == "fraud" and r.get("request"))
 
 
 def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]]) -> None:

@@ -52,19 +52,24 @@ DESCRIPTION_FIELDS = frozenset({
     "previous_country", "previous_at", "distance_km", "elapsed_h", "elapsed_min", "speed_kmh", "age_s"})
 
 
+_REALTIME_VIEWS = {f: windows.view_name(e) for e in windows.ENTITIES for f in windows.feature_names(e)}
+
+
 def realtime_view(feature: str) -> str | None:
     """The real-time feature view (riskloop.core.windows) a feature belongs to, if it is a window."""
-    for e in windows.ENTITIES:
-        if feature in windows.feature_names(e):
-            return windows.view_name(e)
-    return None
+    return _REALTIME_VIEWS.get(feature)
+
+
+@lru_cache(maxsize=1024)  # one decision asks for the same two or three times once per rule
+def _parse_time(ts: str) -> datetime:
+    return datetime.fromisoformat(ts)
 
 
 def _seconds_between(earlier: str | datetime | None, later: str | datetime | None) -> float | None:
     if earlier is None or later is None:
         return None
-    a = earlier if isinstance(earlier, datetime) else datetime.fromisoformat(earlier)
-    b = later if isinstance(later, datetime) else datetime.fromisoformat(later)
+    a = earlier if isinstance(earlier, datetime) else _parse_time(earlier)
+    b = later if isinstance(later, datetime) else _parse_time(later)
     return (b - a).total_seconds()
 
 

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,14 @@ REFRESH_SQL = f"select card_token, country, seen_at, updated_at from {CARD_LOCAT
 REFRESH_OVERLAP = timedelta(seconds=5)
 
 
-@lru_cache(maxsize=1)
+@cache
 def centroids() -> dict[str, tuple[float, float]]:
     """ISO 3166-1 alpha-2 code → (latitude, longitude) in degrees."""
     with CENTROIDS_CSV.open(newline="", encoding="utf-8") as f:
         return {r["country"]: (float(r["lat"]), float(r["lon"])) for r in csv.DictReader(f)}
 
 
+@lru_cache(maxsize=65_536)  # at most 250² country pairs
 def distance_km(a: str, b: str) -> float | None:
     """Great-circle (haversine) distance between two countries' centroids; None if either is unknown."""
     table = centroids()
@@ -101,18 +102,28 @@ def sighting(request: Mapping[str, Any]) -> tuple[str, Sighting] | None:
     country, card, ts = request.get("country"), request.get("card_token"), request.get("timestamp")
     if not (country and card and ts):
         return None
-    at = ts if isinstance(ts, datetime) else datetime.fromisoformat(ts)
-    return card, Sighting(country, at.astimezone(UTC))
+    return card, Sighting(country, _utc(ts))
 
 
-def latest_per_card(requests: Iterable[Mapping[str, Any]]) -> dict[str, Sighting]:
-    """The newest sighting per card among ``requests`` (the writer upserts one row per card)."""
-    out: dict[str, Sighting] = {}
+def latest_per_card(requests: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[str], list[str]]:
+    """The newest sighting per card among ``requests`` as three columns (card, country, ISO time),
+    for the writer's upsert (one row per card: an upsert may not touch a row twice). It runs on the
+    writer thread, which holds the GIL the serving loop needs, so a time is parsed only when a card
+    comes twice in one batch (Postgres parses the rest)."""
+    latest: dict[str, tuple[str, Any]] = {}
     for req in requests:
-        s = sighting(req)
-        if s is not None and (s[0] not in out or s[1].at >= out[s[0]].at):
-            out[s[0]] = s[1]
-    return out
+        card, country, ts = req.get("card_token"), req.get("country"), req.get("timestamp")
+        if not (card and country and ts):
+            continue
+        old = latest.get(card)
+        if old is None or _utc(ts) >= _utc(old[1]):
+            latest[card] = (country, ts)
+    return (list(latest), [c for c, _ in latest.values()],
+            [ts if isinstance(ts, str) else ts.isoformat() for _, ts in latest.values()])
+
+
+def _utc(ts: str | datetime) -> datetime:
+    return (ts if isinstance(ts, datetime) else datetime.fromisoformat(ts)).astimezone(UTC)
 
 
 def travel_signals(previous: Sighting | None, country: str | None, at: datetime) -> dict[str, Any]:
