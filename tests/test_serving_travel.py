@@ -72,6 +72,21 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
     return out
 
 
+def test_the_writer_keeps_each_cards_newest_sighting() -> None:
+    """One row per card per batch (an upsert may not touch a row twice), the newest by the payment's
+    own time whatever its offset; credit rows and payments without a country are no sighting."""
+    from serving.decision_log import card_sightings
+
+    def row(card: str, country: str | None, ts: str, product: str = "fraud") -> dict[str, Any]:
+        return {"product": product, "decision": "review",
+                "request": {"card_token": card, "country": country, "timestamp": ts}}
+
+    batch = [row("a", "JP", "2026-12-07T09:00:00Z"), row("a", "FR", "2026-12-07T10:30:00+02:00"),  # 08:30 UTC
+             row("b", None, "2026-12-07T09:00:00Z"), row("c", "DE", "2026-12-07T09:00:00Z", product="credit"),
+             row("d", "BR", "2026-12-07T08:00:00Z"), row("d", "AR", "2026-12-07T08:00:00Z")]
+    assert card_sightings(batch) == (["a", "d"], ["JP", "AR"], ["2026-12-07T09:00:00Z", "2026-12-07T08:00:00Z"])
+
+
 def test_fr_then_jp_in_30_minutes_is_reviewed_and_replays(app: Callable[..., Any], settings: Any) -> None:
     from serving.replay import replay
 
