@@ -23,7 +23,7 @@ from riskloop.core.db import dsn
 from riskloop.decisions import log as decision_log
 from riskloop.decisions import overrides
 from serving.auth import Principal, require
-from serving.policy import PolicyError, policy_by_id
+from serving.policy import Policy, PolicyError, policy_by_id
 from serving.schemas import DecisionRecord, Override, OverrideRequest
 
 log = logging.getLogger(__name__)
@@ -50,23 +50,26 @@ def _fetch_committed(request: Request, conn: psycopg.Connection, decision_id: st
         time.sleep(0.02)
 
 
-def rule_reasons(row: dict[str, Any]) -> list[dict[str, str]]:
-    """What the reviewer reads about the rules that fired, from the policy version the row names."""
+def rule_reasons(row: dict[str, Any], serving: tuple[Policy, ...] = ()) -> list[dict[str, str]]:
+    """What the reviewer reads about the rules that fired, from the policy version the row names:
+    one this process serves (``serving``, wherever its file is), else ``serving/policies/<id>.yaml``."""
     if not row.get("rules"):
         return []
+    version = row.get("policy_version")
+    policy = next((p for p in serving if p.id == version), None)
     try:
-        policy = policy_by_id(row["policy_version"]) if row.get("policy_version") else None
+        policy = policy or (policy_by_id(version) if version else None)
     except PolicyError as exc:
         log.warning("decision %s: %s", row.get("decision_id"), exc)
-        policy = None
     if policy is None:
         return [{"id": r, "action": "", "description": ""} for r in row["rules"]]
     return policy.explain(row["rules"], row.get("request") or {}, row.get("features") or {},
                           row.get("signals") or {}, row.get("feature_timestamps") or {})
 
 
-def _record(row: dict[str, Any], ovs: list[dict[str, Any]], persisted: bool) -> DecisionRecord:
-    return DecisionRecord(**row, rule_reasons=rule_reasons(row), persisted=persisted,
+def _record(request: Request, row: dict[str, Any], ovs: list[dict[str, Any]], persisted: bool) -> DecisionRecord:
+    st = request.app.state
+    return DecisionRecord(**row, rule_reasons=rule_reasons(row, (st.fraud_policy, st.credit_policy)), persisted=persisted,
                           overrides=[Override(**o) for o in ovs],
                           effective_decision=ovs[-1]["decision"] if ovs else row["decision"])
 
@@ -76,7 +79,7 @@ def get_decision(decision_id: UUID, request: Request,
                  _: Principal = Depends(require("read_decision"))) -> DecisionRecord:
     queued = request.app.state.writer.pending(str(decision_id))
     if queued is not None:
-        return _record(queued, [], persisted=False)  # no override can exist before the row does
+        return _record(request, queued, [], persisted=False)  # no override can exist before the row does
     try:
         with _connect(request) as conn:
             row = _fetch_committed(request, conn, str(decision_id))
@@ -85,7 +88,7 @@ def get_decision(decision_id: UUID, request: Request,
         raise HTTPException(status_code=503, detail="decision log unreachable") from exc
     if row is None:
         raise HTTPException(status_code=404, detail=f"no decision {decision_id}")
-    return _record(row, ovs, persisted=True)
+    return _record(request, row, ovs, persisted=True)
 
 
 @router.post("/{decision_id}/override", response_model=Override, status_code=201)
