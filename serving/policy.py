@@ -47,7 +47,7 @@ RuleKind = Literal["amount_above", "country_in", "card_in", "terminal_in", "feat
 # The names a rule's description may use ({name} or {name:format}), all taken from the request, the
 # rule, the feature it reads and the signals (serving.travel); checked at load so a typo fails the deploy.
 DESCRIPTION_FIELDS = frozenset({
-    "id", "action", "feature", "value", "max", "amount_minor", "max_speed_kmh", "min_distance_km",
+    "id", "action", "feature", "value", "max", "amount_minor", "limit_minor", "max_speed_kmh", "min_distance_km",
     "country", "currency", "card_token", "customer_id", "terminal_id", "device_id",
     "previous_country", "previous_at", "distance_km", "elapsed_h", "elapsed_min", "speed_kmh", "age_s"})
 
@@ -173,7 +173,7 @@ class Rule(BaseModel):
         if signals.get("elapsed_h") is not None:
             values["elapsed_min"] = signals["elapsed_h"] * 60.0
         values.update(id=self.id, action=self.action, feature=self.feature, max=self.max,
-                      amount_minor=self.amount_minor if self.amount_minor is not None else request.get("amount_minor"),
+                      amount_minor=request.get("amount_minor"), limit_minor=self.amount_minor,
                       max_speed_kmh=self.max_speed_kmh, min_distance_km=self.min_distance_km,
                       value=features.get(self.feature) if self.feature else self.value,
                       age_s=self.age_s(request, stamps or {}) if self.max_age_s is not None else None)

@@ -175,6 +175,8 @@ def test_reasons_a_reviewer_reads() -> None:
     assert "? km apart" in p.explain(["IMPOSSIBLE_TRAVEL"], V2_BODY, {}, {})[0]["description"]
     assert p.explain(["NO_SUCH_RULE"], V2_BODY, {}, {}) == [{"id": "NO_SUCH_RULE", "action": "", "description": ""}]
     assert policy_by_id("fraud-v1").explain(["BLOCKED_CARD"], V2_BODY, {}, {})[0]["description"] == "BLOCKED_CARD"
+    assert p.explain(["HARD_AMOUNT_LIMIT"], {**V2_BODY, "amount_minor": 1_250_000}, {}, {})[0]["description"] == (
+        "Amount 1,250,000 (minor units of EUR) is over the hard limit of 1,000,000.")
 
 
 def test_credit_policy() -> None:
