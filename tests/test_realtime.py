@@ -222,12 +222,13 @@ def test_parse_payment_rejects_what_dbt_rejects() -> None:
     from riskloop.features.stream import parse_payment
 
     ok = b'{"id":"e","type":"payment.authorized","timestamp":"2026-01-02T03:04:05.678Z","data":' \
-         b'{"card_token":"k","customer_id":"c","amount_minor":1e2}}'
+         b'{"payment_id":"p","terminal_id":"t","card_token":"k","customer_id":"c","amount_minor":1e2}}'
     p = parse_payment("standard", "e", "payment.authorized", ok.decode())
-    assert p is not None and (p.amount_minor, p.card_token, p.occurred_at) == (
-        100, "k", datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
+    assert p is not None and (p.amount_minor, p.card_token, p.occurred_at, p.payment_id, p.terminal_id) == (
+        100, "k", datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC), "p", "t")
     for body in [ok.replace(b"1e2", b"1.5"), ok.replace(b"1e2", b"-1"), ok.replace(b"1e2", b'"100"'),
-                 ok.replace(b"1e2", b"true"), ok.replace(b"03:04", b"24:04"), ok.replace(b".678Z", b"")]:
+                 ok.replace(b"1e2", b"true"), ok.replace(b"03:04", b"24:04"), ok.replace(b".678Z", b""),
+                 ok.replace(b'"p"', b"7"), ok.replace(b'"p"', b'""')]:  # no payment id: no payment of the fact
         assert parse_payment("standard", "e", "payment.authorized", body.decode()) is None, body
     assert parse_payment("standard", "e", "payment.captured", ok.decode()) is None
     no_keys = parse_payment("standard", "e", "payment.authorized", ok.replace(b'"k"', b"1").decode())
