@@ -42,10 +42,13 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(stack_env: dict[str, str]) -> Iterator[Env]:
+    from riskloop.data.ingest import create_raw_tables
     from riskloop.features import store as features
     from serving.webhooks import create_webhook_app
 
     settings = isolated_settings("riskloop_t_realtime")
+    with psycopg.connect(dsn(settings)) as conn:  # the payment fact reads the landed files too (none here)
+        create_raw_tables(conn)
     cfg = WebhookSettings(secrets_stripe=STRIPE_SECRET, secrets_standard=STANDARD_SECRET)
     port = free_port()
     for _ in serve_in_thread(create_webhook_app(settings, cfg), port):
