@@ -349,7 +349,7 @@ class StreamConsumer:
                 p = parse_payment(processor, event_id, event_type, body)
                 if p is None:
                     result.skipped += 1
-                    log.warning("stream: inbox event %s/%s (%s) has no valid amount or time: not a payment",
+                    log.warning("stream: inbox event %s/%s (%s) has no payment id, valid amount or time: not a payment",
                                 processor, event_id, event_type)
                 else:
                     payments.append(p)
