@@ -28,7 +28,8 @@ that miss it, while the mart's row at that time counts it. Such a payment can re
 only through a materialisation of the views from the marts (``riskloop.features.store.materialize``
 leaves the push-fed views to the stream, so that an older batch row never overwrites a newer pushed
 one). A live payment that also arrives in a file counts once on both paths (the fact merges copies on
-the processor's event id).
+the processor's event id) with the live values, unless the file came first: then the mart has the
+file's (its time to the microsecond, where a Stripe body carries whole seconds).
 
 Money never mixes currencies: the sums are defined on one currency, :data:`SUM_CURRENCY`, in its
 minor units (exact integers, so stream and batch agree to the unit). A payment in another
