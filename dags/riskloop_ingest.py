@@ -1,5 +1,5 @@
 """Ingest (per source) → contracts → transform → mart contracts → materialize: landed files to
-online features.
+online features; after the transform, the settlement reconciliation check (breaks page on-call).
 
 Thin and declarative: every task calls one riskloop function, imported inside the task so that
 parsing this file costs nothing. Each task is idempotent (upserts keyed by natural keys, dbt
@@ -122,6 +122,13 @@ def riskloop_ingest():
         return {"dbt": "build ok"}
 
     @task
+    def check_settlements(transformed: dict) -> list[dict]:
+        """Settlement reconciliation breaks over the processors' newest files → the alert sinks."""
+        from riskloop.monitoring.reconciliation import check_settlements as check
+
+        return [a.to_dict() for a in check(get_settings())]
+
+    @task
     def check_feature_marts(transformed: dict) -> dict:
         """GX suites on the feature marts: nothing reaches the online store unless they pass."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -149,7 +156,9 @@ def riskloop_ingest():
         feast_materialize(settings, end)
         return {"materialized_to": end.isoformat()}
 
-    materialize(check_feature_marts(transform(check_contracts(load_raw.expand(source=landed())))))
+    transformed = transform(check_contracts(load_raw.expand(source=landed())))
+    check_settlements(transformed)
+    materialize(check_feature_marts(transformed))
 
 
 riskloop_ingest()

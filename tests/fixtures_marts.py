@@ -32,8 +32,8 @@ DDL = {
         payment_id text primary key, transaction_id bigint not null, customer_id text not null,
         terminal_id text not null, card_token text, tx_at timestamptz not null,
         amount double precision not null, amount_minor bigint not null, currency text,
-        processor text, is_weekend integer not null, is_night integer not null,
-        is_fraud integer not null, fraud_known_at timestamptz, refunded integer not null""",
+        processor text, received_at timestamptz, is_weekend integer not null, is_night integer not null,
+        is_fraud integer not null, fraud_known_at timestamptz, label_source text, refunded integer not null""",
     "customer_spending_features": """
         customer_id text not null, event_timestamp timestamptz not null,
         customer_nb_tx_1d bigint, customer_nb_tx_7d bigint, customer_nb_tx_30d bigint,
@@ -108,10 +108,12 @@ def _transactions(rng: np.random.Generator, days: int, customers: int, terminals
         "amount_minor": np.round(amount * 100).astype(np.int64),
         "currency": "EUR",
         "processor": "sim",
+        "received_at": tx_at + pd.Timedelta(seconds=2),
         "is_weekend": (tx_at.dayofweek >= 5).astype(int),
         "is_night": (hours <= 6).astype(int),
         "is_fraud": known.astype(int),
         "fraud_known_at": pd.Series(known_at).where(known, pd.NaT).to_numpy(),
+        "label_source": np.where(known, "chargeback", None),
         "refunded": 0,
         "_true_fraud": fraud.astype(int),
     })

@@ -70,6 +70,7 @@ def test_bad_batch_stops_the_dag_before_dbt(settings, tmp_path: Path) -> None:
     assert states["check_contracts"] == "failed"
     assert states["transform"] == "upstream_failed"
     assert states["check_feature_marts"] == "upstream_failed"
+    assert states["check_settlements"] == "upstream_failed"
     assert states["materialize"] == "upstream_failed"
     with db.connect(settings) as conn:
         marts = conn.execute("select count(*) from information_schema.schemata where schema_name = 'marts'").fetchone()

@@ -23,9 +23,21 @@ MARTS = {
     "fct_transactions": {
         "payment_id": "text", "transaction_id": "bigint", "customer_id": "text", "terminal_id": "text",
         "card_token": "text", "tx_at": "timestamp with time zone", "amount": "double precision",
-        "amount_minor": "bigint", "currency": "text", "processor": "text", "is_weekend": "integer",
+        "amount_minor": "bigint", "currency": "text", "processor": "text",
+        "received_at": "timestamp with time zone", "is_weekend": "integer",
         "is_night": "integer", "is_fraud": "integer", "fraud_known_at": "timestamp with time zone",
-        "refunded": "integer"},
+        "label_source": "text", "refunded": "integer"},
+    "fct_payment_adjustments": {
+        "payment_id": "text", "currency": "text", "amount_minor": "bigint", "captured_minor": "bigint",
+        "refunded_minor": "bigint", "reversed_minor": "bigint", "net_settled_minor": "bigint",
+        "net_amount_at_risk_minor": "bigint", "is_fraud": "integer", "fraud_known_at": "timestamp with time zone",
+        "n_ledger_entries": "bigint", "last_posted_at": "timestamp with time zone"},
+    "settlement_reconciliation": {
+        "source_file": "text", "line_no": "integer", "processor": "text", "payout_id": "text", "payment_id": "text",
+        "settled_amount_minor": "bigint", "fee_minor": "bigint", "settled_currency": "text",
+        "captured_amount_minor": "bigint", "captured_currency": "text", "amount_diff_minor": "bigint",
+        "reconciliation_status": "text", "is_break": "boolean", "captured_at": "timestamp with time zone",
+        "settled_at": "timestamp with time zone", "arrived_at": "timestamp with time zone"},
     "customer_spending_features": {
         "customer_id": "text", "event_timestamp": "timestamp with time zone",
         **{f"customer_nb_tx_{w}d": "bigint" for w in (1, 7, 30)},
@@ -248,7 +260,9 @@ def test_dbt_unit_tests_pin_the_label_delay_logic(built) -> None:
     settings, _ = built
     result = run_dbt(settings, ["test", "--select", "test_type:unit"])
     outcome = {r.node.name: str(r.status) for r in result.results}
-    assert {"fraud_label_arrives_when_a_fraud_dispute_is_lost", "terminal_risk_counts_only_labels_known_before_the_day",
+    assert {"chargeback_verdict_arrives_with_its_report", "chargeback_later_report_supersedes_and_won_clears",
+            "fraud_label_takes_the_highest_precedence_source", "payment_events_merge_files_and_inbox_on_first_receipt",
+            "terminal_risk_counts_only_labels_known_before_the_day",
             "card_windows_edges_and_ties", "card_windows_sum_one_currency",
             "settlement_lines_are_reconciled_per_payment"} <= set(outcome)
     assert set(outcome.values()) == {"pass"}, outcome

@@ -1,9 +1,16 @@
 {#- The batch path of the real-time windows (riskloop/core/windows.py is the one spec; riskloop.data.transform
     passes it as the var `realtime_windows`, there is deliberately no default): one row per
-    payment of the entity, each window covering (occurred_at - w, occurred_at] as RANGE frames,
+    payment of the entity, over the payment fact (int_payments: every payment, received live or only
+    in a file, once however often it came, with the values of its first receipt), so every training
+    row has its windows as of its own time. Each window covers (occurred_at - w, occurred_at] as RANGE frames,
     so ties (same-time payments) are in each other's windows, as in the stream's query. An
     aggregate's FILTER (the sums: windows.SUM_CURRENCY only) comes with its sql; no qualifying
-    payment gives 0, not null, as in the stream. -#}
+    payment gives 0, not null, as in the stream.
+    The stream (riskloop.features.stream) sees only the live webhooks: for an entity whose payments
+    all came live, its pushed row equals this mart's row at the same event_timestamp. A payment known
+    only from a file is in this mart (training sees it), but the stream never counted it: it reaches
+    the online store when the mart is materialised, and a live payment after it is pushed with
+    windows that miss it (windows.py says more). -#}
 {% macro realtime_window_mart(entity_name) -%}
 {%- set spec = var('realtime_windows') -%}
 {%- set ents = spec['entities'] | selectattr('name', 'equalto', entity_name) | list -%}
@@ -12,7 +19,7 @@
 {%- endif -%}
 {%- set key = ents[0]['key'] -%}
 with events as (
-    select {{ key }}, occurred_at, amount_minor, currency from {{ ref('int_inbox_payments') }}
+    select {{ key }}, authorized_at as occurred_at, amount_minor, currency from {{ ref('int_payments') }}
     where {{ key }} is not null
 )
 

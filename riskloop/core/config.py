@@ -206,6 +206,15 @@ class Settings(BaseSettings):
     tripwire_degraded_rate: float = Field(
         default=0.05, gt=0, description="Trip when this share of recent decisions was degraded (no model score).")
     tripwire_latency_p99_ms: float = Field(default=250.0, gt=0, description="Trip above this p99 latency (ms).")
+    # Settlement reconciliation (riskloop.monitoring.reconciliation): breaks in the processors' settlement files.
+    settlement_break_rate: float = Field(
+        default=0.01, ge=0, lt=1, description="Page when more than this share of a processor's recent settlement "
+        "lines break (amount_mismatch, unknown_payment or not_captured against the payment fact).")
+    settlement_break_files: int = Field(
+        default=7, ge=1, description="The settlement check judges each processor's newest this many settlement files.")
+    settlement_break_min_lines: int = Field(
+        default=50, ge=1, description="Fewer settlement lines than this in those files: no verdict (neither pages "
+        "nor resolves).")
     # --- canary (riskloop.governance.canary): the challenger on a share of live traffic, its gate and tripwires ---
     promotion_require_contracts: bool = Field(
         default=True, description="The promotion gate refuses a challenger whose training run recorded no passed "

@@ -18,6 +18,19 @@ payment: dbt writes one row per payment (its windows end at and include it, like
 marts), the stream pushes the row of the entity's latest payment, hence the online value of an
 entity always equals the batch row with the same ``event_timestamp``.
 
+Which payments: dbt computes the windows over the payment fact (``int_payments``: every payment,
+received live or only in a processor's file, once however often it came, with the values of its
+first receipt), so every training row has its windows as of its own time. The stream sees only the
+live webhooks (``raw.webhook_inbox``). For an entity whose payments all came live, both paths give
+the same values (the equality above). A payment known only from a file is in the batch windows but
+was never counted by the stream: it is not pushed, and a live payment after it is pushed with windows
+that miss it, while the mart's row at that time counts it. Such a payment can reach the online store
+only through a materialisation of the views from the marts (``riskloop.features.store.materialize``
+leaves the push-fed views to the stream, so that an older batch row never overwrites a newer pushed
+one). A live payment that also arrives in a file counts once on both paths (the fact merges copies on
+the processor's event id) with the live values, unless the file came first: then the mart has the
+file's (its time to the microsecond, where a Stripe body carries whole seconds).
+
 Money never mixes currencies: the sums are defined on one currency, :data:`SUM_CURRENCY`, in its
 minor units (exact integers, so stream and batch agree to the unit). A payment in another
 currency counts in ``tx_count`` (a velocity count is currency-free) but adds nothing to

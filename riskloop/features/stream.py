@@ -75,6 +75,8 @@ class Payment:
     amount_minor: int
     occurred_at: datetime
     currency: str | None = None  # ISO 4217, upper-cased; None: counts, sums in no currency
+    payment_id: str = ""  # the processor's payment id (int_payments merges copies of a payment on it)
+    terminal_id: str | None = None
 
 
 def _path(doc: Any, *keys: str) -> Any:
@@ -105,7 +107,8 @@ def _integral(value: Any, upper: int) -> int | None:
 
 
 def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> Payment | None:
-    """The payment an inbox row announces, or None (not an authorisation, or no valid amount/time).
+    """The payment an inbox row announces, or None (not an authorisation, or no payment id, valid
+    amount or time: then it is no payment of the fact ``int_payments`` either).
 
     The rules of ``dbt_project/models/intermediate/int_inbox_payments.sql`` (the batch path), field
     by field; tests/test_realtime.py checks that both read the same events the same way.
@@ -117,6 +120,8 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
     except ValueError:
         return None
     if processor == "stripe":
+        payment = _path(doc, "data", "object", "id")
+        terminal = _path(doc, "data", "object", "metadata", "terminal_id")
         card = _path(doc, "data", "object", "payment_method_details", "card", "fingerprint")
         customer = _path(doc, "data", "object", "customer")
         amount = _path(doc, "data", "object", "amount")
@@ -124,6 +129,8 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
         created = _integral(_path(doc, "created"), _MAX_UNIX)
         occurred = datetime.fromtimestamp(created, timezone.utc) if created is not None else None
     else:
+        payment = _path(doc, "data", "payment_id")
+        terminal = _path(doc, "data", "terminal_id")
         card = _path(doc, "data", "card_token")
         if card is None:
             card = _path(doc, "data", "card", "pan_token")
@@ -138,9 +145,11 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
             except ValueError:
                 occurred = None
     amount_minor = _integral(amount, _MAX_AMOUNT)
-    if amount_minor is None or occurred is None:
+    payment_id = _key(payment)
+    if amount_minor is None or occurred is None or payment_id is None:
         return None
-    return Payment(processor, event_id, _key(card), _key(customer), amount_minor, occurred, _currency(currency))
+    return Payment(processor, event_id, _key(card), _key(customer), amount_minor, occurred, _currency(currency),
+                   payment_id, _key(terminal))
 
 
 def _scalar(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
@@ -340,7 +349,7 @@ class StreamConsumer:
                 p = parse_payment(processor, event_id, event_type, body)
                 if p is None:
                     result.skipped += 1
-                    log.warning("stream: inbox event %s/%s (%s) has no valid amount or time: not a payment",
+                    log.warning("stream: inbox event %s/%s (%s) has no payment id, valid amount or time: not a payment",
                                 processor, event_id, event_type)
                 else:
                     payments.append(p)

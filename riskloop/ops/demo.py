@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +222,15 @@ def _send(url: str, requests: list[dict[str, Any]], key: str) -> dict[str, Any]:
             "p50_ms": round(q[49], 2), "p99_ms": round(q[98], 2), "max_ms": round(latencies[-1], 2)}
 
 
-def _realtime(settings: Settings, url: str, hooks: WebhookSecrets, n: int = 6,
+def _realtime(settings: Settings, url: str, hooks: WebhookSecrets, at: datetime, n: int = 6,
               timeout_s: float = 120.0) -> dict[str, Any]:
     """The real-time loop through the running platform: ``n`` signed payment webhooks (both
     processors, alternating) to `riskloop serve`, then the managed `riskloop stream` consumer pushes
     the card's and customer's windows; the Feast SDK reads them back until they include every event.
+
+    The payments happen at ``at``, the simulation's clock (its end), not the wall clock: live payments
+    join the payment fact and so the next run's marts and training set, whose windows are placed on
+    the simulated history.
 
     A card and customer of this run only, so the expected values are exact whatever earlier runs
     sent: ``n`` payments in every window, the amounts' sum (all EUR). Latency is accepted (the 200)
@@ -256,11 +260,10 @@ def _realtime(settings: Settings, url: str, hooks: WebhookSecrets, n: int = 6,
     accepted: list[float] = []
     visible: dict[int, float] = {}
     amounts = [1000 + 250 * i for i in range(n)]
-    now = datetime.now(timezone.utc)
     with httpx.Client(base_url=url, timeout=10) as client:
         for i, amount in enumerate(amounts):
             processor: Scheme = "stripe" if i % 2 else "standard"
-            ev = {"event_id": f"evt_demo_{run}_{i}", "event_type": "payment.authorized", "occurred_at": now,
+            ev = {"event_id": f"evt_demo_{run}_{i}", "event_type": "payment.authorized", "occurred_at": at,
                   "payment_id": f"pay_demo_{run}_{i}", "card_token": card, "customer_id": customer,
                   "terminal_id": "T-demo", "amount_minor": amount, "currency": "EUR", "dispute_id": None}
             body = stripe_body(ev) if processor == "stripe" else standard_body(ev)
@@ -373,7 +376,8 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
             with _serving(settings, cfg.serve_port, hooks) as (url, key):
                 summary["scoring"] = _send(url, requests, key)
                 if stack.stream_listening(settings):
-                    summary["realtime"] = _realtime(settings, url, hooks)
+                    sim_end = datetime.fromisoformat(as_of) - timedelta(minutes=1)
+                    summary["realtime"] = _realtime(settings, url, hooks, sim_end)
                     if not summary["realtime"]["online_equals_expected"]:
                         raise RuntimeError(f"online windows differ from the webhooks sent: {summary['realtime']}")
                 else:

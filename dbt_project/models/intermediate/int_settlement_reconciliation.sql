@@ -1,30 +1,20 @@
--- One row per settlement file line, reconciled against the payment's capture webhook: did the
--- processor settle what it told us it captured, in the same currency? A finding for finance
--- (a status per line), not a build failure: a mismatch is data about the processor, not a bug.
+-- One row per settlement file line, reconciled against the payment fact (int_payments: the payment's
+-- authorisation and first capture, received live or in a file): did the processor settle what it told
+-- us it captured, in the same currency? A finding for finance (a status per line), not a build
+-- failure: a mismatch is data about the processor, not a bug. The settlement_breaks check pages
+-- on-call when too many lines break.
 --   matched            capture found, same currency, same amount
 --   currency_mismatch  capture found in another currency (amounts are then not comparable)
 --   amount_mismatch    capture found, same currency, different amount (amount_diff_minor says by how much)
 --   not_captured       the payment is known (authorised) but no capture event was received
---   unknown_payment    no webhook event at all for that payment id
+--   unknown_payment    no authorisation of that payment id was received, live or in a file
 -- Amounts are compared in minor units of the line's own currency, never summed across currencies.
 with settlements as (
     select * from {{ ref('stg_settlement_file_rows') }}
 ),
 
-events as (
-    select payment_id, event_id, event_type, amount_minor, currency, occurred_at
-    from {{ ref('stg_webhook_events') }}
-),
-
-captures as (
-    select distinct on (payment_id) payment_id, amount_minor, currency, occurred_at as captured_at
-    from events
-    where event_type = 'payment.captured'
-    order by payment_id, occurred_at, event_id
-),
-
-known as (
-    select distinct payment_id from events
+payments as (
+    select payment_id, captured_at, captured_amount_minor, captured_currency from {{ ref('int_payments') }}
 )
 
 select
@@ -36,19 +26,18 @@ select
     s.amount_minor as settled_amount_minor,
     s.fee_minor,
     s.currency as settled_currency,
-    c.amount_minor as captured_amount_minor,
-    c.currency as captured_currency,
-    case when c.currency = s.currency then s.amount_minor - c.amount_minor end as amount_diff_minor,
+    p.captured_amount_minor,
+    p.captured_currency,
+    case when p.captured_currency = s.currency then s.amount_minor - p.captured_amount_minor end as amount_diff_minor,
     case
-        when c.payment_id is not null and c.currency <> s.currency then 'currency_mismatch'
-        when c.payment_id is not null and c.amount_minor <> s.amount_minor then 'amount_mismatch'
-        when c.payment_id is not null then 'matched'
-        when k.payment_id is not null then 'not_captured'
-        else 'unknown_payment'
+        when p.payment_id is null then 'unknown_payment'
+        when p.captured_at is null then 'not_captured'
+        when p.captured_currency is distinct from s.currency then 'currency_mismatch'
+        when p.captured_amount_minor <> s.amount_minor then 'amount_mismatch'
+        else 'matched'
     end as reconciliation_status,
-    c.captured_at,
+    p.captured_at,
     s.settled_at,
     s.arrived_at
 from settlements s
-left join captures c on c.payment_id = s.payment_id
-left join known k on k.payment_id = s.payment_id
+left join payments p on p.payment_id = s.payment_id
