@@ -24,10 +24,10 @@ first receipt), so every training row has its windows as of its own time. The st
 live webhooks (``raw.webhook_inbox``). For an entity whose payments all came live, both paths give
 the same values (the equality above). A payment known only from a file is in the batch windows but
 was never counted by the stream: it is not pushed, and a live payment after it is pushed with windows
-that miss it, while the mart's row at that time counts it. Such a payment can reach the online store
-only through a materialisation of the views from the marts (``riskloop.features.store.materialize``
-leaves the push-fed views to the stream, so that an older batch row never overwrites a newer pushed
-one). A live payment that also arrives in a file counts once on both paths (the fact merges copies on
+that miss it, while the mart's row at that time counts it. Such a payment reaches the online store
+through the materialisation of the views from the marts (``riskloop.features.store.materialize``),
+whose online tables keep the newest row whoever writes (``guard_newer_wins``), so an older batch row
+never overwrites a newer pushed one; ``riskloop features skew`` reports what differs. A live payment that also arrives in a file counts once on both paths (the fact merges copies on
 the processor's event id) with the live values, unless the file came first: then the mart has the
 file's (its time to the microsecond, where a Stripe body carries whole seconds).
 
