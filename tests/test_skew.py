@@ -54,10 +54,13 @@ class Env:
 @pytest.fixture(scope="module")
 def env(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     from riskloop.core.signatures import WebhookSettings
+    from riskloop.data.ingest import create_raw_tables
     from riskloop.features import store as features
     from serving.webhooks import create_webhook_app
 
     settings = isolated_settings("riskloop_t_skew").model_copy(update={"fraud_model_name": "test-skew-no-model"})
+    with psycopg.connect(dsn(settings)) as conn:  # the payment fact reads the landed files too (none here)
+        create_raw_tables(conn)
     policy = tmp_path_factory.mktemp("policy") / "fraud-v1.yaml"
     policy.write_text(POLICY)
     port = free_port()
@@ -81,9 +84,9 @@ def score(env: Env, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out  # the app's shutdown flushed the log
 
 
-def request(card: str, customer: str, at: datetime) -> dict[str, Any]:
+def request(card: str, customer: str, at: datetime, payment_id: str | None = None) -> dict[str, Any]:
     return {"card_token": card, "customer_id": customer, "terminal_id": "T1", "amount_minor": 2_000,
-            "currency": "EUR", "timestamp": at.isoformat()}
+            "currency": "EUR", "timestamp": at.isoformat(), "transaction_id": payment_id}
 
 
 def skew_cli(env: Env) -> tuple[int, dict[str, Any]]:
@@ -93,26 +96,34 @@ def skew_cli(env: Env) -> tuple[int, dict[str, Any]]:
     return run.returncode, json.loads(run.stdout)
 
 
-def test_decisions_see_what_training_sees(env: Env) -> None:
+def test_a_live_payment_trains_on_the_windows_it_was_scored_with(env: Env) -> None:
+    """Payments arrive live, the next one is scored (before its own authorisation arrives, as in
+    production) and then authorised live too; after the batch build, the training set has that
+    payment with exactly the windows the decision read online, and the skew check finds nothing."""
     from riskloop.data.transform import run_dbt
+    from riskloop.features import datasets
     from riskloop.features.stream import StreamConsumer
     from riskloop.monitoring.skew import measure
 
     run = f"sk{int(time.time())}"
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
-    # card A: a burst of 5 in 4 minutes; card B: two payments an hour apart; customer c1 pays with both
+    # card A: a burst of 5 in 4 minutes; card B: two payments 72 minutes apart; customer c1 pays with both
     evs = [event(f"{run}a{i}", "standard", base + timedelta(minutes=i), "A", "c1", 1_000 + i) for i in range(5)]
     evs += [event(f"{run}b0", "stripe", base - timedelta(minutes=70), "B", "c1", 500),
             event(f"{run}b1", "stripe", base + timedelta(minutes=2), "B", "c2", 700)]
+    scored_at = base + timedelta(minutes=5)
+    sixth = event(f"{run}a5", "standard", scored_at, "A", "c1", 2_000)  # the payment the decision is about
     with StreamConsumer(env.settings, store=env.store) as consumer:
         for ev in evs:
             post(env, ev)  # type: ignore[arg-type]
         consumer.run_once()
-    card_a, card_b = evs[0]["card_token"], evs[5]["card_token"]
-    cust1, cust2 = evs[0]["customer_id"], evs[6]["customer_id"]
-    now = datetime.now(UTC)
-    decided = score(env, [request(card_a, cust1, now), request(card_b, cust2, now),
-                          request(f"{run}_unknown", f"{run}_nobody", now)])
+        card_a, card_b = evs[0]["card_token"], evs[5]["card_token"]
+        cust1, cust2 = evs[0]["customer_id"], evs[6]["customer_id"]
+        now = datetime.now(UTC)
+        decided = score(env, [request(card_a, cust1, scored_at, sixth["payment_id"]), request(card_b, cust2, now),
+                              request(f"{run}_unknown", f"{run}_nobody", now)])
+        post(env, sixth)  # type: ignore[arg-type]
+        consumer.run_once()
     assert decided[0]["rules"] == ["CARD_VELOCITY_10M"] and decided[0]["decision"] == "review"
     assert decided[1]["rules"] == [] and decided[2]["rules"] == []
     with psycopg.connect(dsn(env.settings)) as conn:
@@ -122,7 +133,16 @@ def test_decisions_see_what_training_sees(env: Env) -> None:
     assert features_a == {"card_tx_count_10m": 5, "customer_tx_count_1h": 5}  # B's first payment is 70 min old
     assert datetime.fromisoformat(stamps_a["card_realtime"]) == base + timedelta(minutes=4)
 
-    run_dbt(env.settings, ["build", "--select", "+card_realtime_windows", "+customer_realtime_windows"])
+    run_dbt(env.settings, ["build", "--indirect-selection", "cautious"])
+    training = datasets.fraud_dataset(env.store, [(scored_at, scored_at + timedelta(seconds=1))])
+    row = training[training["card_token"] == card_a]
+    assert len(row) == 1  # the sixth payment: card A's only one in that second
+    assert {f: int(row[f].iloc[0]) for f in RULE_FEATURES} == features_a
+    with psycopg.connect(dsn(env.settings)) as conn:  # known from its live receipt, before any file
+        received = conn.execute("select received_at from marts.fct_transactions where payment_id = %s",
+                                (sixth["payment_id"],)).fetchone()
+    assert received is not None and received[0] > scored_at
+
     report = measure(env.settings, store=env.store)
     assert report.decisions == 3
     assert report.compared == 3 * len(RULE_FEATURES) and report.matched == report.compared
@@ -165,7 +185,7 @@ def test_materialize_fills_files_only_keys_and_never_rewinds_the_stream(env: Env
     assert stream_row["card_tx_count_10m"] == 1 and stream_row[windows.TIMESTAMP_FIELD] == now - timedelta(minutes=1)
 
     # the mart as a batch built before the live payment would have it, plus a card known only from files
-    run_dbt(env.settings, ["build", "--select", "+card_realtime_windows"])
+    run_dbt(env.settings, ["build", "--select", "+card_realtime_windows", "--indirect-selection", "cautious"])
     with psycopg.connect(dsn(env.settings)) as conn:
         with conn.cursor().copy(f"copy marts.{windows.mart_name(card)} (card_token, event_timestamp, "
                                 f"{', '.join(names)}) from stdin") as copy:
