@@ -24,6 +24,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb, set_json_dumps
 
+from riskloop.decisions.cases import CaseRules, link_batch
 from riskloop.decisions.log import COLUMNS, DEVICES_TABLE, JSON_COLUMNS, OPTIONAL_COLUMNS, TABLE
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,27 @@ def allowed_devices(batch: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return customers, devices
 
 
-def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]]) -> None:
+def _link_cases(conn: psycopg.Connection, rules: CaseRules | None, batch: list[dict[str, Any]]) -> None:
+    """The batch's review decisions into cases (riskloop.decisions.cases), in a savepoint of the
+    batch's transaction: a committed review decision has its case, and a case step that fails
+    never holds the decisions back (``riskloop cases sync`` links what it missed)."""
+    if rules is None or not any(r["decision"] == "review" for r in batch):
+        return
+    try:
+        with conn.transaction():
+            link_batch(conn, rules, batch)
+    except Exception as exc:  # noqa: BLE001 - the decisions commit anyway; sync catches up
+        if conn.broken:
+            raise
+        log.error("cases not linked for a batch of %d decisions (riskloop cases sync will): %s", len(batch), exc)
+
+
+def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rules: CaseRules | None = None) -> None:
     """Commit ``batch``: one ``COPY`` (a few round trips for the whole batch, no per-row statement),
     or, when some rows are already there (a retried batch whose first commit did land, which only
     the unique key can tell), row by row with ``ON CONFLICT DO NOTHING`` so the retry is harmless.
-    The batch's allowed devices go to :data:`DEVICES_TABLE` in the same transaction."""
+    The batch's allowed devices go to :data:`DEVICES_TABLE` and its review decisions to their
+    cases in the same transaction."""
     params = [_params(r) for r in batch]
     customers, devices = allowed_devices(batch)
     try:
@@ -73,12 +90,14 @@ def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]]) -> None:
                     copy.write_row(p)
             if customers:
                 cur.execute(INSERT_DEVICES, (customers, devices))
+            _link_cases(conn, case_rules, batch)
     except psycopg.errors.UniqueViolation:
         log.info("decision log batch of %d rows partly written before: inserting the rest", len(batch))
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(INSERT, params)
             if customers:
                 cur.execute(INSERT_DEVICES, (customers, devices))
+            _link_cases(conn, case_rules, batch)
 
 
 class LogBackpressure(RuntimeError):
@@ -114,8 +133,10 @@ class DecisionLogWriter:
     """Bounded queue + one batching writer thread. Thread-safe ``submit``; ``close`` flushes."""
 
     def __init__(self, dsn: str, *, maxsize: int, batch_size: int, enqueue_timeout_s: float,
-                 spill_path: Path, on_written: Any = None, on_error: Any = None, linger_s: float = 0.0) -> None:
+                 spill_path: Path, on_written: Any = None, on_error: Any = None, linger_s: float = 0.0,
+                 case_rules: CaseRules | None = None) -> None:
         self._dsn = dsn
+        self._case_rules = case_rules
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._batch_size = batch_size
         self._linger_s = linger_s
@@ -220,7 +241,7 @@ class DecisionLogWriter:
         while True:
             try:
                 conn = self._connect()
-                _copy_batch(conn, batch)
+                _copy_batch(conn, batch, self._case_rules)
                 break
             except psycopg.Error as exc:
                 attempt += 1

@@ -1,0 +1,300 @@
+"""Cases: review decisions open and join cases, analysts work them through the API and the CLI,
+step-up outcomes are recorded once, the queue's figures reach /metrics (real stack).
+
+A rules-only app (no model registered under its name) decides 900.00 EUR as ``review``
+(DEGRADED_AMOUNT_REVIEW), which is all a case needs; the writer links the decision to its case in
+the transaction that commits it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from riskloop.core.db import dsn
+from riskloop.decisions import cases
+
+SCORER, ANALYST, ANALYST_2 = "cs-scorer-key-000000000", "cs-analyst-key-00000000", "cs-analyst2-key-0000000"
+REVIEWER, ADMIN = "cs-reviewer-key-0000000", "cs-admin-key-00000000000"
+KEYS = f"{SCORER}:scorer,{ANALYST}:analyst,{ANALYST_2}:analyst,{REVIEWER}:reviewer,{ADMIN}:admin"
+
+
+def _h(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def body(card: str, customer: str, amount_minor: int = 90_000, **extra: Any) -> dict[str, Any]:
+    return {"card_token": card, "customer_id": customer, "terminal_id": "T1", "amount_minor": amount_minor,
+            "currency": "EUR", "timestamp": "2024-03-30T02:15:00+00:00", **extra}
+
+
+@pytest.fixture()
+def client(settings: Any) -> Iterator[TestClient]:
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    s = settings.model_copy(update={"fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}",
+                                    "review_identities": {_fp(ANALYST): "ana", _fp(ANALYST_2): "bob"}})
+    with TestClient(create_app(s, ServingSettings(api_keys=KEYS, log_linger_s=0.0))) as c:
+        yield c
+
+
+def _fp(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def score(client: TestClient, payload: dict[str, Any]) -> dict[str, Any]:
+    r = client.post("/v1/score/fraud", json=payload, headers=_h(SCORER))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def case_of(settings: Any, decision_id: str, timeout_s: float = 10.0) -> uuid.UUID:
+    """The case the writer linked the decision to (it commits a moment after the answer)."""
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(dsn(settings), autocommit=True) as conn:
+        while True:
+            row = conn.execute("select case_id from cases.case_events where decision_id = %s "
+                               "and kind = 'decision_added'", (decision_id,)).fetchone()
+            if row is not None:
+                return row[0]
+            assert time.monotonic() < deadline, f"decision {decision_id} never got a case"
+            time.sleep(0.05)
+
+
+def events(settings: Any, case_id: Any) -> list[tuple]:
+    with psycopg.connect(dsn(settings)) as conn:
+        return conn.execute("select kind, actor, details from cases.case_events where case_id = %s order by seq",
+                            (case_id,)).fetchall()
+
+
+def test_review_decisions_open_and_join_one_case_per_card_or_customer(client: TestClient, settings: Any) -> None:
+    card, customer, other = f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}"
+    first = score(client, body(card, customer))
+    assert first["decision"] == "review"
+    case_id = case_of(settings, first["decision_id"])
+    same_customer = score(client, body(f"tok-{uuid.uuid4().hex[:8]}", customer, 120_000))
+    same_card = score(client, body(card, other))
+    assert case_of(settings, same_customer["decision_id"]) == case_id
+    assert case_of(settings, same_card["decision_id"]) == case_id
+    allowed = score(client, body(card, customer, 1_000))  # allowed: no case
+    elsewhere = score(client, body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}"))
+    assert allowed["decision"] == "allow"
+    assert case_of(settings, elsewhere["decision_id"]) != case_id
+
+    got = client.get(f"/v1/cases/{case_id}", headers=_h(ANALYST)).json()
+    assert got["status"] == "open" and got["source"] == "review" and got["n_decisions"] == 3
+    assert got["amount_at_risk"] == pytest.approx(900 + 1200 + 900)
+    assert got["priority"] == "P1"  # 3,000.00 at risk reaches P1's min_amount (1,000) after the second
+    assert {d["decision_id"] for d in got["decisions"]} == {first["decision_id"], same_customer["decision_id"],
+                                                           same_card["decision_id"]}
+    assert got["decisions"][0]["rules"] == ["DEGRADED_AMOUNT_REVIEW"]
+    assert allowed["decision_id"] in {t["decision_id"] for t in got["timeline"]}
+    assert [e["kind"] for e in got["events"]] == ["opened", "decision_added", "decision_added", "decision_added"]
+    # The row is what its events say.
+    with psycopg.connect(dsn(settings)) as conn:
+        row, _ = cases.fold(cases.events_of(conn, case_id))
+    assert (row["n_decisions"], row["priority"], row["status"]) == (3, "P1", "open")
+
+
+def test_two_concurrent_claims_exactly_one_wins(client: TestClient, settings: Any) -> None:
+    case_id = case_of(settings, score(client, body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}"))
+                      ["decision_id"])
+    for _ in range(5):  # the same race, five times: one winner each time
+        barrier = threading.Barrier(2)
+        results: dict[str, Any] = {}
+
+        def attempt(actor: str) -> None:
+            with psycopg.connect(dsn(settings), autocommit=True) as conn:
+                barrier.wait()
+                try:
+                    results[actor] = cases.claim(conn, case_id, actor)["assignee"]
+                except cases.CaseConflict as exc:
+                    results[actor] = exc
+
+        threads = [threading.Thread(target=attempt, args=(a,)) for a in ("ana", "bob")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        winners = [a for a, r in results.items() if r == a]
+        assert len(winners) == 1 and isinstance(results[{"ana", "bob"}.difference(winners).pop()], cases.CaseConflict)
+        with psycopg.connect(dsn(settings), autocommit=True) as conn:
+            cases.release(conn, case_id, winners[0])
+    claims = [e for e in events(settings, case_id) if e[0] == "claimed"]
+    assert len(claims) == 5
+
+
+def test_analyst_works_a_case_through_the_api(client: TestClient, settings: Any) -> None:
+    case_id = case_of(settings, score(client, body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}"))
+                      ["decision_id"])
+    url = f"/v1/cases/{case_id}"
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers=_h(SCORER)).status_code == 403
+    assert client.post(f"{url}/claim", headers=_h(ADMIN)).status_code == 403  # admin reads, never works a case
+    assert client.get(url, headers=_h(ADMIN)).status_code == 200
+
+    listed = client.get("/v1/cases", params={"sort": "age", "limit": 500}, headers=_h(ANALYST)).json()
+    assert str(case_id) in {c["case_id"] for c in listed["cases"]} and listed["total"] >= 1
+    page = client.get("/v1/cases", params={"limit": 1, "offset": 0}, headers=_h(ANALYST)).json()
+    assert len(page["cases"]) == 1 and page["total"] == listed["total"]
+
+    assert client.post(f"{url}/close", json={"disposition": "legitimate", "reason": "x"},
+                       headers=_h(ANALYST)).status_code == 409  # claim first
+    claimed = client.post(f"{url}/claim", headers=_h(ANALYST))
+    assert claimed.status_code == 200 and claimed.json()["assignee"] == "ana" and claimed.json()["status"] == "in_review"
+    second = client.post(f"{url}/claim", headers=_h(ANALYST_2))
+    assert second.status_code == 409 and "ana" in second.json()["detail"]
+    assert client.get("/v1/cases", params={"assignee": "ana"}, headers=_h(ANALYST)).json()["total"] >= 1
+    assert client.post(f"{url}/note", json={"text": "called the customer"}, headers=_h(ANALYST)).json()["n_notes"] == 1
+    assert client.post(f"{url}/close", json={"disposition": "fraud_confirmed", "reason": ""},
+                       headers=_h(ANALYST)).status_code == 422  # a reason is required
+    assert client.post(f"{url}/close", json={"disposition": "guilty", "reason": "x"},
+                       headers=_h(ANALYST)).status_code == 422
+    assert client.post(f"{url}/close", json={"disposition": "fraud_confirmed", "reason": "card reported stolen"},
+                       headers=_h(ANALYST_2)).status_code == 409  # not bob's case
+    closed = client.post(f"{url}/close", json={"disposition": "fraud_confirmed", "reason": "card reported stolen"},
+                         headers=_h(ANALYST)).json()
+    assert (closed["status"], closed["disposition"], closed["closed_by"]) == ("closed", "fraud_confirmed", "ana")
+    assert client.post(f"{url}/claim", headers=_h(ANALYST)).status_code == 409
+    assert client.get(f"/v1/cases/{uuid.uuid4()}", headers=_h(ANALYST)).status_code == 404
+
+    kinds = [(k, a) for k, a, _ in events(settings, case_id)]
+    assert kinds == [("opened", cases.SYSTEM), ("decision_added", cases.SYSTEM), ("claimed", "ana"),
+                     ("noted", "ana"), ("closed", "ana")]
+    with psycopg.connect(dsn(settings)) as conn, pytest.raises(psycopg.Error, match="append-only"):
+        conn.execute("update cases.case_events set actor = 'x' where case_id = %s", (case_id,))
+    with psycopg.connect(dsn(settings)) as conn, pytest.raises(psycopg.Error, match="append-only"):
+        conn.execute("delete from cases.case_events where case_id = %s", (case_id,))
+    # A new review decision of that customer opens a new case: the closed one stays closed.
+    assert client.get(url, headers=_h(ANALYST)).json()["status"] == "closed"
+
+
+def _step_up(settings: Any, customer: str) -> str:
+    """A logged step_up decision (the rules-only policy never steps up on its own)."""
+    decision_id = str(uuid.uuid4())
+    with psycopg.connect(dsn(settings)) as conn:
+        conn.execute(
+            "insert into serving.decision_log (decision_id, request_id, decided_at, score, decision, request, "
+            "product, policy_version) values (%s, 'r', now(), 0.4, 'step_up', %s, 'fraud', 'fraud-v1')",
+            (decision_id, json.dumps(body(f"tok-{uuid.uuid4().hex[:8]}", customer, 30_000))))
+    return decision_id
+
+
+def test_step_up_outcome_is_idempotent_append_only_and_a_failure_opens_a_case(client: TestClient,
+                                                                              settings: Any) -> None:
+    passed, failed = _step_up(settings, f"C-{uuid.uuid4().hex[:8]}"), _step_up(settings, f"C-{uuid.uuid4().hex[:8]}")
+    url = f"/v1/decisions/{passed}/outcome"
+    assert client.post(url, json={"outcome": "passed"}, headers=_h(ANALYST)).status_code == 403
+    r = client.post(url, json={"outcome": "passed", "occurred_at": "2024-03-30T02:16:00+00:00"}, headers=_h(SCORER))
+    assert r.status_code == 201 and r.json()["outcome"] == "passed"
+    again = client.post(url, json={"outcome": "passed"}, headers=_h(SCORER))
+    assert again.status_code == 200 and again.json()["outcome_id"] == r.json()["outcome_id"]
+    assert client.post(url, json={"outcome": "failed"}, headers=_h(SCORER)).status_code == 409
+    assert client.post(url, json={"outcome": "maybe"}, headers=_h(SCORER)).status_code == 422
+    assert client.post(f"/v1/decisions/{uuid.uuid4()}/outcome", json={"outcome": "passed"},
+                       headers=_h(SCORER)).status_code == 404
+    review = score(client, body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}"))
+    case_of(settings, review["decision_id"])
+    assert client.post(f"/v1/decisions/{review['decision_id']}/outcome", json={"outcome": "failed"},
+                       headers=_h(SCORER)).status_code == 409  # not a step_up
+    with psycopg.connect(dsn(settings)) as conn:
+        n_cases = conn.execute("select count(*) from cases.case_events where decision_id = %s", (passed,)).fetchone()[0]
+    assert n_cases == 0  # a passed challenge opens nothing
+
+    f = client.post(f"/v1/decisions/{failed}/outcome", json={"outcome": "failed"}, headers=_h(SCORER))
+    assert f.status_code == 201
+    case = client.get(f"/v1/cases/{case_of(settings, failed, 0)}", headers=_h(ANALYST)).json()
+    assert case["source"] == "step_up_failed" and case["decisions"][0]["outcome"] == "failed"
+    with psycopg.connect(dsn(settings)) as conn:
+        stored = conn.execute("select outcome, occurred_at, recorded_at, actor from serving.decision_outcomes "
+                              "where decision_id = %s", (passed,)).fetchone()
+        assert stored[0] == "passed" and stored[1] == datetime(2024, 3, 30, 2, 16, tzinfo=UTC)
+        assert stored[2] is not None and stored[3].startswith("scorer:")
+        with pytest.raises(psycopg.Error, match="append-only"):
+            conn.execute("update serving.decision_outcomes set outcome = 'failed' where decision_id = %s", (passed,))
+
+
+def test_sync_links_what_the_writer_missed_and_chargebacks_of_allowed_payments(settings: Any) -> None:
+    customer = f"C-{uuid.uuid4().hex[:8]}"
+    review_id, allowed_id, payment = str(uuid.uuid4()), str(uuid.uuid4()), f"pay-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn(settings)) as conn:  # written without the serving writer: no case yet
+        for decision_id, decision, req in (
+                (review_id, "review", body(f"tok-{uuid.uuid4().hex[:8]}", customer)),
+                (allowed_id, "allow", body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}", 5_000,
+                                           transaction_id=payment))):
+            conn.execute("insert into serving.decision_log (decision_id, request_id, decided_at, score, decision, "
+                         "request, product) values (%s, 'r', now(), 0.1, %s, %s, 'fraud')",
+                         (decision_id, decision, json.dumps(req)))
+        conn.execute("create table if not exists raw.dispute_outcomes (dispute_id text, payment_id text, "
+                     "status text, fraud_confirmed boolean, closed_at timestamptz)")
+        conn.execute("insert into raw.dispute_outcomes (dispute_id, payment_id, status, fraud_confirmed, closed_at) "
+                     "values (%s, %s, 'lost', true, now())", (f"d-{payment}", payment))
+    first = cases.sync(settings)
+    assert first["review"] >= 1 and first["chargeback"] >= 1 and first["failed"] == 0
+    assert case_of(settings, review_id, 0) != case_of(settings, allowed_id, 0)
+    with psycopg.connect(dsn(settings)) as conn:
+        assert conn.execute("select source from cases.cases where case_id = %s",
+                            (case_of(settings, allowed_id, 0),)).fetchone()[0] == "chargeback"
+    again = cases.sync(settings)
+    assert again["review"] == 0 and again["chargeback"] == 0  # idempotent
+
+
+def test_stats_and_metrics(client: TestClient, settings: Any) -> None:
+    decision_id = str(uuid.uuid4())  # a scored review decision (the model said 0.8), linked by sync
+    with psycopg.connect(dsn(settings)) as conn:
+        conn.execute("insert into serving.decision_log (decision_id, request_id, decided_at, score, decision, request, "
+                     "product) values (%s, 'r', now(), 0.8, 'review', %s, 'fraud')",
+                     (decision_id, json.dumps(body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}"))))
+    cases.sync(settings)
+    case_id = case_of(settings, decision_id, 0)
+    client.post(f"/v1/cases/{case_id}/claim", headers=_h(ANALYST))
+    client.post(f"/v1/cases/{case_id}/close", json={"disposition": "fraud_confirmed", "reason": "stolen card"},
+                headers=_h(ANALYST))
+    s = client.get("/v1/cases/stats", headers=_h(ADMIN)).json()
+    assert s["closed"] >= 1 and s["dispositions"]["fraud_confirmed"] >= 1 and s["time_to_disposition_p50_s"] >= 0
+    assert 0 < s["review_precision"] <= 1 and 0 < s["model_agreement"] <= 1
+    assert s["closed_in_window"] >= 1 and s["opened_in_window"] >= 1
+    text = client.get("/metrics").text
+    for name in ("riskloop_cases_queue_depth", "riskloop_cases_oldest_open_age_seconds",
+                 "riskloop_cases_time_to_disposition_seconds", "riskloop_cases_review_precision",
+                 "riskloop_cases_model_agreement", "riskloop_cases_overdue", "riskloop_cases_closed"):
+        assert name in text
+
+
+def test_cli_lists_shows_claims_and_closes(client: TestClient, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from riskloop.cli import app
+
+    case_id = str(case_of(settings, score(client, body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}"))
+                          ["decision_id"]))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cases", "list", "--json", "--limit", "500", "--sort", "age"])
+    assert listed.exit_code == 0, listed.output
+    assert case_id in {c["case_id"] for c in json.loads(listed.stdout)["cases"]}
+    shown = runner.invoke(app, ["cases", "show", case_id, "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["decisions"][0]["rules"] == ["DEGRADED_AMOUNT_REVIEW"]
+    assert runner.invoke(app, ["cases", "claim", case_id, "--analyst", "carol"]).exit_code == 0
+    taken = runner.invoke(app, ["cases", "claim", case_id, "--analyst", "dave"])
+    assert taken.exit_code == 1 and "carol" in taken.output
+    assert runner.invoke(app, ["cases", "note", case_id, "looks like a test purchase", "--analyst", "carol"]).exit_code == 0
+    no_reason = runner.invoke(app, ["cases", "close", case_id, "--disposition", "legitimate", "--analyst", "carol"])
+    assert no_reason.exit_code != 0
+    done = runner.invoke(app, ["cases", "close", case_id, "--disposition", "inconclusive", "--reason",
+                               "customer unreachable", "--analyst", "carol"])
+    assert done.exit_code == 0, done.output
+    assert [(k, a) for k, a, _ in events(settings, case_id)][-3:] == [("claimed", "carol"), ("noted", "carol"),
+                                                                      ("closed", "carol")]
+    stats = runner.invoke(app, ["cases", "stats"])
+    assert stats.exit_code == 0 and "review precision" in stats.output
