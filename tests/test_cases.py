@@ -298,3 +298,24 @@ def test_cli_lists_shows_claims_and_closes(client: TestClient, settings: Any, mo
                                                                       ("closed", "carol")]
     stats = runner.invoke(app, ["cases", "stats"])
     assert stats.exit_code == 0 and "review precision" in stats.output
+
+
+def test_case_alerts_fire_on_sla_breaches_and_a_growing_queue(client: TestClient, settings: Any) -> None:
+    from datetime import timedelta
+
+    from riskloop.core.alerts import process
+    from riskloop.monitoring import case_checks
+
+    case_of(settings, score(client, body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}"))["decision_id"])
+    later = datetime.now(UTC) + timedelta(hours=100)  # past every default SLA (72 h at most)
+    s = settings.model_copy(update={"cases_sla_breach_max": 0, "cases_growth_min": 1, "cases_growth_window_hours": 200.0,
+                                    "alert_raise_after": 1})
+    sla, growth = case_checks.evaluate(s, now=later)
+    assert sla.kind == "case_sla_breach" and sla.breached is True and sla.details["overdue"] >= 1
+    assert growth.kind == "case_queue_growth" and growth.breached is True
+    assert growth.details["opened"] > growth.details["closed"]
+    quiet = case_checks.evaluate(s.model_copy(update={"cases_sla_breach_max": 10**6, "cases_growth_min": 10**6}), now=later)
+    assert [c.breached for c in quiet] == [False, False]
+    sent = process(s, [sla])
+    assert sent and sent[0].status == "firing" and sent[0].runbook_url.endswith("case_sla_breach.md")
+    assert process(s.model_copy(update={"alert_clear_after": 1}), quiet[:1])[0].status == "resolved"
