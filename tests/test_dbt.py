@@ -250,7 +250,8 @@ def test_dbt_unit_tests_pin_the_label_delay_logic(built) -> None:
     outcome = {r.node.name: str(r.status) for r in result.results}
     assert {"fraud_label_arrives_when_a_fraud_dispute_is_lost", "terminal_risk_counts_only_labels_known_before_the_day",
             "card_windows_edges_and_ties", "card_windows_sum_one_currency",
-            "settlement_lines_are_reconciled_per_payment"} <= set(outcome)
+            "settlement_lines_are_reconciled_per_payment", "case_verdicts_become_signals_when_the_case_closes",
+            "failed_step_ups_are_fraud_signals_when_recorded"} <= set(outcome)
     assert set(outcome.values()) == {"pass"}, outcome
 
 
