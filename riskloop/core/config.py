@@ -155,8 +155,9 @@ class Settings(BaseSettings):
         "--reviewer overrides it.")
 
     review_identities: dict[str, str] = Field(
-        default_factory=dict, description='Names of reviewer API keys on the /review page, as JSON '
-        '{"<key fingerprint>": "<name>"} (the fingerprint is the 12 hex after "reviewer:" in the audit rows): '
+        default_factory=dict, description='Names of API keys, as JSON {"<key fingerprint>": "<name>"}: the '
+        'reviewer recorded by the /review page, the analyst recorded in case events (/v1/cases, /cases). The '
+        'fingerprint is the 12 hex after "reviewer:" or "analyst:" in the audit rows. '
         "with the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
 
     # --- cases (riskloop.decisions.cases): the analysts' queue ------------------------------------
