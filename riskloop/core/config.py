@@ -158,7 +158,7 @@ class Settings(BaseSettings):
         default_factory=dict, description='Names of API keys, as JSON {"<key fingerprint>": "<name>"}: the '
         'reviewer recorded by the /review page, the analyst recorded in case events (/v1/cases, /cases). The '
         'fingerprint is the 12 hex after "reviewer:" or "analyst:" in the audit rows. '
-        "with the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
+        "With the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
 
     # --- cases (riskloop.decisions.cases): the analysts' queue ------------------------------------
     analyst: str | None = Field(
