@@ -74,6 +74,10 @@ def case_of(settings: Any, decision_id: str, timeout_s: float = 10.0) -> uuid.UU
             time.sleep(0.05)
 
 
+def score_card(case: dict[str, Any], decision_id: str) -> str:
+    return next(d["request"]["card_token"] for d in case["decisions"] if d["decision_id"] == decision_id)
+
+
 def events(settings: Any, case_id: Any) -> list[tuple]:
     with psycopg.connect(dsn(settings)) as conn:
         return conn.execute("select kind, actor, details from cases.case_events where case_id = %s order by seq",
@@ -103,10 +107,18 @@ def test_review_decisions_open_and_join_one_case_per_card_or_customer(client: Te
     assert got["decisions"][0]["rules"] == ["DEGRADED_AMOUNT_REVIEW"]
     assert allowed["decision_id"] in {t["decision_id"] for t in got["timeline"]}
     assert [e["kind"] for e in got["events"]] == ["opened", "decision_added", "decision_added", "decision_added"]
-    # The row is what its events say.
+    # The row is what its events say: replaying every case's events rewrites the same rows.
+    cols = ", ".join(cases.CASE_COLUMNS)
     with psycopg.connect(dsn(settings)) as conn:
-        row, _ = cases.fold(cases.events_of(conn, case_id))
-    assert (row["n_decisions"], row["priority"], row["status"]) == (3, "P1", "open")
+        row, entities = cases.fold(cases.events_of(conn, case_id))
+        assert (row["n_decisions"], row["priority"], row["status"]) == (3, "P1", "open")
+        assert set(entities) == {f"card:{card}", f"customer:{customer}", f"customer:{other}",
+                                 f"card:{score_card(got, same_customer['decision_id'])}"}
+        before = conn.execute(f"select {cols} from cases.cases order by case_id").fetchall()
+        held = conn.execute("select entity, case_id from cases.open_entities order by entity").fetchall()
+        assert cases.rebuild(conn) >= 2
+        assert conn.execute(f"select {cols} from cases.cases order by case_id").fetchall() == before
+        assert conn.execute("select entity, case_id from cases.open_entities order by entity").fetchall() == held
 
 
 def test_two_concurrent_claims_exactly_one_wins(client: TestClient, settings: Any) -> None:

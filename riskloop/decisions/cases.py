@@ -2,9 +2,8 @@
 
 ``cases.case_events`` is the record (who, when, what; the database refuses UPDATE, DELETE and
 TRUNCATE). The case row (``cases.cases``) and the open-entity index (``cases.open_entities``) are a
-projection: every event is appended by :func:`_append`, which then rewrites its case's row from *all*
-the case's events (:func:`fold`) in the same transaction. A case has a handful of events, so the
-rewrite is cheap, and the row can never say anything its events do not.
+projection: every event is appended by :func:`_append`, which writes the case's row after it in the
+same statement, so the row can never say anything its events do not.
 
 How a case comes to be (:func:`link`): a ``review`` decision (the decision-log writer calls
 :func:`link_batch` in the transaction that commits the decisions), a failed step-up challenge (the
@@ -12,6 +11,10 @@ outcome endpoint) or a fraud chargeback of an allowed payment (:func:`sync`) joi
 its card or its customer, or opens one. The entity keys of open cases are unique
 (``cases.open_entities``), and :func:`link` takes a transaction-level advisory lock per entity first,
 so two processes linking payments of one card at once end with one case.
+
+The projection is kept by the one reducer :func:`apply` (the row after an event), written with the
+event in one statement; :func:`fold` (all of a case's events) and :func:`rebuild` (every case)
+replay the same reducer, which is how the tests prove the rows are what the events say.
 
 Priority and due time are decided when a decision is linked (from the settings' tiers), and
 written into that event, so replaying the events gives the same row whatever the settings are now.
@@ -100,41 +103,49 @@ def entities_of(customer_id: str | None, card_token: str | None) -> list[str]:
     return sorted(keys)
 
 
+def apply(row: dict[str, Any] | None, e: dict[str, Any]) -> dict[str, Any]:
+    """The case row after event ``e`` (the one reducer: :func:`fold` is it over all of a case's events)."""
+    d, kind = e["details"], e["kind"]
+    if kind == "opened":
+        row = {"case_id": e["case_id"], "opened_at": e["at"], "source": d["source"],
+               "customer_id": d.get("customer_id"), "card_token": d.get("card_token"), "status": "open",
+               "priority": d["priority"], "priority_rank": d["priority_rank"],
+               "due_at": datetime.fromisoformat(d["due_at"]), "assignee": None, "claimed_at": None,
+               "n_decisions": 0, "max_score": None, "amount_at_risk": 0.0, "n_notes": 0, "disposition": None,
+               "disposition_reason": None, "closed_at": None, "closed_by": None}
+    elif row is None:
+        raise ValueError(f"case {e['case_id']}: event {kind} before the case was opened")
+    else:
+        row = dict(row)
+    if kind == "decision_added":
+        row["n_decisions"] += 1
+        if d.get("score") is not None:
+            row["max_score"] = max(row["max_score"] or 0.0, d["score"])
+        row["amount_at_risk"] += d.get("amount") or 0.0
+        if d.get("priority_rank") is not None and d["priority_rank"] < row["priority_rank"]:
+            row.update(priority=d["priority"], priority_rank=d["priority_rank"], due_at=datetime.fromisoformat(d["due_at"]))
+    elif kind == "claimed":
+        row.update(status="in_review", assignee=e["actor"], claimed_at=e["at"])
+    elif kind == "released":
+        row.update(status="open", assignee=None, claimed_at=None)
+    elif kind == "noted":
+        row["n_notes"] += 1
+    elif kind == "closed":
+        row.update(status="closed", assignee=None, disposition=d["disposition"], disposition_reason=d["reason"],
+                   closed_at=e["at"], closed_by=e["actor"])
+    row.update(updated_at=e["at"], last_seq=e["seq"])
+    return row
+
+
 def fold(events: Iterable[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[str]]:
     """The case row and the case's entity keys, from its events in order (``seq``)."""
     row: dict[str, Any] | None = None
     entities: list[str] = []
     for e in events:
-        d, kind = e["details"], e["kind"]
-        if kind == "opened":
-            row = {"case_id": e["case_id"], "opened_at": e["at"], "source": d["source"],
-                   "customer_id": d.get("customer_id"), "card_token": d.get("card_token"), "status": "open",
-                   "priority": d["priority"], "priority_rank": d["priority_rank"],
-                   "due_at": datetime.fromisoformat(d["due_at"]), "assignee": None, "claimed_at": None,
-                   "n_decisions": 0, "max_score": None, "amount_at_risk": 0.0, "n_notes": 0, "disposition": None,
-                   "disposition_reason": None, "closed_at": None, "closed_by": None}
-        if row is None:
-            raise ValueError(f"case {e['case_id']}: event {kind} before the case was opened")
-        if kind in ("opened", "decision_added"):
+        row = apply(row, e)
+        if e["kind"] in ("opened", "decision_added"):
+            d = e["details"]
             entities += [k for k in entities_of(d.get("customer_id"), d.get("card_token")) if k not in entities]
-        if kind == "decision_added":
-            row["n_decisions"] += 1
-            if d.get("score") is not None:
-                row["max_score"] = max(row["max_score"] or 0.0, d["score"])
-            row["amount_at_risk"] += d.get("amount") or 0.0
-            if d.get("priority_rank") is not None and d["priority_rank"] < row["priority_rank"]:
-                row.update(priority=d["priority"], priority_rank=d["priority_rank"],
-                           due_at=datetime.fromisoformat(d["due_at"]))
-        elif kind == "claimed":
-            row.update(status="in_review", assignee=e["actor"], claimed_at=e["at"])
-        elif kind == "released":
-            row.update(status="open", assignee=None, claimed_at=None)
-        elif kind == "noted":
-            row["n_notes"] += 1
-        elif kind == "closed":
-            row.update(status="closed", assignee=None, disposition=d["disposition"], disposition_reason=d["reason"],
-                       closed_at=e["at"], closed_by=e["actor"])
-        row.update(updated_at=e["at"], last_seq=e["seq"])
     return row, entities
 
 
@@ -144,37 +155,60 @@ def events_of(conn: psycopg.Connection, case_id: uuid.UUID | str) -> list[dict[s
                                 (case_id,)).fetchall())
 
 
-_UPSERT = (f"insert into {CASES} ({', '.join(CASE_COLUMNS)}) values ({', '.join(['%s'] * len(CASE_COLUMNS))}) "
-           f"on conflict (case_id) do update set "
-           + ", ".join(f"{c} = excluded.{c}" for c in CASE_COLUMNS if c != "case_id"))
+_ROW_COLUMNS = [c for c in CASE_COLUMNS if c != "last_seq"]
+# One statement per event: the event, the case row after it (last_seq from the event), the open-entity
+# keys it adds (an entity another open case holds stays there) or, on close, drops. One round trip, so
+# a review decision costs the log writer a few statements, not a re-read of the case.
+_APPEND = f"""
+with e as (
+    insert into {EVENTS} (event_id, case_id, at, actor, kind, decision_id, details)
+    values (%(event_id)s, %(case_id)s, %(at)s, %(actor)s, %(kind)s, %(decision_id)s, %(details)s) returning seq
+), c as (
+    insert into {CASES} ({', '.join(CASE_COLUMNS)})
+    values ({', '.join(f'%({c})s' for c in _ROW_COLUMNS)}, (select seq from e))
+    on conflict (case_id) do update set {', '.join(f'{c} = excluded.{c}' for c in CASE_COLUMNS if c != 'case_id')}
+    returning case_id
+), gone as (
+    delete from {OPEN_ENTITIES} where %(closing)s and case_id = %(case_id)s
+), added as (
+    insert into {OPEN_ENTITIES} (entity, case_id) select unnest(%(entities)s::text[]), c.case_id from c
+    on conflict (entity) do nothing
+)
+select seq from e
+"""
 
 
-def _project(conn: psycopg.Connection, case_id: uuid.UUID | str) -> dict[str, Any]:
-    row, entities = fold(events_of(conn, case_id))
-    assert row is not None
-    conn.execute(_UPSERT, tuple(row[c] for c in CASE_COLUMNS))
-    conn.execute(f"delete from {OPEN_ENTITIES} where case_id = %s", (case_id,))
-    if row["status"] != "closed" and entities:
-        # An entity already held by another open case stays there (a payment may touch two cases).
-        conn.execute(f"insert into {OPEN_ENTITIES} (entity, case_id) select unnest(%s::text[]), %s "
-                     "on conflict (entity) do nothing", (entities, case_id))
-    return row
-
-
-def _append(conn: psycopg.Connection, case_id: uuid.UUID | str, kind: str, actor: str,
+def _append(conn: psycopg.Connection, row: dict[str, Any] | None, case_id: uuid.UUID | str, kind: str, actor: str,
             details: dict[str, Any] | None = None, decision_id: Any = None, at: datetime | None = None) -> dict[str, Any]:
-    """Append one event and rewrite the case's row from its events; the caller's transaction."""
-    conn.execute(f"insert into {EVENTS} (event_id, case_id, at, actor, kind, decision_id, details) "
-                 "values (%s, %s, %s, %s, %s, %s, %s)",
-                 (uuid.uuid4(), case_id, at or datetime.now(UTC), actor, kind, decision_id, Jsonb(details or {})))
-    return _project(conn, case_id)
+    """Append one event to a case whose current row is ``row`` (None for ``opened``; the caller read
+    it under a lock), and write the row :func:`apply` makes of it: the caller's transaction."""
+    event = {"event_id": uuid.uuid4(), "case_id": case_id, "at": at or datetime.now(UTC), "actor": actor,
+             "kind": kind, "decision_id": decision_id, "details": details or {}, "seq": None}
+    new = apply(row, event)
+    entities = entities_of(event["details"].get("customer_id"), event["details"].get("card_token")) \
+        if kind in ("opened", "decision_added") else []
+    params = {**{c: new[c] for c in _ROW_COLUMNS}, **event, "details": Jsonb(event["details"]),
+              "closing": kind == "closed", "entities": entities}
+    new["last_seq"] = conn.execute(_APPEND, params).fetchone()[0]
+    return new
 
 
 def rebuild(conn: psycopg.Connection) -> int:
-    """Rewrite every case row from its events (after a restore, or to prove the projection)."""
-    ids = [r[0] for r in conn.execute(f"select distinct case_id from {EVENTS}").fetchall()]
+    """Rewrite every case row and the open-entity index from the events (after a restore, or to
+    prove the projection): the events are the truth."""
+    # In the order the cases were opened: an entity two open cases touch stays with the first, as it did.
+    ids = [r[0] for r in conn.execute(f"select case_id from {EVENTS} group by case_id order by min(seq)").fetchall()]
+    conn.execute(f"delete from {OPEN_ENTITIES}")
+    upsert = (f"insert into {CASES} ({', '.join(CASE_COLUMNS)}) values ({', '.join(['%s'] * len(CASE_COLUMNS))}) "
+              "on conflict (case_id) do update set "
+              + ", ".join(f"{c} = excluded.{c}" for c in CASE_COLUMNS if c != "case_id"))
     for case_id in ids:
-        _project(conn, case_id)
+        row, entities = fold(events_of(conn, case_id))
+        assert row is not None
+        conn.execute(upsert, tuple(row[c] for c in CASE_COLUMNS))
+        if row["status"] != "closed":
+            conn.execute(f"insert into {OPEN_ENTITIES} (entity, case_id) select unnest(%s::text[]), %s "
+                         "on conflict (entity) do nothing", (entities, case_id))
     return len(ids)
 
 
@@ -187,6 +221,17 @@ def _amount(request: dict[str, Any]) -> float:
         return 0.0
 
 
+# Whether the decision is linked already, and the oldest open case of any of its entity keys (one row, always).
+_LOOKUP = f"""
+select d.case_id as done, {', '.join(f'c.{c}' for c in CASE_COLUMNS)}
+from (select 1) as one
+left join lateral (select case_id from {EVENTS} where decision_id = %(decision_id)s and kind = 'decision_added') d
+    on true
+left join lateral (select c.* from {OPEN_ENTITIES} e join {CASES} c using (case_id) where e.entity = any(%(keys)s)
+                   order by c.opened_at limit 1) c on true
+"""
+
+
 def link(conn: psycopg.Connection, rules: CaseRules, decision: dict[str, Any], source: str,
          actor: str = SYSTEM) -> uuid.UUID | None:
     """Add a decision to the open case of its card or customer, or open one; returns the case id.
@@ -197,34 +242,32 @@ def link(conn: psycopg.Connection, rules: CaseRules, decision: dict[str, Any], s
     if not keys:
         log.warning("decision %s has neither card nor customer: no case", decision["decision_id"])
         return None
-    for key in keys:
-        conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"riskloop case {key}",))
-    done = conn.execute(f"select case_id from {EVENTS} where decision_id = %s and kind = 'decision_added'",
-                        (decision["decision_id"],)).fetchone()
-    if done is not None:
-        return done[0]
+    conn.execute("select pg_advisory_xact_lock(hashtextextended('riskloop case ' || k, 0)) "
+                 "from unnest(%s::text[]) with ordinality as t(k, i) order by i", (keys,))
+    with conn.cursor(row_factory=dict_row) as cur:
+        found = cur.execute(_LOOKUP, {"decision_id": decision["decision_id"], "keys": keys}).fetchone()
+    if found["done"] is not None:
+        return found["done"]
     now = datetime.now(UTC)
     score, amount = decision.get("score"), _amount(req)
-    found = conn.execute(
-        f"select c.case_id, c.max_score, c.amount_at_risk, c.priority_rank, c.opened_at from {OPEN_ENTITIES} e "
-        f"join {CASES} c using (case_id) where e.entity = any(%s) order by c.opened_at limit 1", (keys,)).fetchone()
     details: dict[str, Any] = {"score": score, "amount": amount, "amount_minor": req.get("amount_minor"),
                                "currency": req.get("currency"), "decision": decision.get("decision"),
                                "source": source, "customer_id": customer_id, "card_token": card_token}
-    if found is None:
+    if found["case_id"] is None:
         case_id = uuid.uuid4()
         rank, tier = rules.tier(score, amount)
-        _append(conn, case_id, "opened", actor, at=now, details={
+        row = _append(conn, None, case_id, "opened", actor, at=now, details={
             "source": source, "customer_id": customer_id, "card_token": card_token, "priority": tier.name,
             "priority_rank": rank, "due_at": (now + timedelta(hours=tier.sla_hours)).isoformat()})
     else:
-        case_id, max_score, at_risk, current_rank, opened_at = found
-        scores = [s for s in (max_score, score) if s is not None]
-        rank, tier = rules.tier(max(scores) if scores else None, at_risk + amount)
-        if rank < current_rank:  # escalate: the SLA of the higher priority, counted from the opening
+        row = {c: found[c] for c in CASE_COLUMNS}
+        case_id = row["case_id"]
+        scores = [x for x in (row["max_score"], score) if x is not None]
+        rank, tier = rules.tier(max(scores) if scores else None, row["amount_at_risk"] + amount)
+        if rank < row["priority_rank"]:  # escalate: the SLA of the higher priority, counted from the opening
             details.update(priority=tier.name, priority_rank=rank,
-                           due_at=(opened_at + timedelta(hours=tier.sla_hours)).isoformat())
-    _append(conn, case_id, "decision_added", actor, details, decision_id=decision["decision_id"], at=now)
+                           due_at=(row["opened_at"] + timedelta(hours=tier.sla_hours)).isoformat())
+    _append(conn, row, case_id, "decision_added", actor, details, decision_id=decision["decision_id"], at=now)
     return case_id
 
 
@@ -256,7 +299,7 @@ def claim(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str) -> dic
         if row["status"] != "open":
             who = f" by {row['assignee']}" if row["assignee"] else ""
             raise CaseConflict(f"case {case_id} is {row['status']}{who}")
-        return _append(conn, case_id, "claimed", actor)
+        return _append(conn, row, case_id, "claimed", actor)
 
 
 def release(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str) -> dict[str, Any]:
@@ -265,7 +308,7 @@ def release(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str) -> d
         row = _locked(conn, case_id)
         if row["status"] != "in_review" or row["assignee"] != actor:
             raise CaseConflict(f"case {case_id} is {row['status']}, not claimed by {actor}")
-        return _append(conn, case_id, "released", actor)
+        return _append(conn, row, case_id, "released", actor)
 
 
 def note(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, text: str) -> dict[str, Any]:
@@ -275,7 +318,7 @@ def note(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, text: s
         row = _locked(conn, case_id)
         if row["status"] == "closed":
             raise CaseConflict(f"case {case_id} is closed")
-        return _append(conn, case_id, "noted", actor, {"text": text})
+        return _append(conn, row, case_id, "noted", actor, {"text": text})
 
 
 def close(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, disposition: str,
@@ -290,7 +333,7 @@ def close(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, dispos
         if row["status"] != "in_review" or row["assignee"] != actor:
             raise CaseConflict(f"case {case_id} is {row['status']}"
                                + (f" by {row['assignee']}" if row["assignee"] else "") + f": claim it first ({actor})")
-        return _append(conn, case_id, "closed", actor, {"disposition": disposition, "reason": reason})
+        return _append(conn, row, case_id, "closed", actor, {"disposition": disposition, "reason": reason})
 
 
 # --- reading ---------------------------------------------------------------------------------------
