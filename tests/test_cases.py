@@ -1,5 +1,6 @@
 """Cases: review decisions open and join cases, analysts work them through the API and the CLI,
-step-up outcomes are recorded once, the queue's figures reach /metrics (real stack).
+step-up outcomes are recorded once, the queue's figures reach /metrics and the alerts, verdicts and
+failed step-ups become dbt label signals (real stack).
 
 A rules-only app (no model registered under its name) decides 900.00 EUR as ``review``
 (DEGRADED_AMOUNT_REVIEW), which is all a case needs; the writer links the decision to its case in
@@ -331,3 +332,67 @@ def test_case_alerts_fire_on_sla_breaches_and_a_growing_queue(client: TestClient
     sent = process(s, [sla])
     assert sent and sent[0].status == "firing" and sent[0].runbook_url.endswith("case_sla_breach.md")
     assert process(s.model_copy(update={"alert_clear_after": 1}), quiet[:1])[0].status == "resolved"
+
+
+LABEL_MODELS = "stg_case_events stg_decision_log stg_decision_outcomes int_case_label_signals int_step_up_label_signals"
+
+
+def _close(client: TestClient, case_id: Any, disposition: str) -> None:
+    assert client.post(f"/v1/cases/{case_id}/claim", headers=_h(ANALYST)).status_code == 200
+    r = client.post(f"/v1/cases/{case_id}/close", json={"disposition": disposition, "reason": "checked"},
+                    headers=_h(ANALYST))
+    assert r.status_code == 200, r.text
+
+
+def _step_up_paid(settings: Any, payment: str) -> str:
+    decision_id = str(uuid.uuid4())
+    with psycopg.connect(dsn(settings)) as conn:
+        conn.execute("insert into serving.decision_log (decision_id, request_id, decided_at, score, decision, request, "
+                     "product) values (%s, 'r', now(), 0.4, 'step_up', %s, 'fraud')",
+                     (decision_id, json.dumps(body(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}", 30_000,
+                                                   transaction_id=payment))))
+    return decision_id
+
+
+@pytest.mark.slow
+def test_verdicts_and_failed_step_ups_become_label_signals_at_their_known_times(client: TestClient,
+                                                                                 settings: Any) -> None:
+    """Cases closed and step-up outcomes reported through the API; dbt builds the label signals from the
+    real tables, each at the time it became known."""
+    from riskloop.data.transform import run_dbt
+
+    run = uuid.uuid4().hex[:6]
+    pay = {k: f"pay-{run}-{k}" for k in ("a1", "a2", "b", "c", "fail", "pass")}
+    fraudster, customer, unsure = (f"C-{run}-{k}" for k in ("f", "l", "u"))
+    a1 = score(client, body(f"tok-{run}-1", fraudster, transaction_id=pay["a1"]))
+    a2 = score(client, body(f"tok-{run}-2", fraudster, transaction_id=pay["a2"]))
+    b = score(client, body(f"tok-{run}-3", customer, transaction_id=pay["b"]))
+    c = score(client, body(f"tok-{run}-4", unsure, transaction_id=pay["c"]))
+    case_a = case_of(settings, a1["decision_id"])
+    assert case_of(settings, a2["decision_id"]) == case_a
+    _close(client, case_a, "fraud_confirmed")
+    _close(client, case_of(settings, b["decision_id"]), "legitimate")
+    _close(client, case_of(settings, c["decision_id"]), "inconclusive")
+    for key, outcome in (("fail", "failed"), ("pass", "passed")):
+        r = client.post(f"/v1/decisions/{_step_up_paid(settings, pay[key])}/outcome", json={"outcome": outcome},
+                        headers=_h(SCORER))
+        assert r.status_code == 201
+
+    run_dbt(settings, ["build", "--select", LABEL_MODELS])
+
+    with psycopg.connect(dsn(settings)) as conn:
+        closed = dict(conn.execute(
+            "select l.request->>'transaction_id', e.at from cases.case_events e "
+            "join cases.case_events a on a.case_id = e.case_id and a.kind = 'decision_added' "
+            "join serving.decision_log l on l.decision_id = a.decision_id "
+            "where e.kind = 'closed' and l.request->>'transaction_id' = any(%s)", (list(pay.values()),)).fetchall())
+        cases_ = {p: (src, fraud, at) for p, src, fraud, at in conn.execute(
+            "select payment_id, source, is_fraud, known_at from intermediate.int_case_label_signals "
+            "where payment_id = any(%s)", (list(pay.values()),)).fetchall()}
+        recorded = conn.execute("select o.recorded_at from serving.decision_outcomes o join serving.decision_log l "
+                                "using (decision_id) where l.request->>'transaction_id' = %s", (pay["fail"],)).fetchone()[0]
+        step_ups = conn.execute("select payment_id, source, is_fraud, known_at from intermediate.int_step_up_label_signals "
+                                "where payment_id = any(%s)", (list(pay.values()),)).fetchall()
+    assert cases_ == {pay["a1"]: ("case", True, closed[pay["a1"]]), pay["a2"]: ("case", True, closed[pay["a2"]]),
+                      pay["b"]: ("case", False, closed[pay["b"]])}  # inconclusive: no label
+    assert step_ups == [(pay["fail"], "step_up", True, recorded)]  # a passed challenge: no label
