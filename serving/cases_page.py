@@ -46,9 +46,12 @@ PAGE = """<!doctype html>
  <h3>Decisions</h3>
  <table id="decisions"><thead><tr><th>decided</th><th>decision</th><th>score</th><th>amount</th><th>reason codes</th>
   <th>rules</th><th>features</th><th>step-up</th></tr></thead><tbody></tbody></table>
- <h3>Entity timeline (recent payments of its customers and cards)</h3>
- <table id="timeline"><thead><tr><th>decided</th><th>decision</th><th>score</th><th>amount</th><th>customer</th>
-  <th>card</th><th>terminal</th><th>step-up</th></tr></thead><tbody></tbody></table>
+ <h3>Entity timeline (payments of its customers and cards)</h3>
+ <table id="timeline"><thead><tr><th>when</th><th>amount</th><th>customer</th><th>card</th><th>processor</th>
+  <th>event</th></tr></thead><tbody></tbody></table>
+ <h3>Other cases of its customers and cards</h3>
+ <table id="other-cases"><thead><tr><th>opened</th><th>source</th><th>status</th><th>priority</th><th>decisions</th>
+  <th>max score</th><th>verdict</th></tr></thead><tbody></tbody></table>
  <h3>Events</h3>
  <table id="events"><thead><tr><th>when</th><th>who</th><th>what</th><th>details</th></tr></thead><tbody></tbody></table>
  <h3>Note</h3>
@@ -130,8 +133,14 @@ async function openCase(id) {
   }
   const tl = $("timeline").tBodies[0]; tl.replaceChildren();
   for (const t of c.timeline) {
-    const tr = tl.insertRow(); cell(tr, t.decided_at); cell(tr, t.decision); cell(tr, num(t.score));
-    cell(tr, money(t.amount_minor, t.currency)); cell(tr, t.customer_id); cell(tr, t.card_token); cell(tr, t.terminal_id); cell(tr, t.outcome);
+    const tr = tl.insertRow(); cell(tr, t.occurred_at); cell(tr, money(t.amount_minor, t.currency)); cell(tr, t.customer_id);
+    cell(tr, t.card_token); cell(tr, t.processor); cell(tr, t.event_id);
+  }
+  const oc = $("other-cases").tBodies[0]; oc.replaceChildren();
+  for (const o of c.other_cases) {
+    const tr = oc.insertRow(); tr.dataset.case = o.case_id; cell(tr, o.opened_at); cell(tr, o.source); cell(tr, o.status);
+    cell(tr, o.priority); cell(tr, o.n_decisions); cell(tr, num(o.max_score));
+    cell(tr, o.disposition ? o.disposition + ": " + o.disposition_reason + " (" + o.closed_by + ")" : "");
   }
   const ev = $("events").tBodies[0]; ev.replaceChildren();
   for (const e of c.events) {

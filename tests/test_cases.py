@@ -106,7 +106,16 @@ def test_review_decisions_open_and_join_one_case_per_card_or_customer(client: Te
     assert {d["decision_id"] for d in got["decisions"]} == {first["decision_id"], same_customer["decision_id"],
                                                            same_card["decision_id"]}
     assert got["decisions"][0]["rules"] == ["DEGRADED_AMOUNT_REVIEW"]
-    assert allowed["decision_id"] in {t["decision_id"] for t in got["timeline"]}
+    assert got["other_cases"] == []
+    # The timeline: the payments (parsed webhooks) of the case's cards and customers, newest first.
+    ours, theirs = f"evt-{uuid.uuid4().hex[:8]}", f"evt-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn(settings)) as conn:
+        for event_id, card_token, customer_id, minutes in ((ours, card, "C-elsewhere", 5), (theirs, "tok-x", "C-x", 1)):
+            conn.execute("insert into realtime.payment_events (processor, event_id, card_token, customer_id, "
+                         "amount_minor, occurred_at, currency) values ('stripe', %s, %s, %s, 4200, "
+                         "now() - make_interval(mins => %s), 'EUR')", (event_id, card_token, customer_id, minutes))
+    timeline = client.get(f"/v1/cases/{case_id}", headers=_h(ANALYST)).json()["timeline"]
+    assert [(t["event_id"], t["amount_minor"], t["card_token"]) for t in timeline] == [(ours, 4200, card)]
     assert [e["kind"] for e in got["events"]] == ["opened", "decision_added", "decision_added", "decision_added"]
     # The row is what its events say: replaying every case's events rewrites the same rows.
     cols = ", ".join(cases.CASE_COLUMNS)
@@ -191,8 +200,14 @@ def test_analyst_works_a_case_through_the_api(client: TestClient, settings: Any)
         conn.execute("update cases.case_events set actor = 'x' where case_id = %s", (case_id,))
     with psycopg.connect(dsn(settings)) as conn, pytest.raises(psycopg.Error, match="append-only"):
         conn.execute("delete from cases.case_events where case_id = %s", (case_id,))
-    # A new review decision of that customer opens a new case: the closed one stays closed.
+    # A new review decision of that customer opens a new case: the closed one stays closed, and is
+    # shown in the new one's view with its verdict.
     assert client.get(url, headers=_h(ANALYST)).json()["status"] == "closed"
+    customer = client.get(url, headers=_h(ANALYST)).json()["customer_id"]
+    again = case_of(settings, score(client, body(f"tok-{uuid.uuid4().hex[:8]}", customer))["decision_id"])
+    assert again != case_id
+    other = client.get(f"/v1/cases/{again}", headers=_h(ANALYST)).json()["other_cases"]
+    assert [(o["case_id"], o["disposition"]) for o in other] == [(str(case_id), "fraud_confirmed")]
 
 
 def _step_up(settings: Any, customer: str) -> str:

@@ -2,7 +2,7 @@
 
 A rules-only app under uvicorn on a loopback port scores two payments that go to review (two
 cases); the analyst loads the queue, sorts it, opens a case (its decisions with their reason codes,
-rules and features, the entity's timeline), finds another analyst's case unclaimable, claims,
+rules and features, the entity's payments), finds another analyst's case unclaimable, claims,
 notes and closes one through the page; the events are read back from Postgres.
 Skipped only if /usr/bin/chromium is absent.
 """
@@ -54,6 +54,11 @@ def test_cases_page_claims_notes_and_closes_a_case(settings: Settings) -> None:
         small_id = httpx.post(f"{base}/v1/score/fraud", json=_payment(customer, 60_000), headers=auth).json()["decision_id"]
         big_id = httpx.post(f"{base}/v1/score/fraud", json=_payment(big, 500_000), headers=auth).json()["decision_id"]
         small_case, big_case = str(case_of(settings, small_id)), str(case_of(settings, big_id))
+        timeline_event = f"evt-page-{uuid.uuid4().hex[:6]}"  # a payment webhook of the customer, parsed
+        with psycopg.connect(dsn(settings)) as conn:
+            conn.execute("insert into realtime.payment_events (processor, event_id, card_token, customer_id, "
+                         "amount_minor, occurred_at, currency) values ('stripe', %s, 'tok-w', %s, 1234, now(), 'EUR')",
+                         (timeline_event, customer))
         # Bob holds the big case already.
         assert httpx.post(f"{base}/v1/cases/{big_case}/claim", headers={"Authorization": f"Bearer {BOB}"}).status_code == 200
 
@@ -92,7 +97,7 @@ def test_cases_page_claims_notes_and_closes_a_case(settings: Settings) -> None:
         expect(page.locator("#case-title")).to_contain_text(small_case)
         decision_row = page.text_content(f'#decisions tr[data-decision="{small_id}"]')
         assert "DEGRADED_AMOUNT_REVIEW" in decision_row and "600.00 EUR" in decision_row
-        assert "T-page" in page.text_content("#timeline")
+        assert "12.34 EUR" in page.text_content("#timeline") and timeline_event in page.text_content("#timeline")
         assert page.is_disabled("#close")  # not claimed yet
         page.click("#claim")
         expect(page.locator("#message")).to_have_text("claimed by ana")

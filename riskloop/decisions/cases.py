@@ -376,22 +376,30 @@ from {EVENTS} e join {decision_log.TABLE} l using (decision_id)
 left join {OUTCOMES} o using (decision_id)
 where e.case_id = %s and e.kind = 'decision_added' order by l.decided_at
 """
+# The entity's recent payments: the stream consumer's parsed payment webhooks, indexed per card and per
+# customer (the decision log has no index on its request's entities: scanning it would read every
+# decision of the window).
+PAYMENTS = "realtime.payment_events"
 _TIMELINE = f"""
-select l.decision_id, l.decided_at, l.decision, l.score, l.request->>'amount_minor' as amount_minor,
-       l.request->>'currency' as currency, l.request->>'card_token' as card_token,
-       l.request->>'customer_id' as customer_id, l.request->>'terminal_id' as terminal_id,
-       l.request->>'transaction_id' as transaction_id, o.outcome
-from {decision_log.TABLE} l left join {OUTCOMES} o using (decision_id)
-where l.product = 'fraud' and (l.request->>'customer_id' = any(%s) or l.request->>'card_token' = any(%s))
-  and l.decided_at >= %s
-order by l.decided_at desc limit %s
+select occurred_at, processor, event_id, customer_id, card_token, amount_minor, currency
+from {PAYMENTS}
+where (customer_id = any(%(customers)s) or card_token = any(%(cards)s)) and occurred_at >= %(since)s
+order by occurred_at desc limit %(limit)s
+"""
+_EARLIER = f"""
+select case_id, opened_at, source, status, priority, n_decisions, max_score, amount_at_risk, disposition,
+       disposition_reason, closed_at, closed_by
+from {CASES}
+where case_id <> %(case_id)s and (customer_id = any(%(customers)s) or card_token = any(%(cards)s))
+order by opened_at desc limit %(limit)s
 """
 
 
 def get(conn: psycopg.Connection, case_id: uuid.UUID | str, *, timeline_days: int = 30,
         timeline_limit: int = 50) -> dict[str, Any]:
-    """A case: its row, its events, its decisions (reasons, rules, features, step-up outcome) and the
-    entity's recent payments (every fraud decision of its customers and cards in ``timeline_days``)."""
+    """A case: its row, its events, its decisions (reasons, rules, features, step-up outcome), the
+    entity's timeline (the payments of its customers and cards from ``timeline_days`` before it opened)
+    and the entity's other cases with their verdicts."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(f"select {', '.join(CASE_COLUMNS)} from {CASES} where case_id = %s", (case_id,)).fetchone()
         if row is None:
@@ -399,11 +407,14 @@ def get(conn: psycopg.Connection, case_id: uuid.UUID | str, *, timeline_days: in
         events = events_of(conn, case_id)
         decisions = cur.execute(_DECISIONS, (case_id,)).fetchall()
         _, entities = fold(events)
-        customers = [k.split(":", 1)[1] for k in entities if k.startswith("customer:")]
-        cards = [k.split(":", 1)[1] for k in entities if k.startswith("card:")]
-        since = row["opened_at"] - timedelta(days=timeline_days)
-        timeline = cur.execute(_TIMELINE, (customers, cards, since, timeline_limit)).fetchall()
-    return {**row, "entities": entities, "events": events, "decisions": list(decisions), "timeline": list(timeline)}
+        params = {"case_id": case_id, "limit": timeline_limit,
+                  "customers": [k.split(":", 1)[1] for k in entities if k.startswith("customer:")],
+                  "cards": [k.split(":", 1)[1] for k in entities if k.startswith("card:")],
+                  "since": row["opened_at"] - timedelta(days=timeline_days)}
+        timeline = cur.execute(_TIMELINE, params).fetchall()
+        earlier = cur.execute(_EARLIER, params).fetchall()
+    return {**row, "entities": entities, "events": events, "decisions": list(decisions), "timeline": list(timeline),
+            "other_cases": list(earlier)}
 
 
 # --- step-up outcomes ----------------------------------------------------------------------------

@@ -82,6 +82,9 @@ create table if not exists cases.cases (
 );
 create index if not exists cases_queue_idx on cases.cases (status, priority_rank, opened_at);
 create index if not exists cases_closed_idx on cases.cases (closed_at) where status = 'closed';
+-- a case view lists the other cases of its customers and cards
+create index if not exists cases_customer_idx on cases.cases (customer_id);
+create index if not exists cases_card_idx on cases.cases (card_token);
 
 -- One open case per card and per customer: the entity keys ('card:<token>', 'customer:<id>') of open cases.
 create table if not exists cases.open_entities (
