@@ -411,3 +411,51 @@ def test_verdicts_and_failed_step_ups_become_label_signals_at_their_known_times(
     assert cases_ == {pay["a1"]: ("case", True, closed[pay["a1"]]), pay["a2"]: ("case", True, closed[pay["a2"]]),
                       pay["b"]: ("case", False, closed[pay["b"]])}  # inconclusive: no label
     assert step_ups == [(pay["fail"], "step_up", True, recorded)]  # a passed challenge: no label
+
+
+def _review_row(card: str, customer: str) -> dict[str, Any]:
+    return {"decision_id": uuid.uuid4(), "request_id": "r", "decided_at": datetime.now(UTC), "model_name": "m",
+            "model_version": "1", "model_alias": "champion", "score": 0.6, "decision": "review", "reasons": [],
+            "rules": [], "features": {}, "feature_timestamps": {}, "request": body(card, customer), "latency_ms": 1.0,
+            "degraded": False, "product": "fraud", "policy_version": "fraud-v1", "signals": {}}
+
+
+def test_concurrent_links_of_one_card_make_one_case(settings: Any) -> None:
+    """Two writers (two serving processes) commit review decisions of the same card at once: one case."""
+    from riskloop.decisions.cases import CaseRules
+    from serving.decision_log import _copy_batch
+
+    rules = CaseRules.from_settings(settings)
+    card = f"tok-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        rows = [_review_row(card, f"C-{uuid.uuid4().hex[:8]}") for _ in range(2)]
+        barrier = threading.Barrier(2)
+
+        def write(r: dict[str, Any]) -> None:
+            with psycopg.connect(dsn(settings)) as conn:
+                barrier.wait()
+                _copy_batch(conn, [r], rules)
+
+        threads = [threading.Thread(target=write, args=(r,)) for r in rows]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert case_of(settings, str(rows[0]["decision_id"]), 0) == case_of(settings, str(rows[1]["decision_id"]), 0)
+    with psycopg.connect(dsn(settings)) as conn:
+        assert conn.execute("select count(*) from cases.cases where card_token = %s", (card,)).fetchone()[0] == 1
+
+
+def test_a_failing_case_step_never_loses_the_decision_and_sync_links_it(settings: Any) -> None:
+    from riskloop.decisions.cases import CaseRules
+    from serving.decision_log import _copy_batch
+
+    row = _review_row(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}")
+    with psycopg.connect(dsn(settings)) as conn:
+        _copy_batch(conn, [row], CaseRules(priorities=()))  # no priority to give: the case step fails
+        assert conn.execute("select decision from serving.decision_log where decision_id = %s",
+                            (row["decision_id"],)).fetchone() == ("review",)
+        assert conn.execute("select count(*) from cases.case_events where decision_id = %s",
+                            (row["decision_id"],)).fetchone()[0] == 0
+    assert cases.sync(settings)["review"] >= 1
+    assert case_of(settings, str(row["decision_id"]), 0)

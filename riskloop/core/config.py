@@ -165,6 +165,7 @@ class Settings(BaseSettings):
         default=None, description="Who runs `riskloop cases claim|release|note|close` (recorded in cases.case_events); "
         "--analyst overrides it. Unset: the operating-system user.")
     cases_priorities: list[CasePriority] = Field(
+        min_length=1,
         default_factory=lambda: [CasePriority(name="P1", min_score=0.9, min_amount=1000.0, sla_hours=4.0),
                                  CasePriority(name="P2", min_score=0.7, min_amount=250.0, sla_hours=24.0),
                                  CasePriority(name="P3", min_score=0.0, min_amount=0.0, sla_hours=72.0)],
