@@ -61,18 +61,11 @@ def allowed_devices(batch: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 
 def _link_cases(conn: psycopg.Connection, rules: CaseRules | None, batch: list[dict[str, Any]]) -> None:
-    """The batch's review decisions into cases (riskloop.decisions.cases), in a savepoint of the
-    batch's transaction: a committed review decision has its case, and a case step that fails
+    """The batch's review decisions into cases (riskloop.decisions.cases.link_batch), in savepoints of
+    the batch's transaction: a committed review decision has its case, and a case step that fails
     never holds the decisions back (``riskloop cases sync`` links what it missed)."""
-    if rules is None or not any(r["decision"] == "review" for r in batch):
-        return
-    try:
-        with conn.transaction():
-            link_batch(conn, rules, batch)
-    except Exception as exc:  # noqa: BLE001 - the decisions commit anyway; sync catches up
-        if conn.broken:
-            raise
-        log.error("cases not linked for a batch of %d decisions (riskloop cases sync will): %s", len(batch), exc)
+    if rules is not None:
+        link_batch(conn, rules, batch)
 
 
 def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rules: CaseRules | None = None) -> None:

@@ -447,12 +447,32 @@ def test_concurrent_links_of_one_card_make_one_case(settings: Any) -> None:
 
 
 def test_a_failing_case_step_never_loses_the_decision_and_sync_links_it(settings: Any) -> None:
+    from dataclasses import astuple
+
     from riskloop.decisions.cases import CaseRules
     from serving.decision_log import _copy_batch
 
     row = _review_row(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}")
     with psycopg.connect(dsn(settings)) as conn:
         _copy_batch(conn, [row], CaseRules(priorities=()))  # no priority to give: the case step fails
+
+    class Picky(CaseRules):  # a case step that fails for one row only (6.66 at risk)
+        def tier(self, max_score: float | None, amount_at_risk: float) -> Any:
+            if amount_at_risk == 6.66:
+                raise ValueError("no priority for this one")
+            return super().tier(max_score, amount_at_risk)
+
+    # One bad row among good ones: the others still get their cases in the same transaction.
+    good = _review_row(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}")
+    bad = _review_row(f"tok-{uuid.uuid4().hex[:8]}", f"C-{uuid.uuid4().hex[:8]}")
+    bad["request"]["amount_minor"] = 666
+    with psycopg.connect(dsn(settings)) as conn:
+        _copy_batch(conn, [bad, good], Picky(*astuple(CaseRules.from_settings(settings))))
+    assert case_of(settings, str(good["decision_id"]), 0)
+    with psycopg.connect(dsn(settings)) as conn:
+        assert conn.execute("select count(*) from cases.case_events where decision_id = %s",
+                            (bad["decision_id"],)).fetchone()[0] == 0
+    with psycopg.connect(dsn(settings)) as conn:
         assert conn.execute("select decision from serving.decision_log where decision_id = %s",
                             (row["decision_id"],)).fetchone() == ("review",)
         assert conn.execute("select count(*) from cases.case_events where decision_id = %s",

@@ -271,14 +271,32 @@ def link(conn: psycopg.Connection, rules: CaseRules, decision: dict[str, Any], s
     return case_id
 
 
-def link_batch(conn: psycopg.Connection, rules: CaseRules, rows: Iterable[dict[str, Any]]) -> int:
+def link_batch(conn: psycopg.Connection, rules: CaseRules, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
     """The decision-log writer's step: the batch's fraud ``review`` decisions joined to cases, in
-    its transaction (so a committed review decision has its case). Returns how many were linked."""
-    n = 0
-    for r in rows:
-        if r.get("decision") == "review" and r.get("product", "fraud") == "fraud":
-            n += link(conn, rules, r, "review") is not None
-    return n
+    its transaction (so a committed review decision has its case): ``(linked, failed)``. All in one
+    savepoint; if that fails, one savepoint per decision, so one bad row never keeps the others from
+    their cases. A failed one is logged and left to :func:`sync`; the decisions commit either way."""
+    reviews = [r for r in rows if r.get("decision") == "review" and r.get("product", "fraud") == "fraud"]
+    if not reviews:
+        return 0, 0
+    try:
+        with conn.transaction():
+            return sum(link(conn, rules, r, "review") is not None for r in reviews), 0
+    except Exception as exc:  # noqa: BLE001 - retried row by row below
+        if conn.broken:
+            raise
+        log.warning("linking %d review decisions failed (%s): one by one", len(reviews), exc)
+    linked = failed = 0
+    for r in reviews:
+        try:
+            with conn.transaction():
+                linked += link(conn, rules, r, "review") is not None
+        except Exception as exc:  # noqa: BLE001 - the decision commits anyway; sync links it later
+            if conn.broken:
+                raise
+            failed += 1
+            log.error("decision %s not linked to a case (riskloop cases sync will): %s", r.get("decision_id"), exc)
+    return linked, failed
 
 
 # --- analysts' actions ---------------------------------------------------------------------------
