@@ -9,7 +9,9 @@ runs the tables' GX suites (``expectations/settlement_file_rows.json``,
 ``expectations/dispute_file_rows.json``): rows that parse but break the contract (a fee above
 the amount, a closed dispute without a verdict...) move to ``quarantine.<table>``, an alert is
 raised and the task fails; the ingest DAG's contract check covers these tables too, so dbt does
-not build on them either.
+not build on them either. Last, ``sync_cases`` opens cases for allowed payments the new dispute
+lines charged back as fraud (missed fraud, for the analysts; ``RISKLOOP_CASES_OPEN_ON_CHARGEBACK``)
+and links any review decision still without its case (``riskloop cases sync``).
 
 Not an interval job: it drains what has arrived, whenever it runs, so a re-run or a backfill
 finds nothing new and writes nothing. Hourly, because processors deliver on their own clocks.
@@ -68,7 +70,14 @@ def riskloop_batch_files():
             raise AirflowFailException(f"batch file contract violated: {exc}") from exc
         return {"success": report.success, "files_loaded": loaded["files_loaded"]}
 
-    check_contracts(load_batch_files())
+    @task
+    def sync_cases(checked: dict) -> dict:
+        """Cases for chargebacks of allowed payments, and any decision still missing its case."""
+        from riskloop.decisions.cases import sync
+
+        return sync(get_settings())
+
+    sync_cases(check_contracts(load_batch_files()))
 
 
 riskloop_batch_files()

@@ -344,8 +344,8 @@ def _default(field: Any) -> str:
         return code(str(value).lower())
     if isinstance(value, date):
         return code(value.isoformat())
-    if isinstance(value, dict | list):
-        return code(json.dumps(value))
+    if isinstance(value, dict | list):  # as the JSON its environment variable takes (models as objects)
+        return code(json.dumps(value, default=lambda o: o.model_dump()))
     if value == "":
         return '`""`'
     return code(portable(str(value)))

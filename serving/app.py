@@ -38,9 +38,13 @@ from riskloop.core.db import dsn
 from riskloop.core.logs import RequestIdMiddleware
 from riskloop.core.pan import InvalidPan, PanKeyMissing, tokenizer
 from riskloop.decisions import log as decision_log
+from riskloop.decisions.cases import CaseRules
 from riskloop.governance import canary
 from serving import credit, routing
 from serving.auth import KeyRing, require
+from serving.case_metrics import CaseCollector
+from serving.cases_api import page_router as cases_page_router
+from serving.cases_api import router as cases_router
 from serving.config import ServingSettings
 from serving.currencies import minor_to_major
 from serving.decision_log import DecisionLogWriter, record_or_refuse_async
@@ -90,6 +94,7 @@ class _Metrics:
         self.multiproc_dir = multiproc_dir
         self._children: dict[tuple, tuple[Any, Any]] = {}  # (decision, degraded, alias, version) → children
         self.registry = CollectorRegistry()
+        self.collectors: list[Any] = []
         self.decisions = Counter("riskloop_fraud_decisions", "Fraud decisions returned, by deciding model.",
                                  ["decision", "degraded", "model_alias", "model_version"], registry=self.registry)
         self.latency = Histogram("riskloop_fraud_score_latency_seconds", "Scoring time, request to decision.",
@@ -132,6 +137,12 @@ class _Metrics:
         else:
             self.queue_depth.set_function(writer.depth)
 
+    def add_collector(self, collector: Any) -> None:
+        """A collector read at scrape time in the scraping process (figures from Postgres, the same
+        whichever worker answers): registered here, and on each merged registry."""
+        self.collectors.append(collector)
+        self.registry.register(collector)
+
     def exposition(self) -> bytes:
         """The text a scrape gets: this registry, or every worker's values merged."""
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess
@@ -140,6 +151,8 @@ class _Metrics:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         multiprocess.MultiProcessCollector(merged, path=self.multiproc_dir)
+        for collector in self.collectors:
+            merged.register(collector)
         return generate_latest(merged)
 
 
@@ -549,6 +562,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         if len(keys) == 0:
             log.warning("RISKLOOP_API_KEYS is not set: every /v1 endpoint will answer 401")
         st.metrics = _make_metrics(cfg.metrics_dir)
+        if st.metrics is not None:
+            st.metrics.add_collector(CaseCollector(settings))
         st.online = OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
                                    cfg.feature_service, retry_s=cfg.feature_store_retry_s, read=cfg.online_read,
                                    timeout_s=cfg.online_timeout_s, pool_size=cfg.online_pool_size,
@@ -573,7 +588,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st.writer = DecisionLogWriter(
             dsn(settings), maxsize=cfg.log_queue_size, batch_size=cfg.log_batch_size,
             enqueue_timeout_s=cfg.log_enqueue_timeout_s, linger_s=cfg.log_linger_s,
-            spill_path=settings.run_dir / "decision_log_spill.jsonl",
+            spill_path=settings.run_dir / "decision_log_spill.jsonl", case_rules=CaseRules.from_settings(settings),
             on_written=m.log_written.inc if m else None, on_error=m.log_errors.inc if m else None)
         if m:
             m.track_queue(st.writer)
@@ -634,6 +649,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     app.state.keys = keys
     app.include_router(decisions_router)
     app.include_router(review_router)  # GET /review, /review/api/* (serving.review)
+    app.include_router(cases_router)  # /v1/cases (serving.cases_api)
+    app.include_router(cases_page_router)  # GET /cases
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -13,9 +13,11 @@ Why this shape:
 * **No key in logs or tables.** A caller is identified by ``role:<first 12 hex of sha256(key)>``
   (``Principal.actor``), which is what overrides record as their author.
 
-Roles (see :data:`PERMISSIONS`): ``scorer`` scores; ``reviewer`` reads decisions and overrides
-them; ``admin`` operates the service (reload, read decisions, score for smoke tests) but cannot
-override — four eyes: whoever runs the service is not whoever changes a customer's outcome.
+Roles (see :data:`PERMISSIONS`): ``scorer`` scores (and reports step-up outcomes, as the channel
+that asked for the challenge); ``reviewer`` reads decisions and overrides them; ``analyst`` works
+the case queue and reads decisions; ``admin`` operates the service (reload, read decisions and
+cases, score for smoke tests) but cannot override or work a case — four eyes: whoever runs the
+service is not whoever changes a customer's outcome or gives the verdict that becomes a label.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from fastapi import HTTPException, Request
 
 log = logging.getLogger(__name__)
 
-ROLES = frozenset({"scorer", "reviewer", "admin"})
+ROLES = frozenset({"scorer", "reviewer", "analyst", "admin"})
 
 # action -> roles allowed to perform it
 PERMISSIONS: dict[str, frozenset[str]] = {
     "score": frozenset({"scorer", "admin"}),
-    "read_decision": frozenset({"reviewer", "admin"}),
+    "read_decision": frozenset({"reviewer", "analyst", "admin"}),
+    "record_outcome": frozenset({"scorer", "admin"}),  # the channel reports a step-up challenge's outcome
+    "read_cases": frozenset({"analyst", "admin"}),
+    "work_cases": frozenset({"analyst"}),  # claim, release, note, close
     "override": frozenset({"reviewer"}),
     "admin": frozenset({"admin"}),
     "read_model": frozenset({"scorer", "reviewer", "admin"}),

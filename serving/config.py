@@ -103,7 +103,7 @@ class ServingSettings(BaseSettings):
         "unwritten decisions to <home>/run/decision_log_spill.jsonl.")
     api_keys: str | None = Field(
         default=None, validation_alias=AliasChoices("RISKLOOP_API_KEYS", "api_keys"),
-        description="API keys with roles, 'key:role,key:role' (roles scorer, reviewer, admin), sent as "
+        description="API keys with roles, 'key:role,key:role' (roles scorer, reviewer, analyst, admin), sent as "
         "'Authorization: Bearer <key>'. Unset: every /v1 endpoint answers 401 (fail closed).")
     admin_token: str | None = Field(
         default=None, description="Legacy: one more key with role admin (prefer RISKLOOP_API_KEYS).")

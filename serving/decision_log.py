@@ -24,6 +24,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb, set_json_dumps
 
+from riskloop.decisions.cases import CaseRules, link_batch
 from riskloop.decisions.log import CARD_LOCATIONS_TABLE, COLUMNS, DEVICES_TABLE, JSON_COLUMNS, OPTIONAL_COLUMNS, TABLE
 from serving.travel import latest_per_card
 
@@ -66,17 +67,25 @@ def allowed_devices(batch: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return customers, devices
 
 
+def _link_cases(conn: psycopg.Connection, rules: CaseRules | None, batch: list[dict[str, Any]]) -> None:
+    """The batch's review decisions into cases (riskloop.decisions.cases.link_batch), in savepoints of
+    the batch's transaction: a committed review decision has its case, and a case step that fails
+    never holds the decisions back (``riskloop cases sync`` links what it missed)."""
+    if rules is not None:
+        link_batch(conn, rules, batch)
+
+
 def card_sightings(batch: list[dict[str, Any]]) -> tuple[list[str], list[str], list[str]]:
     """The newest (card, country, time) of each card among the batch's fraud payments, as three columns."""
     return latest_per_card(r["request"] for r in batch if r.get("product", "fraud") == "fraud" and r.get("request"))
 
 
-def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]]) -> None:
+def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rules: CaseRules | None = None) -> None:
     """Commit ``batch``: one ``COPY`` (a few round trips for the whole batch, no per-row statement),
     or, when some rows are already there (a retried batch whose first commit did land, which only
     the unique key can tell), row by row with ``ON CONFLICT DO NOTHING`` so the retry is harmless.
     The batch's allowed devices go to :data:`DEVICES_TABLE` and its cards' newest sightings to
-    :data:`CARD_LOCATIONS_TABLE` in the same transaction."""
+    :data:`CARD_LOCATIONS_TABLE` and its review decisions to their cases in the same transaction."""
     params = [_params(r) for r in batch]
     customers, devices = allowed_devices(batch)
     cards = card_sightings(batch)
@@ -93,11 +102,13 @@ def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]]) -> None:
                 for p in params:
                     copy.write_row(p)
             side_tables(cur)
+            _link_cases(conn, case_rules, batch)
     except psycopg.errors.UniqueViolation:
         log.info("decision log batch of %d rows partly written before: inserting the rest", len(batch))
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(INSERT, params)
             side_tables(cur)
+            _link_cases(conn, case_rules, batch)
 
 
 class LogBackpressure(RuntimeError):
@@ -133,8 +144,10 @@ class DecisionLogWriter:
     """Bounded queue + one batching writer thread. Thread-safe ``submit``; ``close`` flushes."""
 
     def __init__(self, dsn: str, *, maxsize: int, batch_size: int, enqueue_timeout_s: float,
-                 spill_path: Path, on_written: Any = None, on_error: Any = None, linger_s: float = 0.0) -> None:
+                 spill_path: Path, on_written: Any = None, on_error: Any = None, linger_s: float = 0.0,
+                 case_rules: CaseRules | None = None) -> None:
         self._dsn = dsn
+        self._case_rules = case_rules
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._batch_size = batch_size
         self._linger_s = linger_s
@@ -239,7 +252,7 @@ class DecisionLogWriter:
         while True:
             try:
                 conn = self._connect()
-                _copy_batch(conn, batch)
+                _copy_batch(conn, batch, self._case_rules)
                 break
             except psycopg.Error as exc:
                 attempt += 1

@@ -1,4 +1,4 @@
-"""``GET /v1/decisions/{id}`` and ``POST /v1/decisions/{id}/override``.
+"""``GET /v1/decisions/{id}``, ``POST /v1/decisions/{id}/override`` and ``POST /v1/decisions/{id}/outcome``.
 
 A decision is read from the writer's queue while it is not yet committed (so a read right after
 a score never 404s) and from ``serving.decision_log`` afterwards, together with its overrides
@@ -13,15 +13,18 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, Field
 
 from riskloop.core.db import dsn
+from riskloop.decisions import cases, overrides
 from riskloop.decisions import log as decision_log
-from riskloop.decisions import overrides
 from serving.auth import Principal, require
 from serving.policy import Policy, PolicyError, policy_by_id
 from serving.schemas import DecisionRecord, Override, OverrideRequest
@@ -47,6 +50,17 @@ def _fetch_committed(request: Request, conn: psycopg.Connection, decision_id: st
         row = decision_log.fetch(conn, decision_id)
         if row is not None or time.monotonic() > deadline:
             return row
+        time.sleep(0.02)
+
+
+def _wait_committed(request: Request, decision_id: UUID) -> None:
+    """Wait briefly for this process's writer to commit the decision (what refers to it needs the row)."""
+    writer = request.app.state.writer
+    deadline = time.monotonic() + PENDING_WAIT_S
+    while writer.pending(str(decision_id)) is not None:
+        if time.monotonic() > deadline:
+            raise HTTPException(status_code=409, detail="decision not yet committed to the log, retry",
+                                headers={"Retry-After": "1"})
         time.sleep(0.02)
 
 
@@ -96,13 +110,7 @@ def override_decision(decision_id: UUID, body: OverrideRequest, request: Request
                       principal: Principal = Depends(require("override")),
                       x_request_id: str | None = Header(default=None)) -> Override:
     """Record a reviewer's new outcome; the logged decision itself is never changed."""
-    writer = request.app.state.writer
-    deadline = time.monotonic() + PENDING_WAIT_S
-    while writer.pending(str(decision_id)) is not None:
-        if time.monotonic() > deadline:
-            raise HTTPException(status_code=409, detail="decision not yet committed to the log, retry",
-                                headers={"Retry-After": "1"})
-        time.sleep(0.02)
+    _wait_committed(request, decision_id)
     try:
         with _connect(request) as conn, conn.transaction():
             row = _fetch_committed(request, conn, str(decision_id))
@@ -127,3 +135,35 @@ def override_decision(decision_id: UUID, body: OverrideRequest, request: Request
     log.info("decision %s overridden %s -> %s by %s", decision_id, out["previous_decision"], out["decision"],
              principal.actor)
     return Override(**out)
+
+
+class OutcomeRequest(BaseModel):
+    outcome: Literal["passed", "failed", "abandoned"] = Field(description="How the customer's challenge ended.")
+    occurred_at: AwareDatetime | None = Field(default=None, description="When it ended, by the channel's clock "
+                                              "(stored beside the time riskloop recorded it).")
+
+
+@router.post("/{decision_id}/outcome", status_code=201, responses={200: {"description": "Already recorded"}})
+def record_outcome(decision_id: UUID, body: OutcomeRequest, request: Request,
+                   principal: Principal = Depends(require("record_outcome")),
+                   x_request_id: str | None = Header(default=None)) -> JSONResponse:
+    """The outcome of a ``step_up`` decision's challenge, from the channel: 201 when recorded, 200
+    when the same outcome was recorded before (a retry), 409 for a different one or a decision that
+    is not a step_up. Append-only; a ``failed`` challenge opens or joins a case
+    (``RISKLOOP_CASES_OPEN_ON_STEP_UP_FAILURE``) and is a fraud label signal."""
+    _wait_committed(request, decision_id)
+    settings = request.app.state.settings
+    try:
+        with _connect(request) as conn:
+            if _fetch_committed(request, conn, str(decision_id)) is None:
+                raise HTTPException(status_code=404, detail=f"no decision {decision_id}")
+            stored, created = cases.record_outcome(conn, cases.CaseRules.from_settings(settings), decision_id,
+                                                   body.outcome, principal.actor, body.occurred_at, x_request_id)
+    except cases.CaseError as exc:
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from exc
+    except psycopg.Error as exc:
+        log.error("outcome of %s failed: %s", decision_id, exc)
+        raise HTTPException(status_code=503, detail="decision log unreachable") from exc
+    if created:
+        log.info("decision %s step-up outcome %s from %s", decision_id, body.outcome, principal.actor)
+    return JSONResponse(jsonable_encoder(stored), status_code=201 if created else 200)

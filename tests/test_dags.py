@@ -140,6 +140,7 @@ def test_ingest_is_mapped_per_source(dagbag: dict) -> None:
     batch = dagbag["dags"]["riskloop_batch_files"]["tasks"]
     assert batch["load_batch_files"]["downstream"] == ["check_contracts"]
     assert batch["check_contracts"]["outlets"] == ["riskloop_batch_files"]
+    assert batch["check_contracts"]["downstream"] == ["sync_cases"]
 
 
 def test_failure_alert_is_one_structured_record(caplog: pytest.LogCaptureFixture) -> None:

@@ -264,7 +264,8 @@ def test_dbt_unit_tests_pin_the_label_delay_logic(built) -> None:
             "fraud_label_takes_the_highest_precedence_source", "payment_events_merge_files_and_inbox_on_first_receipt",
             "terminal_risk_counts_only_labels_known_before_the_day",
             "card_windows_edges_and_ties", "card_windows_sum_one_currency",
-            "settlement_lines_are_reconciled_per_payment"} <= set(outcome)
+            "settlement_lines_are_reconciled_per_payment", "case_verdicts_become_signals_when_the_case_closes",
+            "failed_step_ups_are_fraud_signals_when_recorded"} <= set(outcome)
     assert set(outcome.values()) == {"pass"}, outcome
 
 

@@ -456,10 +456,13 @@ def test_injected_drift_pages_once_and_blocks_promotion(world: World) -> None:
     assert drift_pages == [[i == pages_at] for i in range(3)], (prior, [run["alerts"] for run in runs])
     # The shift also costs the champion precision on the drifted week's matured labels: a separate
     # incident (performance_drop), paged at most once too.
-    others = [a["kind"] for run in runs for a in run["alerts"] if a["kind"] != "input_drift"]
+    # Nobody works this world's case queue, so the case alerts (case_queue_growth...) may page too: not this test's.
+    others = [a["kind"] for run in runs for a in run["alerts"]
+              if a["kind"] != "input_drift" and not a["kind"].startswith("case_")]
     assert set(others) <= {"performance_drop"} and len(others) <= 1, others
     (page,) = [p for p in pages_after_monitor if " input_drift " in p]  # the drift's one page at the sink
-    assert len(pages_after_monitor) == 1 + len(others)
+    case_pages = [p for p in pages_after_monitor if p.startswith(("[FIRING] case_", "[RESOLVED] case_"))]
+    assert len(pages_after_monitor) == 1 + len(others) + len(case_pages)
     assert page.startswith(f"[FIRING] input_drift {settings.fraud_model_name}") and "amount" in page
     assert "report: file://" in page and "runbook: docs/runbooks/input_drift.md" in page
     report = Path(page.split("report: file://", 1)[1].split()[0])

@@ -15,9 +15,11 @@ from riskloop.core.config import Settings
 PLATFORM_TABLES = ("monitoring.alert_state", "monitoring.alert_events", "monitoring.drift_reports",
                    "governance.model_approvals", "governance.promotion_decisions", "governance.canary_state",
                    "serving.decision_log", "serving.known_devices", "serving.card_locations", "serving.decision_overrides",
-                   "raw.webhook_inbox", "raw.contract_runs", "realtime.payment_events", "realtime.stream_offsets")
+                   "raw.webhook_inbox", "raw.contract_runs", "realtime.payment_events", "realtime.stream_offsets",
+                   "cases.case_events", "cases.cases", "cases.open_entities", "serving.decision_outcomes")
 APPEND_ONLY = ("monitoring.alert_events", "governance.model_approvals", "governance.promotion_decisions",
-               "governance.canary_state", "serving.decision_log", "serving.decision_overrides")
+               "governance.canary_state", "serving.decision_log", "serving.decision_overrides", "cases.case_events",
+               "serving.decision_outcomes")
 
 
 def _fresh(stack_env: dict[str, str], name: str) -> Settings:

@@ -87,6 +87,26 @@ def test_roles(client: TestClient) -> None:
     assert client.post("/v1/admin/reload", headers=_bearer(ADMIN)).status_code == 503  # authorised; no model
 
 
+def test_analyst_role_works_cases_and_reads_decisions_only(settings: Any) -> None:
+    analyst = "analyst-key-dddddddddddd"
+    with TestClient(_app(settings, api_keys=f"{KEYS},{analyst}:analyst")) as c:
+        missing = f"/v1/decisions/{uuid.uuid4()}"
+        assert c.get(missing, headers=_bearer(analyst)).status_code == 404  # may read decisions
+        assert c.post("/v1/score/fraud", json=BODY, headers=_bearer(analyst)).status_code == 403
+        assert c.post(f"{missing}/override", json={"decision": "allow", "reason": "x"},
+                      headers=_bearer(analyst)).status_code == 403
+        assert c.post(f"{missing}/outcome", json={"outcome": "failed"}, headers=_bearer(analyst)).status_code == 403
+        assert c.post("/v1/admin/reload", headers=_bearer(analyst)).status_code == 403
+        assert c.get("/v1/cases", headers=_bearer(analyst)).status_code == 200
+        assert c.get("/v1/cases", headers=_bearer(ADMIN)).status_code == 200  # admin reads the queue...
+        for key in (SCORER, REVIEWER):
+            assert c.get("/v1/cases", headers=_bearer(key)).status_code == 403
+        case = f"/v1/cases/{uuid.uuid4()}"
+        assert c.post(f"{case}/claim", headers=_bearer(analyst)).status_code == 404  # authorised; no such case
+        for key in (ADMIN, SCORER, REVIEWER):  # ...but only analysts work it
+            assert c.post(f"{case}/claim", headers=_bearer(key)).status_code == 403
+
+
 def test_probes_stay_open(client: TestClient) -> None:
     assert client.get("/healthz").status_code == 200
     assert client.get("/metrics").status_code == 200

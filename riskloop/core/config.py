@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -74,6 +74,15 @@ class PgServer:
         if self.password:
             auth += ":" + quote(self.password, safe="")
         return f"{scheme}://{auth}@{self.host}:{self.port}/{database}"
+
+
+class CasePriority(BaseModel):
+    """One case priority: reached by a score or an amount at risk, worked within its SLA."""
+
+    name: str = Field(min_length=1)
+    min_score: float = Field(ge=0, le=1)
+    min_amount: float = Field(ge=0)
+    sla_hours: float = Field(gt=0)
 
 
 class Settings(BaseSettings):
@@ -146,9 +155,45 @@ class Settings(BaseSettings):
         "--reviewer overrides it.")
 
     review_identities: dict[str, str] = Field(
-        default_factory=dict, description='Names of reviewer API keys on the /review page, as JSON '
-        '{"<key fingerprint>": "<name>"} (the fingerprint is the 12 hex after "reviewer:" in the audit rows): '
-        "with the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
+        default_factory=dict, description='Names of API keys, as JSON {"<key fingerprint>": "<name>"}: the '
+        'reviewer recorded by the /review page, the analyst recorded in case events (/v1/cases, /cases). The '
+        'fingerprint is the 12 hex after "reviewer:" or "analyst:" in the audit rows. '
+        "With the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
+
+    # --- cases (riskloop.decisions.cases): the analysts' queue ------------------------------------
+    analyst: str | None = Field(
+        default=None, description="Who runs `riskloop cases claim|release|note|close` (recorded in cases.case_events); "
+        "--analyst overrides it. Unset: the operating-system user.")
+    cases_priorities: list[CasePriority] = Field(
+        min_length=1,
+        default_factory=lambda: [CasePriority(name="P1", min_score=0.9, min_amount=1000.0, sla_hours=4.0),
+                                 CasePriority(name="P2", min_score=0.7, min_amount=250.0, sla_hours=24.0),
+                                 CasePriority(name="P3", min_score=0.0, min_amount=0.0, sla_hours=72.0)],
+        description="Case priorities, most urgent first, as JSON [{name, min_score, min_amount, sla_hours}]: a case "
+        "takes the first whose min_score its highest score reaches or whose min_amount its amount at risk (major "
+        "units of each payment's currency, summed) reaches; the last is the default. Its SLA sets the case's due "
+        "time (opened + sla_hours); a later decision can raise a case's priority, never lower it.")
+    cases_open_on_step_up_failure: bool = Field(
+        default=True, description="A failed step-up challenge (POST /v1/decisions/{id}/outcome) opens or joins "
+        "a case, as a review decision does.")
+    cases_open_on_chargeback: bool = Field(
+        default=True, description="`riskloop cases sync` opens or joins a case for every allowed payment that "
+        "came back as a fraud chargeback (missed fraud, for learning).")
+    cases_sync_lookback_days: int = Field(
+        default=30, gt=0, description="`riskloop cases sync` looks this far back for decisions without their case.")
+    cases_model_fraud_score: float = Field(
+        default=0.5, ge=0, le=1, description="Analyst agreement with the model: the model 'says fraud' for a case "
+        "whose highest score reaches this; it agrees with fraud_confirmed then, with legitimate otherwise.")
+    cases_stats_window_days: int = Field(
+        default=30, gt=0, description="Time to disposition, review precision and agreement: over the cases "
+        "closed in this many days.")
+    cases_sla_breach_max: int = Field(
+        default=0, ge=0, description="Alert case_sla_breach: more unclosed cases than this are past their due time.")
+    cases_growth_window_hours: float = Field(
+        default=24.0, gt=0, description="Alert case_queue_growth: cases opened vs closed in this window...")
+    cases_growth_ratio: float = Field(
+        default=1.5, gt=1, description="...opened at least this multiple of closed...")
+    cases_growth_min: int = Field(default=20, ge=1, description="...and at least this many more opened than closed.")
 
     # --- alerts (riskloop.core.alerts): sinks, links, retries, noise control ---------------------
     alert_slack_webhook_url: SecretStr | None = Field(

@@ -27,8 +27,9 @@ was never counted by the stream: it is not pushed, and a live payment after it i
 that miss it, while the mart's row at that time counts it. Such a payment reaches the online store
 through the materialisation of the views from the marts (``riskloop.features.store.materialize``),
 whose online tables keep the newest row whoever writes (``guard_newer_wins``), so an older batch row
-never overwrites a newer pushed one; ``riskloop features skew`` reports what differs. A live payment that also arrives in a file counts once on both paths (the fact merges copies on
-the processor's event id) with the live values, unless the file came first: then the mart has the
+never overwrites a newer pushed one; ``riskloop features skew`` reports what differs. A live
+payment that also arrives in a file counts once on both paths (the fact merges copies on the
+processor's event id) with the live values, unless the file came first: then the mart has the
 file's (its time to the microsecond, where a Stripe body carries whole seconds).
 
 Money never mixes currencies: the sums are defined on one currency, :data:`SUM_CURRENCY`, in its

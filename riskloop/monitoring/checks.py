@@ -1,5 +1,5 @@
-"""What a monitor run checks: a model's input drift and realised performance, and the decision
-stream's tripwires, as :class:`~riskloop.core.alerts.Check` s through the incident state machine."""
+"""What a monitor run checks: a model's input drift and realised performance, the decision
+stream's tripwires and the case queue, as :class:`~riskloop.core.alerts.Check` s through the incident state machine."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ from dataclasses import asdict
 
 from riskloop.core.alerts import Alert, Check, process, report_url
 from riskloop.core.config import Settings
+from riskloop.monitoring import case_checks
 from riskloop.monitoring.drift import ColumnDrift, DriftResult, performance_text
 from riskloop.monitoring.tripwires import evaluate
 
 
 def check_and_alert(settings: Settings, drift: "DriftResult | None") -> list[Alert]:
-    """The monitor job's alerting step: the drift check (if drift was assessed) and the decision-stream
-    tripwires, through the state machine and the sinks. Shared by ``riskloop monitor`` and the DAG."""
+    """The monitor job's alerting step: the drift check (if drift was assessed), the decision-stream
+    tripwires and the case queue's checks, through the state machine and the sinks. Shared by
+    ``riskloop monitor`` and the DAG."""
     checks = [drift_check(settings, drift), performance_check(settings, drift)] if drift is not None else []
-    return process(settings, checks + evaluate(settings))
+    return process(settings, checks + evaluate(settings) + case_checks.evaluate(settings))
 
 
 # --- drift → check -----------------------------------------------------------------------------

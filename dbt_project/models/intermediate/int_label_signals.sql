@@ -12,9 +12,13 @@
 --   1. int_label_signals_chargebacks (source 'chargeback'): the card scheme's ruling on a dispute.
 --      A lost chargeback outranks any in-house opinion (an analyst's 'legitimate', a passed step-up),
 --      and a won one clears an in-house 'fraud'.
--- In-house sources (case dispositions, step-up outcomes) go below it, in the order of their authority.
+--   2. int_case_label_signals (source 'case'): an analyst's disposition of the payment's case
+--      (fraud_confirmed or legitimate; inconclusive is no signal), known when the case was closed.
+--   3. int_step_up_label_signals (source 'step_up'): a failed challenge, known when the channel
+--      reported it; the weakest evidence (the customer may have fumbled the code), so any analyst
+--      or scheme verdict on the payment outranks it.
 {{ config(materialized='view') }}
-{%- set signal_models = ['int_label_signals_chargebacks'] %}
+{%- set signal_models = ['int_label_signals_chargebacks', 'int_case_label_signals', 'int_step_up_label_signals'] %}
 
 {% for model in signal_models %}
 select payment_id::text as payment_id, source::text as source, is_fraud::boolean as is_fraud,
