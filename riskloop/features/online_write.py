@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+_MAX_ENCODED = 100_000  # encoded values kept (a few MB); cleared when full
+
+
 class DirectWriteUnsupported(RuntimeError):
     """The repo's online store or this view needs Feast's own write path."""
 
@@ -77,6 +80,7 @@ class OnlineWriter:
         self._versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
         self._conn: "psycopg.Connection | None" = None
         self._staged: set[str] = set()  # stages created on the current connection
+        self._encoded: dict[tuple[Any, Any], tuple[bytes, str | None, float | None]] = {}  # (type, value) -> encoded
 
     @property
     def conn(self) -> "psycopg.Connection":
@@ -147,12 +151,19 @@ class OnlineWriter:
                                             entity_key_serialization_version=self._key_version) for k in keys]
         stamps = [_to_naive_utc(_timestamp(r[at[TIMESTAMP_FIELD]])) for r in rows]
         out: list[tuple[Any, ...]] = []
+        cache = self._encoded
+        if len(cache) > _MAX_ENCODED:
+            cache.clear()
         for name, value_type in target.features:
-            values = python_values_to_proto_values([r[at[name]] for r in rows], value_type)
-            for key, proto, ts in zip(entity_keys, values, stamps, strict=True):
-                text, num = extract_text_and_num(proto, target.value_num)
-                out.append((key, name, proto.SerializeToString(), text, num, ts, None) if target.value_num
-                           else (key, name, proto.SerializeToString(), text, ts, None))
+            column = [r[at[name]] for r in rows]
+            todo = list({v for v in column if (value_type, v) not in cache})
+            # Feast's encoding of each distinct value once (counts and sums repeat a lot across keys)
+            for v, proto in zip(todo, python_values_to_proto_values(todo, value_type) if todo else (), strict=True):
+                cache[(value_type, v)] = (proto.SerializeToString(), *extract_text_and_num(proto, target.value_num))
+            for key, v, ts in zip(entity_keys, column, stamps, strict=True):
+                value, text, num = cache[(value_type, v)]
+                out.append((key, name, value, text, num, ts, None) if target.value_num
+                           else (key, name, value, text, ts, None))
         return out
 
     def write(self, batches: Sequence[tuple[Target, Sequence[str], Sequence[Sequence[Any]]]]) -> None:

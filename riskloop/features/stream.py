@@ -62,6 +62,7 @@ _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
 _MAX_AMOUNT = 999_999_999_999_999_999
 _MAX_UNIX = 999_999_999_999
+_DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads(parse_float=…) builds one per call
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
     if PAYMENT_TYPES.get(processor) != event_type:
         return None
     try:
-        doc = json.loads(body, parse_float=Decimal)
+        doc = _DECODER.decode(body)
     except ValueError:
         return None
     if processor == "stripe":
@@ -318,6 +319,10 @@ class OnlinePush:
                 self.store.precompute_feature_service(service)
 
 
+_EVENTS_STAGE = "_riskloop_payment_events_stage"
+_EVENT_COLUMNS = "processor, event_id, card_token, customer_id, amount_minor, occurred_at, currency"
+
+
 class ConsumerBusy(RuntimeError):
     """Another consumer of the same name holds the lock (two would reorder pushes)."""
 
@@ -367,6 +372,7 @@ class StreamConsumer:
             self._lock_layout(conn)
             conn.execute(f"insert into {OFFSETS_TABLE} (consumer, next_xid) values (%s, %s::xid8) "
                          f"on conflict do nothing", (self.name, str(self._seed_offset(conn))))
+            conn.execute(f"create temporary table {_EVENTS_STAGE} (like {windows.EVENTS_TABLE}) on commit delete rows")
         except BaseException:
             conn.close()
             raise
@@ -481,12 +487,17 @@ class StreamConsumer:
         inbox's), so each owner's window query sees all of its keys' events whoever stored them."""
         if not payments:
             return 0
-        cols = list(zip(*((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor, p.occurred_at,
-                           p.currency) for p in payments), strict=True))
-        self.conn.execute(
-            f"insert into {windows.EVENTS_TABLE} (processor, event_id, card_token, customer_id, amount_minor, "
-            f"occurred_at, currency) select * from unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
-            f"%s::bigint[], %s::timestamptz[], %s::text[]) on conflict do nothing", [list(c) for c in cols])
+        with self.conn.cursor() as cur:
+            # binary COPY into a session stage, then one insert: psycopg dumps COPY rows in C, array
+            # parameters element by element in Python (the stage is emptied at the end of the transaction)
+            with self.conn.transaction():
+                with cur.copy(f"copy {_EVENTS_STAGE} ({_EVENT_COLUMNS}) from stdin (format binary)") as copy:
+                    copy.set_types(["text", "text", "text", "text", "int8", "timestamptz", "text"])
+                    for p in payments:
+                        copy.write_row((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor,
+                                        p.occurred_at, p.currency))
+                cur.execute(f"insert into {windows.EVENTS_TABLE} ({_EVENT_COLUMNS}) select {_EVENT_COLUMNS} "
+                            f"from {_EVENTS_STAGE} on conflict do nothing")
         batches = {}
         for e in windows.ENTITIES:
             keys = sorted(k for k in {getattr(p, e.key) for p in payments} - {None} if self.owns(k))
