@@ -8,18 +8,29 @@ transactions, parses the payment authorisations, adds them to ``realtime.payment
 indexed projection of the inbox, keyed like it), recomputes the windows of every card and
 customer the new events touched and pushes those rows to the views' push sources.
 
-Why windows are recomputed from Postgres rather than kept in in-memory rings: a windowed query
-per touched key over an index on (key, occurred_at) costs about as much as the push itself, needs
-no state to seed or rebuild after a restart, and gives late or out-of-order events exactly the
-batch answer, because both evaluate the same spec (``riskloop.core.windows``) over the same committed
-events as of the key's latest event time. Rings would need the same query to be seeded anyway and
-would have to be re-sorted on every late event.
+Why windows are recomputed from Postgres rather than kept in in-memory rings: one windowed query
+per entity and round (all touched keys at once, an index range scan each on (key, occurred_at))
+costs less than the push, needs no state to seed or rebuild after a restart, and gives late or
+out-of-order events exactly the batch answer, because both evaluate the same spec
+(``riskloop.core.windows``) over the same committed events as of the key's latest event time. Rings
+would need the same query to be seeded anyway and would have to be re-sorted on every late event.
+
+What a round costs is mostly per row, so it is written in bulk: the payments go into
+``payment_events`` by one binary ``COPY`` and one insert, the online rows by one ``COPY`` and one
+upsert per view in Feast's layout and encoding (``riskloop.features.online_write``), so a round of
+hundreds of events costs a few round trips, not hundreds.
+
+Partitions: ``riskloop stream --partitions N --partition i`` runs one of N consumers that split the
+keys: each card and customer is recomputed and pushed only by its owner (:func:`partition_of`),
+while every partition stores every payment, so an owner's window query sees all of its keys'
+events. Each partition has its own offset row and lock (:func:`partition_name`); consumers of one
+name split different ways refuse to run together (infra/streaming.md).
 
 Delivery: at least once, and idempotent. The offset (``realtime.stream_offsets``: every inbox row
 with ``_xid`` below it is processed) advances only after the push, so a crash replays the last
 round; replaying inserts nothing new into ``payment_events`` (its key is the inbox's) and pushes
 the same values again. A replayed webhook never reaches the consumer (the inbox deduplicates it).
-One consumer per name (a session advisory lock), so pushes to a key are never reordered.
+One consumer per name and partition (a session advisory lock), so pushes to a key are never reordered.
 
 Online values are as of the entity's latest payment (``event_timestamp`` in the online store):
 a card that stops paying keeps its last counts until its next payment or the view's 24 h TTL.
