@@ -42,14 +42,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 from loadclient import Client, HttpError  # bench/ is on sys.path when run as a script
+from proc_cpu import tree_cpu_seconds
 
 from riskloop.core import windows
 from riskloop.core.config import get_settings
 from riskloop.core.db import dsn
 from riskloop.core.signatures import signed_headers
 from riskloop.features import store as features
+from riskloop.features.stream import OFFSETS_TABLE, partition_name
 from riskloop.ops import processes
 from riskloop.simulator.webhooks import standard_body, stripe_body
 
@@ -292,11 +295,10 @@ def verify(settings: Any, counts: Any, run: str, events: list[tuple[str, str, by
         per_card[card] = per_card.get(card, 0) + 1
     cards = sorted(per_card)
     online = counts(cards)
-    return {"events_stored": stored, "events_stored_distinct": distinct,
+    return {"events_stored": stored, "events_stored_distinct": distinct, "cards_used": len(cards),
             "cards_online_exact": sum(1 for c, v in zip(cards, online, strict=True) if v == per_card[c]),
             "cards_online_short": sum(1 for c, v in zip(cards, online, strict=True) if (v or 0) < per_card[c]),
-            "cards_online_over": sum(1 for c, v in zip(cards, online, strict=True) if (v or 0) > per_card[c]),
-            "cards": len(cards)}
+            "cards_online_over": sum(1 for c, v in zip(cards, online, strict=True) if (v or 0) > per_card[c])}
 
 
 def main() -> None:
@@ -334,6 +336,13 @@ def main() -> None:
     receiver = processes.spawn_detached(settings, "bench-receiver", [
         sys.executable, "-m", "uvicorn", "serving.webhooks:create_webhook_app", "--factory", "--host", "127.0.0.1",
         "--port", str(port), "--log-level", "warning", "--no-access-log"], env)
+    # This run's cards are new: its consumers start at the inbox's current horizon instead of
+    # replaying its whole history (minutes on a stack that ran earlier benchmarks).
+    with psycopg.connect(dsn(settings), autocommit=True) as conn:
+        for i in range(args.partitions):
+            conn.execute(f"insert into {OFFSETS_TABLE} (consumer, next_xid) "
+                         f"values (%s, pg_snapshot_xmin(pg_current_snapshot()))",
+                         (partition_name(f"bench-{run}", i, args.partitions),))
     consumers = {f"bench-stream{i}": processes.spawn_detached(settings, f"bench-stream{i}", [
         sys.executable, "-m", "riskloop", *(["-v"] if args.consumer_debug else []), "stream", "--name", f"bench-{run}",
         "--partitions", str(args.partitions), "--partition", str(i)], env) for i in range(args.partitions)}
@@ -347,7 +356,7 @@ def main() -> None:
                 return False
 
         processes.wait_until(settings, {"bench-receiver": receiver, **consumers}, up, 120)
-        # warm-up (also waits for the new consumers to catch up with the inbox's history)
+        # warm-up
         run_load(url, prepare(args.warmup, args.warmup, f"{run}w"), 10, 1, poller)
         deadline = time.monotonic() + 600
         while poller.pending and time.monotonic() < deadline:
@@ -355,9 +364,17 @@ def main() -> None:
         poller.visible.clear()
         poller.polls, poller.poll_seconds = 0, 0.0
         events = prepare(args.n, args.cards, run)
-        load_before = os.getloadavg()
+        with psycopg.connect(dsn(settings)) as conn:  # the server's process tree, for its CPU
+            postmaster = psutil.Process(conn.info.backend_pid).parent()
+        trees = {"receiver": [receiver.pid], "consumers": [p.pid for p in consumers.values()],
+                 "postgres": [postmaster.pid], "bench": [os.getpid()]}  # bench: the senders and the poller
+
+        def cpu() -> dict[str, float]:
+            return {k: sum(tree_cpu_seconds(pid) for pid in pids) for k, pids in trees.items()}
+
+        load_before, cpu_before = os.getloadavg(), cpu()
         codes, sent_s = run_load(url, events, args.rate, args.senders, poller)
-        load_end = os.getloadavg()
+        load_end, cpu_after = os.getloadavg(), cpu()
         deadline = time.monotonic() + 60
         while poller.pending and time.monotonic() < deadline:
             poller.poll()
@@ -370,6 +387,9 @@ def main() -> None:
             "p50_ms": pct(lat, 0.50), "p90_ms": pct(lat, 0.90), "p99_ms": pct(lat, 0.99), "max_ms": pct(lat, 1.0),
             "poll_mean_ms": round(poller.poll_seconds / max(poller.polls, 1) * 1000, 1),
             "goal_p99_le_1s": bool(lat) and pct(lat, 0.99) <= 1000.0,
+            # CPU per event while sending (the figure the neighbours' load does not move much); postgres
+            # includes the poller's reads
+            "cpu_ms_per_event": {k: round((cpu_after[k] - cpu_before[k]) / args.n * 1000, 3) for k in trees},
             **verify(settings, counts, run, events),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_end_of_sending": [round(x, 2) for x in load_end], "cpus": os.cpu_count(),

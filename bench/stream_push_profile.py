@@ -1,7 +1,8 @@
 """Where a stream round's push time goes: Feast's ``FeatureStore.push`` (one call per entity, as the
-consumer once did) against ``riskloop.features.stream.OnlinePush`` (plan cached per registry version, both
-entities in one transaction, one binary COPY + upsert per view by ``riskloop.features.online_write``), on the same frames, alternating, against the configured stack (Feast
-definitions applied: run after `riskloop demo` or an ingest).
+consumer once did) against ``riskloop.features.stream.OnlinePush`` (plan cached per registry version,
+both entities in one transaction and one round trip by ``riskloop.features.online_write``), on the
+same frames, alternating, against the configured stack (Feast definitions applied: run after
+`riskloop demo` or an ingest).
 
     python bench/stream_push_profile.py --rounds 200 --keys 3 [--profile]
 

@@ -410,3 +410,29 @@ def test_two_partitions_push_what_one_consumer_pushes(env: Env) -> None:
     # the lower of its offsets was pushed by its owners), not at 0
     with StreamConsumer(env.settings, name=name, store=env.store, partitions=3, partition=2) as third:
         assert third.offset() == min(offsets) > 0
+
+
+def test_riskloop_up_starts_the_partitions(env: Env) -> None:
+    """``RISKLOOP_STREAM_PARTITIONS=2``: ``riskloop up`` starts two consumers (one per partition), both
+    listening; events of keys of either partition reach the online store; ``riskloop down`` stops both."""
+    from riskloop.features.stream import partition_of
+    from riskloop.ops import processes, stack
+
+    settings = env.settings.model_copy(update={"stream_service": True, "stream_poll_s": 0.2, "stream_partitions": 2})
+    card = windows.entity("card")
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    evs = [event(f"part{i}", "standard", t, f"Q{i}", f"cQ{i}", 5) for i in range(8)]
+    assert {partition_of(e["card_token"], 2) for e in evs} == {0, 1}
+    try:
+        info = stack.up(settings)
+        assert (info["stream"], info["stream_partitions"]) == ("up", 2), info
+        assert sorted(stack.stream_processes(settings)) == ["stream-p0", "stream-p1"]
+        assert all(processes._read_pid(processes._pidfile(settings, n)) for n in stack.stream_processes(settings))
+        for ev in evs:
+            post(env, ev)
+        keys = [e["card_token"] for e in evs]
+        wait_for(lambda: all(r["card_tx_count_24h"] == 1 for r in online(env, card, keys).values()))
+    finally:
+        stack.stop_stream(settings)
+    assert stack.status(settings)["stream"] == "down"
+    assert not list(settings.run_dir.glob("stream*.pid"))

@@ -4,8 +4,8 @@ Why: Feast's ``PostgreSQLOnlineStore.online_write_batch`` (what ``push`` and ``i
 sends one ``INSERT … ON CONFLICT`` per entity and feature (``executemany``), after converting the
 frame pandas → Arrow → protos, and commits per view. For the stream's rounds (hundreds of keys,
 six features each) that was most of the consumer's time (docs/benchmarks/history.md, "Real-time
-features"). Here the same rows go in by one binary ``COPY`` and one upsert per view, every view
-of a round in one transaction.
+features"). Here one statement per view carries all of a round's entities, and every view of
+the round and the commit go to the server in one pipeline.
 
 Feast stays the source of truth for the layout and the encoding, exactly as ``serving/online_sql.py``
 reads them: the table is ``compute_table_id``, the entity key ``serialize_entity_key`` with the repo's
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-_MAX_ENCODED = 100_000  # encoded values kept (a few MB); cleared when full
+_MAX_ENCODED = 200_000  # encoded values and keys kept (some tens of MB); cleared when full
 
 
 class DirectWriteUnsupported(RuntimeError):
@@ -51,21 +51,19 @@ class Target:
     key_type: Any  # feast ValueType of the join key
     features: tuple[tuple[str, Any], ...]  # (feature, feast ValueType), the view's order
     value_num: bool  # the table has Feast's optional value_num column
-    stage: str  # this connection's temporary table the rows are copied into
-    types: tuple[str, ...]  # the staged columns' types (binary COPY)
-    create: Any  # the stage's DDL; then the COPY and the upsert (psycopg sql.Composed)
-    copy: Any
-    upsert: Any
+    upsert: Any  # the statement (psycopg sql.Composed)
 
 
 class OnlineWriter:
     """Writes rows ``(join key, event timestamp, *features)`` to views' online tables; one open
     connection (Feast's connection settings), reused by every write.
 
-    The rows go in by binary ``COPY`` into a temporary table, then one ``INSERT … SELECT … ON
-    CONFLICT DO UPDATE`` per view: psycopg dumps a COPY row in C, about a tenth of the CPU of the
-    same values as array parameters. The stage's timestamps are ``timestamp`` (naive UTC, as
-    Feast sends them), so the cast to the table's ``timestamptz`` is the one Feast's insert gets.
+    Per view one ``INSERT … SELECT … ON CONFLICT DO UPDATE`` over arrays with one element per
+    entity (its key, its event time, and per feature its encoded value and text), expanded to
+    Feast's row per entity and feature by the server; every view of a round and the commit go in
+    one pipeline, so a round's write is one round trip whatever its size. The timestamps are sent
+    as ``timestamp`` (naive UTC, as Feast sends them), so the cast to the table's ``timestamptz`` is
+    the one Feast's insert gets.
     """
 
     def __init__(self, store: "FeatureStore") -> None:
@@ -79,8 +77,9 @@ class OnlineWriter:
         self._key_version = int(config.entity_key_serialization_version)
         self._versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
         self._conn: "psycopg.Connection | None" = None
-        self._staged: set[str] = set()  # stages created on the current connection
-        self._encoded: dict[tuple[Any, Any], tuple[bytes, str | None, float | None]] = {}  # (type, value) -> encoded
+        # Feast's encodings already computed: (value type, value) -> (value bytes, value_text, value_num),
+        # (join key, key value) -> serialised entity key
+        self._encoded: dict[tuple[Any, Any], Any] = {}
 
     @property
     def conn(self) -> "psycopg.Connection":
@@ -88,7 +87,6 @@ class OnlineWriter:
             from feast.infra.utils.postgres.connection_utils import _get_conn
 
             self._conn = _get_conn(self.store.config.online_store)
-            self._staged = set()
         return self._conn
 
     def close(self) -> None:
@@ -116,28 +114,30 @@ class OnlineWriter:
         self.conn.commit()
         cols = ["entity_key", "feature_name", "value", "value_text", *(["value_num"] if value_num else []),
                 "event_ts", "created_ts"]
-        types = ("bytea", "text", "bytea", "text", *(["float8"] if value_num else []), "timestamp", "timestamp")
-        stage = f"_riskloop_stage_{table}"[:63]
-        ids = sql.SQL(", ").join(map(sql.Identifier, cols))
-        return Target(
-            view=view.name, table=table, join_key=keys[0].name, key_type=keys[0].dtype.to_value_type(),
-            features=tuple((f.name, f.dtype.to_value_type()) for f in view.features), value_num=value_num,
-            stage=stage, types=types,
-            create=sql.SQL("create temporary table if not exists {} ({}) on commit delete rows").format(
-                sql.Identifier(stage),
-                sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in zip(
-                    cols, types, strict=True))),
-            copy=sql.SQL("copy {} ({}) from stdin (format binary)").format(sql.Identifier(stage), ids),
-            # Feast's upsert (PostgreSQLOnlineStore.online_write_batch): every column but the key is set
-            upsert=sql.SQL("insert into {} ({}) select {} from {} on conflict (entity_key, feature_name) "
-                           "do update set {}").format(
-                sql.Identifier(table), ids, ids, sql.Identifier(stage),
-                sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
-                                   for c in [*cols[2:], "vector_value"])))
+        features = tuple((f.name, f.dtype.to_value_type()) for f in view.features)
+        n = len(features)
+        arrays = [("entity_key", "bytea"), ("event_ts", "timestamp"), *[(f"v{j}", "bytea") for j in range(n)],
+                  *[(f"t{j}", "text") for j in range(n)], *([(f"n{j}", "float8") for j in range(n)] if value_num else [])]
 
-    def rows(self, target: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        """The online rows of ``rows`` (one per entity; ``columns`` name their fields): one per
-        entity and feature, encoded as Feast's ``online_write_batch`` encodes them."""
+        def pick(prefix: str) -> str:  # the feature's element of this entity's per-feature arrays
+            return f"(array[{', '.join(f'k.{prefix}{j}' for j in range(n))}])[f.i]"
+
+        picked = ["k.entity_key", "f.name", pick("v"), pick("t"), *([pick("n")] if value_num else []), "k.event_ts",
+                  "null::timestamp"]
+        query = sql.SQL(
+            "insert into {} ({}) select {} from unnest({}) as k({}) "
+            "cross join unnest(%s::text[]) with ordinality as f(name, i) "
+            "on conflict (entity_key, feature_name) do update set {}").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, cols)), sql.SQL(", ".join(picked)),
+            sql.SQL(", ").join(sql.SQL(f"%s::{t}[]") for _, t in arrays), sql.SQL(", ".join(a for a, _ in arrays)),
+            # Feast's upsert (PostgreSQLOnlineStore.online_write_batch): every column but the key is set
+            sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in [*cols[2:], "vector_value"]))
+        return Target(view=view.name, table=table, join_key=keys[0].name, key_type=keys[0].dtype.to_value_type(),
+                      features=features, value_num=value_num, upsert=query)
+
+    def params(self, target: Target, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """The upsert's arrays for ``rows`` (one per entity; ``columns`` name their fields), every
+        value encoded as Feast's ``online_write_batch`` encodes it."""
         from feast.infra.key_encoding_utils import serialize_entity_key
         from feast.infra.online_stores.helpers import _to_naive_utc, extract_text_and_num
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -146,47 +146,44 @@ class OnlineWriter:
         from riskloop.core.windows import TIMESTAMP_FIELD
 
         at = {c: i for i, c in enumerate(columns)}
-        keys = python_values_to_proto_values([r[at[target.join_key]] for r in rows], target.key_type)
-        entity_keys = [serialize_entity_key(EntityKey(join_keys=[target.join_key], entity_values=[k]),
-                                            entity_key_serialization_version=self._key_version) for k in keys]
-        stamps = [_to_naive_utc(_timestamp(r[at[TIMESTAMP_FIELD]])) for r in rows]
-        out: list[tuple[Any, ...]] = []
         cache = self._encoded
         if len(cache) > _MAX_ENCODED:
             cache.clear()
+        # Feast's serialisation of each entity key once (a busy card is pushed round after round)
+        key_values = [r[at[target.join_key]] for r in rows]
+        todo = list({v for v in key_values if (target.join_key, v) not in cache})
+        for v, proto in zip(todo, python_values_to_proto_values(todo, target.key_type) if todo else (), strict=True):
+            cache[(target.join_key, v)] = serialize_entity_key(
+                EntityKey(join_keys=[target.join_key], entity_values=[proto]),
+                entity_key_serialization_version=self._key_version)
+        values, texts, nums = [], [], []
         for name, value_type in target.features:
             column = [r[at[name]] for r in rows]
             todo = list({v for v in column if (value_type, v) not in cache})
             # Feast's encoding of each distinct value once (counts and sums repeat a lot across keys)
             for v, proto in zip(todo, python_values_to_proto_values(todo, value_type) if todo else (), strict=True):
                 cache[(value_type, v)] = (proto.SerializeToString(), *extract_text_and_num(proto, target.value_num))
-            for key, v, ts in zip(entity_keys, column, stamps, strict=True):
-                value, text, num = cache[(value_type, v)]
-                out.append((key, name, value, text, num, ts, None) if target.value_num
-                           else (key, name, value, text, ts, None))
-        return out
+            encoded = [cache[(value_type, v)] for v in column]
+            values.append([e[0] for e in encoded])
+            texts.append([e[1] for e in encoded])
+            nums.append([e[2] for e in encoded])
+        return [[cache[(target.join_key, v)] for v in key_values],
+                [_to_naive_utc(_timestamp(r[at[TIMESTAMP_FIELD]])) for r in rows],
+                *values, *texts, *(nums if target.value_num else []), [name for name, _ in target.features]]
 
     def write(self, batches: Sequence[tuple[Target, Sequence[str], Sequence[Sequence[Any]]]]) -> None:
-        """Upsert each ``(target, columns, rows)``, all in one transaction (rolled back on error)."""
+        """Upsert each ``(target, columns, rows)``, all in one transaction (rolled back on error),
+        sent as one pipeline."""
         conn = self.conn
         try:
-            with conn.cursor() as cur:
+            with conn.pipeline():
                 for target, columns, rows in batches:
-                    if not rows:
-                        continue
-                    if target.stage not in self._staged:
-                        cur.execute(target.create)
-                        self._staged.add(target.stage)
-                    with cur.copy(target.copy) as copy:
-                        copy.set_types(list(target.types))
-                        for row in self.rows(target, columns, rows):
-                            copy.write_row(row)
-                    cur.execute(target.upsert)
-            conn.commit()
+                    if rows:
+                        conn.execute(target.upsert, self.params(target, columns, rows), binary=True)
+                conn.commit()
         except BaseException:
             if not conn.closed:
                 conn.rollback()
-            self._staged = set()  # a rolled-back transaction may have dropped a stage it created
             raise
 
 

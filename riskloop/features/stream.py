@@ -15,10 +15,10 @@ out-of-order events exactly the batch answer, because both evaluate the same spe
 (``riskloop.core.windows``) over the same committed events as of the key's latest event time. Rings
 would need the same query to be seeded anyway and would have to be re-sorted on every late event.
 
-What a round costs is mostly per row, so it is written in bulk: the payments go into
-``payment_events`` by one binary ``COPY`` and one insert, the online rows by one ``COPY`` and one
-upsert per view in Feast's layout and encoding (``riskloop.features.online_write``), so a round of
-hundreds of events costs a few round trips, not hundreds.
+A round costs a handful of round trips whatever its size, because on a busy machine each one
+waits for the scheduler: the horizon, the inbox page(s), the payments' insert with both window
+queries in one pipeline, the online write of both views with its commit in one pipeline (in Feast's
+layout and encoding, ``riskloop.features.online_write``), and the offset.
 
 Partitions: ``riskloop stream --partitions N --partition i`` runs one of N consumers that split the
 keys: each card and customer is recomputed and pushed only by its owner (:func:`partition_of`),
@@ -44,7 +44,6 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -330,8 +329,10 @@ class OnlinePush:
                 self.store.precompute_feature_service(service)
 
 
-_EVENTS_STAGE = "_riskloop_payment_events_stage"
-_EVENT_COLUMNS = "processor, event_id, card_token, customer_id, amount_minor, occurred_at, currency"
+_INSERT_EVENTS = (
+    f"insert into {windows.EVENTS_TABLE} (processor, event_id, card_token, customer_id, amount_minor, occurred_at, "
+    f"currency) select * from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+    f"%s::timestamptz[], %s::text[]) on conflict do nothing")
 
 
 class ConsumerBusy(RuntimeError):
@@ -366,6 +367,7 @@ class StreamConsumer:
         self._conn: psycopg.Connection | None = None
         self._failures = 0  # consecutive failed attempts of :meth:`run` (its back-off)
         self._pusher: OnlinePush | None = None
+        self._offset: int | None = None  # the stored offset, as this (lock-holding) consumer last wrote it
 
     def owns(self, key: str) -> bool:
         """This consumer recomputes and pushes ``key``'s windows (each key has exactly one owner)."""
@@ -383,7 +385,7 @@ class StreamConsumer:
             self._lock_layout(conn)
             conn.execute(f"insert into {OFFSETS_TABLE} (consumer, next_xid) values (%s, %s::xid8) "
                          f"on conflict do nothing", (self.name, str(self._seed_offset(conn))))
-            conn.execute(f"create temporary table {_EVENTS_STAGE} (like {windows.EVENTS_TABLE}) on commit delete rows")
+            conn.execute("set synchronous_commit = off")  # the offset update turns it back on (see _apply)
         except BaseException:
             conn.close()
             raise
@@ -424,6 +426,7 @@ class StreamConsumer:
         return max(complete, default=0)
 
     def close(self) -> None:
+        self._offset = None
         if self._pusher is not None:
             self._pusher.close()
             self._pusher = None
@@ -454,7 +457,7 @@ class StreamConsumer:
         page = page or self.settings.stream_page_rows
         result = RoundResult()
         started = time.perf_counter()
-        lo = self.offset()
+        lo = self._offset if self._offset is not None else self.offset()
         hi = int(_scalar(self.conn, "select pg_snapshot_xmin(pg_current_snapshot())::text"))
         if hi <= lo:
             return result
@@ -485,8 +488,11 @@ class StreamConsumer:
             cursor = (rows[-1][0], rows[-1][1], rows[-1][2])
             if len(rows) < page:
                 break
-        self.conn.execute(f"update {OFFSETS_TABLE} set next_xid = %s::xid8, events = events + %s, "
-                          f"updated_at = now() where consumer = %s", (str(hi), result.payments, self.name))
+        with self.conn.pipeline(), self.conn.transaction():  # one round trip; waits for the WAL flush
+            self.conn.execute("set local synchronous_commit = on")
+            self.conn.execute(f"update {OFFSETS_TABLE} set next_xid = %s::xid8, events = events + %s, "
+                              f"updated_at = now() where consumer = %s", (str(hi), result.payments, self.name))
+        self._offset = hi
         if result.rows:
             log.debug("stream: %d inbox rows, %d payments, %d skipped, %d entity rows pushed in %.3fs",
                       result.rows, result.payments, result.skipped, result.pushed, time.perf_counter() - started)
@@ -495,33 +501,27 @@ class StreamConsumer:
     def _apply(self, payments: list[Payment]) -> int:
         """Store the payments, recompute the windows of the touched keys this consumer owns, push
         them. Returns rows pushed. Every partition stores every payment (idempotent: the key is the
-        inbox's), so each owner's window query sees all of its keys' events whoever stored them."""
+        inbox's), so each owner's window query sees all of its keys' events whoever stored them.
+
+        The insert and the window queries go to the server in one pipeline (one round trip; one
+        implicit transaction, so the queries see the insert). The insert's commit does not wait for
+        its WAL flush (the session's ``synchronous_commit = off``): the offset update that follows the
+        push waits for its own, which flushes everything before it in the same WAL, so a payment is
+        durable before the offset moves past it."""
         if not payments:
             return 0
-        with self.conn.cursor() as cur:
-            # binary COPY into a session stage, then one insert: psycopg dumps COPY rows in C, array
-            # parameters element by element in Python (the stage is emptied at the end of the transaction)
-            with self.conn.transaction():
-                with cur.copy(f"copy {_EVENTS_STAGE} ({_EVENT_COLUMNS}) from stdin (format binary)") as copy:
-                    copy.set_types(["text", "text", "text", "text", "int8", "timestamptz", "text"])
-                    for p in payments:
-                        copy.write_row((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor,
-                                        p.occurred_at, p.currency))
-                cur.execute(f"insert into {windows.EVENTS_TABLE} ({_EVENT_COLUMNS}) select {_EVENT_COLUMNS} "
-                            f"from {_EVENTS_STAGE} on conflict do nothing")
-        batches = {}
-        for e in windows.ENTITIES:
-            keys = sorted(k for k in {getattr(p, e.key) for p in payments} - {None} if self.owns(k))
-            if keys:
-                batches[windows.push_source_name(e)] = self._windows(e, keys)
+        cols = [list(c) for c in zip(*((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor,
+                                        p.occurred_at, p.currency) for p in payments), strict=True)]
+        owned = {e: sorted(k for k in {getattr(p, e.key) for p in payments} - {None} if self.owns(k))
+                 for e in windows.ENTITIES}
+        with self.conn.pipeline():
+            self.conn.execute(_INSERT_EVENTS, cols)
+            cursors = {e: self.conn.execute(windows.stream_sql(e), {"keys": keys}) for e, keys in owned.items() if keys}
+        batches = {windows.push_source_name(e): ([c.name for c in cur.description or ()], cur.fetchall())
+                   for e, cur in cursors.items()}
         if batches:
             self.pusher.push_rows(batches)
         return sum(len(rows) for _, rows in batches.values())
-
-    def _windows(self, entity: windows.WindowEntity, keys: Iterable[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """The keys' rows to push (column names, rows): their windows as of each key's latest payment."""
-        cur = self.conn.execute(windows.stream_sql(entity), {"keys": list(keys)})
-        return [c.name for c in cur.description or ()], cur.fetchall()
 
     @property
     def pusher(self) -> OnlinePush:
