@@ -86,9 +86,11 @@ class Client:
         self._idle: deque[_Conn] = deque()
         self._all: list[_Conn] = []
 
-    def encode(self, body: bytes) -> bytes:
-        """The whole request for ``body``: prepare them before the timed run."""
-        return self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    def encode(self, body: bytes, headers: Sequence[tuple[str, str]] = ()) -> bytes:
+        """The whole request for ``body`` (``headers``: this request's own, e.g. its signature):
+        prepare them before the timed run."""
+        own = "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1")
+        return self._head + own + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     async def _conn(self) -> _Conn:
         loop = asyncio.get_running_loop()

@@ -1,12 +1,13 @@
 """Where a stream round's push time goes: Feast's ``FeatureStore.push`` (one call per entity, as the
-consumer did) against ``riskloop.features.stream.OnlinePush`` (plan cached per registry version, both
-entities in one call), on the same frames, alternating, against the configured stack (Feast
-definitions applied: run after `riskloop demo` or an ingest).
+consumer once did) against ``riskloop.features.stream.OnlinePush`` (plan cached per registry version,
+both entities in one transaction and one round trip by ``riskloop.features.online_write``), on the
+same frames, alternating, against the configured stack (Feast definitions applied: run after
+`riskloop demo` or an ingest).
 
     python bench/stream_push_profile.py --rounds 200 --keys 3 [--profile]
 
-Each round pushes ``--keys`` card rows and as many customer rows (the size of a round at 50-200
-events/s). Prints p50/p99/mean ms per round of each and, with ``--profile``, the top cumulative
+Each round pushes ``--keys`` card rows and as many customer rows (3: a round at 50-200 events/s;
+300: a round at 1,000 events/s). Prints p50/p99/mean ms per round of each and, with ``--profile``, the top cumulative
 entries of a cProfile of each.
 """
 

@@ -40,15 +40,13 @@ from typing import Any
 import psycopg
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from psycopg import sql
 
 from riskloop.core import migrations
 from riskloop.core.config import Settings, get_settings
 from riskloop.core.db import dsn
-from riskloop.core.pan import InvalidPan, PanKeyMissing, PanTokenizer, scrub, tokenizer
-from riskloop.core.schema import RAW_SCHEMA, WEBHOOK_INBOX
+from riskloop.core.pan import PanKeyMissing, tokenizer
 from riskloop.core.signatures import Rejection, Scheme, StandardVerifier, WebhookSettings, verify_stripe
-from riskloop.data.inbox import INBOX
+from riskloop.data.inbox import INBOX, INSERT, inbox_event
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +93,7 @@ class InboxWriter:
     three (BEGIN, INSERT, COMMIT) and was a third of the receiver's CPU under load (py-spy,
     docs/benchmarks/history.md "Webhooks"). The statement is prepared server-side on first use."""
 
-    _INSERT = sql.SQL(
-        "insert into {} ({}) select * from unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], "
-        "%s::timestamptz[], %s::text[]) on conflict do nothing returning processor, event_id"
-    ).format(sql.Identifier(RAW_SCHEMA, WEBHOOK_INBOX.name),
-             sql.SQL(", ").join(map(sql.Identifier, WEBHOOK_INBOX.column_names)))
+    _INSERT = INSERT
 
     def __init__(self, conninfo: str, batch_max: int = 512) -> None:
         self._conninfo, self._batch_max = conninfo, batch_max
@@ -165,20 +159,6 @@ class InboxWriter:
                     p.future.set_result(new)
 
 
-def _scrub_cards(pan: PanTokenizer | None, payload: dict[str, Any], text: str) -> str:
-    """The body to store: ``text`` itself when it holds no card data, else the payload re-serialised
-    with PANs tokenised and CVV/track/PIN dropped. Raises :class:`Rejection` (nothing is stored)."""
-    try:
-        scrubbed, changed = scrub(payload, pan)
-    except InvalidPan as exc:
-        raise Rejection(422, "invalid_pan", str(exc)) from None
-    except PanKeyMissing as exc:
-        raise Rejection(503, "pan_tokenization_unavailable", str(exc)) from None
-    if not changed:
-        return text
-    return json.dumps(scrubbed, separators=(",", ":"), ensure_ascii=False)
-
-
 class _TooLarge(Exception):
     pass
 
@@ -235,25 +215,12 @@ async def handle(st: Any, scheme: Scheme, read_body: Callable[[int], Awaitable[b
         else:
             headers = {k: header(k) or "" for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
             event_id, signed_at = st.webhook_standard.verify(body, headers, now)
-        # authenticated from here on: parse
-        try:
-            text = body.decode("utf-8")
-            payload = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise Rejection(400, "invalid_json", "body is not a UTF-8 JSON document") from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str) or not payload["type"]:
-            raise Rejection(400, "invalid_event", "body must be a JSON object with a string 'type'")
-        if scheme == "stripe":
-            event_id = payload.get("id")
-            if not isinstance(event_id, str) or not event_id or len(event_id) > 256:
-                raise Rejection(400, "invalid_event", "stripe event needs a string 'id'")
-        if "\x00" in text:
-            raise Rejection(400, "invalid_json", "NUL characters are not stored")
-        text = _scrub_cards(st.webhook_pan, payload, text)
+        # authenticated from here on: parse, scrub
+        event_id, event_type, text = inbox_event(scheme, body, event_id, st.webhook_pan)
     except Rejection as exc:
         return _reject(st, scheme, client, exc)
 
-    row = (scheme, event_id, payload["type"], datetime.fromtimestamp(signed_at, UTC),
+    row = (scheme, event_id, event_type, datetime.fromtimestamp(signed_at, UTC),
            datetime.fromtimestamp(now, UTC), text)
     try:
         new = await st.webhook_writer.write(row)

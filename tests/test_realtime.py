@@ -366,3 +366,79 @@ def test_online_push_writes_what_feast_push_writes(env: Env) -> None:
         assert [r[windows.feature_names(e)[1]] for r in ours.values()] == [1, 11, 21]
     with pytest.raises(PushSourceNotFoundException):
         pusher.push({"no_such_push_source": next(iter(frames("x").values()))})
+
+
+def test_two_partitions_push_what_one_consumer_pushes(env: Env) -> None:
+    """``--partitions 2``: each card and customer is pushed by exactly one of the two consumers, late
+    and out-of-order events included, and the online values are those of one consumer (and the
+    brute-force count); a consumer split another way is refused; a new layout starts at the old one's
+    lowest offset, not at the inbox's start."""
+    from riskloop.features.stream import ConsumerBusy, StreamConsumer, partition_of
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    rng = random.Random(11)
+    evs = [event(f"P{i}", rng.choice(["stripe", "standard"]), base - timedelta(seconds=rng.randint(0, 7200)),
+                 f"P{i % 12}", f"pc{i % 5}", rng.randint(1, 9_000), currency=rng.choice(["EUR", "EUR", "USD"]))
+           for i in range(60)]
+    rng.shuffle(evs)
+    expected = {e.name: brute_force(evs, e) for e in windows.ENTITIES}
+    keys = {e.name: sorted(expected[e.name]) for e in windows.ENTITIES}
+    assert {partition_of(k, 2) for ks in keys.values() for k in ks} == {0, 1}  # both have work
+    name = f"split-{RUN}"
+    parts = [StreamConsumer(env.settings, name=name, store=env.store, partitions=2, partition=i) for i in (0, 1)]
+    for c in parts:
+        c.open()
+    try:
+        with pytest.raises(ConsumerBusy):  # the same name unsplit beside them: a key would have two owners
+            StreamConsumer(env.settings, name=name, store=env.store).open()
+        for c in parts:
+            c.run_once()  # the inbox's history (the other tests' events)
+        for half in (evs[:30], evs[30:]):  # the second half has late events for keys pushed already
+            for ev in half:
+                post(env, ev)
+            for i in (1, 0):
+                # one row per touched key it owns, none of the other's
+                owned = sum(len({ev[e.key] for ev in half if partition_of(ev[e.key], 2) == i}) for e in windows.ENTITIES)
+                assert parts[i].run_once().pushed == owned
+        offsets = [c.offset() for c in parts]
+    finally:
+        for c in parts:
+            c.close()
+    split = {e.name: online(env, e, keys[e.name]) for e in windows.ENTITIES}
+    for e in windows.ENTITIES:
+        assert split[e.name] == {k: {**r, windows.TIMESTAMP_FIELD: r[windows.TIMESTAMP_FIELD].replace(microsecond=0)}
+                                 for k, r in expected[e.name].items()}, e.name
+    with StreamConsumer(env.settings, name=f"one-{RUN}", store=env.store) as one:
+        one.run_once()
+    assert {e.name: online(env, e, keys[e.name]) for e in windows.ENTITIES} == split
+
+    # three partitions of the same name start where the two-way split had got to (everything below
+    # the lower of its offsets was pushed by its owners), not at 0
+    with StreamConsumer(env.settings, name=name, store=env.store, partitions=3, partition=2) as third:
+        assert third.offset() == min(offsets) > 0
+
+
+def test_riskloop_up_starts_the_partitions(env: Env) -> None:
+    """``RISKLOOP_STREAM_PARTITIONS=2``: ``riskloop up`` starts two consumers (one per partition), both
+    listening; events of keys of either partition reach the online store; ``riskloop down`` stops both."""
+    from riskloop.features.stream import partition_of
+    from riskloop.ops import processes, stack
+
+    settings = env.settings.model_copy(update={"stream_service": True, "stream_poll_s": 0.2, "stream_partitions": 2})
+    card = windows.entity("card")
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    evs = [event(f"part{i}", "standard", t, f"Q{i}", f"cQ{i}", 5) for i in range(8)]
+    assert {partition_of(e["card_token"], 2) for e in evs} == {0, 1}
+    try:
+        info = stack.up(settings)
+        assert (info["stream"], info["stream_partitions"]) == ("up", 2), info
+        assert sorted(stack.stream_processes(settings)) == ["stream-p0", "stream-p1"]
+        assert all(processes._read_pid(processes._pidfile(settings, n)) for n in stack.stream_processes(settings))
+        for ev in evs:
+            post(env, ev)
+        keys = [e["card_token"] for e in evs]
+        wait_for(lambda: all(r["card_tx_count_24h"] == 1 for r in online(env, card, keys).values()))
+    finally:
+        stack.stop_stream(settings)
+    assert stack.status(settings)["stream"] == "down"
+    assert not list(settings.run_dir.glob("stream*.pid"))

@@ -51,16 +51,23 @@ def simulate(
 def stream(
     name: str = typer.Option("default", help="Consumer name (its offset; one running consumer per name)."),
     once: bool = typer.Option(False, "--once", help="Process what is committed now, then exit."),
+    partitions: int = typer.Option(
+        1, "--partitions", min=1, help="Consumers splitting the cards and customers between them (one process each, "
+        "every one with the same --name and --partitions)."),
+    partition: int = typer.Option(0, "--partition", min=0, help="Which of the --partitions this process is (0-based)."),
 ) -> None:
     """Tail the webhook inbox: accepted payments update the card and customer windows (10m/1h/24h
-    counts and sums) in the Feast online store. Runs until SIGINT/SIGTERM; restarts resume."""
+    counts and sums) in the Feast online store. Runs until SIGINT/SIGTERM; restarts resume.
+    With --partitions N, run N processes (--partition 0 … N-1): each pushes only its share of the keys."""
     import signal
     import threading
 
     from riskloop.core.config import get_settings
     from riskloop.features.stream import StreamConsumer
 
-    with StreamConsumer(get_settings(), name=name) as consumer:
+    if partition >= partitions:
+        raise typer.BadParameter(f"--partition {partition} is not below --partitions {partitions}")
+    with StreamConsumer(get_settings(), name=name, partitions=partitions, partition=partition) as consumer:
         if once:
             console.print_json(json.dumps(consumer.run_once().__dict__))
             return

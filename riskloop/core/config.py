@@ -312,6 +312,10 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="riskloop stream: longest wait between rounds when no inbox NOTIFY "
         "arrives (a round starts at once on each notice).")
     stream_page_rows: int = Field(default=2000, gt=0, description="riskloop stream: inbox rows read per page.")
+    stream_partitions: int = Field(
+        default=1, ge=1, description="Stream consumer processes `riskloop up` starts (`riskloop stream --partitions N "
+        "--partition i`, i = 0 … N-1): each card and customer is recomputed and pushed by exactly one of them, so "
+        "they share the work across cores or machines. Changing it replays a little of the inbox, never skips.")
     stream_service: bool = Field(
         default=True, description="`riskloop up` starts the stream consumer (`riskloop stream`, consumer "
         "--name default) as a managed process beside MLflow; `riskloop down` stops it. false: run it yourself "

@@ -8,18 +8,29 @@ transactions, parses the payment authorisations, adds them to ``realtime.payment
 indexed projection of the inbox, keyed like it), recomputes the windows of every card and
 customer the new events touched and pushes those rows to the views' push sources.
 
-Why windows are recomputed from Postgres rather than kept in in-memory rings: a windowed query
-per touched key over an index on (key, occurred_at) costs about as much as the push itself, needs
-no state to seed or rebuild after a restart, and gives late or out-of-order events exactly the
-batch answer, because both evaluate the same spec (``riskloop.core.windows``) over the same committed
-events as of the key's latest event time. Rings would need the same query to be seeded anyway and
-would have to be re-sorted on every late event.
+Why windows are recomputed from Postgres rather than kept in in-memory rings: one windowed query
+per entity and round (all touched keys at once, an index range scan each on (key, occurred_at))
+costs less than the push, needs no state to seed or rebuild after a restart, and gives late or
+out-of-order events exactly the batch answer, because both evaluate the same spec
+(``riskloop.core.windows``) over the same committed events as of the key's latest event time. Rings
+would need the same query to be seeded anyway and would have to be re-sorted on every late event.
+
+A round costs a handful of round trips whatever its size, because on a busy machine each one
+waits for the scheduler: the horizon, the inbox page(s), the payments' insert with both window
+queries in one pipeline, the online write of both views with its commit in one pipeline (in Feast's
+layout and encoding, ``riskloop.features.online_write``), and the offset.
+
+Partitions: ``riskloop stream --partitions N --partition i`` runs one of N consumers that split the
+keys: each card and customer is recomputed and pushed only by its owner (:func:`partition_of`),
+while every partition stores every payment, so an owner's window query sees all of its keys'
+events. Each partition has its own offset row and lock (:func:`partition_name`); consumers of one
+name split different ways refuse to run together (infra/streaming.md).
 
 Delivery: at least once, and idempotent. The offset (``realtime.stream_offsets``: every inbox row
 with ``_xid`` below it is processed) advances only after the push, so a crash replays the last
 round; replaying inserts nothing new into ``payment_events`` (its key is the inbox's) and pushes
 the same values again. A replayed webhook never reaches the consumer (the inbox deduplicates it).
-One consumer per name (a session advisory lock), so pushes to a key are never reordered.
+One consumer per name and partition (a session advisory lock), so pushes to a key are never reordered.
 
 Online values are as of the entity's latest payment (``event_timestamp`` in the online store):
 a card that stops paying keeps its last counts until its next payment or the view's 24 h TTL.
@@ -32,7 +43,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterable
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -47,7 +58,6 @@ from riskloop.core.db import dsn
 from riskloop.data.inbox import CHANNEL, INBOX, XID_COLUMN
 
 if TYPE_CHECKING:
-    import pandas as pd
     from feast import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +72,7 @@ _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]
 _CURRENCY = re.compile(r"[A-Za-z]{3}")
 _MAX_AMOUNT = 999_999_999_999_999_999
 _MAX_UNIX = 999_999_999_999
+_DECODER = json.JSONDecoder(parse_float=Decimal)  # one decoder: json.loads(parse_float=…) builds one per call
 
 
 @dataclass(frozen=True)
@@ -116,7 +127,7 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
     if PAYMENT_TYPES.get(processor) != event_type:
         return None
     try:
-        doc = json.loads(body, parse_float=Decimal)
+        doc = _DECODER.decode(body)
     except ValueError:
         return None
     if processor == "stripe":
@@ -159,6 +170,28 @@ def _scalar(conn: psycopg.Connection, query: str, params: tuple[Any, ...] = ()) 
     return row[0]
 
 
+def partition_of(key: str, partitions: int) -> int:
+    """The partition that owns ``key``: CRC-32 of its UTF-8 bytes mod ``partitions``. Stable across
+    processes, machines and Python versions (unlike ``hash``), so a bridge or a router upstream
+    can compute the same split."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def partition_name(name: str, partition: int, partitions: int) -> str:
+    """The consumer name of one partition (its offset row and lock): ``name`` itself when unsplit,
+    else ``<name>.p<i>of<n>``."""
+    return name if partitions == 1 else f"{name}.p{partition}of{partitions}"
+
+
+def parse_partition_name(consumer: str) -> tuple[str, int, int] | None:
+    """``(name, partition, partitions)`` of a consumer name from :func:`partition_name`."""
+    m = re.fullmatch(r"(.+)\.p([0-9]+)of([0-9]+)", consumer)
+    if m is None:
+        return (consumer, 0, 1)
+    i, n = int(m.group(2)), int(m.group(3))
+    return (m.group(1), i, n) if 0 <= i < n else None
+
+
 def application_name(name: str) -> str:
     """How pg_stat_activity shows a consumer's sessions (``riskloop status`` counts them)."""
     return f"riskloop-stream-{name}"[:63]
@@ -180,33 +213,50 @@ def consumer_progress(settings: Settings, name: str) -> dict[str, Any] | None:
 
 class OnlinePush:
     """``FeatureStore.push(source, df, to=PushMode.ONLINE)`` with what is fixed per registry version
-    resolved once, and both entities' rows handed over in one call.
+    resolved once, every push source's rows of a round written in one transaction.
 
     Feast's ``push`` re-resolves, on every call, the views a push source feeds (twice: once in
     ``push``, once in ``write_to_online_store``, each rebuilding Python objects from the cached
-    registry proto) and lists the feature services from the SQL registry *uncached* to find
-    services with ``precompute_online`` (``_precompute_for_push``): about half of a push's time for
-    a round of a few keys (docs/benchmarks/history.md, "Real-time features"). Here the plan (views per push
-    source, precomputed services touching them) is rebuilt whenever the store's cached registry
-    proto is replaced (Feast refreshes it after ``cache_ttl_seconds``; ``feast apply`` changes show
-    up then, as they would for ``push`` with its default ``allow_registry_cache=True``).
+    registry proto), lists the feature services from the SQL registry *uncached* to find services
+    with ``precompute_online`` (``_precompute_for_push``), converts the frame pandas → Arrow →
+    protos and writes one ``INSERT`` per entity and feature (docs/benchmarks/history.md, "Real-time
+    features"). Here the plan (views per push source, their online tables, precomputed services
+    touching them) is rebuilt whenever the store's cached registry proto is replaced (Feast
+    refreshes it after ``cache_ttl_seconds``; ``feast apply`` changes show up then, as they would
+    for ``push`` with its default ``allow_registry_cache=True``), and a Postgres online store is
+    written by :class:`riskloop.features.online_write.OnlineWriter`: one statement per view,
+    Feast's own table layout and encoding.
 
-    What each push still does is Feast's own, per view: the vector-feature validation, the
-    empty-frame checks of ``write_to_online_store``, the provider's ``ingest_df`` (entity-key
-    serialisation, the online store's upsert) and ``precompute_feature_service`` for a service
-    with ``precompute_online`` (none of riskloop's has it). A push source that feeds anything
-    but plain feature views (stream or label views) goes through ``FeatureStore.push`` unchanged.
+    A push source that feeds anything but plain feature views (stream or label views) goes through
+    ``FeatureStore.push`` unchanged; a view the direct writer does not handle (another online
+    store, vectors, a created timestamp) through Feast's ``provider.ingest_df``.
+    ``precompute_feature_service`` still runs for a service with ``precompute_online`` (none of
+    riskloop's has it).
     """
 
     def __init__(self, store: "FeatureStore") -> None:
+        from riskloop.features.online_write import DirectWriteUnsupported, OnlineWriter
+
         self.store = store
+        try:
+            self.writer: OnlineWriter | None = OnlineWriter(store)
+        except DirectWriteUnsupported as exc:
+            log.info("stream: Feast's own online write (%s)", exc)
+            self.writer = None
         self._proto: object | None = None  # the registry proto the plan was built from
         self._views: dict[str, list[Any]] = {}  # push source -> the feature views it feeds
+        self._targets: dict[str, Any] = {}  # view -> its online_write.Target, or None: Feast's ingest_df
         self._precompute: dict[str, list[str]] = {}  # push source -> services to recompute
         self._fallback: set[str] = set()  # push sources left to FeatureStore.push
 
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
     def _plan(self, source: str) -> None:
         from feast.feature_view import FeatureView
+
+        from riskloop.features.online_write import DirectWriteUnsupported
 
         registry = self.store.registry
         # What every cached registry read of Feast's does first: replace the proto once its TTL is over.
@@ -214,7 +264,7 @@ class OnlinePush:
         if refresh is not None:
             refresh()
         if getattr(registry, "cached_registry_proto", None) is not self._proto:
-            self._views, self._precompute, self._fallback = {}, {}, set()
+            self._views, self._targets, self._precompute, self._fallback = {}, {}, {}, set()
         if source in self._views or source in self._fallback:
             return
         # Feast's own resolution from the cached registry (PushSourceNotFoundException for an unknown source)
@@ -224,15 +274,53 @@ class OnlinePush:
             self._fallback.add(source)
             return
         self._views[source] = sorted(views, key=lambda v: v.name)
+        for view in self._views[source]:
+            target = None
+            if self.writer is not None and not any(f.vector_index for f in view.features):
+                try:
+                    target = self.writer.target(view)
+                except DirectWriteUnsupported as exc:
+                    log.info("stream: Feast's own online write for %s (%s)", view.name, exc)
+            self._targets[view.name] = target
         first = self._views[source][0].name  # Feast recomputes the services of the first view pushed
         self._precompute[source] = [
             svc.name for svc in registry.list_feature_services(self.store.project, allow_cache=True)
             if svc.precompute_online and any(p.name == first for p in svc.feature_view_projections)]
 
-    def push(self, frames: dict[str, Any]) -> None:
-        """Push each ``{push source name: DataFrame}`` to the online store, in the given order."""
+    def push_rows(self, batches: dict[str, tuple[list[str], list[tuple[Any, ...]]]]) -> None:
+        """Push ``{push source: (column names, rows)}`` to the online store: every directly written
+        view in one transaction, then anything left to Feast, in the given order."""
+        import pandas as pd
+
+        direct: list[tuple[Any, list[str], list[tuple[Any, ...]]]] = []
+        frames: dict[str, Any] = {}
+        for source, (columns, rows) in batches.items():
+            self._plan(source)
+            if not rows:
+                log.warning("stream: nothing to push to %s (no rows)", source)
+                continue
+            views = [] if source in self._fallback else self._views[source]
+            if views and all(self._targets[v.name] is not None for v in views):
+                direct.extend((self._targets[v.name], columns, rows) for v in views)
+            else:
+                frames[source] = pd.DataFrame(rows, columns=columns)
+        if direct and self.writer is not None:
+            self.writer.write(direct)
+            for source in batches.keys() - frames.keys():
+                for service in self._precompute.get(source, ()):
+                    self.store.precompute_feature_service(service)
+        if frames:
+            self.push(frames, direct=False)
+
+    def push(self, frames: dict[str, Any], direct: bool = True) -> None:
+        """Push each ``{push source name: DataFrame}`` to the online store, in the given order
+        (``direct``: through :meth:`push_rows` where the views allow it)."""
         from feast.data_source import PushMode
 
+        if direct:
+            self.push_rows({s: (list(df.columns), list(df.itertuples(index=False, name=None)))
+                            for s, df in frames.items()})
+            return
         provider = self.store._get_provider()
         for source, df in frames.items():
             self._plan(source)
@@ -248,6 +336,12 @@ class OnlinePush:
                 provider.ingest_df(view, df)
             for service in self._precompute[source]:
                 self.store.precompute_feature_service(service)
+
+
+_INSERT_EVENTS = (
+    f"insert into {windows.EVENTS_TABLE} (processor, event_id, card_token, customer_id, amount_minor, occurred_at, "
+    f"currency) select * from unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], "
+    f"%s::timestamptz[], %s::text[]) on conflict do nothing")
 
 
 class ConsumerBusy(RuntimeError):
@@ -269,14 +363,24 @@ class StreamConsumer:
     cache and online-store connection are reused by every push).
     """
 
-    def __init__(self, settings: Settings, name: str = "default", store: "FeatureStore | None" = None) -> None:
-        self.settings, self.name = settings, name
+    def __init__(self, settings: Settings, name: str = "default", store: "FeatureStore | None" = None,
+                 partitions: int = 1, partition: int = 0) -> None:
+        if partitions < 1 or not 0 <= partition < partitions:
+            raise ValueError(f"partition {partition} of {partitions}: need 0 <= partition < partitions")
+        self.settings, self.base_name = settings, name
+        self.partitions, self.partition = partitions, partition
+        self.name = partition_name(name, partition, partitions)  # its offset row and its lock
         self._store = store
         self._owns_store = store is None
-        self.application_name = application_name(name)
+        self.application_name = application_name(self.name)
         self._conn: psycopg.Connection | None = None
         self._failures = 0  # consecutive failed attempts of :meth:`run` (its back-off)
         self._pusher: OnlinePush | None = None
+        self._offset: int | None = None  # the stored offset, as this (lock-holding) consumer last wrote it
+
+    def owns(self, key: str) -> bool:
+        """This consumer recomputes and pushes ``key``'s windows (each key has exactly one owner)."""
+        return self.partitions == 1 or partition_of(key, self.partitions) == self.partition
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -287,8 +391,10 @@ class StreamConsumer:
                              (self.name,))
             if not locked:
                 raise ConsumerBusy(f"another stream consumer named {self.name!r} is running")
-            conn.execute(f"insert into {OFFSETS_TABLE} (consumer, next_xid) values (%s, '0'::xid8) "
-                         f"on conflict do nothing", (self.name,))
+            self._lock_layout(conn)
+            conn.execute(f"insert into {OFFSETS_TABLE} (consumer, next_xid) values (%s, %s::xid8) "
+                         f"on conflict do nothing", (self.name, str(self._seed_offset(conn))))
+            conn.execute("set synchronous_commit = off")  # the offset update turns it back on (see _apply)
         except BaseException:
             conn.close()
             raise
@@ -299,7 +405,40 @@ class StreamConsumer:
             self._store = feature_store(self.settings)
         return self
 
+    def _lock_layout(self, conn: psycopg.Connection) -> None:
+        """Refuse to run beside consumers of the same name split another way: a key would have two
+        owners, whose pushes could land out of order. Every consumer of a name holds a shared lock
+        keyed by its partition count; one of another count is a :class:`ConsumerBusy`."""
+        key = f"riskloop.stream.layout:{self.base_name}"
+        conn.execute("select pg_advisory_lock_shared(hashtext(%s), %s)", (key, self.partitions))
+        other = conn.execute(
+            "select objid::int from pg_locks where locktype = 'advisory' and objsubid = 2 and granted "
+            "and database = (select oid from pg_database where datname = current_database()) "
+            "and classid = hashtext(%s)::oid and objid <> %s::oid limit 1", (key, self.partitions)).fetchone()
+        if other is not None:
+            raise ConsumerBusy(f"stream consumers named {self.base_name!r} run with --partitions {other[0]}, "
+                               f"not {self.partitions}: stop them first")
+
+    def _seed_offset(self, conn: psycopg.Connection) -> int:
+        """Where a partition that never ran starts: the lowest offset of a complete earlier layout
+        of the same name (every key was pushed by its owner below it, and every consumer stores
+        every event), so changing ``--partitions`` replays a little instead of the whole inbox;
+        0 when there is none."""
+        rows = conn.execute(f"select consumer, next_xid::text from {OFFSETS_TABLE} where consumer = %s "
+                            f"or consumer like %s", (self.base_name, f"{self.base_name}.p%of%")).fetchall()
+        layouts: dict[int, dict[int, int]] = {}
+        for consumer, next_xid in rows:
+            parsed = parse_partition_name(consumer)
+            if parsed is not None and parsed[0] == self.base_name:
+                layouts.setdefault(parsed[2], {})[parsed[1]] = int(next_xid)
+        complete = [min(offsets.values()) for n, offsets in layouts.items() if len(offsets) == n]
+        return max(complete, default=0)
+
     def close(self) -> None:
+        self._offset = None
+        if self._pusher is not None:
+            self._pusher.close()
+            self._pusher = None
         if self._conn is not None:
             self._conn.close()  # ends the session: the advisory lock goes with it
             self._conn = None
@@ -327,7 +466,7 @@ class StreamConsumer:
         page = page or self.settings.stream_page_rows
         result = RoundResult()
         started = time.perf_counter()
-        lo = self.offset()
+        lo = self._offset if self._offset is not None else self.offset()
         hi = int(_scalar(self.conn, "select pg_snapshot_xmin(pg_current_snapshot())::text"))
         if hi <= lo:
             return result
@@ -358,40 +497,40 @@ class StreamConsumer:
             cursor = (rows[-1][0], rows[-1][1], rows[-1][2])
             if len(rows) < page:
                 break
-        self.conn.execute(f"update {OFFSETS_TABLE} set next_xid = %s::xid8, events = events + %s, "
-                          f"updated_at = now() where consumer = %s", (str(hi), result.payments, self.name))
+        with self.conn.pipeline(), self.conn.transaction():  # one round trip; waits for the WAL flush
+            self.conn.execute("set local synchronous_commit = on")
+            self.conn.execute(f"update {OFFSETS_TABLE} set next_xid = %s::xid8, events = events + %s, "
+                              f"updated_at = now() where consumer = %s", (str(hi), result.payments, self.name))
+        self._offset = hi
         if result.rows:
             log.debug("stream: %d inbox rows, %d payments, %d skipped, %d entity rows pushed in %.3fs",
                       result.rows, result.payments, result.skipped, result.pushed, time.perf_counter() - started)
         return result
 
     def _apply(self, payments: list[Payment]) -> int:
-        """Store the payments, recompute the touched keys' windows, push them. Returns rows pushed."""
+        """Store the payments, recompute the windows of the touched keys this consumer owns, push
+        them. Returns rows pushed. Every partition stores every payment (idempotent: the key is the
+        inbox's), so each owner's window query sees all of its keys' events whoever stored them.
+
+        The insert and the window queries go to the server in one pipeline (one round trip; one
+        implicit transaction, so the queries see the insert). The insert's commit does not wait for
+        its WAL flush (the session's ``synchronous_commit = off``): the offset update that follows the
+        push waits for its own, which flushes everything before it in the same WAL, so a payment is
+        durable before the offset moves past it."""
         if not payments:
             return 0
-        cols = list(zip(*((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor, p.occurred_at,
-                           p.currency) for p in payments), strict=True))
-        self.conn.execute(
-            f"insert into {windows.EVENTS_TABLE} (processor, event_id, card_token, customer_id, amount_minor, "
-            f"occurred_at, currency) select * from unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
-            f"%s::bigint[], %s::timestamptz[], %s::text[]) on conflict do nothing", [list(c) for c in cols])
-        frames = {}
-        for e in windows.ENTITIES:
-            keys = sorted({getattr(p, e.key) for p in payments} - {None})
-            if keys:
-                frames[windows.push_source_name(e)] = self._windows(e, keys)
-        if frames:
-            self.pusher.push(frames)
-        return sum(len(f) for f in frames.values())
-
-    def _windows(self, entity: windows.WindowEntity, keys: Iterable[str]) -> "pd.DataFrame":
-        """The keys' rows to push: their windows as of each key's latest payment."""
-        import pandas as pd
-
-        cur = self.conn.execute(windows.stream_sql(entity), {"keys": list(keys)})
-        frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or ()])
-        frame[windows.TIMESTAMP_FIELD] = pd.to_datetime(frame[windows.TIMESTAMP_FIELD], utc=True)
-        return frame
+        cols = [list(c) for c in zip(*((p.processor, p.event_id, p.card_token, p.customer_id, p.amount_minor,
+                                        p.occurred_at, p.currency) for p in payments), strict=True)]
+        owned = {e: sorted(k for k in {getattr(p, e.key) for p in payments} - {None} if self.owns(k))
+                 for e in windows.ENTITIES}
+        with self.conn.pipeline():
+            self.conn.execute(_INSERT_EVENTS, cols)
+            cursors = {e: self.conn.execute(windows.stream_sql(e), {"keys": keys}) for e, keys in owned.items() if keys}
+        batches = {windows.push_source_name(e): ([c.name for c in cur.description or ()], cur.fetchall())
+                   for e, cur in cursors.items()}
+        if batches:
+            self.pusher.push_rows(batches)
+        return sum(len(rows) for _, rows in batches.values())
 
     @property
     def pusher(self) -> OnlinePush:

@@ -186,65 +186,104 @@ def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
 
 # --- the stream consumer -----------------------------------------------------------------
 
-STREAM = "stream"  # its pid and log file names
+STREAM = "stream"  # its pid and log file names (``stream-p<i>`` for partition i of several)
 STREAM_CONSUMER = "default"  # the consumer name (offset, lock) it runs as: `riskloop stream`'s default
 
 
+def stream_processes(settings: Settings) -> dict[str, str]:
+    """Pid/log name → consumer name of each managed consumer process for ``stream_partitions``."""
+    from riskloop.features.stream import partition_name
+
+    n = settings.stream_partitions
+    if n == 1:
+        return {STREAM: STREAM_CONSUMER}
+    return {f"{STREAM}-p{i}": partition_name(STREAM_CONSUMER, i, n) for i in range(n)}
+
+
 def _stream_sessions(settings: Settings) -> int | None:
-    """The consumer's open Postgres sessions (its working session and its LISTEN session), or None
-    when the warehouse does not answer. Two mean it is tailing the inbox."""
+    """The consumers' open Postgres sessions (each has a working session and a LISTEN session), or
+    None when the warehouse does not answer. Two per consumer mean they all tail the inbox."""
     import psycopg
 
     from riskloop.core.db import dsn
     from riskloop.features.stream import application_name
 
+    names = [application_name(c) for c in stream_processes(settings).values()]
     try:
         with psycopg.connect(dsn(settings), connect_timeout=2, autocommit=True) as conn:
-            row = conn.execute("select count(*) from pg_stat_activity where application_name = %s "
-                               "and datname = current_database()", (application_name(STREAM_CONSUMER),)).fetchone()
+            row = conn.execute("select count(*) from pg_stat_activity where application_name = any(%s) "
+                               "and datname = current_database()", (names,)).fetchone()
     except psycopg.Error:
         return None
     return int(row[0]) if row else 0
 
 
+def _running(settings: Settings) -> list[str]:
+    return [name for name in stream_processes(settings) if _read_pid(_pidfile(settings, name)) is not None]
+
+
 def stream_listening(settings: Settings) -> bool:
-    """The managed consumer runs and both of its sessions are open (it has taken its lock and LISTENs)."""
-    return _read_pid(_pidfile(settings, STREAM)) is not None and (_stream_sessions(settings) or 0) >= 2
+    """Every managed consumer runs and both sessions of each are open (it has its lock and LISTENs)."""
+    procs = stream_processes(settings)
+    return len(_running(settings)) == len(procs) and (_stream_sessions(settings) or 0) >= 2 * len(procs)
 
 
 def start_stream(settings: Settings, wait_s: float = 180.0) -> None:
-    """Start ``riskloop stream`` (consumer ``default``) detached, unless it runs; wait until it listens.
+    """Start ``riskloop stream`` (consumer ``default``; ``stream_partitions`` processes, each with
+    ``--partitions N --partition i``) detached, unless running; wait until they all listen.
 
-    It gets these settings as ``RISKLOOP_*`` variables (:meth:`Settings.environ`), so it tails the
-    same warehouse and pushes to the same Feast store as the caller. Restart-safe by construction:
-    the consumer resumes from its stored offset (``realtime.stream_offsets``), and its advisory lock
-    refuses a second consumer of the same name, so a stray one cannot reorder pushes.
+    They get these settings as ``RISKLOOP_*`` variables (:meth:`Settings.environ`), so they tail the
+    same warehouse and push to the same Feast store as the caller. Restart-safe by construction:
+    a consumer resumes from its stored offset (``realtime.stream_offsets``, one row per partition),
+    and its advisory locks refuse a second consumer of the same partition or consumers split
+    another way, so a stray one cannot reorder pushes: a stack started before with another
+    partition count is stopped first (``riskloop down``).
     """
-    if _read_pid(_pidfile(settings, STREAM)) is not None:
-        return
-    cmd = [sys.executable, "-m", "riskloop", "stream", "--name", STREAM_CONSUMER]
-    log.info("starting the stream consumer (riskloop stream, log in %s)", settings.log_dir / f"{STREAM}.log")
-    proc = spawn_detached(settings, STREAM, cmd, {**os.environ, **settings.environ()})
-    wait_until(settings, {STREAM: proc}, lambda: stream_listening(settings), wait_s)
+    from riskloop.features.stream import parse_partition_name
+
+    stale = [p.stem for p in settings.run_dir.glob(f"{STREAM}*.pid")
+             if (p.stem == STREAM or p.stem.startswith(f"{STREAM}-p")) and p.stem not in stream_processes(settings)]
+    for name in stale:  # consumers of another partition count would refuse to run beside these
+        stop_process(settings, name, timeout=30.0)
+    started = {}
+    for name, consumer in stream_processes(settings).items():
+        if _read_pid(_pidfile(settings, name)) is not None:
+            continue
+        _, i, n = parse_partition_name(consumer) or (consumer, 0, 1)
+        cmd = [sys.executable, "-m", "riskloop", "stream", "--name", STREAM_CONSUMER,
+               *(["--partitions", str(n), "--partition", str(i)] if n > 1 else [])]
+        log.info("starting the stream consumer %s (riskloop stream, log in %s)", consumer,
+                 settings.log_dir / f"{name}.log")
+        started[name] = spawn_detached(settings, name, cmd, {**os.environ, **settings.environ()})
+    if started:
+        wait_until(settings, started, lambda: stream_listening(settings), wait_s)
 
 
 def stop_stream(settings: Settings) -> bool:
-    """SIGTERM the managed consumer: it finishes its round (the offset moves only after a push)."""
-    return stop_process(settings, STREAM, timeout=30.0)
+    """SIGTERM the managed consumers, whatever their partition count: each finishes its round (the
+    offset moves only after a push). True if one was running."""
+    names = [p.stem for p in settings.run_dir.glob(f"{STREAM}*.pid")
+             if p.stem == STREAM or p.stem.startswith(f"{STREAM}-p")] if settings.run_dir.is_dir() else []
+    return any([stop_process(settings, name, timeout=30.0) for name in names])
 
 
 def stream_status(settings: Settings) -> dict[str, Any]:
-    """``stream``: up (running and listening), starting (running, not listening yet), down; with
-    the consumer's offset row: payments processed and when it last finished a round."""
-    running = _read_pid(_pidfile(settings, STREAM)) is not None
+    """``stream``: up (all running and listening), starting (running, not listening yet), down; with
+    the consumers' offsets: payments processed (the least of the partitions) and when the last
+    round finished."""
+    procs = stream_processes(settings)
+    running = _running(settings)
     sessions = _stream_sessions(settings) if running else None
-    state = "down" if not running else ("up" if (sessions or 0) >= 2 else "starting")
-    out: dict[str, Any] = {"stream": state, "stream_managed": settings.stream_service}
+    state = "down" if not running else ("up" if len(running) == len(procs) and (sessions or 0) >= 2 * len(procs)
+                                         else "starting")
+    out: dict[str, Any] = {"stream": state, "stream_managed": settings.stream_service,
+                           "stream_partitions": settings.stream_partitions}
     from riskloop.features.stream import consumer_progress
 
-    progress = consumer_progress(settings, STREAM_CONSUMER)
-    if progress is not None:
-        out["stream_events"], out["stream_updated_at"] = progress["events"], progress["updated_at"]
+    progress = [p for p in (consumer_progress(settings, c) for c in procs.values()) if p is not None]
+    if progress:
+        out["stream_events"] = min(p["events"] for p in progress)
+        out["stream_updated_at"] = max(p["updated_at"] for p in progress)
     return out
 
 
