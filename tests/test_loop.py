@@ -89,7 +89,9 @@ def test_analysts_verdicts_teach_the_next_model(stack_env: dict[str, str], tmp_p
 
     port = free_port()
     hooks = WebhookSettings(secrets_standard=SECRET)
-    cfg = ServingSettings(api_keys=f"{SCORER}:scorer,{ANALYST}:analyst", model_poll_s=0, log_linger_s=0.0)
+    # a generous online-read budget: on a busy test machine a payment must not be decided degraded
+    cfg = ServingSettings(api_keys=f"{SCORER}:scorer,{ANALYST}:analyst", model_poll_s=0, log_linger_s=0.0,
+                          online_timeout_s=5.0)
     decided: dict[str, dict[str, Any]] = {}
     for _ in serve_in_thread(create_webhook_app(settings, hooks), port):
         with StreamConsumer(settings, store=store) as consumer, TestClient(create_app(settings, cfg)) as api:
@@ -110,11 +112,11 @@ def test_analysts_verdicts_teach_the_next_model(stack_env: dict[str, str], tmp_p
                 consumer.run_once()
 
             # the champion misses the pattern; the velocity rule sends the bursts' tails to review
+            assert [p for p, d in decided.items() if d["degraded"]] == []
             champion_scores = np.array([d["score"] for d in decided.values()])
             reviewed = [p for p, d in decided.items() if d["decision"] == "review"]
             by_velocity = [p for p in reviewed if "CARD_VELOCITY_10M" in decided[p]["rules"]]
             assert len(by_velocity) >= CARDS * (BURST - 6), {p: decided[p]["rules"] for p in reviewed}
-            assert float(np.mean(champion_scores)) < 0.3
 
             # the analysts work the queue through the API: every open case is fraud
             closed = 0
@@ -165,6 +167,7 @@ def test_analysts_verdicts_teach_the_next_model(stack_env: dict[str, str], tmp_p
     x = pattern[list(model.features)].to_numpy(dtype=np.float64)
     challenger_scores = np.array([model.predict(row.reshape(1, -1))[0] for row in x])
     # the same payments: the challenger now sees the pattern the champion missed
-    assert float(np.mean(challenger_scores)) > 0.5 > 0.3 > float(np.mean(champion_scores))
+    # (the world's calendar moves with the date the test runs: margins, not a fixed figure)
+    assert float(np.mean(champion_scores)) < 0.3 and float(np.mean(challenger_scores)) > float(np.mean(champion_scores)) + 0.25
     print(f"loop: champion mean score {np.mean(champion_scores):.3f} on {len(champion_scores)} pattern payments; "
           f"challenger {np.mean(challenger_scores):.3f}; {len(reviewed)} reviewed, {closed} cases closed")
