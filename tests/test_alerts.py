@@ -306,8 +306,8 @@ def test_a_failed_slack_delivery_never_logs_or_stores_the_webhook_url(settings: 
         s = settings.model_copy(update={"alert_raise_after": 1, "alert_retries": 1, "alert_retry_backoff_s": 0.0,
                                         "alert_timeout_s": 2.0, "alert_slack_webhook_url": SecretStr(url)})
         try:
-            root.addHandler(configure(s.model_copy(update={"log_json": True}), stream=as_json))
-            configure(s, stream=text)  # replaces riskloop's handler: the JSON one stays beside it
+            configure(s.model_copy(update={"log_json": True}), stream=as_json).set_name("json")  # kept beside...
+            configure(s, stream=text)  # ...the text handler
             (alert,) = process(s, [Check("degraded_rate", key, True, "degraded 30% of 400")])
         finally:
             root.handlers[:] = saved_handlers

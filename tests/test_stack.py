@@ -89,4 +89,4 @@ def test_status_never_prints_the_database_password(settings: Settings) -> None:
         assert "S3cret" not in out and "S3cret-pw%21" not in out
     info = json.loads(as_json.stdout)
     assert info["database_url"] == f"postgresql://{server.user}:***@{server.host}:{server.port}/{settings.warehouse_db}"
-    assert info["postgres"] == "up" and "database_url" in human.stdout
+    assert info["postgres"] == "up" and "database_url" in human.stdout + human.stderr  # Rich: stderr
