@@ -49,22 +49,39 @@ _PREFIXED = re.compile(
 _KEY = (r"[A-Za-z0-9_.\-]*(?:password|passwd|pwd|secret|api[_\-]?keys?|apikey|access[_\-]?key|private[_\-]?key"
         r"|token[_\-]?key|signing[_\-]?key|(?:access|refresh|auth|id|admin|api|session|bot)[_\-]?token"
         r"|credentials?)|token|authorization|x-api-key")
-_KEY_VALUE = re.compile(
-    rf"""(?P<head>(?P<q>["']?)\b(?:{_KEY})(?P=q)\s*[:=]\s*)"""
-    r"""(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|(?P<bare>[^\s&,;"'}\]\)]+))""", re.IGNORECASE)
+# A key (a whole word, maybe quoted) and its separator; whether the key names a secret is checked
+# after (one regex over every word with each secret name as a suffix backtracks badly).
+_CANDIDATE = re.compile(r"""(?<![A-Za-z0-9_.\-])(?P<q>["']?)(?P<key>[A-Za-z0-9_.\-]+)(?P=q)\s*[:=]\s*""")
+_SECRET_KEY = re.compile(_KEY, re.IGNORECASE)
+_VALUE = re.compile(r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|(?P<bare>[^\s&,;"'}\]\)]+)""")
 
+_PREFIX_HINTS = ("whsec_", "xox", "xapp-", "sk_", "rk_", "gh", "github_pat_", "glpat-")
+_KEY_HINTS = ("pass", "pwd", "secret", "key", "token", "credential", "authorization")
 _SCHEMES = frozenset({"bearer", "basic", "token"})
 _lock = threading.Lock()
 _values: set[str] = set()
 _by_value: re.Pattern[str] | None = None
 
 
-def _key_value(m: re.Match[str]) -> str:
-    value = m.group(0)[len(m.group("head")):]
-    if m.group("bare") is not None:
-        # "Authorization: Bearer ***": the scheme stays, its credential was masked by _AUTH_SCHEME
-        return m.group(0) if value.lower() in _SCHEMES else m.group("head") + MASK
-    return m.group("head") + value[0] + MASK + value[0]
+def _mask_key_values(text: str) -> str:
+    out: list[str] = []
+    last = 0
+    for m in _CANDIDATE.finditer(text):
+        if m.start() < last or not _SECRET_KEY.fullmatch(m.group("key")):
+            continue
+        v = _VALUE.match(text, m.end())
+        if v is None:
+            continue
+        value = v.group(0)
+        if v.group("bare") is not None:
+            if value.lower() in _SCHEMES:  # "Authorization: Bearer ***": _AUTH_SCHEME masked the credential
+                continue
+            masked = MASK
+        else:
+            masked = value[0] + MASK + value[0]
+        out += [text[last:m.end()], masked]
+        last = v.end()
+    return "".join([*out, text[last:]]) if out else text
 
 
 def redact(text: str) -> str:
@@ -75,10 +92,17 @@ def redact(text: str) -> str:
         text = _by_value.sub(MASK, text)
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
-    text = _SECRET_PATHS.sub(lambda m: m.group("head") + MASK, text)
-    text = _AUTH_SCHEME.sub(lambda m: m.group("head") + MASK, text)
-    text = _PREFIXED.sub(lambda m: m.group("head") + MASK, text)
-    return _KEY_VALUE.sub(_key_value, text)
+    # Cheap substring tests first: most log lines hold none of these, and a line is logged often.
+    lowered = text.lower()
+    if "/" in text:
+        text = _SECRET_PATHS.sub(lambda m: m.group("head") + MASK, text)
+    if any(h in lowered for h in ("bearer", "basic", "token")):
+        text = _AUTH_SCHEME.sub(lambda m: m.group("head") + MASK, text)
+    if any(h in lowered for h in _PREFIX_HINTS):
+        text = _PREFIXED.sub(lambda m: m.group("head") + MASK, text)
+    if ("=" in text or ":" in text) and any(h in lowered for h in _KEY_HINTS):
+        text = _mask_key_values(text)
+    return text
 
 
 def redact_value(value: Any) -> Any:
@@ -117,7 +141,6 @@ def secrets_of(settings: Any) -> list[str]:
     from pydantic import SecretStr
 
     out: list[str] = []
-    key_name = re.compile(rf"^(?:{_KEY})$", re.IGNORECASE)
     for name, value in settings:
         if isinstance(value, SecretStr):
             out.append(value.get_secret_value())
@@ -127,7 +150,7 @@ def secrets_of(settings: Any) -> list[str]:
                 out += [password, unquote(password)]
             except ValueError:
                 pass
-        elif isinstance(value, str) and key_name.match(name):
+        elif isinstance(value, str) and _SECRET_KEY.fullmatch(name):
             out.append(value)
             if name.lower() == "api_keys":  # 'key:role,key:role'
                 out.extend(part.rpartition(":")[0].strip() for part in value.split(","))
