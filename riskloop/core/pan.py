@@ -34,6 +34,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class PanKeyMissing(RuntimeError):
     """No tokenisation key is configured (required outside local mode)."""
 
 
+@lru_cache(maxsize=4096)  # the same few keys, over and over (every body of a processor)
 def _norm(key: str) -> str:
     return key.lower().replace("_", "").replace("-", "")
 
@@ -171,7 +173,7 @@ def scrub(obj: Any, pan: PanTokenizer | None, *, free_text: bool = True) -> tupl
 
     def text(value: str) -> str:
         nonlocal changed
-        if not free_text or not may_hold_pan(value):
+        if not free_text or len(value) < 12 or not may_hold_pan(value):
             return value
         new, n = tokenize_text(value, pan)
         changed += n
@@ -274,6 +276,17 @@ def _pan_matches(text: str) -> Iterator[tuple[re.Match[str], str, str]]:
 def may_hold_pan(text: str) -> bool:
     """False when ``text`` has no run of 12 digits (spaces/dashes allowed): then it holds no card number."""
     return _DIGIT_RUN.search(text) is not None
+
+
+def pan_spans(text: str) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of every card number in ``text`` (one regex pass over the whole text)."""
+    for m, _, _ in _pan_matches(text):
+        yield m.span()
+
+
+def has_pan(text: str) -> bool:
+    """True when ``text`` holds a card number (:func:`find_pans` finds one)."""
+    return may_hold_pan(text) and next(_pan_matches(text), None) is not None
 
 
 def find_pans(text: str) -> Iterator[PanHit]:

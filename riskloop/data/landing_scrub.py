@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -73,7 +74,8 @@ def write_parquet(path: Path, arrow: Any) -> None:
 
 def scrub_line(line: str, tok: Tokenizer, *, as_json: bool) -> tuple[str, int]:
     """One line of a landed text file, card numbers tokenised (JSON-aware when ``as_json``)."""
-    if not pan.may_hold_pan(line) and not (as_json and "\\u" in line):
+    escaped = as_json and "\\u" in line  # a JSON escape may spell a digit: parse to be sure
+    if not escaped and not pan.has_pan(line):
         return line, 0
     if as_json:
         body = line.rstrip("\r\n")
@@ -92,16 +94,27 @@ def scrub_line(line: str, tok: Tokenizer, *, as_json: bool) -> tuple[str, int]:
 
 def scrub_text(data: bytes, tok: Tokenizer, *, as_json: bool = False) -> tuple[bytes, int]:
     """A landed text file's bytes with card numbers tokenised, and how many were; ``data`` itself when
-    none. Raises :class:`UnicodeDecodeError` for a file that is not UTF-8 text."""
+    none. One regex pass over the whole text finds the lines to rewrite; the others are copied as they
+    are. Raises :class:`UnicodeDecodeError` for a file that is not UTF-8 text."""
     text = data.decode("utf-8")
-    if not pan.may_hold_pan(text) and not (as_json and "\\u" in text):
+    starts = [start for start, _ in pan.pan_spans(text)]
+    if as_json and "\\u" in text:  # a JSON escape may spell a digit: every line that has one is parsed too
+        starts = sorted({*starts, *(m.start() for m in re.finditer(r"\\u", text))})
+    if not starts:
         return data, 0
-    lines, total = [], 0
-    for line in text.splitlines(keepends=True):
-        new, n = scrub_line(line, tok, as_json=as_json)
-        lines.append(new)
-        total += n
-    return ("".join(lines).encode("utf-8"), total) if total else (data, 0)
+    out: list[str] = []
+    done, total = 0, 0
+    for pos in starts:
+        if pos < done:  # on a line already rewritten
+            continue
+        begin = text.rfind("\n", 0, pos) + 1
+        end = text.find("\n", pos)
+        end = len(text) if end < 0 else end
+        new, n = scrub_line(text[begin:end], tok, as_json=as_json)
+        out += [text[done:begin], new]
+        done, total = end, total + n
+    out.append(text[done:])
+    return ("".join(out).encode("utf-8"), total) if total else (data, 0)
 
 
 def scrub_file(path: Path, tok: Tokenizer) -> int:
