@@ -183,7 +183,7 @@ def scrub(obj: Any, pan: PanTokenizer | None, *, free_text: bool = True) -> tupl
         nonlocal changed
         if isinstance(node, str):
             return text(node)
-        if isinstance(node, int) and not isinstance(node, bool) and node >= 10**11:
+        if isinstance(node, int) and not isinstance(node, bool) and 10**11 <= node < 10**19:
             new = text(str(node))  # a card number sent as a JSON number
             return node if new.isdigit() else new
         if isinstance(node, list):
