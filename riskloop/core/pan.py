@@ -327,7 +327,7 @@ def tokenize_fields(values: dict[str, Any], pan: PanTokenizer | None) -> dict[st
     changed: dict[str, Any] = {}
     for name, value in values.items():
         if isinstance(value, str):
-            if may_hold_pan(value):
+            if len(value) >= 12 and may_hold_pan(value):
                 new, n = tokenize_text(value, pan)
                 if n:
                     changed[name] = new
