@@ -180,7 +180,7 @@ def scrub_paths(paths: Iterable[Path], tok: Tokenizer, exclude: Iterable[Path] =
                 continue
             if n:
                 report.rewritten[str(path)] = n
-                log.warning("tokenised %d card numbers in landed file %s (rewritten in place)", n, path)
+                log.warning("landed file %s rewritten in place: %d card numbers or card fields tokenised or dropped", path, n)
     return report
 
 
