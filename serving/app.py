@@ -43,6 +43,7 @@ from riskloop.decisions.cases import CaseRules
 from riskloop.governance import canary
 from serving import credit, routing
 from serving.auth import KeyRing, require
+from serving.card_fields import card_numbers_elsewhere
 from serving.case_metrics import CaseCollector
 from serving.cases_api import page_router as cases_page_router
 from serving.cases_api import router as cases_router
@@ -420,6 +421,7 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
                     "is_night": 1.0 if ts.hour <= 6 else 0.0}
     policy: Policy = st.fraud_policy
     req = body.model_dump(mode="json")  # pan is excluded: only its token, BIN and last four are kept
+    body, req = card_numbers_elsewhere(st.pan, body, req, request_id)
     if body.pan is not None:
         if st.pan is None:
             raise HTTPException(503, detail={"error": "pan_tokenization_unavailable",
