@@ -267,9 +267,9 @@ def test_sync_links_what_the_writer_missed_and_chargebacks_of_allowed_payments(s
                          "request, product) values (%s, 'r', now(), 0.1, %s, %s, 'fraud')",
                          (decision_id, decision, json.dumps(req)))
         conn.execute("create table if not exists raw.dispute_outcomes (dispute_id text, payment_id text, "
-                     "status text, fraud_confirmed boolean, closed_at timestamptz)")
-        conn.execute("insert into raw.dispute_outcomes (dispute_id, payment_id, status, fraud_confirmed, closed_at) "
-                     "values (%s, %s, 'lost', true, now())", (f"d-{payment}", payment))
+                     "opened_at timestamptz, status text, fraud_confirmed boolean, closed_at timestamptz)")
+        conn.execute("insert into raw.dispute_outcomes (dispute_id, payment_id, opened_at, status, fraud_confirmed, "
+                     "closed_at) values (%s, %s, now() - interval '3 days', 'lost', true, now())", (f"d-{payment}", payment))
     first = cases.sync(settings)
     assert first["review"] >= 1 and first["chargeback"] >= 1 and first["failed"] == 0
     assert case_of(settings, review_id, 0) != case_of(settings, allowed_id, 0)

@@ -74,6 +74,19 @@ def test_settings_environ_hands_the_same_settings_to_a_child(monkeypatch) -> Non
     assert child.stream_service is False and child.review_identities == {"abc123": "ann"}
 
 
+def test_plain_values_give_a_child_process_the_same_settings() -> None:
+    """What the review page's promote job gets on its stdin: JSON of plain values, read back equal
+    (nested models such as the case priorities included)."""
+    import json
+
+    from riskloop.core.config import CasePriority, plain_values
+
+    s = Settings(database_url="postgresql://u:p@db:5433/risk", pan_token_key="k-123",
+                 cases_priorities=[CasePriority(name="urgent", min_score=0.8, min_amount=1_000.0, sla_hours=2.0)])
+    child = Settings(**json.loads(json.dumps(plain_values(s))))
+    assert child == s and child.cases_priorities[0].name == "urgent"
+
+
 def test_status_never_prints_the_database_password(settings: Settings) -> None:
     """Against a configured Postgres (RISKLOOP_DATABASE_URL with a password): neither the human output
     nor --json carries the password; the JSON still says where the database is."""

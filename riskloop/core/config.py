@@ -432,4 +432,6 @@ def get_settings() -> Settings:
 def plain_values(settings: Settings) -> dict[str, Any]:
     """Every field as a JSON-able value, secrets revealed: what a child process given these settings
     on a pipe (``Settings(**values)``) needs to act as this one."""
-    return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in settings}
+    from pydantic_core import to_jsonable_python
+
+    return {k: v.get_secret_value() if isinstance(v, SecretStr) else to_jsonable_python(v) for k, v in settings}
