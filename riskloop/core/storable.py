@@ -32,6 +32,12 @@ def text_problem(text: str) -> str | None:
     return f"contains a lone surrogate (\\u{ord(m.group()):04x}), which is not valid Unicode text"
 
 
+def escape_unstorable(text: str) -> str:
+    """``text`` with what Postgres cannot store written as ``\\uXXXX`` escapes (for error messages
+    and set-aside rows, which must be storable whatever they describe)."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def find_unstorable(value: Any, path: str = "") -> str | None:
     """The first string (key or value) in a JSON-like ``value`` Postgres cannot store, as
     ``"<path>: <why>"`` (e.g. ``"metadata.note: contains a NUL character …"``); None if there is none.
