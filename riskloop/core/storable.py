@@ -73,5 +73,12 @@ class StorableModel(BaseModel):
 
     @model_validator(mode="after")
     def _storable(self) -> StorableModel:
-        check_storable(self)
+        # On the scoring path: flat strings are checked inline, only containers are walked.
+        search = _UNSTORABLE.search
+        for value in self.__dict__.values():
+            if value.__class__ is str:
+                if search(value):
+                    check_storable(self)
+            elif isinstance(value, BaseModel | Mapping | list | tuple):
+                check_storable(self)
         return self
