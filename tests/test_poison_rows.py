@@ -146,3 +146,25 @@ def test_a_row_the_writer_cannot_write_is_dead_lettered_and_its_batch_commits(po
     assert alert.runbook_url.endswith("decision_log_dead_letter.md")
     later = {(c.kind, c.key): c for c in evaluate(settings, now=datetime.now(UTC) + timedelta(days=2))}
     assert later[("decision_log_dead_letter", "decision_log")].breached is False
+
+
+def test_one_check_names_where_the_text_is() -> None:
+    from riskloop.core.signatures import Rejection
+    from riskloop.core.storable import escape_unstorable, find_unstorable
+    from riskloop.data.inbox import inbox_event
+    from riskloop.features.stream import parse_payment
+
+    assert find_unstorable({"a": {"b": ["ok", "x\x00"]}}) == "a.b[1]: contains a NUL character (\\u0000), which " \
+                                                              "Postgres cannot store"
+    assert "lone surrogate" in find_unstorable({"k\udc00": 1})
+    assert find_unstorable({"a": ["ok", 1, None, {"é": "ü"}]}) is None
+    assert escape_unstorable("a\x00b\ud800") == "a\\u0000b\\ud800"
+    # the one rule of the inbox, shared by the receiver and the topic bridge
+    with pytest.raises(Rejection) as refused:
+        inbox_event("standard", b'{"type": "payment.authorized", "data": {"customer_id": "c\\u0000"}}', "msg_1", None)
+    assert (refused.value.status, refused.value.reason) == (422, "unstorable_text")
+    # a row stored before the receiver refused such text is no payment for the stream consumer
+    body = ('{"type": "payment.authorized", "timestamp": "2026-01-01T00:00:00Z", '
+            '"data": {"payment_id": "p1", "amount_minor": 5, "customer_id": "c%s"}}')
+    assert parse_payment("standard", "e1", "payment.authorized", body % "\\u0000") is None
+    assert parse_payment("standard", "e1", "payment.authorized", body % "").customer_id == "c"
