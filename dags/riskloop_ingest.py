@@ -59,15 +59,21 @@ DEFAULT_ARGS = default_args("riskloop-platform", retries=2, retry_delay=timedelt
 def riskloop_ingest():
     @task
     def landed(**context) -> list[str]:
-        """The sources (raw tables) with a landed file: one load task is mapped over each."""
+        """The sources (raw tables) with a landed file: one load task is mapped over each. Every landed
+        file is first tokenised in place (``riskloop.data.landing_scrub``)."""
         from pathlib import Path
 
         from airflow.sdk.exceptions import AirflowSkipException
 
         from riskloop.data.ingest import landed_tables
+        from riskloop.data.landing_scrub import scrub_landing
 
         settings = get_settings()
-        sources = landed_tables(settings, Path(context["params"]["landing_dir"] or settings.landing))
+        landing = Path(context["params"]["landing_dir"] or settings.landing)
+        # Tokenised on arrival: no file of the landing keeps a card number in clear (each load below
+        # reads the scrubbed Parquet; the webhook and request archives are scrubbed here).
+        scrub_landing(settings, landing)
+        sources = landed_tables(settings, landing)
         if not sources:
             raise AirflowSkipException("nothing has landed: no source to load for this interval")
         return sources

@@ -37,11 +37,13 @@ from riskloop.core.config import Settings, get_settings
 from riskloop.core.db import dsn
 from riskloop.core.logs import RequestIdMiddleware
 from riskloop.core.pan import InvalidPan, PanKeyMissing, tokenizer
+from riskloop.core.redact import describe, register_settings
 from riskloop.decisions import log as decision_log
 from riskloop.decisions.cases import CaseRules
 from riskloop.governance import canary
 from serving import credit, routing
 from serving.auth import KeyRing, require
+from serving.card_fields import card_numbers_elsewhere
 from serving.case_metrics import CaseCollector
 from serving.cases_api import page_router as cases_page_router
 from serving.cases_api import router as cases_router
@@ -293,7 +295,7 @@ async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
         if new is None:
             return
     except Exception as exc:  # noqa: BLE001 - the champion keeps deciding; retry later
-        st.challenger_error = f"{type(exc).__name__}: {exc}"
+        st.challenger_error = describe(exc)
         st.challenger_retry_at = time.monotonic() + max(st.cfg.feature_store_retry_s, 1.0)
         log.warning("challenger %s@%s not loaded: %s", st.settings.fraud_model_name, st.cfg.challenger_alias,
                     st.challenger_error)
@@ -394,7 +396,7 @@ def _shadow_score(m: LoadedModel, vector_of: Callable[[LoadedModel], list[float]
         out.update(score=score, latency_ms=(time.perf_counter() - t0) * 1000.0)
     except Exception as exc:  # noqa: BLE001 - a failing shadow never affects the decision
         log.error("shadow model v%s failed: %s", m.version, exc)
-        out.update(score=None, error=f"{type(exc).__name__}: {exc}")
+        out.update(score=None, error=describe(exc))
     if metrics:
         metrics.shadow_scores.labels(m.alias, m.version, "error" if "error" in out else "ok").inc()
     return out
@@ -422,6 +424,7 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
                     "is_night": 1.0 if ts.hour <= 6 else 0.0}
     policy: Policy = st.fraud_policy
     req = body.model_dump(mode="json")  # pan is excluded: only its token, BIN and last four are kept
+    body, req = card_numbers_elsewhere(st.pan, body, req, request_id)
     if body.pan is not None:
         if st.pan is None:
             raise HTTPException(503, detail={"error": "pan_tokenization_unavailable",
@@ -479,7 +482,7 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
             log.error("challenger v%s failed on request %s, the champion decides: %s", model.version,
                       request_id, exc)
             shadow = {"alias": model.alias, "version": model.version, "score": None,
-                      "error": f"{type(exc).__name__}: {exc}"}
+                      "error": describe(exc)}
             if st.metrics:
                 st.metrics.shadow_scores.labels(model.alias, model.version, "error").inc()
             model = other
@@ -544,6 +547,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     settings = settings or get_settings()
     cfg = serving_settings or ServingSettings()
     keys = KeyRing.parse(cfg.api_keys, extra_admin=cfg.admin_token)  # malformed keys: fail at start
+    register_settings(settings, cfg)  # logs and the errors returned never show these (riskloop.core.redact)
     fraud_policy = load_policy(cfg.fraud_policy)  # an invalid policy fails the deploy, not a payment
     credit_policy = load_policy(cfg.credit_policy)
     if (fraud_policy.policy, credit_policy.policy) != ("fraud", "credit"):
@@ -610,7 +614,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         try:
             st.model = _load_and_check(settings, cfg, st.online, at_start=True)
         except Exception as exc:  # noqa: BLE001 - start anyway: rules-only + /readyz 503 until a reload
-            st.model_error = f"{type(exc).__name__}: {exc}"
+            st.model_error = describe(exc)
             log.error("no model served: %s", st.model_error)
         try:
             st.route = routing.from_state(_read_canary_state(st), cfg)
@@ -701,7 +705,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         try:
             new = _load_and_check(st.settings, st.cfg, st.online)
         except Exception as exc:  # noqa: BLE001 - report, keep serving the previous model
-            st.model_error = f"{type(exc).__name__}: {exc}"
+            st.model_error = describe(exc)
             log.error("reload failed, still serving the previous model: %s", st.model_error)
             raise HTTPException(status_code=503, detail={"error": st.model_error,
                                                          "serving": _model_info(request.app).model_dump(mode="json")})
@@ -755,6 +759,20 @@ def _multiproc_dir(settings: Settings, port: int) -> Path:
     return path
 
 
+def _uvicorn_text_logging() -> dict[str, Any]:
+    """uvicorn's own text logging config with riskloop's redaction on each of its handlers (its loggers
+    do not propagate to riskloop's handler, which redacts everything else)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": "riskloop.core.redact.RedactingFilter"}
+    for handler in config["handlers"].values():
+        handler["filters"] = [*handler.get("filters", []), "redact"]
+    return config
+
+
 def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> None:
     """Serve with uvicorn: ``workers`` processes (default ``RISKLOOP_SERVING_WORKERS``, 1).
 
@@ -773,7 +791,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -
     cfg = ServingSettings()
     workers = workers or cfg.workers
     configure(settings)
-    kwargs: dict[str, Any] = {"log_config": None} if settings.log_json else {}
+    kwargs: dict[str, Any] = {"log_config": None if settings.log_json else _uvicorn_text_logging()}
     factory = "serving.app:create_app"
     if workers > 1:
         metrics_dir = str(_multiproc_dir(settings, port))  # both read by the workers

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from riskloop.core.storable import StorableModel
 from serving.auth import require
+from serving.card_fields import card_numbers_elsewhere
 from serving.currencies import ISO_4217, minor_to_major
 from serving.decision_log import record_or_refuse
 from serving.model import LoadedModel
@@ -170,6 +171,7 @@ def score_credit(body: CreditScoreRequest, request: Request,
     request_id = x_request_id or uuid.uuid4().hex
     decided_at = datetime.now(UTC)
     req = body.model_dump(mode="json")
+    body, req = card_numbers_elsewhere(getattr(st, "pan", None), body, req, request_id)
 
     features: dict[str, float | None] = {}
     stamps: dict[str, str | None] = {}

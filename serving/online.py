@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from riskloop.core.redact import describe
 from riskloop.features import amount_features
 from riskloop.features.store import on_demand_view_names
 from serving.online_sql import TS_SUFFIX
@@ -229,7 +230,7 @@ class OnlineFeatures:
 
                     plan = build_plan(store, binding.service)
             except Exception as exc:  # noqa: BLE001 - any store failure means "degraded", logged
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = describe(exc)
                 log.warning("feature store unavailable: %s", self.last_error)
                 return False
             self._store, self._binding, self._offered, self._plan = store, binding, offered, plan
@@ -317,7 +318,7 @@ class OnlineFeatures:
             # The binding stays: the pool drops broken connections and reconnects by itself, and
             # re-reading the registry after a mere timeout would add load exactly when the
             # machine is already too slow (that cascade was measured: BENCHMARKS.md).
-            self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.last_error = describe(exc) if str(exc) else type(exc).__name__
             raise FeatureStoreUnavailable(self.last_error) from exc
         if resp is None:
             return _unknown(inputs, request)
@@ -357,7 +358,7 @@ class OnlineFeatures:
             resp = store.get_online_features(features=list(binding.stored_refs), entity_rows=[row],
                                              full_feature_names=True).to_dict(include_event_timestamps=True)
         except Exception as exc:  # noqa: BLE001 - the store's own errors are many and undocumented
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = describe(exc)
             # Feast's Postgres online store keeps one connection and never reconnects it: drop the
             # store so that a later request (after retry_s) builds a fresh one.
             self._unbind(store)

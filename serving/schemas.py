@@ -30,7 +30,7 @@ class FraudScoreRequest(StorableModel):
     # Never logged, stored or echoed: the handler tokenises it (riskloop.core.pan) before anything else,
     # and the decision log keeps only pan_token, card_bin and card_last4.
     pan: str | None = Field(default=None, max_length=32, exclude=True, repr=False,
-                            description="The card number, if the channel has it (13-19 digits, spaces or "
+                            description="The card number, if the channel has it (12-19 digits, spaces or "
                             "dashes allowed, Luhn-valid); replaced by its keyed token, BIN and last four.")
     customer_id: Id
     terminal_id: Id

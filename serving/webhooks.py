@@ -45,6 +45,7 @@ from riskloop.core import migrations
 from riskloop.core.config import Settings, get_settings
 from riskloop.core.db import dsn
 from riskloop.core.pan import PanKeyMissing, tokenizer
+from riskloop.core.redact import register
 from riskloop.core.signatures import Rejection, Scheme, StandardVerifier, WebhookSettings, verify_stripe
 from riskloop.data.inbox import INBOX, INSERT, inbox_event
 
@@ -302,6 +303,7 @@ def build_router(settings: Settings | None = None, webhook_settings: WebhookSett
         st.webhook_cfg = cfg
         st.webhook_clock = clock
         st.webhook_stripe_secrets = cfg.secrets("stripe")
+        register([*cfg.secrets("stripe"), *cfg.secrets("standard")])  # never logged (riskloop.core.redact)
         st.webhook_standard = StandardVerifier(cfg.secrets("standard"), cfg.tolerance_s)
         try:
             st.webhook_pan = tokenizer(settings)

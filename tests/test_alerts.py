@@ -280,3 +280,46 @@ def test_performance_check_fires_on_an_ap_drop_beyond_the_margin_or_target_drift
     check = performance_check(Settings(monitor_ap_margin=0.2), shifted)
     assert check.breached is True and "fraud rate drifted" in check.summary and "25.00% matured" in check.summary
     assert performance_check(Settings(), DriftResult(**base)).breached is None  # nothing matured: no verdict
+
+
+@pytest.mark.parametrize("where", ["unreachable", "refused"])
+def test_a_failed_slack_delivery_never_logs_or_stores_the_webhook_url(settings: Settings, where: str) -> None:
+    """The webhook URL's path is Slack's secret. Unreachable: the real hooks.slack.com URL (no route from a
+    test). Refused: a loopback stand-in answering 500 as Slack does for a revoked hook; httpx's error then
+    quotes the whole URL."""
+    import io
+    import logging
+
+    from pydantic import SecretStr
+
+    from riskloop.core.alerts import Check, process
+    from riskloop.core.logs import configure
+
+    key = f"slack-{uuid.uuid4().hex[:6]}"
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    text, as_json = io.StringIO(), io.StringIO()
+    with http_sink() as http:
+        http.fail_next = 100
+        url = ("https://hooks.slack.com/services/T000/B000/SECRETXXX" if where == "unreachable"
+               else http.url("/services/T000/B000/SECRETXXX"))
+        s = settings.model_copy(update={"alert_raise_after": 1, "alert_retries": 1, "alert_retry_backoff_s": 0.0,
+                                        "alert_timeout_s": 2.0, "alert_slack_webhook_url": SecretStr(url)})
+        try:
+            configure(s.model_copy(update={"log_json": True}), stream=as_json).set_name("json")  # kept beside...
+            configure(s, stream=text)  # ...the text handler
+            (alert,) = process(s, [Check("degraded_rate", key, True, "degraded 30% of 400")])
+        finally:
+            root.handlers[:] = saved_handlers
+            root.setLevel(saved_level)
+        if where == "refused":
+            assert http.requests == []  # it did reach the stand-in, which refused it
+    with psycopg.connect(s.pg.url(s.warehouse_db, driver="")) as conn:
+        (deliveries,) = conn.execute("select deliveries from monitoring.alert_events where event_id = %s",
+                                     (alert.event_id,)).fetchone()
+    assert deliveries["slack"]["ok"] is False and deliveries["slack"]["error"]
+    if where == "refused":
+        assert "500" in deliveries["slack"]["error"] and "for url '***'" in deliveries["slack"]["error"]
+    assert "NOT delivered to slack" in text.getvalue() and "NOT delivered to slack" in as_json.getvalue()
+    for out in (json.dumps(deliveries), text.getvalue(), as_json.getvalue()):
+        assert "SECRETXXX" not in out

@@ -86,3 +86,44 @@ def test_serving_request_lines_carry_the_request_id(settings: Settings, json_log
     rejections = [r for r in _records(json_logs) if r["event"].startswith("webhook rejected")]
     assert [r.get("request_id") for r in rejections] == ["req-from-client", generated], rejections
     assert all(r["level"] == "warning" and "message" not in r for r in rejections)
+
+
+def test_a_postgres_url_with_its_password_is_redacted_in_text_and_json(json_logs: io.StringIO) -> None:
+    """In the message, its arguments, the extras (JSON keys) and a traceback; the line stays useful."""
+    url = "postgresql://ann:Pa55-word@db.example:5432/riskloop"
+    log = logging.getLogger("riskloop.test")
+    log.warning("cannot reach %s", url, extra={"dsn": url, "conf": {"database_url": url}})
+    try:
+        raise ConnectionError(f"connection to {url} refused")
+    except ConnectionError:
+        log.exception("startup failed")
+    warned, failed = _records(json_logs)
+    assert "Pa55-word" not in json_logs.getvalue()
+    assert warned["event"] == "cannot reach postgresql://ann:***@db.example:5432/riskloop"
+    assert warned["dsn"] == warned["conf"]["database_url"] == "postgresql://ann:***@db.example:5432/riskloop"
+    assert "ConnectionError: connection to postgresql://ann:***@db.example" in failed["event"]
+
+    buf = io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        configure(Settings(log_json=False), stream=buf)
+        log.error("cannot reach %s", url)
+        try:
+            raise ConnectionError(f"connection to {url} refused")
+        except ConnectionError:
+            log.exception("startup failed")
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    assert "Pa55-word" not in buf.getvalue()
+    assert "cannot reach postgresql://ann:***@db.example:5432/riskloop" in buf.getvalue()
+    assert "startup failed\nTraceback" in buf.getvalue()
+
+
+def test_the_configured_secrets_are_masked_by_value(json_logs: io.StringIO) -> None:
+    """A secret of an unexpected shape (an SMTP password) is masked wherever it shows up."""
+    configure(Settings(log_json=True, alert_smtp_password="plain-words-secret"), stream=json_logs)
+    logging.getLogger("riskloop.test").info("smtp said: bad login plain-words-secret")
+    (line,) = _records(json_logs)
+    assert line["event"] == "smtp said: bad login ***"

@@ -633,7 +633,8 @@ def test_last_known_good_model_when_registry_unreachable(app_factory, stack: Sta
     with TestClient(app_factory(), headers=AUTH) as c:  # a successful load keeps the model on disk
         assert c.get("/readyz").json()["checks"]["model_source"] == "registry"
         expected = c.post("/v1/score/fraud", json=_request(stack)).json()
-    down = stack.settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    # with credentials in the registry's URL: the errors the server returns never show the password
+    down = stack.settings.model_copy(update={"mlflow_tracking_uri": f"http://risk:Reg1stry-pw@127.0.0.1:{free_port()}"})
     with TestClient(create_app(down, ServingSettings(api_keys=f"{ADMIN_KEY}:admin")), headers=AUTH) as c:
         ready = c.get("/readyz")
         assert ready.status_code == 200 and ready.json()["checks"]["model_source"] == "last_known_good"
@@ -641,7 +642,9 @@ def test_last_known_good_model_when_registry_unreachable(app_factory, stack: Sta
         body = c.post("/v1/score/fraud", json=_request(stack)).json()
         assert body["model"]["version"] == stack.model_version and body["degraded"] is False
         assert body["score"] == expected["score"] and body["reasons"] == expected["reasons"]
-        assert c.post("/v1/admin/reload").status_code == 503  # a reload needs the registry
+        reload = c.post("/v1/admin/reload")
+        assert reload.status_code == 503  # a reload needs the registry
+        assert "127.0.0.1" in reload.text and "Reg1stry-pw" not in reload.text + c.get("/v1/model").text
         assert c.get("/v1/model").json()["version"] == stack.model_version  # and keeps serving
 
 

@@ -72,3 +72,21 @@ def test_settings_environ_hands_the_same_settings_to_a_child(monkeypatch) -> Non
     assert child == s
     assert child.pan_token_key is not None and child.pan_token_key.get_secret_value() == "k-123"
     assert child.stream_service is False and child.review_identities == {"abc123": "ann"}
+
+
+def test_status_never_prints_the_database_password(settings: Settings) -> None:
+    """Against a configured Postgres (RISKLOOP_DATABASE_URL with a password): neither the human output
+    nor --json carries the password; the JSON still says where the database is."""
+    import dataclasses
+
+    server = dataclasses.replace(settings.pg, password="S3cret-pw!")
+    env = {**os.environ, "RISKLOOP_DATABASE_URL": server.url(settings.warehouse_db, driver="")}
+    human = subprocess.run([sys.executable, "-m", "riskloop", "status"], capture_output=True, text=True, check=True,
+                           env={**env, "COLUMNS": "300"})
+    as_json = subprocess.run([sys.executable, "-m", "riskloop", "status", "--json"], capture_output=True, text=True,
+                             check=True, env=env)
+    for out in (human.stdout, human.stderr, as_json.stdout, as_json.stderr):
+        assert "S3cret" not in out and "S3cret-pw%21" not in out
+    info = json.loads(as_json.stdout)
+    assert info["database_url"] == f"postgresql://{server.user}:***@{server.host}:{server.port}/{settings.warehouse_db}"
+    assert info["postgres"] == "up" and "database_url" in human.stdout + human.stderr  # Rich: stderr

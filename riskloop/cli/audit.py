@@ -20,7 +20,7 @@ def audit_pan(
     path: list[Path] = typer.Option([], "--path", help="Also scan this file or directory (repeatable)."),
     no_database: bool = typer.Option(False, "--no-database", help="Scan files only."),
 ) -> None:
-    """Scan the warehouse, logs and artifacts for card numbers in clear; exit 1 on any hit.
+    """Scan the warehouse, logs, artifacts, landed and batch files for card numbers in clear; exit 1 on any hit.
 
     Prints a JSON report (locations and masked numbers only) on stdout.
     """

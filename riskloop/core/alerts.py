@@ -15,6 +15,8 @@ checks by :mod:`riskloop.monitoring.checks`):
   Slack-compatible incoming webhook, a generic HTTP webhook signed with the Standard Webhooks
   scheme, SMTP e-mail. Each sink is retried with exponential backoff; a sink that still fails is
   logged and reported in the result, never raised: an alert must not crash the job it reports on.
+  The error reported and stored is redacted (:mod:`riskloop.core.redact`): a refused Slack POST's
+  error names the webhook URL, whose path is the secret.
 * **Airflow failures** (:func:`task_failed`): the DAGs' ``on_failure_callback``; it imports this
   module only when a failure happens, so parsing a DAG file still imports nothing of riskloop.
 """
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from riskloop.core import db
 from riskloop.core.config import Settings
+from riskloop.core.redact import describe, redact, register_settings
 
 if TYPE_CHECKING:
     import psycopg
@@ -189,7 +192,8 @@ def sinks(settings: Settings) -> dict[str, Sender]:
 def deliver(settings: Settings, alert: Alert, *, only: Iterable[str] | None = None,
             sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Log the alert, then send it to every configured sink (or those in ``only``) with retries;
-    never raises. Returns ``{sink: {"ok": bool, "attempts": n, "error": str | None}}``."""
+    never raises. Returns ``{sink: {"ok": bool, "attempts": n, "error": str | None}}``, errors redacted."""
+    register_settings(settings)  # also where riskloop.core.logs.configure never ran (an Airflow task)
     level = logging.ERROR if alert.status == "firing" else logging.WARNING
     log.log(level, "riskloop alert %s", json.dumps(alert.to_dict(), default=str), extra={"alert": alert.to_dict()})
     results: dict[str, Any] = {"log": {"ok": True, "attempts": 1, "error": None}}
@@ -205,7 +209,7 @@ def deliver(settings: Settings, alert: Alert, *, only: Iterable[str] | None = No
                 error = None
                 break
             except Exception as exc:  # noqa: BLE001 - any sink failure is retried, then reported
-                error = f"{type(exc).__name__}: {exc}"
+                error = describe(exc)
                 if attempts <= settings.alert_retries:
                     delay = settings.alert_retry_backoff_s * 2 ** (attempts - 1)
                     log.warning("alert %s to %s failed (attempt %d, retry in %.1fs): %s", alert.event_id, name,
@@ -350,7 +354,7 @@ def alert_fields(context: dict[str, Any]) -> dict[str, Any]:
         "run_id": getattr(ti, "run_id", None) or getattr(run, "run_id", None),
         "try_number": getattr(ti, "try_number", None),
         "logical_date": str(context.get("logical_date")) if context.get("logical_date") else None,
-        "error": f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else exc,
+        "error": describe(exc) if isinstance(exc, BaseException) else redact(str(exc)) if exc else exc,
         "log_url": getattr(ti, "log_url", None),
     }
 

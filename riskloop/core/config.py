@@ -331,6 +331,8 @@ class Settings(BaseSettings):
         environment or were set in code (a test's ``Settings(database_url=...)``)."""
         import json
 
+        from pydantic_core import to_jsonable_python
+
         out: dict[str, str] = {}
         for name, value in self:
             if value is None:
@@ -340,7 +342,7 @@ class Settings(BaseSettings):
             if isinstance(value, bool):
                 text = str(value).lower()
             elif isinstance(value, dict | list | tuple):
-                text = json.dumps(value)
+                text = json.dumps(to_jsonable_python(value))  # nested models too (the case priorities)
             else:
                 text = value.isoformat() if isinstance(value, date) else str(value)
             out[f"RISKLOOP_{name.upper()}"] = text

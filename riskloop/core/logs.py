@@ -9,6 +9,8 @@ once, here, by whoever owns the process:
   (structlog) and binds ``dag_id``, ``run_id``, ``task_id``, ``try_number`` in the same context
   variables before a task runs, so every line riskloop logs from a task already carries them
   (tests/test_scheduler.py checks it on a real run); nothing to add there;
+* every line goes through :class:`riskloop.core.redact.RedactingFilter` on riskloop's handler: URLs
+  with credentials, tokens, passwords and the configured secrets never reach the output;
 * the scoring server binds ``request_id`` for the duration of each request
   (:class:`RequestIdMiddleware`), the same id it returns in ``X-Request-ID`` and writes to the
   decision log.
@@ -30,6 +32,7 @@ from typing import IO, Any
 import structlog
 
 from riskloop.core.config import Settings
+from riskloop.core.redact import RedactingFilter, register_settings
 
 REQUEST_ID_HEADER = "x-request-id"
 _HANDLER_NAME = "riskloop"
@@ -65,8 +68,10 @@ def configure(settings: Settings, level: int = logging.INFO, stream: IO[str] | N
     """Install riskloop's handler on the root logger (replacing an earlier one); return it.
 
     JSON when ``settings.log_json``; otherwise ``text_handler`` (the CLI passes its Rich handler)
-    or plain ``time level logger message`` lines that still show the bound ids.
+    or plain ``time level logger message`` lines that still show the bound ids. Either way every
+    record is redacted on its way out, ``settings``' own secrets masked by value.
     """
+    register_settings(settings)
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
@@ -78,6 +83,8 @@ def configure(settings: Settings, level: int = logging.INFO, stream: IO[str] | N
         if text_handler is None:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     handler.set_name(_HANDLER_NAME)
+    if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+        handler.addFilter(RedactingFilter())
     root.addHandler(handler)
     root.setLevel(level)
     return handler

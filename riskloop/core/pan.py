@@ -8,16 +8,20 @@ so "no PAN stored in clear" has one implementation to review:
   same token under one key, so features can still group by card), plus its **BIN** (first six
   digits) and **last four** for display and routing;
 - **CVV/CVC, track data and PIN** fields are dropped on receipt, whatever their value;
-- a number that fails the **Luhn** check (or is not 13–19 digits) is refused with
-  :class:`InvalidPan` *before* anything is written: the caller answers 4xx or fails the load.
+- a number that fails the **Luhn** check (or is not 12–19 digits) is refused with
+  :class:`InvalidPan` *before* anything is written: the caller answers 4xx or fails the load;
+- a card number **anywhere else** — in a field or column whose name says nothing about cards, inside
+  free text — is found by the one detector (:func:`find_pans`: Luhn-valid, in a scheme's IIN range
+  and length) and replaced, where it stands, by its token (:func:`tokenize_text`). Names are a
+  hint, not the rule: a sender's ``card_no`` or ``metadata.note`` is scrubbed like ``card.number``.
 
 The key comes from :class:`riskloop.core.config.Settings` (``RISKLOOP_PAN_TOKEN_KEY``). It must never
 live in the warehouse database (a token table beside its key is a PAN table). In local mode only
 (embedded Postgres, no ``RISKLOOP_DATABASE_URL``) a random key is generated once into
 ``<home>/secrets/pan_token_key`` (mode 0600), outside the database's data directory.
 
-The detector used by ``riskloop audit pan`` (:func:`find_pans`) lives here too, so that what the
-edges refuse and what the audit looks for agree on what a card number is.
+The detector used by ``riskloop audit pan`` (:func:`find_pans`) is the one the edges tokenise with, so
+what the edges scrub and what the audit looks for agree on what a card number is.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +66,7 @@ class PanKeyMissing(RuntimeError):
     """No tokenisation key is configured (required outside local mode)."""
 
 
+@lru_cache(maxsize=4096)  # the same few keys, over and over (every body of a processor)
 def _norm(key: str) -> str:
     return key.lower().replace("_", "").replace("-", "")
 
@@ -108,8 +114,8 @@ def normalise(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidPan(f"card number must be a string of digits, got {type(value).__name__}")
     digits = str(value).replace(" ", "").replace("-", "")
-    if not digits.isascii() or not digits.isdigit() or not 13 <= len(digits) <= 19:
-        raise InvalidPan("card number must be 13-19 digits (spaces and dashes allowed)")
+    if not digits.isascii() or not digits.isdigit() or not 12 <= len(digits) <= 19:
+        raise InvalidPan("card number must be 12-19 digits (spaces and dashes allowed)")
     if not luhn_ok(digits):
         raise InvalidPan(f"card number ending {digits[-4:]} fails the Luhn check")
     return digits
@@ -152,15 +158,34 @@ class PanTokenizer:
         return CardRef(token=self.token(digits), bin=digits[:6], last4=digits[-4:], brand=brand(digits))
 
 
-def scrub(obj: Any, pan: PanTokenizer | None) -> tuple[Any, int]:
-    """A copy of a parsed JSON document with every PAN field tokenised and every CVV/track/PIN field
-    dropped; returns ``(document, fields changed)``. A PAN field is replaced, in the same object, by
-    ``pan_token``, ``bin`` and ``last4``. Raises :class:`InvalidPan` (a field named as a card number
-    that is not one) or, when ``pan`` is None and a card number is present, :class:`PanKeyMissing`."""
+def scrub(obj: Any, pan: PanTokenizer | None, *, free_text: bool = True) -> tuple[Any, int]:
+    """A copy of a parsed JSON document with every card number tokenised and every CVV/track/PIN
+    field dropped; returns ``(document, numbers and fields changed)``.
+
+    A field *named* as a card number is replaced, in the same object, by ``pan_token``, ``bin`` and
+    ``last4``. Any other string (or key, or integer of 12+ digits) holding a card number has it
+    replaced where it stands by the token (:func:`tokenize_text`), whatever the name.
+    ``free_text=False`` skips that scan: for a caller that knows the document's text holds no run of
+    12 digits (:func:`may_hold_pan` on the raw text). Raises :class:`InvalidPan` (a field named as
+    a card number that is not one) or, when ``pan`` is None and a card number is present,
+    :class:`PanKeyMissing`."""
     changed = 0
+
+    def text(value: str) -> str:
+        nonlocal changed
+        if not free_text or len(value) < 12 or not may_hold_pan(value):
+            return value
+        new, n = tokenize_text(value, pan)
+        changed += n
+        return new
 
     def walk(node: Any, parent: str) -> Any:
         nonlocal changed
+        if isinstance(node, str):
+            return text(node)
+        if isinstance(node, int) and not isinstance(node, bool) and 10**11 <= node < 10**19:
+            new = text(str(node))  # a card number sent as a JSON number
+            return node if new.isdigit() else new
         if isinstance(node, list):
             return [walk(v, parent) for v in node]
         if not isinstance(node, dict):
@@ -179,7 +204,7 @@ def scrub(obj: Any, pan: PanTokenizer | None) -> tuple[Any, int]:
                 refs.append(pan.tokenize(value))
                 changed += 1
                 continue
-            out[key] = walk(value, k)
+            out[text(key)] = walk(value, k)
         for ref in refs:
             out["pan_token"], out["bin"], out["last4"] = ref.token, ref.bin, ref.last4
         return out
@@ -217,12 +242,14 @@ def tokenizer(settings: Settings) -> PanTokenizer:
 
 # --- finding card numbers (riskloop audit pan) -------------------------------------------------
 
-# 13-19 digits, optionally in groups separated by one space or dash, not touching another word
+# 12-19 ASCII digits, optionally in groups separated by one space or dash, not touching another word
 # character (so hex digests, uuids and longer digit runs are not read as card numbers).
-PAN_PATTERN = re.compile(r"(?<![\w.-])\d(?:[ -]?\d){12,18}(?![\w-]|\.\d)")
-# The same, loosely, for a database-side prefilter (POSIX regex, no look-around): a row is only
-# fetched when some 13+ digit run (spaces/dashes allowed) exists in it.
-SQL_PREFILTER = r"[0-9]([ -]?[0-9]){12,18}"
+PAN_PATTERN = re.compile(r"(?<![\w.-])[0-9](?:[ -]?[0-9]){11,18}(?![\w-]|\.[0-9])")
+# The same, loosely, for a prefilter (POSIX/RE2 regex, no look-around) in SQL and Arrow: a value only
+# goes through the detector when some 12+ digit run (spaces/dashes allowed) exists in it.
+SQL_PREFILTER = r"[0-9]([ -]?[0-9]){11,18}"
+# The cheap test every string of a request passes first: most hold no run of 12 digits at all.
+_DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){11}")
 
 
 @dataclass(frozen=True)
@@ -233,12 +260,8 @@ class PanHit:
     brand: str
 
 
-def find_pans(text: str) -> Iterator[PanHit]:
-    """Card numbers in free text: Luhn-valid and inside a scheme's IIN range and length.
-
-    The IIN check is what keeps ids and epoch milliseconds (13 digits starting with 1) out.
-    Grouping must be consistent (all separators the same character) to count.
-    """
+def _pan_matches(text: str) -> Iterator[tuple[re.Match[str], str, str]]:
+    """(match, digits, brand) of every card number in ``text``."""
     for m in PAN_PATTERN.finditer(text):
         raw = m.group(0)
         seps = {c for c in raw if not c.isdigit()}
@@ -247,16 +270,141 @@ def find_pans(text: str) -> Iterator[PanHit]:
         digits = raw.replace(" ", "").replace("-", "")
         kind = brand(digits)
         if kind is not None and luhn_ok(digits):
-            yield PanHit(masked=mask(digits), brand=kind)
+            yield m, digits, kind
+
+
+def may_hold_pan(text: str) -> bool:
+    """False when ``text`` has no run of 12 digits (spaces/dashes allowed): then it holds no card number."""
+    return _DIGIT_RUN.search(text) is not None
+
+
+def pan_spans(text: str) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of every card number in ``text`` (one regex pass over the whole text)."""
+    for m, _, _ in _pan_matches(text):
+        yield m.span()
+
+
+def has_pan(text: str) -> bool:
+    """True when ``text`` holds a card number (:func:`find_pans` finds one)."""
+    return may_hold_pan(text) and next(_pan_matches(text), None) is not None
+
+
+def find_pans(text: str) -> Iterator[PanHit]:
+    """Card numbers in free text: Luhn-valid and inside a scheme's IIN range and length.
+
+    The IIN check is what keeps ids and epoch milliseconds (13 digits starting with 1) out.
+    Grouping must be consistent (all separators the same character) to count.
+    """
+    for _, digits, kind in _pan_matches(text):
+        yield PanHit(masked=mask(digits), brand=kind)
+
+
+def tokenize_text(text: str, pan: PanTokenizer | Callable[[], PanTokenizer] | None) -> tuple[str, int]:
+    """``text`` with every card number in it (what :func:`find_pans` finds) replaced, where it stands,
+    by its keyed token; returns ``(text, numbers replaced)``. ``pan`` may be a factory, called only
+    when a number is found; None then raises :class:`PanKeyMissing`."""
+    if not may_hold_pan(text):
+        return text, 0
+    parts: list[str] = []
+    end = 0
+    tok: PanTokenizer | None = None
+    for m, digits, _ in _pan_matches(text):
+        if tok is None:
+            if pan is None:
+                raise PanKeyMissing("a card number arrived but no PAN token key is configured")
+            tok = pan if isinstance(pan, PanTokenizer) else pan()
+        parts += [text[end:m.start()], tok.token(digits)]
+        end = m.end()
+    if tok is None:
+        return text, 0
+    parts.append(text[end:])
+    return "".join(parts), len(parts) // 2
+
+
+def tokenize_fields(values: dict[str, Any], pan: PanTokenizer | None) -> dict[str, Any]:
+    """The entries of a parsed request whose value holds a card number under any name, scrubbed
+    (:func:`scrub`); empty (the usual case, cheaply) when there is none. The caller applies them."""
+    changed: dict[str, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, str):
+            if len(value) >= 12 and may_hold_pan(value):
+                new, n = tokenize_text(value, pan)
+                if n:
+                    changed[name] = new
+        elif isinstance(value, (dict, list)):
+            new, n = scrub(value, pan)
+            if n:
+                changed[name] = new
+    return changed
 
 
 # --- landed files ----------------------------------------------------------------------------
 
-def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], token_column: str = "card_token") -> Any:
-    """A landed file's Arrow table with CVV/track/PIN columns dropped and a PAN column (e.g.
-    ``card_number``) replaced by ``token_column`` (the keyed token), ``card_bin`` and ``card_last4``.
+def _string_columns(arrow: Any) -> Iterator[tuple[int, str]]:
+    import pyarrow as pa
 
-    ``pan`` may be a factory, called only when a PAN column is present (most files have none).
+    for i, field_ in enumerate(arrow.schema):
+        if pa.types.is_string(field_.type) or pa.types.is_large_string(field_.type):
+            yield i, field_.name
+
+
+def arrow_pan_rows(arrow: Any) -> Iterator[tuple[str, int, PanHit]]:
+    """``(column, row, hit)`` for every card number in a string column of an Arrow table; a vectorised
+    prefilter keeps the Python detector off every value without a 12+ digit run."""
+    import pyarrow.compute as pc
+
+    for i, name in _string_columns(arrow):
+        col = arrow.column(i)
+        candidates = pc.match_substring_regex(col, SQL_PREFILTER)
+        if not pc.any(candidates).as_py():
+            continue
+        rows = pc.indices_nonzero(pc.fill_null(candidates, False)).to_pylist()
+        values = col.take(rows).to_pylist()
+        for row, value in zip(rows, values, strict=True):
+            for hit in find_pans(value):
+                yield name, row, hit
+
+
+def tokenize_arrow_text(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer] | None) -> tuple[Any, int]:
+    """An Arrow table with every card number in any string column replaced by its token
+    (:func:`tokenize_text`), and how many were; the same table object when there was none."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    replaced = 0
+    tok: list[PanTokenizer] = []
+
+    def tokenizer_once() -> PanTokenizer:
+        if not tok:
+            if pan is None:
+                raise PanKeyMissing("a card number arrived but no PAN token key is configured")
+            tok.append(pan if isinstance(pan, PanTokenizer) else pan())
+        return tok[0]
+
+    for i, name in list(_string_columns(arrow)):
+        col = arrow.column(i)
+        candidates = pc.match_substring_regex(col, SQL_PREFILTER)
+        if not pc.any(candidates).as_py():
+            continue
+        values = col.to_pylist()
+        n_col = 0
+        for row in pc.indices_nonzero(pc.fill_null(candidates, False)).to_pylist():
+            values[row], n = tokenize_text(values[row], tokenizer_once)
+            n_col += n
+        if n_col:
+            log.warning("tokenised %d card numbers in column %r (not a card-number column)", n_col, name)
+            arrow = arrow.set_column(i, name, pa.array(values, col.type))
+            replaced += n_col
+    return arrow, replaced
+
+
+def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], token_column: str = "card_token") -> Any:
+    """A landed file's Arrow table with CVV/track/PIN columns dropped, a PAN column (e.g.
+    ``card_number``) replaced by ``token_column`` (the keyed token), ``card_bin`` and ``card_last4``,
+    and a card number in any other string column replaced by its token (:func:`tokenize_arrow_text`).
+    The same table object when there was nothing to change.
+
+    ``pan`` may be a factory, called only when a card number is present (most files have none).
     Tokenises each distinct PAN once. Raises :class:`InvalidPan` naming the column and row count.
     """
     import pyarrow as pa
@@ -269,7 +417,7 @@ def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], toke
         log.info("dropped sensitive card columns on receipt: %s", drop)
         arrow = arrow.drop_columns(drop)
     if not pans:
-        return arrow
+        return tokenize_arrow_text(arrow, pan)[0]
     if len(pans) > 1 or token_column in names:
         raise InvalidPan(f"a file may carry one card-number column and no {token_column!r} beside it "
                          f"(found {pans + [n for n in names if n == token_column]})")
@@ -285,7 +433,7 @@ def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], toke
             bad += 1
     if bad:
         raise InvalidPan(f"column {pans[0]!r}: {bad} distinct values are not valid card numbers "
-                         "(13-19 digits, Luhn); nothing loaded")
+                         "(12-19 digits, Luhn); nothing loaded")
     index = pc.index_in(col, value_set=pa.array(distinct, pa.string()))
 
     def take(attr: str) -> Any:
@@ -295,4 +443,4 @@ def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], toke
     arrow = arrow.remove_column(position)
     for offset, (name, attr) in enumerate(((token_column, "token"), ("card_bin", "bin"), ("card_last4", "last4"))):
         arrow = arrow.add_column(position + offset, name, take(attr))
-    return arrow
+    return tokenize_arrow_text(arrow, tok)[0]

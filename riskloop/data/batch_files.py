@@ -14,6 +14,10 @@ tell what was known when. Only after the commit is the file moved to ``archive/`
 between leaves it in ``incoming/`` and the next run loads it again, which changes nothing.
 A file delivered again unchanged changes nothing either (its rows keep their first arrival time);
 a corrected one updates the lines that differ.
+
+A card number anywhere in a file (whatever the column) is tokenised on arrival: the object in
+``incoming/`` is overwritten with its tokenised text before it is parsed (``riskloop.data.landing_scrub``),
+so what is loaded, archived or rejected never holds the number in clear.
 """
 
 from __future__ import annotations
@@ -21,16 +25,18 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pyarrow as pa
 
-from riskloop.core import db
+from riskloop.core import db, pan
 from riskloop.core.config import Settings
 from riskloop.core.objectstore import ObjectInfo, ObjectStore, open_store
 from riskloop.core.schema import BATCH_FILE_TABLES, BATCH_LINEAGE_COLUMNS, RawTable
 from riskloop.data.ingest import ContractError, LoadResult, conform, ensure_table, load_conformed
+from riskloop.data.landing_scrub import once, scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,21 @@ def pacsv_type(pg_type: str) -> pa.DataType:
             "boolean": pa.bool_(), "timestamptz": pa.timestamp("us", tz="UTC")}[pg_type]
 
 
+def _tokenised(store: ObjectStore, obj: ObjectInfo, tok: Callable[[], pan.PanTokenizer]) -> bytes:
+    """The file's bytes with any card number tokenised where it stands (whatever the column); a file that
+    held one is first overwritten in ``incoming/`` with that version, so neither ``archive/`` nor
+    ``rejected/`` ever holds it in clear. Its arrival time stays the one listed before."""
+    data = store.get(obj.key)
+    try:
+        scrubbed, n = scrub_text(data, tok)
+    except UnicodeDecodeError:  # not UTF-8: parse_file rejects it
+        return data
+    if n:
+        store.put(obj.key, scrubbed)
+        log.warning("batch file %s: %d card numbers tokenised on arrival (file rewritten)", obj.key, n)
+    return scrubbed
+
+
 def _reject(store: ObjectStore, obj: ObjectInfo, reason: str) -> str:
     rel = obj.key.removeprefix(f"{INCOMING}/")
     target = f"{REJECTED}/{rel}"
@@ -123,13 +144,14 @@ def load_batch_files(settings: Settings, store: ObjectStore | None = None, *,
     """
     store = store or open_store(settings)
     report = BatchLoadReport()
+    tok = once(lambda: pan.tokenizer(settings))
     objects = [o for o in store.list(f"{INCOMING}/") if not o.key.endswith((".part", ".error.txt"))]
     log.info("%d batch file(s) in %s/%s", len(objects), store.url, INCOMING)
     for obj in objects:
         source_file = obj.key.removeprefix(f"{INCOMING}/")
         try:
             table = BATCH_FILE_TABLES[kind_of(obj.key)]
-            arrow = parse_file(table, source_file, store.get(obj.key), obj.last_modified)
+            arrow = parse_file(table, source_file, _tokenised(store, obj, tok), obj.last_modified)
         except ContractError as exc:
             _reject(store, obj, str(exc))
             report.rejected[obj.key] = str(exc)

@@ -22,7 +22,7 @@ from typing import Any
 
 from psycopg import sql
 
-from riskloop.core.pan import InvalidPan, PanKeyMissing, PanTokenizer, scrub
+from riskloop.core.pan import InvalidPan, PanKeyMissing, PanTokenizer, may_hold_pan, scrub
 from riskloop.core.schema import RAW_SCHEMA, WEBHOOK_INBOX
 from riskloop.core.signatures import Rejection, Scheme
 from riskloop.core.storable import find_unstorable
@@ -49,7 +49,8 @@ def inbox_event(scheme: Scheme, body: bytes, event_id: str | None, pan: PanToken
 
     ``event_id``: Standard Webhooks' ``webhook-id`` (verified with the signature); None for Stripe,
     whose id is the body's. The stored body is the text itself when it holds no card data, else the
-    payload re-serialised with PANs tokenised and CVV/track/PIN dropped (``riskloop.core.pan``)."""
+    payload re-serialised with card numbers tokenised — under any name, in any string — and CVV/track/PIN
+    dropped (``riskloop.core.pan``)."""
     try:
         text = body.decode("utf-8")
         payload = json.loads(text)
@@ -71,8 +72,11 @@ def inbox_event(scheme: Scheme, body: bytes, event_id: str | None, pan: PanToken
 
 
 def _scrub_cards(pan: PanTokenizer | None, payload: dict[str, Any], text: str) -> str:
+    # The body's text is the cheap pre-check: without a run of 12 digits (or a \u escape that could
+    # spell one) no string in it can hold a card number, and only the named fields are looked at.
+    free_text = may_hold_pan(text) or "\\u" in text
     try:
-        scrubbed, changed = scrub(payload, pan)
+        scrubbed, changed = scrub(payload, pan, free_text=free_text)
     except InvalidPan as exc:
         raise Rejection(422, "invalid_pan", str(exc)) from None
     except PanKeyMissing as exc:

@@ -6,7 +6,10 @@ which load last wrote the row.  A load is one transaction:
 
 1. card data is handled at this edge (``riskloop.core.pan``): CVV/track/PIN columns are dropped, a
    ``card_number`` column becomes ``card_token`` (keyed HMAC) + ``card_bin`` + ``card_last4``,
-   a Luhn-invalid number is a :class:`ContractError`; then the frame's columns are checked
+   a card number in any other text column becomes its token, a Luhn-invalid number in the card
+   column is a :class:`ContractError`. A landed Parquet file that held card data is rewritten with
+   the scrubbed table (``riskloop.data.landing_scrub``), so no clear number stays on disk; a load of
+   the whole landing directory scrubs its other files (webhook archives, CSVs) too. Then the frame's columns are checked
    against the contract *before* touching the database, so a file with a missing or unexpected
    column writes nothing;
 2. the rows are streamed with ``COPY`` into a temporary table (CSV produced by Arrow, which is
@@ -50,6 +53,7 @@ from riskloop.core.schema import (
 )
 from riskloop.core.storable import find_unstorable
 from riskloop.data import quarantine
+from riskloop.data.landing_scrub import scrub_landing, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -204,13 +208,19 @@ def _to_utc(value: datetime | str | pd.Timestamp | None) -> pd.Timestamp | None:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _card_edge(table: RawTable, arrow: pa.Table, settings: Settings) -> pa.Table:
-    """The card-data edge of a landed file (``riskloop.core.pan``): CVV/track/PIN columns dropped, a card
-    number column tokenised, then the optional display columns filled with nulls if absent."""
+def _card_edge(table: RawTable, arrow: pa.Table, settings: Settings, path: Path | None = None) -> pa.Table:
+    """The card-data edge of a landed file (``riskloop.core.pan``): CVV/track/PIN columns dropped, card
+    numbers tokenised (the card-number column, and any number in another text column), then the
+    optional display columns filled with nulls if absent. ``path``: the landed file, rewritten with the
+    scrubbed table when it held card data."""
     try:
-        arrow = pan.scrub_arrow(arrow, lambda: pan.tokenizer(settings))
+        scrubbed = pan.scrub_arrow(arrow, lambda: pan.tokenizer(settings))
     except pan.InvalidPan as exc:
         raise ContractError(f"{table.name}: {exc}") from exc
+    if path is not None and scrubbed is not arrow:
+        write_parquet(path, scrubbed)
+        log.warning("%s held card data: rewritten with the card numbers tokenised", path)
+    arrow = scrubbed
     for name in table.column_names:
         if name in OPTIONAL_INPUT_COLUMNS and name not in arrow.column_names:
             arrow = arrow.append_column(name, pa.nulls(arrow.num_rows, pa.string()))
@@ -219,6 +229,7 @@ def _card_edge(table: RawTable, arrow: pa.Table, settings: Settings) -> pa.Table
 
 def _read(table: RawTable, data: pd.DataFrame | pa.Table | str | Path, settings: Settings) -> tuple[pa.Table, str]:
     """Read the input as Arrow, pass it through the card-data edge and check its columns."""
+    path: Path | None = None
     if isinstance(data, (str, Path)):
         import pyarrow.parquet as pq
 
@@ -230,7 +241,7 @@ def _read(table: RawTable, data: pd.DataFrame | pa.Table | str | Path, settings:
         arrow, source = data, "<arrow>"
     else:
         raise TypeError(f"expected a DataFrame, an Arrow table or a Parquet path, got {type(data).__name__}")
-    arrow = _card_edge(table, arrow, settings)
+    arrow = _card_edge(table, arrow, settings, path)
     check_columns(table, arrow.column_names)
     return arrow.select(table.column_names), source
 
@@ -473,6 +484,8 @@ def load_landing(
         _session(conn)
         create_raw_tables(conn)
         results = [_load(conn, table, arrow, source, start, end) for table, arrow, source in prepared]
+    if tables is None:  # the whole landing: its other files (webhook archives, CSVs) keep no clear PAN either
+        scrub_landing(settings, directory, exclude=[directory / t.file_name for t, _, _ in prepared])
     log.info("landing %s loaded: %d tables, %d rows in, %d inserted, %d updated", directory,
              len(results), sum(r.rows_in for r in results), sum(r.rows_inserted for r in results),
              sum(r.rows_updated for r in results))

@@ -5,17 +5,17 @@ The edges (``riskloop.core.pan``) should make this find nothing; the audit is ho
 - the **warehouse database**: every text, varchar, char, json and jsonb column of every user
   schema, one sequential scan per table, with a POSIX-regex prefilter in SQL (``~``) so only rows
   holding a 13+ digit run ever leave Postgres;
-- **files**: riskloop's logs and run dir, the MLflow artifact root (when it is a local
-  directory), dbt's ``target/`` and ``logs/`` (``<home>/dbt``; the project's own ``target/`` if
-  someone ran dbt by hand), the GX Data Docs and Airflow's task logs, plus any
-  ``--path`` given, line by line; a byte-regex prefilter skips lines without a long digit run.
+- **files**: riskloop's logs and run dir, the **landing directory** and the **batch-file store**
+  (when it is a local directory) — landed files are tokenised when riskloop takes them in
+  (``riskloop.data.landing_scrub``), so a number there is a finding like any other — the MLflow
+  artifact root (when it is a local directory), dbt's ``target/`` and ``logs/`` (``<home>/dbt``; the
+  project's own ``target/`` if someone ran dbt by hand), the GX Data Docs and Airflow's task logs, plus
+  any ``--path`` given, line by line; a byte-regex prefilter skips lines without a long digit run.
+  Parquet files are read by column (their pages are compressed: a number in them is not plain text).
 
 A candidate counts only if it is Luhn-valid *and* fits a card scheme's IIN range and length
 (:func:`riskloop.core.pan.find_pans`): ids and epoch milliseconds are not card numbers. Findings carry
 the location and the masked number (BIN…last4), never the number itself.
-
-The landing directory is not scanned by default: it is the processor's side of the edge (its
-files may carry card numbers *to* riskloop, which ingest tokenises); add it with ``--path``.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from psycopg import sql
 
 from riskloop.core import db
 from riskloop.core.config import Settings
-from riskloop.core.pan import SQL_PREFILTER, find_pans
+from riskloop.core.pan import SQL_PREFILTER, arrow_pan_rows, find_pans
 from riskloop.data.contracts import data_docs_dir
 
 log = logging.getLogger(__name__)
 
 TEXT_TYPES = ("text", "character varying", "character", "json", "jsonb")
-_BYTES_PREFILTER = re.compile(rb"\d(?:[ -]?\d){12,18}")
+_BYTES_PREFILTER = re.compile(rb"[0-9](?:[ -]?[0-9]){11}")
 _MAX_PER_LOCATION = 5  # masked examples kept per location (the count is exact)
 
 
@@ -131,11 +131,15 @@ def scan_database(settings: Settings) -> tuple[list[Finding], int, int, int]:
 # --- files ------------------------------------------------------------------------------------
 
 def default_paths(settings: Settings) -> list[Path]:
-    """Where riskloop and its components write logs and artifacts."""
+    """Where riskloop and its components write logs and artifacts, and where files land (the MLflow
+    artifact root, when local, is last)."""
     from riskloop.data.transform import dbt_artifacts_dir
 
     paths = [settings.log_dir, settings.run_dir, dbt_artifacts_dir(settings), settings.dbt_project_dir / "target",
-             settings.airflow_home / "logs", data_docs_dir(settings)]
+             settings.airflow_home / "logs", data_docs_dir(settings), settings.landing]
+    batch = urlsplit(settings.batch_store)
+    if batch.scheme in ("", "file"):
+        paths.append(Path(url2pathname(batch.path)) if batch.scheme else Path(settings.batch_store))
     artifacts = urlsplit(settings.artifacts)
     if artifacts.scheme in ("", "file"):
         paths.append(Path(url2pathname(artifacts.path)) if artifacts.scheme else Path(settings.artifacts))
@@ -152,11 +156,26 @@ def _files(paths: Iterable[Path]) -> Iterator[Path]:
                     yield p
 
 
+def _scan_parquet(path: Path) -> tuple[Finding | None, int]:
+    import pyarrow.parquet as pq
+
+    finding: Finding | None = None
+    for column, row, hit in arrow_pan_rows(pq.read_table(path)):
+        finding = finding or Finding(str(path))
+        finding.add(hit.masked, hit.brand, f"column {column} row {row + 1}")
+    return finding, path.stat().st_size
+
+
 def scan_file(path: Path) -> tuple[Finding | None, int]:
     """Findings in one file, line by line, and the bytes read. Binary files are read too (a PAN in
-    a Parquet page or a pickle is still a run of ASCII digits)."""
+    a pickle is still a run of ASCII digits); Parquet files by column, as values."""
     finding: Finding | None = None
     size = 0
+    if path.suffix == ".parquet":
+        try:
+            return _scan_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - not readable as Parquet: scanned as bytes below
+            log.warning("audit: %s not readable as Parquet (%s); scanned as bytes", path, type(exc).__name__)
     with path.open("rb") as fh:
         for number, line in enumerate(fh, 1):
             size += len(line)
@@ -188,8 +207,9 @@ def scan_files(paths: Iterable[Path]) -> tuple[list[Finding], int, int]:
 def audit_pan(settings: Settings, extra_paths: Iterable[Path] = (), *, database: bool = True) -> AuditReport:
     """Scan the warehouse and the file locations; log each finding (masked) and return the report."""
     paths = [*default_paths(settings), *map(Path, extra_paths)]
-    skipped = [] if urlsplit(settings.artifacts).scheme in ("", "file") else [
-        f"artifact root {settings.artifacts} (not a local directory)"]
+    skipped = [f"{what} {url} (not a local directory)"
+               for what, url in (("artifact root", settings.artifacts), ("batch-file store", settings.batch_store))
+               if urlsplit(url).scheme not in ("", "file")]
     db_findings, n_tables, n_cols, n_rows = scan_database(settings) if database else ([], 0, 0, 0)
     file_findings, n_files, n_bytes = scan_files(paths)
     report = AuditReport(findings=db_findings + file_findings, tables_scanned=n_tables, columns_scanned=n_cols,

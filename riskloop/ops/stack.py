@@ -323,9 +323,12 @@ def down(settings: Settings) -> None:
 
 
 def status(settings: Settings) -> dict[str, Any]:
+    """Where each component is and whether it answers; printed by ``riskloop up|status``, so redacted
+    (:mod:`riskloop.core.redact`): the database URL's password shows as ``***``."""
+    from riskloop.core.redact import redact_value
     from riskloop.ops import airflow_services
 
-    return {
+    return redact_value({
         "home": str(settings.home),
         "embedded_postgres": settings.embedded,
         "database_url": settings.pg.url(settings.warehouse_db, driver=""),
@@ -335,4 +338,4 @@ def status(settings: Settings) -> dict[str, Any]:
         "artifact_root": settings.artifacts,
         **stream_status(settings),
         **airflow_services.status(settings),
-    }
+    })
