@@ -114,6 +114,9 @@ class _Metrics:
                                    registry=self.registry)
         self.log_errors = Counter("riskloop_decision_log_write_errors", "Failed decision-log batch inserts.",
                                   registry=self.registry)
+        self.log_dead_letters = Counter("riskloop_decision_log_dead_letters", "Decision-log rows the database "
+                                        "refused, set aside in serving.decision_log_dead_letters.",
+                                        registry=self.registry)
         self.queue_depth = Gauge("riskloop_decision_log_queue_depth", "Decisions waiting for the writer.",
                                  registry=self.registry, multiprocess_mode="livesum")
 
@@ -593,7 +596,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             dsn(settings), maxsize=cfg.log_queue_size, batch_size=cfg.log_batch_size,
             enqueue_timeout_s=cfg.log_enqueue_timeout_s, linger_s=cfg.log_linger_s,
             spill_path=settings.run_dir / "decision_log_spill.jsonl", case_rules=CaseRules.from_settings(settings),
-            on_written=m.log_written.inc if m else None, on_error=m.log_errors.inc if m else None)
+            on_written=m.log_written.inc if m else None, on_error=m.log_errors.inc if m else None,
+            on_dead_letter=m.log_dead_letters.inc if m else None)
         if m:
             m.track_queue(st.writer)
         st.writer.start()
@@ -683,6 +687,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         # Informational: a down feature store degrades decisions, it does not make us unready.
         checks["feature_store"] = st.online.ensure()
         checks["decision_log_queue"] = st.writer.depth()
+        # Rows set aside since this process started (the table has them all; the tripwire pages on them).
+        checks["decision_log_dead_letters"] = st.writer.dead_lettered
         checks["online_cache"] = st.online.cache_stats()
         checks["model_source"] = st.model.source if st.model is not None else None
         checks["worker_pid"] = os.getpid()  # which of several workers answered

@@ -17,8 +17,9 @@ from uuid import UUID
 import psycopg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from riskloop.core.storable import StorableModel
 from riskloop.decisions import case_stats, cases
 from serving.auth import Principal, require
 from serving.decisions_api import _connect
@@ -30,11 +31,11 @@ router = APIRouter(prefix="/v1/cases", tags=["cases"])
 page_router = APIRouter(tags=["cases"])
 
 
-class NoteRequest(BaseModel):
+class NoteRequest(StorableModel):
     text: str = Field(..., min_length=1, max_length=10_000, description="The note (recorded in the case's events).")
 
 
-class CloseRequest(BaseModel):
+class CloseRequest(StorableModel):
     disposition: Literal["fraud_confirmed", "legitimate", "inconclusive"]
     reason: str = Field(..., min_length=1, max_length=10_000, description="Why (required; recorded with the verdict).")
 

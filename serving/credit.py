@@ -35,6 +35,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from riskloop.core.storable import StorableModel
 from serving.auth import require
 from serving.card_fields import card_numbers_elsewhere
 from serving.currencies import ISO_4217, minor_to_major
@@ -99,7 +100,7 @@ class CreditApplicant(BaseModel):
                 "kyc_level": float(self.kyc_level), "pep": 1.0 if self.pep else 0.0}
 
 
-class CreditScoreRequest(BaseModel):
+class CreditScoreRequest(StorableModel):
     """Either ``applicant`` (a new application, features from the body) or just ``application_id``
     (an application already in the feature store)."""
 

@@ -8,6 +8,11 @@ instead of discarding a decision, and on shutdown the queue is flushed — if th
 still unreachable after the shutdown budget, the remaining rows go to a JSON-lines spill file
 rather than vanishing. A retried batch whose first commit did land fails its ``COPY`` on the
 primary key and is then inserted with ``ON CONFLICT DO NOTHING``, which makes it harmless.
+
+A batch Postgres refuses for what a row holds (a value it cannot store, which the request schemas
+refuse but a row built elsewhere may still carry) is not retried as a whole: it is written again row
+by row, each in a savepoint, and a row that still fails goes to :data:`DEAD_LETTERS_TABLE` with its
+error in the same transaction, so the rest of the batch and every later row are written.
 """
 
 from __future__ import annotations
@@ -24,8 +29,17 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb, set_json_dumps
 
+from riskloop.core.storable import escape_unstorable
 from riskloop.decisions.cases import CaseRules, link_batch
-from riskloop.decisions.log import CARD_LOCATIONS_TABLE, COLUMNS, DEVICES_TABLE, JSON_COLUMNS, OPTIONAL_COLUMNS, TABLE
+from riskloop.decisions.log import (
+    CARD_LOCATIONS_TABLE,
+    COLUMNS,
+    DEAD_LETTERS_TABLE,
+    DEVICES_TABLE,
+    JSON_COLUMNS,
+    OPTIONAL_COLUMNS,
+    TABLE,
+)
 from serving.travel import latest_per_card
 
 log = logging.getLogger(__name__)
@@ -41,6 +55,11 @@ UPSERT_CARD_LOCATIONS = (
     "select * from unnest(%s::text[], %s::text[], %s::timestamptz[]) on conflict (card_token) do update "
     "set country = excluded.country, seen_at = excluded.seen_at, updated_at = clock_timestamp() "
     "where excluded.seen_at >= t.seen_at")
+INSERT_DEAD_LETTER = f"insert into {DEAD_LETTERS_TABLE} (decision_id, product, error, row_json) values (%s, %s, %s, %s)"
+# What a row can make Postgres (or the encoding before it) refuse, as opposed to a connection or
+# server problem that a retry of the whole batch outlasts: text it cannot store (DataError), a
+# constraint (IntegrityError), a value the encoders reject (ValueError, orjson's TypeError).
+ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, ValueError, TypeError)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -87,28 +106,57 @@ def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rule
     The batch's allowed devices go to :data:`DEVICES_TABLE` and its cards' newest sightings to
     :data:`CARD_LOCATIONS_TABLE` and its review decisions to their cases in the same transaction."""
     params = [_params(r) for r in batch]
-    customers, devices = allowed_devices(batch)
-    cards = card_sightings(batch)
-
-    def side_tables(cur: psycopg.Cursor) -> None:
-        if customers:
-            cur.execute(INSERT_DEVICES, (customers, devices))
-        if cards[0]:
-            cur.execute(UPSERT_CARD_LOCATIONS, cards)
-
     try:
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy(COPY) as copy:
                 for p in params:
                     copy.write_row(p)
-            side_tables(cur)
+            _side_tables(cur, batch)
             _link_cases(conn, case_rules, batch)
     except psycopg.errors.UniqueViolation:
         log.info("decision log batch of %d rows partly written before: inserting the rest", len(batch))
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(INSERT, params)
-            side_tables(cur)
+            _side_tables(cur, batch)
             _link_cases(conn, case_rules, batch)
+
+
+def _side_tables(cur: psycopg.Cursor, batch: list[dict[str, Any]]) -> None:
+    customers, devices = allowed_devices(batch)
+    cards = card_sightings(batch)
+    if customers:
+        cur.execute(INSERT_DEVICES, (customers, devices))
+    if cards[0]:
+        cur.execute(UPSERT_CARD_LOCATIONS, cards)
+
+
+def _dead_letter_params(row: dict[str, Any], exc: BaseException) -> tuple[str | None, str | None, str, str]:
+    """The dead-letter row of ``row``: all ASCII (non-ASCII escaped), so whatever Postgres refused
+    in the row cannot make this insert fail too."""
+    error = escape_unstorable(f"{type(exc).__name__}: {exc}")
+    return (escape_unstorable(str(row.get("decision_id"))), escape_unstorable(str(row.get("product", "fraud"))),
+            error, json.dumps(row, default=str, ensure_ascii=True))
+
+
+def _write_isolated(conn: psycopg.Connection, batch: list[dict[str, Any]],
+                    case_rules: CaseRules | None = None) -> list[tuple[dict[str, Any], BaseException]]:
+    """Commit ``batch`` row by row in one transaction, each row (its log row, device, card sighting
+    and case) in a savepoint; a row Postgres refuses (:data:`ROW_ERRORS`) goes to
+    :data:`DEAD_LETTERS_TABLE` instead. Returns the dead-lettered rows with their errors. Anything
+    else (the connection, the server) raises, and the whole batch is retried as before."""
+    dead: list[tuple[dict[str, Any], BaseException]] = []
+    with conn.transaction(), conn.cursor() as cur:
+        for row in batch:
+            try:
+                with conn.transaction():
+                    cur.execute(INSERT, _params(row))
+                    _side_tables(cur, [row])
+                    _link_cases(conn, case_rules, [row])
+            except ROW_ERRORS as exc:
+                dead.append((row, exc))
+        if dead:
+            cur.executemany(INSERT_DEAD_LETTER, [_dead_letter_params(r, e) for r, e in dead])
+    return dead
 
 
 class LogBackpressure(RuntimeError):
@@ -145,7 +193,7 @@ class DecisionLogWriter:
 
     def __init__(self, dsn: str, *, maxsize: int, batch_size: int, enqueue_timeout_s: float,
                  spill_path: Path, on_written: Any = None, on_error: Any = None, linger_s: float = 0.0,
-                 case_rules: CaseRules | None = None) -> None:
+                 case_rules: CaseRules | None = None, on_dead_letter: Any = None) -> None:
         self._dsn = dsn
         self._case_rules = case_rules
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
@@ -159,6 +207,8 @@ class DecisionLogWriter:
         self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
         self._on_written = on_written or (lambda n: None)
         self._on_error = on_error or (lambda: None)
+        self._on_dead_letter = on_dead_letter or (lambda n: None)
+        self.dead_lettered = 0  # rows this writer set aside in DEAD_LETTERS_TABLE since it started
         self._conn: psycopg.Connection | None = None
         self.on_depth: Any = None  # called with the queue depth after every batch (a gauge's set)
 
@@ -249,10 +299,16 @@ class DecisionLogWriter:
     def _write(self, batch: list[dict[str, Any]]) -> bool:
         """Insert a batch, retrying until it lands (True) or the shutdown budget ends in a spill (False)."""
         attempt = 0
+        dead: list[tuple[dict[str, Any], BaseException]] = []
         while True:
             try:
                 conn = self._connect()
-                _copy_batch(conn, batch, self._case_rules)
+                try:
+                    _copy_batch(conn, batch, self._case_rules)
+                except ROW_ERRORS as exc:
+                    self._on_error()
+                    log.warning("decision log batch of %d rows refused (%s): writing it row by row", len(batch), exc)
+                    dead = _write_isolated(conn, batch, self._case_rules)
                 break
             except psycopg.Error as exc:
                 attempt += 1
@@ -266,7 +322,13 @@ class DecisionLogWriter:
                 log.warning("decision log insert of %d rows failed (attempt %d, retry in %.1fs): %s",
                             len(batch), attempt, delay, exc)
                 time.sleep(delay)
-        self._on_written(len(batch))
+        self._on_written(len(batch) - len(dead))
+        if dead:
+            self.dead_lettered += len(dead)
+            self._on_dead_letter(len(dead))
+            for row, exc in dead:
+                log.error("decision %s could not be logged, set aside in %s: %s", row.get("decision_id"),
+                          DEAD_LETTERS_TABLE, exc)
         with self._pending_lock:
             for r in batch:
                 self._pending.pop(str(r["decision_id"]), None)

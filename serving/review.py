@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from riskloop.core.storable import StorableModel
 from serving.auth import Principal, require
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/review", tags=["review"])
 
 
-class Verdict(BaseModel):
+class Verdict(StorableModel):
     reason: str = Field(..., min_length=1, description="Why (required; recorded in the audit row).")
 
 

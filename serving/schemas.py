@@ -12,6 +12,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
 
+from riskloop.core.storable import StorableModel
 from serving.currencies import ISO_4217
 
 Decision = Literal["allow", "review", "step_up", "deny"]
@@ -19,7 +20,7 @@ CreditDecision = Literal["approve", "decline", "refer"]
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 
 
-class FraudScoreRequest(BaseModel):
+class FraudScoreRequest(StorableModel):
     """One card authorisation to score. ``amount_minor`` is in minor units (cents)."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
@@ -124,7 +125,7 @@ class DecisionRecord(BaseModel):
         default=None, description="The latest override's decision, else the logged decision.")
 
 
-class OverrideRequest(BaseModel):
+class OverrideRequest(StorableModel):
     """A reviewer's new outcome for a logged decision; the reason is mandatory (it is the audit trail)."""
 
     model_config = ConfigDict(str_strip_whitespace=True)

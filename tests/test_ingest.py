@@ -233,3 +233,24 @@ def test_postgres_stopped_mid_load_then_rerun_gives_exact_counts(own_postgres, t
     with db.connect(s) as conn:
         assert {t.name: db.table_checksum(conn, f"raw.{t.name}", list(t.column_names)) for t in RAW_TABLES} == checksums
     assert _count(s, "select count(*) from raw.load_batches") == 2 * len(RAW_TABLES)
+
+
+def test_row_with_text_postgres_cannot_store_is_quarantined_and_the_rest_loads(clean, tmp_path) -> None:
+    """A NUL in one row of a landed file would fail the file's whole COPY: that row goes to
+    quarantine with its reason (its text escaped), every other row loads."""
+    settings = clean
+    tables = make_tables()
+    events = tables["webhook_events"]
+    bad_id = events.loc[3, "event_id"]
+    events.loc[3, "customer_id"] = "cus\x00tomer"
+    landing = write_landing(tables, tmp_path / "landing")
+    result = next(r for r in load_landing(settings, landing, tables=["webhook_events"]))
+    assert (result.rows_in, result.rows_quarantined, result.rows_inserted) == (len(events), 1, len(events) - 1)
+    assert result.rows_unchanged == 0
+    with db.connect(settings) as conn:
+        assert conn.execute("select count(*) from raw.webhook_events where event_id = %s", (bad_id,)).fetchone()[0] == 0
+        customer, expectations = conn.execute(
+            "select customer_id, _expectations from quarantine.webhook_events where event_id = %s", (bad_id,)).fetchone()
+    assert customer == "cus\\u0000tomer"
+    assert expectations[0].startswith("unstorable_text: customer_id: contains a NUL character")
+    assert _count(settings, "select count(*) from raw.webhook_events") == len(events) - 1

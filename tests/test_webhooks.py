@@ -383,3 +383,22 @@ def test_fast_path_and_fastapi_route_answer_alike(receiver: Receiver, settings) 
     assert got_fast == got_routed
     assert [s for s, _ in got_fast] == [200, 200, 401, 400, 413, 200, 401]
     assert {e for (_, e, *_) in r.rows()} == {"evt_fast", "evt_routed", "msg_fast", "msg_routed"}
+
+
+def test_text_postgres_cannot_store_is_422_and_nothing_stored(receiver: Receiver) -> None:
+    """A NUL (``\\u0000``) or a lone surrogate anywhere in a signed body is refused before the inbox:
+    dbt's ``body::jsonb`` and the stream consumer would otherwise fail on the row, every run."""
+    r = receiver
+    nul = b'{"id": "evt_nul", "type": "charge.succeeded", "data": {"object": {"customer": "cus_\\u0000x"}}}'
+    lone = json.dumps({"type": "payment.authorized", "data": {"note": "\ud800"}}).encode()  # ensure_ascii: "\ud800"
+    cases = [("stripe", nul, {"Stripe-Signature": sign_stripe(nul, STRIPE_SECRET, NOW)}, "data.object.customer"),
+             ("standard", lone, sign_standard("msg_lone", lone, STANDARD_SECRET, NOW), "data.note")]
+    for processor, content, headers, where in cases:
+        before = r.metric("riskloop_webhook_rejections_total", processor=processor, reason="unstorable_text")
+        resp = httpx.post(f"{r.url}/webhooks/{processor}", content=content, headers=headers)
+        assert (resp.status_code, resp.json()["error"]) == (422, "unstorable_text"), resp.text
+        assert where in resp.json()["detail"]
+        assert r.metric("riskloop_webhook_rejections_total", processor=processor, reason="unstorable_text") == before + 1
+    assert r.count() == 0
+    ok = stripe_event("evt_after")  # and the receiver goes on
+    assert post_stripe(r, ok).json()["duplicate"] is False and r.count() == 1

@@ -25,6 +25,7 @@ from psycopg import sql
 from riskloop.core.pan import InvalidPan, PanKeyMissing, PanTokenizer, may_hold_pan, scrub
 from riskloop.core.schema import RAW_SCHEMA, WEBHOOK_INBOX
 from riskloop.core.signatures import Rejection, Scheme
+from riskloop.core.storable import find_unstorable
 
 INBOX = f"{RAW_SCHEMA}.{WEBHOOK_INBOX.name}"
 CHANNEL = "riskloop_webhook_inbox"
@@ -42,9 +43,9 @@ _NOTIFY_FN = "notify_webhook_inbox"
 
 def inbox_event(scheme: Scheme, body: bytes, event_id: str | None, pan: PanTokenizer | None) -> tuple[str, str, str]:
     """An authenticated webhook body → ``(event_id, event_type, body to store)``, or :class:`Rejection`
-    (a 4xx; a 503 when card data arrives without a tokenisation key). The one rule for what enters
-    the inbox, whoever writes it: the receiver (``serving.webhooks``) and a topic bridge
-    (``riskloop.data.inbox_bridge``).
+    (a 4xx, 422 for text Postgres cannot store (``riskloop.core.storable``); a 503 when card data
+    arrives without a tokenisation key). The one rule for what enters the inbox, whoever writes it:
+    the receiver (``serving.webhooks``) and a topic bridge (``riskloop.data.inbox_bridge``).
 
     ``event_id``: Standard Webhooks' ``webhook-id`` (verified with the signature); None for Stripe,
     whose id is the body's. The stored body is the text itself when it holds no card data, else the
@@ -63,8 +64,10 @@ def inbox_event(scheme: Scheme, body: bytes, event_id: str | None, pan: PanToken
             raise Rejection(400, "invalid_event", "stripe event needs a string 'id'")
     if not event_id:
         raise Rejection(400, "missing_header", "no event id")
-    if "\x00" in text:
-        raise Rejection(400, "invalid_json", "NUL characters are not stored")
+    # The inbox keeps the text, but dbt casts it to jsonb and the stream consumer parses it: a body
+    # Postgres cannot store as jsonb would stop both at this row, so it never enters.
+    if (problem := find_unstorable(payload) or find_unstorable(event_id, "event id")) is not None:
+        raise Rejection(422, "unstorable_text", problem)
     return event_id, payload["type"], _scrub_cards(pan, payload, text)
 
 

@@ -19,6 +19,10 @@ which load last wrote the row.  A load is one transaction:
    processor re-sending an event with new content) replaces the old one;
 4. the batch is recorded in ``raw.load_batches`` with what it inserted and updated.
 
+A row with text Postgres cannot store (a NUL character, ``riskloop.core.storable``) would fail the
+whole ``COPY``: it is set aside in ``quarantine.<table>`` with its reason instead
+(``riskloop.data.quarantine.set_aside``), in the same transaction, and the rest of the file loads.
+
 Duplicate keys inside one batch (a processor retrying a webhook) keep the last occurrence.
 """
 
@@ -47,6 +51,8 @@ from riskloop.core.schema import (
     RAW_TABLES_BY_NAME,
     RawTable,
 )
+from riskloop.core.storable import find_unstorable
+from riskloop.data import quarantine
 from riskloop.data.landing_scrub import scrub_landing, write_parquet
 
 log = logging.getLogger(__name__)
@@ -87,10 +93,11 @@ class LoadResult:
     interval_start: datetime | None
     interval_end: datetime | None
     seconds: float
+    rows_quarantined: int = 0  # rows with text Postgres cannot store, set aside before the load
 
     @property
     def rows_unchanged(self) -> int:
-        return self.rows_in - self.duplicates_in_batch - self.rows_inserted - self.rows_updated
+        return self.rows_in - self.rows_quarantined - self.duplicates_in_batch - self.rows_inserted - self.rows_updated
 
 
 # --- DDL -------------------------------------------------------------------------------------
@@ -275,6 +282,23 @@ def _filter_interval(table: RawTable, arrow: pa.Table, start: pd.Timestamp | Non
 
 # --- loading ---------------------------------------------------------------------------------
 
+def _split_unstorable(table: RawTable, arrow: pa.Table) -> tuple[pa.Table, list[dict], list[str]]:
+    """``arrow`` without its rows holding text Postgres cannot store; those rows, and why each.
+    Arrow strings are valid UTF-8 (no lone surrogates), so a NUL is the one case to look for."""
+    import pyarrow.compute as pc
+
+    text = [c.name for c in table.columns if c.pg_type == "text"]
+    mask = None
+    for name in text:
+        hit = pc.fill_null(pc.match_substring(arrow.column(name), "\x00"), False)
+        mask = hit if mask is None else pc.or_(mask, hit)
+    if mask is None or not pc.any(mask).as_py():
+        return arrow, [], []
+    bad = arrow.filter(mask).to_pylist()
+    reasons = [f"unstorable_text: {find_unstorable({n: r[n] for n in text})}" for r in bad]
+    return arrow.filter(pc.invert(mask)), bad, reasons
+
+
 def _copy_into_temp(conn: psycopg.Connection, table: RawTable, arrow: pa.Table) -> str:
     """COPY the rows into a temp table with an arrival ordinal (last duplicate wins)."""
     import pyarrow.csv as pacsv
@@ -344,6 +368,9 @@ def _load(conn: psycopg.Connection, table: RawTable, arrow: pa.Table, source: st
         "values (%s, %s, %s, %s, %s) returning batch_id"
     ).format(sql.Identifier(RAW_SCHEMA), sql.Identifier(LOAD_BATCHES)),
         (table.name, source, start, end, arrow.num_rows)).fetchone()[0]
+    rows_in = arrow.num_rows
+    arrow, bad, reasons = _split_unstorable(table, arrow)
+    quarantine.set_aside(conn, table, bad, reasons, batch_id)
     tmp = _copy_into_temp(conn, table, arrow)
     # Statistics for the DISTINCT ON sort and the conflict probes (temp tables get none by themselves).
     conn.execute(sql.SQL("analyze {}").format(sql.Identifier(tmp)))
@@ -355,11 +382,11 @@ def _load(conn: psycopg.Connection, table: RawTable, arrow: pa.Table, source: st
         (inserted, updated, duplicates, batch_id))
     conn.execute(sql.SQL("drop table {}").format(sql.Identifier(tmp)))
     result = LoadResult(
-        batch_id=batch_id, table=table.name, source=source, rows_in=arrow.num_rows,
+        batch_id=batch_id, table=table.name, source=source, rows_in=rows_in,
         rows_inserted=inserted, rows_updated=updated, duplicates_in_batch=duplicates,
         interval_start=start.to_pydatetime() if start is not None else None,
         interval_end=end.to_pydatetime() if end is not None else None,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, rows_quarantined=len(bad),
     )
     log.info("loaded raw.%s from %s: %d rows in, %d inserted, %d updated, %d duplicates (%.2fs)",
              table.name, source, result.rows_in, inserted, updated, duplicates, result.seconds)

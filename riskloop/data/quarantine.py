@@ -18,12 +18,17 @@ contract. Table-level failures (an empty feed, a stale one) have no rows to move
 reported, and the task still fails.
 
 Re-quarantining the same key (the same bad file loaded twice) updates its row: counts stay exact.
+
+Rows a load cannot write at all (text Postgres cannot store, ``riskloop.core.storable``) never reach
+``raw``: the loader sets them aside here directly (:func:`set_aside`), their text escaped, with the
+reason as their expectation, and loads the rest of the file.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +36,7 @@ import psycopg
 from psycopg import sql
 
 from riskloop.core.schema import CONTRACT_TABLES_BY_NAME, RAW_SCHEMA, RawTable
+from riskloop.core.storable import escape_unstorable
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +141,34 @@ def move(conn: psycopg.Connection, table_name: str, selections: list[Selection],
     conn.execute("set local search_path to default")
     log.warning("quarantined %d rows of %s.%s (contract run %s)", moved, RAW_SCHEMA, table.name, run_id)
     return int(moved)
+
+
+def set_aside(conn: psycopg.Connection, table: RawTable, rows: list[dict[str, Any]], reasons: list[str],
+              batch_id: int) -> int:
+    """Put ``rows`` (the raw table's columns) straight into ``quarantine.<table>`` with their
+    ``reasons`` as expectations, in the caller's transaction: rows a load refused before ``raw``.
+    Their text is stored with what Postgres cannot hold escaped (``\\u0000``), so the row can be
+    read, fixed and re-sent. One fresh run id per call stands for the load's check. Returns the count."""
+    if not rows:
+        return 0
+    ensure_table(conn, table)
+    cols = [*table.column_names, "_batch_id", "_loaded_at", *EXTRA_COLUMNS]
+    updates = sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
+                                 for c in cols if c not in table.key)
+    query = sql.SQL("insert into {} ({}) values ({}, now(), %s, %s, now()) on conflict ({}) do update set {}").format(
+        sql.Identifier(QUARANTINE_SCHEMA, table.name), sql.SQL(", ").join(map(sql.Identifier, cols)),
+        sql.SQL(", ").join(sql.Placeholder() * (len(table.column_names) + 1)),
+        sql.SQL(", ").join(map(sql.Identifier, table.key)), updates)
+    run_id = str(uuid.uuid4())
+    by_key: dict[tuple, tuple] = {}  # one row per key (the last), as a load keeps the last duplicate
+    for row, reason in zip(rows, reasons, strict=True):
+        values = [escape_unstorable(v) if isinstance(v, str) else v for v in (row[c] for c in table.column_names)]
+        by_key[tuple(row[k] for k in table.key)] = (*values, batch_id, [reason], run_id)
+    with conn.cursor() as cur:
+        cur.executemany(query, list(by_key.values()))
+    log.warning("quarantined %d rows of %s.%s before loading (load batch %d, run %s), e.g. %s", len(by_key),
+                RAW_SCHEMA, table.name, batch_id, run_id, reasons[0])
+    return len(by_key)
 
 
 def batch_placeholder(query: str, table: str) -> str:

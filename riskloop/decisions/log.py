@@ -12,6 +12,9 @@ SCHEMA = "serving"
 TABLE = f"{SCHEMA}.decision_log"
 DEVICES_TABLE = f"{SCHEMA}.known_devices"
 CARD_LOCATIONS_TABLE = f"{SCHEMA}.card_locations"
+# Rows the writer could not store (the row JSON-encoded as ASCII text, with the error), set aside so
+# that one bad row never holds the others back.
+DEAD_LETTERS_TABLE = f"{SCHEMA}.decision_log_dead_letters"
 COLUMNS = ("decision_id", "request_id", "decided_at", "model_name", "model_version", "model_alias", "score",
            "decision", "reasons", "rules", "features", "feature_timestamps", "request", "latency_ms", "degraded",
            "product", "policy_version", "signals", "serving_mode", "shadow")

@@ -55,6 +55,7 @@ from psycopg import sql
 from riskloop.core import windows
 from riskloop.core.config import Settings
 from riskloop.core.db import dsn
+from riskloop.core.storable import find_unstorable
 from riskloop.data.inbox import CHANNEL, INBOX, XID_COLUMN
 
 if TYPE_CHECKING:
@@ -129,6 +130,11 @@ def parse_payment(processor: str, event_id: str, event_type: str, body: str) -> 
     try:
         doc = _DECODER.decode(body)
     except ValueError:
+        return None
+    # The receiver refuses such text, but a row stored before it did would fail the state insert on
+    # every round and stall the consumer: it is no payment here (dbt's jsonb cast cannot read it either).
+    if "\\u" in body and (problem := find_unstorable(doc)) is not None:
+        log.warning("stream: inbox event %s/%s skipped: %s", processor, event_id, problem)
         return None
     if processor == "stripe":
         payment = _path(doc, "data", "object", "id")

@@ -16,9 +16,12 @@ into incidents with the same hysteresis and sinks as drift.
   ``tripwire_override_min_count`` overrides.
 * ``degraded_rate`` (per product): share of recent decisions made without a model score.
 * ``latency_p99`` (per product): p99 of the logged ``latency_ms``.
+* ``decision_log_dead_letter`` (key ``decision_log``): the decision-log writer set rows aside in
+  ``serving.decision_log_dead_letters`` in the recent window (decisions answered but not in the log).
 
 A window with fewer than ``alert_min_samples`` decisions gives no verdict (``breached=None``),
-so a quiet night neither pages nor resolves anything.
+so a quiet night neither pages nor resolves anything; dead letters need no sample: one is one too
+many, and a recent window without any is clean.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ from d cross join lateral jsonb_array_elements_text(d.rules) as r(rule) group by
 """
 
 
+_DEAD_LETTER_SQL = """
+select count(*), min(dead_lettered_at), max(dead_lettered_at) from serving.decision_log_dead_letters
+where dead_lettered_at >= %(split)s and dead_lettered_at < %(end)s
+"""
+
+
 def _windows(settings: Settings, now: datetime) -> dict[str, Any]:
     split = now - timedelta(minutes=settings.tripwire_window_minutes)
     return {"end": now, "split": split, "start": split - timedelta(hours=settings.tripwire_baseline_hours)}
@@ -77,14 +86,16 @@ def evaluate(settings: Settings, now: datetime | None = None) -> list[Check]:
     now = now or datetime.now(UTC)
     params = {**_windows(settings, now), "approving": list(APPROVING), "reviewing": list(REVIEWING)}
     with db.connect(settings) as conn:
-        have_log, have_overrides = conn.execute(
+        have_log, have_overrides, have_dead = conn.execute(
             "select to_regclass('serving.decision_log') is not null, "
-            "to_regclass('serving.decision_overrides') is not null").fetchone()
+            "to_regclass('serving.decision_overrides') is not null, "
+            "to_regclass('serving.decision_log_dead_letters') is not null").fetchone()
         if not have_log:
             log.info("tripwires: serving.decision_log does not exist yet; nothing to check")
             return []
         products = conn.execute(_PRODUCT_SQL, params).fetchall()
         overrides = conn.execute(_OVERRIDE_SQL, params).fetchall() if have_overrides else []
+        dead = conn.execute(_DEAD_LETTER_SQL, params).fetchone() if have_dead else None
     window = {"recent_start": params["split"].isoformat(), "end": now.isoformat(),
               "baseline_start": params["start"].isoformat()}
     checks: list[Check] = []
@@ -98,7 +109,22 @@ def evaluate(settings: Settings, now: datetime | None = None) -> list[Check]:
         groups.setdefault(key, {})[recent] = (n, n_over)
     for key in sorted(groups):
         checks.append(_override_check(settings, key, groups[key], window))
+    if dead is not None:
+        checks.append(_dead_letter_check(settings, *dead, window))
     return checks
+
+
+def _dead_letter_check(settings: Settings, n: int, first: datetime | None, last: datetime | None,
+                       window: dict) -> Check:
+    details = {"n_recent": n, "first_at": first.isoformat() if first else None,
+               "last_at": last.isoformat() if last else None, "table": "serving.decision_log_dead_letters", **window}
+    if not n:
+        return Check("decision_log_dead_letter", "decision_log", False,
+                     f"no decision-log rows set aside in the last {settings.tripwire_window_minutes} min", details)
+    return Check("decision_log_dead_letter", "decision_log", True,
+                 f"{n} decision(s) answered but refused by the decision log in the last "
+                 f"{settings.tripwire_window_minutes} min, set aside in serving.decision_log_dead_letters "
+                 f"(last at {last.isoformat() if last else '?'})", details)
 
 
 def _product_checks(settings: Settings, product: str, by_window: dict[bool, tuple], window: dict) -> list[Check]:
