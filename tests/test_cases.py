@@ -256,6 +256,8 @@ def test_step_up_outcome_is_idempotent_append_only_and_a_failure_opens_a_case(cl
 
 
 def test_sync_links_what_the_writer_missed_and_chargebacks_of_allowed_payments(settings: Any) -> None:
+    from riskloop.data.ingest import create_raw_tables
+
     customer = f"C-{uuid.uuid4().hex[:8]}"
     review_id, allowed_id, payment = str(uuid.uuid4()), str(uuid.uuid4()), f"pay-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn(settings)) as conn:  # written without the serving writer: no case yet
@@ -266,10 +268,13 @@ def test_sync_links_what_the_writer_missed_and_chargebacks_of_allowed_payments(s
             conn.execute("insert into serving.decision_log (decision_id, request_id, decided_at, score, decision, "
                          "request, product) values (%s, 'r', now(), 0.1, %s, %s, 'fraud')",
                          (decision_id, decision, json.dumps(req)))
-        conn.execute("create table if not exists raw.dispute_outcomes (dispute_id text, payment_id text, "
-                     "opened_at timestamptz, status text, fraud_confirmed boolean, closed_at timestamptz)")
-        conn.execute("insert into raw.dispute_outcomes (dispute_id, payment_id, opened_at, status, fraud_confirmed, "
-                     "closed_at) values (%s, %s, now() - interval '3 days', 'lost', true, now())", (f"d-{payment}", payment))
+        create_raw_tables(conn)  # the landed tables as ingest makes them (the contract's columns)
+        batch = conn.execute("insert into raw.load_batches (table_name, rows_in) values ('dispute_outcomes', 1) "
+                             "returning batch_id").fetchone()[0]
+        conn.execute("insert into raw.dispute_outcomes (dispute_id, payment_id, opened_at, closed_at, status, "
+                     "fraud_confirmed, reason_code, amount_minor, currency, _batch_id) values (%s, %s, "
+                     "now() - interval '3 days', now(), 'lost', true, '10.4', 5000, 'EUR', %s)",
+                     (f"d-{payment}", payment, batch))
     first = cases.sync(settings)
     assert first["review"] >= 1 and first["chargeback"] >= 1 and first["failed"] == 0
     assert case_of(settings, review_id, 0) != case_of(settings, allowed_id, 0)

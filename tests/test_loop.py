@@ -45,6 +45,8 @@ def _auth(key: str) -> dict[str, str]:
 
 
 def test_analysts_verdicts_teach_the_next_model(stack_env: dict[str, str], tmp_path) -> None:
+    from pydantic import SecretStr
+
     from riskloop import simulator
     from riskloop.data.ingest import load_landing
     from riskloop.data.transform import run_dbt
@@ -56,8 +58,9 @@ def test_analysts_verdicts_teach_the_next_model(stack_env: dict[str, str], tmp_p
     from serving.webhooks import create_webhook_app
     from training.train import train_fraud
 
+    # a configured warehouse needs its card-token key (landed files are tokenised on load)
     settings = isolated_settings("riskloop_t_loop").model_copy(
-        update={"fraud_model_name": f"test-loop-{int(time.time())}"})
+        update={"fraud_model_name": f"test-loop-{int(time.time())}", "pan_token_key": SecretStr("loop-test-token-key")})
     # the world ends ten days ago: the live payments after it are the newest the platform has seen
     # (the stream's windows then win over the batch's), and still days before the next training run
     world_end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=10)
