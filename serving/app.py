@@ -40,6 +40,7 @@ from riskloop.core.pan import InvalidPan, PanKeyMissing, tokenizer
 from riskloop.core.redact import describe, register_settings
 from riskloop.decisions import log as decision_log
 from riskloop.decisions.cases import CaseRules
+from riskloop.decisions.policy import Policy, PolicyError, load_policy
 from riskloop.governance import canary
 from serving import credit, routing
 from serving.auth import KeyRing, require
@@ -61,7 +62,6 @@ from serving.model import (
     save_last_known_good,
 )
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, optional_inputs, plan_inputs
-from serving.policy import Policy, PolicyError, load_policy
 from serving.reasons import top_reasons
 from serving.review import router as review_router
 from serving.routing import Routing

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.policy import POLICY_DIR
+from riskloop.decisions.policy import POLICY_DIR
 
 
 class ServingSettings(BaseSettings):
@@ -42,7 +42,7 @@ class ServingSettings(BaseSettings):
     fraud_policy: Path = Field(
         default=POLICY_DIR / "fraud-v2.yaml",
         description="Decision policy (thresholds and hard rules) of the fraud endpoint: a versioned file "
-        "(serving/policies/fraud-v<N>.yaml; an older version stays loadable for replays and by setting this).")
+        "(riskloop/decisions/policies/fraud-v<N>.yaml; an older version stays loadable for replays and by setting this).")
     credit_policy: Path = Field(default=POLICY_DIR / "credit-v1.yaml", description="Policy of the credit endpoint.")
     credit_model_alias: str = Field(default="champion", description="Registry alias of the credit model served.")
     credit_feature_service: str = Field(default="credit_model_v1", description="Feast service of the credit model.")

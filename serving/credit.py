@@ -36,13 +36,13 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from riskloop.core.storable import StorableModel
+from riskloop.decisions.policy import Policy
 from serving.auth import require
 from serving.card_fields import card_numbers_elsewhere
 from serving.currencies import ISO_4217, minor_to_major
 from serving.decision_log import record_or_refuse
 from serving.model import LoadedModel
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
-from serving.policy import Policy
 from serving.reasons import top_reasons
 from serving.schemas import CreditDecision, ModelInfo
 

@@ -25,8 +25,8 @@ from pydantic import AwareDatetime, BaseModel, Field
 from riskloop.core.db import dsn
 from riskloop.decisions import cases, overrides
 from riskloop.decisions import log as decision_log
+from riskloop.decisions.policy import Policy, PolicyError, policy_by_id
 from serving.auth import Principal, require
-from serving.policy import Policy, PolicyError, policy_by_id
 from serving.schemas import DecisionRecord, Override, OverrideRequest
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _wait_committed(request: Request, decision_id: UUID) -> None:
 
 def rule_reasons(row: dict[str, Any], serving: tuple[Policy, ...] = ()) -> list[dict[str, str]]:
     """What the reviewer reads about the rules that fired, from the policy version the row names:
-    one this process serves (``serving``, wherever its file is), else ``serving/policies/<id>.yaml``."""
+    one this process serves (``serving``, wherever its file is), else ``riskloop/decisions/policies/<id>.yaml``."""
     if not row.get("rules"):
         return []
     version = row.get("policy_version")

@@ -4,7 +4,7 @@ Everything a decision depended on is in its ``serving.decision_log`` row: the ex
 vector scored, the request (for the rules), the stateful rule inputs (``signals``), the event
 time of each feature view's values (``feature_timestamps``, for rules with ``max_age_s``), the model
 name and version, and the policy version. Replay reloads *that* model version from MLflow (not
-whatever the alias points at today) and *that* policy file (``serving/policies/<id>.yaml``), and
+whatever the alias points at today) and *that* policy file (``riskloop/decisions/policies/<id>.yaml``), and
 recomputes score, reasons, rules and decision. A mismatch means the record cannot explain the
 decision — an audit finding — so the CLI exits non-zero.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from riskloop.core.config import Settings
 from riskloop.core.db import connect
 from riskloop.decisions import log as decision_log
-from serving.policy import policy_by_id
+from riskloop.decisions.policy import policy_by_id
 
 SCORE_TOLERANCE = 1e-9  # scores are floats through JSON/jsonb: exact up to printing; allow ulps
 CONTRIBUTION_TOLERANCE = 1e-6

@@ -75,7 +75,7 @@ class FraudScoreResponse(BaseModel):
     reasons: list[Reason] = Field(max_length=4)
     rules: list[str] = Field(description="Ids of the policy rules that fired, in policy order.")
     degraded: bool
-    policy_version: str = Field(description="The decision policy applied, e.g. fraud-v1 (serving/policies/).")
+    policy_version: str = Field(description="The decision policy applied, e.g. fraud-v1 (riskloop/decisions/policies/).")
 
 
 class LoadedModelInfo(BaseModel):

@@ -43,7 +43,7 @@ from typing import Any
 import psycopg
 
 from riskloop.decisions.log import CARD_LOCATIONS_TABLE
-from serving.policy import Policy
+from riskloop.decisions.policy import Policy
 
 log = logging.getLogger(__name__)
 

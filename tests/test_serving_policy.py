@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from riskloop.core.db import dsn
-from serving.policy import POLICY_DIR, PolicyError, load_policy, policy_by_id
+from riskloop.decisions.policy import POLICY_DIR, PolicyError, load_policy, policy_by_id
 
 KEY = "policy-admin-key-0000000000"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -153,7 +153,7 @@ def test_sightings_survive_a_restart_and_reach_other_processes(app: Callable[...
 
 
 def test_no_country_no_sighting_and_v1_keeps_its_signals(app: Callable[..., Any], settings: Any) -> None:
-    from serving.policy import POLICY_DIR
+    from riskloop.decisions.policy import POLICY_DIR
 
     card = f"tok-{uuid.uuid4().hex[:8]}"
     t0 = datetime.now(UTC).replace(microsecond=0)

@@ -1,4 +1,4 @@
-"""Decision policy as versioned configuration (``serving/policies/<product>-v<N>.yaml``).
+"""Decision policy as versioned configuration (``riskloop/decisions/policies/<product>-v<N>.yaml``).
 
 Why a file and not environment variables: a regulator's "why was this allowed?" must be answered
 with the exact thresholds and rules in force at the time. Each decision-log row records the
