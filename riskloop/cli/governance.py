@@ -82,12 +82,28 @@ def review_show(
         raise typer.Exit(2) from exc
 
 
+def acting_principal(settings, action: str):
+    """The CLI's principal (its RISKLOOP_API_KEY), allowed to do ``action``; a clear refusal otherwise."""
+    from riskloop.core.identity import Forbidden, IdentityError, cli_principal
+
+    try:
+        return cli_principal(settings, action)
+    except (IdentityError, Forbidden) as exc:
+        console.print(f"[red]refused:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
 def _review(verdict: str, model: str, version: str, reason: str, reviewer: Optional[str]) -> None:
     from riskloop.governance.review import ReviewError, record
 
+    if reviewer is not None:
+        console.print("[red]refused:[/red] --reviewer no longer chooses who you are: the CLI acts as the principal "
+                      "of its key (RISKLOOP_API_KEY)")
+        raise typer.Exit(2)
     settings = get_settings()
+    principal = acting_principal(settings, "review_model")
     try:
-        approval = record(settings, model, version, verdict, reviewer or settings.reviewer, reason)
+        approval = record(settings, model, version, verdict, principal, reason)
     except ReviewError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -95,7 +111,8 @@ def _review(verdict: str, model: str, version: str, reason: str, reviewer: Optio
 
 
 _REASON = typer.Option(..., "--reason", help="Why (required; recorded in the audit row).")
-_REVIEWER = typer.Option(None, "--reviewer", help="Who you are (default RISKLOOP_REVIEWER).")
+_REVIEWER = typer.Option(None, "--reviewer", hidden=True,
+                         help="Refused: the reviewer is the principal of RISKLOOP_API_KEY.")
 
 
 @review_app.command("approve")
