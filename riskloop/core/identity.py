@@ -56,7 +56,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "review_model": frozenset({"reviewer"}),  # approve / reject a challenger
     # run the promotion gate (it moves @champion only if every gate, approval included, passes)
     "promote_model": frozenset({"reviewer", "admin"}),
-    "train_model": frozenset({"admin"}),  # register a model version (its author)
+    # register a model version: its author, who then cannot approve it
+    "train_model": frozenset({"reviewer", "admin"}),
     "run_canary": frozenset({"reviewer", "admin"}),  # start / stop a canary
     "draft_policy": frozenset({"policy"}),  # propose a decision-policy change
     "change_policy": frozenset({"policy", "admin"}),
