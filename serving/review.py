@@ -49,9 +49,13 @@ def page() -> HTMLResponse:
 @router.get("/api/pending", dependencies=[Depends(require("read_review"))])
 def pending(request: Request, model: str | None = None) -> list[dict[str, Any]]:
     """Challengers that are not the champion, with their review state."""
+    from riskloop.governance.review import UnknownModel
     from riskloop.governance.review import pending as pending_
 
-    return pending_(_settings(request), model)
+    try:
+        return pending_(_settings(request), model)
+    except UnknownModel as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
 
 
 @router.get("/api/models/{name}/versions/{version}", dependencies=[Depends(require("read_review"))])
@@ -71,7 +75,7 @@ def decide(request: Request, name: str, version: str, verdict: Literal["approve"
            principal: Principal = Depends(require("review_model"))) -> dict[str, Any]:
     """Record an approval or a rejection by the calling reviewer (403 for the version's author, for whoever
     triggered its training, and for a version whose author riskloop never recorded)."""
-    from riskloop.governance.review import ApprovalRefused, ReviewError, record
+    from riskloop.governance.review import ApprovalRefused, ReviewError, UnknownModel, record
 
     settings = _settings(request)
     try:
@@ -79,6 +83,8 @@ def decide(request: Request, name: str, version: str, verdict: Literal["approve"
                           principal, body.reason)
     except ApprovalRefused as exc:
         raise HTTPException(status_code=403, detail=str(exc)) from exc
+    except UnknownModel as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
     except ReviewError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
     return approval.to_dict()
