@@ -78,6 +78,15 @@ def test_keys_file_holds_names_and_digests(tmp_path: Path) -> None:
     assert ring.authenticate(ALICE) == Principal("alice", "reviewer", fingerprint(ALICE))  # same fingerprint
     assert ring.authenticate(AIRFLOW).name == "svc-airflow"
     assert ring.authenticate(f"sha256:{digest}") is None  # the digest is not a key
+    from riskloop.core.redact import redact
+
+    assert AIRFLOW not in redact(f"connecting with {AIRFLOW}")  # a plain key in the file is masked in logs
+
+
+def test_a_malformed_entry_does_not_echo_its_key() -> None:
+    with pytest.raises(IdentityError) as refused:
+        parse_keys("alice:alice-forgot-the-role-0123456789")  # read as key "alice", role "<the key>"
+    assert "forgot-the-role" not in str(refused.value) and "unknown role" in str(refused.value)
 
 
 def test_cli_acts_as_its_key() -> None:

@@ -105,7 +105,8 @@ def test_a_version_without_a_recorded_author_cannot_be_approved(settings: Settin
     name = fresh_name()
     v1 = register(settings, name, classifier, ("champion", "challenger"))
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    mv = client.create_model_version(name, client.get_model_version(name, v1).source, run_id=None)
+    first = client.get_model_version(name, v1)
+    mv = client.create_model_version(name, first.source, run_id=None, model_id=first.model_id)
     assert mv.run_id is None
     client.set_registered_model_alias(name, "challenger", mv.version)
 

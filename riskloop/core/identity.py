@@ -155,8 +155,9 @@ def _parse_entry(item: str, where: str) -> tuple[str | None, str, bytes, str]:
         raise IdentityError(f"{where}: {name!r} is not a valid principal name (letters, digits, . _ @ + -)")
     if ":" not in item or not key:
         raise IdentityError(f"{where} entries must be name:role:key (or the legacy key:role)")
-    if role not in ROLES:
-        raise IdentityError(f"{where}: unknown role {role!r} (roles: {sorted(ROLES)})")
+    if role not in ROLES:  # echoed only if short: a forgotten role would put the key in its place
+        shown = repr(role) if len(role) <= 12 else "(not shown)"
+        raise IdentityError(f"{where}: unknown role {shown} (roles: {sorted(ROLES)})")
     digest_hex = _HEX_DIGEST.fullmatch(key)
     if digest_hex:
         raw = bytes.fromhex(digest_hex.group(1))
@@ -182,11 +183,15 @@ def read_keys_file(path: Path) -> list[tuple[str | None, str, bytes, str]]:
     if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise IdentityError(f"RISKLOOP_API_KEYS_FILE {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}): "
                             "chmod 600 it")
-    entries = []
+    from riskloop.core.redact import register  # (redact imports this module)
+
+    entries, keys = [], []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if line and not line.startswith("#"):
             entries.append(_parse_entry(line, f"{path}:{n}"))
+            keys.append(_split(line)[2])
+    register(k for k in keys if not _HEX_DIGEST.fullmatch(k))  # plain keys in the file: never in a log line
     return entries
 
 
