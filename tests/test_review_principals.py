@@ -96,6 +96,9 @@ def test_an_mlflow_user_tag_does_not_make_someone_else_the_author(settings: Sett
 
 def test_a_version_without_a_recorded_author_cannot_be_approved(settings: Settings, classifier) -> None:
     """Registered straight into MLflow (no run, no riskloop training): nobody can show they are not its author."""
+    import tempfile
+
+    import mlflow.xgboost
     from mlflow import MlflowClient
     from test_promotion import Loader, fresh_name, register
 
@@ -105,9 +108,15 @@ def test_a_version_without_a_recorded_author_cannot_be_approved(settings: Settin
     name = fresh_name()
     v1 = register(settings, name, classifier, ("champion", "challenger"))
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    first = client.get_model_version(name, v1)
-    mv = client.create_model_version(name, first.source, run_id=None, model_id=first.model_id)
-    assert mv.run_id is None
+    # a logged model of no run (MLflow 3), registered as the next version: nobody's training
+    experiment = client.get_experiment_by_name("riskloop-tests")
+    logged = client.create_logged_model(experiment.experiment_id, name="model")
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.xgboost.save_model(classifier, f"{tmp}/model")
+        client.log_model_artifacts(logged.model_id, f"{tmp}/model")
+    client.finalize_logged_model(logged.model_id, "READY")
+    mv = client.create_model_version(name, f"models:/{logged.model_id}", model_id=logged.model_id)
+    assert not mv.run_id  # no training run
     client.set_registered_model_alias(name, "challenger", mv.version)
 
     out = _approve(name, str(mv.version), "alice")
