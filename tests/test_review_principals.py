@@ -11,6 +11,7 @@ import json
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from principals import API_KEYS, bearer, cli_env, principal
 from typer.testing import CliRunner
@@ -100,13 +101,12 @@ def test_a_version_without_a_recorded_author_cannot_be_approved(settings: Settin
 
     import mlflow.xgboost
     from mlflow import MlflowClient
-    from test_promotion import Loader, fresh_name, register
+    from test_promotion import fresh_name, register
 
-    from riskloop.governance.promotion import evaluate_promotion
-    from riskloop.governance.review import UnknownAuthor, record
+    from riskloop.governance.review import UnknownAuthor, approval_gate, record
 
     name = fresh_name()
-    v1 = register(settings, name, classifier, ("champion", "challenger"))
+    register(settings, name, classifier, ("champion", "challenger"))
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     # a logged model of no run (MLflow 3), registered as the next version: nobody's training
     experiment = client.get_experiment_by_name("riskloop-tests")
@@ -125,8 +125,11 @@ def test_a_version_without_a_recorded_author_cannot_be_approved(settings: Settin
         record(settings, name, str(mv.version), "approved", principal("bob"), "looks fine")
     # a rejection needs no author
     assert record(settings, name, str(mv.version), "rejected", principal("bob"), "who made this?").verdict == "rejected"
-    d = evaluate_promotion(settings, name, load_test_set=Loader())
-    assert d.decision == "refused" and client.get_registered_model(name).aliases["champion"] == v1
+    assert not approval_gate(settings, name, str(mv.version)).ok
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn, pytest.raises(
+            psycopg.errors.CheckViolation):  # nor can an approval row be written around the code
+        conn.execute("insert into governance.model_approvals values (gen_random_uuid(), now(), %s, %s, %s, "
+                     "'approved', 'alice', 'sneaky', null, null)", (name, str(mv.version), "0" * 64))
 
 
 def test_the_reviewer_flag_no_longer_chooses_who_approves(settings: Settings, classifier) -> None:
