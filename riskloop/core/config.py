@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         description="An existing Postgres (its database is the warehouse; riskloop_airflow, "
         "riskloop_mlflow and riskloop_feast are created beside it). Unset: the embedded server.",
     )
+    namespace: str | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9_]{0,30}$",
+        description="A dataset of its own on the same server: the warehouse becomes <warehouse>_<namespace> and "
+        "the Feast store riskloop_feast_<namespace>, so a second dataset (the handbook benchmark's: "
+        "`riskloop benchmark handbook` picks `handbook` itself) never writes over the first one's rows. "
+        "Unset: the main warehouse.")
     pg_port: int = Field(default=55432, description="TCP port of the embedded Postgres (loopback).")
     mlflow_tracking_uri: str | None = Field(
         default=None, description="An existing MLflow server. Unset: riskloop starts its own."
@@ -389,9 +395,19 @@ class Settings(BaseSettings):
 
     @property
     def warehouse_db(self) -> str:
-        if self.database_url:
-            return PgServer.from_url(self.database_url)[1]
-        return WAREHOUSE_DB
+        base = PgServer.from_url(self.database_url)[1] if self.database_url else WAREHOUSE_DB
+        return f"{base}_{self.namespace}" if self.namespace else base
+
+    @property
+    def feast_db(self) -> str:
+        """The Feast registry and online store's database (the namespace's own when one is set)."""
+        return f"{FEAST_DB}_{self.namespace}" if self.namespace else FEAST_DB
+
+    @property
+    def databases(self) -> tuple[str, ...]:
+        """The databases this configuration uses: the warehouse first, then Airflow's, MLflow's and Feast's
+        (Airflow and MLflow are shared by every namespace: runs and models are told apart there by name)."""
+        return (self.warehouse_db, AIRFLOW_DB, MLFLOW_DB, self.feast_db)
 
     @property
     def warehouse_url(self) -> str:

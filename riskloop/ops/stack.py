@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from riskloop.core import migrations
-from riskloop.core.config import ALL_DATABASES, Settings
+from riskloop.core.config import PgServer, Settings
 from riskloop.ops.processes import (
     StackError,
     _pidfile,
@@ -137,13 +137,21 @@ def ensure_databases(settings: Settings) -> None:
     """Create riskloop's databases on the server if they are missing (idempotent)."""
     import psycopg
 
-    admin_db = settings.warehouse_db if not settings.embedded else "postgres"
+    # an existing server's user may only reach the database of its URL; the embedded one has "postgres"
+    admin_db = PgServer.from_url(settings.database_url)[1] if settings.database_url else "postgres"
     with psycopg.connect(settings.pg.url(admin_db, driver=""), autocommit=True) as conn:
         existing = {r[0] for r in conn.execute("select datname from pg_database")}
-        for db in ALL_DATABASES if settings.embedded else ALL_DATABASES[1:]:
+        for db in settings.databases:
             if db not in existing:
                 log.info("creating database %s", db)
                 conn.execute(f'create database "{db}"')
+
+
+def ensure_namespace(settings: Settings) -> None:
+    """Create and migrate the databases of the settings' namespace (a running server's), idempotent:
+    what `up` does for the databases, for a command that picks its own namespace."""
+    ensure_databases(settings)
+    migrations.upgrade(settings)
 
 
 # --- mlflow server -----------------------------------------------------------------------
