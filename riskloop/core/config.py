@@ -166,6 +166,20 @@ class Settings(BaseSettings):
         'fingerprint is the 12 hex after "reviewer:" or "analyst:" in the audit rows. '
         "With the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
 
+    # --- retention (riskloop.governance.retention): how long each data class is kept ---------------
+    retention_raw_payloads_days: int | None = Field(
+        default=None, ge=1, description="Days the webhook inbox keeps a received body (raw.webhook_inbox); "
+        "older ones are deleted by `riskloop retention apply` and the riskloop_retention DAG. Unset: kept.")
+    retention_decisions_days: int | None = Field(
+        default=None, ge=1, description="Days a decision is kept (serving.decision_log with its overrides, step-up "
+        "outcomes and dead letters), unless a kept case holds it. Unset: kept.")
+    retention_cases_days: int | None = Field(
+        default=None, ge=1, description="Days a closed case is kept after it closed (cases.cases and its events). "
+        "Unset: kept.")
+    retention_model_artifacts_days: int | None = Field(
+        default=None, ge=1, description="Days a model version without an alias is kept in the registry after it was "
+        "registered, unless a kept decision was made by it (a replay needs its artifact). Unset: kept.")
+
     # --- cases (riskloop.decisions.cases): the analysts' queue ------------------------------------
     analyst: str | None = Field(
         default=None, description="Who runs `riskloop cases claim|release|note|close` (recorded in cases.case_events); "
