@@ -123,20 +123,24 @@ def scratch(base: Settings, n: int, days: int) -> Settings:
     return settings
 
 
-def _backend_cpu(settings: Settings) -> float:
-    """CPU seconds of every Postgres process of the server (the backends that served the backtest)."""
+def _server_cpu(settings: Settings) -> float | None:
+    """CPU seconds of the local Postgres server so far: the postmaster, its live children and the
+    backends it reaped (a finished connection's CPU lands in the postmaster's children times)."""
     import psutil
 
-    total = 0.0
     for p in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if p.info["name"] == "postgres" and any(str(settings.pg.port) in a or DATABASE in a
-                                                    for a in (p.info["cmdline"] or [])):
-                t = p.cpu_times()
-                total += t.user + t.system
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
+        cmd = p.info["cmdline"] or []
+        if p.info["name"] == "postgres" and "-D" in cmd and str(settings.pg.port) in cmd:
+            t = p.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            for c in p.children():
+                try:
+                    ct = c.cpu_times()
+                    total += ct.user + ct.system
+                except psutil.NoSuchProcess:
+                    continue
+            return total
+    return None  # not a local server: its CPU is not measured
 
 
 def main() -> None:
@@ -152,13 +156,16 @@ def main() -> None:
         policy = candidate()
         load0 = os.getloadavg()[0]
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        server0 = _server_cpu(settings)
         t0 = time.perf_counter()
         report = backtest(settings, policy, START, START + timedelta(days=args.days + 1))
         wall = time.perf_counter() - t0
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        server1 = _server_cpu(settings)
         print(json.dumps({  # noqa: T201 - a benchmark's report
             "decisions": report.n_decisions, "changed": report.n_changed, "wall_s": round(wall, 1),
             "goal_s": 60, "client_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1),
+            "server_cpu_s": None if server0 is None or server1 is None else round(server1 - server0, 1),
             "loadavg_1m_before": round(load0, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
             "rates": report.rates, "matured": report.labels.matured, "cores": os.cpu_count()}))
     finally:

@@ -230,18 +230,18 @@ def random_log(stack_env: dict[str, str]) -> tuple[Settings, datetime, list[dict
 def assert_agrees(settings: Settings, start: datetime, stored: list[dict[str, Any]], policy: Policy) -> None:
     import pandas as pd
 
-    from riskloop.decisions.backtest import evaluate, read_chunks
+    from riskloop.decisions.backtest import evaluate, evaluate_rows, read_chunks
 
-    frame = pd.concat(list(read_chunks(settings, policy, start, start + timedelta(days=1), labelled=False)),
-                      ignore_index=True)
-    ev = evaluate(policy, frame)
+    frame = pd.concat(list(read_chunks(settings, policy, start, start + timedelta(days=1), labelled=False,
+                                       documents=True)), ignore_index=True)
     rows = {r["decision_id"]: r for r in stored if r["product"] == policy.policy}
     assert len(frame) == len(rows) > 50
-    for i, did in enumerate(frame["decision_id"]):
-        r = rows[did]
-        want = policy.decide(r["score"], r["request"], r["features"], r["signals"], r["feature_timestamps"])
-        got = (policy.outcomes[ev.decision[i]], ev.rules_at(i))
-        assert got == want, (r, policy)
+    for ev in (evaluate(policy, frame), evaluate_rows(policy, frame)):  # the columns, and the fallback
+        for i, did in enumerate(frame["decision_id"]):
+            r = rows[did]
+            want = policy.decide(r["score"], r["request"], r["features"], r["signals"], r["feature_timestamps"])
+            got = (policy.outcomes[ev.decision[i]], ev.rules_at(i))
+            assert got == want, (r, policy)
 
 
 def test_the_shipped_policies_evaluate_as_decide(random_log) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -65,9 +65,23 @@ class Inputs:
     features: tuple[str, ...]
     signals: dict[str, str]
     stamps: tuple[str, ...]
+    documents: bool = False  # the whole JSON columns too, for the row-by-row evaluation
+
+
+# The rule kinds :func:`rule_mask` evaluates as columns. A policy with any other rule (or a rule that
+# does not simply decide, such as one in shadow) is evaluated row by row with Policy.decide itself:
+# slower, never wrong.
+COLUMN_KINDS = frozenset({"amount_above", "country_in", "card_in", "terminal_in", "feature_above", "feature_equals",
+                          "new_device_amount_above", "impossible_travel"})
+
+
+def vectorisable(policy: Policy) -> bool:
+    return all(r.kind in COLUMN_KINDS and getattr(r, "mode", "live") == "live" for r in policy.rules)
 
 
 def inputs_of(policy: Policy) -> Inputs:
+    if not vectorisable(policy):
+        return Inputs(dict(_BASE_REQUEST), (), {}, (), documents=True)
     request = dict(_BASE_REQUEST)
     features: dict[str, None] = {}
     signals: dict[str, str] = {}
@@ -90,8 +104,6 @@ def inputs_of(policy: Policy) -> Inputs:
                 signals["elapsed_h"] = "num"
             case "amount_above":
                 pass
-            case _:  # pragma: no cover - RuleKind is closed; a new kind needs its column form here
-                raise BacktestError(f"rule {rule.id}: kind {rule.kind} has no column form in the backtest")
         if rule.max_age_s is not None:
             request["timestamp"] = "ts"
             stamps[realtime_view(rule.feature or "") or ""] = None
@@ -140,6 +152,9 @@ def _query(policy: Policy, inputs: Inputs, start: datetime, end: datetime, as_of
         selects += cols
         if join:
             joins.append(join)
+    if inputs.documents:
+        selects += [f"d.{c}::text as {_ident('json.' + c)}" for c in ("request", "features", "signals",
+                                                                      "feature_timestamps")]
     if labelled:
         assert as_of is not None
         asof = f"{_lit(as_of.isoformat())}::timestamptz"
@@ -222,8 +237,8 @@ def rule_mask(rule: Rule, frame: pd.DataFrame, degraded: np.ndarray) -> np.ndarr
             case "impossible_travel":
                 distance, hours = _num(frame, "s.distance_km"), _num(frame, "s.elapsed_h")
                 mask &= (distance >= rule.min_distance_km) & (distance > rule.max_speed_kmh * hours)
-            case _:  # pragma: no cover - see inputs_of
-                raise BacktestError(f"rule {rule.id}: kind {rule.kind} has no column form in the backtest")
+            case _:
+                raise BacktestError(f"rule {rule.id}: kind {rule.kind} has no column form (see vectorisable)")
     return mask
 
 
@@ -241,7 +256,10 @@ class Evaluation:
 
 def evaluate(policy: Policy, frame: pd.DataFrame) -> Evaluation:
     """:meth:`Policy.decide` over every row of ``frame`` at once (columns as :func:`read_chunks`
-    yields them): thresholds on the score (null = degraded), every rule as a mask, the most severe wins."""
+    yields them): thresholds on the score (null = degraded), every rule as a mask, the most severe
+    wins. A policy that is not :func:`vectorisable` goes row by row (:func:`evaluate_rows`)."""
+    if not vectorisable(policy):
+        return evaluate_rows(policy, frame)
     outcomes = policy.outcomes
     rank = {d: i for i, d in enumerate(outcomes)}
     score = _num(frame, "score")
@@ -258,6 +276,33 @@ def evaluate(policy: Policy, frame: pd.DataFrame) -> Evaluation:
         fired[rule.id] = mask
         decision = np.where(mask, np.maximum(decision, rank[rule.action]), decision).astype(np.int8)
     return Evaluation(decision.astype(np.int8), fired)
+
+
+def evaluate_rows(policy: Policy, frame: pd.DataFrame) -> Evaluation:
+    """:meth:`Policy.decide` on each row's logged JSON (``read_chunks(..., documents=True)``)."""
+    import orjson
+
+    missing = [c for c in ("json.request", "json.features", "json.signals", "json.feature_timestamps")
+               if c not in frame.columns]
+    if missing:
+        raise BacktestError(f"row-by-row evaluation needs the logged JSON columns; the frame lacks {missing}")
+    rank = {d: i for i, d in enumerate(policy.outcomes)}
+    score = _num(frame, "score")
+    decision = np.zeros(len(frame), dtype=np.int8)
+    fired = {r.id: np.zeros(len(frame), dtype=bool) for r in policy.rules}
+
+    def doc(text: str | None) -> dict[str, Any]:
+        return orjson.loads(text) if text else {}
+
+    columns = zip(frame["json.request"], frame["json.features"], frame["json.signals"],
+                  frame["json.feature_timestamps"], strict=True)
+    for i, (req, feats, sigs, stamps) in enumerate(columns):
+        d, rules = policy.decide(None if np.isnan(score[i]) else float(score[i]), doc(req), doc(feats), doc(sigs),
+                                 doc(stamps))
+        decision[i] = rank[d]
+        for rid in rules:
+            fired[rid][i] = True
+    return Evaluation(decision, fired)
 
 
 # --- reading the log ---------------------------------------------------------------------------
@@ -280,15 +325,14 @@ def _facts(settings: Settings) -> tuple[bool, datetime | None]:
 
 def read_chunks(settings: Settings, policy: Policy, start: datetime, end: datetime, *,
                 as_of: datetime | None = None, labelled: bool = True,
-                extra: Policy | None = None) -> Iterator[pd.DataFrame]:
-    """The period's decisions of the policy's product, as frames of the columns the policy (and
-    ``extra``, if given) reads, streamed in record batches. ``label_fraud``: True fraud, False
-    good, None unlabelled (see the module's docstring)."""
+                documents: bool = False) -> Iterator[pd.DataFrame]:
+    """The period's decisions of the policy's product, as frames of the columns the policy reads
+    (with ``documents``, or for a policy evaluated row by row, the logged JSON columns too),
+    streamed in record batches. ``label_fraud``: True fraud, False good, None unlabelled (see the
+    module's docstring)."""
     ins = inputs_of(policy)
-    if extra is not None:
-        other = inputs_of(extra)
-        ins = Inputs({**other.request, **ins.request}, tuple(dict.fromkeys(ins.features + other.features)),
-                     {**other.signals, **ins.signals}, tuple(dict.fromkeys(ins.stamps + other.stamps)))
+    if documents:
+        ins = replace(ins, documents=True)
     sql = _query(policy, ins, start, end, as_of, labelled and as_of is not None, settings.label_delay_days)
     with _adbc(settings) as conn, conn.cursor() as cur:
         cur.execute("set timezone = 'UTC'")
