@@ -152,3 +152,34 @@ def test_riskloop_up_runs_the_watcher_and_down_stops_it(stack_env: dict[str, str
     finally:
         stack.down(settings)
     assert stack.status(settings)["watch"] == "down"
+
+
+def test_a_cached_baseline_gives_the_same_checks_until_it_is_read_again(stack_env: dict[str, str]) -> None:
+    from riskloop.monitoring.tripwires import BaselineCache, evaluate
+
+    settings = isolated_settings("riskloop_t_watch_baseline").model_copy(update={
+        "alert_min_samples": 50, "tripwire_window_minutes": 10, "tripwire_baseline_hours": 2})
+    end = datetime(2002, 5, 1, 12, tzinfo=UTC)
+    rng = random.Random(5)
+    write(settings, [decided(HEALTHY, rng, end - timedelta(minutes=11, seconds=30 * i)) for i in range(200)])
+    write(settings, [decided(SHIFTED, rng, end - timedelta(seconds=5 * i + 1)) for i in range(100)])
+
+    def figures(checks) -> list[tuple]:
+        return [(c.kind, c.key, c.breached, c.summary, c.details) for c in checks]
+
+    cache = BaselineCache(timedelta(minutes=2))
+    cached = evaluate(settings, now=end, baseline=cache)
+    assert figures(cached) == figures(evaluate(settings, now=end))
+    assert ("approval_rate_drop", "fraud") in {(c.kind, c.key) for c in cached if c.breached}
+
+    def baseline_rate(checks) -> float:
+        return next(c.details["baseline_rate"] for c in checks if c.kind == "approval_rate_drop")
+
+    # more decisions in the baseline window: a round within the cache's age does not read them...
+    write(settings, [decided(SHIFTED, rng, end - timedelta(minutes=20, seconds=i)) for i in range(400)])
+    assert baseline_rate(evaluate(settings, now=end + timedelta(minutes=1), baseline=cache)) == baseline_rate(cached)
+    # ...the first round after it does
+    fresh = evaluate(settings, now=end + timedelta(minutes=2), baseline=cache)
+    assert baseline_rate(fresh) < baseline_rate(cached) - 0.1
+    assert cache.read_at == end + timedelta(minutes=2)
+    assert figures(fresh) == figures(evaluate(settings, now=end + timedelta(minutes=2)))

@@ -261,6 +261,9 @@ class Settings(BaseSettings):
     watch_window_minutes: int = Field(
         default=10, gt=0, description="Recent window of the watcher's tripwires (the daily run uses "
         "RISKLOOP_TRIPWIRE_WINDOW_MINUTES): short, so a shift shows within minutes.")
+    watch_baseline_refresh_minutes: int = Field(
+        default=15, gt=0, description="The watcher reads the baseline window (RISKLOOP_TRIPWIRE_BASELINE_HOURS) "
+        "again after this long; in between, each round reads only its recent window.")
     # Settlement reconciliation (riskloop.monitoring.reconciliation): breaks in the processors' settlement files.
     settlement_break_rate: float = Field(
         default=0.01, ge=0, lt=1, description="Page when more than this share of a processor's recent settlement "

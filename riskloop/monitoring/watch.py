@@ -43,10 +43,12 @@ def watch_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"tripwire_window_minutes": settings.watch_window_minutes})
 
 
-def watch_once(settings: Settings, now: datetime | None = None) -> list[Alert]:
+def watch_once(settings: Settings, now: datetime | None = None,
+               baseline: tripwires.BaselineCache | None = None) -> list[Alert]:
     """One round: the tripwires of the window ending ``now`` through the incident state machine."""
     ws = watch_settings(settings)
-    checks = [replace(c, details={**c.details, "evaluated_by": EVALUATED_BY}) for c in tripwires.evaluate(ws, now=now)]
+    checks = [replace(c, details={**c.details, "evaluated_by": EVALUATED_BY})
+              for c in tripwires.evaluate(ws, now=now, baseline=baseline)]
     return process(ws, checks)
 
 
@@ -58,9 +60,10 @@ def run(settings: Settings, stop: threading.Event, rounds: int | None = None) ->
              settings.watch_window_minutes, settings.tripwire_baseline_hours)
     done = 0
     next_at = time.monotonic()
+    baseline = tripwires.BaselineCache(timedelta(minutes=settings.watch_baseline_refresh_minutes))
     while not stop.is_set() and (rounds is None or done < rounds):
         try:
-            sent = watch_once(settings)
+            sent = watch_once(settings, baseline=baseline)
             for a in sent:
                 log.warning("tripwire watcher: %s", a.title)
         except Exception:  # noqa: BLE001 - the watcher outlives a failed round
