@@ -24,6 +24,7 @@ def backtest(
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Labels as known at this time (default: the newest "
                                         "payment in marts.fct_transactions)."),
     examples: int = typer.Option(20, min=0, max=1000, help="Changed decisions to show."),
+    workers: int = typer.Option(2, min=1, max=16, help="Queries reading consecutive parts of the period at once."),
     as_json: bool = typer.Option(False, "--json", help="The report as JSON on stdout."),
 ) -> None:
     """Replay the decision log of [--from, --to) under the candidate policy (the logged score, request,
@@ -38,7 +39,7 @@ def backtest(
         policy = policy_by_id(version)
         start, end = parse_time(from_), parse_time(to)
         report = run(get_settings(), policy, start, end, as_of=parse_time(as_of) if as_of else None,
-                     examples=examples)
+                     examples=examples, workers=workers)
     except (PolicyError, BacktestError, ValueError) as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from exc

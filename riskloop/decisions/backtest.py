@@ -24,6 +24,8 @@ unlabelled. Each logged decision counts once (a retried request is two decisions
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -342,6 +344,55 @@ def read_chunks(settings: Settings, policy: Policy, start: datetime, end: dateti
                 yield batch.to_pandas()
 
 
+def read_parallel(settings: Settings, policy: Policy, start: datetime, end: datetime, workers: int,
+                  **kwargs: Any) -> Iterator[tuple[int, pd.DataFrame]]:
+    """:func:`read_chunks` of ``workers`` equal consecutive parts of ``[start, end)`` at once, each
+    in its own thread and connection (Postgres unpacks the JSON in one backend per part; the
+    driver reads and converts without the GIL), as ``(part, frame)`` in arrival order."""
+    if workers <= 1:
+        for frame in read_chunks(settings, policy, start, end, **kwargs):
+            yield 0, frame
+        return
+    step = (end - start) / workers
+    bounds = [(start + i * step, end if i == workers - 1 else start + (i + 1) * step) for i in range(workers)]
+    frames: queue.Queue[tuple[int, pd.DataFrame | BaseException | None]] = queue.Queue(maxsize=2 * workers)
+    stop = threading.Event()
+
+    def read(part: int, a: datetime, b: datetime) -> None:
+        try:
+            for frame in read_chunks(settings, policy, a, b, **kwargs):
+                if stop.is_set():
+                    return
+                frames.put((part, frame))
+            frames.put((part, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            frames.put((part, exc))
+
+    threads = [threading.Thread(target=read, args=(i, a, b), daemon=True, name=f"backtest-read-{i}")
+               for i, (a, b) in enumerate(bounds)]
+    for t in threads:
+        t.start()
+    try:
+        running = workers
+        while running:
+            part, item = frames.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield part, item
+    finally:
+        stop.set()
+        while any(t.is_alive() for t in threads):  # let a blocked producer finish its put
+            try:
+                frames.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        for t in threads:
+            t.join()
+
+
 # --- the report --------------------------------------------------------------------------------
 
 class Money(BaseModel):
@@ -464,8 +515,9 @@ def _money(mask: np.ndarray, amount: np.ndarray, currency: np.ndarray) -> tuple[
 
 
 def backtest(settings: Settings, policy: Policy, start: datetime, end: datetime, *,
-             as_of: datetime | None = None, examples: int = 20) -> BacktestReport:
-    """Replay ``[start, end)`` of the decision log under ``policy`` (see the module's docstring)."""
+             as_of: datetime | None = None, examples: int = 20, workers: int = 2) -> BacktestReport:
+    """Replay ``[start, end)`` of the decision log under ``policy`` (see the module's docstring),
+    read by ``workers`` queries over consecutive parts of the period at once (:func:`read_parallel`)."""
     t0 = time.perf_counter()
     start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start, end))
     if end <= start:
@@ -482,9 +534,9 @@ def backtest(settings: Settings, policy: Policy, start: datetime, end: datetime,
     queue: dict[date, np.ndarray] = {}
     hits = {r.id: 0 for r in policy.rules}
     missing = dict.fromkeys(inputs_of(policy).features, 0)
-    picked: dict[tuple[int, int], list[Example]] = {}
+    picked: list[dict[tuple[int, int], list[Example]]] = [{} for _ in range(max(1, workers))]
     n_unknown = 0
-    for frame in read_chunks(settings, policy, start, end, as_of=as_of, labelled=have_fact):
+    for part, frame in read_parallel(settings, policy, start, end, workers, as_of=as_of, labelled=have_fact):
         before = frame["decision"].map(rank).to_numpy(dtype=np.float64, na_value=np.nan)
         known = ~np.isnan(before)
         n_unknown += int((~known).sum())
@@ -503,8 +555,13 @@ def backtest(settings: Settings, policy: Policy, start: datetime, end: datetime,
         for day, (b, a) in zip(per_day.index, per_day.to_numpy(), strict=True):
             queue[day] = queue.get(day, np.zeros(2, dtype=np.int64)) + (b, a)
         _labels(labels, frame, before, after, approving)
-        _examples(picked, frame, before, after, ev, outcomes, examples)
-    chosen = _round_robin(picked, examples)
+        _examples(picked[part], frame, before, after, ev, outcomes, examples)
+    # per kind of change, the first examples of the earliest part: the same ones however the parts interleave
+    merged: dict[tuple[int, int], list[Example]] = {}
+    for part_picked in picked:
+        for cell, found in part_picked.items():
+            merged.setdefault(cell, []).extend(found)
+    chosen = _round_robin({cell: found[:examples] for cell, found in merged.items()}, examples)
     if chosen:
         with db.connect(settings) as conn:
             logged = dict(conn.execute(f"select decision_id::text, rules from {decision_log.TABLE} "
