@@ -271,6 +271,19 @@ class Settings(BaseSettings):
     tripwire_degraded_rate: float = Field(
         default=0.05, gt=0, description="Trip when this share of recent decisions was degraded (no model score).")
     tripwire_latency_p99_ms: float = Field(default=250.0, gt=0, description="Trip above this p99 latency (ms).")
+    # The tripwire watcher (riskloop.monitoring.watch): the tripwires above every minute, not once a day.
+    watch_service: bool = Field(
+        default=True, description="`riskloop up` starts the tripwire watcher (`riskloop watch`) as a managed process; "
+        "`riskloop down` stops it. false: run it yourself (a deployment's own service) or not at all.")
+    watch_interval_s: float = Field(
+        default=60.0, gt=0, description="Seconds between the watcher's rounds; with RISKLOOP_ALERT_RAISE_AFTER=2 a "
+        "sustained breach pages within two rounds.")
+    watch_window_minutes: int = Field(
+        default=10, gt=0, description="Recent window of the watcher's tripwires (the daily run uses "
+        "RISKLOOP_TRIPWIRE_WINDOW_MINUTES): short, so a shift shows within minutes.")
+    watch_baseline_refresh_minutes: int = Field(
+        default=15, gt=0, description="The watcher reads the baseline window (RISKLOOP_TRIPWIRE_BASELINE_HOURS) "
+        "again after this long; in between, each round reads only its recent window.")
     # Settlement reconciliation (riskloop.monitoring.reconciliation): breaks in the processors' settlement files.
     settlement_break_rate: float = Field(
         default=0.01, ge=0, lt=1, description="Page when more than this share of a processor's recent settlement "
