@@ -7,14 +7,14 @@ check (for new rows): an approval names a known author other than the reviewer, 
 case-insensitively; ``run_author`` now holds that principal.
 
 Revision ID: 0007_principals
-Revises: 0004
+Revises: 000C_retention
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
 revision = "0007_principals"
-down_revision = "0004"
+down_revision = "000C_retention"  # chained after main's retention migration (the lead renumbers)
 branch_labels = None
 depends_on = None
 
