@@ -55,8 +55,10 @@ def riskloop_promote():
         from riskloop.core.config import get_settings
         from riskloop.governance.promotion import evaluate_promotion
         from riskloop.monitoring.drift import UnknownDriftCheck, recorded_drift
+        from riskloop.ops.dag_identity import dag_principal
 
         settings = get_settings()
+        principal, person = dag_principal(settings, context, "promote_model")
         params = context["params"]
         report_id = params["report_id"]
         if not report_id:
@@ -68,8 +70,12 @@ def riskloop_promote():
             drift = recorded_drift(settings, params["model_name"], report_id or None)
         except UnknownDriftCheck as exc:
             raise AirflowFailException(str(exc)) from exc
+        # decided_by: the service principal, and the person behind a manually triggered run
+        actor = principal.actor if principal else None
+        if actor and person:
+            actor = f"{actor} (triggered by {person})"
         decision = evaluate_promotion(settings, model_name=params["model_name"], drift=drift,
-                                      margin=params["margin"])
+                                      margin=params["margin"], actor=actor)
         return decision.to_dict()
 
     promote()

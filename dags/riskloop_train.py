@@ -8,7 +8,9 @@ days, test days, label delay). Each run
 registers a new version with the `challenger` alias (the first version ever also becomes
 `champion`); promotion is the monitor DAG's job, never this one's. The ``search_trials`` param runs a
 bounded hyperparameter search (nested MLflow runs, validation rows only) before the final fit;
-with ``RISKLOOP_DASK_SCHEDULER`` set on the workers, the fits run on that Dask cluster.
+with ``RISKLOOP_DASK_SCHEDULER`` set on the workers, the fits run on that Dask cluster. Each version's
+author is the workers' service principal (``RISKLOOP_API_KEY``), with the user who triggered the run
+(:mod:`riskloop.ops.dag_identity`); neither may approve it.
 """
 
 from __future__ import annotations
@@ -59,11 +61,15 @@ def riskloop_train():
 
             raise AirflowSkipException("fraud not in params.models")
         from riskloop.core.config import get_settings
+        from riskloop.ops.dag_identity import dag_principal
         from training.train import train_fraud as run
 
+        settings = get_settings()
+        principal, person = dag_principal(settings, context, "train_model")
         window = {k: v for k, v in (context["params"]["fraud_window"] or {}).items() if v is not None}
-        result = run(get_settings(), params=context["params"]["fraud_params"] or None,
-                     search_trials=int(context["params"]["search_trials"]), **window)
+        result = run(settings, params=context["params"]["fraud_params"] or None,
+                     search_trials=int(context["params"]["search_trials"]), principal=principal,
+                     triggered_by=person, **window)
         return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
                 "run_url": result.run_url, "search": result.search}
 
@@ -74,10 +80,13 @@ def riskloop_train():
 
             raise AirflowSkipException("credit not in params.models")
         from riskloop.core.config import get_settings
+        from riskloop.ops.dag_identity import dag_principal
         from training.train import train_credit as run
 
-        result = run(get_settings(), params=context["params"]["credit_params"] or None,
-                     search_trials=int(context["params"]["search_trials"]))
+        settings = get_settings()
+        principal, person = dag_principal(settings, context, "train_model")
+        result = run(settings, params=context["params"]["credit_params"] or None,
+                     search_trials=int(context["params"]["search_trials"]), principal=principal, triggered_by=person)
         return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
                 "run_url": result.run_url, "search": result.search}
 

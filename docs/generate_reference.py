@@ -261,9 +261,11 @@ def api_reference() -> str:
                      for m in r.methods})
     out = [HEADER, "# Scoring API reference", "",
            "`riskloop serve` (or `python -m serving`) serves these endpoints; the live OpenAPI page is `/docs`. "
-           "Keys and roles come from `RISKLOOP_API_KEYS` (`key:role,key:role`; roles `scorer`, `reviewer`, "
-           "`admin`), sent as `Authorization: Bearer <key>`: no key or an unknown key is a 401, a key whose "
-           "role may not call the endpoint a 403. Without any configured key every keyed endpoint answers 401. "
+           "Principals and roles come from `RISKLOOP_API_KEYS` / `RISKLOOP_API_KEYS_FILE` (`name:role:key`; roles "
+           "`scorer`, `reviewer`, `analyst`, `admin`, `policy`) or an OIDC issuer (`RISKLOOP_OIDC_*`), sent as "
+           "`Authorization: Bearer <key or JWT>`: no key or an unknown key is a 401, a key whose role may not call "
+           "the endpoint a 403, and so is a governance action (approve, reject, promote) with a legacy unnamed "
+           "`key:role` key. Without any configured principal every keyed endpoint answers 401. "
            "Webhooks are authenticated by their signature instead (`RISKLOOP_WEBHOOK_SECRETS_STRIPE`, "
            "`RISKLOOP_WEBHOOK_SECRETS_STANDARD`). Validation errors are 422 with the field errors (never the "
            "input echoed back).", "",

@@ -547,7 +547,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     (tests use it to point the store somewhere broken); everything else comes from settings."""
     settings = settings or get_settings()
     cfg = serving_settings or ServingSettings()
-    keys = KeyRing.parse(cfg.api_keys, extra_admin=cfg.admin_token)  # malformed keys: fail at start
+    keys = KeyRing.from_settings(settings, api_keys=cfg.api_keys, extra_admin=cfg.admin_token)  # malformed: fail at start
     register_settings(settings, cfg)  # logs and the errors returned never show these (riskloop.core.redact)
     fraud_policy = load_policy(cfg.fraud_policy)  # an invalid policy fails the deploy, not a payment
     credit_policy = load_policy(cfg.credit_policy)

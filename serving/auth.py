@@ -1,115 +1,40 @@
-"""API keys with roles: ``RISKLOOP_API_KEYS=key:role,key:role`` and ``Authorization: Bearer <key>``.
+"""The scoring service's side of :mod:`riskloop.core.identity`: ``Authorization: Bearer <key or JWT>``
+resolved to a :class:`Principal` by a FastAPI dependency.
 
-Why this shape:
-
-* **Fail closed.** With no key configured every protected endpoint answers 401 — a scoring
+* **Fail closed.** With no principal configured every protected endpoint answers 401 — a scoring
   service that silently runs open because an environment variable was forgotten is worse than
   one that refuses. The local demo generates a throw-away key per run and passes it to the
   server it starts (``riskloop.ops.demo``). ``/healthz``, ``/readyz`` and ``/metrics`` stay open for
   probes and scrapers.
-* **Constant time.** The presented key is hashed and compared (``hmac.compare_digest``) with
-  *every* configured key's hash, without an early exit, so neither the position of a match nor
-  the length of a key leaks through timing.
-* **No key in logs or tables.** A caller is identified by ``role:<first 12 hex of sha256(key)>``
-  (``Principal.actor``), which is what overrides record as their author.
+* **Governance needs a name.** A governance action (approve, reject, promote, canary, policy change)
+  from an unnamed legacy ``key:role`` key is a 403 saying so.
 
 Roles (see :data:`PERMISSIONS`): ``scorer`` scores (and reports step-up outcomes, as the channel
 that asked for the challenge); ``reviewer`` reads decisions and overrides them; ``analyst`` works
 the case queue and reads decisions; ``admin`` operates the service (reload, read decisions and
 cases, score for smoke tests) but cannot override or work a case — four eyes: whoever runs the
-service is not whoever changes a customer's outcome or gives the verdict that becomes a label.
+service is not whoever changes a customer's outcome or gives the verdict that becomes a label;
+``policy`` drafts decision-policy changes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
+from riskloop.core.identity import (  # noqa: F401  (re-exported: serving's names for them)
+    PERMISSIONS,
+    ROLES,
+    ApiKeyError,
+    Forbidden,
+    KeyRing,
+    Principal,
+    authorize,
+)
+
 log = logging.getLogger(__name__)
-
-ROLES = frozenset({"scorer", "reviewer", "analyst", "admin"})
-
-# action -> roles allowed to perform it
-PERMISSIONS: dict[str, frozenset[str]] = {
-    "score": frozenset({"scorer", "admin"}),
-    "read_decision": frozenset({"reviewer", "analyst", "admin"}),
-    "record_outcome": frozenset({"scorer", "admin"}),  # the channel reports a step-up challenge's outcome
-    "read_cases": frozenset({"analyst", "admin"}),
-    "work_cases": frozenset({"analyst"}),  # claim, release, note, close
-    "override": frozenset({"reviewer"}),
-    "admin": frozenset({"admin"}),
-    "read_model": frozenset({"scorer", "reviewer", "admin"}),
-    "read_review": frozenset({"reviewer", "admin"}),
-    "review_model": frozenset({"reviewer"}),  # approve / reject a challenger (serving.review)
-    # run the promotion gate (it moves @champion only if every gate, approval included, passes)
-    "promote_model": frozenset({"reviewer", "admin"}),
-}
-
-
-class ApiKeyError(ValueError):
-    """``RISKLOOP_API_KEYS`` is malformed (refuse to start rather than guess)."""
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who called: their role and a non-secret fingerprint of their key."""
-
-    role: str
-    key_id: str
-
-    @property
-    def actor(self) -> str:
-        return f"{self.role}:{self.key_id}"
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
-
-
-class KeyRing:
-    """The configured keys, hashed; :meth:`authenticate` is constant-time over all of them."""
-
-    def __init__(self, entries: list[tuple[str, str]]) -> None:
-        self._entries = [(_digest(k), Principal(role=r, key_id=hashlib.sha256(k.encode()).hexdigest()[:12]))
-                         for k, r in entries]
-
-    @classmethod
-    def parse(cls, raw: str | None, extra_admin: str | None = None) -> "KeyRing":
-        """``key:role,key:role`` (whitespace ignored). The role is after the *last* colon so keys
-        may contain colons. ``extra_admin`` is the legacy ``RISKLOOP_SERVING_ADMIN_TOKEN``."""
-        entries: list[tuple[str, str]] = []
-        for item in (raw or "").split(","):
-            item = item.strip()
-            if not item:
-                continue
-            key, sep, role = item.rpartition(":")
-            key, role = key.strip(), role.strip().lower()
-            if not sep or not key:
-                raise ApiKeyError("RISKLOOP_API_KEYS entries must be key:role")
-            if role not in ROLES:
-                raise ApiKeyError(f"RISKLOOP_API_KEYS: unknown role {role!r} (roles: {sorted(ROLES)})")
-            if len(key) < 16:
-                log.warning("an API key with role %s is shorter than 16 characters", role)
-            entries.append((key, role))
-        if extra_admin:
-            entries.append((extra_admin, "admin"))
-        return cls(entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def authenticate(self, key: str) -> Principal | None:
-        presented = _digest(key)
-        found: Principal | None = None
-        for digest, principal in self._entries:  # no early exit: same work whichever key matches
-            if hmac.compare_digest(presented, digest) and found is None:
-                found = principal
-        return found
 
 
 def permits(keys: KeyRing, authorization: str | None, action: str) -> bool:
@@ -118,7 +43,13 @@ def permits(keys: KeyRing, authorization: str | None, action: str) -> bool:
     whose dependency answers it)."""
     token = bearer_token(authorization)
     principal = keys.authenticate(token) if token is not None else None
-    return principal is not None and principal.role in PERMISSIONS[action]
+    if principal is None:
+        return False
+    try:
+        authorize(principal, action)
+    except Forbidden:
+        return False
+    return True
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -145,13 +76,16 @@ def identify(keys: KeyRing, authorization: str | None) -> Principal:
 
 
 def require(action: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A FastAPI dependency: 401 without a valid key, 403 if its role may not do ``action``."""
-    allowed = PERMISSIONS[action]
+    """A FastAPI dependency: 401 without a valid key, 403 if its principal may not do ``action``."""
+    allowed = PERMISSIONS[action]  # an unknown action fails at import, not at the first request
 
     async def dependency(request: Request) -> Principal:  # async: no thread-pool hop per request
         principal = identify(request.app.state.keys, request.headers.get("authorization"))
         if principal.role not in allowed:
             raise HTTPException(status_code=403, detail=f"role {principal.role!r} may not {action.replace('_', ' ')}")
-        return principal
+        try:
+            return authorize(principal, action)  # a governance action also needs a named principal
+        except Forbidden as exc:
+            raise HTTPException(status_code=403, detail=str(exc)) from exc
 
     return dependency

@@ -2,8 +2,8 @@
 
 Every action is :mod:`riskloop.decisions.cases` (the same functions as ``riskloop cases``): an
 append-only event per change, the case row derived from them, a claim that only one of two
-concurrent analysts wins. The analyst recorded is the name configured for the key's fingerprint
-(``RISKLOOP_REVIEW_IDENTITIES``), else the fingerprint itself (``analyst:<12 hex>``). Handlers are
+concurrent analysts wins. The analyst recorded is the key's principal (``name:role:key``; a legacy
+unnamed key records ``analyst:<12 hex>``). Handlers are
 plain ``def`` (each opens its own connection), so FastAPI runs them off the scoring event loop.
 """
 
@@ -23,7 +23,6 @@ from riskloop.core.storable import StorableModel
 from riskloop.decisions import case_stats, cases
 from serving.auth import Principal, require
 from serving.decisions_api import _connect
-from serving.review import reviewer_name
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def get_case(case_id: UUID, request: Request) -> dict[str, Any]:
 def _act(request: Request, principal: Principal, what: str, case_id: UUID,
          action: Callable[[psycopg.Connection, str], dict[str, Any]]) -> dict[str, Any]:
     """Run one analyst action as the calling analyst; a refused one answers its 4xx."""
-    actor = reviewer_name(request.app.state.settings, principal)
+    actor = principal.actor
     try:
         with _connect(request) as conn:
             row = action(conn, actor)

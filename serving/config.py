@@ -107,7 +107,8 @@ class ServingSettings(BaseSettings):
         "unwritten decisions to <home>/run/decision_log_spill.jsonl.")
     api_keys: str | None = Field(
         default=None, validation_alias=AliasChoices("RISKLOOP_API_KEYS", "api_keys"),
-        description="API keys with roles, 'key:role,key:role' (roles scorer, reviewer, analyst, admin), sent as "
-        "'Authorization: Bearer <key>'. Unset: every /v1 endpoint answers 401 (fail closed).")
+        description="Principals and their keys, 'name:role:key,...' (see riskloop's RISKLOOP_API_KEYS; with "
+        "RISKLOOP_API_KEYS_FILE and RISKLOOP_OIDC_ISSUER they add up), sent as 'Authorization: Bearer <key>'. "
+        "None configured: every /v1 endpoint answers 401 (fail closed).")
     admin_token: str | None = Field(
         default=None, description="Legacy: one more key with role admin (prefer RISKLOOP_API_KEYS).")

@@ -6,8 +6,8 @@ page calls ``/review/api/*`` with it as a bearer token, like any other client of
 Everything a reviewer sees and records goes through :mod:`riskloop.governance.review`, the functions behind
 ``riskloop review``: the same audit rows, the same no-self-approval rule, the same content hash.
 
-The reviewer recorded is the name configured for the key's fingerprint
-(``RISKLOOP_REVIEW_IDENTITIES``), else the fingerprint itself (``reviewer:<12 hex>``).
+The reviewer recorded is the key's principal (``name:role:key``, :mod:`riskloop.core.identity`); an
+unnamed legacy key may read the page but not approve, reject or promote.
 The handlers are plain ``def``: they call MLflow and download artifacts, so FastAPI runs them in
 its thread pool, away from the scoring event loop.
 """
@@ -37,10 +37,6 @@ class Verdict(StorableModel):
 
 def _settings(request: Request):
     return request.app.state.settings
-
-
-def reviewer_name(settings, principal: Principal) -> str:
-    return settings.review_identities.get(principal.key_id, principal.actor)
 
 
 @router.get("", response_class=HTMLResponse, include_in_schema=False)
@@ -77,14 +73,15 @@ def card(request: Request, name: str, version: str) -> dict[str, Any]:
 @router.post("/api/models/{name}/versions/{version}/{verdict}")
 def decide(request: Request, name: str, version: str, verdict: Literal["approve", "reject"], body: Verdict,
            principal: Principal = Depends(require("review_model"))) -> dict[str, Any]:
-    """Record an approval or a rejection by the calling reviewer (403 for the run's own author)."""
-    from riskloop.governance.review import ReviewError, SelfApproval, UnknownModel, record
+    """Record an approval or a rejection by the calling reviewer (403 for the version's author, for whoever
+    triggered its training, and for a version whose author riskloop never recorded)."""
+    from riskloop.governance.review import ApprovalRefused, ReviewError, UnknownModel, record
 
     settings = _settings(request)
     try:
         approval = record(settings, name, version, "approved" if verdict == "approve" else "rejected",
-                          reviewer_name(settings, principal), body.reason)
-    except SelfApproval as exc:
+                          principal, body.reason)
+    except ApprovalRefused as exc:
         raise HTTPException(status_code=403, detail=str(exc)) from exc
     except UnknownModel as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
@@ -133,7 +130,7 @@ def promote(request: Request, name: str, body: PromoteRequest,
 
     settings = _settings(request)
     _require_model(settings, name)
-    actor = reviewer_name(settings, principal)
+    actor = principal.actor
     stdin = json.dumps({"settings": plain_values(settings), "model_name": name, "margin": body.margin,
                         "report_id": str(body.report_id) if body.report_id else None, "actor": actor},
                        default=str).encode()

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from principals import TRAINER, cli_env
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
@@ -69,9 +70,10 @@ def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
     # Only the fraud model's views: the realtime views' marts are not among the synthetic ones.
     features.feature_store(settings).materialize(marts.as_of - timedelta(days=60), marts.as_of.to_pydatetime(),
                                                  feature_views=["customer_spending", "terminal_risk"])
-    champion = train_fraud(settings, {"n_estimators": 40}).version
-    sound = train_fraud(settings, {"n_estimators": 44}).version  # the champion plus four trees
-    bad = train_fraud(settings, {"n_estimators": 5, "learning_rate": 0.01, "base_score": 0.9}).version
+    champion = train_fraud(settings, {"n_estimators": 40}, principal=TRAINER).version
+    sound = train_fraud(settings, {"n_estimators": 44}, principal=TRAINER).version  # the champion plus four trees
+    bad = train_fraud(settings, {"n_estimators": 5, "learning_rate": 0.01, "base_score": 0.9},
+                      principal=TRAINER).version
     yield Stack(settings, marts, champion, sound, bad)
 
 
@@ -100,7 +102,7 @@ def _cli(settings: Settings, *args: str) -> dict[str, Any]:
     from riskloop.cli import app
 
     env = {"RISKLOOP_DATABASE_URL": settings.database_url, "RISKLOOP_FRAUD_MODEL_NAME": settings.fraud_model_name,
-           "RISKLOOP_CANARY_PSI_BINS": str(settings.canary_psi_bins)}
+           "RISKLOOP_CANARY_PSI_BINS": str(settings.canary_psi_bins), **cli_env("alice")}
     out = CliRunner().invoke(app, ["canary", *args, "--model", settings.fraud_model_name], env=env)
     assert out.exit_code == 0, out.output
     return json.loads(out.stdout)
@@ -150,6 +152,7 @@ def test_canary_routes_the_share_and_the_gate_judges_it(stack: Stack) -> None:
     share = 0.3
     started = _cli(stack.settings, "start", "--share", str(share), "--min-minutes", "0", "--min-decisions", "100")
     assert started["mode"] == "canary" and started["challenger_version"] == stack.sound
+    assert started["changed_by"] == "alice"  # the principal of the CLI's key, not the OS user
     bodies = _requests(stack, 600, "canary")
     try:
         with TestClient(_app(stack), headers=AUTH) as c:
@@ -213,9 +216,9 @@ def _promote_with_canary(stack: Stack) -> None:
     from riskloop.governance import canary
     from riskloop.governance.promotion import evaluate_promotion
 
-    env = {"RISKLOOP_DATABASE_URL": stack.settings.database_url}
-    out = CliRunner().invoke(app, ["review", "approve", stack.name, stack.sound, "--reason", "canary and card read",
-                                   "--reviewer", "alice"], env=env)
+    env = {"RISKLOOP_DATABASE_URL": stack.settings.database_url, **cli_env("alice")}
+    out = CliRunner().invoke(app, ["review", "approve", stack.name, stack.sound, "--reason", "canary and card read"],
+                             env=env)
     assert out.exit_code == 0, out.output
     d = evaluate_promotion(stack.settings, stack.name, margin=1.0)  # metrics are test_promotion's concern
     assert d.decision == "promoted", d.reason

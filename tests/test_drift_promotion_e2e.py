@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from principals import TRAINER, cli_env
 from pydantic import SecretStr
 
 from riskloop.core.config import Settings
@@ -53,7 +54,7 @@ DRIFT_FROM = START + pd.Timedelta(days=DAYS - 7)  # = the test window's end: the
 REPLAY_FROM = DRIFT_FROM - pd.Timedelta(days=7)  # the undrifted week replayed first (the test window)
 KEY = "e2e-admin-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-REVIEWER = "alice-the-reviewer"
+REVIEWER = "alice"  # the CLI acts as her key (principals.cli_env)
 # requests/s, open loop: well below what one serving process answers on a busy 2-core machine (an open
 # loop above it queues without bound, and connections time out: a failure of the test's making)
 LOAD_RATE = 20.0
@@ -130,9 +131,9 @@ def world(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
     lap('materialize')
     # The champion: the same model trained before with another seed, as a retrain replaces its predecessor;
     # their scores are alike (PSI 0.017 on the test window), which is what lets a canary pass at all.
-    first = train_fraud(settings, {"n_estimators": 60, "max_depth": 4}, seed=7)
+    first = train_fraud(settings, {"n_estimators": 60, "max_depth": 4}, seed=7, principal=TRAINER)
     lap('train1')
-    second = train_fraud(settings, {"n_estimators": 60, "max_depth": 4})
+    second = train_fraud(settings, {"n_estimators": 60, "max_depth": 4}, principal=TRAINER)
     lap('train2')
     assert first.aliases == ("champion", "challenger") or "champion" in first.aliases
     assert second.params["test_end"] == DRIFT_FROM.isoformat(), "the windows must end where the drift begins"
@@ -151,7 +152,7 @@ def world(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -
            "RISKLOOP_CANARY_P99_SLACK_MS": "10000", "RISKLOOP_CANARY_HARD_P99_MS": "10000",
            "RISKLOOP_SERVING_CANARY_POLL_S": "0.2", "RISKLOOP_CANARY_PSI_BINS": "5",
            # a shared 2-core machine under load must not page for latency: not what this test is about
-           "RISKLOOP_TRIPWIRE_LATENCY_P99_MS": "10000"}
+           "RISKLOOP_TRIPWIRE_LATENCY_P99_MS": "10000", **cli_env(REVIEWER)}
     w = World(settings, env, first.version, second.version, by_day)
     # `riskloop serve` in a process of its own, as deployed (a server thread here would share the GIL
     # with the load generator and the in-process CLI calls, and stall for reasons of the test's making).
@@ -343,8 +344,8 @@ def test_without_drift_an_approved_challenger_takes_over_under_load(world: World
 
         # Four eyes: a reviewer who is not the run's author approves the challenger's content.
         approval = cli(world, "review", "approve", name, world.challenger,
-                       "--reason", "metrics and card read; no drift", "--reviewer", REVIEWER)
-        assert approval["content_hash"] and approval["run_author"] != REVIEWER
+                       "--reason", "metrics and card read; no drift")
+        assert approval["content_hash"] and approval["reviewer"] == REVIEWER and approval["run_author"] == "trainer"
 
         # Under an open-loop load: a canary on half of the traffic until its gate passes, then the promotion.
         # The undrifted week's requests, each once: routing is fixed per transaction, so the arms' PSI is
@@ -418,11 +419,10 @@ def test_injected_drift_pages_once_and_blocks_promotion(world: World) -> None:
 
     settings = world.settings
     # A challenger retrained meanwhile is approved.
-    challenger = train_fraud(settings, {"n_estimators": 60, "max_depth": 4}).version
+    challenger = train_fraud(settings, {"n_estimators": 60, "max_depth": 4}, principal=TRAINER).version
     champion = aliases(settings)["champion"]
     assert aliases(settings)["challenger"] == challenger != champion
-    cli(world, "review", "approve", settings.fraud_model_name, challenger, "--reason", "retrained, card read",
-        "--reviewer", REVIEWER)
+    cli(world, "review", "approve", settings.fraud_model_name, challenger, "--reason", "retrained, card read")
     deadline = time.monotonic() + 30
     while current_version(world) != champion and time.monotonic() < deadline:
         time.sleep(0.1)

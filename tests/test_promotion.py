@@ -8,7 +8,6 @@ which these fast tests do not load); both models are genuinely scored on it by t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import uuid
@@ -18,8 +17,11 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from principals import API_KEYS, TRAINER, bearer, cli_env, principal
 
 from riskloop.core.config import Settings
+from riskloop.core.identity import Principal
+from riskloop.governance.authors import record_author
 from riskloop.models.artifacts import CONTRACT_TAG_PREFIX
 
 FEATURES = ["amount", "is_night", "terminal_risk_7d", "customer_nb_tx_1d"]
@@ -57,9 +59,9 @@ PASSED_CONTRACTS = {"raw": "passed 2024-03-01T00:05:00+00:00", "marts": "passed 
 
 
 def register(settings: Settings, name: str, clf, aliases: tuple[str, ...], metrics: dict | None = None,
-             contracts: dict[str, str] | None = PASSED_CONTRACTS) -> str:
+             contracts: dict[str, str] | None = PASSED_CONTRACTS, author: Principal | None = TRAINER) -> str:
     """Log and register like ``training`` does (features, test window, reference sample, aliases, the
-    data-contract results of the training data as run tags)."""
+    data-contract results of the training data as run tags, the author principal)."""
     import mlflow
     import mlflow.xgboost
     from mlflow import MlflowClient
@@ -87,6 +89,8 @@ def register(settings: Settings, name: str, clf, aliases: tuple[str, ...], metri
         mlflow.set_tracking_uri(before)
     version = str(info.registered_model_version)
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    if author is not None:
+        record_author(settings, name, version, author, run_id=info.run_id, client=client)
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
     return version
@@ -131,8 +135,9 @@ def approve(settings: Settings, name: str, version: str, reviewer: str = "alice"
 
     from riskloop.cli import app
 
-    out = CliRunner().invoke(app, ["review", verdict, name, version, "--reason", f"{verdict}d after reading the card",
-                                   "--reviewer", reviewer])
+    out = CliRunner().invoke(app, ["review", verdict, name, version, "--reason", f"{verdict}d after reading the card"],
+                             env={**cli_env(reviewer), **({"RISKLOOP_DATABASE_URL": settings.database_url}
+                                                          if settings.database_url else {})})
     assert out.exit_code == 0, out.output
     return json.loads(out.stdout)
 
@@ -259,9 +264,9 @@ def test_reviewer_approval_gate_four_eyes_bound_to_the_content_hash(settings: Se
 
     name = fresh_name()
     v1 = register(settings, name, classifiers["bad"], ("champion", "challenger"))
-    v2 = register(settings, name, classifiers["good"], ("challenger",))
+    author = "carol"  # a reviewer who trained this one
+    v2 = register(settings, name, classifiers["good"], ("challenger",), author=principal(author))
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    author = client.get_run(client.get_model_version(name, v2).run_id).info.user_id
     cli = CliRunner()
 
     # not approved: better on metrics, still refused, and on-call hears of it
@@ -276,13 +281,13 @@ def test_reviewer_approval_gate_four_eyes_bound_to_the_content_hash(settings: Se
     assert stored(settings, d.decision_id)["content_hash"] == d.content_hash and len(d.content_hash) == 64
 
     # the author cannot approve; a reason is required
-    out = cli.invoke(app, ["review", "approve", name, v2, "--reason", "lgtm", "--reviewer", author])
+    out = cli.invoke(app, ["review", "approve", name, v2, "--reason", "lgtm"], env=cli_env(author))
     assert out.exit_code == 2 and "cannot approve" in " ".join(out.output.split())
-    out = cli.invoke(app, ["review", "approve", name, v2, "--reviewer", "alice"])
+    out = cli.invoke(app, ["review", "approve", name, v2], env=cli_env("alice"))
     assert out.exit_code != 0 and "--reason" in out.output
-    out = cli.invoke(app, ["review", "approve", name, v2, "--reason", "   ", "--reviewer", "alice"])
+    out = cli.invoke(app, ["review", "approve", name, v2, "--reason", "   "], env=cli_env("alice"))
     assert out.exit_code == 2 and "reason is required" in " ".join(out.output.split())
-    listed = json.loads(cli.invoke(app, ["review", "list", "--model", name, "--json"]).stdout)
+    listed = json.loads(cli.invoke(app, ["review", "list", "--model", name, "--json"], env=cli_env("alice")).stdout)
     assert listed == [{**listed[0], "model_name": name, "version": v2, "champion_version": v1, "review": "pending",
                        "author": author}]
 
@@ -314,9 +319,11 @@ def test_reviewer_approval_gate_four_eyes_bound_to_the_content_hash(settings: Se
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("update governance.model_approvals set reviewer = 'mallory'")
         conn.rollback()
-        with pytest.raises(psycopg.errors.CheckViolation):  # the table itself refuses self-approval
-            conn.execute("insert into governance.model_approvals values (gen_random_uuid(), now(), %s, %s, %s, "
-                         "'approved', %s, 'mine', null, %s)", (name, v2, "0" * 64, author, author))
+        for reviewer, run_author in ((author, author), (author.upper(), author), ("alice", None)):
+            with pytest.raises(psycopg.errors.CheckViolation):  # the table itself refuses self-approval
+                conn.execute("insert into governance.model_approvals values (gen_random_uuid(), now(), %s, %s, %s, "
+                             "'approved', %s, 'mine', null, %s)", (name, v2, "0" * 64, reviewer, run_author))
+            conn.rollback()
 
 
 def test_promotion_refused_without_a_passed_canary(settings: Settings, classifiers) -> None:
@@ -419,8 +426,8 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
                 "promotion_require_contracts": False})
     write_marts(settings, make_marts(days=30, customers=60, terminals=30, seed=2))
     features.apply(settings)
-    first = train_fraud(settings, {"n_estimators": 2, "max_depth": 1})
-    second = train_fraud(settings, {"n_estimators": 40})
+    first = train_fraud(settings, {"n_estimators": 2, "max_depth": 1}, principal=TRAINER)
+    second = train_fraud(settings, {"n_estimators": 40}, principal=TRAINER)
 
     # drift on the real reference artifact (features only, no score column); no traffic yet
     drift = run_drift(settings, settings.fraud_model_name, alias="champion", min_rows=50)
@@ -435,13 +442,11 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
     from serving.app import create_app
     from serving.config import ServingSettings
 
-    keys = {"bob-reviewer-key-0123456789": "reviewer", "scorer-key-0123456789abc": "scorer"}
-    app = create_app(settings.model_copy(update={"review_identities": {
-        hashlib.sha256(b"bob-reviewer-key-0123456789").hexdigest()[:12]: "bob"}}),
-        ServingSettings(api_keys=",".join(f"{k}:{r}" for k, r in keys.items())))
+    scorer_key = "scorer-key-0123456789abc"
+    app = create_app(settings, ServingSettings(api_keys=f"{API_KEYS},{scorer_key}:scorer"))
     url = f"/review/api/models/{settings.fraud_model_name}/promote"
     with TestClient(app) as client:
-        bob, scorer = ({"Authorization": f"Bearer {k}"} for k in keys)
+        bob, scorer = bearer("bob"), {"Authorization": f"Bearer {scorer_key}"}
         assert client.post(url, json={}, headers=scorer).status_code == 403
         assert client.post(url, json={}).status_code == 401
         assert client.post(url, json={"margin": -1}, headers=bob).status_code == 422
@@ -463,21 +468,26 @@ def test_gate_end_to_end_on_trained_models(stack_env: dict[str, str]) -> None:
     assert stored(settings, d["decision_id"])["decided_by"] == "bob"
 
 
-def test_promote_dag_gates_on_the_drift_check_it_is_given(settings: Settings, classifiers) -> None:
+def test_promote_dag_gates_on_the_drift_check_it_is_given(settings: Settings, classifiers, monkeypatch) -> None:
     """The riskloop_promote DAG (dag.test) reads the recorded drift check back and records its
-    decision against that very report: the evidence the monitor emitted, not a fresh re-run."""
+    decision against that very report: the evidence the monitor emitted, not a fresh re-run. It acts
+    as the workers' service principal, and records the user who triggered the run (``dag_test``
+    under ``dag.test()``), not the worker's operating-system user."""
     from riskloop.monitoring.drift import run_drift
     from riskloop.ops.orchestrate import run_dag
 
     name = fresh_name()
     version = register(settings, name, classifiers["good"], ("champion", "challenger"))
     drift = run_drift(settings, name, log_to_mlflow=False)  # no decisions yet: insufficient_data, recorded
+    for var, value in cli_env("svc-airflow").items():  # the workers' key (run_dag passes the environment on)
+        monkeypatch.setenv(var, value)
     run_dag(settings, "riskloop_promote", conf={"model_name": name, "report_id": drift.report_id})
 
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
-        rows = conn.execute("select decision, reason, drift_report_id::text, drift_verdict, challenger_version "
-                            "from governance.promotion_decisions where model_name = %s", (name,)).fetchall()
+        rows = conn.execute("select decision, reason, drift_report_id::text, drift_verdict, challenger_version, "
+                            "decided_by from governance.promotion_decisions where model_name = %s", (name,)).fetchall()
     assert len(rows) == 1, rows
-    decision, reason, report_id, verdict, challenger = rows[0]
+    decision, reason, report_id, verdict, challenger, decided_by = rows[0]
+    assert decided_by == "svc-airflow (triggered by dag_test)"
     assert (decision, report_id, verdict, challenger) == ("no_change", drift.report_id, "insufficient_data", version)
     assert "already the champion" in reason

@@ -8,7 +8,6 @@ Postgres. Skipped only if /usr/bin/chromium is absent.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import threading
@@ -20,17 +19,14 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 from conftest import free_port
+from principals import API_KEYS, key, principal
 
 from riskloop.core.config import Settings
 
 CHROMIUM = "/usr/bin/chromium"
-ALICE, AUTHOR_KEY, SCORER = "alice-reviewer-key-1234567890", "author-reviewer-key-123456789", "scorer-key-1234567890ab"
+ALICE, AUTHOR_KEY, SCORER = key("alice"), key("carol"), "scorer-key-1234567890ab"
 
 pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} not installed")
-
-
-def fingerprint(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 @contextmanager
@@ -80,17 +76,15 @@ def test_review_page_lists_shows_refuses_self_approval_and_approves(settings: Se
     clf = xgb.XGBClassifier(n_estimators=5, max_depth=2, n_jobs=1).fit(train[FEATURES], train["label"])
     name = fresh_name()
     register(settings, name, clf, ("champion", "challenger"), metrics={"auc_roc": 0.80, "average_precision": 0.30})
-    v2 = register(settings, name, clf, ("challenger",), metrics={"auc_roc": 0.85, "average_precision": 0.28})
+    author = "carol"  # a reviewer who trained this version
+    v2 = register(settings, name, clf, ("challenger",), metrics={"auc_roc": 0.85, "average_precision": 0.28},
+                  author=principal(author))
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
     client.set_model_version_tag(name, v2, "canary.share", "0.05")
     client.update_model_version(name, v2, description="# Model card: test\n\n## Intended use\nscoring payments")
-    author = client.get_run(client.get_model_version(name, v2).run_id).info.user_id
 
-    app_settings = settings.model_copy(update={
-        "fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}",
-        "review_identities": {fingerprint(ALICE): "alice", fingerprint(AUTHOR_KEY): author}})
-    app = create_app(app_settings, ServingSettings(
-        api_keys=f"{ALICE}:reviewer,{AUTHOR_KEY}:reviewer,{SCORER}:scorer"))
+    app_settings = settings.model_copy(update={"fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}"})
+    app = create_app(app_settings, ServingSettings(api_keys=f"{API_KEYS},{SCORER}:scorer"))
     with serve(app) as base, browser() as b:
         page = b.new_page()
         page.goto(f"{base}/review")
@@ -148,7 +142,7 @@ def test_review_api_requires_a_reason(settings: Settings) -> None:
     from serving.config import ServingSettings
 
     app = create_app(settings.model_copy(update={"fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}"}),
-                     ServingSettings(api_keys=f"{ALICE}:reviewer"))
+                     ServingSettings(api_keys=API_KEYS))
     with TestClient(app) as c:
         r = c.post("/review/api/models/x/versions/1/approve", json={"reason": ""},
                    headers={"Authorization": f"Bearer {ALICE}"})

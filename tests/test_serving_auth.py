@@ -12,7 +12,9 @@ from fastapi.testclient import TestClient
 from serving.auth import ApiKeyError, KeyRing
 
 SCORER, REVIEWER, ADMIN = "scorer-key-aaaaaaaaaaaa", "reviewer-key-bbbbbbbbbbbb", "admin:key:with:colons-cccc"
-KEYS = f"{SCORER}:scorer, {REVIEWER}:reviewer,{ADMIN}:admin"
+# The reviewer and the admin are people (governance actions need a name); the scorer a legacy unnamed key.
+KEYS = f"{SCORER}:scorer, rita:reviewer:{REVIEWER},adam:admin:{ADMIN}"
+LEGACY_KEYS = f"{SCORER}:scorer, {REVIEWER}:reviewer,{ADMIN}:admin"
 BODY = {"card_token": "tok", "customer_id": "C1", "terminal_id": "T1", "amount_minor": 1000,
         "currency": "EUR", "timestamp": "2024-03-30T02:15:00+00:00"}
 
@@ -37,7 +39,10 @@ def client(settings: Any) -> Iterator[TestClient]:
 
 
 def test_keyring_parse_and_authenticate() -> None:
-    ring = KeyRing.parse(KEYS)
+    named = KeyRing.parse(KEYS)
+    assert (named.authenticate(REVIEWER).actor, named.authenticate(ADMIN).actor) == ("rita", "adam")
+    assert named.authenticate(ADMIN).role == "admin"  # a named key keeps its colons
+    ring = KeyRing.parse(LEGACY_KEYS)
     assert len(ring) == 3
     assert ring.authenticate(SCORER).role == "scorer"
     assert ring.authenticate(ADMIN).role == "admin"  # the role is after the last colon

@@ -456,16 +456,27 @@ def test_training_on_a_dask_cluster_registers_a_model_of_the_same_quality(marts_
 @pytest.mark.timeout(900)
 def test_cli_train_with_search_prints_the_run_url_and_the_choice(marts_settings, monkeypatch) -> None:
     from mlflow import MlflowClient
+    from principals import cli_env
     from typer.testing import CliRunner
 
     from riskloop.cli import app
+    from riskloop.governance.authors import author_of
 
     name = marts_settings.credit_model_name + "-cli"
     monkeypatch.setenv("RISKLOOP_DATABASE_URL", marts_settings.database_url)
     monkeypatch.setenv("RISKLOOP_CREDIT_MODEL_NAME", name)
+    refused = CliRunner().invoke(app, ["train", "credit"])  # no key: nobody to record as the author
+    assert refused.exit_code == 2 and "RISKLOOP_API_KEY is not set" in " ".join(refused.output.split())
+    for var, value in cli_env("carol").items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("USER", "mallory")  # MLflow's run user_id follows these: a claim anyone can make
+    monkeypatch.setenv("LOGNAME", "mallory")
     result = CliRunner().invoke(app, ["train", "credit", "--search", "2", "--param", "n_estimators=20"])
     assert result.exit_code == 0, result.output
     run_id = MlflowClient(marts_settings.tracking_uri).get_model_version(name, "1").run_id
+    authorship = author_of(marts_settings, name, "1")  # the key's principal, not the forged user
+    assert (authorship.author, authorship.run_id) == ("carol", run_id)
+    assert MlflowClient(marts_settings.tracking_uri).get_run(run_id).info.user_id == "mallory"
     assert f"/runs/{run_id}" in result.output and "registered " + name + " v1" in result.output
     assert "search: trial" in result.output and "of 2 chosen on valid_brier" in result.output
     assert "View run" not in result.output  # one URL, not two lines per trial from MLflow

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from riskloop.cli.common import console
+from riskloop.cli.common import acting_principal, console
 from riskloop.core.config import Settings, get_settings, plain_values
 
 app = typer.Typer()
@@ -24,7 +24,8 @@ def train(
                                "seeded) selecting on validation rows only, logged as nested runs. 0: no search."),
     seed: int = typer.Option(42, help="Random seed: same data, config and seed, same model bytes."),
 ) -> None:
-    """Train a model on point-in-time features and register it in MLflow as the challenger."""
+    """Train a model on point-in-time features and register it in MLflow as the challenger, authored by the
+    principal of RISKLOOP_API_KEY (who then cannot approve it)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from training.train import train_credit, train_fraud
@@ -44,6 +45,7 @@ def train(
         except json.JSONDecodeError:
             params[key] = value
     settings = get_settings()
+    principal = acting_principal(settings, "train_model")
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, transient=False)
 
@@ -61,7 +63,8 @@ def train(
 
     with bar:
         result = (train_fraud if model == "fraud" else train_credit)(
-            settings, params=params or None, seed=seed, search_trials=search, progress=_Progress())
+            settings, params=params or None, seed=seed, search_trials=search, progress=_Progress(),
+            principal=principal)
     console.print(f"registered {result.model_name} v{result.version} (aliases: {', '.join(result.aliases)})")
     console.print(f"run: {result.run_url}", soft_wrap=True)
     if result.search:

@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pandas as pd
 
 from riskloop.core.config import Settings
+from riskloop.core.identity import Principal
 from riskloop.features import datasets
 from riskloop.features.store import CREDIT_SERVICE, FRAUD_SERVICE, feature_store
+from riskloop.governance.authors import record_author
 from riskloop.models import artifacts, metrics, split
 from riskloop.models import classifier as model
 from training import card, plots, search, tracking
@@ -103,7 +105,8 @@ def train_fraud(settings: Settings, params: dict[str, Any] | None = None, *, see
                 maturity_days: int | None = None, label_cutoff_days: int | None = None,
                 reference_rows: int = 5000, store: "FeatureStore | None" = None, search_trials: int = 0,
                 valid_fraction: float = 0.25, progress: Progress | None = None,
-                dask_client: "Client | None" = None) -> TrainResult:
+                dask_client: "Client | None" = None, principal: Principal | None = None,
+                triggered_by: str | None = None) -> TrainResult:
     """Train the fraud model on the latest windows of ``marts.fct_transactions`` that fit.
 
     ``delay_days`` and ``maturity_days`` default to ``settings.label_delay_days``; see
@@ -136,7 +139,8 @@ def train_fraud(settings: Settings, params: dict[str, Any] | None = None, *, see
                             f"({run_params['train_frauds_known']} of {run_params['train_frauds_final']} "
                             "training-window frauds)"))
     return _train(settings, job, params, seed, search_trials=search_trials, valid_fraction=valid_fraction,
-                  reference_rows=reference_rows, progress=progress, dask_client=dask_client)
+                  reference_rows=reference_rows, progress=progress, dask_client=dask_client, principal=principal,
+                  triggered_by=triggered_by)
 
 
 def _credit_metrics(scored: pd.DataFrame) -> dict[str, float]:
@@ -161,7 +165,8 @@ def _credit_metrics(scored: pd.DataFrame) -> dict[str, float]:
 def train_credit(settings: Settings, params: dict[str, Any] | None = None, *, seed: int = 42,
                  test_fraction: float = 0.25, reference_rows: int = 5000,
                  store: "FeatureStore | None" = None, search_trials: int = 0, valid_fraction: float = 0.25,
-                 progress: Progress | None = None, dask_client: "Client | None" = None) -> TrainResult:
+                 progress: Progress | None = None, dask_client: "Client | None" = None,
+                 principal: Principal | None = None, triggered_by: str | None = None) -> TrainResult:
     """Train the probability-of-default model on every application with an observed outcome;
     the newest ``test_fraction`` of applications is the test set. ``params`` (and a search) override
     :data:`riskloop.models.classifier.CREDIT_DEFAULT_PARAMS`."""
@@ -191,7 +196,8 @@ def train_credit(settings: Settings, params: dict[str, Any] | None = None, *, se
                monotone=params["monotone_constraints"] if isinstance(params["monotone_constraints"], dict) else {},
                defaults=model.CREDIT_DEFAULT_PARAMS, log_calibration=True)
     return _train(settings, job, params, seed, search_trials=search_trials, valid_fraction=valid_fraction,
-                  reference_rows=reference_rows, progress=progress, dask_client=dask_client)
+                  reference_rows=reference_rows, progress=progress, dask_client=dask_client, principal=principal,
+                  triggered_by=triggered_by)
 
 
 @contextmanager
@@ -216,7 +222,11 @@ def _backend(client: "Client | None") -> str:
 
 def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: int, *, search_trials: int,
            valid_fraction: float, reference_rows: int, progress: Progress | None,
-           dask_client: "Client | None") -> TrainResult:
+           dask_client: "Client | None", principal: Principal | None = None,
+           triggered_by: str | None = None) -> TrainResult:
+    """Fit, log and register one model. ``principal`` (who trains; for a DAG run its service principal,
+    with ``triggered_by`` the person who triggered the run) is recorded as the version's author
+    (:mod:`riskloop.governance.authors`); without one the author is unknown and no reviewer can approve it."""
     import mlflow
     import mlflow.xgboost
     from mlflow.models import infer_signature
@@ -333,6 +343,11 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
     for key, value in {"feature_service": job.service, "train_content_hash": dataset_hash,
                        "test_start": str(all_params["test_start"]), "test_end": str(all_params["test_end"])}.items():
         client.set_model_version_tag(name, version, key, value)
+    if principal is not None:
+        record_author(settings, name, version, principal, run_id=run.info.run_id, triggered_by=triggered_by,
+                      client=client)
+    else:
+        log.warning("%s v%s has no recorded author (no principal given): it cannot be approved", name, version)
     aliases = tracking.register_aliases(client, name, version, first)
     log.info("%s v%s run %s: test %s, validation %s", name, version, run.info.run_id, results, valid_results)
     return TrainResult(run_id=run.info.run_id, model_name=name, version=version, aliases=tuple(aliases),

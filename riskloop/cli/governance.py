@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from riskloop.cli.common import console
+from riskloop.cli.common import acting_principal, console
 from riskloop.core.config import get_settings
 
 app = typer.Typer()
@@ -28,6 +28,7 @@ def promote(
     from riskloop.monitoring.drift import UnknownDriftCheck, recorded_drift, run_drift
 
     settings = get_settings()
+    actor = acting_principal(settings, "promote_model").actor
     if report_id is None:
         drift = run_drift(settings, model_name=model)
     else:
@@ -36,7 +37,7 @@ def promote(
         except UnknownDriftCheck as exc:
             console.print(f"[red]refused:[/red] {exc}")
             raise typer.Exit(2) from exc
-    decision = evaluate_promotion(settings, model_name=model, drift=drift, margin=margin)
+    decision = evaluate_promotion(settings, model_name=model, drift=drift, margin=margin, actor=actor)
     typer.echo(json.dumps(decision.to_dict(), default=str))
 
 
@@ -85,9 +86,14 @@ def review_show(
 def _review(verdict: str, model: str, version: str, reason: str, reviewer: Optional[str]) -> None:
     from riskloop.governance.review import ReviewError, record
 
+    if reviewer is not None:
+        console.print("[red]refused:[/red] --reviewer no longer chooses who you are: the CLI acts as the principal "
+                      "of its key (RISKLOOP_API_KEY)")
+        raise typer.Exit(2)
     settings = get_settings()
+    principal = acting_principal(settings, "review_model")
     try:
-        approval = record(settings, model, version, verdict, reviewer or settings.reviewer, reason)
+        approval = record(settings, model, version, verdict, principal, reason)
     except ReviewError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -95,7 +101,8 @@ def _review(verdict: str, model: str, version: str, reason: str, reviewer: Optio
 
 
 _REASON = typer.Option(..., "--reason", help="Why (required; recorded in the audit row).")
-_REVIEWER = typer.Option(None, "--reviewer", help="Who you are (default RISKLOOP_REVIEWER).")
+_REVIEWER = typer.Option(None, "--reviewer", hidden=True,
+                         help="Refused: the reviewer is the principal of RISKLOOP_API_KEY.")
 
 
 @review_app.command("approve")
@@ -137,9 +144,11 @@ def canary_start(
     """Start a canary of the current @challenger; serving picks it up within RISKLOOP_SERVING_CANARY_POLL_S."""
     from riskloop.governance.canary import CanaryError, start
 
+    settings = get_settings()
+    actor = acting_principal(settings, "run_canary").actor
     try:
-        state = start(get_settings(), model, share=share, mode=mode, min_minutes=min_minutes,
-                      min_decisions=min_decisions, reason=reason)
+        state = start(settings, model, share=share, mode=mode, min_minutes=min_minutes,
+                      min_decisions=min_decisions, reason=reason, actor=actor)
     except CanaryError as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -159,7 +168,8 @@ def canary_stop(model: str = _MODEL, reason: str = typer.Option("canary stopped"
     """End the running canary (share 0); the challenger alias stays where it is."""
     from riskloop.governance.canary import end
 
-    state = end(get_settings(), model, "stop", reason)
+    settings = get_settings()
+    state = end(settings, model, "stop", reason, actor=acting_principal(settings, "run_canary").actor)
     if state is None:
         console.print(f"no canary running for {model}")
         raise typer.Exit(1)

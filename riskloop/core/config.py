@@ -156,15 +156,32 @@ class Settings(BaseSettings):
         default=None, description="Where simulated/processor files land. Unset: <home>/landing."
     )
 
-    reviewer: str | None = Field(
-        default=None, description="Who runs `riskloop review approve|reject` (recorded in governance.model_approvals); "
-        "--reviewer overrides it.")
-
+    # --- identity (riskloop.core.identity): who acts ---------------------------------------------
+    api_keys: str | None = Field(
+        default=None, description="Principals and their keys, comma-separated 'name:role:key' (roles scorer, "
+        "reviewer, analyst, admin, policy; the name is a person or a service, e.g. alice, svc-airflow), sent as "
+        "'Authorization: Bearer <key>'. The legacy 'key:role' still scores but has no name and may take no "
+        "governance action (approve, reject, promote, train, canary, policy change).")
+    api_keys_file: Path | None = Field(
+        default=None, description="A file of principals, one 'name:role:key' per line ('#' comments); the key may "
+        "be given as 'sha256:<64 hex>' of the key so the file holds no secret. Must not be readable by others (0600).")
+    api_key: SecretStr | None = Field(
+        default=None, description="The CLI's own key: `riskloop review`, `promote`, `canary` and `train` act as "
+        "the principal it identifies in RISKLOOP_API_KEYS / RISKLOOP_API_KEYS_FILE (or an OIDC token).")
+    oidc_issuer: str | None = Field(
+        default=None, description="OIDC: accept bearer JWTs from this issuer (its 'iss'). Unset: API keys only.")
+    oidc_audience: str | None = Field(default=None, description="OIDC: the required 'aud' of those tokens.")
+    oidc_jwks_url: str | None = Field(default=None, description="OIDC: the issuer's JWKS URL (signing keys).")
+    oidc_public_key: str | None = Field(
+        default=None, description="OIDC: the issuer's PEM public key (or a path to it), instead of a JWKS URL.")
+    oidc_name_claim: str = Field(default="preferred_username", description="OIDC: the claim naming the principal.")
+    oidc_role_claim: str = Field(
+        default="riskloop_role", description="OIDC: the claim holding its riskloop role (a string, or a list whose "
+        "first riskloop role is taken; dotted paths such as realm_access.roles are followed).")
+    oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256"], description="OIDC: accepted signature algorithms.")
     review_identities: dict[str, str] = Field(
-        default_factory=dict, description='Names of API keys, as JSON {"<key fingerprint>": "<name>"}: the '
-        'reviewer recorded by the /review page, the analyst recorded in case events (/v1/cases, /cases). The '
-        'fingerprint is the 12 hex after "reviewer:" or "analyst:" in the audit rows. '
-        "With the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
+        default_factory=dict, description='Legacy: names for unnamed "key:role" keys, as JSON {"<key fingerprint>": '
+        '"<name>"}. Prefer issuing keys as name:role:key.')
 
     # --- retention (riskloop.governance.retention): how long each data class is kept ---------------
     retention_raw_payloads_days: int | None = Field(

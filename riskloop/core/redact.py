@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from riskloop.core.identity import secret_keys
+
 MASK = "***"
 # Shorter configured values are not masked by value: they would mask ordinary words and numbers.
 MIN_SECRET_LENGTH = 6
@@ -152,8 +154,8 @@ def secrets_of(settings: Any) -> list[str]:
                 pass
         elif isinstance(value, str) and _SECRET_KEY.fullmatch(name):
             out.append(value)
-            if name.lower() == "api_keys":  # 'key:role,key:role'
-                out.extend(part.rpartition(":")[0].strip() for part in value.split(","))
+            if name.lower() == "api_keys":  # 'name:role:key,key:role'
+                out.extend(secret_keys(value))
     return [v for v in out if v]
 
 

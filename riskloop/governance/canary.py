@@ -118,7 +118,9 @@ def _append(conn, base: CanaryState | None, **values: Any) -> CanaryState:
     """Insert a new state row (fields not given are carried over from ``base``)."""
     from psycopg.types.json import Jsonb
 
-    row = {**(asdict(base) if base else {}), **values, "state_id": str(uuid.uuid4()), "changed_by": db.who()}
+    # changed_by: the authenticated principal who acted; a job acting on its own (a tripwire) records its process
+    row = {**(asdict(base) if base else {}), **values, "state_id": str(uuid.uuid4()),
+           "changed_by": values.get("changed_by") or db.who()}
     row.pop("changed_at", None)
     cols = [c for c in _COLS if c != "changed_at"]
     params = [Jsonb(row[c]) if c == "evidence" else row[c] for c in cols]
@@ -145,11 +147,12 @@ def _aliases(settings: Settings, model_name: str) -> tuple[str | None, str | Non
 
 def start(settings: Settings, model_name: str, *, share: float | None = None, mode: str = "canary",
           min_minutes: float | None = None, min_decisions: int | None = None,
-          reason: str = "canary started") -> CanaryState:
+          reason: str = "canary started", actor: str | None = None) -> CanaryState:
     """Start a canary (or shadow) phase for the current ``@challenger`` of ``model_name``.
 
     The share, minimum time and minimum volume default to Settings (``RISKLOOP_CANARY_*``) and are
-    stored on the row, so the gate later judges the canary by the terms it was started with."""
+    stored on the row, so the gate later judges the canary by the terms it was started with. ``actor``:
+    the principal who starts it (recorded as ``changed_by``)."""
     if mode not in ("canary", "shadow"):
         raise CanaryError(f"mode must be 'canary' or 'shadow', not {mode!r}")
     share = settings.canary_share if share is None else share
@@ -170,14 +173,15 @@ def start(settings: Settings, model_name: str, *, share: float | None = None, mo
                         champion_version=champion,
                         min_minutes=settings.canary_min_minutes if min_minutes is None else min_minutes,
                         min_decisions=settings.canary_min_decisions if min_decisions is None else min_decisions,
-                        reason=reason, evidence={})
+                        reason=reason, evidence={}, changed_by=actor)
     log.info("%s: %s of challenger v%s against champion v%s started (share %.3f)", model_name, mode, challenger,
              champion, state.share)
     return state
 
 
 def end(settings: Settings, model_name: str, event: str, reason: str,
-        evidence: dict[str, Any] | None = None, canary_id: str | None = None) -> CanaryState | None:
+        evidence: dict[str, Any] | None = None, canary_id: str | None = None,
+        actor: str | None = None) -> CanaryState | None:
     """Append an ``off`` row ending the current canary (``stop`` or ``promoted``); ``None`` if none
     is running (or, with ``canary_id``, if that canary is no longer the current one)."""
     with db.connect(settings) as conn:
@@ -185,7 +189,8 @@ def end(settings: Settings, model_name: str, event: str, reason: str,
         cur = current(conn, model_name)
         if cur is None or not cur.active or (canary_id is not None and cur.canary_id != canary_id):
             return None
-        state = _append(conn, cur, event=event, mode="off", share=0.0, reason=reason, evidence=evidence or {})
+        state = _append(conn, cur, event=event, mode="off", share=0.0, reason=reason, evidence=evidence or {},
+                        changed_by=actor)
     log.info("%s: canary %s ended (%s): %s", model_name, state.canary_id, event, reason)
     return state
 

@@ -393,7 +393,8 @@ def _finish(settings: Settings, client, decision: PromotionDecision,
              decision.champion_version, decision.challenger_version, decision.reason)
     if decision.promoted and decision.canary_id:  # the canary did its job: serving goes back to one model
         canary.end(settings, decision.model_name, "promoted", f"v{decision.challenger_version} promoted by "
-                   f"decision {decision.decision_id}", canary_id=decision.canary_id)
+                   f"decision {decision.decision_id}", canary_id=decision.canary_id,
+                   actor=decision.decided_by)
     if decision.challenger_version and decision.decision != "no_change":
         try:
             _tag(client, decision)

@@ -2,11 +2,13 @@
 
 An approval or rejection is a row of ``governance.model_approvals`` (append-only in the database:
 UPDATE, DELETE and TRUNCATE raise): who, when, which model version, the sha256 of that version's
-artifact (:func:`content_hash`) and why. Nobody may approve a version whose MLflow run they
-authored (the run's ``user_id``). The promotion gate (:func:`approval_gate`) recomputes the hash
-of the challenger it is about to promote and accepts only an approval of *that* hash by someone
-other than the author, not followed by a rejection: a model re-uploaded under the same version
-after its review is not approved.
+artifact (:func:`content_hash`) and why. The reviewer is an authenticated, named principal
+(:mod:`riskloop.core.identity`), and nobody may approve a version they authored or whose training
+they triggered (:mod:`riskloop.governance.authors`, compared case-insensitively); a version whose
+author riskloop never recorded cannot be approved at all. The promotion gate (:func:`approval_gate`)
+recomputes the hash of the challenger it is about to promote and accepts only an approval of *that*
+hash by someone other than the author, not followed by a rejection: a model re-uploaded under the
+same version after its review is not approved.
 
 Both the CLI (``riskloop review``) and the web page (``serving.review``) call these functions.
 """
@@ -24,6 +26,8 @@ from typing import Any
 
 from riskloop.core import db
 from riskloop.core.config import Settings
+from riskloop.core.identity import Forbidden, Principal, authorize, same_actor
+from riskloop.governance.authors import Authorship, author_of
 from riskloop.models.registry import download_version, mlflow_client
 
 log = logging.getLogger(__name__)
@@ -44,8 +48,16 @@ class UnknownModel(ReviewError):
 _UNKNOWN_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 
 
-class SelfApproval(ReviewError):
-    """The reviewer authored the version's run: four eyes means someone else approves."""
+class ApprovalRefused(ReviewError):
+    """This principal may not record this verdict (a 403 on the page)."""
+
+
+class SelfApproval(ApprovalRefused):
+    """The reviewer authored the version (or triggered its training): four eyes means someone else approves."""
+
+
+class UnknownAuthor(ApprovalRefused):
+    """riskloop never recorded who authored the version, so nobody can show they are someone else."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +73,8 @@ class Approval:
     reviewer: str
     reason: str
     run_id: str | None
-    run_author: str | None
+    run_author: str | None  # the recorded author principal (governance.model_authors)
+    triggered_by: str | None = None  # who triggered the DAG run that trained it
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -108,36 +121,48 @@ def _version(client, name: str, version: str):
         raise UnknownModel(f"{name} v{version} is not a registered model version") from exc
 
 
-def run_author(client, mv) -> str | None:
-    """Who created the version's training run (MLflow's ``user_id``); None without a run."""
-    return client.get_run(mv.run_id).info.user_id if mv.run_id else None
+def may_approve(reviewer: str, authorship: Authorship | None, what: str) -> None:
+    """Four eyes on principals: :class:`UnknownAuthor` or :class:`SelfApproval` unless ``reviewer`` is
+    someone other than the recorded author and whoever triggered the training."""
+    if authorship is None:
+        raise UnknownAuthor(f"{what} has no recorded author (it was not registered by riskloop's training), "
+                            "so nobody can approve it: retrain it through riskloop train or the train DAG")
+    for person in authorship.people():
+        if same_actor(reviewer, person):
+            role = "authored" if same_actor(person, authorship.author) else "triggered the training of"
+            raise SelfApproval(f"{reviewer} {role} {what} and cannot approve it: another reviewer must")
 
 
-def record(settings: Settings, name: str, version: str, verdict: str, reviewer: str | None, reason: str) -> Approval:
-    """Record an approval or a rejection of ``name`` v``version`` by ``reviewer``, bound to its hash now."""
+def record(settings: Settings, name: str, version: str, verdict: str, principal: Principal, reason: str) -> Approval:
+    """Record an approval or a rejection of ``name`` v``version`` by ``principal``, bound to its hash now."""
     if verdict not in VERDICTS:
         raise ReviewError(f"verdict must be one of {VERDICTS}")
-    reviewer = (reviewer or "").strip()
+    try:
+        authorize(principal, "review_model")
+    except Forbidden as exc:
+        raise ApprovalRefused(str(exc)) from exc
+    reviewer = principal.actor
     reason = (reason or "").strip()
-    if not reviewer:
-        raise ReviewError("a reviewer identity is required (--reviewer or RISKLOOP_REVIEWER)")
     if not reason:
         raise ReviewError("a reason is required")
     client = mlflow_client(settings.tracking_uri)
     mv = _version(client, name, version)
-    author = run_author(client, mv)
-    if verdict == "approved" and author is not None and reviewer == author:
-        raise SelfApproval(f"{reviewer} authored the run of {name} v{mv.version} and cannot approve it: "
-                          "another reviewer must")
+    authorship = author_of(settings, name, str(mv.version))
+    if verdict == "approved":
+        may_approve(reviewer, authorship, f"{name} v{mv.version}")
+    author = authorship.author if authorship else None
+    triggered_by = authorship.triggered_by if authorship else None
     approval = Approval(approval_id=str(uuid.uuid4()), decided_at=datetime.now(UTC), model_name=name,
                         model_version=str(mv.version), content_hash=content_hash(settings, name, str(mv.version)),
-                        verdict=verdict, reviewer=reviewer, reason=reason, run_id=mv.run_id, run_author=author)
+                        verdict=verdict, reviewer=reviewer, reason=reason, run_id=mv.run_id, run_author=author,
+                        triggered_by=triggered_by)
     with db.connect(settings) as conn:
         conn.execute(
             f"""insert into {TABLE} (approval_id, decided_at, model_name, model_version, content_hash, verdict,
-                reviewer, reason, run_id, run_author) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                reviewer, reason, run_id, run_author, triggered_by)
+                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             (approval.approval_id, approval.decided_at, name, approval.model_version, approval.content_hash,
-             verdict, reviewer, reason, mv.run_id, author))
+             verdict, reviewer, reason, mv.run_id, author, triggered_by))
     try:  # a convenience copy in the registry; the table is the record of authority
         client.set_model_version_tag(name, approval.model_version, "review.last_verdict", verdict)
         client.set_model_version_tag(name, approval.model_version, "review.last_reviewer", reviewer)
@@ -157,7 +182,7 @@ def history(settings: Settings, name: str, version: str | None = None) -> list[A
         params.append(str(version))
     with db.connect(settings) as conn:
         rows = conn.execute(sql + " order by decided_at, approval_id", params).fetchall()
-    return [Approval(*(str(v) if k == "approval_id" else v for k, v in zip(Approval.__dataclass_fields__, r)))
+    return [Approval(**{k: str(v) if k == "approval_id" else v for k, v in zip(Approval.__dataclass_fields__, r)})
             for r in rows]
 
 
@@ -165,7 +190,7 @@ def approval_gate(settings: Settings, name: str, version: str, *, client=None) -
     """Whether ``name`` v``version`` is approved, as it is now, by someone other than its author."""
     client = client or mlflow_client(settings.tracking_uri)
     mv = _version(client, name, version)
-    author = run_author(client, mv)
+    authorship = author_of(settings, name, str(mv.version))
     current = content_hash(settings, name, str(mv.version))
     reviews = history(settings, name, str(mv.version))
     bound = [a for a in reviews if a.content_hash == current]
@@ -179,9 +204,11 @@ def approval_gate(settings: Settings, name: str, version: str, *, client=None) -
     if last.verdict == "rejected":
         return GateResult(False, f"v{mv.version} rejected by {last.reviewer} at {last.decided_at:%Y-%m-%d %H:%M}Z: "
                                  f"{last.reason}", current, last.approval_id)
-    if author is not None and last.reviewer == author:  # the table refuses this; belt and braces
-        return GateResult(False, f"v{mv.version} approved only by its own author {author}", current)
-    return GateResult(True, f"approved by {last.reviewer} (not the author {author}) for hash {current[:12]}: "
+    try:  # the table refuses this; belt and braces (and rows recorded before authors were principals)
+        may_approve(last.reviewer, authorship, f"v{mv.version}")
+    except ApprovalRefused as exc:
+        return GateResult(False, f"the approval by {last.reviewer} does not count: {exc}", current)
+    return GateResult(True, f"approved by {last.reviewer} (not the author {authorship.author}) for hash {current[:12]}: "
                             f"{last.reason}", current, last.approval_id, last.reviewer)
 
 
@@ -214,10 +241,15 @@ def pending(settings: Settings, model_name: str | None = None) -> list[dict[str,
         mv = client.get_model_version(name, challenger)
         verdicts = history(settings, name, challenger)
         out.append({"model_name": name, "version": challenger, "champion_version": champion,
-                    "author": run_author(client, mv), "created_at": _ms(mv.creation_timestamp),
+                    "author": _author(settings, name, challenger), "created_at": _ms(mv.creation_timestamp),
                     "review": verdicts[-1].verdict if verdicts else "pending",
                     "reviewed_by": verdicts[-1].reviewer if verdicts else None})
     return out
+
+
+def _author(settings: Settings, name: str, version: str) -> str | None:
+    authorship = author_of(settings, name, version)
+    return authorship.author if authorship else None
 
 
 def _all_model_names(client) -> list[str]:
@@ -255,7 +287,7 @@ def card(settings: Settings, name: str, version: str | None = None) -> dict[str,
             for k in sorted(metrics) if k in champ_metrics}
     return {
         "model_name": name, "version": version, "aliases": sorted(a for a, v in aliases.items() if v == version),
-        "champion_version": champion, "run_id": mv.run_id, "author": run.info.user_id if run else None,
+        "champion_version": champion, "run_id": mv.run_id, "author": _author(settings, name, version),
         "created_at": _ms(mv.creation_timestamp), "description": mv.description or "",
         "params": dict(run.data.params) if run else {}, "metrics": metrics, "metrics_vs_champion": diff,
         "content_hash": content_hash(settings, name, version),
