@@ -148,3 +148,37 @@ def test_oidc_bearer_tokens(idp: tuple[bytes, str], tmp_path: Path) -> None:
     assert nested.authenticate(_token(private, realm_access={"roles": ["offline", "Admin"]})).role == "admin"
     with pytest.raises(IdentityError, match="AUDIENCE"):
         KeyRing.from_settings(_settings(oidc_issuer="https://idp.example", oidc_public_key=public))
+
+
+def test_local_mode_issues_a_service_and_a_reviewer_once(tmp_path: Path) -> None:
+    """A fresh embedded stack with no principals configured gets two, so `make demo`'s DAG runs have an
+    author and the person at the keyboard may approve what they trained; anything configured wins."""
+    import getpass
+    import stat
+
+    from pydantic import SecretStr
+
+    from riskloop.core.identity import LOCAL_SERVICE, cli_key, local_keys
+
+    local = _settings(home=tmp_path, database_url=None)
+    service = cli_principal(local)
+    assert (service.name, service.role) == (LOCAL_SERVICE, "admin")
+    secrets_dir = tmp_path / "secrets"
+    for name in ("api_keys", "service.key", "reviewer.key"):
+        assert stat.S_IMODE((secrets_dir / name).stat().st_mode) == 0o600
+    assert "sha256:" in (secrets_dir / "api_keys").read_text()
+    assert (secrets_dir / "service.key").read_text().strip() not in (secrets_dir / "api_keys").read_text()
+    reviewer_key = (secrets_dir / "reviewer.key").read_text().strip()
+    reviewer = cli_principal(_settings(home=tmp_path, database_url=None, api_key=SecretStr(reviewer_key)), "review_model")
+    assert reviewer.role == "reviewer" and reviewer.same_as(getpass.getuser())
+    assert not reviewer.same_as(service.actor)
+    again = cli_key(local)  # issued once: the same keys on every call
+    assert local_keys(local) == secrets_dir / "api_keys" and again == (secrets_dir / "service.key").read_text().strip()
+    assert KeyRing.from_settings(local).authenticate(reviewer_key) == reviewer
+
+    # anything configured, or a configured Postgres, and local keys are not used
+    with pytest.raises(IdentityError, match="RISKLOOP_API_KEY is not set"):
+        cli_principal(_settings(home=tmp_path, database_url=None, api_keys=KEYS))
+    with pytest.raises(IdentityError, match="RISKLOOP_API_KEY is not set"):
+        cli_principal(_settings(home=tmp_path, database_url="postgresql://u:p@db:5432/riskloop"))
+    assert KeyRing.from_settings(_settings(home=tmp_path, database_url=None, api_keys=KEYS)).authenticate(reviewer_key) is None

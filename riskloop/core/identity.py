@@ -195,6 +195,68 @@ def read_keys_file(path: Path) -> list[tuple[str | None, str, bytes, str]]:
     return entries
 
 
+# --- local mode: keys issued once, so a fresh `make demo` has a service and a reviewer ---------------
+
+LOCAL_SERVICE = "svc-riskloop"
+LOCAL_KEYS_FILE = "api_keys"  # under <home>/secrets: name:role:sha256:<digest> lines, no secret in it
+SERVICE_KEY_FILE = "service.key"
+REVIEWER_KEY_FILE = "reviewer.key"
+
+
+def _local_mode(settings: "Settings") -> bool:
+    """Local keys apply only to the embedded stack when nothing else configures principals."""
+    return (settings.embedded and settings.api_keys is None and settings.api_keys_file is None
+            and settings.oidc_issuer is None)
+
+
+def local_keys(settings: "Settings") -> Path | None:
+    """In local mode, the keys file of the two principals issued once under ``<home>/secrets`` (each key
+    in its own 0600 file): ``svc-riskloop`` (admin: what the DAGs, the demo and the CLI run as by default,
+    so it is the author of what they train) and the operating-system user as a reviewer (who may then
+    approve what the service trained: ``RISKLOOP_API_KEY=$(cat <home>/secrets/reviewer.key)``). None
+    outside local mode: a deployment issues its own keys."""
+    if not _local_mode(settings):
+        return None
+    import getpass
+    import secrets as _secrets
+
+    directory = settings.home / "secrets"
+    path = directory / LOCAL_KEYS_FILE
+    if path.exists():
+        return path
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    person = re.sub(r"[^A-Za-z0-9_.@-]", "-", getpass.getuser()) or "reviewer"
+    lines = []
+    for file, name, role in ((SERVICE_KEY_FILE, LOCAL_SERVICE, "admin"), (REVIEWER_KEY_FILE, person, "reviewer")):
+        key_path = directory / file
+        try:  # O_EXCL: two processes starting at once agree on one key
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(_secrets.token_urlsafe(32) + "\n")
+        except FileExistsError:
+            pass
+        key = key_path.read_text().strip()
+        lines.append(f"{name}:{role}:sha256:{hashlib.sha256(key.encode()).hexdigest()}")
+    tmp = directory / f".{LOCAL_KEYS_FILE}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# issued by riskloop in local mode; set RISKLOOP_API_KEYS or RISKLOOP_API_KEYS_FILE to issue your own\n")
+        fh.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    log.info("issued local keys under %s: %s (admin) and %s (reviewer)", directory, LOCAL_SERVICE, person)
+    return path
+
+
+def cli_key(settings: "Settings") -> str | None:
+    """The key the CLI and the DAG tasks act with: ``RISKLOOP_API_KEY``, else in local mode the local
+    service's key."""
+    if settings.api_key is not None and settings.api_key.get_secret_value().strip():
+        return settings.api_key.get_secret_value().strip()
+    if local_keys(settings) is not None:
+        return (settings.home / "secrets" / SERVICE_KEY_FILE).read_text().strip()
+    return None
+
+
 class KeyRing:
     """The configured principals by key digest; :meth:`authenticate` is constant-time over all of them,
     and hands a JWT to the configured OIDC verifier."""
@@ -230,6 +292,8 @@ class KeyRing:
         entries = parse_keys(raw)
         if settings.api_keys_file is not None:
             entries += read_keys_file(Path(settings.api_keys_file))
+        elif api_keys is None and (local := local_keys(settings)) is not None:
+            entries += read_keys_file(local)
         if extra_admin:
             entries.append((None, "admin", _digest(extra_admin), fingerprint(extra_admin)))
         return cls(entries, oidc=OidcVerifier.from_settings(settings), names=dict(settings.review_identities))
@@ -326,7 +390,7 @@ def _jwks_client(url: str | None) -> Any:
 def cli_principal(settings: "Settings", action: str | None = None) -> Principal:
     """The principal the CLI acts as: its configured key (``RISKLOOP_API_KEY``) resolved against the
     configured principals. With ``action``, also checked to be allowed to do it (:func:`authorize`)."""
-    key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    key = cli_key(settings) or ""
     if not key.strip():
         raise IdentityError("RISKLOOP_API_KEY is not set: the CLI acts as the principal of its key "
                             "(issued as name:role:key in RISKLOOP_API_KEYS or RISKLOOP_API_KEYS_FILE)")

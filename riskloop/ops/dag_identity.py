@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from riskloop.core.config import Settings
-from riskloop.core.identity import Principal, cli_principal
+from riskloop.core.identity import Principal, cli_key, cli_principal
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,10 @@ def triggering_user(context: dict[str, Any]) -> str | None:
 def dag_principal(settings: Settings, context: dict[str, Any], action: str) -> tuple[Principal | None, str | None]:
     """(the service principal allowed to do ``action``, the triggering user). Without a configured
     ``RISKLOOP_API_KEY`` the service principal is None (what it does is recorded without an author, and
-    a model it trains cannot be approved); a configured key that is unknown or not allowed fails the task."""
+    a model it trains cannot be approved; in local mode it is the local service, riskloop.core.identity.local_keys);
+    a configured key that is unknown or not allowed fails the task."""
     person = triggering_user(context)
-    if settings.api_key is None:
+    if cli_key(settings) is None:
         log.warning("RISKLOOP_API_KEY is not set on the workers: this run (triggered by %s) acts without a "
                     "principal", person or "the scheduler")
         return None, person
