@@ -20,8 +20,8 @@ import pandas as pd
 import psycopg
 
 from riskloop.core import windows
-from riskloop.simulator import credit as sim_credit
 from riskloop.core.config import Settings
+from riskloop.simulator import credit as sim_credit
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
