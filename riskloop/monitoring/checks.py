@@ -3,6 +3,7 @@ stream's tripwires and the case queue, as :class:`~riskloop.core.alerts.Check` s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from riskloop.core.alerts import Alert, Check, process, report_url
@@ -12,11 +13,12 @@ from riskloop.monitoring.drift import ColumnDrift, DriftResult, performance_text
 from riskloop.monitoring.tripwires import evaluate
 
 
-def check_and_alert(settings: Settings, drift: "DriftResult | None") -> list[Alert]:
-    """The monitor job's alerting step: the drift check (if drift was assessed), the decision-stream
-    tripwires and the case queue's checks, through the state machine and the sinks. Shared by
+def check_and_alert(settings: Settings, drifts: Sequence[DriftResult] = ()) -> list[Alert]:
+    """The monitor job's alerting step: the drift and realised-performance checks of each model whose
+    drift was assessed (fraud, credit: one incident key per model), the decision-stream tripwires (per
+    product) and the case queue's checks, once, through the state machine and the sinks. Shared by
     ``riskloop monitor`` and the DAG."""
-    checks = [drift_check(settings, drift), performance_check(settings, drift)] if drift is not None else []
+    checks = [c for d in drifts for c in (drift_check(settings, d), performance_check(settings, d))]
     return process(settings, checks + evaluate(settings) + case_checks.evaluate(settings))
 
 
