@@ -123,6 +123,45 @@ def test_credit_challenger_promoted_then_a_worse_one_refused(fair: CreditWorld,
     assert version_tags(s, name, worse.version)["promotion.decision"] == "refused"
 
 
+def test_review_page_shows_the_credit_evidence(fair: CreditWorld) -> None:
+    """After the test above: the refused challenger's card on /review (a real Chromium) shows the gate's
+    credit figures and both versions' fairness figures on the same test window."""
+    import shutil
+
+    from test_promotion import aliases
+    from test_review_page import CHROMIUM, browser, fingerprint, serve
+
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"{CHROMIUM} not installed")
+    s, name = fair.settings, fair.settings.credit_model_name
+    challenger = aliases(s, name)["challenger"]
+    key = "carol-reviewer-key-1234567890"
+    app = create_app(s.model_copy(update={"fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}",
+                                          "review_identities": {fingerprint(key): "carol"}}),
+                     ServingSettings(api_keys=f"{key}:reviewer"))
+    with serve(app) as base, browser() as b:
+        page = b.new_page()
+        page.goto(f"{base}/review")
+        page.fill("#key", key)
+        page.click("#load")
+        page.wait_for_selector(f'#pending tr[data-model="{name}"]')
+        page.click(f'#pending tr[data-model="{name}"] button.open')
+        page.wait_for_selector("#card:not([hidden])")
+        assert page.text_content("#card-title") == f"{name} v{challenger}"
+        assert page.text_content("#gate").startswith("refused")
+        for m in ("auc_roc", "brier", "ece"):
+            assert page.query_selector(f'#gate-metrics tr[data-metric="{m}"]') is not None, m
+        assert "one test window" in page.text_content("#fairness-source")
+        air = page.text_content('#fairness tr[data-metric="fairness_air"]')
+        assert air.count("0.") >= 2 or "1.0000" in air  # this version's and the champion's
+        for band in ("under_35", "35_to_54", "55_and_over"):
+            assert page.query_selector(f'#fairness tr[data-metric="approval_rate.{band}"]') is not None, band
+        assert "## Fairness" in page.text_content("#model-card")
+
+
 def test_fairness_gate_refuses_a_challenger_in_a_biased_world(stack_env: dict[str, str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The world is biased against the under_35 band: a model that never sees the band still approves it
