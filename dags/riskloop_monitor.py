@@ -1,6 +1,7 @@
 """Monitor → alert: Evidently drift of each champion's inputs (the fraud and the credit model, one
 mapped task each), then the alert state machine (hysteresis, grouping) and the decision-stream
-tripwires to the configured sinks.
+tripwires to the configured sinks (the tripwires only while no tripwire watcher, ``riskloop watch``,
+evaluates them every minute).
 
 Runs daily (drift grows without new models) and whenever riskloop_train emits a new fraud or credit
 model (the assets), so a challenger meets the gate without waiting for the next day. Each drift check
@@ -84,7 +85,8 @@ def riskloop_monitor():
 
     @task
     def alert(drift_results: list[dict]) -> list[dict]:
-        """Every model's drift and the decision-stream tripwires → the alert state machine → the sinks."""
+        """Every model's drift, the case queue and (without a watcher) the tripwires → the alert state
+        machine → the sinks."""
         from riskloop.monitoring.checks import check_and_alert
         from riskloop.monitoring.drift import DriftResult
 

@@ -3,6 +3,7 @@ stream's tripwires and the case queue, as :class:`~riskloop.core.alerts.Check` s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 
@@ -11,15 +12,22 @@ from riskloop.core.config import Settings
 from riskloop.monitoring import case_checks
 from riskloop.monitoring.drift import ColumnDrift, DriftResult, performance_text
 from riskloop.monitoring.tripwires import evaluate
+from riskloop.monitoring.watch import watcher_alive
+
+log = logging.getLogger(__name__)
 
 
 def check_and_alert(settings: Settings, drifts: Sequence[DriftResult] = ()) -> list[Alert]:
     """The monitor job's alerting step: the drift and realised-performance checks of each model whose
-    drift was assessed (fraud, credit: one incident key per model), the decision-stream tripwires (per
-    product) and the case queue's checks, once, through the state machine and the sinks. Shared by
-    ``riskloop monitor`` and the DAG."""
+    drift was assessed (fraud, credit: one incident key per model), the decision-stream tripwires
+    (unless a watcher evaluates them, :mod:`riskloop.monitoring.watch`) and the case queue's checks,
+    once, through the state machine and the sinks. Shared by ``riskloop monitor`` and the DAG."""
     checks = [c for d in drifts for c in (drift_check(settings, d), performance_check(settings, d))]
-    return process(settings, checks + evaluate(settings) + case_checks.evaluate(settings))
+    if watcher_alive(settings):  # the watcher judges the tripwires every minute: one window feeds their state
+        log.info("tripwires: left to the running watcher (riskloop watch)")
+    else:
+        checks += evaluate(settings)
+    return process(settings, checks + case_checks.evaluate(settings))
 
 
 # --- drift → check -----------------------------------------------------------------------------
