@@ -9,8 +9,10 @@ reviewer's approval bound to the version's content hash, and a passed canary pha
 (``riskloop canary start``; waived only by ``RISKLOOP_CANARY_REQUIRED=false``). Every decision and its evidence is
 recorded in ``governance.promotion_decisions``; a refusal is also an alert.
 
-Triggered by hand (the Airflow UI, ``airflow dags trigger riskloop_promote``), it gates on the report given
-in ``report_id``, else on the model's latest recorded drift check.
+Each model with a drift check in the triggering events (the fraud and the credit model: the gate is the
+same, with each product's metrics) is gated on its newest one. Triggered by hand (the Airflow UI,
+``airflow dags trigger riskloop_promote``), it gates ``model_name`` (default both products' models) on the
+report given in ``report_id``, else on the model's latest recorded drift check.
 """
 
 from __future__ import annotations
@@ -39,17 +41,19 @@ DEFAULT_ARGS = default_args("riskloop-ml", retries=1, retry_delay=timedelta(minu
     on_failure_callback=on_failure,
     tags=["riskloop", "promotion"],
     params={
-        "model_name": Param("riskloop-fraud", type="string"),
+        "model_name": Param(None, type=["null", "string"],
+                            description="Gate this registered model only; default each model with a drift check."),
         "margin": Param(0.0, type="number", minimum=0, description="Tolerated metric loss of the challenger."),
         "report_id": Param(None, type=["null", "string"],
-                           description="Gate on this drift report; default the triggering one, else the latest."),
+                           description="Gate on this drift report (with model_name); default the triggering one, "
+                                       "else the latest."),
     },
     doc_md=__doc__,
 )
 def riskloop_promote():
     @task
-    def promote(**context) -> dict:
-        """Gate the challenger on the drift check named by the trigger (or the params)."""
+    def promote(**context) -> list[dict]:
+        """Gate each model on the drift check named by the trigger (or the params)."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from riskloop.core.config import get_settings
@@ -60,23 +64,29 @@ def riskloop_promote():
         settings = get_settings()
         principal, person = dag_principal(settings, context, "promote_model")
         params = context["params"]
-        report_id = params["report_id"]
-        if not report_id:
-            # Newest first; events of other models are not ours to gate.
-            events = [e.extra for e in context["triggering_asset_events"].get(DRIFT_CHECKED, [])
-                      if (e.extra or {}).get("model_name") == params["model_name"]]
-            report_id = events[-1]["report_id"] if events else None
-        try:
-            drift = recorded_drift(settings, params["model_name"], report_id or None)
-        except UnknownDriftCheck as exc:
-            raise AirflowFailException(str(exc)) from exc
+        # Oldest first: a model's last event is its newest check.
+        events = [e.extra or {} for e in context["triggering_asset_events"].get(DRIFT_CHECKED, [])]
+        reports = {e["model_name"]: e.get("report_id") for e in events if e.get("model_name")}
+        if params["model_name"]:
+            reports = {params["model_name"]: params["report_id"] or reports.get(params["model_name"])}
+        elif not reports:
+            reports = dict.fromkeys((settings.fraud_model_name, settings.credit_model_name))
         # decided_by: the service principal, and the person behind a manually triggered run
         actor = principal.actor if principal else None
         if actor and person:
             actor = f"{actor} (triggered by {person})"
-        decision = evaluate_promotion(settings, model_name=params["model_name"], drift=drift,
-                                      margin=params["margin"], actor=actor)
-        return decision.to_dict()
+        decisions, failures = [], []
+        for name, report_id in reports.items():
+            try:
+                drift = recorded_drift(settings, name, report_id or None)
+            except UnknownDriftCheck as exc:
+                failures.append(str(exc))
+                continue
+            decisions.append(evaluate_promotion(settings, model_name=name, drift=drift,
+                                                margin=params["margin"], actor=actor).to_dict())
+        if failures:
+            raise AirflowFailException("; ".join(failures))
+        return decisions
 
     promote()
 

@@ -385,6 +385,8 @@ async def _poll(app: FastAPI) -> None:
             next_alias = time.monotonic() + cfg.model_poll_s
             await _refresh_champion(app)
             await _refresh_challenger(app, force=True)
+            await credit.refresh(st, st.settings.tracking_uri, st.settings.credit_model_name, cfg.credit_model_alias,
+                                 st.settings.run_dir / "models")
 
 
 def _shadow_score(m: LoadedModel, vector_of: Callable[[LoadedModel], list[float]],

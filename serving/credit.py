@@ -235,3 +235,25 @@ def setup(state: Any, tracking_uri: str, model_name: str, alias: str, cache_dir:
             save_last_known_good(state.credit_model, cache_dir)
     except Exception as exc:  # noqa: BLE001 - the fraud endpoint must not depend on the credit model
         log.warning("no credit model served (%s@%s): %s; credit decisions are 'refer'", model_name, alias, exc)
+
+
+async def refresh(state: Any, tracking_uri: str, model_name: str, alias: str, cache_dir: Path) -> None:
+    """If ``model_name@alias`` moved (a credit promotion), load the new version off the loop and serve
+    it from the next request on, as the fraud champion is swapped; a failure keeps the model served."""
+    from starlette.concurrency import run_in_threadpool
+
+    from serving.model import alias_version, load_for_serving, save_last_known_good
+
+    current: LoadedModel | None = state.credit_model
+    try:
+        version = await run_in_threadpool(alias_version, tracking_uri, model_name, alias)
+        if current is not None and current.version == version and current.source == "registry":
+            return
+        new = await run_in_threadpool(load_for_serving, tracking_uri, model_name, alias, cache_dir, at_start=False)
+    except Exception as exc:  # noqa: BLE001 - keep serving what we have; try again next poll
+        # Without a credit model at all (a fraud-only deployment) this is the normal state: not a warning.
+        (log.warning if current is not None else log.debug)("alias poll of %s@%s failed: %s", model_name, alias, exc)
+        return
+    state.credit_model = new
+    save_last_known_good(new, cache_dir)
+    log.info("credit model now %s v%s (was v%s)", model_name, new.version, current.version if current else None)

@@ -187,6 +187,11 @@ PAGE = """<!doctype html>
  <h3>Metrics against the champion (training run)</h3><table id="metrics"><thead><tr><th>metric</th>
   <th>this version</th><th>champion</th><th>difference</th></tr></thead><tbody></tbody></table>
  <h3>Last promotion gate (same test window)</h3><div id="gate" class="muted"></div>
+ <table id="gate-metrics" hidden><thead><tr><th>metric</th><th>this version</th><th>champion</th></tr></thead>
+  <tbody></tbody></table>
+ <h3>Fairness by age band (a protected attribute the model never sees)</h3><div id="fairness-source" class="muted"></div>
+ <table id="fairness" hidden><thead><tr><th>figure</th><th>this version</th><th>champion</th></tr></thead>
+  <tbody></tbody></table>
  <h3>Drift</h3><div id="drift" class="muted"></div>
  <h3>Canary</h3><div id="canary" class="muted"></div>
  <h3>Reviews</h3><table id="reviews"><thead><tr><th>when</th><th>verdict</th><th>reviewer</th>
@@ -239,6 +244,25 @@ async function openCard(model, version) {
   }
   const g = c.last_gate;
   $("gate").textContent = g ? g.decision + " at " + g.decided_at + ": " + g.reason : "the gate has not evaluated this version yet";
+  // Both versions' figures as the gate computed them on one test window; fairness figures apart.
+  const isFair = (m) => m.startsWith("fairness_") || m.startsWith("approval_rate.");
+  const gm = $("gate-metrics").tBodies[0]; gm.replaceChildren();
+  const gated = g ? Object.keys(g.challenger_metrics || {}).filter((m) => !isFair(m)).sort() : [];
+  for (const m of gated) {
+    const tr = gm.insertRow(); tr.dataset.metric = m;
+    cell(tr, m); cell(tr, fmt(g.challenger_metrics[m])); cell(tr, fmt((g.champion_metrics || {})[m]));
+  }
+  $("gate-metrics").hidden = gated.length === 0;
+  // Fairness: the gate's figures (same window for both) when it ran, else each training run's own.
+  const [mine, champ, source] = g && Object.keys(g.challenger_metrics || {}).some(isFair)
+    ? [g.challenger_metrics, g.champion_metrics || {}, "as the last promotion gate computed them on one test window"]
+    : [c.metrics, Object.fromEntries(Object.entries(c.metrics_vs_champion).map(([k, d]) => [k, d.champion])),
+       "from each version's training run (its own test window)"];
+  const fair = Object.keys(mine).filter(isFair).sort();
+  const ft = $("fairness").tBodies[0]; ft.replaceChildren();
+  for (const m of fair) { const tr = ft.insertRow(); tr.dataset.metric = m; cell(tr, m); cell(tr, fmt(mine[m])); cell(tr, fmt(champ[m])); }
+  $("fairness").hidden = fair.length === 0;
+  $("fairness-source").textContent = fair.length ? source : "no fairness figures (a fraud model, or a version trained without the attribute)";
   const d = c.drift;
   $("drift").textContent = d ? "verdict " + d.verdict + " (v" + d.model_version + ", " + d.created_at + "): " + d.reason + (d.report_path ? "  report: " + d.report_path : "") : "no drift report yet";
   const canary = Object.entries(c.canary);

@@ -95,7 +95,8 @@ def make_tables(payments: list[Payment] | None = None, customers: tuple[str, ...
         apps.append(dict(application_id=app_id, customer_id=c, applied_at=applied,
                          amount_minor=500_000 + 10_000 * i, currency="EUR", term_months=12 * (i + 1),
                          annual_income_minor=4_000_000 + 100_000 * i, debt_to_income=0.2 + 0.1 * i,
-                         n_delinquencies=i, credit_history_months=24 + i, utilization=0.3 * i))
+                         n_delinquencies=i, credit_history_months=24 + i, utilization=0.3 * i,
+                         age_band=[None, "under_35", "55_and_over"][i % 3]))
         outcomes.append(dict(application_id=app_id, defaulted=(i == 1), observed_at=applied + timedelta(days=90),
                              true_default_probability=0.05 + 0.1 * i))
     rows = {"webhook_events": events, "ledger_entries": ledger, "dispute_outcomes": disputes,

@@ -21,6 +21,7 @@ import psycopg
 
 from riskloop.core import windows
 from riskloop.core.config import Settings
+from riskloop.simulator import credit as sim_credit
 
 START = pd.Timestamp("2024-01-01", tz="UTC")
 WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
@@ -58,6 +59,8 @@ DDL = {
     "fct_credit_outcomes": """
         application_id text primary key, applied_at timestamptz not null, defaulted integer not null,
         observed_at timestamptz not null, true_default_probability double precision""",
+    "credit_applicant_groups": """
+        application_id text primary key, applied_at timestamptz not null, age_band text not null""",
 }
 DDL.update({
     windows.mart_name(e): f"{e.key} text not null, {windows.TIMESTAMP_FIELD} timestamptz not null, "
@@ -75,6 +78,7 @@ class SyntheticMarts:
     terminal_risk_features: pd.DataFrame
     credit_features: pd.DataFrame
     fct_credit_outcomes: pd.DataFrame
+    credit_applicant_groups: pd.DataFrame
     card_realtime_windows: pd.DataFrame
     customer_realtime_windows: pd.DataFrame
 
@@ -183,12 +187,18 @@ def _terminal_risk(tx: pd.DataFrame, days: int, terminals: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _credit(rng: np.random.Generator, n: int, customers: int, as_of: pd.Timestamp
-            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _credit(rng: np.random.Generator, n: int, customers: int, as_of: pd.Timestamp, bias: float = 0.0
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Features, outcomes and the applicants' age bands; ``bias`` raises the latent risk of the
+    disadvantaged band as riskloop.simulator.credit does (its own stream: the rest does not move)."""
+    band_rng = rng.spawn(1)[0]
     window_start = START - pd.Timedelta(days=365)
     applied = window_start + pd.to_timedelta(
         np.sort(rng.integers(0, int((as_of - window_start).total_seconds()), n)), unit="s")
     z = rng.normal(size=n)
+    band = np.asarray(sim_credit.AGE_BANDS)[band_rng.choice(len(sim_credit.AGE_BANDS), n,
+                                                             p=sim_credit.AGE_BAND_WEIGHTS)]
+    z = z + bias * (band == sim_credit.DISADVANTAGED_BAND)
     income = np.round(np.exp(10.4 - 0.2 * z + 0.35 * rng.normal(size=n)), -2)
     dti = np.round(np.clip(np.exp(np.log(0.28) + 0.3 * z + 0.4 * rng.normal(size=n)), 0, 3), 4)
     util = np.round(1 / (1 + np.exp(-(-0.6 + 0.9 * z + 0.7 * rng.normal(size=n)))), 4)
@@ -219,16 +229,18 @@ def _credit(rng: np.random.Generator, n: int, customers: int, as_of: pd.Timestam
         "observed_at": observed,
         "true_default_probability": pd_true,
     })
-    return features, outcomes[outcomes["observed_at"] <= as_of].reset_index(drop=True)
+    groups = pd.DataFrame({"application_id": app_id, "applied_at": applied, "age_band": band})
+    return features, outcomes[outcomes["observed_at"] <= as_of].reset_index(drop=True), groups
 
 
 def make_marts(days: int = 30, customers: int = 60, terminals: int = 30, tx_per_day: float = 1.5,
-               applications: int = 600, seed: int = 0) -> SyntheticMarts:
-    """Deterministic synthetic marts of ``days`` days from 2024-01-01 UTC."""
+               applications: int = 600, seed: int = 0, credit_bias: float = 0.0) -> SyntheticMarts:
+    """Deterministic synthetic marts of ``days`` days from 2024-01-01 UTC (``credit_bias``: the credit
+    world's true bias against one age band, as ``riskloop simulate --credit-bias``)."""
     rng = np.random.default_rng(seed)
     as_of = START + pd.Timedelta(days=days)
     tx = _transactions(rng, days, customers, terminals, tx_per_day, as_of, seed)
-    credit_features, outcomes = _credit(rng, applications, customers, as_of)
+    credit_features, outcomes, groups = _credit(rng, applications, customers, as_of, credit_bias)
     return SyntheticMarts(
         as_of=as_of,
         fct_transactions=tx,
@@ -236,6 +248,7 @@ def make_marts(days: int = 30, customers: int = 60, terminals: int = 30, tx_per_
         terminal_risk_features=_terminal_risk(tx, days, terminals),
         credit_features=credit_features,
         fct_credit_outcomes=outcomes,
+        credit_applicant_groups=groups,
         card_realtime_windows=_realtime_windows(tx, windows.entity("card")),
         customer_realtime_windows=_realtime_windows(tx, windows.entity("customer")),
     )

@@ -124,8 +124,9 @@ def test_dags_are_chained_by_assets(dagbag: dict) -> None:
     assert dags["riskloop_ingest"]["timetable"] == "CronDataIntervalTimetable"
     # The monitor also runs daily: drift grows without any new model.
     assert dags["riskloop_monitor"]["timetable"] == "AssetOrTimeSchedule"
-    assert dags["riskloop_monitor"]["schedule_assets"] == ["riskloop_fraud_model"]
+    assert sorted(dags["riskloop_monitor"]["schedule_assets"]) == ["riskloop_credit_model", "riskloop_fraud_model"]
     assert dags["riskloop_monitor"]["tasks"]["drift"]["outlets"] == ["riskloop_drift_checked"]
+    assert dags["riskloop_monitor"]["tasks"]["drift"]["mapped"] is True  # one check per product's model
     assert "promote" not in dags["riskloop_monitor"]["tasks"]  # promotion is its own DAG
     assert dags["riskloop_promote"]["timetable"] == "AssetTriggeredTimetable"
     assert dags["riskloop_promote"]["schedule_assets"] == ["riskloop_drift_checked"]

@@ -58,6 +58,8 @@ MARTS = {
     "fct_credit_outcomes": {
         "application_id": "text", "applied_at": "timestamp with time zone", "defaulted": "integer",
         "observed_at": "timestamp with time zone", "true_default_probability": "double precision"},
+    "credit_applicant_groups": {
+        "application_id": "text", "applied_at": "timestamp with time zone", "age_band": "text"},
     **{windows.mart_name(e): {e.key: "text", windows.TIMESTAMP_FIELD: "timestamp with time zone",
                               **dict.fromkeys(windows.feature_names(e), "bigint")} for e in windows.ENTITIES},
 }
@@ -152,6 +154,10 @@ def test_build_produces_documented_marts(built) -> None:
     credit = _frame(settings, "select * from marts.credit_features order by application_id")
     assert list(credit.kyc_level) == [0, 1, 2] and list(credit.pep) == [0, 0, 1]
     assert len(_frame(settings, "select * from marts.fct_credit_outcomes")) == len(tables["credit_outcomes"])
+    # the protected attribute reaches its own mart as data, and no mart a feature view reads
+    groups = _frame(settings, "select application_id, age_band from marts.credit_applicant_groups order by 1")
+    assert list(groups.age_band) == ["not_stated", "under_35", "55_and_over"]
+    assert "age_band" not in credit.columns
 
     indexes = _frame(settings, "select tablename, indexdef from pg_indexes where schemaname = 'marts'")
     for mart, entity in [("customer_spending_features", "customer_id"), ("terminal_risk_features", "terminal_id")]:

@@ -198,3 +198,32 @@ def test_replay_detects_a_mismatch(client: TestClient, stack: Any, monkeypatch: 
     assert any(m.startswith("decision") for m in result["mismatches"])
     code, _ = _cli_replay(stack, monkeypatch, str(uuid.uuid4()))
     assert code == 2
+
+
+def test_a_promoted_credit_challenger_serves_without_restart(stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The credit champion follows the gate's promotion within a poll, like the fraud champion (last in
+    this file: it moves the module's champion)."""
+    from test_promotion import approve
+
+    from riskloop.governance.promotion import evaluate_promotion
+    from serving.app import create_app
+    from serving.config import ServingSettings
+    from training.train import train_credit
+
+    s = stack.settings.model_copy(update={"canary_required": False, "promotion_require_contracts": False,
+                                          # this small world's age bands are a few dozen applicants each
+                                          "fairness_air_floor": 0.0, "fairness_gap_margin": 1.0})
+    with TestClient(create_app(s, ServingSettings(api_keys=f"{KEY}:admin", model_poll_s=0.2)), headers=AUTH) as c:
+        before = c.post("/v1/score/credit", json={"application_id": "swap-1", "customer_id": "c0001",
+                                                  "applicant": APPLICANT}).json()["model"]["version"]
+        challenger = train_credit(s, {"n_estimators": 60}, seed=3)
+        monkeypatch.setenv("RISKLOOP_DATABASE_URL", s.database_url)
+        approve(s, s.credit_model_name, challenger.version)
+        decision = evaluate_promotion(s, s.credit_model_name, margin=1.0)
+        assert decision.decision == "promoted", decision.reason
+        deadline, served = time.monotonic() + 30, before
+        while served != challenger.version and time.monotonic() < deadline:
+            time.sleep(0.2)
+            served = c.post("/v1/score/credit", json={"application_id": "swap-2", "customer_id": "c0001",
+                                                      "applicant": APPLICANT}).json()["model"]["version"]
+    assert (before, served) == (stack.credit.version, challenger.version)

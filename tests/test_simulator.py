@@ -575,3 +575,28 @@ def test_cli_simulate_applications_per_customer(tmp_path: Path) -> None:
     assert apps.groupby("customer_id").size().max() > 1  # repeat applicants
     bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "neg"), "--applications-per-customer", "-1"])
     assert bad.exit_code == 2 and not (tmp_path / "neg").exists()
+
+
+def test_credit_age_band_is_data_with_a_configurable_true_bias() -> None:
+    """Every applicant has an age band (constant per customer); with no bias it says nothing about risk,
+    with ``credit_bias`` the under_35 band's true PD is higher; the payment feeds never change."""
+    from riskloop.simulator.credit import AGE_BANDS, DISADVANTAGED_BAND
+
+    fair, biased = (simulate(days=20, customers=600, seed=4, credit_bias=b) for b in (0.0, 1.5))
+    for name in fair.tables:
+        if not name.startswith("credit_"):
+            pd.testing.assert_frame_equal(fair.tables[name], biased.tables[name])
+    for s in (fair, biased):
+        apps = s.tables["credit_applications"]
+        assert set(apps.age_band) == set(AGE_BANDS) and apps.groupby("customer_id").age_band.nunique().max() == 1
+    assert (fair.tables["credit_applications"].age_band.to_numpy()
+            == biased.tables["credit_applications"].age_band.to_numpy()).all()
+
+    def pd_by_band(s: Simulation) -> pd.Series:
+        apps = s.tables["credit_applications"]
+        return pd.Series(_pd_of(apps), index=apps.age_band.to_numpy()).groupby(level=0).mean()
+
+    fair_pd, biased_pd = pd_by_band(fair), pd_by_band(biased)
+    others = [b for b in AGE_BANDS if b != DISADVANTAGED_BAND]
+    assert fair_pd[DISADVANTAGED_BAND] < 1.5 * fair_pd[others].min()  # no bias: no band far riskier
+    assert biased_pd[DISADVANTAGED_BAND] > 2 * biased_pd[others].max()

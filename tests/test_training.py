@@ -491,3 +491,23 @@ def test_cli_train_with_search_prints_the_run_url_and_the_choice(marts_settings,
                                     "and tags.`riskloop.search_trial` = '0'")
     assert {k: baseline.data.params[f"xgb_{k}"] for k in ("max_depth", "learning_rate", "min_child_weight")} == {
         k: str(CREDIT_DEFAULT_PARAMS[k]) for k in ("max_depth", "learning_rate", "min_child_weight")}
+
+
+def test_fairness_figures_hand_computed_and_on_the_card() -> None:
+    """Approved = PD below the threshold; AIR = lowest / highest band approval; gaps = highest - lowest
+    TPR (defaulters declined) and FPR (repayers declined); an unstated band is left out."""
+    from riskloop.models.fairness import fairness_report
+    from training import card
+
+    rows = [  # band, label, score
+        ("a", 1, 0.9), ("a", 0, 0.1), ("a", 0, 0.1), ("a", 0, 0.6),  # approved 2/4, TPR 1, FPR 1/3
+        ("b", 1, 0.1), ("b", 0, 0.1), ("b", 0, 0.1), ("b", 1, 0.7),  # approved 3/4, TPR 1/2, FPR 0
+        ("not_stated", 1, 0.9),
+    ]
+    f = fairness_report(pd.DataFrame(rows, columns=["age_band", "label", "score"]), approve_below=0.5)
+    assert set(f.groups) == {"a", "b"}
+    assert f.air == pytest.approx(0.5 / 0.75) and f.tpr_gap == pytest.approx(0.5) and f.fpr_gap == pytest.approx(1 / 3)
+    assert f.metrics()["approval_rate.b"] == pytest.approx(0.75)
+    lines = "\n".join(card._fairness(f))
+    assert "| a | 4 | 1 | 0.5000 | 1.0000 | 0.3333 |" in lines and "Adverse impact ratio" in lines
+    assert "0.6667" in lines and "four-fifths" in lines

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from riskloop.models.fairness import FairnessReport
+
 CARD_ARTIFACT = "model_card.md"
 
 INTENDED_USE = {
@@ -65,6 +67,7 @@ class CardFacts:
     search: dict[str, Any] | None = None
     contracts: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "xgboost (single process)"
+    fairness: FairnessReport | None = None
 
 
 def _fmt(value: Any) -> str:
@@ -110,7 +113,11 @@ def render(facts: CardFacts) -> str:
                   for c in facts.contracts]
     else:
         lines.append("- Data contracts: no contract run recorded in this warehouse")
-    lines += ["", "## Metrics", *_metric_table(facts.test_metrics, facts.validation_metrics), ""]
+    metrics = {k: v for k, v in facts.test_metrics.items() if facts.fairness is None
+               or not k.startswith(("fairness_", "approval_rate."))}
+    lines += ["", "## Metrics", *_metric_table(metrics, facts.validation_metrics), ""]
+    if facts.fairness is not None:
+        lines += _fairness(facts.fairness)
     if facts.search:
         s = facts.search
         lines += [f"Hyperparameters chosen by a {s['trials']}-trial search ({s['sampler']}) on validation "
@@ -131,3 +138,19 @@ def render(facts: CardFacts) -> str:
     lines += ["## Hyperparameters", ", ".join(f"{k}={v}" for k, v in sorted(facts.xgb_params.items())), "",
               "## Limitations", *[f"- {text}" for text in LIMITATIONS[facts.kind]], ""]
     return "\n".join(lines)
+
+
+def _fairness(f: FairnessReport) -> list[str]:
+    """Per-group approval and error rates on the test set; the attribute is never a model input."""
+    lines = ["## Fairness", f"By `{f.attribute}` (a protected attribute the model never sees), on the test set; "
+             f"approved = predicted PD < {f.approve_below:g}.", ""]
+    if not f.groups:
+        return [*lines, "Not computed: no protected attribute recorded for the test applications.", ""]
+    lines += ["| group | applications | defaults | approval rate | TPR (defaulters declined) | "
+              "FPR (repayers declined) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {g.n} | {g.n_defaults} | {_fmt(g.approval_rate)} | {_fmt(g.tpr)} | {_fmt(g.fpr)} |"
+              for name, g in sorted(f.groups.items())]
+    lines += ["", f"- Adverse impact ratio (lowest / highest approval rate): {_fmt(f.air)} "
+              "(below 0.8 fails the four-fifths rule)",
+              f"- TPR gap: {_fmt(f.tpr_gap)}; FPR gap: {_fmt(f.fpr_gap)} (highest minus lowest group)", ""]
+    return lines

@@ -29,7 +29,7 @@ from riskloop.core.identity import Principal
 from riskloop.features import datasets
 from riskloop.features.store import CREDIT_SERVICE, FRAUD_SERVICE, feature_store
 from riskloop.governance.authors import record_author
-from riskloop.models import artifacts, metrics, split
+from riskloop.models import artifacts, fairness, metrics, split
 from riskloop.models import classifier as model
 from training import card, plots, search, tracking
 
@@ -93,6 +93,8 @@ class _Job:
     monotone: dict[str, int] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)  # this model's defaults over model.DEFAULT_PARAMS
     log_calibration: bool = False  # log the test calibration curve as a table (a PD must be calibrated)
+    # Per test row, the applicant's protected attribute (never a model input): the run's fairness figures.
+    protected: pd.Series | None = None
 
 
 def _require_both_classes(labels: pd.Series, what: str) -> None:
@@ -143,25 +145,6 @@ def train_fraud(settings: Settings, params: dict[str, Any] | None = None, *, see
                   triggered_by=triggered_by)
 
 
-def _credit_metrics(scored: pd.DataFrame) -> dict[str, float]:
-    """AUC, Brier, ECE; with the simulator's true PD, the oracle's AUC and ECE and our share of its AUC."""
-    results = {"auc_roc": metrics.auc_roc(scored["label"], scored["score"]),
-               "brier": metrics.brier(scored["label"], scored["score"]) if len(scored) else math.nan,
-               "ece": metrics.expected_calibration_error(scored["label"], scored["score"])}
-    if "true_default_probability" in scored and len(scored) and scored["true_default_probability"].notna().all():
-        # The oracle: the simulator's true PD ranks the same rows as well as anything can;
-        # the model is judged by how much of that it recovers (goal >= 0.97).
-        oracle = metrics.auc_roc(scored["label"], scored["true_default_probability"])
-        results.update(oracle_auc_roc=oracle, auc_to_oracle=results["auc_roc"] / oracle,
-                       # The true PD's own ECE on these rows: what sampling noise alone gives a
-                       # perfectly calibrated model (~0.018 on the demo's ~1,000 test rows).
-                       oracle_ece=metrics.expected_calibration_error(scored["label"],
-                                                                     scored["true_default_probability"]))
-    # The ECE's sampling uncertainty (bootstrap, 95 %): whether the goal is met or only looks so.
-    results["ece_ci95_low"], results["ece_ci95_high"] = metrics.ece_interval(scored["label"], scored["score"])
-    return results
-
-
 def train_credit(settings: Settings, params: dict[str, Any] | None = None, *, seed: int = 42,
                  test_fraction: float = 0.25, reference_rows: int = 5000,
                  store: "FeatureStore | None" = None, search_trials: int = 0, valid_fraction: float = 0.25,
@@ -174,6 +157,7 @@ def train_credit(settings: Settings, params: dict[str, Any] | None = None, *, se
     frame = datasets.credit_dataset(store)
     frame = frame.assign(label=frame[datasets.CREDIT_LABEL].astype("int64"))
     train, test, boundary = split.split_by_time(frame, test_fraction)
+    groups = datasets.protected_groups(settings).set_index("application_id")[fairness.PROTECTED_ATTRIBUTE]
     _require_both_classes(train["label"], "the credit training set")
     # Repeat applicants: a customer's latent risk is shared by all their applications, but the
     # features are the application's own and the outcome depends on nothing else, so a customer
@@ -186,7 +170,7 @@ def train_credit(settings: Settings, params: dict[str, Any] | None = None, *, se
     delay_days = (pd.to_datetime(train["observed_at"], utc=True) - train["event_timestamp"]).dt.days
     job = _Job(kind="credit", model_name=settings.credit_model_name, service=CREDIT_SERVICE, features=features,
                train=train, test=test, prediction_cols=["application_id", "customer_id", "event_timestamp", "label"],
-               evaluate=_credit_metrics, objective=search.CREDIT_OBJECTIVE,
+               evaluate=metrics.credit_metrics, objective=search.CREDIT_OBJECTIVE,
                run_params={"test_start": boundary.isoformat(),
                            "test_end": (test["event_timestamp"].max() + pd.Timedelta(seconds=1)).isoformat(),
                            "test_fraction": test_fraction,
@@ -194,7 +178,8 @@ def train_credit(settings: Settings, params: dict[str, Any] | None = None, *, se
                label_delay=(f"an outcome is observed whole, {delay_days.min()} to {delay_days.max()} days after "
                             "the application; only applications with an observed outcome are used"),
                monotone=params["monotone_constraints"] if isinstance(params["monotone_constraints"], dict) else {},
-               defaults=model.CREDIT_DEFAULT_PARAMS, log_calibration=True)
+               defaults=model.CREDIT_DEFAULT_PARAMS, log_calibration=True,
+               protected=test["application_id"].map(groups))
     return _train(settings, job, params, seed, search_trials=search_trials, valid_fraction=valid_fraction,
                   reference_rows=reference_rows, progress=progress, dask_client=dask_client, principal=principal,
                   triggered_by=triggered_by)
@@ -291,6 +276,12 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
             scores = clf.predict_proba(x_test)[:, 1] if len(x_test) else []
             predictions = job.test[job.prediction_cols].assign(score=scores)
             results = job.evaluate(job.test.assign(score=scores))
+            fair = None
+            if job.protected is not None and len(x_test):
+                fair = fairness.fairness_report(
+                    job.test.assign(score=scores, **{fairness.PROTECTED_ATTRIBUTE: job.protected.to_numpy()}),
+                    settings.fairness_approve_below)
+                results.update(fair.metrics())
             all_params = {
                 **xgb_params(chosen),
                 **job.run_params,
@@ -321,7 +312,8 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
                 xgb_params=model.effective_params({**job.defaults, **chosen}, seed), test_metrics=results,
                 validation_metrics=valid_results, label_delay=job.label_delay, content_hash=dataset_hash,
                 monotone_constraints=job.monotone, feature_importance=importance,
-                search=found.summary(job.objective) if found else None, contracts=contract_runs, backend=backend))
+                search=found.summary(job.objective) if found else None, contracts=contract_runs, backend=backend,
+                fairness=fair))
             mlflow.log_text(card_text, card.CARD_ARTIFACT)
             example = x_train.head(5)
             signature = infer_signature(example, clf.predict_proba(example)[:, 1])

@@ -29,6 +29,9 @@ def simulate(
     drift_factor: float = typer.Option(3.0, "--drift-factor", help="Amount multiplier of --drift amount-shift."),
     applications_per_customer: float = typer.Option(
         1.0, "--applications-per-customer", min=0, help="Mean credit applications per customer."),
+    credit_bias: float = typer.Option(
+        0.0, "--credit-bias", min=0, help="True bias of the credit world against the under_35 age band: their "
+        "latent risk raised by this many standard deviations (0: the band is independent of risk)."),
 ) -> None:
     """Simulate card payments (the fraud handbook's generator) and the raw feeds derived from them,
     optionally with drift injected after a date (docs: riskloop/simulator/drift.py)."""
@@ -36,13 +39,14 @@ def simulate(
 
     try:
         simulator.resolve_params(days, customers, seed, terminals, None, preset, drift=drift, drift_from=drift_from,
-                                 drift_factor=drift_factor, applications_per_customer=applications_per_customer)
+                                 drift_factor=drift_factor, applications_per_customer=applications_per_customer,
+                                 credit_bias=credit_bias)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     with console.status("simulating"):
         sim = simulator.simulate(days=days, customers=customers, terminals=terminals, seed=seed, preset=preset,
                                  drift=drift, drift_from=drift_from, drift_factor=drift_factor,
-                                 applications_per_customer=applications_per_customer)
+                                 applications_per_customer=applications_per_customer, credit_bias=credit_bias)
         manifest = simulator.write(sim, out)
     console.print_json(json.dumps(manifest, default=str))
 

@@ -15,7 +15,8 @@ app.add_typer(check_app, name="check")
 
 
 @app.command()
-def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model name.")) -> None:
+def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model name (riskloop-fraud, riskloop-credit).")
+            ) -> None:
     """Evidently drift of the champion's recent scoring inputs against its training reference, and
     the decision-stream tripwires; raises or resolves alerts (with hysteresis) through the sinks.
     Prints the drift result and the alerts sent as one JSON object on stdout."""
@@ -26,9 +27,9 @@ def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model n
     try:
         result = run_drift(settings, model_name=model)
     except Exception:
-        check_and_alert(settings, None)  # the tripwires do not need the model: still check them
+        check_and_alert(settings)  # the tripwires do not need the model: still check them
         raise
-    sent = check_and_alert(settings, result)
+    sent = check_and_alert(settings, [result])
     typer.echo(json.dumps({**result.to_dict(), "alerts": [a.to_dict() for a in sent]}, default=str))
 
 

@@ -315,6 +315,15 @@ class Settings(BaseSettings):
         default=True, description="The promotion gate refuses a challenger whose training run recorded no passed "
         "data-contract run of the raw sources and the marts. false = marts built by hand (tests, notebooks); the "
         "decision's reason says so.")
+    fairness_air_floor: float = Field(
+        default=0.8, ge=0, le=1, description="Credit gate: refuse a challenger whose adverse impact ratio (lowest "
+        "age band's approval rate over the highest's) is below this (0.8: the four-fifths rule).")
+    fairness_gap_margin: float = Field(
+        default=0.05, ge=0, le=1, description="Credit gate: refuse a challenger whose gap in true- or false-positive "
+        "rate between age bands exceeds the champion's by more than this (absolute).")
+    fairness_approve_below: float = Field(
+        default=0.25, gt=0, le=1, description="Fairness figures: a predicted PD below this counts as approved (the "
+        "credit policy's refer threshold: above it a person decides).")
     promotion_job_timeout_s: float = Field(
         default=900.0, gt=0, description="How long the review page's promote action waits for the gate's job "
         "(its own process: a test set rebuilt through Feast, two models scored) before answering 504.")

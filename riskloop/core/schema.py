@@ -22,7 +22,7 @@ class Column:
 
 # Columns a producer may omit (ingest fills them with nulls): added to the contract after files
 # without them were already landing.
-OPTIONAL_INPUT_COLUMNS = frozenset({"card_bin", "card_last4"})
+OPTIONAL_INPUT_COLUMNS = frozenset({"card_bin", "card_last4", "age_band"})
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,9 @@ RAW_TABLES: tuple[RawTable, ...] = (
             Column("n_delinquencies", "integer"),
             Column("credit_history_months", "integer"),
             Column("utilization", "double precision", description="Revolving utilisation, 0..1."),
+            Column("age_band", "text", nullable=True,
+                   description="Protected attribute (under_35 | 35_to_54 | 55_and_over; null: not stated): "
+                               "for fairness checks only, never a model input."),
         ),
     ),
     RawTable(

@@ -122,3 +122,18 @@ def credit_dataset(store: "FeatureStore") -> pd.DataFrame:
     frame = _fetch(store, entity_sql, CREDIT_SERVICE, ["event_timestamp", "application_id"])
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     return frame
+
+
+def protected_groups(settings: Settings) -> pd.DataFrame:
+    """``application_id`` and the applicant's protected attribute (``age_band``) of every application,
+    from ``marts.credit_applicant_groups``: never through Feast, so no model can be trained on it. Empty
+    (same columns) when the mart does not exist (a warehouse built before it)."""
+    eng = db.engine(settings)
+    try:
+        with eng.connect() as conn:
+            if not conn.execute(sa.text("select to_regclass('marts.credit_applicant_groups') is not null")).scalar():
+                log.warning("no marts.credit_applicant_groups: fairness figures cannot be computed")
+                return pd.DataFrame({"application_id": pd.Series(dtype=str), "age_band": pd.Series(dtype=str)})
+            return pd.read_sql(sa.text("select application_id, age_band from marts.credit_applicant_groups"), conn)
+    finally:
+        eng.dispose()

@@ -204,7 +204,7 @@ with w as (
            case when serving_mode = 'shadow' then (shadow->>'score')::double precision else score end as s_chal,
            score, latency_ms, degraded, shadow->>'error' is not null as errored, serving_mode
     from serving.decision_log
-    where model_name = %(model)s and product = 'fraud' and serving_mode = %(mode)s
+    where model_name = %(model)s and serving_mode = %(mode)s
       and decided_at >= %(start)s and decided_at < %(end)s
       and (model_version = %(champion)s or model_version = %(challenger)s)
 )

@@ -6,6 +6,10 @@ set: both versions are loaded from the registry and scored on the challenger's o
 with ``riskloop.models.metrics``. Metrics logged at training time are not reused: the champion was
 evaluated on an older window, so comparing logged numbers would compare windows, not models.
 
+One code path serves both products (:mod:`riskloop.models.products`): a fraud model is compared on AUC ROC
+and average precision, a credit model on AUC, Brier score and ECE, and a credit challenger must also
+pass the fairness gate (:func:`fairness_gate`: adverse impact ratio and TPR/FPR gaps across age bands).
+
 Every run of the gate, including "nothing to do", appends a row to
 ``governance.promotion_decisions`` (append-only: a trigger refuses UPDATE/DELETE/TRUNCATE), and a
 decision about a challenger is also written as ``promotion.*`` tags on its model version, so the
@@ -31,6 +35,7 @@ from riskloop.core.config import Settings
 from riskloop.governance import canary
 from riskloop.governance.review import approval_gate
 from riskloop.models.artifacts import CONTRACT_TAG_PREFIX
+from riskloop.models.products import CREDIT, FRAUD, PRODUCTS, GatedMetric, Product, product_of
 from riskloop.models.registry import download_version, mlflow_client, parse_features_param
 from riskloop.monitoring.drift import DriftResult
 
@@ -40,16 +45,14 @@ GOVERNANCE_SCHEMA = "governance"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 CP_K = 100
-# The metrics compared by the gate; card precision is computed and recorded, but it is a per-day
-# operational figure that moves with the daily fraud count, too noisy on a week to veto alone.
-GATED_METRICS = ("auc_roc", "average_precision")
 
 # The schemas whose contracts must have passed for a model's training data: the raw sources and the
 # feature marts (the ingest DAG checks both before anything reaches a model).
 REQUIRED_CONTRACT_SCHEMAS = ("raw", "marts")
 
-# A loader of the common test set: (settings, challenger run params) -> one row per transaction
-# with the model inputs, ``label``, ``customer_id`` and ``event_timestamp``.
+# A loader of the common test set: (settings, challenger run params) -> one row per transaction (or
+# application) with the model inputs, ``label``, ``customer_id`` and ``event_timestamp``; a credit
+# test set also carries the applicants' ``age_band`` (never a model input) for the fairness gate.
 TestSetLoader = Callable[[Settings, dict[str, str]], pd.DataFrame]
 
 
@@ -128,6 +131,25 @@ def fraud_test_set(settings: Settings, run_params: dict[str, str]) -> pd.DataFra
     return test
 
 
+def credit_test_set(settings: Settings, run_params: dict[str, str]) -> pd.DataFrame:
+    """The challenger's credit test window: every application in [test_start, test_end) with an observed
+    outcome, its ``credit_model_v1`` features as of the application (Feast, as training read them), and the
+    applicant's age band from ``marts.credit_applicant_groups`` (beside the features, never one of them)."""
+    from riskloop.features import datasets
+    from riskloop.features.store import feature_store
+    from riskloop.models.fairness import PROTECTED_ATTRIBUTE
+
+    start, end = pd.Timestamp(run_params["test_start"]), pd.Timestamp(run_params["test_end"])
+    frame = datasets.credit_dataset(feature_store(settings))
+    test = frame[(frame["event_timestamp"] >= start) & (frame["event_timestamp"] < end)]
+    groups = datasets.protected_groups(settings).set_index("application_id")[PROTECTED_ATTRIBUTE]
+    return test.assign(label=test[datasets.CREDIT_LABEL].astype("int64"),
+                       **{PROTECTED_ATTRIBUTE: test["application_id"].map(groups)}).reset_index(drop=True)
+
+
+TEST_SETS: dict[str, TestSetLoader] = {FRAUD: fraud_test_set, CREDIT: credit_test_set}
+
+
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:
@@ -159,9 +181,12 @@ def _score(model, frame: pd.DataFrame, features: list[str]) -> pd.Series:
     return pd.Series(np.asarray(model.predict_proba(x))[:, 1], index=frame.index)
 
 
-def _evaluate(settings: Settings, client, name: str, version: str, test: pd.DataFrame) -> dict[str, float]:
-    """AUC ROC, average precision and card precision@100 of one version on the common test set."""
-    from riskloop.models import metrics
+def _evaluate(settings: Settings, client, name: str, version: str, test: pd.DataFrame,
+              product: Product = PRODUCTS[FRAUD]) -> dict[str, float]:
+    """One version's metrics on the common test set: fraud AUC ROC, average precision and card
+    precision@100; credit AUC, Brier, ECE (and the oracle's, when the simulator's true PD is there)
+    plus the fairness figures (:mod:`riskloop.models.fairness`)."""
+    from riskloop.models import fairness, metrics
 
     mv = client.get_model_version(name, version)
     features = parse_features_param(client.get_run(mv.run_id).data.params.get("features")) if mv.run_id else []
@@ -172,6 +197,13 @@ def _evaluate(settings: Settings, client, name: str, version: str, test: pd.Data
         raise PromotionError(f"{name} v{version} needs inputs the test set lacks: {missing}")
     scored = test[["customer_id", "event_timestamp", "label"]].assign(
         score=_score(_load_model(settings, name, version), test, features))
+    if product.name == CREDIT:
+        extra = [c for c in ("true_default_probability", fairness.PROTECTED_ATTRIBUTE) if c in test.columns]
+        scored = scored.join(test[extra])
+        out = metrics.credit_metrics(scored)
+        if fairness.PROTECTED_ATTRIBUTE in scored.columns:
+            out.update(fairness.fairness_report(scored, settings.fairness_approve_below).metrics())
+        return out
     return {
         "auc_roc": metrics.auc_roc(scored["label"], scored["score"]),
         "average_precision": metrics.average_precision(scored["label"], scored["score"]),
@@ -179,15 +211,20 @@ def _evaluate(settings: Settings, client, name: str, version: str, test: pd.Data
     }
 
 
-def _compare(champion: dict[str, float], challenger: dict[str, float], margin: float) -> tuple[bool, str]:
-    """Whether the challenger is not worse than the champion by more than ``margin`` on every gated metric."""
+def _compare(champion: dict[str, float], challenger: dict[str, float], margin: float,
+             gated: tuple[GatedMetric, ...] = PRODUCTS[FRAUD].gated) -> tuple[bool, str]:
+    """Whether the challenger is not worse than the champion by more than ``margin`` on every gated metric
+    (worse: lower for a metric where higher is better, higher for one where lower is, as Brier and ECE)."""
     worse, undefined, fine = [], [], []
-    for m in GATED_METRICS:
+    for g in gated:
+        m = g.name
         a, b = champion[m], challenger[m]
         if math.isnan(a) or math.isnan(b):
             undefined.append(m)
-        elif b < a - margin:
+        elif g.higher_is_better and b < a - margin:
             worse.append(f"{m} {b:.4f} < champion {a:.4f} - margin {margin:g}")
+        elif not g.higher_is_better and b > a + margin:
+            worse.append(f"{m} {b:.4f} > champion {a:.4f} + margin {margin:g}")
         else:
             fine.append(f"{m} {b:.4f} vs champion {a:.4f}")
     if undefined:
@@ -196,6 +233,40 @@ def _compare(champion: dict[str, float], challenger: dict[str, float], margin: f
     if worse:
         return False, "challenger worse than champion: " + "; ".join(worse)
     return True, "challenger not worse than champion within margin: " + "; ".join(fine)
+
+
+def fairness_gate(settings: Settings, champion: dict[str, float], challenger: dict[str, float]) -> tuple[bool, str]:
+    """Is the credit challenger fair enough? Its adverse impact ratio across age bands must be at least
+    ``settings.fairness_air_floor`` (the four-fifths rule by default), and neither its TPR gap nor its
+    FPR gap may exceed the champion's by more than ``settings.fairness_gap_margin``. Judged on the
+    figures :func:`_evaluate` computed for both on the same test rows; figures that could not be computed
+    (no protected attribute recorded, a single group) fail: no evidence is not evidence of fairness."""
+    from riskloop.models.fairness import METRIC_PREFIX
+
+    air = challenger.get(f"{METRIC_PREFIX}air", math.nan)
+    if math.isnan(air):
+        return False, ("fairness not assessable: no age band recorded for two or more groups of the test "
+                       "applications (marts.credit_applicant_groups)")
+    failures, fine = [], []
+    if air < settings.fairness_air_floor:
+        failures.append(f"adverse impact ratio {air:.3f} < floor {settings.fairness_air_floor:g}")
+    else:
+        fine.append(f"adverse impact ratio {air:.3f} >= {settings.fairness_air_floor:g}")
+    for gap in ("tpr_gap", "fpr_gap"):
+        a, b = champion.get(METRIC_PREFIX + gap, math.nan), challenger.get(METRIC_PREFIX + gap, math.nan)
+        if math.isnan(b):
+            failures.append(f"{gap} undefined (a group without defaulters or repayers)")
+        elif not math.isnan(a) and b > a + settings.fairness_gap_margin:
+            failures.append(f"{gap} {b:.3f} > champion {a:.3f} + margin {settings.fairness_gap_margin:g}")
+        else:
+            fine.append(f"{gap} {b:.3f} vs champion {_fmt(a)}")
+    if failures:
+        return False, "; ".join(failures)
+    return True, "fair across age bands: " + "; ".join(fine)
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
 
 
 # --- the gate ------------------------------------------------------------------------------
@@ -220,7 +291,9 @@ def evaluate_promotion(
     (:func:`riskloop.governance.review.approval_gate`), and its canary phase passed (:func:`riskloop.governance.canary.gate`,
     unless ``settings.canary_required`` is off; a promotion ends the canary). A refusal is also sent
     as a ``promotion_blocked`` alert.
-    ``load_test_set`` replaces the Feast-backed :func:`fraud_test_set` (tests, other models).
+    A credit model (:func:`riskloop.models.products.product_of`) is compared on AUC, Brier and ECE and
+    must also pass :func:`fairness_gate`.
+    ``load_test_set`` replaces the product's Feast-backed loader (:data:`TEST_SETS`; tests).
     ``actor`` is who asked (recorded as ``decided_by``; default: the database session's user).
     """
     if margin < 0:
@@ -235,7 +308,7 @@ def evaluate_promotion(
     with db.connect(settings, autocommit=True) as lock_conn:
         lock_conn.execute("select pg_advisory_lock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
         try:
-            decision = _decide(settings, client, model_name, drift, margin, load_test_set or fraud_test_set, base)
+            decision = _decide(settings, client, model_name, drift, margin, load_test_set, base)
         finally:
             lock_conn.execute("select pg_advisory_unlock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
     if decision.decision == "refused":
@@ -249,7 +322,7 @@ def evaluate_promotion(
 
 
 def _decide(settings: Settings, client, model_name: str, drift: DriftResult | None, margin: float,
-            load_test_set: TestSetLoader, base: dict[str, Any]) -> PromotionDecision:
+            load_test_set: TestSetLoader | None, base: dict[str, Any]) -> PromotionDecision:
     champion = _alias_version(client, model_name, CHAMPION)
     challenger = _alias_version(client, model_name, CHALLENGER)
     base.update(champion_version=champion, challenger_version=challenger)
@@ -273,6 +346,9 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
     challenger_mv = client.get_model_version(model_name, challenger)
     run = client.get_run(challenger_mv.run_id) if challenger_mv.run_id else None
     run_params = dict(run.data.params) if run else {}
+    product = product_of(settings, model_name, challenger_mv.tags.get("feature_service")
+                         or run_params.get("feature_service"))
+    load_test_set = load_test_set or TEST_SETS[product.name]
     for key in ("test_start", "test_end"):  # training also tags the version; accept either
         if key not in run_params and key in challenger_mv.tags:
             run_params[key] = challenger_mv.tags[key]
@@ -284,18 +360,23 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
                 n_test=len(test), n_test_frauds=int(test["label"].sum()) if len(test) else 0)
     log.info("gate %s: scoring champion v%s and challenger v%s on %d rows (%s .. %s)", model_name, champion,
              challenger, len(test), run_params["test_start"], run_params["test_end"])
-    champ_m = _evaluate(settings, client, model_name, champion, test)
-    chall_m = _evaluate(settings, client, model_name, challenger, test)
+    champ_m = _evaluate(settings, client, model_name, champion, test, product)
+    chall_m = _evaluate(settings, client, model_name, challenger, test, product)
     base.update(champion_metrics=champ_m, challenger_metrics=chall_m)
 
-    good_enough, why = _compare(champ_m, chall_m, margin)
-    cp = (f"card_precision_at_100 {chall_m['card_precision_at_100']:.4f} vs "
-          f"{champ_m['card_precision_at_100']:.4f} (recorded, not gated)")
+    good_enough, why = _compare(champ_m, chall_m, margin, product.gated)
+    recorded = (f"card_precision_at_100 {chall_m['card_precision_at_100']:.4f} vs "
+                f"{champ_m['card_precision_at_100']:.4f} (recorded, not gated)") if product.name == FRAUD else None
     approval = approval_gate(settings, model_name, challenger, client=client)
     base.update(content_hash=approval.content_hash, approval_id=approval.approval_id,
                 approved_by=approval.approved_by)
     # Every gate is evaluated and every failure named: a reviewer fixing one should not discover the next.
     failures = [] if good_enough else [why]
+    fair_why = None
+    if product.fairness:
+        fair_ok, fair_why = fairness_gate(settings, champ_m, chall_m)
+        if not fair_ok:
+            failures.append(f"fairness gate: {fair_why}")
     if drift is not None and drift.verdict == "critical":
         drifted = ", ".join(drift.drifted_features) or "n/a"
         failures.append(f"blocked by critical input drift (report {drift.report_id}, {model_name} "
@@ -319,11 +400,12 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
             log.exception("gate %s: tagging v%s with its canary figures failed", model_name, challenger)
     if failures:
         return _finish(settings, client, PromotionDecision(
-            **base, decision="refused", reason="; ".join([*failures, cp])))
+            **base, decision="refused", reason="; ".join([*failures, *filter(None, [recorded])])))
     drift_note = f"drift {drift.verdict}" if drift else "drift not assessed"
     return _finish(settings, client, PromotionDecision(
         **base, decision="promoted",
-        reason=f"{why}; {cp}; {drift_note}; {contracts_why}; {approval.reason}; {canary_v.reason}"),
+        reason="; ".join(filter(None, [why, fair_why, recorded, drift_note, contracts_why, approval.reason,
+                                       canary_v.reason]))),
         expect_champion=champion)
 
 

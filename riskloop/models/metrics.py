@@ -200,3 +200,23 @@ def fraud_metrics(predictions: pd.DataFrame, k: int = 100) -> dict[str, float]:
         "average_precision": average_precision(predictions["label"], predictions["score"]),
         f"card_precision_at_{k}": card_precision_at_k(predictions, k=k),
     }
+
+
+def credit_metrics(scored: pd.DataFrame) -> dict[str, float]:
+    """AUC, Brier, ECE of a scored credit frame (``label``, ``score``); with the simulator's true PD
+    (``true_default_probability``), the oracle's AUC and ECE and the model's share of the oracle's AUC.
+    One definition for training runs and the promotion gate."""
+    results = {"auc_roc": auc_roc(scored["label"], scored["score"]),
+               "brier": brier(scored["label"], scored["score"]) if len(scored) else math.nan,
+               "ece": expected_calibration_error(scored["label"], scored["score"])}
+    if "true_default_probability" in scored and len(scored) and scored["true_default_probability"].notna().all():
+        # The oracle: the simulator's true PD ranks the same rows as well as anything can;
+        # the model is judged by how much of that it recovers.
+        oracle = auc_roc(scored["label"], scored["true_default_probability"])
+        results.update(oracle_auc_roc=oracle, auc_to_oracle=results["auc_roc"] / oracle,
+                       # The true PD's own ECE on these rows: what sampling noise alone gives a
+                       # perfectly calibrated model.
+                       oracle_ece=expected_calibration_error(scored["label"], scored["true_default_probability"]))
+    # The ECE's sampling uncertainty (bootstrap, 95 %): whether the goal is met or only looks so.
+    results["ece_ci95_low"], results["ece_ci95_high"] = ece_interval(scored["label"], scored["score"])
+    return results

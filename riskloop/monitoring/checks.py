@@ -4,6 +4,7 @@ stream's tripwires and the case queue, as :class:`~riskloop.core.alerts.Check` s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from riskloop.core.alerts import Alert, Check, process, report_url
@@ -16,11 +17,12 @@ from riskloop.monitoring.watch import watcher_alive
 log = logging.getLogger(__name__)
 
 
-def check_and_alert(settings: Settings, drift: "DriftResult | None") -> list[Alert]:
-    """The monitor job's alerting step: the drift check (if drift was assessed), the decision-stream
-    tripwires (unless a watcher evaluates them, :mod:`riskloop.monitoring.watch`) and the case queue's
-    checks, through the state machine and the sinks. Shared by ``riskloop monitor`` and the DAG."""
-    checks = [drift_check(settings, drift), performance_check(settings, drift)] if drift is not None else []
+def check_and_alert(settings: Settings, drifts: Sequence[DriftResult] = ()) -> list[Alert]:
+    """The monitor job's alerting step: the drift and realised-performance checks of each model whose
+    drift was assessed (fraud, credit: one incident key per model), the decision-stream tripwires
+    (unless a watcher evaluates them, :mod:`riskloop.monitoring.watch`) and the case queue's checks,
+    once, through the state machine and the sinks. Shared by ``riskloop monitor`` and the DAG."""
+    checks = [c for d in drifts for c in (drift_check(settings, d), performance_check(settings, d))]
     if watcher_alive(settings):  # the watcher judges the tripwires every minute: one window feeds their state
         log.info("tripwires: left to the running watcher (riskloop watch)")
     else:

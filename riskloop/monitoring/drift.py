@@ -40,6 +40,7 @@ import pandas as pd
 from riskloop.core import db
 from riskloop.core.config import Settings
 from riskloop.models.artifacts import PREDICTIONS_ARTIFACT, REFERENCE_ARTIFACT
+from riskloop.models.products import CREDIT, FRAUD, PRODUCTS, product_of
 from riskloop.models.registry import mlflow_client, parse_features_param
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Performance:
     # Bootstrap 95 % interval of the realised AP (None in reports made before it was computed)
     ap_ci95_low: float | None = None
     ap_ci95_high: float | None = None
+    product: str = FRAUD  # whose labels: frauds (fct_transactions) or defaults (fct_credit_outcomes)
 
     @property
     def ap_drop(self) -> float | None:
@@ -201,7 +203,21 @@ def _load_predictions(settings: Settings, run_id: str) -> pd.DataFrame | None:
     return frame if "score" in frame.columns else None
 
 
-_MATURED_SQL = """
+@dataclass(frozen=True)
+class _LabelSource:
+    """Where a product's matured labels live. ``matured``: one row per decided entity whose label is
+    known (score, label, the data's "now"); ``now``: the data's "now"; ``reference``: the labels of the
+    version's test window (count, positives)."""
+
+    table: str
+    matured: str
+    now: str
+    reference: str
+
+
+_LABELS = {
+    # A fraud label matures RISKLOOP_LABEL_DELAY_DAYS after the payment (chargebacks come late).
+    FRAUD: _LabelSource("marts.fct_transactions", """
 with data_now as (select max(tx_at) as at from marts.fct_transactions)
 select distinct on (f.payment_id) d.score, f.is_fraud, data_now.at
 from serving.decision_log d
@@ -210,32 +226,47 @@ cross join data_now
 where d.model_name = %(name)s and d.model_version = %(version)s and d.score is not null
   and f.tx_at <= data_now.at - make_interval(days => %(delay)s) {until}
 order by f.payment_id, d.decided_at desc
-"""
+""", "select max(tx_at) from marts.fct_transactions",
+        "select count(*), coalesce(sum(is_fraud), 0) from marts.fct_transactions where tx_at >= %s and tx_at < %s"),
+    # A credit outcome is observed whole (default or not), once: matured when it is in the outcomes mart.
+    CREDIT: _LabelSource("marts.fct_credit_outcomes", """
+with data_now as (select max(observed_at) as at from marts.fct_credit_outcomes)
+select distinct on (o.application_id) d.score, o.defaulted, data_now.at
+from serving.decision_log d
+join marts.fct_credit_outcomes o on o.application_id = d.request->>'application_id'
+cross join data_now
+where d.model_name = %(name)s and d.model_version = %(version)s and d.score is not null {until}
+order by o.application_id, d.decided_at desc
+""", "select max(observed_at) from marts.fct_credit_outcomes",
+        "select count(*), coalesce(sum(defaulted), 0) from marts.fct_credit_outcomes "
+        "where applied_at >= %s and applied_at < %s"),
+}
 
 
 def _load_matured(settings: Settings, model_name: str, model_version: str,
-                  until: datetime | None) -> tuple[pd.DataFrame, datetime | None]:
-    """Scores of this version's decisions whose label has matured, with the label (``is_fraud``).
+                  until: datetime | None, product: str = FRAUD) -> tuple[pd.DataFrame, datetime | None]:
+    """Scores of this version's decisions whose label has matured, with the label (``is_fraud``: 1 for
+    the product's positive, a fraud or a default).
 
-    Maturity is judged against the newest transaction in the warehouse, never the wall clock.
-    One row per transaction (a retried or replayed request counts once: its latest decision)."""
+    Maturity is judged against the newest row of the product's label mart, never the wall clock.
+    One row per transaction or application (a retried or replayed request counts once: its latest decision)."""
+    source = _LABELS[product]
     empty = pd.DataFrame(columns=["score", "is_fraud"])
     with db.connect(settings) as conn:
         present = conn.execute("select to_regclass('serving.decision_log') is not null "
-                               "and to_regclass('marts.fct_transactions') is not null").fetchone()[0]
+                               "and to_regclass(%s) is not null", (source.table,)).fetchone()[0]
         if not present:
-            log.info("no decision log or marts.fct_transactions yet: no matured labels")
+            log.info("no decision log or %s yet: no matured labels", source.table)
             return empty, None
-        rows = conn.execute(_MATURED_SQL.format(until="and d.decided_at < %(until)s" if until else ""),
+        rows = conn.execute(source.matured.format(until="and d.decided_at < %(until)s" if until else ""),
                             {"name": model_name, "version": str(model_version),
                              "delay": int(settings.label_delay_days), "until": until}).fetchall()
-        data_now = rows[0][2] if rows else conn.execute(
-            "select max(tx_at) from marts.fct_transactions").fetchone()[0]
+        data_now = rows[0][2] if rows else conn.execute(source.now).fetchone()[0]
     return pd.DataFrame([r[:2] for r in rows], columns=["score", "is_fraud"]), data_now
 
 
 def _reference_labels(settings: Settings, run_params: dict[str, str],
-                      predictions: pd.DataFrame | None) -> pd.Series | None:
+                      predictions: pd.DataFrame | None, product: str = FRAUD) -> pd.Series | None:
     """The reference of target drift: final fraud labels (``is_fraud``) of every payment in the
     version's test window, as the matured decisions are labelled, from ``marts.fct_transactions``.
 
@@ -243,13 +274,14 @@ def _reference_labels(settings: Settings, run_params: dict[str, str],
     compromised and labels as known at the cut-off, while production traffic carries every payment and
     matures to the final label, so comparing the two flags a drift of the definitions (the fraud rate
     of an undrifted week came out twice the test set's). Falls back to the test predictions' labels
-    for a run without a recorded test window."""
+    for a run without a recorded test window. A credit model's: the outcomes of the applications of its
+    test window (``marts.fct_credit_outcomes``)."""
+    source = _LABELS[product]
     start, end = run_params.get("test_start"), run_params.get("test_end")
     if start and end:
         with db.connect(settings) as conn:
-            if conn.execute("select to_regclass('marts.fct_transactions') is not null").fetchone()[0]:
-                n, k = conn.execute("select count(*), coalesce(sum(is_fraud), 0) from marts.fct_transactions "
-                                    "where tx_at >= %s and tx_at < %s", (start, end)).fetchone()
+            if conn.execute("select to_regclass(%s) is not null", (source.table,)).fetchone()[0]:
+                n, k = conn.execute(source.reference, (start, end)).fetchone()
                 if n:
                     return pd.Series(np.repeat([1, 0], [k, n - k]))
     if predictions is not None and "label" in predictions.columns and len(predictions):
@@ -259,7 +291,7 @@ def _reference_labels(settings: Settings, run_params: dict[str, str],
 
 def _realised(settings: Settings, matured: pd.DataFrame, data_now: datetime | None, run_metrics: dict[str, float],
               ref_labels: pd.Series | None, min_matured: int,
-              alpha: float) -> tuple[Performance | None, TargetDrift | None, str | None]:
+              alpha: float, product: str = FRAUD) -> tuple[Performance | None, TargetDrift | None, str | None]:
     """Realised AUC / AP and target drift, or why they were not computed (too few rows, one class)."""
     from riskloop.models import metrics
 
@@ -276,7 +308,7 @@ def _realised(settings: Settings, matured: pd.DataFrame, data_now: datetime | No
                        test_auc_roc=run_metrics.get("auc_roc"),
                        test_average_precision=run_metrics.get("average_precision"),
                        label_delay_days=settings.label_delay_days,
-                       data_now=data_now.isoformat() if data_now else None)
+                       data_now=data_now.isoformat() if data_now else None, product=product)
     target = None
     if ref_labels is not None and len(ref_labels):
         from evidently.legacy.calculations.stattests import z_stat_test
@@ -410,6 +442,7 @@ def run_drift(
     if not mv.run_id:
         raise MonitoringError(f"{model_name} v{mv.version} has no source run, hence no reference sample")
     run = client.get_run(mv.run_id)
+    product = product_of(settings, model_name, mv.tags.get("feature_service")).name
     reference = _load_reference(settings, mv.run_id)
     features = parse_features_param(run.data.params.get("features"))
     if not features:
@@ -438,10 +471,10 @@ def run_drift(
     )
 
     # Matured labels do not depend on the recent window: assessed even when it is too thin.
-    matured, data_now = _load_matured(settings, model_name, str(mv.version), until)
+    matured, data_now = _load_matured(settings, model_name, str(mv.version), until, product)
     performance, target_drift, not_assessed = _realised(
-        settings, matured, data_now, run.data.metrics, _reference_labels(settings, run.data.params, predictions),
-        min_matured, target_alpha)
+        settings, matured, data_now, run.data.metrics,
+        _reference_labels(settings, run.data.params, predictions, product), min_matured, target_alpha, product)
     base.update(performance=performance, target_drift=target_drift)
 
     if len(current_raw) < min_rows:
@@ -526,11 +559,13 @@ def performance_text(performance: Performance, target: TargetDrift | None) -> st
     """Realised performance (and target drift) in one line, for the reason and the alert."""
     ci = ("" if performance.ap_ci95_low is None else
           f", 95 % interval {_fmt(performance.ap_ci95_low)}-{_fmt(performance.ap_ci95_high)}")
-    text = (f"realised on {performance.n_matured} matured labels ({performance.n_positive} frauds): AUC "
+    positives = PRODUCTS[performance.product].positives
+    text = (f"realised on {performance.n_matured} matured labels ({performance.n_positive} {positives}): AUC "
             f"{_fmt(performance.auc_roc)} (test {_fmt(performance.test_auc_roc)}), AP "
             f"{_fmt(performance.average_precision)} (test {_fmt(performance.test_average_precision)}{ci})")
     if target is not None:
-        text += (f"; fraud rate {'drifted' if target.drifted else 'stable'}: {target.current_rate:.2%} matured "
+        rate = "default rate" if performance.product == CREDIT else "fraud rate"
+        text += (f"; {rate} {'drifted' if target.drifted else 'stable'}: {target.current_rate:.2%} matured "
                  f"vs {target.reference_rate:.2%} in the test window (Z-test p={_fmt(target.p_value)})")
     return text
 

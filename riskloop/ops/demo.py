@@ -387,8 +387,10 @@ def run_demo(settings: Settings, cfg: DemoConfig | None = None,
             # Drift of this run's traffic only: earlier demo runs replay the same requests.
             # Under a scheduler the drift check's asset event triggers riskloop_promote; `dag.test()`
             # runs one DAG at a time, so run it next: it gates on the model's latest drift check.
-            runs = run_dags(settings, [("riskloop_monitor", {"since": scoring_started.isoformat()}),
-                                       ("riskloop_promote", None)])
+            # The summary is the fraud model's (the DAGs check and gate the credit model too when scheduled).
+            fraud = settings.fraud_model_name
+            runs = run_dags(settings, [("riskloop_monitor", {"since": scoring_started.isoformat(), "model_name": fraud}),
+                                       ("riskloop_promote", {"model_name": fraud})])
             summary["dag_runs"].update({r.dag_id: round(r.seconds, 1) for r in runs})
             drift = _latest_row(settings, "select verdict, reason, share_drifted, n_reference, n_current, "
                                           "report_path, per_feature from monitoring.drift_reports "

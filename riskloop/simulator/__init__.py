@@ -73,6 +73,8 @@ class SimulationParams:
     drift: str | None = None
     drift_from: str | None = None
     drift_factor: float = DEFAULT_AMOUNT_FACTOR
+    # The credit world's true bias against one age band (riskloop.simulator.credit.derive_credit).
+    credit_bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class Simulation:
 def resolve_params(days: int | None = None, customers: int | None = None, seed: int = 0,
                    terminals: int | None = None, start_date: str | None = None, preset: str | None = None,
                    r: float = DEFAULT_RADIUS, applications_per_customer: float = 1.0, drift: str | None = None,
-                   drift_from: str | None = None, drift_factor: float = DEFAULT_AMOUNT_FACTOR) -> SimulationParams:
+                   drift_from: str | None = None, drift_factor: float = DEFAULT_AMOUNT_FACTOR,
+                   credit_bias: float = 0.0) -> SimulationParams:
     """The parameters `simulate` will use (see its docstring for the preset rule); bad drift
     options fail here, before anything is generated."""
     if preset is not None:
@@ -106,19 +109,22 @@ def resolve_params(days: int | None = None, customers: int | None = None, seed: 
         raise ValueError("days and customers are required unless a preset is given")
     start = str(pd.Timestamp(start_date or DEFAULT_START_DATE).date())
     first = validate(drift, drift_from, start, int(days), float(drift_factor))
+    if credit_bias < 0:
+        raise ValueError(f"credit_bias must be >= 0, got {credit_bias}")
     return SimulationParams(
         days=int(days), customers=int(customers),
         terminals=int(terminals) if terminals is not None else 2 * int(customers),
         seed=int(seed), start_date=start, r=float(r),
         applications_per_customer=float(applications_per_customer), preset=preset,
         drift=drift, drift_from=str(first.date()) if first is not None else None, drift_factor=float(drift_factor),
+        credit_bias=float(credit_bias),
     )
 
 
 def simulate(days: int | None = None, customers: int | None = None, seed: int = 0, terminals: int | None = None,
              start_date: str | None = None, preset: str | None = None, r: float = DEFAULT_RADIUS,
              applications_per_customer: float = 1.0, drift: str | None = None, drift_from: str | None = None,
-             drift_factor: float = DEFAULT_AMOUNT_FACTOR) -> Simulation:
+             drift_factor: float = DEFAULT_AMOUNT_FACTOR, credit_bias: float = 0.0) -> Simulation:
     """Simulate ``days`` days of ``customers`` customers' card payments and derive the raw tables.
 
     ``terminals`` defaults to 2 per customer and ``start_date`` to 2018-04-01 (the handbook's).
@@ -130,10 +136,11 @@ def simulate(days: int | None = None, customers: int | None = None, seed: int = 
     ``drift`` (``"amount-shift"`` or ``"new-fraud-pattern"``) changes the world from the day
     ``drift_from`` on (see :mod:`riskloop.simulator.drift`; ``drift_factor`` scales the amounts
     of an amount shift); the transactions before it are exactly those of the same call without drift.
-    Same arguments, same output.
+    ``credit_bias`` > 0 makes the credit world biased against one age band (see
+    :mod:`riskloop.simulator.credit`); only the credit tables change. Same arguments, same output.
     """
     params = resolve_params(days, customers, seed, terminals, start_date, preset, r, applications_per_customer,
-                            drift, drift_from, drift_factor)
+                            drift, drift_from, drift_factor, credit_bias)
     logger.info("simulating %s", params)
     data = generate(params.days, params.customers, params.terminals, params.seed, params.start_date, params.r)
     transactions = data.transactions
@@ -148,7 +155,7 @@ def simulate(days: int | None = None, customers: int | None = None, seed: int = 
     as_of = start + pd.Timedelta(days=params.days)
     tables = derive_tables(transactions, seed=params.seed, as_of=as_of, start=start,
                            applications_per_customer=params.applications_per_customer,
-                           customer_ids=data.customers["CUSTOMER_ID"].to_numpy())
+                           customer_ids=data.customers["CUSTOMER_ID"].to_numpy(), credit_bias=params.credit_bias)
     return Simulation(params=params, as_of=as_of, transactions=transactions, tables=tables)
 
 

@@ -16,7 +16,13 @@ Generative story (per application):
   decreasing in income and credit_history_months.  Since z acts only through the attributes,
   the oracle is learnable and the Bernoulli draw is the only irreducible noise;
 - ``defaulted ~ Bernoulli(pd)``, observed 90 days after the application, and landed only if
-  that is before ``as_of``.
+  that is before ``as_of``;
+- each customer has an age band (``PROTECTED_ATTRIBUTE``), a protected attribute landed with the
+  application for fairness checks and never a model input. ``protected_bias`` > 0 raises the latent
+  risk of the ``DISADVANTAGED_BAND`` by that much (in standard deviations of z): a world where the
+  group's recorded attributes, hence its true PD, are worse, as historical disadvantage leaves them.
+  A model that never sees the band then approves the group less often, which the fairness gate must
+  detect; with 0 (the default) the band is independent of everything else.
 
 The intercept is fixed (not re-fitted per run) so the oracle is the same model for every
 simulation; it gives a mean PD of about 10% (8-12% across seeds and sizes).
@@ -36,6 +42,10 @@ APPLICATION_WINDOW_DAYS_BEFORE_START = 365
 OUTCOME_DELAY_DAYS = 90
 TERMS_MONTHS = (12, 24, 36, 48, 60)
 TERM_WEIGHTS = (0.15, 0.25, 0.30, 0.15, 0.15)
+PROTECTED_ATTRIBUTE = "age_band"
+AGE_BANDS = ("under_35", "35_to_54", "55_and_over")
+AGE_BAND_WEIGHTS = (0.30, 0.45, 0.25)
+DISADVANTAGED_BAND = "under_35"
 
 
 @dataclass(frozen=True)
@@ -81,12 +91,19 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def derive_credit(profile: SpendingProfile, start_ns: int, as_of_ns: int, rng: np.random.Generator,
-                  applications_per_customer: float = 1.0) -> dict[str, pd.DataFrame]:
+                  applications_per_customer: float = 1.0, protected_bias: float = 0.0) -> dict[str, pd.DataFrame]:
     """``credit_applications`` and ``credit_outcomes``, applications uniform over [start - 365 d, as_of)."""
     if applications_per_customer < 0:
         raise ValueError(f"applications_per_customer must be >= 0, got {applications_per_customer}")
+    if protected_bias < 0:
+        raise ValueError(f"protected_bias must be >= 0, got {protected_bias}")
+    # A stream of its own (spawning does not advance ``rng``): the other columns are those of a world
+    # without the attribute.
+    band_rng = rng.spawn(1)[0]
     n_customers = len(profile.customer_id)
     z = rng.normal(size=n_customers)
+    band = np.asarray(AGE_BANDS)[band_rng.choice(len(AGE_BANDS), n_customers, p=AGE_BAND_WEIGHTS)]
+    z = z + protected_bias * (band == DISADVANTAGED_BAND)
     n_apps = rng.poisson(applications_per_customer, n_customers)
     cust = np.repeat(np.arange(n_customers), n_apps)
     n = len(cust)
@@ -128,6 +145,7 @@ def derive_credit(profile: SpendingProfile, start_ns: int, as_of_ns: int, rng: n
         "n_delinquencies": delinquencies[order],
         "credit_history_months": history[order],
         "utilization": utilization[order],
+        PROTECTED_ATTRIBUTE: band[cust][order],
     }, n)
     known = order[observed[order] < as_of_ns]
     known_sorted = known[np.argsort(observed[known], kind="stable")]

@@ -91,13 +91,14 @@ def _spending_profile(customer: np.ndarray, amount: np.ndarray, fraud: np.ndarra
 def derive_tables(transactions: pd.DataFrame, seed: int = 0, as_of: pd.Timestamp | str | None = None,
                   start: pd.Timestamp | str | None = None,
                   applications_per_customer: float = 1.0,
-                  customer_ids: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+                  customer_ids: np.ndarray | None = None, credit_bias: float = 0.0) -> dict[str, pd.DataFrame]:
     """Every raw table of ``riskloop.core.schema``, keyed by table name, as known at ``as_of``.
 
     ``start`` and ``as_of`` default to the period of the transactions (`infer_period`); pass
     them when the period is longer than the data (e.g. a simulation whose last day is empty).
     The customers (KYC, credit) are those who transacted, plus ``customer_ids`` (integers)
     when given: a simulation knows its customers who never paid (no terminal in reach).
+    ``credit_bias`` is the credit world's true bias against one age band (``derive_credit``'s ``protected_bias``).
     """
     started = time.perf_counter()
     missing = [c for c in TRANSACTION_COLUMNS if c not in transactions.columns]
@@ -130,7 +131,7 @@ def derive_tables(transactions: pd.DataFrame, seed: int = 0, as_of: pd.Timestamp
     profile = _spending_profile(payments.customer_id, amount, payments.fraud,
                                 (as_of_ns - start_ns) / fr.NS_PER_DAY, customer_ids)
     tables["kyc_records"] = derive_kyc(profile.customer_id, start_ns, rng_kyc)
-    tables.update(derive_credit(profile, start_ns, as_of_ns, rng_credit, applications_per_customer))
+    tables.update(derive_credit(profile, start_ns, as_of_ns, rng_credit, applications_per_customer, credit_bias))
     ordered = {t.name: tables[t.name] for t in RAW_TABLES}
     logger.info("derived %s from %d transactions in %.2fs",
                 ", ".join(f"{k}={len(v)}" for k, v in ordered.items()), len(transactions),

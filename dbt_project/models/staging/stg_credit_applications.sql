@@ -14,6 +14,7 @@ renamed as (
         n_delinquencies::integer as n_delinquencies,
         credit_history_months::integer as credit_history_months,
         utilization::double precision as utilization,
+        age_band,
         applied_at,
         _loaded_at as loaded_at
     from source
