@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+from principals import TRAINER, cli_env
 
 from riskloop.core.config import Settings
 
@@ -44,8 +45,8 @@ def _world(database: str, seed: int, bias: float) -> CreditWorld:
     write_marts(settings, make_marts(days=30, customers=60, terminals=30, seed=seed,
                                      applications=APPLICATIONS, credit_bias=bias))
     features.apply(settings)
-    champion = train_credit(settings, {"n_estimators": 10, "max_depth": 2})
-    good = train_credit(settings, {"n_estimators": 60})
+    champion = train_credit(settings, {"n_estimators": 10, "max_depth": 2}, principal=TRAINER)
+    good = train_credit(settings, {"n_estimators": 60}, principal=TRAINER)
     return CreditWorld(settings, champion, good)
 
 
@@ -63,12 +64,12 @@ def use_world(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def promote(settings: Settings) -> dict:
-    """``riskloop promote --model <credit model>`` as a reviewer runs it; the decision as JSON."""
+    """``riskloop promote --model <credit model>`` as an admin runs it; the decision as JSON."""
     from typer.testing import CliRunner
 
     from riskloop.cli import app
 
-    out = CliRunner().invoke(app, ["promote", "--model", settings.credit_model_name])
+    out = CliRunner().invoke(app, ["promote", "--model", settings.credit_model_name], env=cli_env("trainer"))
     assert out.exit_code == 0, out.output
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -115,7 +116,8 @@ def test_credit_challenger_promoted_then_a_worse_one_refused(fair: CreditWorld,
     row = stored(s, d["decision_id"])
     assert row["challenger_metrics"]["fairness_air"] >= s.fairness_air_floor
 
-    worse = train_credit(s, {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.05})  # nearly a constant
+    worse = train_credit(s, {"n_estimators": 2, "max_depth": 1, "learning_rate": 0.05},  # nearly a constant
+                         principal=TRAINER)
     approve(s, name, worse.version)
     d = promote(s)
     assert d["decision"] == "refused" and "worse than champion" in d["reason"], d["reason"]

@@ -17,6 +17,7 @@ import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from principals import TRAINER
 from psycopg.types.json import Jsonb
 
 from riskloop.core.db import dsn
@@ -216,7 +217,7 @@ def test_a_promoted_credit_challenger_serves_without_restart(stack: Any, monkeyp
     with TestClient(create_app(s, ServingSettings(api_keys=f"{KEY}:admin", model_poll_s=0.2)), headers=AUTH) as c:
         before = c.post("/v1/score/credit", json={"application_id": "swap-1", "customer_id": "c0001",
                                                   "applicant": APPLICANT}).json()["model"]["version"]
-        challenger = train_credit(s, {"n_estimators": 60}, seed=3)
+        challenger = train_credit(s, {"n_estimators": 60}, seed=3, principal=TRAINER)
         monkeypatch.setenv("RISKLOOP_DATABASE_URL", s.database_url)
         approve(s, s.credit_model_name, challenger.version)
         decision = evaluate_promotion(s, s.credit_model_name, margin=1.0)
