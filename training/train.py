@@ -333,7 +333,7 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
     for key, value in {"feature_service": job.service, "train_content_hash": dataset_hash,
                        "test_start": str(all_params["test_start"]), "test_end": str(all_params["test_end"])}.items():
         client.set_model_version_tag(name, version, key, value)
-    aliases = tracking.register_aliases(client, name, version, first)
+    aliases = tracking.register_aliases(settings, client, name, version, first)
     log.info("%s v%s run %s: test %s, validation %s", name, version, run.info.run_id, results, valid_results)
     return TrainResult(run_id=run.info.run_id, model_name=name, version=version, aliases=tuple(aliases),
                        metrics=results, features=tuple(job.features), params=all_params, run_url=url,
