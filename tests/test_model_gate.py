@@ -67,6 +67,7 @@ def _request() -> dict[str, Any]:
 
 def test_champion_moved_outside_the_gate_is_refused_and_paged(settings: Settings, clf) -> None:
     from mlflow import MlflowClient
+    from pydantic import SecretStr
     from sinks import http_sink
     from test_alerts import SECRET
     from test_promotion import fresh_name, register
@@ -88,7 +89,7 @@ def test_champion_moved_outside_the_gate_is_refused_and_paged(settings: Settings
     with http_sink() as sink:
         app_settings = settings.model_copy(update={
             "fraud_model_name": name, "credit_model_name": f"no-credit-{uuid.uuid4().hex[:6]}",
-            "alert_webhook_url": sink.url("/hook"), "alert_webhook_secret": SECRET, "alert_retries": 0})
+            "alert_webhook_url": sink.url("/hook"), "alert_webhook_secret": SecretStr(SECRET), "alert_retries": 0})
         app = create_app(app_settings, ServingSettings(api_keys=f"{ADMIN}:admin", model_poll_s=0.2, canary_poll_s=0),
                          feature_store_factory=_no_feature_store)
         with TestClient(app, headers=AUTH) as c:
