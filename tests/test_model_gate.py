@@ -151,6 +151,44 @@ def test_no_start_on_an_unpromoted_champion_and_bootstrap_only_once(settings: Se
     assert _decisions(settings, name) == []
 
 
+def test_a_challenger_decides_only_in_a_started_canary_of_its_version(settings: Settings, clf) -> None:
+    from test_promotion import fresh_name, register
+
+    from riskloop.governance import canary
+    from riskloop.governance.promotion import bootstrap_champion
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    name = fresh_name()
+    v1 = register(settings, name, clf, ("challenger",))
+    bootstrap_champion(settings, name, v1)
+    v2 = register(settings, name, clf, ("challenger",))
+    app_settings = settings.model_copy(update={"fraud_model_name": name,
+                                               "credit_model_name": f"no-credit-{uuid.uuid4().hex[:6]}"})
+
+    def serve(**cfg: Any):
+        return create_app(app_settings, ServingSettings(api_keys=f"{ADMIN}:admin", model_poll_s=0, canary_poll_s=0.2,
+                                                        canary_watch=False, **cfg),
+                          feature_store_factory=_no_feature_store)
+
+    # a canary asked for by configuration alone: no canary of v2 was started, so v2 never decides
+    with TestClient(serve(mode="canary", canary_share=1.0), headers=AUTH) as c:
+        assert c.get("/v1/canary").json()["effective_mode"] == "champion"
+        [entry] = c.get("/readyz").json()["checks"]["refused_models"]
+        assert (entry["key"], entry["version"]) == ("fraud:challenger", v2) and "no canary" in entry["reason"]
+        assert c.post("/v1/score/fraud", json=_request()).json()["model"] == {"name": name, "version": v1,
+                                                                               "alias": "champion"}
+    # started (recorded), it is routed its share
+    canary.start(settings, name, share=1.0, min_minutes=0, min_decisions=0)
+    try:
+        with TestClient(serve(), headers=AUTH) as c:
+            _wait(lambda: c.get("/v1/canary").json()["effective_mode"] == "canary", 30, "the canary routed")
+            assert c.get("/readyz").json()["checks"]["refused_models"] == []
+            assert c.post("/v1/score/fraud", json=_request()).json()["model"]["version"] == v2
+    finally:
+        canary.end(settings, name, "stop", "test over")
+
+
 # --- a model is data -------------------------------------------------------------------------------
 
 EVIL = '''
