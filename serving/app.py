@@ -58,12 +58,15 @@ from serving.limits import BodyLimits
 from serving.model import (
     LoadedModel,
     ModelLoadError,
+    ModelRefused,
     alias_version,
     load_for_serving,
+    require_clearance,
     save_last_known_good,
 )
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, optional_inputs, plan_inputs
 from serving.reasons import top_reasons
+from serving.refusals import cleared, refused
 from serving.review import router as review_router
 from serving.routing import Routing
 from serving.schemas import (
@@ -180,15 +183,17 @@ def _default_feature_store_factory(settings: Settings) -> Callable[[], Any]:
 
 
 def _load_and_check(settings: Settings, cfg: ServingSettings, online: OnlineFeatures, *,
-                    at_start: bool = False, alias: str | None = None) -> LoadedModel:
-    """Load the alias and, if the store is up, prove every model input has a source before serving it.
+                    at_start: bool = False, alias: str | None = None, as_challenger: bool = False) -> LoadedModel:
+    """Load the alias, check the governance record lets it decide (:func:`serving.model.require_clearance`:
+    :class:`ModelRefused` otherwise) and, if the store is up, prove every model input has a source.
 
-    Each model loaded from the registry is kept on disk (``<run_dir>/models``); at start only, a
-    registry that does not answer means serving that last-known-good model (``/readyz`` says so)
-    rather than rules only (:func:`serving.model.load_for_serving`)."""
+    Each model loaded from the registry and cleared is kept on disk (``<run_dir>/models``); at start
+    only, a registry that does not answer means serving that last-known-good model (``/readyz`` says
+    so) rather than rules only (:func:`serving.model.load_for_serving`)."""
     cache = settings.run_dir / "models"
     model = load_for_serving(settings.tracking_uri, settings.fraud_model_name, alias or cfg.model_alias, cache,
                              at_start=at_start)
+    require_clearance(settings, model, as_challenger=as_challenger)
     if online.ensure():
         try:
             plan_inputs(model.features, online.offered)
@@ -279,10 +284,14 @@ def _set_route(st: Any, new: Routing) -> None:
 
 async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
     """Load the challenger the routing asks for (or drop it when no longer wanted). A failed load is
-    retried at most every ``feature_store_retry_s`` (not every poll) and leaves the champion deciding."""
+    retried at most every ``feature_store_retry_s`` (not every poll) and leaves the champion deciding;
+    a refused one (no running canary of its version) is paged."""
+    from starlette.concurrency import run_in_threadpool
+
     st = app.state
     route: Routing = st.route
     if not (route.wants_challenger and st.cfg.challenger_alias):
+        cleared(st, "fraud:challenger")
         if route.challenger is not None:
             _set_route(st, route.with_challenger(None))
         return
@@ -292,16 +301,19 @@ async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
     if not force and time.monotonic() < st.challenger_retry_at:
         return
     try:
-        new = await _load_if_moved(st, st.cfg.challenger_alias, current)
+        new = await _load_if_moved(st, st.cfg.challenger_alias, current, as_challenger=True)
         if new is None:
             return
     except Exception as exc:  # noqa: BLE001 - the champion keeps deciding; retry later
+        if isinstance(exc, ModelRefused):
+            await run_in_threadpool(refused, st, "fraud:challenger", exc, current)
         st.challenger_error = describe(exc)
         st.challenger_retry_at = time.monotonic() + max(st.cfg.feature_store_retry_s, 1.0)
         log.warning("challenger %s@%s not loaded: %s", st.settings.fraud_model_name, st.cfg.challenger_alias,
                     st.challenger_error)
         return
     st.challenger_error = None
+    cleared(st, "fraud:challenger")
     _set_route(st, st.route.with_challenger(new))
 
 
@@ -325,25 +337,34 @@ async def _refresh_canary(app: FastAPI) -> None:
             await _refresh_challenger(app)
 
 
-async def _load_if_moved(st: Any, alias: str, current: LoadedModel | None) -> LoadedModel | None:
-    """The model ``alias`` points at now, loaded off the loop, if it is not ``current`` (or ``current``
-    came from the last-known-good cache and the registry answers again); else ``None``."""
+async def _load_if_moved(st: Any, alias: str, current: LoadedModel | None, *,
+                         as_challenger: bool = False) -> LoadedModel | None:
+    """The model ``alias`` points at now, loaded and cleared off the loop, if it is not ``current``
+    (or ``current`` came from the last-known-good cache and the registry answers again); else ``None``."""
     from starlette.concurrency import run_in_threadpool
 
     version = await run_in_threadpool(alias_version, st.settings.tracking_uri, st.settings.fraud_model_name, alias)
     if current is not None and current.version == version and current.source == "registry":
         return None
-    return await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online, alias=alias)
+    return await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online, alias=alias,
+                                   as_challenger=as_challenger)
 
 
 async def _refresh_champion(app: FastAPI) -> None:
-    """If the champion alias moved, load the new version off the loop and swap it in."""
+    """If the champion alias moved, load the new version off the loop and swap it in, once the
+    governance record clears it; a refused version is paged and the model served stays."""
+    from starlette.concurrency import run_in_threadpool
+
     st = app.state
     try:
         new = await _load_if_moved(st, st.cfg.model_alias, st.model)
+    except ModelRefused as exc:
+        await run_in_threadpool(refused, st, "fraud:champion", exc, st.model)
+        return
     except Exception as exc:  # noqa: BLE001 - keep serving what we have; try again next time
         log.warning("alias poll of %s@%s failed: %s", st.settings.fraud_model_name, st.cfg.model_alias, exc)
         return
+    cleared(st, "fraud:champion")  # the alias is back on the model served, or a cleared one replaces it
     if new is not None:
         _swap(st, new)
 
@@ -579,6 +600,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                                    timeout_s=cfg.online_timeout_s, pool_size=cfg.online_pool_size,
                                    cache_size=cfg.online_cache_size)
         st.model, st.model_error = None, None
+        st.refused = {}  # refused models by key (serving.app.refused), listed by /readyz
         st.route, st.challenger_error, st.challenger_retry_at = routing.from_settings(cfg), None, 0.0
         st.poll_conn = None  # the poller's connection (_on_poll_conn)
         st.watch_lock_conn = None  # the connection holding the canary watcher's lock (_is_watch_leader)
@@ -619,6 +641,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         except Exception as exc:  # noqa: BLE001 - start anyway: rules-only + /readyz 503 until a reload
             st.model_error = describe(exc)
             log.error("no model served: %s", st.model_error)
+            if isinstance(exc, ModelRefused):
+                refused(st, "fraud:champion", exc, None)
         try:
             st.route = routing.from_state(_read_canary_state(st), cfg)
         except psycopg.Error as exc:
@@ -697,6 +721,9 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         checks["decision_log_dead_letters"] = st.writer.dead_lettered
         checks["online_cache"] = st.online.cache_stats()
         checks["model_source"] = st.model.source if st.model is not None else None
+        # Models the registry points at but serving refused (no promotion decision for their bytes,
+        # no running canary, an unsafe artifact): why, and which version serves instead.
+        checks["refused_models"] = list(st.refused.values())
         checks["worker_pid"] = os.getpid()  # which of several workers answered
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
@@ -711,10 +738,13 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         try:
             new = _load_and_check(st.settings, st.cfg, st.online)
         except Exception as exc:  # noqa: BLE001 - report, keep serving the previous model
+            if isinstance(exc, ModelRefused):
+                refused(st, "fraud:champion", exc, st.model)
             st.model_error = describe(exc)
             log.error("reload failed, still serving the previous model: %s", st.model_error)
             raise HTTPException(status_code=503, detail={"error": st.model_error,
                                                          "serving": _model_info(request.app).model_dump(mode="json")})
+        cleared(st, "fraud:champion")
         _swap(st, new)
         return _model_info(request.app)
 

@@ -223,16 +223,22 @@ def score_credit(body: CreditScoreRequest, request: Request,
 
 def setup(state: Any, tracking_uri: str, model_name: str, alias: str, cache_dir: Path,
           online: OnlineFeatures) -> None:
-    """Load the credit model at start-up (the last-known-good one if the registry is down); a
-    missing one is logged and every decision is ``refer``."""
-    from serving.model import load_for_serving, save_last_known_good
+    """Load the credit model at start-up (the last-known-good one if the registry is down) and check
+    the governance record lets it decide (:func:`serving.model.require_clearance`); a missing one is
+    logged, a refused one paged (:mod:`serving.refusals`), and every decision is then ``refer``."""
+    from serving.model import ModelRefused, load_for_serving, require_clearance, save_last_known_good
+    from serving.refusals import refused
 
     state.credit_online = online
     state.credit_model = None
     try:
-        state.credit_model = load_for_serving(tracking_uri, model_name, alias, cache_dir, at_start=True)
-        if state.credit_model.source == "registry":
-            save_last_known_good(state.credit_model, cache_dir)
+        model = load_for_serving(tracking_uri, model_name, alias, cache_dir, at_start=True)
+        require_clearance(state.settings, model)
+        state.credit_model = model
+        if model.source == "registry":
+            save_last_known_good(model, cache_dir)
+    except ModelRefused as exc:
+        refused(state, "credit:champion", exc, None)
     except Exception as exc:  # noqa: BLE001 - the fraud endpoint must not depend on the credit model
         log.warning("no credit model served (%s@%s): %s; credit decisions are 'refer'", model_name, alias, exc)
 
@@ -242,7 +248,8 @@ async def refresh(state: Any, tracking_uri: str, model_name: str, alias: str, ca
     it from the next request on, as the fraud champion is swapped; a failure keeps the model served."""
     from starlette.concurrency import run_in_threadpool
 
-    from serving.model import alias_version, load_for_serving, save_last_known_good
+    from serving.model import ModelRefused, alias_version, load_for_serving, require_clearance, save_last_known_good
+    from serving.refusals import cleared, refused
 
     current: LoadedModel | None = state.credit_model
     try:
@@ -250,10 +257,15 @@ async def refresh(state: Any, tracking_uri: str, model_name: str, alias: str, ca
         if current is not None and current.version == version and current.source == "registry":
             return
         new = await run_in_threadpool(load_for_serving, tracking_uri, model_name, alias, cache_dir, at_start=False)
+        await run_in_threadpool(require_clearance, state.settings, new)  # the gate promoted these bytes, or no swap
+    except ModelRefused as exc:
+        await run_in_threadpool(refused, state, "credit:champion", exc, current)
+        return
     except Exception as exc:  # noqa: BLE001 - keep serving what we have; try again next poll
         # Without a credit model at all (a fraud-only deployment) this is the normal state: not a warning.
         (log.warning if current is not None else log.debug)("alias poll of %s@%s failed: %s", model_name, alias, exc)
         return
+    cleared(state, "credit:champion")
     state.credit_model = new
     save_last_known_good(new, cache_dir)
     log.info("credit model now %s v%s (was v%s)", model_name, new.version, current.version if current else None)

@@ -1,8 +1,13 @@
 """Loading the served model from the MLflow registry.
 
-The model is downloaded once and kept as a raw ``xgboost.Booster``: a single-row
-``inplace_predict`` and ``pred_contribs(approx_contribs=True)`` on a Booster cost well under a
-millisecond, whereas going through ``mlflow.pyfunc`` would add a pandas round trip per request.
+The model is downloaded once and kept as a raw ``xgboost.Booster``, read from the artifact's
+booster file alone (:func:`riskloop.models.registry.read_booster`: a model is data; no class or
+code the artifact names is imported). A single-row ``inplace_predict`` and
+``pred_contribs(approx_contribs=True)`` on a Booster cost well under a millisecond, whereas going
+through ``mlflow.pyfunc`` would add a pandas round trip per request.
+
+Before a loaded model decides, :func:`require_clearance` checks the governance record
+(:mod:`riskloop.governance.clearance`): an alias moved outside the promotion gate is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from riskloop.models.registry import mlflow_client, parse_features_param
+from riskloop.core.config import Settings
+from riskloop.models.registry import (
+    UnsafeArtifact,
+    download_version,
+    hash_tree,
+    mlflow_client,
+    parse_features_param,
+    read_booster,
+)
 from serving.trees import CompiledTrees, compile_booster
 
 log = logging.getLogger(__name__)
@@ -27,6 +40,15 @@ log = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """The alias does not resolve, or the model it points at cannot be served."""
+
+
+class ModelRefused(ModelLoadError):
+    """The model was loaded but may not decide: the gate never let it through, or its artifact is
+    not plain data. On-call is paged; the model served before stays."""
+
+    def __init__(self, name: str, alias: str, version: str, content_hash: str | None, reason: str) -> None:
+        super().__init__(f"{name}@{alias} v{version} refused: {reason}")
+        self.name, self.alias, self.version, self.content_hash, self.reason = name, alias, version, content_hash, reason
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,7 @@ class LoadedModel:
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     compiled: CompiledTrees | None = None  # the booster as numpy arrays (serving.trees), when it compiles
     source: str = "registry"  # or "last_known_good": read from the local cache, the registry being down
+    content_hash: str | None = None  # sha256 of the artifact's files as downloaded (riskloop.models.registry.hash_tree)
 
     def predict(self, x: np.ndarray, exact: bool = False) -> tuple[float, np.ndarray]:
         """Probability and per-feature contributions (last column = bias) of one row ``x`` (1, n).
@@ -60,17 +83,6 @@ class LoadedModel:
 
 
 
-
-def _as_booster(obj: object):
-    import xgboost as xgb
-
-    if isinstance(obj, xgb.Booster):
-        return obj
-    if hasattr(obj, "get_booster"):
-        return obj.get_booster()
-    raise ModelLoadError(f"expected an XGBoost model, got {type(obj).__name__}")
-
-
 def load_model(tracking_uri: str, name: str, alias: str, version: str | None = None) -> LoadedModel:
     """Resolve ``models:/<name>@<alias>`` to a version, download it once and unwrap the Booster.
 
@@ -78,8 +90,6 @@ def load_model(tracking_uri: str, name: str, alias: str, version: str | None = N
     serve even if the alias moves during the download. ``version`` skips the alias and loads that
     exact version (replay of a logged decision; ``alias`` is then only a label).
     """
-    import mlflow
-    import mlflow.xgboost
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(tracking_uri)
@@ -97,12 +107,13 @@ def load_model(tracking_uri: str, name: str, alias: str, version: str | None = N
         except MlflowException:
             log.warning("run %s of %s v%s is not readable; falling back to the booster's names",
                         mv.run_id, name, version)
-    # Resolve the storage location through *our* client: a ``models:/`` URI is resolved by MLflow
-    # with the process-global registry URI (a sqlite file in the cwd unless set globally).
-    location = client.get_model_version_download_uri(name, version)
     with tempfile.TemporaryDirectory(prefix="riskloop-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=tracking_uri)
-        booster = _as_booster(mlflow.xgboost.load_model(local))
+        local = download_version(tracking_uri, name, version, tmp)
+        content_hash = hash_tree(local)  # of the very bytes the booster is read from
+        try:
+            booster = read_booster(local)
+        except UnsafeArtifact as exc:
+            raise ModelRefused(name, alias, version, content_hash, f"unsafe artifact: {exc}") from exc
     booster_features = list(booster.feature_names or [])
     features = run_features or booster_features
     if not features:
@@ -117,7 +128,28 @@ def load_model(tracking_uri: str, name: str, alias: str, version: str | None = N
     booster.set_param({"nthread": 1})
     log.info("loaded %s v%s (@%s, run %s) with %d features", name, version, alias, mv.run_id, len(features))
     return LoadedModel(name=name, alias=alias, version=version, run_id=mv.run_id,
-                       features=tuple(features), booster=booster, compiled=compile_booster(booster))
+                       features=tuple(features), booster=booster, compiled=compile_booster(booster),
+                       content_hash=content_hash)
+
+
+def require_clearance(settings: Settings, model: LoadedModel, *, as_challenger: bool = False) -> None:
+    """Raise :class:`ModelRefused` unless the governance record lets ``model`` decide: a promotion
+    decision for its version and content hash, or (``as_challenger``: canary or shadow) a running
+    canary of its version (:mod:`riskloop.governance.clearance`). A database that does not answer
+    refuses too: serving never decides with a model it could not check."""
+    import psycopg
+
+    from riskloop.governance import clearance
+
+    try:
+        verdict = clearance.check(settings, model.name, model.version, model.content_hash or "",
+                                  as_challenger=as_challenger)
+    except psycopg.Error as exc:
+        raise ModelRefused(model.name, model.alias, model.version, model.content_hash,
+                           f"governance record unreadable: {exc}") from exc
+    if not verdict.ok:
+        raise ModelRefused(model.name, model.alias, model.version, model.content_hash, verdict.reason)
+    log.info("%s v%s (@%s) cleared to decide: %s", model.name, model.version, model.alias, verdict.reason)
 
 
 # --- last-known-good: the registry down at start must not mean "no model" ------------------------
@@ -153,6 +185,7 @@ def save_last_known_good(model: LoadedModel, cache_dir: Path) -> None:
     assert isinstance(model.booster, xgb.Booster)
     doc = {"name": model.name, "alias": model.alias, "version": model.version, "run_id": model.run_id,
            "features": list(model.features), "loaded_at": model.loaded_at.isoformat(),
+           "content_hash": model.content_hash,
            "booster_ubj_b64": base64.b64encode(bytes(model.booster.save_raw("ubj"))).decode("ascii")}
     path = _cache_file(cache_dir, model.name, model.alias)
     try:
@@ -176,7 +209,8 @@ def alias_version(tracking_uri: str, name: str, alias: str) -> str:
 def load_for_serving(tracking_uri: str, name: str, alias: str, cache_dir: Path, *, at_start: bool) -> LoadedModel:
     """``name@alias`` from the registry; at start only, from the last-known-good cache when the
     registry does not answer (a reload never falls back: the model being served stays). The
-    caller saves a registry model with :func:`save_last_known_good` once it has checked it."""
+    caller checks it (:func:`require_clearance`; a cached model keeps the content hash it was
+    cleared for) and saves a registry model with :func:`save_last_known_good` once it has."""
     if registry_reachable(tracking_uri):  # asked first: MLflow retries a refused connection for minutes
         return load_model(tracking_uri, name, alias)
     if not at_start:
@@ -205,7 +239,7 @@ def load_last_known_good(cache_dir: Path, name: str, alias: str) -> LoadedModel:
                              f"{len(features)} feature names")
     model = LoadedModel(name=doc["name"], alias=doc["alias"], version=str(doc["version"]), run_id=doc["run_id"],
                         features=features, booster=booster, compiled=compile_booster(booster),
-                        source="last_known_good")
+                        source="last_known_good", content_hash=doc.get("content_hash"))
     log.warning("serving the last-known-good model %s v%s (loaded from the registry at %s)",
                 model.name, model.version, doc["loaded_at"])
     return model

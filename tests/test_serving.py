@@ -19,6 +19,7 @@ import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from principals import TRAINER, principal
 
 from riskloop.core.config import Settings
 from riskloop.core.db import dsn
@@ -648,15 +649,29 @@ def test_last_known_good_model_when_registry_unreachable(app_factory, stack: Sta
         assert c.get("/v1/model").json()["version"] == stack.model_version  # and keeps serving
 
 
+def _promote(stack: Stack, version: str) -> None:
+    """``version`` (the challenger) through review and the promotion gate, which moves ``@champion``:
+    serving swaps in only a version the gate promoted (test_model_gate). Metrics, contracts and the
+    canary are test_promotion's and test_canary's concern."""
+    from riskloop.governance.promotion import evaluate_promotion
+    from riskloop.governance.review import record
+
+    record(stack.settings, stack.settings.fraud_model_name, version, "approved", principal("alice"), "for serving")
+    relaxed = stack.settings.model_copy(update={"promotion_require_contracts": False, "canary_required": False})
+    decision = evaluate_promotion(relaxed, stack.settings.fraud_model_name, margin=1.0)
+    assert decision.promoted and decision.new_champion_version == version, decision.reason
+
+
 def test_moved_alias_picked_up_under_load(app_factory, stack: Stack) -> None:
-    """The poller swaps the model while requests keep coming: none fails, none mixes versions."""
+    """The poller swaps the model the gate promoted while requests keep coming: none fails, none
+    mixes versions."""
     import threading
 
     from mlflow import MlflowClient
 
     from training.train import train_fraud
 
-    new_version = train_fraud(stack.settings, {"n_estimators": 20}).version  # alias challenger only
+    new_version = train_fraud(stack.settings, {"n_estimators": 20}, principal=TRAINER).version  # alias challenger only
     registry = MlflowClient(stack.settings.tracking_uri, stack.settings.tracking_uri)
     seen: list[tuple[int, str | None]] = []
     stop = threading.Event()
@@ -671,7 +686,7 @@ def test_moved_alias_picked_up_under_load(app_factory, stack: Stack) -> None:
             w.start()
         try:
             time.sleep(0.5)
-            registry.set_registered_model_alias(stack.settings.fraud_model_name, "champion", new_version)
+            _promote(stack, new_version)
             deadline = time.monotonic() + 30
             while c.get("/v1/model").json()["version"] != new_version and time.monotonic() < deadline:
                 time.sleep(0.1)
@@ -680,6 +695,7 @@ def test_moved_alias_picked_up_under_load(app_factory, stack: Stack) -> None:
             stop.set()
             for w in workers:
                 w.join()
+            # back to the first version: promoted too (its bootstrap), so serving takes it back
             registry.set_registered_model_alias(stack.settings.fraud_model_name, "champion", stack.model_version)
     assert all(status == 200 for status, _ in seen), [s for s in seen if s[0] != 200][:3]
     versions = [v for _, v in seen]
@@ -694,9 +710,9 @@ def test_model_endpoint_and_reload(client: TestClient, stack: Stack) -> None:
 
     info = client.get("/v1/model").json()
     assert info["loaded"] and info["version"] == stack.model_version and info["features"] == stack.features
-    new_version = train_fraud(stack.settings, {"n_estimators": 20}).version  # alias challenger only
+    new_version = train_fraud(stack.settings, {"n_estimators": 20}, principal=TRAINER).version  # alias challenger only
     registry = MlflowClient(stack.settings.tracking_uri, stack.settings.tracking_uri)
-    registry.set_registered_model_alias(stack.settings.fraud_model_name, "champion", new_version)
+    _promote(stack, new_version)
     try:
         assert client.get("/v1/model").json()["version"] == stack.model_version  # not until reloaded
         reloaded = client.post("/v1/admin/reload")

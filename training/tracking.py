@@ -1,8 +1,8 @@
 """MLflow bookkeeping shared by the fraud and credit trainings.
 
 Aliases, not stages (MLflow 3): every new version becomes ``challenger``; the very first
-version of a registered model also becomes ``champion`` so serving has something to load
-before any promotion decision was ever taken.
+version of a registered model also becomes ``champion``, through a recorded bootstrap decision,
+so serving has something to load before the gate ever compared two versions.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from riskloop.core.config import PROJECT_ROOT
+from riskloop.core.config import PROJECT_ROOT, Settings
 from riskloop.models.artifacts import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,19 @@ def log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
         mlflow.log_artifact(str(local), artifact_path=str(target.parent) if target.parent.parts else None)
 
 
-def register_aliases(client: Any, name: str, version: str, first: bool) -> list[str]:
-    """Point ``challenger`` (and ``champion`` for a first version) at ``version``."""
-    aliases = [CHALLENGER, CHAMPION] if first else [CHALLENGER]
-    for alias in aliases:
-        client.set_registered_model_alias(name, alias, version)
+def register_aliases(settings: Settings, client: Any, name: str, version: str, first: bool,
+                     actor: str | None = None) -> list[str]:
+    """Point ``challenger`` at ``version``; a first version also becomes ``champion`` through the
+    recorded bootstrap (:func:`riskloop.governance.promotion.bootstrap_champion`, decided by ``actor``,
+    the principal who trained it), since serving decides only with a version the governance record
+    names for its bytes."""
+    from riskloop.governance.promotion import bootstrap_champion
+
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    aliases = [CHALLENGER]
+    if first:
+        bootstrap_champion(settings, name, version, actor=actor)
+        aliases.append(CHAMPION)
     log.info("%s version %s: aliases %s", name, version, aliases)
     return aliases
 

@@ -340,7 +340,8 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
                       client=client)
     else:
         log.warning("%s v%s has no recorded author (no principal given): it cannot be approved", name, version)
-    aliases = tracking.register_aliases(client, name, version, first)
+    aliases = tracking.register_aliases(settings, client, name, version, first,
+                                        actor=principal.actor if principal is not None else None)
     log.info("%s v%s run %s: test %s, validation %s", name, version, run.info.run_id, results, valid_results)
     return TrainResult(run_id=run.info.run_id, model_name=name, version=version, aliases=tuple(aliases),
                        metrics=results, features=tuple(job.features), params=all_params, run_url=url,

@@ -36,7 +36,7 @@ from riskloop.governance import canary
 from riskloop.governance.review import approval_gate
 from riskloop.models.artifacts import CONTRACT_TAG_PREFIX
 from riskloop.models.products import CREDIT, FRAUD, PRODUCTS, GatedMetric, Product, product_of
-from riskloop.models.registry import download_version, mlflow_client, parse_features_param
+from riskloop.models.registry import UnsafeArtifact, download_version, mlflow_client, parse_features_param, read_booster
 from riskloop.monitoring.drift import DriftResult
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,13 @@ def _alias_version(client, name: str, alias: str) -> str | None:
 
 
 def _load_model(settings: Settings, name: str, version: str):
-    """The registered XGBoost classifier of one *version* (never an alias: it could move meanwhile)."""
-    import mlflow.xgboost
-
+    """The booster of one *version* (never an alias: it could move meanwhile), read from its booster
+    file alone (:func:`riskloop.models.registry.read_booster`: nothing the artifact names is run)."""
     with tempfile.TemporaryDirectory(prefix="riskloop-gate-") as tmp:
-        return mlflow.xgboost.load_model(str(download_version(settings.tracking_uri, name, version, tmp)))
+        try:
+            return read_booster(download_version(settings.tracking_uri, name, version, tmp))
+        except UnsafeArtifact as exc:
+            raise PromotionError(f"{name} v{version} refused as a model: {exc}") from exc
 
 
 def _score(model, frame: pd.DataFrame, features: list[str]) -> pd.Series:
@@ -407,6 +409,44 @@ def _decide(settings: Settings, client, model_name: str, drift: DriftResult | No
         reason="; ".join(filter(None, [why, fair_why, recorded, drift_note, contracts_why, approval.reason,
                                        canary_v.reason]))),
         expect_champion=champion)
+
+
+def bootstrap_champion(settings: Settings, model_name: str, version: str, *, actor: str | None = None) -> PromotionDecision:
+    """Make ``version``, the first version of ``model_name``, its champion, recorded like any promotion.
+
+    There is nothing to compare a first version with, so the gate's comparison, canary and approval
+    cannot apply; serving still decides only with a version the record names for its bytes
+    (:mod:`riskloop.governance.clearance`), so the bootstrap leaves a ``promoted`` row with no
+    previous champion and the artifact's content hash, then moves ``@champion`` (:func:`_finish`).
+    Refused (:class:`PromotionError`) once the model has a champion or a promoted version: every
+    later version goes through :func:`evaluate_promotion`. The artifact must read as a plain booster."""
+    from riskloop.governance.review import content_hash
+
+    client = mlflow_client(settings.tracking_uri)
+    with db.connect(settings, autocommit=True) as lock_conn:
+        lock_conn.execute("select pg_advisory_lock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
+        try:
+            champion = _alias_version(client, model_name, CHAMPION)
+            with db.connect(settings) as conn:
+                earlier = conn.execute(
+                    f"select decision_id from {GOVERNANCE_SCHEMA}.promotion_decisions "
+                    "where model_name = %s and decision = 'promoted' limit 1", (model_name,)).fetchone()
+            if champion is not None or earlier is not None:
+                raise PromotionError(f"{model_name} already has a champion (v{champion}) or a promoted version: "
+                                     f"v{version} goes through the promotion gate (riskloop promote)")
+            _load_model(settings, model_name, version)  # readable as a plain booster, or refused here
+            digest = content_hash(settings, model_name, version)
+            decision = _finish(settings, client, PromotionDecision(
+                decision_id=str(uuid.uuid4()), model_name=model_name, decision="promoted",
+                reason=f"bootstrap: v{version} is the first version of {model_name}, champion with nothing to compare "
+                       f"it with (content hash {digest[:12]}); every later version goes through the gate",
+                champion_version=None, challenger_version=str(version), margin=0.0, content_hash=digest,
+                decided_by=actor), expect_champion=None)
+        finally:
+            lock_conn.execute("select pg_advisory_unlock(hashtext(%s))", (f"riskloop.promotion:{model_name}",))
+    if not decision.promoted:
+        raise PromotionError(decision.reason)
+    return decision
 
 
 def contracts_gate(settings: Settings, run_tags: dict[str, str]) -> tuple[bool, str, dict[str, str]]:

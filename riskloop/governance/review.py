@@ -15,20 +15,18 @@ Both the CLI (``riskloop review``) and the web page (``serving.review``) call th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from riskloop.core import db
 from riskloop.core.config import Settings
 from riskloop.core.identity import Forbidden, Principal, authorize, same_actor
 from riskloop.governance.authors import Authorship, author_of
-from riskloop.models.registry import download_version, mlflow_client
+from riskloop.models.registry import download_version, hash_tree, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +89,6 @@ class GateResult:
     content_hash: str
     approval_id: str | None = None
     approved_by: str | None = None
-
-
-def hash_tree(root: Path) -> str:
-    """sha256 over every file under ``root``: its relative path and its bytes, in path order, so the
-    same artifact hashes the same wherever it was downloaded to."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(hashlib.sha256(chunk).digest())
-        digest.update(b"\0")
-    return digest.hexdigest()
 
 
 def content_hash(settings: Settings, name: str, version: str) -> str:
