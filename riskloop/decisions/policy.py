@@ -17,8 +17,10 @@ fires (:meth:`Policy.explain`), with the values it fired on filled in.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
+import operator
 import string
 from collections.abc import Mapping
 from datetime import datetime
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from riskloop.core import windows
 
@@ -42,7 +44,30 @@ SEVERITY: dict[str, tuple[str, ...]] = {
 }
 
 RuleKind = Literal["amount_above", "country_in", "card_in", "terminal_in", "feature_above", "feature_equals",
-                   "new_device_amount_above", "impossible_travel"]
+                   "new_device_amount_above", "impossible_travel", "condition"]
+
+# What a compound condition (kind ``condition``) may read besides features: the request fields of
+# each product, the model score and the signals serving computes, each with its type, so that a
+# comparison of a text with a number is refused when a draft is saved, not at scoring time.
+NUMBER, TEXT, BOOLEAN = "number", "text", "boolean"
+REQUEST_FIELDS: dict[str, dict[str, str]] = {
+    "fraud": {"amount_minor": NUMBER, "currency": TEXT, "country": TEXT, "card_token": TEXT, "customer_id": TEXT,
+              "terminal_id": TEXT, "device_id": TEXT, "ip": TEXT, "card_bin": TEXT, "card_last4": TEXT,
+              "transaction_id": TEXT, "pan_token": TEXT},
+    "credit": {"application_id": TEXT, "customer_id": TEXT},
+}
+SIGNAL_FIELDS: dict[str, str] = {"device_known": BOOLEAN, "distance_km": NUMBER, "elapsed_h": NUMBER,
+                                 "speed_kmh": NUMBER}
+SCORE_FIELD = "score"
+
+# A list holds one kind of key, and a condition may look up a request field in it only if the
+# field holds that kind (a card list is never searched for a terminal id).
+LIST_KINDS: dict[str, str] = {"card": "card_token", "customer": "customer_id", "terminal": "terminal_id",
+                              "device": "device_id", "ip": "ip", "country": "country", "bin": "card_bin"}
+LIST_NAME = r"^[a-z][a-z0-9_]{0,62}$"
+
+Op = Literal[">", ">=", "<", "<=", "==", "!=", "in", "not_in"]
+_NUMERIC_OPS = frozenset({">", ">=", "<", "<="})
 
 # The names a rule's description may use ({name} or {name:format}), all taken from the request, the
 # rule, the feature it reads and the signals (serving.travel); checked at load so a typo fails the deploy.
@@ -77,6 +102,152 @@ class PolicyError(ValueError):
     """A policy file is invalid or a requested policy version does not exist."""
 
 
+class Condition(BaseModel):
+    """A compound condition: exactly one of ``all`` / ``any`` / ``not`` (over conditions), or a leaf
+    on one ``field`` (request field, ``score`` or signal) or ``feature`` with ``op`` and ``value``,
+    or with ``in_list`` (membership of a named list). A missing value never proves a breach: a
+    leaf on it is false, and so is its ``not`` (absence is not evidence either way)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    all: tuple["Condition", ...] | None = None
+    any: tuple["Condition", ...] | None = None
+    not_: "Condition | None" = Field(default=None, alias="not")
+    field: str | None = None
+    feature: str | None = None
+    op: Op | None = None
+    value: float | bool | str | tuple[float | str, ...] | None = None
+    in_list: str | None = Field(default=None, pattern=LIST_NAME)
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> "Condition":
+        shapes = [k for k in ("all", "any", "not_", "field", "feature") if getattr(self, k) is not None]
+        if len(shapes) != 1:
+            raise ValueError("a condition is exactly one of all, any, not, field or feature "
+                             f"(got {[s.rstrip('_') for s in shapes] or 'none'})")
+        if shapes[0] in ("all", "any") and not getattr(self, shapes[0]):
+            raise ValueError(f"{shapes[0]} needs at least one condition")
+        if shapes[0] in ("field", "feature"):
+            if (self.in_list is None) == (self.op is None):
+                raise ValueError(f"{shapes[0]} {self.field or self.feature}: give either op and value, or in_list")
+            if self.op is not None and self.value is None:
+                raise ValueError(f"{shapes[0]} {self.field or self.feature}: op {self.op} needs a value")
+            if self.op in ("in", "not_in") and not isinstance(self.value, tuple):
+                raise ValueError(f"op {self.op} needs a list value")
+            if self.op in _NUMERIC_OPS and isinstance(self.value, (str, bool, tuple)):
+                raise ValueError(f"op {self.op} compares numbers, not {self.value!r}")
+        elif self.op is not None or self.value is not None or self.in_list is not None:
+            raise ValueError("op, value and in_list belong to a field or feature condition")
+        return self
+
+    def leaves(self) -> "list[Condition]":
+        if self.all is not None or self.any is not None:
+            return [leaf for c in (self.all or self.any or ()) for leaf in c.leaves()]
+        if self.not_ is not None:
+            return self.not_.leaves()
+        return [self]
+
+    def compile(self) -> Any:
+        """A closure ``(request, features, signals, score, lists) -> bool``: the tree walked once here,
+        not per decision; list membership is one lookup in a frozenset."""
+        if self.all is not None:
+            parts = tuple(c.compile() for c in self.all)
+            return lambda r, f, s, sc, ls: all(p(r, f, s, sc, ls) for p in parts)
+        if self.any is not None:
+            parts = tuple(c.compile() for c in self.any)
+            return lambda r, f, s, sc, ls: any(p(r, f, s, sc, ls) for p in parts)
+        if self.not_ is not None:
+            inner, leaves = self.not_.compile(), self.not_.leaves()
+            get_all = tuple(_getter(c) for c in leaves)
+            # not(x) on a missing input stays false: absence cannot prove the opposite either
+            return lambda r, f, s, sc, ls: (all(g(r, f, s, sc) is not None for g in get_all)
+                                            and not inner(r, f, s, sc, ls))
+        get = _getter(self)
+        if self.in_list is not None:
+            name = self.in_list
+            return lambda r, f, s, sc, ls: (v := get(r, f, s, sc)) is not None and str(v) in ls.get(name, ())
+        op, value = self.op, self.value
+        if op in ("in", "not_in"):
+            members = frozenset(str(v) for v in value)  # type: ignore[union-attr]
+            want = op == "in"
+            return lambda r, f, s, sc, ls: (v := get(r, f, s, sc)) is not None and (str(v) in members) == want
+        cmp = _OPS[op]  # type: ignore[index]
+        return lambda r, f, s, sc, ls: (v := get(r, f, s, sc)) is not None and cmp(v, value)
+
+    def check(self, product: str, features: Mapping[str, str] | None, lists: Mapping[str, str] | None,
+              where: str) -> list[str]:
+        """What is wrong with this condition against the features and lists that exist
+        (``None``: not checked), each as ``<where>: <reason>``."""
+        errors: list[str] = []
+        for path, leaf in self._paths(where):
+            kind: str | None
+            if leaf.field is not None:
+                name = leaf.field
+                kind = (NUMBER if name == SCORE_FIELD else REQUEST_FIELDS[product].get(name) or SIGNAL_FIELDS.get(name))
+                if kind is None:
+                    errors.append(f"{path}.field: unknown field {name!r} (request fields "
+                                  f"{sorted(REQUEST_FIELDS[product])}, signals {sorted(SIGNAL_FIELDS)} or score)")
+                    continue
+            else:
+                name = leaf.feature or ""
+                if features is None:
+                    kind = None
+                elif name not in features:
+                    close = difflib.get_close_matches(name, list(features), n=1)
+                    errors.append(f"{path}.feature: unknown feature {name!r}"
+                                  + (f" (did you mean {close[0]!r}?)" if close else ""))
+                    continue
+                else:
+                    kind = features[name]
+            if leaf.in_list is not None:
+                if leaf.feature is not None:
+                    errors.append(f"{path}.in_list: lists hold request keys, not feature values")
+                elif lists is not None and leaf.in_list not in lists:
+                    errors.append(f"{path}.in_list: unknown list {leaf.in_list!r}")
+                elif lists is not None and LIST_KINDS.get(lists[leaf.in_list]) != name:
+                    errors.append(f"{path}.in_list: list {leaf.in_list!r} holds {lists[leaf.in_list]} keys, "
+                                  f"not {name}")
+                continue
+            if kind is None:
+                continue
+            values = leaf.value if isinstance(leaf.value, tuple) else (leaf.value,)
+            for v in values:
+                vkind = BOOLEAN if isinstance(v, bool) else NUMBER if isinstance(v, (int, float)) else TEXT
+                if leaf.op in _NUMERIC_OPS and kind != NUMBER:
+                    errors.append(f"{path}.op: {name} is {kind}, {leaf.op} compares numbers")
+                    break
+                if vkind != kind:
+                    errors.append(f"{path}.value: {name} is {kind}, {v!r} is {vkind}")
+                    break
+        return errors
+
+    def _paths(self, where: str) -> "list[tuple[str, Condition]]":
+        for key in ("all", "any"):
+            items = getattr(self, key)
+            if items is not None:
+                return [p for i, c in enumerate(items) for p in c._paths(f"{where}.{key}[{i}]")]
+        if self.not_ is not None:
+            return self.not_._paths(f"{where}.not")
+        return [(where, self)]
+
+
+_OPS: dict[str, Any] = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
+                        "==": operator.eq, "!=": operator.ne}
+
+
+def _getter(leaf: Condition) -> Any:
+    """How a leaf reads its value: from the request, the features, the signals or the score."""
+    if leaf.feature is not None:
+        name = leaf.feature
+        return lambda r, f, s, sc: f.get(name)
+    name = leaf.field or ""
+    if name == SCORE_FIELD:
+        return lambda r, f, s, sc: sc
+    if name in SIGNAL_FIELDS:
+        return lambda r, f, s, sc: s.get(name)
+    return lambda r, f, s, sc: r.get(name)
+
+
 class Rule(BaseModel):
     """One hard rule. Which fields it needs depends on ``kind`` (checked at load)."""
 
@@ -102,13 +273,18 @@ class Rule(BaseModel):
         "as of the entity's latest payment; older than this before the payment, it cannot prove a breach.")
     description: str = Field(default="", description="What the reviewer reads when the rule fires; "
                              "{placeholders} from DESCRIPTION_FIELDS.")
+    condition: Condition | None = Field(default=None, description="kind condition: all / any / not over request "
+                                        "fields, features, list membership and the score.")
+    mode: Literal["live", "shadow"] = Field(
+        default="live", description="shadow: evaluated and logged (decision-log signals.shadow_rules), never deciding.")
+    _test: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> "Rule":
         need = {"amount_above": ("amount_minor",), "new_device_amount_above": ("amount_minor",),
                 "country_in": ("countries",), "card_in": ("card_tokens",), "terminal_in": ("terminal_ids",),
                 "feature_above": ("feature", "max"), "feature_equals": ("feature", "value"),
-                "impossible_travel": ("max_speed_kmh",)}[self.kind]
+                "impossible_travel": ("max_speed_kmh",), "condition": ("condition",)}[self.kind]
         missing = [f for f in need if getattr(self, f) in (None, frozenset())]
         if missing:
             raise ValueError(f"rule {self.id} ({self.kind}) needs {missing}")
@@ -120,7 +296,20 @@ class Rule(BaseModel):
                           if name is not None} - DESCRIPTION_FIELDS)
         if unknown:
             raise ValueError(f"rule {self.id}: description names {unknown}; it may use {sorted(DESCRIPTION_FIELDS)}")
+        if self.condition is not None and self.kind != "condition":
+            raise ValueError(f"rule {self.id}: condition is for kind condition")
+        if self.condition is not None:
+            self._test = self.condition.compile()
         return self
+
+    def features_read(self) -> tuple[str, ...]:
+        if self.condition is not None:
+            return tuple(leaf.feature for leaf in self.condition.leaves() if leaf.feature is not None)
+        return (self.feature,) if self.feature is not None else ()
+
+    def lists_read(self) -> tuple[str, ...]:
+        return tuple(leaf.in_list for leaf in self.condition.leaves()
+                     if leaf.in_list is not None) if self.condition is not None else ()
 
     def age_s(self, request: Mapping[str, Any], stamps: Mapping[str, Any]) -> float | None:
         """Seconds from the event time of the rule's real-time value to the payment (None: unknown)."""
@@ -128,7 +317,8 @@ class Rule(BaseModel):
         return None if view is None else _seconds_between(stamps.get(view), request.get("timestamp"))
 
     def fires(self, request: Mapping[str, Any], features: Mapping[str, Any], signals: Mapping[str, Any],
-              degraded: bool, stamps: Mapping[str, Any] | None = None) -> bool:
+              degraded: bool, stamps: Mapping[str, Any] | None = None, score: float | None = None,
+              lists: Mapping[str, frozenset[str]] | None = None) -> bool:
         if (self.when == "degraded" and not degraded) or (self.when == "scored" and degraded):
             return False
         if self.max_age_s is not None:
@@ -160,6 +350,8 @@ class Rule(BaseModel):
                 distance, hours = signals.get("distance_km"), signals.get("elapsed_h")
                 return (distance is not None and hours is not None and distance >= self.min_distance_km
                         and distance > self.max_speed_kmh * hours)
+            case "condition":
+                return bool(self._test(request, features, signals, score, lists or {}))
         return False  # pragma: no cover - kind is a closed Literal
 
     def explain(self, request: Mapping[str, Any], features: Mapping[str, Any], signals: Mapping[str, Any],
@@ -211,6 +403,13 @@ class Policy(BaseModel):
     degraded_decision: str | None = Field(
         default=None, description="Base decision without a model score (default: the least severe).")
     digest: str = Field(default="", description="sha256 of the file, to spot an edited-in-place version.")
+    # Bound at run time (:meth:`bind`), never part of the version: the lists' entries, the emergency
+    # rules and rules-only mode in force, and the policy store's change sequence they were read at.
+    _lists: Mapping[str, frozenset[str]] = PrivateAttr(default_factory=dict)
+    _rules_only: bool = PrivateAttr(default=False)
+    _seq: int | None = PrivateAttr(default=None)
+    _live: tuple[Rule, ...] = PrivateAttr(default=())
+    _shadow: tuple[Rule, ...] = PrivateAttr(default=())
 
     @property
     def id(self) -> str:
@@ -224,7 +423,57 @@ class Policy(BaseModel):
     def feature_names(self) -> tuple[str, ...]:
         """The features the rules read, in policy order: serving fetches them with the model's
         inputs (a velocity rule may read a window the model does not use) and logs them."""
-        return tuple(dict.fromkeys(r.feature for r in self.rules if r.feature is not None))
+        return tuple(dict.fromkeys(f for r in self.rules for f in r.features_read()))
+
+    @property
+    def list_names(self) -> tuple[str, ...]:
+        """The lists the rules look up (their entries come from the policy store, :meth:`bind`)."""
+        return tuple(dict.fromkeys(n for r in self.rules for n in r.lists_read()))
+
+    @property
+    def rules_only(self) -> bool:
+        """An emergency stop sends every decision to the rules alone (no model score)."""
+        return self._rules_only
+
+    @property
+    def seq(self) -> int | None:
+        """The policy store's change sequence this policy's lists and emergency rules were read at
+        (None: a file, no store)."""
+        return self._seq
+
+    @property
+    def lists(self) -> Mapping[str, frozenset[str]]:
+        return self._lists
+
+    def bind(self, lists: Mapping[str, frozenset[str]], emergency: tuple[Rule, ...] = (), *,
+             rules_only: bool = False, seq: int | None = None) -> "Policy":
+        """This version with the store's state at ``seq``: list entries, emergency rules (added after
+        the version's own rules, most severe outcome still wins) and rules-only mode. A new immutable
+        object: serving swaps it in with one attribute store, a decision in flight keeps its own."""
+        bound = self.model_copy(update={"rules": self.rules + tuple(emergency)}) if emergency else self.model_copy()
+        bound._lists = {k: frozenset(v) for k, v in lists.items()}
+        bound._rules_only, bound._seq = rules_only, seq
+        bound._split()
+        return bound
+
+    def _split(self) -> None:
+        self._live = tuple(r for r in self.rules if r.mode == "live")
+        self._shadow = tuple(r for r in self.rules if r.mode == "shadow")
+
+    def check(self, features: Mapping[str, str] | None, lists: Mapping[str, str] | None) -> list[str]:
+        """What a draft gets wrong against what exists: unknown or mistyped features, unknown lists
+        or lists of the wrong kind (``features``: name → number/text; ``lists``: name → kind; None:
+        not checked). Each error names the field (``rules[3].condition.all[0].feature``)."""
+        errors: list[str] = []
+        for i, rule in enumerate(self.rules):
+            where = f"rules[{i}] ({rule.id})"
+            if rule.condition is not None:
+                errors += rule.condition.check(self.policy, features, lists, f"{where}.condition")
+            elif rule.feature is not None and features is not None and rule.feature not in features:
+                close = difflib.get_close_matches(rule.feature, list(features), n=1)
+                errors.append(f"{where}.feature: unknown feature {rule.feature!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return errors
 
     @model_validator(mode="after")
     def _consistent(self) -> "Policy":
@@ -241,6 +490,7 @@ class Policy(BaseModel):
         ids = [r.id for r in self.rules]
         if len(ids) != len(set(ids)):
             raise ValueError("rule ids must be unique")
+        self._split()
         return self
 
     def decide(self, score: float | None, request: Mapping[str, Any], features: Mapping[str, Any],
@@ -248,8 +498,17 @@ class Policy(BaseModel):
                stamps: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
         """(decision, ids of the rules that fired, in policy order). ``score`` None = degraded.
         ``stamps``: feature view → event time of its values (as logged in ``feature_timestamps``),
-        which rules with ``max_age_s`` need."""
+        which rules with ``max_age_s`` need. Shadow rules: :meth:`evaluate`."""
+        decision, fired, _ = self.evaluate(score, request, features, signals, stamps)
+        return decision, fired
+
+    def evaluate(self, score: float | None, request: Mapping[str, Any], features: Mapping[str, Any],
+                 signals: Mapping[str, Any] | None = None,
+                 stamps: Mapping[str, Any] | None = None) -> tuple[str, list[str], list[str]]:
+        """:meth:`decide` plus the ids of the shadow rules that would have fired (never deciding)."""
         degraded = score is None
+        signals = signals or {}
+        lists = self._lists
         rank = {d: i for i, d in enumerate(self.outcomes)}
         decision = self.outcomes[0]
         if degraded:
@@ -259,12 +518,13 @@ class Policy(BaseModel):
                 if score >= t and rank[d] > rank[decision]:
                     decision = d
         fired: list[str] = []
-        for rule in self.rules:
-            if rule.fires(request, features, signals or {}, degraded, stamps):
+        for rule in self._live:
+            if rule.fires(request, features, signals, degraded, stamps, score, lists):
                 fired.append(rule.id)
                 if rank[rule.action] > rank[decision]:
                     decision = rule.action
-        return decision, fired
+        shadow = [r.id for r in self._shadow if r.fires(request, features, signals, degraded, stamps, score, lists)]
+        return decision, fired, shadow
 
     def explain(self, rule_ids: list[str], request: Mapping[str, Any], features: Mapping[str, Any],
                 signals: Mapping[str, Any] | None = None,
