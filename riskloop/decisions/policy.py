@@ -410,6 +410,7 @@ class Policy(BaseModel):
     _seq: int | None = PrivateAttr(default=None)
     _live: tuple[Rule, ...] = PrivateAttr(default=())
     _shadow: tuple[Rule, ...] = PrivateAttr(default=())
+    _features: tuple[str, ...] = PrivateAttr(default=())
 
     @property
     def id(self) -> str:
@@ -423,7 +424,7 @@ class Policy(BaseModel):
     def feature_names(self) -> tuple[str, ...]:
         """The features the rules read, in policy order: serving fetches them with the model's
         inputs (a velocity rule may read a window the model does not use) and logs them."""
-        return tuple(dict.fromkeys(f for r in self.rules for f in r.features_read()))
+        return self._features
 
     @property
     def list_names(self) -> tuple[str, ...]:
@@ -459,6 +460,7 @@ class Policy(BaseModel):
     def _split(self) -> None:
         self._live = tuple(r for r in self.rules if r.mode == "live")
         self._shadow = tuple(r for r in self.rules if r.mode == "shadow")
+        self._features = tuple(dict.fromkeys(f for r in self.rules for f in r.features_read()))
 
     def check(self, features: Mapping[str, str] | None, lists: Mapping[str, str] | None) -> list[str]:
         """What a draft gets wrong against what exists: unknown or mistyped features, unknown lists
