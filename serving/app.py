@@ -63,6 +63,7 @@ from serving.model import (
     save_last_known_good,
 )
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, optional_inputs, plan_inputs
+from serving.policy_api import router as policy_router
 from serving.reasons import top_reasons
 from serving.review import router as review_router
 from serving.routing import Routing
@@ -671,6 +672,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}
     app.state.keys = keys
     app.include_router(decisions_router)
+    app.include_router(policy_router)  # /v1/policy (serving.policy_api)
     app.include_router(review_router)  # GET /review, /review/api/* (serving.review)
     app.include_router(cases_router)  # /v1/cases (serving.cases_api)
     app.include_router(cases_page_router)  # GET /cases

@@ -16,8 +16,9 @@ Why this shape:
 Roles (see :data:`PERMISSIONS`): ``scorer`` scores (and reports step-up outcomes, as the channel
 that asked for the challenge); ``reviewer`` reads decisions and overrides them; ``analyst`` works
 the case queue and reads decisions; ``admin`` operates the service (reload, read decisions and
-cases, score for smoke tests) but cannot override or work a case — four eyes: whoever runs the
-service is not whoever changes a customer's outcome or gives the verdict that becomes a label.
+cases, score for smoke tests, pull an emergency stop) but cannot override or work a case — four eyes:
+whoever runs the service is not whoever changes a customer's outcome or gives the verdict that
+becomes a label; ``policy`` drafts decision policies and edits lists, which a ``reviewer`` approves.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fastapi import HTTPException, Request
 
 log = logging.getLogger(__name__)
 
-ROLES = frozenset({"scorer", "reviewer", "analyst", "admin"})
+ROLES = frozenset({"scorer", "reviewer", "analyst", "admin", "policy"})
 
 # action -> roles allowed to perform it
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -48,6 +49,13 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "review_model": frozenset({"reviewer"}),  # approve / reject a challenger (serving.review)
     # run the promotion gate (it moves @champion only if every gate, approval included, passes)
     "promote_model": frozenset({"reviewer", "admin"}),
+    # The policy store (serving.policy_api): a policy author drafts and edits lists, a reviewer
+    # approves, rejects or rolls back (never their own draft), an admin pulls the emergency stop.
+    "read_policy": frozenset({"policy", "reviewer", "analyst", "admin"}),
+    "draft_policy": frozenset({"policy"}),
+    "edit_lists": frozenset({"policy"}),
+    "review_policy": frozenset({"reviewer"}),
+    "emergency_stop": frozenset({"admin"}),
 }
 
 

@@ -50,7 +50,8 @@ EVENTS_TABLE = f"{SCHEMA}.alert_events"
 # Every alert kind has a runbook docs/runbooks/<kind>.md (a test keeps the two in step).
 KINDS = ("input_drift", "approval_rate_drop", "review_rate_spike", "override_spike", "degraded_rate",
          "latency_p99", "promotion_blocked", "airflow_failure", "contract_violation", "canary_rollback",
-         "performance_drop", "settlement_breaks", "case_sla_breach", "case_queue_growth", "decision_log_dead_letter")
+         "performance_drop", "settlement_breaks", "case_sla_breach", "case_queue_growth", "decision_log_dead_letter",
+         "emergency_stop")
 
 # --- what a monitor run observed ---------------------------------------------------------------
 

@@ -605,3 +605,64 @@ def policy_for_decision(conn: "psycopg.Connection", row: Mapping[str, Any]) -> P
         return policy_by_id(version)
     seq = (row.get("signals") or {}).get("policy_seq")
     return policy_at(conn, version, seq, row["decided_at"])
+
+
+# --- watching and alerting ------------------------------------------------------------------------
+
+_SHADOW_SQL = """
+with d as (
+    select policy_version, request->>'transaction_id' as tx, coalesce(signals->'shadow_rules', '[]'::jsonb) as sr
+    from serving.decision_log where decided_at >= now() - %(window)s and policy_version is not null
+), totals as (select policy_version, count(*) as n from d group by 1),
+hits as (
+    select d.policy_version, r.rule, d.tx from d cross join lateral jsonb_array_elements_text(d.sr) as r(rule)
+), labelled as (
+    select h.policy_version, h.rule, count(*) as hits,
+           count(f.payment_id) filter (where f.tx_at <= (select max(tx_at) from marts.fct_transactions)
+                                       - make_interval(days => %(delay)s)) as matured,
+           count(f.payment_id) filter (where f.is_fraud = 1 and f.tx_at <= (select max(tx_at) from marts.fct_transactions)
+                                       - make_interval(days => %(delay)s)) as fraud
+    from hits h left join marts.fct_transactions f on f.payment_id = h.tx
+    group by 1, 2
+)
+select t.policy_version, t.n, l.rule, coalesce(l.hits, 0), coalesce(l.matured, 0), coalesce(l.fraud, 0)
+from totals t left join labelled l using (policy_version)
+"""
+
+
+def shadow_stats(conn: "psycopg.Connection", window: timedelta, label_delay_days: int) -> list[dict[str, Any]]:
+    """Each shadow rule of the versions that decided in ``window``: decisions it saw, hits, hit
+    rate, and precision on matured labels (fraud among its hits whose label is final)."""
+    if conn.execute("select to_regclass('serving.decision_log') is not null and "
+                    "to_regclass('marts.fct_transactions') is not null").fetchone()[0] is not True:
+        return []
+    rows = conn.execute(_SHADOW_SQL, {"window": window, "delay": int(label_delay_days)}).fetchall()
+    seen: dict[str, int] = {}
+    stats: dict[tuple[str, str], list[int]] = {}
+    for version, n, rule, hits, matured, fraud in rows:
+        seen[version] = n
+        if rule is not None:
+            stats[(version, rule)] = [hits, matured, fraud]
+    out = []
+    for version, n in sorted(seen.items()):
+        try:
+            shadow_ids = [r.id for r in load_version(conn, version).rules if r.mode == "shadow"]
+        except (StoreError, PolicyError):
+            continue
+        for rid in shadow_ids:
+            hits, matured, fraud = stats.get((version, rid), [0, 0, 0])
+            out.append({"policy_version": version, "rule": rid, "decisions": n, "hits": hits,
+                        "hit_rate": hits / n if n else None, "matured_hits": matured,
+                        "precision": fraud / matured if matured else None})
+    return out
+
+
+def alert_stop(settings: "Settings", stop_row: Mapping[str, Any]) -> None:
+    """Page on-call: an emergency stop changes every decision it touches (runbook emergency_stop)."""
+    from riskloop.core import alerts
+
+    what = stop_row.get("amount_minor") or stop_row.get("value") or ""
+    alerts.notify(settings, "emergency_stop", f"{stop_row['product']}:{stop_row['stop_id']}",
+                  f"Emergency stop {stop_row['stop_id']} by {stop_row['actor']}: {stop_row['kind']} {what} until "
+                  f"{stop_row['expires_at']} ({stop_row['reason']})",
+                  {k: str(v) for k, v in stop_row.items()})
