@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from riskloop.core import migrations
 from riskloop.core.config import Settings
 from riskloop.decisions import policy_store as store
-from riskloop.decisions.policy import Policy, PolicyError, policy_by_id
+from riskloop.decisions.policy import Policy, policy_by_id
 
 BODY = {"card_token": "tok_ok", "customer_id": "C-ps", "terminal_id": "T-ps", "amount_minor": 1_000,
         "currency": "EUR", "timestamp": "2026-12-07T10:00:00+00:00", "country": "DE"}
