@@ -499,7 +499,7 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
             shadow = _shadow_score(other, vector_of, st.metrics)
 
     decision, rules, shadow_rules = policy.evaluate(score, req, features, signals, stamps)
-    if policy.seq is not None:  # the store's state it ran under: a replay rebuilds the same lists
+    if policy.seq:  # the store's state it ran under (0: an empty store), so a replay rebuilds the same lists
         signals["policy_seq"] = policy.seq
     if shadow_rules:  # watched, never deciding (riskloop policy shadow)
         signals["shadow_rules"] = shadow_rules

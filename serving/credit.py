@@ -214,7 +214,7 @@ def score_credit(body: CreditScoreRequest, request: Request,
         "features": features, "feature_timestamps": stamps, "request": req,
         "latency_ms": (time.perf_counter() - t0) * 1000.0, "degraded": degraded,
         "product": "credit", "policy_version": policy.id,
-        "signals": {} if policy.seq is None else {"policy_seq": policy.seq},
+        "signals": {"policy_seq": policy.seq} if policy.seq else {},
     }
     record_or_refuse(st.writer, row)
     return CreditScoreResponse(decision_id=decision_id, decision=decision, score=score, model=info,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import logging
-import operator
 import string
 from collections.abc import Mapping
 from datetime import datetime
@@ -42,6 +41,8 @@ SEVERITY: dict[str, tuple[str, ...]] = {
     "fraud": ("allow", "step_up", "review", "deny"),
     "credit": ("approve", "refer", "decline"),
 }
+
+_RANK = {p: {d: i for i, d in enumerate(o)} for p, o in SEVERITY.items()}
 
 RuleKind = Literal["amount_above", "country_in", "card_in", "terminal_in", "feature_above", "feature_equals",
                    "new_device_amount_above", "impossible_travel", "condition"]
@@ -147,32 +148,25 @@ class Condition(BaseModel):
             return self.not_.leaves()
         return [self]
 
-    def compile(self) -> Any:
-        """A closure ``(request, features, signals, score, lists) -> bool``: the tree walked once here,
-        not per decision; list membership is one lookup in a frozenset."""
-        if self.all is not None:
-            parts = tuple(c.compile() for c in self.all)
-            return lambda r, f, s, sc, ls: all(p(r, f, s, sc, ls) for p in parts)
-        if self.any is not None:
-            parts = tuple(c.compile() for c in self.any)
-            return lambda r, f, s, sc, ls: any(p(r, f, s, sc, ls) for p in parts)
+    def expression(self, consts: dict[str, Any]) -> str:
+        """This condition as one Python expression over ``r`` (request), ``f`` (features), ``s``
+        (signals), ``sc`` (score) and ``ls`` (lists); every value from the policy goes into
+        ``consts`` by name, never into the text. :meth:`Rule._compile` makes it one function: a
+        200-rule policy is then 200 calls per decision, not a tree walk each."""
+        if self.all is not None or self.any is not None:
+            joiner = " and " if self.all is not None else " or "
+            return "(" + joiner.join(c.expression(consts) for c in (self.all or self.any or ())) + ")"
         if self.not_ is not None:
-            inner, leaves = self.not_.compile(), self.not_.leaves()
-            get_all = tuple(_getter(c) for c in leaves)
             # not(x) on a missing input stays false: absence cannot prove the opposite either
-            return lambda r, f, s, sc, ls: (all(g(r, f, s, sc) is not None for g in get_all)
-                                            and not inner(r, f, s, sc, ls))
-        get = _getter(self)
+            present = " and ".join(f"{_source(leaf, consts)} is not None" for leaf in self.not_.leaves())
+            return f"({present} and not {self.not_.expression(consts)})"
+        get = _source(self, consts)
         if self.in_list is not None:
-            name = self.in_list
-            return lambda r, f, s, sc, ls: (v := get(r, f, s, sc)) is not None and str(v) in ls.get(name, ())
-        op, value = self.op, self.value
-        if op in ("in", "not_in"):
-            members = frozenset(str(v) for v in value)  # type: ignore[union-attr]
-            want = op == "in"
-            return lambda r, f, s, sc, ls: (v := get(r, f, s, sc)) is not None and (str(v) in members) == want
-        cmp = _OPS[op]  # type: ignore[index]
-        return lambda r, f, s, sc, ls: (v := get(r, f, s, sc)) is not None and cmp(v, value)
+            return f"((v := {get}) is not None and v in ls.get({_const(consts, self.in_list)}, _EMPTY))"
+        if self.op in ("in", "not_in"):
+            members = _const(consts, frozenset(self.value))  # type: ignore[arg-type]
+            return f"((v := {get}) is not None and v {'in' if self.op == 'in' else 'not in'} {members})"
+        return f"((v := {get}) is not None and v {self.op} {_const(consts, self.value)})"
 
     def check(self, product: str, features: Mapping[str, str] | None, lists: Mapping[str, str] | None,
               where: str) -> list[str]:
@@ -231,21 +225,20 @@ class Condition(BaseModel):
         return [(where, self)]
 
 
-_OPS: dict[str, Any] = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
-                        "==": operator.eq, "!=": operator.ne}
+def _const(consts: dict[str, Any], value: Any) -> str:
+    name = f"c{len(consts)}"
+    consts[name] = value
+    return name
 
 
-def _getter(leaf: Condition) -> Any:
-    """How a leaf reads its value: from the request, the features, the signals or the score."""
+def _source(leaf: Condition, consts: dict[str, Any]) -> str:
+    """Where a leaf reads its value: the request, the features, the signals or the score."""
     if leaf.feature is not None:
-        name = leaf.feature
-        return lambda r, f, s, sc: f.get(name)
+        return f"f.get({_const(consts, leaf.feature)})"
     name = leaf.field or ""
     if name == SCORE_FIELD:
-        return lambda r, f, s, sc: sc
-    if name in SIGNAL_FIELDS:
-        return lambda r, f, s, sc: s.get(name)
-    return lambda r, f, s, sc: r.get(name)
+        return "sc"
+    return f"{'s' if name in SIGNAL_FIELDS else 'r'}.get({_const(consts, name)})"
 
 
 class Rule(BaseModel):
@@ -298,9 +291,46 @@ class Rule(BaseModel):
             raise ValueError(f"rule {self.id}: description names {unknown}; it may use {sorted(DESCRIPTION_FIELDS)}")
         if self.condition is not None and self.kind != "condition":
             raise ValueError(f"rule {self.id}: condition is for kind condition")
-        if self.condition is not None:
-            self._test = self.condition.compile()
+        self._test = self._compile()
         return self
+
+    def _compile(self) -> Any:
+        """The rule as one function ``(r, f, s, sc, ls, dg, st) -> bool`` (``dg``: degraded, ``st``:
+        stamps), built from :meth:`Condition.expression` or its kind's expression."""
+        consts: dict[str, Any] = {"_EMPTY": frozenset(), "_age_ok": self._age_ok}
+        c = lambda v: _const(consts, v)  # noqa: E731
+        match self.kind:
+            case "amount_above":
+                expr = f"((v := r.get('amount_minor')) is not None and v > {c(self.amount_minor)})"
+            case "country_in":
+                expr = f"r.get('country') in {c(self.countries)}"
+            case "card_in":
+                expr = f"r.get('card_token') in {c(self.card_tokens)}"
+            case "terminal_in":
+                expr = f"r.get('terminal_id') in {c(self.terminal_ids)}"
+            case "feature_above":  # a missing feature cannot prove a breach
+                expr = f"((v := f.get({c(self.feature)})) is not None and v > {c(self.max)})"
+            case "feature_equals":
+                expr = f"((v := f.get({c(self.feature)})) is not None and v == {c(self.value)})"
+            case "new_device_amount_above":
+                expr = (f"(r.get('device_id') is not None and s.get('device_known') is False and "
+                        f"(v := r.get('amount_minor')) is not None and v > {c(self.amount_minor)})")
+            case "impossible_travel":
+                # From the logged signals only (serving.travel computed them), so a replay needs no
+                # state and no centroid table. No previous payment, or an unknown country: no breach.
+                expr = (f"((d := s.get('distance_km')) is not None and (h := s.get('elapsed_h')) is not None "
+                        f"and d >= {c(self.min_distance_km)} and d > {c(self.max_speed_kmh)} * h)")
+            case "condition":
+                expr = self.condition.expression(consts)  # type: ignore[union-attr]
+        if self.max_age_s is not None:  # no stamp, or a burst that is over: no proof
+            expr = f"_age_ok(r, st) and {expr}"
+        if self.when != "always":
+            expr = f"{'dg' if self.when == 'degraded' else 'not dg'} and {expr}"
+        return eval(compile(f"lambda r, f, s, sc, ls, dg, st: bool({expr})", f"<rule {self.id}>", "eval"), consts)
+
+    def _age_ok(self, request: Mapping[str, Any], stamps: Mapping[str, Any]) -> bool:
+        age = self.age_s(request, stamps)
+        return age is not None and age <= (self.max_age_s or 0.0)
 
     def features_read(self) -> tuple[str, ...]:
         if self.condition is not None:
@@ -319,40 +349,7 @@ class Rule(BaseModel):
     def fires(self, request: Mapping[str, Any], features: Mapping[str, Any], signals: Mapping[str, Any],
               degraded: bool, stamps: Mapping[str, Any] | None = None, score: float | None = None,
               lists: Mapping[str, frozenset[str]] | None = None) -> bool:
-        if (self.when == "degraded" and not degraded) or (self.when == "scored" and degraded):
-            return False
-        if self.max_age_s is not None:
-            age = self.age_s(request, stamps or {})
-            if age is None or age > self.max_age_s:  # no stamp, or a burst that is over: no proof
-                return False
-        amount = request.get("amount_minor")
-        match self.kind:
-            case "amount_above":
-                return amount is not None and amount > self.amount_minor
-            case "country_in":
-                return request.get("country") in self.countries
-            case "card_in":
-                return request.get("card_token") in self.card_tokens
-            case "terminal_in":
-                return request.get("terminal_id") in self.terminal_ids
-            case "feature_above":
-                v = features.get(self.feature)
-                return v is not None and v > self.max  # a missing feature cannot prove a breach
-            case "feature_equals":
-                v = features.get(self.feature)
-                return v is not None and v == self.value
-            case "new_device_amount_above":
-                return (request.get("device_id") is not None and signals.get("device_known") is False
-                        and amount is not None and amount > self.amount_minor)
-            case "impossible_travel":
-                # From the logged signals only (serving.travel computed them), so a replay needs no
-                # state and no centroid table. No previous payment, or an unknown country: no breach.
-                distance, hours = signals.get("distance_km"), signals.get("elapsed_h")
-                return (distance is not None and hours is not None and distance >= self.min_distance_km
-                        and distance > self.max_speed_kmh * hours)
-            case "condition":
-                return bool(self._test(request, features, signals, score, lists or {}))
-        return False  # pragma: no cover - kind is a closed Literal
+        return self._test(request, features, signals, score, lists or {}, degraded, stamps or {})
 
     def explain(self, request: Mapping[str, Any], features: Mapping[str, Any], signals: Mapping[str, Any],
                 stamps: Mapping[str, Any] | None = None) -> str:
@@ -408,9 +405,11 @@ class Policy(BaseModel):
     _lists: Mapping[str, frozenset[str]] = PrivateAttr(default_factory=dict)
     _rules_only: bool = PrivateAttr(default=False)
     _seq: int | None = PrivateAttr(default=None)
-    _live: tuple[Rule, ...] = PrivateAttr(default=())
-    _shadow: tuple[Rule, ...] = PrivateAttr(default=())
+    _live: tuple[tuple[str, Any], ...] = PrivateAttr(default=())
+    _shadow: tuple[tuple[str, Any], ...] = PrivateAttr(default=())
     _features: tuple[str, ...] = PrivateAttr(default=())
+    _by_id: dict[str, Rule] = PrivateAttr(default_factory=dict)
+    _fast: tuple[Any, ...] = PrivateAttr(default=({}, (), (), {}))
 
     @property
     def id(self) -> str:
@@ -458,8 +457,10 @@ class Policy(BaseModel):
         return bound
 
     def _split(self) -> None:
-        self._live = tuple(r for r in self.rules if r.mode == "live")
-        self._shadow = tuple(r for r in self.rules if r.mode == "shadow")
+        self._live = tuple((r.id, r._test) for r in self.rules if r.mode == "live")
+        self._shadow = tuple((r.id, r._test) for r in self.rules if r.mode == "shadow")
+        self._by_id = {r.id: r for r in self.rules}
+        self._fast = (self._lists, self._live, self._shadow, self._by_id)
         self._features = tuple(dict.fromkeys(f for r in self.rules for f in r.features_read()))
 
     def check(self, features: Mapping[str, str] | None, lists: Mapping[str, str] | None) -> list[str]:
@@ -492,6 +493,9 @@ class Policy(BaseModel):
         ids = [r.id for r in self.rules]
         if len(ids) != len(set(ids)):
             raise ValueError("rule ids must be unique")
+        wrong = self.check(None, None)  # request fields, signals and score: their types are known here
+        if wrong:
+            raise ValueError("; ".join(wrong))
         self._split()
         return self
 
@@ -510,8 +514,9 @@ class Policy(BaseModel):
         """:meth:`decide` plus the ids of the shadow rules that would have fired (never deciding)."""
         degraded = score is None
         signals = signals or {}
-        lists = self._lists
-        rank = {d: i for i, d in enumerate(self.outcomes)}
+        # One private read: a private attribute of a pydantic model is read through __getattr__ (µs each)
+        lists, live, shadow_rules, by_id = self._fast
+        rank = _RANK[self.policy]
         decision = self.outcomes[0]
         if degraded:
             decision = self.degraded_decision or decision
@@ -519,13 +524,14 @@ class Policy(BaseModel):
             for d, t in self.thresholds.items():
                 if score >= t and rank[d] > rank[decision]:
                     decision = d
-        fired: list[str] = []
-        for rule in self._live:
-            if rule.fires(request, features, signals, degraded, stamps, score, lists):
-                fired.append(rule.id)
-                if rank[rule.action] > rank[decision]:
-                    decision = rule.action
-        shadow = [r.id for r in self._shadow if r.fires(request, features, signals, degraded, stamps, score, lists)]
+        stamps = stamps or {}
+        fired = [rid for rid, test in live if test(request, features, signals, score, lists, degraded, stamps)]
+        if fired:
+            for rid in fired:
+                action = by_id[rid].action
+                if rank[action] > rank[decision]:
+                    decision = action
+        shadow = [rid for rid, test in shadow_rules if test(request, features, signals, score, lists, degraded, stamps)]
         return decision, fired, shadow
 
     def explain(self, rule_ids: list[str], request: Mapping[str, Any], features: Mapping[str, Any],
