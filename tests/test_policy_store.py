@@ -277,3 +277,99 @@ def test_serving_applies_versions_lists_and_emergency_stops(client: TestClient, 
     assert result.replayed["rules"] == ["WATCHED_CUSTOMER", f"EMERGENCY_{stop_id}"]
     stats = client.get("/v1/policy/shadow?hours=1", headers=_auth("reviewer")).json()
     assert stats == [] or any(s["rule"] == "SHADOW_BIG" and s["hits"] >= 1 for s in stats)
+
+
+# --- two workers under load: `riskloop serve --workers 2` -----------------------------------------
+
+def test_two_workers_apply_an_approval_under_load_without_a_failed_request(store_settings: Settings,
+                                                                           conn: psycopg.Connection) -> None:
+    """Both processes of a real two-worker server pick up an approved version and an emergency stop
+    while requests keep coming (new connections, so the kernel spreads them over both): no request
+    fails, and once one response carries the change, every later one does. How long the change took
+    to reach the last worker is printed (the figure; the test waits, it does not time)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    import httpx
+    from conftest import free_port, stop_process
+
+    port = free_port()
+    env = {**os.environ, "RISKLOOP_DATABASE_URL": str(store_settings.database_url),
+           "RISKLOOP_FRAUD_MODEL_NAME": f"no-model-{uuid.uuid4().hex[:6]}", "RISKLOOP_SERVING_MODEL_POLL_S": "0",
+           "RISKLOOP_API_KEYS": ",".join(f"{k}:{r}" for r, k in KEYS.items())}
+    for inherited in ("PROMETHEUS_MULTIPROC_DIR", "RISKLOOP_SERVING_METRICS_DIR"):
+        env.pop(inherited, None)
+    log_path = store_settings.run_dir / f"serve-policy-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(port), "--workers", "2"], env=env,
+                                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    results: list[tuple[float, int, int, dict]] = []  # (sent at, status, pid unknown=0, body)
+    stop = threading.Event()
+
+    def load() -> None:
+        body = {**BODY, "customer_id": "C-load", "terminal_id": "T-load", "amount_minor": 2_000}
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                r = httpx.post(f"{url}/v1/score/fraud", json=body, headers=_auth("scorer"), timeout=10)
+                results.append((t, r.status_code, 0, r.json() if r.status_code == 200 else {"error": r.text}))
+            except httpx.HTTPError as exc:
+                results.append((t, 599, 0, {"error": str(exc)}))
+
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 240
+        while len(pids) < 2:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"two ready workers not seen:\n{log_path.read_text()[-3000:]}"
+            try:
+                r = httpx.get(f"{url}/readyz", timeout=5)
+                if r.status_code == 200:
+                    pids.add(r.json()["checks"]["worker_pid"])
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        live_before = store.live_version(conn, "fraud")
+        p = store.draft(conn, _yaml({"id": "LOAD_TERMINAL", "kind": "terminal_in", "terminal_ids": ["T-load"],
+                                     "action": "step_up"}), "carol", features=None)
+        time.sleep(1)
+        approved_at = time.monotonic()
+        store.approve(conn, p.id, "dave", "under load")
+        time.sleep(4)
+        stopped_at = time.monotonic()
+        stop_row = store.stop(conn, "review_above", "erin", "drill", timedelta(minutes=5), amount_minor=1_000)
+        time.sleep(4)
+    finally:
+        stop.set()
+        for t in threads if "threads" in locals() else []:
+            t.join(timeout=30)
+        stop_process(proc, timeout=60)
+    try:
+        store.lift(conn, stop_row["stop_id"], "erin", "drill over")
+    except (NameError, store.StoreError):
+        pass
+
+    assert results and all(status == 200 for _, status, _, _ in results), \
+        [b for _, s, _, b in results if s != 200][:5]
+    versions_seen = [b["policy_version"] for _, _, _, b in results]
+    assert versions_seen[0] != p.id and live_before != p.version
+    first_new = next(i for i, v in enumerate(versions_seen) if v == p.id)
+    after = results[first_new:]
+    # a request sent before the approval may still answer with the old version; none sent after the
+    # change reached both workers does
+    last_old = max((t for t, _, _, b in after if b["policy_version"] != p.id), default=approved_at)
+    first_stop = next(i for i, (_, _, _, b) in enumerate(results) if f"EMERGENCY_{stop_row['stop_id']}" in b["rules"])
+    last_unstopped = max((t for t, _, _, b in results[first_stop:]
+                          if f"EMERGENCY_{stop_row['stop_id']}" not in b["rules"]), default=stopped_at)
+    print(f"\n{len(results)} requests, 0 failed; approval in every worker within {last_old - approved_at:.2f} s, "
+          f"emergency stop within {last_unstopped - stopped_at:.2f} s (last old answer, from the change)")
+    tail = [b for t, _, _, b in results if t > stopped_at + 2]
+    assert tail and all(b["policy_version"] == p.id and b["decision"] == "review" for b in tail)
