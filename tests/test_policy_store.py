@@ -186,6 +186,43 @@ def test_lists_history_expiry_and_csv(conn: psycopg.Connection) -> None:
     assert before.refresh(conn) and set(before.list_entries["blocked_terminals"]) == set(current) | {"T-3"} - {"T-1"}
 
 
+def test_cli_acts_as_its_key(store_settings: Settings, conn: psycopg.Connection, tmp_path: Any,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``riskloop policy``: the actor is the CLI's API key, and its role decides what it may do."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from riskloop.cli import app
+
+    monkeypatch.setenv("RISKLOOP_DATABASE_URL", str(store_settings.database_url))
+    monkeypatch.setenv("RISKLOOP_API_KEYS", ",".join(f"{k}:{r}" for r, k in KEYS.items()))
+
+    def run(role: str, *args: str) -> Any:
+        monkeypatch.setenv("RISKLOOP_API_KEY", KEYS[role])
+        return CliRunner().invoke(app, ["policy", *args])
+
+    assert run("policy", "lists", "create", "cli_bins", "--kind", "bin").exit_code == 0
+    r = run("policy", "lists", "add", "cli_bins", "411111", "422222", "--reason", "test", "--for", "1h")
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"list": "cli_bins", "added": 2}
+    r = run("policy", "stop", "deny_bin", "411111", "--reason", "x", "--for", "5m")
+    assert r.exit_code == 1 and "may not emergency" in r.output
+    path = tmp_path / "fraud.yaml"
+    path.write_text(_yaml({"id": "CLI_BINS", "kind": "condition", "action": "deny",
+                           "condition": {"field": "card_bin", "in_list": "cli_bins"}}))
+    r = run("policy", "import", str(path), "--json")
+    assert r.exit_code == 0, r.output
+    pid = json.loads(r.stdout)["id"]
+    assert run("policy", "approve", pid).exit_code == 1  # a policy key may not approve
+    r = run("reviewer", "approve", pid, "--reason", "ok")
+    assert r.exit_code == 0, r.output
+    r = run("admin", "stop", "review_above", "500000", "--reason", "drill", "--for", "10m", "--json")
+    assert r.exit_code == 0, r.output
+    stop_id = json.loads(r.stdout)["stop_id"]
+    assert run("admin", "lift", str(stop_id), "--reason", "drill over").exit_code == 0
+    assert yaml.safe_load(run("policy", "export", pid).stdout)["rules"][-1]["id"] == "CLI_BINS"
+
+
 # --- serving: changes applied without a restart ----------------------------------------------------
 
 KEYS = {r: f"policy-test-{r}-key-000000" for r in ("scorer", "policy", "reviewer", "admin")}
@@ -255,6 +292,7 @@ def test_serving_applies_versions_lists_and_emergency_stops(client: TestClient, 
     stop_id = r.json()["stop_id"]
     out = _until(client, body, lambda b: b["decision"] == "deny")
     assert out["rules"] == ["WATCHED_CUSTOMER", f"EMERGENCY_{stop_id}"]
+    assert [e["stop_id"] for e in client.get("/review/api/emergency", headers=_auth("reviewer")).json()] == [stop_id]
     live = client.get("/v1/policy", headers=_auth("reviewer")).json()
     assert live["fraud"]["id"] == pid and [e["stop_id"] for e in live["emergency"]] == [stop_id]
     r = client.get(f"/v1/decisions/{out['decision_id']}", headers=_auth("reviewer"))
