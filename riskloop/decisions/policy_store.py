@@ -582,6 +582,8 @@ class StoreState:
         now = datetime.now(UTC)
         if self.next_expiry is not None and self.next_expiry <= now:
             changed = True
+        if not changed:  # the scan below is O(entries): only after a change or an expiry
+            return False
         expiries = [x for es in self.list_entries.values() for x in es.values() if x is not None and x > now]
         expiries += [s["expires_at"] for s in self.stops.values() if s["expires_at"] > now]
         self.next_expiry = min(expiries, default=None)
