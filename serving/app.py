@@ -55,6 +55,7 @@ from serving.decision_log import DecisionLogWriter, record_or_refuse_async
 from serving.decisions_api import router as decisions_router
 from serving.devices import KnownDevices
 from serving.fastpath import ScoreFastPath
+from serving.limits import BodyLimits
 from serving.model import (
     LoadedModel,
     ModelLoadError,
@@ -63,6 +64,7 @@ from serving.model import (
     save_last_known_good,
 )
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, optional_inputs, plan_inputs
+from serving.policy_api import LIST_IMPORT_PATH
 from serving.policy_api import router as policy_router
 from serving.reasons import top_reasons
 from serving.review import router as review_router
@@ -663,6 +665,9 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     # The webhook routes answered without the framework around them (serving.webhooks); added
     # first so that it runs inside the request-id middleware.
     app.add_middleware(WebhookFastPath)
+    # Every other body: 401 without a key, then 413 over its route's limit, before it is read (serving.limits).
+    app.add_middleware(BodyLimits, max_body_bytes=cfg.api_max_body_bytes,
+                       limits={"/v1/score/fraud": cfg.max_body_bytes, LIST_IMPORT_PATH: cfg.list_import_max_body_bytes})
     # Every request gets an id (X-Request-ID or a new one): on its log lines, in its response header.
     app.add_middleware(RequestIdMiddleware)
     # Outermost: valid fraud scoring requests are answered before any of the above (serving.fastpath);

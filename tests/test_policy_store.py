@@ -260,6 +260,10 @@ def test_serving_applies_versions_lists_and_emergency_stops(client: TestClient, 
 
     r = client.post("/v1/policy/lists", json={"name": "watch_customers", "kind": "customer"}, headers=_auth("policy"))
     assert r.status_code == 201, r.text
+    csv_body = "".join(f"C-bulk-{i},bulk import\n" for i in range(20_000)).encode()  # over the 64 KiB of other bodies
+    r = client.post("/v1/policy/lists/import?name=watch_customers", content=csv_body,
+                    headers={**_auth("policy"), "Content-Type": "text/csv"})
+    assert r.status_code == 200 and r.json()["added"] == 20_000, r.text
     rules = [{"id": "WATCHED_CUSTOMER", "kind": "condition", "action": "review",
               "condition": {"field": "customer_id", "in_list": "watch_customers"}},
              {"id": "SHADOW_BIG", "kind": "condition", "action": "deny", "mode": "shadow",

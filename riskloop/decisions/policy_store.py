@@ -668,3 +668,14 @@ def alert_stop(settings: "Settings", stop_row: Mapping[str, Any]) -> None:
                   f"Emergency stop {stop_row['stop_id']} by {stop_row['actor']}: {stop_row['kind']} {what} until "
                   f"{stop_row['expires_at']} ({stop_row['reason']})",
                   {k: str(v) for k, v in stop_row.items()})
+
+
+def with_current_lists(conn: "psycopg.Connection", policy_id: str) -> Policy:
+    """A version (stored or shipped) bound to its lists' entries in force now, without emergency
+    rules: the candidate a backtest replays history under. Without the store: the shipped file."""
+    from riskloop.decisions.policy import policy_by_id
+
+    if conn.execute("select to_regclass('policy.versions')").fetchone()[0] is None:
+        return policy_by_id(policy_id).bind({})
+    policy = load_version(conn, policy_id)
+    return policy.bind({n: frozenset(entries(conn, n)) for n in policy.list_names})

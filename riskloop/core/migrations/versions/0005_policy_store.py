@@ -12,14 +12,14 @@ Each insert notifies channel ``riskloop_policy``: serving processes LISTEN and a
 within a second (and poll the sequence as a fallback).
 
 Revision ID: 0005_policy_store
-Revises: 0004
+Revises: 000C_retention
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
 revision = "0005_policy_store"
-down_revision = "0004"
+down_revision = "000C_retention"
 branch_labels = None
 depends_on = None
 
