@@ -41,8 +41,9 @@ from riskloop.core.redact import describe, register_settings
 from riskloop.decisions import log as decision_log
 from riskloop.decisions.cases import CaseRules
 from riskloop.decisions.policy import Policy, PolicyError, load_policy
+from riskloop.decisions.policy_store import StoreState
 from riskloop.governance import canary
-from serving import credit, routing
+from serving import credit, policy_watch, routing
 from serving.auth import KeyRing, require
 from serving.card_fields import card_numbers_elsewhere
 from serving.case_metrics import CaseCollector
@@ -65,6 +66,8 @@ from serving.model import (
     save_last_known_good,
 )
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, optional_inputs, plan_inputs
+from serving.policy_api import LIST_IMPORT_PATH
+from serving.policy_api import router as policy_router
 from serving.reasons import top_reasons
 from serving.refusals import cleared, refused
 from serving.review import router as review_router
@@ -435,6 +438,9 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
     champion: LoadedModel | None = st.model  # one read: a concurrent reload cannot mix versions
     route: Routing = st.route  # one read: the mode, share and challenger of one snapshot
     decided_at = datetime.now(UTC)
+    policy: Policy = st.fraud_policy  # one read: the version, lists and emergency rules of one snapshot
+    if policy.rules_only:  # an emergency stop: the rules alone decide, as when the model is down
+        champion = None
     mode = route.effective_mode if champion is not None else "champion"
     model, other = champion, None  # deciding; shadow (or a canary route's fallback)
     if mode == "canary" and route.to_challenger(body.transaction_id or request_id):
@@ -446,7 +452,6 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
     request_time = {"amount": minor_to_major(body.amount_minor, body.currency),
                     "is_weekend": 1.0 if ts.weekday() >= 5 else 0.0,
                     "is_night": 1.0 if ts.hour <= 6 else 0.0}
-    policy: Policy = st.fraud_policy
     req = body.model_dump(mode="json")  # pan is excluded: only its token, BIN and last four are kept
     body, req = card_numbers_elsewhere(st.pan, body, req, request_id)
     if body.pan is not None:
@@ -518,7 +523,11 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
         if mode == "shadow" and other is not None:
             shadow = _shadow_score(other, vector_of, st.metrics)
 
-    decision, rules = policy.decide(score, req, features, signals, stamps)
+    decision, rules, shadow_rules = policy.evaluate(score, req, features, signals, stamps)
+    if policy.seq:  # the store's state it ran under (0: an empty store), so a replay rebuilds the same lists
+        signals["policy_seq"] = policy.seq
+    if shadow_rules:  # watched, never deciding (riskloop policy shadow)
+        signals["shadow_rules"] = shadow_rules
 
     decision_id = uuid.uuid4()
     model_name = model.name if model else st.settings.fraud_model_name
@@ -581,6 +590,9 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         st = app.state
         st.settings, st.cfg, st.keys, st.fraud_policy = settings, cfg, keys, fraud_policy
+        # The configured files decide until the policy store has an approved version (serving.policy_watch).
+        st.fraud_file_policy, st.credit_file_policy, st.credit_policy = fraud_policy, credit_policy, credit_policy
+        st.policy_state, st.policy_error = StoreState(), None
         st.devices = KnownDevices()
         horizon = horizon_h(fraud_policy)
         st.cards = CardLocations(horizon) if horizon is not None else None
@@ -609,6 +621,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             with _connect(settings) as conn:
                 behind = migrations.pending_on(conn, settings)
                 if behind is None:
+                    policy_watch.refresh_once(st, conn)  # the approved version before the first request
                     st.devices.warm(conn, cfg.known_device_lookback_days)
                     if st.cards is not None:
                         st.cards.warm(conn)
@@ -635,7 +648,6 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                      settings.run_dir / "models",
                      OnlineFeatures(feature_store_factory or _default_feature_store_factory(settings),
                                     cfg.credit_feature_service, retry_s=cfg.feature_store_retry_s))
-        st.credit_policy = credit_policy
         try:
             st.model = _load_and_check(settings, cfg, st.online, at_start=True)
         except Exception as exc:  # noqa: BLE001 - start anyway: rules-only + /readyz 503 until a reload
@@ -654,9 +666,14 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         polled = (cfg.model_poll_s, cfg.canary_poll_s, cfg.known_device_poll_s,
                   cfg.card_location_poll_s if st.cards is not None else 0.0)
         poller = asyncio.create_task(_poll(app)) if any(p > 0 for p in polled) else None
+        st.policy_watch = policy_watch.PolicyWatcher(st, cfg.policy_poll_s) if cfg.policy_poll_s > 0 else None
+        if st.policy_watch is not None:
+            st.policy_watch.start()
         try:
             yield
         finally:
+            if st.policy_watch is not None:
+                st.policy_watch.close()
             if poller is not None:
                 poller.cancel()
                 with suppress(asyncio.CancelledError):
@@ -676,7 +693,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     app.add_middleware(WebhookFastPath)
     # Every other body: 401 without a key, then 413 over its route's limit, before it is read (serving.limits).
     app.add_middleware(BodyLimits, max_body_bytes=cfg.api_max_body_bytes,
-                       limits={"/v1/score/fraud": cfg.max_body_bytes})
+                       limits={"/v1/score/fraud": cfg.max_body_bytes, LIST_IMPORT_PATH: cfg.list_import_max_body_bytes})
     # Every request gets an id (X-Request-ID or a new one): on its log lines, in its response header.
     app.add_middleware(RequestIdMiddleware)
     # Outermost: valid fraud scoring requests are answered before any of the above (serving.fastpath);
@@ -686,6 +703,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     app.include_router(webhooks_router(settings))  # POST /webhooks/{stripe,standard}
     app.state.keys = keys
     app.include_router(decisions_router)
+    app.include_router(policy_router)  # /v1/policy (serving.policy_api)
     app.include_router(review_router)  # GET /review, /review/api/* (serving.review)
     app.include_router(cases_router)  # /v1/cases (serving.cases_api)
     app.include_router(cases_page_router)  # GET /cases

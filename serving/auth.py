@@ -12,9 +12,9 @@ resolved to a :class:`Principal` by a FastAPI dependency.
 Roles (see :data:`PERMISSIONS`): ``scorer`` scores (and reports step-up outcomes, as the channel
 that asked for the challenge); ``reviewer`` reads decisions and overrides them; ``analyst`` works
 the case queue and reads decisions; ``admin`` operates the service (reload, read decisions and
-cases, score for smoke tests) but cannot override or work a case — four eyes: whoever runs the
-service is not whoever changes a customer's outcome or gives the verdict that becomes a label;
-``policy`` drafts decision-policy changes.
+cases, score for smoke tests, pull an emergency stop) but cannot override or work a case — four eyes:
+whoever runs the service is not whoever changes a customer's outcome or gives the verdict that
+becomes a label; ``policy`` drafts decision policies and edits lists, which a ``reviewer`` approves.
 """
 
 from __future__ import annotations

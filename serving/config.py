@@ -44,6 +44,10 @@ class ServingSettings(BaseSettings):
         description="Decision policy (thresholds and hard rules) of the fraud endpoint: a versioned file "
         "(riskloop/decisions/policies/fraud-v<N>.yaml; an older version stays loadable for replays and by setting this).")
     credit_policy: Path = Field(default=POLICY_DIR / "credit-v1.yaml", description="Policy of the credit endpoint.")
+    policy_poll_s: float = Field(
+        default=0.5, ge=0.0, description="Each serving process LISTENs for policy-store changes (approved versions, "
+        "list entries, emergency stops) and applies them at once; it also re-reads the store at least this often, in "
+        "case a notification was lost, and to drop expired entries. 0 = never (the configured policy files only).")
     credit_model_alias: str = Field(default="champion", description="Registry alias of the credit model served.")
     credit_feature_service: str = Field(default="credit_model_v1", description="Feast service of the credit model.")
     known_device_lookback_days: int = Field(
@@ -95,6 +99,9 @@ class ServingSettings(BaseSettings):
         default=65_536, gt=0, description="Any other request body of the service (credit scoring, overrides, "
         "outcomes, cases, reviews) over this is refused with 413 before it is read; a body on a keyed route "
         "without a valid key gets its 401 unread. Webhooks have their own (RISKLOOP_WEBHOOK_MAX_BODY_BYTES).")
+    list_import_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="A CSV of list entries (POST /v1/policy/lists/import) over this is "
+        "refused with 413 before it is read: room for a few hundred thousand entries.")
     log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for the writer, at most.")
     log_batch_size: int = Field(default=500, gt=0, description="Rows per INSERT batch.")
     log_linger_s: float = Field(

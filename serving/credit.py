@@ -166,7 +166,7 @@ def score_credit(body: CreditScoreRequest, request: Request,
     t0 = time.perf_counter()
     st = request.app.state
     policy: Policy = st.credit_policy
-    model: LoadedModel | None = st.credit_model
+    model: LoadedModel | None = None if policy.rules_only else st.credit_model  # rules-only: an emergency stop
     online: OnlineFeatures = st.credit_online
     request_id = x_request_id or uuid.uuid4().hex
     decided_at = datetime.now(UTC)
@@ -213,7 +213,8 @@ def score_credit(body: CreditScoreRequest, request: Request,
         "score": score, "decision": decision, "reasons": reasons, "rules": rules,
         "features": features, "feature_timestamps": stamps, "request": req,
         "latency_ms": (time.perf_counter() - t0) * 1000.0, "degraded": degraded,
-        "product": "credit", "policy_version": policy.id, "signals": {},
+        "product": "credit", "policy_version": policy.id,
+        "signals": {"policy_seq": policy.seq} if policy.seq else {},
     }
     record_or_refuse(st.writer, row)
     return CreditScoreResponse(decision_id=decision_id, decision=decision, score=score, model=info,

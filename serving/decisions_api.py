@@ -22,10 +22,12 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
+from riskloop.core.config import Settings
 from riskloop.core.db import dsn
 from riskloop.decisions import cases, overrides
 from riskloop.decisions import log as decision_log
 from riskloop.decisions.policy import Policy, PolicyError, policy_by_id
+from riskloop.decisions.policy_store import StoreError, policy_for_decision
 from serving.auth import Principal, require
 from serving.schemas import DecisionRecord, Override, OverrideRequest
 
@@ -64,16 +66,22 @@ def _wait_committed(request: Request, decision_id: UUID) -> None:
         time.sleep(0.02)
 
 
-def rule_reasons(row: dict[str, Any], serving: tuple[Policy, ...] = ()) -> list[dict[str, str]]:
+def rule_reasons(row: dict[str, Any], serving: tuple[Policy, ...] = (),
+                 settings: Settings | None = None) -> list[dict[str, str]]:
     """What the reviewer reads about the rules that fired, from the policy version the row names:
-    one this process serves (``serving``, wherever its file is), else ``riskloop/decisions/policies/<id>.yaml``."""
+    one this process serves (``serving``, wherever its file is) if it has every rule that fired,
+    else that version as it was then from the policy store (an emergency rule since lifted
+    included), else ``riskloop/decisions/policies/<id>.yaml``."""
     if not row.get("rules"):
         return []
     version = row.get("policy_version")
-    policy = next((p for p in serving if p.id == version), None)
+    policy = next((p for p in serving if p.id == version and {r.id for r in p.rules} >= set(row["rules"])), None)
     try:
+        if policy is None and version and settings is not None:
+            with psycopg.connect(dsn(settings), connect_timeout=3, autocommit=True) as conn:
+                policy = policy_for_decision(conn, row)
         policy = policy or (policy_by_id(version) if version else None)
-    except PolicyError as exc:
+    except (PolicyError, StoreError, psycopg.Error) as exc:
         log.warning("decision %s: %s", row.get("decision_id"), exc)
     if policy is None:
         return [{"id": r, "action": "", "description": ""} for r in row["rules"]]
@@ -83,7 +91,8 @@ def rule_reasons(row: dict[str, Any], serving: tuple[Policy, ...] = ()) -> list[
 
 def _record(request: Request, row: dict[str, Any], ovs: list[dict[str, Any]], persisted: bool) -> DecisionRecord:
     st = request.app.state
-    return DecisionRecord(**row, rule_reasons=rule_reasons(row, (st.fraud_policy, st.credit_policy)), persisted=persisted,
+    reasons = rule_reasons(row, (st.fraud_policy, st.credit_policy), st.settings)
+    return DecisionRecord(**row, rule_reasons=reasons, persisted=persisted,
                           overrides=[Override(**o) for o in ovs],
                           effective_decision=ovs[-1]["decision"] if ovs else row["decision"])
 

@@ -4,7 +4,8 @@ Everything a decision depended on is in its ``serving.decision_log`` row: the ex
 vector scored, the request (for the rules), the stateful rule inputs (``signals``), the event
 time of each feature view's values (``feature_timestamps``, for rules with ``max_age_s``), the model
 name and version, and the policy version. Replay reloads *that* model version from MLflow (not
-whatever the alias points at today) and *that* policy file (``riskloop/decisions/policies/<id>.yaml``), and
+whatever the alias points at today) and *that* policy version (a shipped file or a stored version, with
+the lists and emergency rules in force at its ``signals.policy_seq``: riskloop.decisions.policy_store), and
 recomputes score, reasons, rules and decision. A mismatch means the record cannot explain the
 decision — an audit finding — so the CLI exits non-zero.
 """
@@ -20,7 +21,8 @@ import numpy as np
 from riskloop.core.config import Settings
 from riskloop.core.db import connect
 from riskloop.decisions import log as decision_log
-from riskloop.decisions.policy import policy_by_id
+from riskloop.decisions.policy import PolicyError
+from riskloop.decisions.policy_store import StoreError, policy_for_decision
 
 SCORE_TOLERANCE = 1e-9  # scores are floats through JSON/jsonb: exact up to printing; allow ulps
 CONTRIBUTION_TOLERANCE = 1e-6
@@ -64,11 +66,14 @@ def replay(settings: Settings, decision_id: str, max_reasons: int = 4) -> Replay
         if conn.execute("select to_regclass(%s)", (decision_log.TABLE,)).fetchone()[0] is None:
             raise ReplayError(f"{decision_log.TABLE} does not exist: nothing has been decided yet")
         row = decision_log.fetch(conn, decision_id)
-    if row is None:
-        raise ReplayError(f"no decision {decision_id} in {decision_log.TABLE}")
-    if not row.get("policy_version"):
-        raise ReplayError(f"decision {decision_id} predates versioned policies (no policy_version logged)")
-    policy = policy_by_id(row["policy_version"])
+        if row is None:
+            raise ReplayError(f"no decision {decision_id} in {decision_log.TABLE}")
+        if not row.get("policy_version"):
+            raise ReplayError(f"decision {decision_id} predates versioned policies (no policy_version logged)")
+        try:  # a shipped file or a stored version, with its lists and emergency rules as they were
+            policy = policy_for_decision(conn, row)
+        except (PolicyError, StoreError) as exc:
+            raise ReplayError(str(exc)) from exc
     features: dict[str, Any] = row["features"] or {}
     logged = {k: row[k] for k in ("score", "decision", "rules", "reasons")}
 

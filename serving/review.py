@@ -46,6 +46,18 @@ def page() -> HTMLResponse:
                                                                   "script-src 'unsafe-inline'"})
 
 
+@router.get("/api/emergency", dependencies=[Depends(require("read_review"))])
+def emergency(request: Request) -> list[dict[str, Any]]:
+    """The emergency stops in force (riskloop.decisions.policy_store), shown above everything else."""
+    import psycopg
+
+    from riskloop.core.db import dsn
+    from riskloop.decisions.policy_store import active_emergency
+
+    with psycopg.connect(dsn(_settings(request)), connect_timeout=3, autocommit=True) as conn:
+        return active_emergency(conn)
+
+
 @router.get("/api/pending", dependencies=[Depends(require("read_review"))])
 def pending(request: Request, model: str | None = None) -> list[dict[str, Any]]:
     """Challengers that are not the champion, with their review state."""
@@ -178,6 +190,7 @@ PAGE = """<!doctype html>
  <button id="load">Load</button>
  <div id="message" role="status"></div>
 </section>
+<section id="emergency" class="error" hidden></section>
 <section><table id="pending"><thead><tr><th>model</th><th>version</th><th>champion</th><th>author</th>
  <th>review</th><th>reviewed by</th><th></th></tr></thead><tbody></tbody></table></section>
 <section id="card" hidden>
@@ -214,7 +227,18 @@ async function api(path, options) {
   if (!res.ok) { throw new Error(res.status + ": " + (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail))); }
   return body;
 }
+async function loadEmergency() {
+  const stops = await api("/emergency");
+  const box = $("emergency"); box.replaceChildren(); box.hidden = stops.length === 0;
+  for (const s of stops) {
+    const p = document.createElement("p");
+    p.textContent = "EMERGENCY STOP " + s.stop_id + ": " + s.product + " " + s.kind + " " + (s.amount_minor ?? s.value ?? "")
+      + " by " + s.actor + " until " + s.expires_at + " (" + s.reason + ")";
+    box.append(p);
+  }
+}
 async function loadPending() {
+  await loadEmergency().catch((e) => say(e.message, true));
   const rows = await api("/pending");
   const tbody = $("pending").tBodies[0]; tbody.replaceChildren();
   for (const r of rows) {

@@ -51,7 +51,7 @@ EVENTS_TABLE = f"{SCHEMA}.alert_events"
 KINDS = ("input_drift", "approval_rate_drop", "review_rate_spike", "override_spike", "degraded_rate",
          "latency_p99", "promotion_blocked", "airflow_failure", "contract_violation", "canary_rollback",
          "performance_drop", "settlement_breaks", "case_sla_breach", "case_queue_growth", "decision_log_dead_letter",
-         "model_refused")
+         "model_refused", "emergency_stop")
 
 # --- what a monitor run observed ---------------------------------------------------------------
 

@@ -59,13 +59,18 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # register a model version: its author, who then cannot approve it
     "train_model": frozenset({"reviewer", "admin"}),
     "run_canary": frozenset({"reviewer", "admin"}),  # start / stop a canary
-    "draft_policy": frozenset({"policy"}),  # propose a decision-policy change
-    "change_policy": frozenset({"policy", "admin"}),
+    # The policy store: a policy author drafts and edits lists, a reviewer approves, rejects or rolls
+    # back (never their own draft), an admin pulls the emergency stop.
+    "read_policy": frozenset({"policy", "reviewer", "analyst", "admin"}),
+    "draft_policy": frozenset({"policy"}),
+    "edit_lists": frozenset({"policy"}),
+    "review_policy": frozenset({"reviewer"}),
+    "emergency_stop": frozenset({"admin"}),
 }
 
 # Actions whose record must name a person or a service: an unnamed (legacy ``key:role``) key is refused.
 GOVERNANCE_ACTIONS = frozenset({"review_model", "promote_model", "train_model", "run_canary", "draft_policy",
-                                "change_policy"})
+                                "edit_lists", "review_policy", "emergency_stop"})
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _HEX_DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")
