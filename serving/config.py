@@ -91,16 +91,25 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=65_536, gt=0, description="A fraud scoring request body over this is refused with 413 before "
         "it is parsed (a payment is a few hundred bytes).")
-    log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for the writer, at most.")
-    log_batch_size: int = Field(default=500, gt=0, description="Rows per INSERT batch.")
+    log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for their commit, at most.")
+    log_batch_size: int = Field(default=500, gt=0, description="Rows per commit of the decision-log writer, at most.")
     log_linger_s: float = Field(
-        default=0.05, ge=0.0, description="How long the writer lets a batch gather after its first row "
-        "(rows are committed at most this much later; requests never wait for it).")
+        default=0.0, ge=0.0, description="How long the writer lets a batch gather after its first row. Every "
+        "decision waits for its row's commit before it is answered, so this is added to each answer; "
+        "under load batches gather anyway while the previous one commits.")
     log_enqueue_timeout_s: float = Field(
         default=1.0, ge=0.0, description="How long a request waits for room in a full queue before a 503.")
+    log_commit_timeout_s: float = Field(
+        default=2.0, gt=0.0, description="How long a request waits for its decision's log row to commit before "
+        "it is answered 503 instead (a decision is answered only once logged).")
+    log_synchronous_commit: Literal["off", "local", "remote_write", "on", "remote_apply"] = Field(
+        default="off", description="Postgres synchronous_commit of the decision-log writer's session. 'off': a "
+        "decision is answered once Postgres has committed its row, before the WAL flush; killing serving "
+        "loses nothing answered, a crash of Postgres or its host can lose the commits of the last "
+        "3 x wal_writer_delay (600 ms by default). 'on': also wait for the flush (an fsync per group commit).")
     log_shutdown_timeout_s: float = Field(
-        default=30.0, gt=0.0, description="On shutdown, how long to keep retrying the database before spilling "
-        "unwritten decisions to <home>/run/decision_log_spill.jsonl.")
+        default=30.0, gt=0.0, description="On shutdown, how long the writer may take to commit what is still "
+        "queued; a row it cannot commit is refused to its request (503), never kept for later.")
     api_keys: str | None = Field(
         default=None, validation_alias=AliasChoices("RISKLOOP_API_KEYS", "api_keys"),
         description="API keys with roles, 'key:role,key:role' (roles scorer, reviewer, analyst, admin), sent as "
