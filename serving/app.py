@@ -776,7 +776,7 @@ def _uvicorn_text_logging() -> dict[str, Any]:
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> None:
-    """Serve with uvicorn: ``workers`` processes (default ``RISKLOOP_SERVING_WORKERS``, 1).
+    """Serve with uvicorn: ``workers`` processes (default ``RISKLOOP_SERVING_WORKERS``; unset, one per core).
 
     Each worker has its own model, online-read pool and decision-log writer; what must agree
     across them is shared through Postgres (known devices, the canary watcher's lock) and, for
@@ -791,7 +791,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -
 
     settings = get_settings()
     cfg = ServingSettings()
-    workers = workers or cfg.workers
+    workers = workers or cfg.worker_count()
     configure(settings)
     kwargs: dict[str, Any] = {"log_config": None if settings.log_json else _uvicorn_text_logging()}
     factory = "serving.app:create_app"

@@ -7,6 +7,7 @@ so an operator can switch to another (versioned) policy file without a code chan
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from riskloop.decisions.policy import POLICY_DIR
+
+MAX_AUTO_WORKERS = 4
 
 
 class ServingSettings(BaseSettings):
@@ -49,8 +52,10 @@ class ServingSettings(BaseSettings):
     known_device_lookback_days: int = Field(
         default=180, gt=0, description="Start-up warm-up of known (customer, device) pairs from the decision log.")
     workers: int = Field(
-        default=1, ge=1, description="uvicorn worker processes of `riskloop serve` (its --workers); each "
-        "decides alone, what must agree across them goes through Postgres and the metrics directory.")
+        default=0, ge=0, description="uvicorn worker processes of `riskloop serve` (its --workers); 0 = one per "
+        "core this process may run on, at most 4 (ServingSettings.worker_count): one event loop per core keeps "
+        "the p99 within budget where a single worker queues behind its own writer and Postgres. Each worker "
+        "decides alone; what must agree across them goes through Postgres and the metrics directory.")
     known_device_poll_s: float = Field(
         default=1.0, ge=0.0, description="How often each serving process reads the (customer, device) pairs "
         "allowed by any process since its last read (serving.known_devices): with several workers or replicas a "
@@ -116,3 +121,15 @@ class ServingSettings(BaseSettings):
         "'Authorization: Bearer <key>'. Unset: every /v1 endpoint answers 401 (fail closed).")
     admin_token: str | None = Field(
         default=None, description="Legacy: one more key with role admin (prefer RISKLOOP_API_KEYS).")
+
+    def worker_count(self) -> int:
+        """``workers``, or one per core available to this process (its CPU affinity, which a
+        container's cpuset limits), at most :data:`MAX_AUTO_WORKERS`: each worker holds its own model,
+        feature-read pool and Postgres connections."""
+        if self.workers:
+            return self.workers
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        return max(1, min(cores, MAX_AUTO_WORKERS))

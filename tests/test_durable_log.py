@@ -65,7 +65,7 @@ async def _load_then_kill(url: str, pid: int, answered: list[str], kill_after: i
                 if r.status_code == 200:
                     answered.append(r.json()["decision_id"])
                     if len(answered) >= kill_after and not killed:
-                        os.kill(pid, signal.SIGKILL)
+                        os.killpg(pid, signal.SIGKILL)  # the server and its workers
                         killed = True
                 else:
                     assert r.status_code == 503, r.text  # a refusal is allowed under load, a 200 must be logged
