@@ -134,6 +134,35 @@ def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rule
             _link_cases(conn, case_rules, batch)
 
 
+# Up to this many rows a batch is written as statements in one pipeline; above it, one COPY costs
+# Postgres less than a statement per row (a backlog). Group commit under steady load sends small batches.
+PIPELINE_MAX_ROWS = 64
+
+
+def _commit_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rules: CaseRules | None = None) -> None:
+    """Commit ``batch`` with its side tables and cases. A small batch goes in one pipeline: BEGIN, a
+    prepared ``INSERT … ON CONFLICT DO NOTHING`` per row (which also makes a retried batch harmless),
+    the side tables and COMMIT in one round trip, so the answer waits for one network exchange and
+    the writer thread takes the GIL back once, not once per statement (a busy event loop holds it for
+    up to the switch interval each time). Review decisions add the case step in the same transaction
+    (:func:`_link_cases`, which needs the results as it goes); large batches use :func:`_copy_batch`."""
+    if len(batch) > PIPELINE_MAX_ROWS:
+        _copy_batch(conn, batch, case_rules)
+        return
+    params = [_params(r) for r in batch]
+    reviews = case_rules is not None and any(r.get("decision") == "review" for r in batch)
+    if not reviews:
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            cur.executemany(INSERT, params)
+            _side_tables(cur, batch)
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        with conn.pipeline():
+            cur.executemany(INSERT, params)
+            _side_tables(cur, batch)
+        _link_cases(conn, case_rules, batch)
+
+
 def _side_tables(cur: psycopg.Cursor, batch: list[dict[str, Any]]) -> None:
     customers, devices = allowed_devices(batch)
     cards = card_sightings(batch)
@@ -394,7 +423,7 @@ class DecisionLogWriter:
             try:
                 conn = self._connect()
                 try:
-                    _copy_batch(conn, rows, self._case_rules)
+                    _commit_batch(conn, rows, self._case_rules)
                     dead: list[tuple[dict[str, Any], BaseException]] = []
                 except ROW_ERRORS as exc:
                     self._on_error()
