@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from riskloop.core.config import get_settings
@@ -61,15 +59,15 @@ def main() -> None:
     rows = [row(i, "review" if every and i % every == 0 else "allow", args.customers, run) for i in range(args.n)]
     settings = get_settings()
     writer = DecisionLogWriter(dsn(settings), maxsize=args.n + 1, batch_size=args.batch,
-                               enqueue_timeout_s=1.0, spill_path=Path(tempfile.mkdtemp()) / "spill.jsonl",
+                               enqueue_timeout_s=1.0,
                                case_rules=CaseRules.from_settings(settings) if every else None)
     writer.start()
     while not writer.alive:
         time.sleep(0.01)
     t0, c0 = time.perf_counter(), time.process_time()
-    for r in rows:
-        writer.submit(r)
+    futures = [writer.submit(r) for r in rows]
     writer.close(60)
+    assert all(f.result(timeout=0) is None for f in futures)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(json.dumps({"rows": args.n, "batch": args.batch, "review_share": args.review_share, "wall_s": round(wall, 2),
                       "rows_per_s": round(args.n / wall),

@@ -633,7 +633,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         st.writer = DecisionLogWriter(
             dsn(settings), maxsize=cfg.log_queue_size, batch_size=cfg.log_batch_size,
             enqueue_timeout_s=cfg.log_enqueue_timeout_s, linger_s=cfg.log_linger_s,
-            spill_path=settings.run_dir / "decision_log_spill.jsonl", case_rules=CaseRules.from_settings(settings),
+            commit_timeout_s=cfg.log_commit_timeout_s, synchronous_commit=cfg.log_synchronous_commit,
+            case_rules=CaseRules.from_settings(settings),
             on_written=m.log_written.inc if m else None, on_error=m.log_errors.inc if m else None,
             on_dead_letter=m.log_dead_letters.inc if m else None)
         if m:
@@ -735,6 +736,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         # Informational: a down feature store degrades decisions, it does not make us unready.
         checks["feature_store"] = st.online.ensure()
         checks["decision_log_queue"] = st.writer.depth()
+        checks["decision_log_error"] = st.writer.last_error  # set while decisions are refused 503
         # Rows set aside since this process started (the table has them all; the tripwire pages on them).
         checks["decision_log_dead_letters"] = st.writer.dead_lettered
         checks["online_cache"] = st.online.cache_stats()
@@ -828,7 +830,7 @@ def _uvicorn_text_logging() -> dict[str, Any]:
 
 
 def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> None:
-    """Serve with uvicorn: ``workers`` processes (default ``RISKLOOP_SERVING_WORKERS``, 1).
+    """Serve with uvicorn: ``workers`` processes (default ``RISKLOOP_SERVING_WORKERS``; unset, one per core).
 
     Each worker has its own model, online-read pool and decision-log writer; what must agree
     across them is shared through Postgres (known devices, the canary watcher's lock) and, for
@@ -843,7 +845,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -
 
     settings = get_settings()
     cfg = ServingSettings()
-    workers = workers or cfg.workers
+    workers = workers or cfg.worker_count()
     configure(settings)
     kwargs: dict[str, Any] = {"log_config": None if settings.log_json else _uvicorn_text_logging()}
     factory = "serving.app:create_app"

@@ -7,6 +7,7 @@ so an operator can switch to another (versioned) policy file without a code chan
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from riskloop.decisions.policy import POLICY_DIR
+
+MAX_AUTO_WORKERS = 4
 
 
 class ServingSettings(BaseSettings):
@@ -53,8 +56,10 @@ class ServingSettings(BaseSettings):
     known_device_lookback_days: int = Field(
         default=180, gt=0, description="Start-up warm-up of known (customer, device) pairs from the decision log.")
     workers: int = Field(
-        default=1, ge=1, description="uvicorn worker processes of `riskloop serve` (its --workers); each "
-        "decides alone, what must agree across them goes through Postgres and the metrics directory.")
+        default=0, ge=0, description="uvicorn worker processes of `riskloop serve` (its --workers); 0 = one per "
+        "core this process may run on, at most 4 (ServingSettings.worker_count): one event loop per core keeps "
+        "the p99 within budget where a single worker queues behind its own writer and Postgres. Each worker "
+        "decides alone; what must agree across them goes through Postgres and the metrics directory.")
     known_device_poll_s: float = Field(
         default=1.0, ge=0.0, description="How often each serving process reads the (customer, device) pairs "
         "allowed by any process since its last read (serving.known_devices): with several workers or replicas a "
@@ -102,16 +107,25 @@ class ServingSettings(BaseSettings):
     list_import_max_body_bytes: int = Field(
         default=16 * 1024 * 1024, gt=0, description="A CSV of list entries (POST /v1/policy/lists/import) over this is "
         "refused with 413 before it is read: room for a few hundred thousand entries.")
-    log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for the writer, at most.")
-    log_batch_size: int = Field(default=500, gt=0, description="Rows per INSERT batch.")
+    log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for their commit, at most.")
+    log_batch_size: int = Field(default=500, gt=0, description="Rows per commit of the decision-log writer, at most.")
     log_linger_s: float = Field(
-        default=0.05, ge=0.0, description="How long the writer lets a batch gather after its first row "
-        "(rows are committed at most this much later; requests never wait for it).")
+        default=0.0, ge=0.0, description="How long the writer lets a batch gather after its first row. Every "
+        "decision waits for its row's commit before it is answered, so this is added to each answer; "
+        "under load batches gather anyway while the previous one commits.")
     log_enqueue_timeout_s: float = Field(
         default=1.0, ge=0.0, description="How long a request waits for room in a full queue before a 503.")
+    log_commit_timeout_s: float = Field(
+        default=2.0, gt=0.0, description="How long a request waits for its decision's log row to commit before "
+        "it is answered 503 instead (a decision is answered only once logged).")
+    log_synchronous_commit: Literal["off", "local", "remote_write", "on", "remote_apply"] = Field(
+        default="off", description="Postgres synchronous_commit of the decision-log writer's session. 'off': a "
+        "decision is answered once Postgres has committed its row, before the WAL flush; killing serving "
+        "loses nothing answered, a crash of Postgres or its host can lose the commits of the last "
+        "3 x wal_writer_delay (600 ms by default). 'on': also wait for the flush (an fsync per group commit).")
     log_shutdown_timeout_s: float = Field(
-        default=30.0, gt=0.0, description="On shutdown, how long to keep retrying the database before spilling "
-        "unwritten decisions to <home>/run/decision_log_spill.jsonl.")
+        default=30.0, gt=0.0, description="On shutdown, how long the writer may take to commit what is still "
+        "queued; a row it cannot commit is refused to its request (503), never kept for later.")
     api_keys: str | None = Field(
         default=None, validation_alias=AliasChoices("RISKLOOP_API_KEYS", "api_keys"),
         description="Principals and their keys, 'name:role:key,...' (see riskloop's RISKLOOP_API_KEYS; with "
@@ -119,3 +133,15 @@ class ServingSettings(BaseSettings):
         "None configured: every /v1 endpoint answers 401 (fail closed).")
     admin_token: str | None = Field(
         default=None, description="Legacy: one more key with role admin (prefer RISKLOOP_API_KEYS).")
+
+    def worker_count(self) -> int:
+        """``workers``, or one per core available to this process (its CPU affinity, which a
+        container's cpuset limits), at most :data:`MAX_AUTO_WORKERS`: each worker holds its own model,
+        feature-read pool and Postgres connections."""
+        if self.workers:
+            return self.workers
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        return max(1, min(cores, MAX_AUTO_WORKERS))

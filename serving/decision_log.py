@@ -1,28 +1,41 @@
 """The writer of ``serving.decision_log``, the append-only record of every decision (the table is
 :mod:`riskloop.decisions.log`'s).
 
-Rows are written off the request path: a request puts its row on a bounded queue and returns;
-one background thread drains the queue and writes each batch with one ``COPY``. Nothing is
-dropped: a failed batch is retried with backoff, a full queue makes the *request* wait (then 503)
-instead of discarding a decision, and on shutdown the queue is flushed — if the database is
-still unreachable after the shutdown budget, the remaining rows go to a JSON-lines spill file
-rather than vanishing. A retried batch whose first commit did land fails its ``COPY`` on the
-primary key and is then inserted with ``ON CONFLICT DO NOTHING``, which makes it harmless.
+A decision is answered only once its row is committed (group commit): the request puts its row on
+a bounded queue and waits; one background thread takes everything queued, writes it with one
+``COPY`` in one transaction, commits, and then wakes each waiting request (one hop per event loop
+per batch). While a batch commits the next one gathers, so the wait is about one commit, however
+many requests arrive. The writer's session runs with ``synchronous_commit`` from the serving
+settings (``off`` by default): the commit is in Postgres, which a kill of the serving process cannot
+undo, without waiting for the WAL flush; a crash of Postgres itself can lose the last few hundred
+milliseconds of commits (README, "What a decision's 200 promises").
+
+A row that was not committed is never answered 200: the database down (the batch fails once, and
+until a retry after a short backoff every new row fails at once) gives :class:`LogUnavailable`, a
+commit slower than the commit timeout or a full queue gives the same, and each is a 503 with
+``Retry-After``; nothing is kept in memory for later. A row whose request already gave up is not
+written if the writer has not taken it yet (if it has, it may still commit: a logged decision nobody
+was told of, never the reverse). A retried batch whose first commit did land fails its ``COPY`` on
+the primary key and is then inserted with ``ON CONFLICT DO NOTHING``, which makes it harmless.
 
 A batch Postgres refuses for what a row holds (a value it cannot store, which the request schemas
 refuse but a row built elsewhere may still carry) is not retried as a whole: it is written again row
 by row, each in a savepoint, and a row that still fails goes to :data:`DEAD_LETTERS_TABLE` with its
-error in the same transaction, so the rest of the batch and every later row are written.
+error in the same transaction, so the rest of the batch and every later row are written; that
+row's request gets :class:`LogRefused` (a 500: the decision is set aside, not logged).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
 import threading
 import time
-from pathlib import Path
+from collections import defaultdict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import orjson
@@ -121,6 +134,35 @@ def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rule
             _link_cases(conn, case_rules, batch)
 
 
+# Up to this many rows a batch is written as statements in one pipeline; above it, one COPY costs
+# Postgres less than a statement per row (a backlog). Group commit under steady load sends small batches.
+PIPELINE_MAX_ROWS = 64
+
+
+def _commit_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rules: CaseRules | None = None) -> None:
+    """Commit ``batch`` with its side tables and cases. A small batch goes in one pipeline: BEGIN, a
+    prepared ``INSERT … ON CONFLICT DO NOTHING`` per row (which also makes a retried batch harmless),
+    the side tables and COMMIT in one round trip, so the answer waits for one network exchange and
+    the writer thread takes the GIL back once, not once per statement (a busy event loop holds it for
+    up to the switch interval each time). Review decisions add the case step in the same transaction
+    (:func:`_link_cases`, which needs the results as it goes); large batches use :func:`_copy_batch`."""
+    if len(batch) > PIPELINE_MAX_ROWS:
+        _copy_batch(conn, batch, case_rules)
+        return
+    params = [_params(r) for r in batch]
+    reviews = case_rules is not None and any(r.get("decision") == "review" for r in batch)
+    if not reviews:
+        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
+            cur.executemany(INSERT, params)
+            _side_tables(cur, batch)
+        return
+    with conn.transaction(), conn.cursor() as cur:
+        with conn.pipeline():
+            cur.executemany(INSERT, params)
+            _side_tables(cur, batch)
+        _link_cases(conn, case_rules, batch)
+
+
 def _side_tables(cur: psycopg.Cursor, batch: list[dict[str, Any]]) -> None:
     customers, devices = allowed_devices(batch)
     cards = card_sightings(batch)
@@ -159,40 +201,94 @@ def _write_isolated(conn: psycopg.Connection, batch: list[dict[str, Any]],
     return dead
 
 
-class LogBackpressure(RuntimeError):
+class LogUnavailable(RuntimeError):
+    """The row was not committed (the database is down, the commit took too long, the writer is
+    stopping): the decision must not be given."""
+
+
+class LogBackpressure(LogUnavailable):
     """The queue stayed full for the whole enqueue timeout: the writer cannot keep up."""
 
 
-def record_or_refuse(writer: "DecisionLogWriter", row: dict[str, Any]) -> None:
-    """Queue a decision for the log, or answer 503: a decision that cannot be recorded is not
-    given, because the log is the audit trail. Shared by every scoring endpoint."""
+class LogRefused(RuntimeError):
+    """Postgres refused the row itself; it was set aside in :data:`DEAD_LETTERS_TABLE`, not logged."""
+
+
+def _refusal(row: dict[str, Any], exc: BaseException) -> Any:
+    """The HTTP error a client gets for a decision that was not logged (and so is not given)."""
     from fastapi import HTTPException
 
+    product = row.get("product", "fraud")
+    if isinstance(exc, LogRefused):
+        log.error("refusing %s request %s: its decision could not be logged: %s", product, row.get("request_id"), exc)
+        return HTTPException(status_code=500, detail="decision could not be logged; it was set aside for on-call")
+    log.error("refusing %s request %s: %s", product, row.get("request_id"), exc)
+    detail = "decision log backlog, retry" if isinstance(exc, LogBackpressure) else \
+        "decision log unavailable, retry"
+    return HTTPException(status_code=503, detail=detail, headers={"Retry-After": "1"})
+
+
+def record_or_refuse(writer: "DecisionLogWriter", row: dict[str, Any]) -> None:
+    """Log a decision and return once it is committed, or raise the 503 (500 for a dead-lettered
+    row) that answers the request instead: a decision that is not in the log is not given, because
+    the log is the audit trail. For endpoints that run in a worker thread."""
     try:
-        writer.submit(row)
-    except LogBackpressure as exc:
-        log.error("refusing %s request %s: %s", row.get("product", "scoring"), row.get("request_id"), exc)
-        raise HTTPException(status_code=503, detail="decision log backlog, retry",
-                            headers={"Retry-After": "1"}) from exc
+        future = writer.submit(row)
+        try:
+            future.result(timeout=writer.commit_timeout_s)
+        except FutureTimeout:
+            future.cancel()  # not written if the writer has not taken it yet
+            raise LogUnavailable(f"decision log commit slower than {writer.commit_timeout_s}s") from None
+    except (LogUnavailable, LogRefused) as exc:
+        raise _refusal(row, exc) from exc
 
 
 async def record_or_refuse_async(writer: "DecisionLogWriter", row: dict[str, Any]) -> None:
     """:func:`record_or_refuse` from the event loop: queued at once when there is room (the normal
-    case, no thread hop); only a full queue waits, in a worker thread, never on the loop."""
-    if not writer.offer(row):
+    case, no thread hop) and awaited; only a full queue waits, in a worker thread, never on the loop."""
+    future = writer.offer_async(row)
+    if future is None:
         from starlette.concurrency import run_in_threadpool
 
         await run_in_threadpool(record_or_refuse, writer, row)
+        return
+    try:
+        async with asyncio.timeout(writer.commit_timeout_s):
+            await future  # cancelled on timeout: not written if the writer has not taken it yet
+    except TimeoutError:
+        raise _refusal(row, LogUnavailable(f"decision log commit slower than {writer.commit_timeout_s}s")) from None
+    except (LogUnavailable, LogRefused) as exc:
+        raise _refusal(row, exc) from exc
+
+
+class _Entry:
+    """A queued row and whoever waits for its commit: a thread's ``Future`` or an event loop's."""
+
+    __slots__ = ("row", "future", "loop")
+
+    def __init__(self, row: dict[str, Any], future: Any, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.row, self.future, self.loop = row, future, loop
+
+
+def _settle_on_loop(outcomes: list[tuple[asyncio.Future, BaseException | None]]) -> None:
+    for future, exc in outcomes:
+        if future.done():  # its request gave up (timeout) meanwhile
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
 
 
 _STOP = object()
 
 
 class DecisionLogWriter:
-    """Bounded queue + one batching writer thread. Thread-safe ``submit``; ``close`` flushes."""
+    """Bounded queue + one group-committing writer thread. Thread-safe ``submit``; ``close`` flushes."""
 
     def __init__(self, dsn: str, *, maxsize: int, batch_size: int, enqueue_timeout_s: float,
-                 spill_path: Path, on_written: Any = None, on_error: Any = None, linger_s: float = 0.0,
+                 commit_timeout_s: float = 2.0, synchronous_commit: str = "off",
+                 on_written: Any = None, on_error: Any = None, linger_s: float = 0.0,
                  case_rules: CaseRules | None = None, on_dead_letter: Any = None) -> None:
         self._dsn = dsn
         self._case_rules = case_rules
@@ -200,16 +296,19 @@ class DecisionLogWriter:
         self._batch_size = batch_size
         self._linger_s = linger_s
         self._enqueue_timeout_s = enqueue_timeout_s
-        self._spill_path = spill_path
+        self.commit_timeout_s = commit_timeout_s
+        self._synchronous_commit = synchronous_commit
         self._pending: dict[str, dict[str, Any]] = {}
         self._pending_lock = threading.Lock()
-        self._deadline: float | None = None  # set by close(): retry until then, then spill
         self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
         self._on_written = on_written or (lambda n: None)
         self._on_error = on_error or (lambda: None)
         self._on_dead_letter = on_dead_letter or (lambda n: None)
         self.dead_lettered = 0  # rows this writer set aside in DEAD_LETTERS_TABLE since it started
         self._conn: psycopg.Connection | None = None
+        self._failures = 0  # consecutive failed batches
+        self._retry_at = 0.0  # while the database is failing, batches before this fail at once
+        self._last_error: str | None = None
         self.on_depth: Any = None  # called with the queue depth after every batch (a gauge's set)
 
     # --- request side ------------------------------------------------------------------
@@ -220,26 +319,37 @@ class DecisionLogWriter:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the last batch failed, while the database keeps failing (None once a batch commits)."""
+        return self._last_error
+
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, row: dict[str, Any]) -> None:
-        """Queue a row; raises :class:`LogBackpressure` if there is no room in time (nothing queued)."""
-        if not self._put(row, block=True):
+    def submit(self, row: dict[str, Any]) -> Future:
+        """Queue a row; the future is done when it is committed (or raises :class:`LogUnavailable` /
+        :class:`LogRefused`). Raises :class:`LogBackpressure` if there is no room in time (nothing queued)."""
+        future: Future = Future()
+        if not self._put(_Entry(row, future, None), block=True):
             raise LogBackpressure(f"decision log queue full ({self._queue.maxsize})")
+        return future
 
-    def offer(self, row: dict[str, Any]) -> bool:
-        """Queue a row if there is room right now; False (nothing queued) if not. Never blocks."""
-        return self._put(row, block=False)
+    def offer_async(self, row: dict[str, Any]) -> asyncio.Future | None:
+        """Queue a row if there is room right now, with an asyncio future of the running loop that is
+        done when it is committed; None (nothing queued) if the queue is full. Never blocks."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        return future if self._put(_Entry(row, future, loop), block=False) else None
 
-    def _put(self, row: dict[str, Any], *, block: bool) -> bool:
-        """Queue ``row`` (waiting up to the enqueue timeout if ``block``); visible to :meth:`pending`
+    def _put(self, entry: _Entry, *, block: bool) -> bool:
+        """Queue ``entry`` (waiting up to the enqueue timeout if ``block``); visible to :meth:`pending`
         from before it is queued, and gone again if it could not be."""
-        key = str(row["decision_id"])
+        key = str(entry.row["decision_id"])
         with self._pending_lock:
-            self._pending[key] = row
+            self._pending[key] = entry.row
         try:
-            self._queue.put(row, block=block, timeout=self._enqueue_timeout_s if block else None)
+            self._queue.put(entry, block=block, timeout=self._enqueue_timeout_s if block else None)
         except queue.Full:
             with self._pending_lock:
                 self._pending.pop(key, None)
@@ -247,32 +357,29 @@ class DecisionLogWriter:
         return True
 
     def pending(self, decision_id: str) -> dict[str, Any] | None:
-        """A row accepted but not yet committed (so a read right after a score never 404s)."""
+        """A row accepted but not yet committed (its request is still waiting for the commit)."""
         with self._pending_lock:
             return self._pending.get(decision_id)
 
     def close(self, timeout_s: float) -> None:
-        """Flush everything queued, retrying the database for up to ``timeout_s``, then stop."""
-        self._deadline = time.monotonic() + timeout_s
+        """Write what is queued (each row once: what fails is refused to its waiter), then stop."""
         self._queue.put(_STOP)  # blocks only while the writer drains a full queue
-        self._thread.join(timeout_s + 10)
+        self._thread.join(timeout_s)
         if self._thread.is_alive():
-            log.error("decision log writer did not stop within %.0fs", timeout_s + 10)
+            log.error("decision log writer did not stop within %.0fs", timeout_s)
 
     # --- writer thread -----------------------------------------------------------------
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[dict[str, Any]] = []
+            batch: list[_Entry] = []
             item = self._queue.get()
             if item is _STOP:
                 stopping = True
             else:
                 batch.append(item)
                 if self._linger_s and self._queue.qsize() < self._batch_size:
-                    # Let a batch gather: one INSERT per row, under load, means a wake-up, a
-                    # transaction and GIL hand-offs per decision, all taken from the request path.
-                    time.sleep(self._linger_s)
+                    time.sleep(self._linger_s)  # fewer, larger batches, paid by every request's wait
             while not stopping and len(batch) < self._batch_size:
                 try:
                     item = self._queue.get_nowait()
@@ -282,8 +389,10 @@ class DecisionLogWriter:
                     stopping = True
                 else:
                     batch.append(item)
-            if batch and not self._write(batch):
-                break  # spilled at shutdown: the queue (and its stop marker) is drained
+            # A request that gave up (its 503 is sent) must not be logged as decided.
+            batch = [e for e in batch if not e.future.cancelled()]
+            if batch:
+                self._write(batch)
             if self.on_depth is not None:
                 self.on_depth(self._queue.qsize())
         if self._conn is not None:
@@ -292,66 +401,77 @@ class DecisionLogWriter:
 
     def _connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self._dsn, autocommit=False, connect_timeout=5)
-            set_json_dumps(_dumps, context=self._conn)
+            conn = psycopg.connect(self._dsn, autocommit=False, connect_timeout=3)
+            # Per session: what "committed" means for an answered decision (README).
+            conn.execute("select set_config('synchronous_commit', %s, false)", (self._synchronous_commit,))
+            conn.commit()
+            set_json_dumps(_dumps, context=conn)
+            self._conn = conn
         return self._conn
 
-    def _write(self, batch: list[dict[str, Any]]) -> bool:
-        """Insert a batch, retrying until it lands (True) or the shutdown budget ends in a spill (False)."""
-        attempt = 0
-        dead: list[tuple[dict[str, Any], BaseException]] = []
-        while True:
+    def _write(self, batch: list[_Entry]) -> None:
+        """Commit a batch, then settle every waiter: committed, dead-lettered (:class:`LogRefused`) or,
+        if the database failed, :class:`LogUnavailable` for all (nothing is retried later)."""
+        rows = [e.row for e in batch]
+        if time.monotonic() < self._retry_at:
+            self._settle(batch, LogUnavailable(f"decision log database unavailable: {self._last_error}"), {})
+            return
+        # A connection that worked before may have been closed under us (a Postgres restart): one
+        # retry on a new one. A fresh connection failing means the database is down.
+        attempts = 2 if self._conn is not None else 1
+        for attempt in range(1, attempts + 1):
             try:
                 conn = self._connect()
                 try:
-                    _copy_batch(conn, batch, self._case_rules)
+                    _commit_batch(conn, rows, self._case_rules)
+                    dead: list[tuple[dict[str, Any], BaseException]] = []
                 except ROW_ERRORS as exc:
                     self._on_error()
-                    log.warning("decision log batch of %d rows refused (%s): writing it row by row", len(batch), exc)
-                    dead = _write_isolated(conn, batch, self._case_rules)
+                    log.warning("decision log batch of %d rows refused (%s): writing it row by row", len(rows), exc)
+                    dead = _write_isolated(conn, rows, self._case_rules)
                 break
             except psycopg.Error as exc:
-                attempt += 1
                 self._on_error()
                 if self._conn is not None and (self._conn.broken or self._conn.closed):
                     self._conn = None
-                if self._deadline is not None and time.monotonic() >= self._deadline:
-                    self._spill(batch + self._drain_rest(), exc)
-                    return False
-                delay = min(0.1 * 2 ** attempt, 5.0)
-                log.warning("decision log insert of %d rows failed (attempt %d, retry in %.1fs): %s",
-                            len(batch), attempt, delay, exc)
-                time.sleep(delay)
-        self._on_written(len(batch) - len(dead))
+                if attempt < attempts and self._conn is None:
+                    continue
+                self._failures += 1
+                self._retry_at = time.monotonic() + min(0.05 * 2 ** self._failures, 2.0)
+                self._last_error = str(exc).strip() or type(exc).__name__
+                log.error("decision log commit of %d rows failed (%d in a row), their requests get 503: %s",
+                          len(rows), self._failures, self._last_error)
+                self._settle(batch, LogUnavailable(f"decision log database unavailable: {self._last_error}"), {})
+                return
+        self._failures, self._retry_at, self._last_error = 0, 0.0, None
+        self._on_written(len(rows) - len(dead))
+        refused: dict[int, BaseException] = {}
         if dead:
             self.dead_lettered += len(dead)
             self._on_dead_letter(len(dead))
             for row, exc in dead:
                 log.error("decision %s could not be logged, set aside in %s: %s", row.get("decision_id"),
                           DEAD_LETTERS_TABLE, exc)
-        with self._pending_lock:
-            for r in batch:
-                self._pending.pop(str(r["decision_id"]), None)
-        return True
+                refused[id(row)] = LogRefused(f"{type(exc).__name__}: {exc}")
+        self._settle(batch, None, refused)
 
-    def _drain_rest(self) -> list[dict[str, Any]]:
-        rest = []
-        while True:
+    def _settle(self, batch: list[_Entry], error: BaseException | None, refused: dict[int, BaseException]) -> None:
+        """Tell each waiter its row's fate: one call per event loop for the whole batch."""
+        with self._pending_lock:
+            for e in batch:
+                self._pending.pop(str(e.row["decision_id"]), None)
+        on_loops: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+        for e in batch:
+            exc = refused.get(id(e.row), error)
+            if e.loop is not None:
+                on_loops[e.loop].append((e.future, exc))
+            elif e.future.set_running_or_notify_cancel():  # False: its request gave up
+                if exc is None:
+                    e.future.set_result(None)
+                else:
+                    e.future.set_exception(exc)
+        for loop, outcomes in on_loops.items():
             try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return rest
-            if item is not _STOP:
-                rest.append(item)
-
-    def _spill(self, rows: list[dict[str, Any]], exc: Exception) -> None:
-        """Last resort at shutdown: keep the decisions on disk for a later replay."""
-        self._spill_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._spill_path.open("a", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, default=str) + "\n")
-        log.error("database unreachable at shutdown (%s): spilled %d decisions to %s",
-                  exc, len(rows), self._spill_path)
-        with self._pending_lock:
-            for r in rows:
-                self._pending.pop(str(r["decision_id"]), None)
+                loop.call_soon_threadsafe(_settle_on_loop, outcomes)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
