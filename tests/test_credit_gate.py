@@ -131,7 +131,7 @@ def test_review_page_shows_the_credit_evidence(fair: CreditWorld) -> None:
     import shutil
 
     from test_promotion import aliases
-    from test_review_page import CHROMIUM, browser, fingerprint, serve
+    from test_review_page import CHROMIUM, browser, serve
 
     from serving.app import create_app
     from serving.config import ServingSettings
@@ -141,9 +141,8 @@ def test_review_page_shows_the_credit_evidence(fair: CreditWorld) -> None:
     s, name = fair.settings, fair.settings.credit_model_name
     challenger = aliases(s, name)["challenger"]
     key = "carol-reviewer-key-1234567890"
-    app = create_app(s.model_copy(update={"fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}",
-                                          "review_identities": {fingerprint(key): "carol"}}),
-                     ServingSettings(api_keys=f"{key}:reviewer"))
+    app = create_app(s.model_copy(update={"fraud_model_name": f"no-model-{uuid.uuid4().hex[:6]}"}),
+                     ServingSettings(api_keys=f"carol:reviewer:{key}"))
     with serve(app) as base, browser() as b:
         page = b.new_page()
         page.goto(f"{base}/review")
