@@ -202,6 +202,7 @@ def apply(settings: Settings) -> dict[str, object]:
     owner = settings.owner_pg
     done: dict[str, object] = {"roles": [], "missing": []}
     with psycopg.connect(owner.url(settings.warehouse_db, driver=""), autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(hashtext('riskloop.roles'))")  # one `up` at a time; freed at close
         may = _may_create_roles(conn)
         for component in DB_ROLES:
             role = db_role_name(component)
@@ -227,7 +228,12 @@ def apply(settings: Settings) -> dict[str, object]:
         tables = {f"{s}.{t}" for s, t in conn.execute(
             "select schemaname, tablename from pg_tables where schemaname = any(%s)", (list(SCHEMAS),))}
         _run(conn, warehouse_grants(owner.user, tables.__contains__))
-    with psycopg.connect(owner.url(FEAST_DB, driver=""), autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(owner.url(FEAST_DB, driver=""), autocommit=True)
+    except psycopg.OperationalError as exc:  # not created yet (`riskloop up` creates it, then grants)
+        log.info("no grants on %s yet: %s", FEAST_DB, exc)
+        return done
+    with conn:
         _run(conn, feast_grants(owner.user))
     return done
 

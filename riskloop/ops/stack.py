@@ -387,10 +387,7 @@ def up(settings: Settings, airflow: bool = False) -> dict[str, Any]:
     if settings.embedded:
         start_postgres(settings)
     ensure_databases(settings)
-    migrations.upgrade(settings)
-    from riskloop.core import roles
-
-    roles.apply(settings)
+    migrations.upgrade(settings)  # and the components' roles and grants (riskloop.core.roles)
     if settings.manages_mlflow:
         start_mlflow(settings)
     if settings.stream_service:
