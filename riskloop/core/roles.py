@@ -204,22 +204,25 @@ def apply(settings: Settings) -> dict[str, object]:
     with psycopg.connect(owner.url(settings.warehouse_db, driver=""), autocommit=True) as conn:
         conn.execute("select pg_advisory_lock(hashtext('riskloop.roles'))")  # one `up` at a time; freed at close
         may = _may_create_roles(conn)
+        existing = {r[0] for r in conn.execute("select rolname from pg_roles where rolname = any(%s)",
+                                               ([db_role_name(c) for c in DB_ROLES],))}
+        statements = []
         for component in DB_ROLES:
             role = db_role_name(component)
-            exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone() is not None
             if not may:
-                if not exists:
+                if role not in existing:
                     done["missing"].append(role)  # type: ignore[union-attr]
                 continue
-            password = settings.role_password(component)
-            verb = "alter" if exists else "create"
-            try:
-                conn.execute(sql.SQL(verb + " role {} login password {}").format(sql.Identifier(role),
-                                                                                  sql.Literal(password)))
-            except psycopg.errors.DuplicateObject:  # created meanwhile by another `up`
-                conn.execute(sql.SQL("alter role {} login password {}").format(sql.Identifier(role),
-                                                                                sql.Literal(password)))
+            verb = "alter" if role in existing else "create"
+            statements.append(sql.SQL(verb + " role {} login password {}").format(
+                sql.Identifier(role), sql.Literal(settings.role_password(component))).as_string(conn))
             done["roles"].append(role)  # type: ignore[union-attr]
+        if statements:  # one round trip
+            try:
+                conn.execute(";\n".join(statements))  # type: ignore[arg-type]
+            except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                # created meanwhile by an `up` on another database of this server (the lock is per database)
+                conn.execute(";\n".join(st.replace("create role", "alter role", 1) for st in statements))  # type: ignore[arg-type]
         if done["missing"]:
             log.warning("the roles %s do not exist and %s may not create them: components keep the owner's "
                         "login until a DBA runs `riskloop db roles --sql` (docs/guides/platform-engineer.md)",
@@ -239,6 +242,13 @@ def apply(settings: Settings) -> dict[str, object]:
 
 
 def _run(conn: psycopg.Connection, statements: list[str]) -> None:
+    """All in one round trip (one transaction: a start of the stack stays as fast as before); one by
+    one only when some statement is refused."""
+    try:
+        conn.execute(";\n".join(statements))  # type: ignore[arg-type]
+        return
+    except psycopg.errors.InsufficientPrivilege:
+        pass
     for statement in statements:
         try:
             conn.execute(statement)  # type: ignore[arg-type]
