@@ -344,7 +344,8 @@ def start_stream(settings: Settings, wait_s: float = 180.0) -> None:
                *(["--partitions", str(n), "--partition", str(i)] if n > 1 else [])]
         log.info("starting the stream consumer %s (riskloop stream, log in %s)", consumer,
                  settings.log_dir / f"{name}.log")
-        started[name] = spawn_detached(settings, name, cmd, {**os.environ, **settings.environ()})
+        # It logs in as the ingest role (riskloop.core.roles): it appends payments, never alters a table.
+        started[name] = spawn_detached(settings, name, cmd, {**os.environ, **settings.as_role("ingest").environ()})
     if started:
         wait_until(settings, started, lambda: stream_listening(settings), wait_s)
 
