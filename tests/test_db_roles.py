@@ -219,3 +219,19 @@ def _trusts(pgdata: Path) -> bool | None:
     from riskloop.ops.stack import _trusts as trusts
 
     return trusts(pgdata)
+
+
+def test_riskloop_db_roles_prints_the_script_without_a_password(settings: Settings) -> None:
+    import os
+    import sys
+
+    riskloop = Path(sys.executable).with_name("riskloop")
+    done = subprocess.run([str(riskloop), "db", "roles", "--sql"], capture_output=True, text=True, timeout=120,
+                          env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert "create role" in done.stdout and "grant insert on table \"serving\".\"decision_log\"" in done.stdout
+    for component in (None, *DB_ROLES):
+        assert settings.role_password(component) not in done.stdout
+    applied = subprocess.run([str(riskloop), "db", "roles"], capture_output=True, text=True, timeout=120,
+                             env=os.environ.copy())
+    assert applied.returncode == 0, applied.stderr

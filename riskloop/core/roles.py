@@ -65,7 +65,7 @@ WRITES: dict[str, dict[str, str]] = {
         "governance.canary_state": "insert",
         "monitoring.alert_events": "insert",
         "monitoring.alert_state": "insert, update",
-        "raw.webhook_inbox": "insert",
+        "raw.webhook_inbox": "insert, select (processor, event_id)",  # returning the stored keys
     },
     "ingest": {
         "monitoring.alert_events": "insert",
