@@ -1,5 +1,6 @@
 """Monitor → alert: Evidently drift of the champion's inputs, then the alert state machine
-(hysteresis, grouping) and the decision-stream tripwires to the configured sinks.
+(hysteresis, grouping) and the decision-stream tripwires to the configured sinks (the tripwires
+only while no tripwire watcher, ``riskloop watch``, evaluates them every minute).
 
 Runs daily (drift grows without new models) and whenever riskloop_train emits a new fraud model
 (the asset), so a challenger meets the gate without waiting for the next day. Each drift check is
@@ -68,7 +69,7 @@ def riskloop_monitor():
 
     @task
     def alert(drift_result: dict) -> list[dict]:
-        """Drift and the decision-stream tripwires → the alert state machine → the configured sinks."""
+        """Drift, the case queue and (without a watcher) the tripwires → the alert state machine → the sinks."""
         from riskloop.monitoring.checks import check_and_alert
         from riskloop.monitoring.drift import DriftResult
 

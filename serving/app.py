@@ -54,6 +54,7 @@ from serving.decision_log import DecisionLogWriter, record_or_refuse_async
 from serving.decisions_api import router as decisions_router
 from serving.devices import KnownDevices
 from serving.fastpath import ScoreFastPath
+from serving.limits import BodyLimits
 from serving.model import (
     LoadedModel,
     ModelLoadError,
@@ -648,6 +649,9 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
     # The webhook routes answered without the framework around them (serving.webhooks); added
     # first so that it runs inside the request-id middleware.
     app.add_middleware(WebhookFastPath)
+    # Every other body: 401 without a key, then 413 over its route's limit, before it is read (serving.limits).
+    app.add_middleware(BodyLimits, max_body_bytes=cfg.api_max_body_bytes,
+                       limits={"/v1/score/fraud": cfg.max_body_bytes})
     # Every request gets an id (X-Request-ID or a new one): on its log lines, in its response header.
     app.add_middleware(RequestIdMiddleware)
     # Outermost: valid fraud scoring requests are answered before any of the above (serving.fastpath);

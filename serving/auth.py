@@ -121,10 +121,6 @@ def permits(keys: KeyRing, authorization: str | None, action: str) -> bool:
     return principal is not None and principal.role in PERMISSIONS[action]
 
 
-def _bearer(request: Request) -> str | None:
-    return bearer_token(request.headers.get("authorization"))
-
-
 def bearer_token(header: str | None) -> str | None:
     if not header:
         return None
@@ -132,22 +128,28 @@ def bearer_token(header: str | None) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
+def identify(keys: KeyRing, authorization: str | None) -> Principal:
+    """The caller an ``Authorization`` header value names, or the 401 (with its Bearer challenge)
+    for none: used by :func:`require` and, before any body is read, by :class:`serving.limits.BodyLimits`."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if len(keys) == 0:
+        raise HTTPException(status_code=401, headers=challenge,
+                            detail="no API keys configured on this server (set RISKLOOP_API_KEYS)")
+    token = bearer_token(authorization)
+    if token is None:
+        raise HTTPException(status_code=401, headers=challenge, detail="missing bearer API key")
+    principal = keys.authenticate(token)
+    if principal is None:
+        raise HTTPException(status_code=401, headers=challenge, detail="invalid API key")
+    return principal
+
+
 def require(action: str) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency: 401 without a valid key, 403 if its role may not do ``action``."""
     allowed = PERMISSIONS[action]
 
     async def dependency(request: Request) -> Principal:  # async: no thread-pool hop per request
-        keys: KeyRing = request.app.state.keys
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if len(keys) == 0:
-            raise HTTPException(status_code=401, headers=challenge,
-                                detail="no API keys configured on this server (set RISKLOOP_API_KEYS)")
-        token = _bearer(request)
-        if token is None:
-            raise HTTPException(status_code=401, headers=challenge, detail="missing bearer API key")
-        principal = keys.authenticate(token)
-        if principal is None:
-            raise HTTPException(status_code=401, headers=challenge, detail="invalid API key")
+        principal = identify(request.app.state.keys, request.headers.get("authorization"))
         if principal.role not in allowed:
             raise HTTPException(status_code=403, detail=f"role {principal.role!r} may not {action.replace('_', ' ')}")
         return principal

@@ -91,6 +91,10 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=65_536, gt=0, description="A fraud scoring request body over this is refused with 413 before "
         "it is parsed (a payment is a few hundred bytes).")
+    api_max_body_bytes: int = Field(
+        default=65_536, gt=0, description="Any other request body of the service (credit scoring, overrides, "
+        "outcomes, cases, reviews) over this is refused with 413 before it is read; a body on a keyed route "
+        "without a valid key gets its 401 unread. Webhooks have their own (RISKLOOP_WEBHOOK_MAX_BODY_BYTES).")
     log_queue_size: int = Field(default=10_000, gt=0, description="Decisions waiting for the writer, at most.")
     log_batch_size: int = Field(default=500, gt=0, description="Rows per INSERT batch.")
     log_linger_s: float = Field(

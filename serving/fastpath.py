@@ -4,12 +4,13 @@ py-spy on ``riskloop serve`` under load (docs/benchmarks/history.md, "Serving"):
 exception wrappers, routing, FastAPI's dependency solving, ``Request.json`` and the per-request
 validation of a Python dict cost more CPU than the decision itself (online read, model, rules,
 log row). :class:`ScoreFastPath` is an ASGI middleware that does only what the decision needs:
-read the body (bounded), check the key, parse *and* validate the JSON in one pydantic-core call
+check the key, read the body (bounded), parse *and* validate the JSON in one pydantic-core call
 (``model_validate_json``), bind the request id for logging, call the same handler as the route
 (:func:`serving.app.decide_fraud`) and send the bytes it returns.
 
-Anything it does not answer itself, it hands to the app with the body replayed: a missing or
-wrong key, a body that does not validate, a content type other than JSON. So every error
+Anything it does not answer itself, it hands to the app: a missing or wrong key and a content
+type other than JSON unread (:class:`serving.limits.BodyLimits` then refuses an unauthenticated
+body before reading it), a body that does not validate replayed. So every error
 response (401/403 with their challenge, FastAPI's field-level 422s) is still produced by the
 FastAPI route and its dependency, exactly as before, and that route keeps documenting the
 endpoint at ``/docs``. Like :class:`serving.webhooks.WebhookFastPath` for the webhooks.
@@ -63,6 +64,12 @@ class ScoreFastPath:
                 request_id = v.decode("latin-1")
             elif k == b"content-length":
                 length = v.decode("latin-1")
+        st = scope["app"].state
+        if not ((content_type is None or content_type.split(b";")[0].strip().lower() == _JSON) and
+                permits(st.keys, authorization, self.action)):
+            # unread: the app refuses it before its body is read (serving.limits), or the route answers
+            await self.app(scope, receive, send)
+            return
         request_id = request_id or uuid.uuid4().hex
         try:
             raw = await _read_body(receive, length, self.max_body_bytes)
@@ -72,15 +79,9 @@ class ScoreFastPath:
             log.warning("score request %s refused: body over %d bytes", request_id, self.max_body_bytes)
             await _answer(send, 413, _detail(f"request body over {self.max_body_bytes} bytes"), request_id)
             return
-        st = scope["app"].state
-        body = None
-        if (content_type is None or content_type.split(b";")[0].strip().lower() == _JSON) and \
-                permits(st.keys, authorization, self.action):
-            try:
-                body = self.model.model_validate_json(raw)
-            except ValidationError:
-                body = None
-        if body is None:  # the route's dependency and validation answer it, as they always did
+        try:
+            body = self.model.model_validate_json(raw)
+        except ValidationError:  # the route's validation answers it (FastAPI's field-level 422)
             await self.app(scope, _replay(raw, receive), send)
             return
         with bound(request_id=request_id):
@@ -95,10 +96,12 @@ def _detail(detail: Any) -> bytes:
     return json.dumps({"detail": detail}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-async def _answer(send: Any, status: int, content: bytes, request_id: str,
+async def _answer(send: Any, status: int, content: bytes, request_id: str | None,
                   extra: dict[str, str] | None = None) -> None:
-    headers = [(b"content-type", _JSON), (b"content-length", str(len(content)).encode()),
-               (_REQUEST_ID, request_id.encode("latin-1"))]
+    """Send a JSON answer; ``request_id`` None when a middleware outside adds it."""
+    headers = [(b"content-type", _JSON), (b"content-length", str(len(content)).encode())]
+    if request_id is not None:
+        headers.append((_REQUEST_ID, request_id.encode("latin-1")))
     if extra:
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -53,9 +53,13 @@ def page() -> HTMLResponse:
 @router.get("/api/pending", dependencies=[Depends(require("read_review"))])
 def pending(request: Request, model: str | None = None) -> list[dict[str, Any]]:
     """Challengers that are not the champion, with their review state."""
+    from riskloop.governance.review import UnknownModel
     from riskloop.governance.review import pending as pending_
 
-    return pending_(_settings(request), model)
+    try:
+        return pending_(_settings(request), model)
+    except UnknownModel as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
 
 
 @router.get("/api/models/{name}/versions/{version}", dependencies=[Depends(require("read_review"))])
@@ -74,7 +78,7 @@ def card(request: Request, name: str, version: str) -> dict[str, Any]:
 def decide(request: Request, name: str, version: str, verdict: Literal["approve", "reject"], body: Verdict,
            principal: Principal = Depends(require("review_model"))) -> dict[str, Any]:
     """Record an approval or a rejection by the calling reviewer (403 for the run's own author)."""
-    from riskloop.governance.review import ReviewError, SelfApproval, record
+    from riskloop.governance.review import ReviewError, SelfApproval, UnknownModel, record
 
     settings = _settings(request)
     try:
@@ -82,6 +86,8 @@ def decide(request: Request, name: str, version: str, verdict: Literal["approve"
                           reviewer_name(settings, principal), body.reason)
     except SelfApproval as exc:
         raise HTTPException(status_code=403, detail=str(exc)) from exc
+    except UnknownModel as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
     except ReviewError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
     return approval.to_dict()

@@ -121,6 +121,9 @@ def stack_env() -> Iterator[dict[str, str]]:
         # (test_realtime: in a thread, or the managed process on their own warehouse), and a
         # consumer named "default" on the shared warehouse would hold the name they use.
         "RISKLOOP_STREAM_SERVICE": "false",
+        # Nor a tripwire watcher: it would judge every test's decisions each minute and move the alert
+        # state the alert tests assert on (test_watch runs its own on its own warehouse).
+        "RISKLOOP_WATCH_SERVICE": "false",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

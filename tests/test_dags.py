@@ -13,7 +13,8 @@ import pytest
 from riskloop.core.config import PROJECT_ROOT, Settings
 from riskloop.ops.orchestrate import airflow_env
 
-EXPECTED_DAGS = {"riskloop_ingest", "riskloop_train", "riskloop_monitor", "riskloop_promote", "riskloop_batch_files"}
+EXPECTED_DAGS = {"riskloop_ingest", "riskloop_train", "riskloop_monitor", "riskloop_promote", "riskloop_batch_files",
+                 "riskloop_retention"}
 
 PARSE = textwrap.dedent("""
     import json, os, sys, time

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from riskloop.core.config import DB_ROLES, FEAST_DB, Settings, db_role_name
+from riskloop.core.config import DB_ROLES, Settings, db_role_name
 
 # What the serving role must never do to the decision log: each is its own statement, refused.
 FORBIDDEN_ON_DECISION_LOG = {
@@ -121,7 +121,7 @@ def test_tables_created_later_are_covered_by_default_privileges(settings: Settin
 
 def test_serving_reads_the_feast_store_and_may_not_write_it(settings: Settings) -> None:
     s = settings.as_role("serving")
-    with psycopg.connect(s.pg.url(FEAST_DB, driver=""), autocommit=True) as conn:
+    with psycopg.connect(s.pg.url(s.feast_db, driver=""), autocommit=True) as conn:
         conn.execute("create temp table probe (x int)")  # a session of its own works
         tables = [r[0] for r in conn.execute("select tablename from pg_tables where schemaname = 'public'")]
         for table in tables:
@@ -161,7 +161,7 @@ def test_the_dba_script_runs_in_psql_and_grants_the_same(settings: Settings) -> 
     command.upgrade(migrations.config(other), "head")  # the tables, without riskloop's grants
     with _connect(other, "serving") as conn:
         assert _refused(conn, "select 1 from serving.decision_log")
-    script = roles.dba_script(admin.pg.user, database, FEAST_DB)
+    script = roles.dba_script(admin.pg.user, database, other.feast_db)
     variables = [a for c in DB_ROLES for a in ("-v", f"{db_role_name(c)}_password={settings.role_password(c)}")]
     done = subprocess.run([str(POSTGRES_BIN_PATH / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *variables,
                            "-d", admin.pg.url(database, driver="")], input=script, text=True,

@@ -17,10 +17,10 @@ PLATFORM_TABLES = ("monitoring.alert_state", "monitoring.alert_events", "monitor
                    "serving.decision_log", "serving.known_devices", "serving.card_locations", "serving.decision_overrides",
                    "raw.webhook_inbox", "raw.contract_runs", "realtime.payment_events", "realtime.stream_offsets",
                    "cases.case_events", "cases.cases", "cases.open_entities", "serving.decision_outcomes",
-                   "serving.decision_log_dead_letters")
+                   "serving.decision_log_dead_letters", "governance.retention_runs")
 APPEND_ONLY = ("monitoring.alert_events", "governance.model_approvals", "governance.promotion_decisions",
                "governance.canary_state", "serving.decision_log", "serving.decision_overrides", "cases.case_events",
-               "serving.decision_outcomes", "serving.decision_log_dead_letters")
+               "serving.decision_outcomes", "serving.decision_log_dead_letters", "governance.retention_runs")
 
 
 def _fresh(stack_env: dict[str, str], name: str) -> Settings:

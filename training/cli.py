@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from riskloop.cli.common import console
-from riskloop.core.config import get_settings
+from riskloop.core.config import Settings, get_settings, plain_values
 
 app = typer.Typer()
 
@@ -79,12 +79,21 @@ def benchmark_handbook(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results to this JSON file."),
     seed: int = typer.Option(42, help="Model seed."),
     reimport: bool = typer.Option(False, "--reimport", help="Import the file even if the warehouse holds it."),
+    namespace: str = typer.Option(
+        "handbook", "--namespace",
+        help="Namespace of the import (its own warehouse and Feast databases on the same server, so the "
+        "handbook's ids never overwrite another dataset's rows); RISKLOOP_NAMESPACE, when set, wins."),
 ) -> None:
     """The fraud model on the handbook's chapter 3 split and chapter 5 prequential folds (Feast features)."""
     from riskloop.ops.handbook import import_handbook, is_imported
+    from riskloop.ops.stack import ensure_namespace
     from training.benchmark import METRICS, run_benchmark
 
     settings = get_settings()
+    if settings.namespace is None:
+        settings = Settings(**{**plain_values(settings), "namespace": namespace})
+    console.print(f"warehouse {settings.warehouse_db} (namespace {settings.namespace})")
+    ensure_namespace(settings)
     if reimport or not is_imported(settings, data):
         import_handbook(settings, data)
     result = run_benchmark(settings, seed=seed)

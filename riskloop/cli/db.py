@@ -43,11 +43,9 @@ def roles_(sql: bool = typer.Option(False, "--sql", help="Print the SQL (a psql 
     grants: created or brought up to date as the owner (what `riskloop up` and `riskloop db upgrade` do), or
     printed as SQL for a DBA. Passwords come from <home>/secrets/pg_<role> and are never printed."""
     from riskloop.core import roles
-    from riskloop.core.config import FEAST_DB
-
     settings = get_settings()
     if sql:
-        typer.echo(roles.dba_script(settings.owner_pg.user, settings.warehouse_db, FEAST_DB), nl=False)
+        typer.echo(roles.dba_script(settings.owner_pg.user, settings.warehouse_db, settings.feast_db), nl=False)
         return
     done = roles.apply(settings)
     typer.echo(json.dumps({"database": settings.warehouse_db, **done}))

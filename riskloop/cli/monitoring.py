@@ -1,5 +1,5 @@
-"""``riskloop monitor``: drift, performance and tripwires, through the alert sinks; ``riskloop check
-settlements``: the settlement reconciliation breaks."""
+"""``riskloop monitor``: drift, performance and tripwires, through the alert sinks; ``riskloop watch``: the
+tripwires every minute; ``riskloop check settlements``: the settlement reconciliation breaks."""
 
 from __future__ import annotations
 
@@ -30,6 +30,23 @@ def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model n
         raise
     sent = check_and_alert(settings, result)
     typer.echo(json.dumps({**result.to_dict(), "alerts": [a.to_dict() for a in sent]}, default=str))
+
+
+@app.command()
+def watch(rounds: int = typer.Option(0, min=0, help="Stop after this many rounds (0: until SIGINT/SIGTERM).")) -> None:
+    """The tripwire watcher: the decision-stream tripwires (approval-rate drop, review-rate spike, override
+    spike, degraded rate, latency, dead letters) every RISKLOOP_WATCH_INTERVAL_S over the last
+    RISKLOOP_WATCH_WINDOW_MINUTES, raising and resolving alerts (with hysteresis) through the sinks.
+    `riskloop up` runs it as a managed process (RISKLOOP_WATCH_SERVICE)."""
+    import signal
+    import threading
+
+    from riskloop.monitoring.watch import run
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    run(get_settings(), stop, rounds=rounds or None)
 
 
 @check_app.command("settlements")

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         description="An existing Postgres (its database is the warehouse; riskloop_airflow, "
         "riskloop_mlflow and riskloop_feast are created beside it). Unset: the embedded server.",
     )
+    namespace: str | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9_]{0,30}$",
+        description="A dataset of its own on the same server: the warehouse becomes <warehouse>_<namespace> and "
+        "the Feast store riskloop_feast_<namespace>, so a second dataset (the handbook benchmark's: "
+        "`riskloop benchmark handbook` picks `handbook` itself) never writes over the first one's rows. "
+        "Unset: the main warehouse.")
     pg_port: int = Field(default=55432, description="TCP port of the embedded Postgres (loopback).")
     db_role: DbRole | None = Field(
         default=None,
@@ -180,6 +186,20 @@ class Settings(BaseSettings):
         'reviewer recorded by the /review page, the analyst recorded in case events (/v1/cases, /cases). The '
         'fingerprint is the 12 hex after "reviewer:" or "analyst:" in the audit rows. '
         "With the name of the MLflow user, a reviewer cannot approve their own run from the page either.")
+
+    # --- retention (riskloop.governance.retention): how long each data class is kept ---------------
+    retention_raw_payloads_days: int | None = Field(
+        default=None, ge=1, description="Days the webhook inbox keeps a received body (raw.webhook_inbox); "
+        "older ones are deleted by `riskloop retention apply` and the riskloop_retention DAG. Unset: kept.")
+    retention_decisions_days: int | None = Field(
+        default=None, ge=1, description="Days a decision is kept (serving.decision_log with its overrides, step-up "
+        "outcomes and dead letters), unless a kept case holds it. Unset: kept.")
+    retention_cases_days: int | None = Field(
+        default=None, ge=1, description="Days a closed case is kept after it closed (cases.cases and its events). "
+        "Unset: kept.")
+    retention_model_artifacts_days: int | None = Field(
+        default=None, ge=1, description="Days a model version without an alias is kept in the registry after it was "
+        "registered, unless a kept decision was made by it (a replay needs its artifact). Unset: kept.")
 
     # --- cases (riskloop.decisions.cases): the analysts' queue ------------------------------------
     analyst: str | None = Field(
@@ -272,6 +292,19 @@ class Settings(BaseSettings):
     tripwire_degraded_rate: float = Field(
         default=0.05, gt=0, description="Trip when this share of recent decisions was degraded (no model score).")
     tripwire_latency_p99_ms: float = Field(default=250.0, gt=0, description="Trip above this p99 latency (ms).")
+    # The tripwire watcher (riskloop.monitoring.watch): the tripwires above every minute, not once a day.
+    watch_service: bool = Field(
+        default=True, description="`riskloop up` starts the tripwire watcher (`riskloop watch`) as a managed process; "
+        "`riskloop down` stops it. false: run it yourself (a deployment's own service) or not at all.")
+    watch_interval_s: float = Field(
+        default=60.0, gt=0, description="Seconds between the watcher's rounds; with RISKLOOP_ALERT_RAISE_AFTER=2 a "
+        "sustained breach pages within two rounds.")
+    watch_window_minutes: int = Field(
+        default=10, gt=0, description="Recent window of the watcher's tripwires (the daily run uses "
+        "RISKLOOP_TRIPWIRE_WINDOW_MINUTES): short, so a shift shows within minutes.")
+    watch_baseline_refresh_minutes: int = Field(
+        default=15, gt=0, description="The watcher reads the baseline window (RISKLOOP_TRIPWIRE_BASELINE_HOURS) "
+        "again after this long; in between, each round reads only its recent window.")
     # Settlement reconciliation (riskloop.monitoring.reconciliation): breaks in the processors' settlement files.
     settlement_break_rate: float = Field(
         default=0.01, ge=0, lt=1, description="Page when more than this share of a processor's recent settlement "
@@ -440,9 +473,19 @@ class Settings(BaseSettings):
 
     @property
     def warehouse_db(self) -> str:
-        if self.database_url:
-            return PgServer.from_url(self.database_url)[1]
-        return WAREHOUSE_DB
+        base = PgServer.from_url(self.database_url)[1] if self.database_url else WAREHOUSE_DB
+        return f"{base}_{self.namespace}" if self.namespace else base
+
+    @property
+    def feast_db(self) -> str:
+        """The Feast registry and online store's database (the namespace's own when one is set)."""
+        return f"{FEAST_DB}_{self.namespace}" if self.namespace else FEAST_DB
+
+    @property
+    def databases(self) -> tuple[str, ...]:
+        """The databases this configuration uses: the warehouse first, then Airflow's, MLflow's and Feast's
+        (Airflow and MLflow are shared by every namespace: runs and models are told apart there by name)."""
+        return (self.warehouse_db, AIRFLOW_DB, MLFLOW_DB, self.feast_db)
 
     @property
     def warehouse_url(self) -> str:

@@ -24,7 +24,7 @@ import logging
 
 import psycopg
 
-from riskloop.core.config import DB_ROLES, FEAST_DB, Settings, db_role_name
+from riskloop.core.config import DB_ROLES, Settings, db_role_name
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,9 @@ def apply(settings: Settings) -> dict[str, object]:
             "select schemaname, tablename from pg_tables where schemaname = any(%s)", (list(SCHEMAS),))}
         _run(conn, warehouse_grants(owner.user, tables.__contains__))
     try:
-        conn = psycopg.connect(owner.url(FEAST_DB, driver=""), autocommit=True)
+        conn = psycopg.connect(owner.url(settings.feast_db, driver=""), autocommit=True)
     except psycopg.OperationalError as exc:  # not created yet (`riskloop up` creates it, then grants)
-        log.info("no grants on %s yet: %s", FEAST_DB, exc)
+        log.info("no grants on %s yet: %s", settings.feast_db, exc)
         return done
     with conn:
         _run(conn, feast_grants(owner.user))

@@ -52,7 +52,7 @@ from riskloop.core.schema import (
     RawTable,
 )
 from riskloop.core.storable import find_unstorable
-from riskloop.data import quarantine
+from riskloop.data import dataset_claim, quarantine
 from riskloop.data.landing_scrub import scrub_landing, write_parquet
 
 log = logging.getLogger(__name__)
@@ -483,6 +483,9 @@ def load_landing(
     with db.connect(settings) as conn:
         _session(conn)
         create_raw_tables(conn)
+        dataset = dataset_claim.landing_dataset(directory)
+        if dataset is not None:
+            dataset_claim.claim(conn, dataset, directory, settings.warehouse_db)
         results = [_load(conn, table, arrow, source, start, end) for table, arrow, source in prepared]
     if tables is None:  # the whole landing: its other files (webhook archives, CSVs) keep no clear PAN either
         scrub_landing(settings, directory, exclude=[directory / t.file_name for t, _, _ in prepared])

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from riskloop.core.config import FEAST_DB, Settings
+from riskloop.core.config import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -43,13 +43,13 @@ def feast_env(settings: Settings) -> dict[str, str]:
     """
     pg = settings.pg
     return {
-        "RISKLOOP_FEAST_REGISTRY_URL": pg.url(FEAST_DB, driver="psycopg"),
+        "RISKLOOP_FEAST_REGISTRY_URL": pg.url(settings.feast_db, driver="psycopg"),
         "RISKLOOP_FEAST_PG_HOST": pg.host,
         "RISKLOOP_FEAST_PG_PORT": str(pg.port),
         "RISKLOOP_FEAST_PG_USER": pg.user,
         "RISKLOOP_FEAST_PG_PASSWORD": pg.password.replace("'", "''"),
         "RISKLOOP_FEAST_OFFLINE_DB": settings.warehouse_db,
-        "RISKLOOP_FEAST_ONLINE_DB": FEAST_DB,
+        "RISKLOOP_FEAST_ONLINE_DB": settings.feast_db,
     }
 
 
@@ -162,7 +162,7 @@ begin
 end $$"""]
     statements += [f"create or replace trigger {NEWER_WINS} before update on {quote_ident(t)} for each row "
                    f"when (new.event_ts < old.event_ts) execute function {NEWER_WINS}()" for t in tables]
-    with psycopg.connect(settings.pg.url(FEAST_DB, driver=""), autocommit=True) as conn:
+    with psycopg.connect(settings.pg.url(settings.feast_db, driver=""), autocommit=True) as conn:
         for statement in statements:
             conn.execute(statement)  # type: ignore[arg-type]
     return tables

@@ -36,6 +36,14 @@ class ReviewError(ValueError):
     """A review that must not be recorded (no reason, unknown version...)."""
 
 
+class UnknownModel(ReviewError):
+    """The registry has no such model or version (an API answers 404, not a server error)."""
+
+
+# The registry's answers meaning "no such name" (an unusable name, non-ASCII for one, is one too).
+_UNKNOWN_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
 class SelfApproval(ReviewError):
     """The reviewer authored the version's run: four eyes means someone else approves."""
 
@@ -97,7 +105,7 @@ def _version(client, name: str, version: str):
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
-        raise ReviewError(f"{name} v{version} is not a registered model version") from exc
+        raise UnknownModel(f"{name} v{version} is not a registered model version") from exc
 
 
 def run_author(client, mv) -> str | None:
@@ -180,7 +188,17 @@ def approval_gate(settings: Settings, name: str, version: str, *, client=None) -
 # --- what a reviewer looks at ------------------------------------------------------------------
 
 def _alias_map(client, name: str) -> dict[str, str]:
-    return {alias: str(v) for alias, v in (client.get_registered_model(name).aliases or {}).items()}
+    """The model's aliases; :class:`UnknownModel` for a name the registry does not know (a registry
+    that fails otherwise still raises: that is not the caller's mistake)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code in _UNKNOWN_CODES:
+            raise UnknownModel(f"no registered model {name!r}") from exc
+        raise
+    return {alias: str(v) for alias, v in (model.aliases or {}).items()}
 
 
 def pending(settings: Settings, model_name: str | None = None) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ stream's tripwires and the case queue, as :class:`~riskloop.core.alerts.Check` s
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 from riskloop.core.alerts import Alert, Check, process, report_url
@@ -10,14 +11,21 @@ from riskloop.core.config import Settings
 from riskloop.monitoring import case_checks
 from riskloop.monitoring.drift import ColumnDrift, DriftResult, performance_text
 from riskloop.monitoring.tripwires import evaluate
+from riskloop.monitoring.watch import watcher_alive
+
+log = logging.getLogger(__name__)
 
 
 def check_and_alert(settings: Settings, drift: "DriftResult | None") -> list[Alert]:
     """The monitor job's alerting step: the drift check (if drift was assessed), the decision-stream
-    tripwires and the case queue's checks, through the state machine and the sinks. Shared by
-    ``riskloop monitor`` and the DAG."""
+    tripwires (unless a watcher evaluates them, :mod:`riskloop.monitoring.watch`) and the case queue's
+    checks, through the state machine and the sinks. Shared by ``riskloop monitor`` and the DAG."""
     checks = [drift_check(settings, drift), performance_check(settings, drift)] if drift is not None else []
-    return process(settings, checks + evaluate(settings) + case_checks.evaluate(settings))
+    if watcher_alive(settings):  # the watcher judges the tripwires every minute: one window feeds their state
+        log.info("tripwires: left to the running watcher (riskloop watch)")
+    else:
+        checks += evaluate(settings)
+    return process(settings, checks + case_checks.evaluate(settings))
 
 
 # --- drift → check -----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ many, and a recent window without any is clean.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -81,8 +82,27 @@ def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
-def evaluate(settings: Settings, now: datetime | None = None) -> list[Check]:
-    """The tripwire checks of the windows ending at ``now`` (default: the current time)."""
+@dataclass
+class BaselineCache:
+    """The baseline window's figures, kept for ``max_age`` between evaluations (the watcher's rounds,
+    :mod:`riskloop.monitoring.watch`): the baseline spans days and moves by a minute a round, so
+    scanning it every round would read a week of the log each minute for the same answer. A reused
+    baseline ends where the recent window ended when it was read (a few minutes of decisions then
+    count in neither window: nothing to a rate over days)."""
+
+    max_age: timedelta
+    read_at: datetime | None = None
+    start: datetime | None = None
+    products: list[tuple] = field(default_factory=list)
+    overrides: list[tuple] = field(default_factory=list)
+
+    def stale(self, now: datetime) -> bool:
+        return self.read_at is None or not timedelta(0) <= now - self.read_at < self.max_age
+
+
+def evaluate(settings: Settings, now: datetime | None = None, baseline: BaselineCache | None = None) -> list[Check]:
+    """The tripwire checks of the windows ending at ``now`` (default: the current time); with
+    ``baseline``, the baseline's figures come from (and refresh) that cache."""
     now = now or datetime.now(UTC)
     params = {**_windows(settings, now), "approving": list(APPROVING), "reviewing": list(REVIEWING)}
     with db.connect(settings) as conn:
@@ -93,11 +113,24 @@ def evaluate(settings: Settings, now: datetime | None = None) -> list[Check]:
         if not have_log:
             log.info("tripwires: serving.decision_log does not exist yet; nothing to check")
             return []
-        products = conn.execute(_PRODUCT_SQL, params).fetchall()
-        overrides = conn.execute(_OVERRIDE_SQL, params).fetchall() if have_overrides else []
+        if baseline is None:
+            products = conn.execute(_PRODUCT_SQL, params).fetchall()
+            overrides = conn.execute(_OVERRIDE_SQL, params).fetchall() if have_overrides else []
+            baseline_start = params["start"]
+        else:
+            recent = {**params, "start": params["split"]}  # rows of the recent window only
+            products = conn.execute(_PRODUCT_SQL, recent).fetchall()
+            overrides = conn.execute(_OVERRIDE_SQL, recent).fetchall() if have_overrides else []
+            if baseline.stale(now):
+                before = {**params, "end": params["split"]}  # rows of the baseline window only
+                baseline.products = conn.execute(_PRODUCT_SQL, before).fetchall()
+                baseline.overrides = conn.execute(_OVERRIDE_SQL, before).fetchall() if have_overrides else []
+                baseline.read_at, baseline.start = now, params["start"]
+            products, overrides = products + baseline.products, overrides + baseline.overrides
+            baseline_start = baseline.start
         dead = conn.execute(_DEAD_LETTER_SQL, params).fetchone() if have_dead else None
     window = {"recent_start": params["split"].isoformat(), "end": now.isoformat(),
-              "baseline_start": params["start"].isoformat()}
+              "baseline_start": baseline_start.isoformat()}
     checks: list[Check] = []
     stats: dict[str, dict[bool, tuple]] = {}
     for product, recent, *rest in products:

@@ -15,6 +15,7 @@ load is the one Airflow runs and the files can be inspected or re-loaded afterwa
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from pathlib import Path
 import pandas as pd
 
 from riskloop.core.config import Settings
+from riskloop.data.dataset_claim import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
 HANDBOOK_LANDING = "handbook"
+HANDBOOK_DATASET = "handbook"  # its dataset (riskloop.data.dataset_claim) and the benchmark's namespace
 # Credit applications derived per card customer (Poisson mean) over the ~18 months the derived
 # feed spans (a year before the file's period, and the period). The handbook file has ~5,000 card
 # customers; with one application each the credit test set held ~1,070 rows, on which the
@@ -100,6 +103,8 @@ def import_handbook(settings: Settings, path: str | Path, *, seed: int = 0,
                     else applications_per_customer)
     tables = derive_from_handbook(tx, seed=seed, applications_per_customer=per_customer)
     write_landing(tables, landing)
+    # its ids are the file's, not the simulator's: riskloop.data.dataset_claim keeps it out of another dataset's warehouse
+    (landing / MANIFEST_FILE).write_text(json.dumps({"dataset": HANDBOOK_DATASET, "source": str(path)}) + "\n")
     timed("derive", t0)
 
     t0 = time.perf_counter()

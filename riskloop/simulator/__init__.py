@@ -178,6 +178,7 @@ def manifest(sim: Simulation) -> dict[str, Any]:
     # the handbook's 0-3 always; 4 (card testing) only when that drift was injected
     scenarios = counts.reindex(sorted({0, 1, 2, 3, *map(int, counts.index)}), fill_value=0)
     return {
+        "dataset": "simulated",  # riskloop.data.dataset_claim: one dataset per warehouse
         "generator": GENERATOR,
         "seed": sim.params.seed,
         "parameters": asdict(sim.params),

@@ -1,0 +1,213 @@
+"""Retention: delete what has been kept long enough, per data class, and record that it was done.
+
+Each data class has its own period (``RISKLOOP_RETENTION_<CLASS>_DAYS``; unset keeps it):
+
+* ``raw_payloads``: webhook bodies in ``raw.webhook_inbox`` received before the cutoff. The payment
+  fact keeps what dbt parsed from them; a ``--full-refresh`` cannot rebuild the deleted ones.
+* ``cases``: cases closed before the cutoff, with their events.
+* ``decisions``: decisions made before the cutoff with their overrides and step-up outcomes (when
+  those are older than the cutoff too), and dead letters set aside before it. A decision a kept case
+  still holds stays until its case goes: the case's evidence must stay whole. Also the
+  (customer, device) pairs first allowed before the cutoff (``serving.known_devices``), a cache of
+  the log holding the same personal data.
+* ``model_artifacts``: registry versions without an alias, registered before the cutoff, that no
+  kept decision was made by (``riskloop decisions replay`` needs the artifact of every kept
+  decision's model).
+
+The append-only tables refuse every delete unless the transaction declares a cutoff
+(``riskloop.retention_cutoff``) and the row is older than it (migration ``000C_retention``), so this
+module is the one road by which a decision or a case event leaves, and only once it aged out.
+Cases go before decisions, so decisions freed by a deleted case go in the same run. Each class is
+one transaction; each run is recorded in ``governance.retention_runs`` (dry runs too), and a dry
+run counts in the same statements' terms and rolls back.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from riskloop.core import db
+from riskloop.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+DATA_CLASSES = ("raw_payloads", "cases", "decisions", "model_artifacts")
+RUNS = "governance.retention_runs"
+
+
+@dataclass
+class ClassResult:
+    """What a data class's retention deleted (or, in a dry run, would delete), per table."""
+
+    data_class: str
+    cutoff: datetime | None  # None: the class has no retention period, nothing was touched
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RetentionRun:
+    run_id: str
+    dry_run: bool
+    as_of: datetime
+    classes: list[ClassResult]
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "dry_run": self.dry_run, "as_of": self.as_of.isoformat(),
+                "classes": {c.data_class: {"cutoff": c.cutoff.isoformat() if c.cutoff else None, "rows": c.rows}
+                            for c in self.classes}}
+
+
+def cutoffs(settings: Settings, as_of: datetime) -> dict[str, datetime | None]:
+    """Per data class, the time before which its data goes (None: kept)."""
+    days = {"raw_payloads": settings.retention_raw_payloads_days, "cases": settings.retention_cases_days,
+            "decisions": settings.retention_decisions_days,
+            "model_artifacts": settings.retention_model_artifacts_days}
+    return {c: (as_of - timedelta(days=d) if d else None) for c, d in days.items()}
+
+
+def _exists(conn: psycopg.Connection, table: str) -> bool:
+    return conn.execute("select to_regclass(%s) is not null", (table,)).fetchone()[0]
+
+
+def _declare(conn: psycopg.Connection, cutoff: datetime) -> None:
+    # transaction-local: the append-only triggers let rows older than this go, for this transaction only
+    conn.execute("select set_config('riskloop.retention_cutoff', %s, true)", (cutoff.isoformat(),))
+
+
+def _raw_payloads(conn: psycopg.Connection, cutoff: datetime) -> dict[str, int]:
+    if not _exists(conn, "raw.webhook_inbox"):
+        return {}
+    n = conn.execute("delete from raw.webhook_inbox where received_at < %s", (cutoff,)).rowcount
+    return {"raw.webhook_inbox": n}
+
+
+def _cases(conn: psycopg.Connection, cutoff: datetime) -> dict[str, int]:
+    if not _exists(conn, "cases.cases"):
+        return {}
+    conn.execute("create temp table retention_cases on commit drop as "
+                 "select case_id from cases.cases where status = 'closed' and closed_at < %s", (cutoff,))
+    rows = {
+        "cases.open_entities": conn.execute(
+            "delete from cases.open_entities where case_id in (select case_id from retention_cases)").rowcount,
+        # every event of a case closed before the cutoff is older than it (closing is the last event)
+        "cases.case_events": conn.execute(
+            "delete from cases.case_events where case_id in (select case_id from retention_cases)").rowcount,
+        "cases.cases": conn.execute(
+            "delete from cases.cases where case_id in (select case_id from retention_cases)").rowcount,
+    }
+    return rows
+
+
+def _decisions(conn: psycopg.Connection, cutoff: datetime) -> dict[str, int]:
+    if not _exists(conn, "serving.decision_log"):
+        return {}
+    held_by_cases = ("and not exists (select 1 from cases.case_events e where e.decision_id = d.decision_id)"
+                     if _exists(conn, "cases.case_events") else "")
+    newer_outcome = ("and not exists (select 1 from serving.decision_outcomes o where o.decision_id = d.decision_id "
+                     "and o.recorded_at >= %(cutoff)s)" if _exists(conn, "serving.decision_outcomes") else "")
+    conn.execute(
+        f"""create temp table retention_decisions on commit drop as
+            select d.decision_id from serving.decision_log d
+            where d.decided_at < %(cutoff)s {held_by_cases} {newer_outcome}
+              and not exists (select 1 from serving.decision_overrides v where v.decision_id = d.decision_id
+                              and v.overridden_at >= %(cutoff)s)""", {"cutoff": cutoff})
+    rows: dict[str, int] = {}
+    for table in ("serving.decision_overrides", "serving.decision_outcomes"):
+        if _exists(conn, table):
+            rows[table] = conn.execute(
+                f"delete from {table} where decision_id in (select decision_id from retention_decisions)").rowcount
+    rows["serving.decision_log"] = conn.execute(
+        "delete from serving.decision_log where decision_id in (select decision_id from retention_decisions)").rowcount
+    if _exists(conn, "serving.decision_log_dead_letters"):
+        rows["serving.decision_log_dead_letters"] = conn.execute(
+            "delete from serving.decision_log_dead_letters where dead_lettered_at < %s", (cutoff,)).rowcount
+    if _exists(conn, "serving.known_devices"):
+        rows["serving.known_devices"] = conn.execute(
+            "delete from serving.known_devices where first_allowed_at < %s", (cutoff,)).rowcount
+    return rows
+
+
+def _model_artifacts(settings: Settings, conn: psycopg.Connection, cutoff: datetime, dry_run: bool) -> dict[str, int]:
+    """Registry versions past their period; deleted through the configured registry (not a transaction:
+    a dry run only lists)."""
+    from riskloop.models.registry import mlflow_client
+
+    client = mlflow_client(settings.tracking_uri)
+    used = set()
+    if _exists(conn, "serving.decision_log"):
+        used = {(n, str(v)) for n, v in conn.execute(
+            "select distinct model_name, model_version from serving.decision_log where model_name is not null")}
+    gone = 0
+    for model in _every(client.search_registered_models):
+        # a version's own alias list is not filled in by a search: the model's alias map is
+        aliased = {str(v) for v in client.get_registered_model(model.name).aliases.values()}
+        for mv in client.search_model_versions(f"name = '{model.name}'"):
+            registered = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
+            if str(mv.version) in aliased or registered >= cutoff or (model.name, str(mv.version)) in used:
+                continue
+            log.info("retention: %s v%s (registered %s) %s", model.name, mv.version, registered.date(),
+                     "would be deleted" if dry_run else "deleted")
+            if not dry_run:
+                client.delete_model_version(model.name, mv.version)
+            gone += 1
+    return {"mlflow.model_versions": gone}
+
+
+def _every(search, **kwargs):
+    """Every result of an MLflow search, page after page."""
+    token = None
+    while True:
+        page = search(page_token=token, **kwargs)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def apply(settings: Settings, *, dry_run: bool, actor: str, as_of: datetime | None = None,
+          classes: tuple[str, ...] = DATA_CLASSES) -> RetentionRun:
+    """Apply every configured data class's retention as of ``as_of`` (default now); ``dry_run``
+    counts what would go and deletes nothing. Recorded in ``governance.retention_runs``."""
+    unknown = sorted(set(classes) - set(DATA_CLASSES))
+    if unknown:
+        raise ValueError(f"unknown data classes {unknown} (known: {', '.join(DATA_CLASSES)})")
+    as_of = as_of or datetime.now(UTC)
+    run = RetentionRun(run_id=str(uuid.uuid4()), dry_run=dry_run, as_of=as_of, classes=[])
+    limits = cutoffs(settings, as_of)
+    steps = {"raw_payloads": _raw_payloads, "cases": _cases, "decisions": _decisions}
+    with db.connect(settings) as conn:
+        for data_class in DATA_CLASSES:
+            cutoff = limits[data_class]
+            if data_class not in classes or cutoff is None:
+                run.classes.append(ClassResult(data_class, None))
+                continue
+            if data_class == "model_artifacts":
+                rows = _model_artifacts(settings, conn, cutoff, dry_run)
+            else:
+                _declare(conn, cutoff)
+                rows = steps[data_class](conn, cutoff)
+            if not dry_run:  # one transaction per class; a dry run sees each class's deletes, then undoes them all
+                _record(conn, run, data_class, cutoff, rows, actor)
+                conn.commit()
+            run.classes.append(ClassResult(data_class, cutoff, rows))
+            log.info("retention %s (%s, before %s): %s", data_class, "dry run" if dry_run else "applied",
+                     cutoff.isoformat(), ", ".join(f"{t} {n}" for t, n in rows.items()) or "nothing to do")
+        if dry_run:
+            conn.rollback()
+            for c in run.classes:
+                if c.cutoff is not None:
+                    _record(conn, run, c.data_class, c.cutoff, c.rows, actor)
+            conn.commit()
+    return run
+
+
+def _record(conn: psycopg.Connection, run: RetentionRun, data_class: str, cutoff: datetime, rows: dict[str, int],
+            actor: str) -> None:
+    for target, n in rows.items():
+        conn.execute(f"insert into {RUNS} (run_id, data_class, target, cutoff, rows, dry_run, actor) "
+                     "values (%s, %s, %s, %s, %s, %s, %s)", (run.run_id, data_class, target, cutoff, n, run.dry_run, actor))
