@@ -577,7 +577,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                feature_store_factory: Callable[[], Any] | None = None) -> FastAPI:
     """Build the app. ``feature_store_factory`` replaces ``riskloop.features.store.feature_store(settings)``
     (tests use it to point the store somewhere broken); everything else comes from settings."""
-    settings = settings or get_settings()
+    # The serving role (riskloop.core.roles): it appends to the decision log, never alters it.
+    settings = (settings or get_settings()).as_role("serving")
     cfg = serving_settings or ServingSettings()
     keys = KeyRing.from_settings(settings, api_keys=cfg.api_keys, extra_admin=cfg.admin_token)  # malformed: fail at start
     register_settings(settings, cfg)  # logs and the errors returned never show these (riskloop.core.redact)

@@ -50,13 +50,18 @@ Entry = tuple[tuple[Any, int], ...]  # per feature of the view, in plan order: (
 
 
 def install_sql(tables: tuple[str, ...]) -> str:
-    """The trigger function (in the connection's first schema) and one statement-level trigger per
-    table, all idempotent (``create or replace``)."""
-    parts = [f"""create or replace function {FUNCTION}() returns trigger language plpgsql as $$
-begin
-    perform pg_notify('{CHANNEL}', TG_TABLE_NAME);
-    return null;
-end $$"""]
+    """The trigger function (in the connection's first schema), created if missing (replacing it
+    would need its owner: another role may have made it), and one statement-level trigger per table
+    (``create or replace``: the TRIGGER privilege suffices), all idempotent."""
+    parts = [f"""do $do$ begin
+if to_regproc('{FUNCTION}') is null then
+    create function {FUNCTION}() returns trigger language plpgsql as $$
+    begin
+        perform pg_notify('{CHANNEL}', TG_TABLE_NAME);
+        return null;
+    end $$;
+end if;
+end $do$"""]
     parts += [f"create or replace trigger {TRIGGER} after insert or update or delete or truncate on {quote_ident(t)} "
               f"for each statement execute function {FUNCTION}()" for t in tables]
     return ";\n".join(parts)

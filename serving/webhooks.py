@@ -286,7 +286,7 @@ def build_router(settings: Settings | None = None, webhook_settings: WebhookSett
                  clock: Callable[[], float] = time.time) -> APIRouter:
     """The receiver's routes and lifespan. ``clock`` (unix seconds) judges signature age and stamps
     arrival; tests pin it to a published example's timestamp."""
-    settings = settings or get_settings()
+    settings = (settings or get_settings()).as_role("serving")  # appends to the inbox, alters nothing
     cfg = webhook_settings or WebhookSettings()
 
     @asynccontextmanager

@@ -1,4 +1,4 @@
-"""``riskloop db upgrade | current``: the warehouse's own tables, through its migrations."""
+"""``riskloop db upgrade | current | roles``: the warehouse's own tables, through its migrations."""
 
 from __future__ import annotations
 
@@ -34,6 +34,22 @@ def current() -> None:
     at = migrations.current(settings)
     typer.echo(json.dumps({"database": settings.warehouse_db, "current": at, "expected": migrations.HEAD}))
     raise typer.Exit(0 if at == migrations.HEAD else 1)
+
+
+@db_app.command("roles")
+def roles_(sql: bool = typer.Option(False, "--sql", help="Print the SQL (a psql script) for a DBA instead of "
+                                    "running it: when riskloop's login may not create roles.")) -> None:
+    """The components' database roles (riskloop_ingest, _transform, _serving, _governance, _analyst) and their
+    grants: created or brought up to date as the owner (what `riskloop up` and `riskloop db upgrade` do), or
+    printed as SQL for a DBA. Passwords come from <home>/secrets/pg_<role> and are never printed."""
+    from riskloop.core import roles
+    settings = get_settings()
+    if sql:
+        typer.echo(roles.dba_script(settings.owner_pg.user, settings.warehouse_db, settings.feast_db), nl=False)
+        return
+    done = roles.apply(settings)
+    typer.echo(json.dumps({"database": settings.warehouse_db, **done}))
+    raise typer.Exit(1 if done["missing"] else 0)
 
 
 app.add_typer(db_app, name="db")

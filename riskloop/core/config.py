@@ -8,10 +8,10 @@ variables (``RISKLOOP_DATABASE_URL``, ``RISKLOOP_MLFLOW_TRACKING_URI``, ``RISKLO
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, Field, SecretStr
@@ -43,6 +43,18 @@ MLFLOW_DB = "riskloop_mlflow"
 FEAST_DB = "riskloop_feast"
 ALL_DATABASES = (WAREHOUSE_DB, AIRFLOW_DB, MLFLOW_DB, FEAST_DB)
 
+# The database roles of riskloop's components (riskloop.core.roles grants each what its SQL needs).
+# Migrations, Airflow's and MLflow's stores are the owner's: the login of the stack (the embedded
+# server's superuser, or RISKLOOP_DATABASE_URL's user).
+DbRole = Literal["ingest", "transform", "serving", "governance", "analyst"]
+DB_ROLES: tuple[str, ...] = DbRole.__args__  # type: ignore[attr-defined]
+EMBEDDED_SUPERUSER = "postgres"
+
+
+def db_role_name(component: str) -> str:
+    """The Postgres role of a component: ``riskloop_serving`` and so on."""
+    return f"riskloop_{component}"
+
 
 @dataclass(frozen=True)
 class PgServer:
@@ -51,7 +63,7 @@ class PgServer:
     host: str
     port: int
     user: str
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in a log line or a traceback's locals
 
     @classmethod
     def from_url(cls, url: str) -> tuple["PgServer", str]:
@@ -106,6 +118,15 @@ class Settings(BaseSettings):
         "`riskloop benchmark handbook` picks `handbook` itself) never writes over the first one's rows. "
         "Unset: the main warehouse.")
     pg_port: int = Field(default=55432, description="TCP port of the embedded Postgres (loopback).")
+    db_role: DbRole | None = Field(
+        default=None,
+        description="The database role this process connects as (riskloop_<role>): ingest, transform, serving, "
+        "governance or analyst. `riskloop serve` picks serving itself. Unset: the owner (the embedded server's "
+        "superuser, or RISKLOOP_DATABASE_URL's user), which runs migrations and creates the roles.")
+    db_password: SecretStr | None = Field(
+        default=None,
+        description="Password of db_role's login. Unset: <home>/secrets/pg_<role> (generated in local mode; "
+        "`riskloop up` or `riskloop db roles --sql` sets it on the server).")
     mlflow_tracking_uri: str | None = Field(
         default=None, description="An existing MLflow server. Unset: riskloop starts its own."
     )
@@ -441,10 +462,40 @@ class Settings(BaseSettings):
         return self.artifact_root or (self.home / "mlartifacts").as_uri()
 
     @property
-    def pg(self) -> PgServer:
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    def role_password_file(self, component: str | None) -> Path:
+        """Where the password of a component's role (None: the embedded server's superuser) is kept."""
+        return self.secrets_dir / (f"pg_{component}" if component else f"pg_{EMBEDDED_SUPERUSER}")
+
+    def role_password(self, component: str | None) -> str:
+        """A component's password (generated once into its file if missing)."""
+        from riskloop.core.secretfiles import read_or_create
+
+        if component is not None and component == self.db_role and self.db_password is not None:
+            return self.db_password.get_secret_value()
+        return read_or_create(self.role_password_file(component))
+
+    @property
+    def owner_pg(self) -> PgServer:
+        """The owner's login: what migrations, role creation and the managed MLflow/Airflow use."""
         if self.database_url:
             return PgServer.from_url(self.database_url)[0]
-        return PgServer(host="127.0.0.1", port=self.pg_port, user="postgres")
+        return PgServer(host="127.0.0.1", port=self.pg_port, user=EMBEDDED_SUPERUSER, password=self.role_password(None))
+
+    @property
+    def pg(self) -> PgServer:
+        """The login of this process: its component's role (db_role) on the owner's server, else the owner."""
+        owner = self.owner_pg
+        if self.db_role is None:
+            return owner
+        return PgServer(host=owner.host, port=owner.port, user=db_role_name(self.db_role),
+                        password=self.role_password(self.db_role))
+
+    def as_role(self, component: str) -> "Settings":
+        """These settings for a process of ``component``, unless a role was chosen explicitly."""
+        return self if self.db_role is not None else self.model_copy(update={"db_role": component})
 
     @property
     def warehouse_db(self) -> str:

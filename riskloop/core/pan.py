@@ -29,9 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -224,20 +222,9 @@ def tokenizer(settings: Settings) -> PanTokenizer:
     if not settings.embedded:
         raise PanKeyMissing("RISKLOOP_PAN_TOKEN_KEY must be set when riskloop runs on a configured Postgres "
                             "(RISKLOOP_DATABASE_URL); a local key is generated only in local mode")
-    path = key_file(settings)
-    try:
-        return PanTokenizer(path.read_bytes().strip())
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:  # O_EXCL: two components starting at once agree on one key
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return PanTokenizer(path.read_bytes().strip())
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32) + "\n")
-    log.info("generated the local PAN token key at %s (local mode only)", path)
-    return PanTokenizer(path.read_bytes().strip())
+    from riskloop.core.secretfiles import read_or_create
+
+    return PanTokenizer(read_or_create(key_file(settings)).encode())
 
 
 # --- finding card numbers (riskloop audit pan) -------------------------------------------------

@@ -41,7 +41,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "AIRFLOW_HOME": str(settings.airflow_home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.pg.url(AIRFLOW_DB, driver="psycopg2"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.owner_pg.url(AIRFLOW_DB, driver="psycopg2"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -81,7 +81,7 @@ def _airflow_bin() -> str:
 def ensure_airflow_db(settings: Settings) -> None:
     """``airflow db migrate`` once per metadata database (a marker file remembers it)."""
     marker = settings.airflow_home / ".migrated"
-    if marker.exists() and marker.read_text() == settings.pg.url(AIRFLOW_DB, driver=""):
+    if marker.exists() and marker.read_text() == settings.owner_pg.url(AIRFLOW_DB, driver=""):
         return
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def ensure_airflow_db(settings: Settings) -> None:
     with open(settings.log_dir / "airflow-db-migrate.log", "wb") as out:
         subprocess.run([_airflow_bin(), "db", "migrate"], env=airflow_env(settings), check=True,
                        stdout=out, stderr=subprocess.STDOUT)
-    marker.write_text(settings.pg.url(AIRFLOW_DB, driver=""))
+    marker.write_text(settings.owner_pg.url(AIRFLOW_DB, driver=""))
 
 
 def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = None,

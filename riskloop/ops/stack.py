@@ -16,11 +16,12 @@ import socket
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from riskloop.core import migrations
-from riskloop.core.config import PgServer, Settings
+from riskloop.core.config import EMBEDDED_SUPERUSER, PgServer, Settings
 from riskloop.ops import watch_service
 from riskloop.ops.processes import (
     StackError,
@@ -45,8 +46,31 @@ def _pg_bin():
     return _commands
 
 
-def _prepare_pgdata(pgdata: Path) -> str | None:
-    """initdb once; as root the server runs as the unprivileged ``embedded_postgres`` user."""
+# Who may log in to the embedded server: anyone who knows a role's password (SCRAM), over the
+# socket directory (0700) and loopback only. Never ``trust``: a local user must not become the
+# superuser who can drop the append-only triggers.
+HBA = """# riskloop: password (SCRAM-SHA-256) logins only, on the 0700 socket directory and loopback.
+local   all  all                scram-sha-256
+host    all  all  127.0.0.1/32  scram-sha-256
+host    all  all  ::1/128       scram-sha-256
+"""
+
+
+def _trusts(pgdata: Path) -> bool | None:
+    """Whether ``pg_hba.conf`` lets anyone in without a password (a stack made before passwords);
+    None when it is not there yet."""
+    try:
+        text = (pgdata / "pg_hba.conf").read_text()
+    except FileNotFoundError:
+        return None
+    rules = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return any(rule[-1] == "trust" for rule in rules if rule)
+
+
+def _prepare_pgdata(settings: Settings) -> str | None:
+    """initdb once (SCRAM, the generated superuser password); as root the server runs as the
+    unprivileged ``embedded_postgres`` user."""
+    pgdata = settings.pgdata
     _pg_bin()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
@@ -73,11 +97,26 @@ def _prepare_pgdata(pgdata: Path) -> str | None:
         os.chown(pgdata, pw.pw_uid, pw.pw_gid)
     if not (pgdata / "PG_VERSION").exists():
         log.info("initialising PostgreSQL data directory %s", pgdata)
-        _pg_bin().initdb(
-            ["--auth=trust", "--encoding=utf8", "--locale=C.UTF-8", "-U", "postgres"],
-            pgdata=pgdata,
-            user=system_user,
-        )
+        # initdb reads the superuser's password from a file the server user can read; it lives
+        # beside the data directory (which must be empty) only for the duration of the call.
+        pwfile = pgdata.parent / f".{pgdata.name}.initdb-pw"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(settings.role_password(None) + "\n")
+        try:
+            if system_user:
+                import pwd
+
+                pw = pwd.getpwnam(system_user)
+                os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+            _pg_bin().initdb(
+                ["--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=utf8", "--locale=C.UTF-8",
+                 "-U", EMBEDDED_SUPERUSER],
+                pgdata=pgdata,
+                user=system_user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
     return system_user
 
 
@@ -96,13 +135,11 @@ def postgres_running(settings: Settings) -> bool:
 def start_postgres(settings: Settings) -> None:
     """Start the embedded server on 127.0.0.1:<pg_port> unless it already answers."""
     if postgres_running(settings):
+        _require_passwords(settings)
         return
     pgdata = settings.pgdata
-    system_user = _prepare_pgdata(pgdata)
-    # The socket directory must be writable by the server user and short (108-byte limit).
-    sock_dir = Path("/tmp") / f"riskloop-pg-{settings.pg_port}"
-    sock_dir.mkdir(exist_ok=True)
-    sock_dir.chmod(0o777)
+    system_user = _prepare_pgdata(settings)
+    sock_dir = _socket_dir(settings, system_user)
     logfile = pgdata / "server.log"
     opts = (
         f"-h 127.0.0.1 -p {settings.pg_port} -k {sock_dir} "
@@ -119,6 +156,46 @@ def start_postgres(settings: Settings) -> None:
     except subprocess.CalledProcessError as exc:
         tail = logfile.read_text()[-2000:] if logfile.exists() else ""
         raise StackError(f"PostgreSQL failed to start:\n{tail}") from exc
+    _require_passwords(settings)
+
+
+def _socket_dir(settings: Settings, system_user: str | None) -> Path:
+    """The server's Unix socket directory: short (a 108-byte limit, hence /tmp), owned by the server's
+    user and 0700, so no other local user reaches the server through it. A directory of that name
+    someone else owns is refused rather than used."""
+    sock_dir = Path("/tmp") / f"riskloop-pg-{settings.pg_port}"
+    sock_dir.mkdir(mode=0o700, exist_ok=True)
+    st = sock_dir.lstat()
+    uid, gid = os.geteuid(), os.getegid()
+    if system_user:
+        import pwd
+
+        pw = pwd.getpwnam(system_user)
+        uid, gid = pw.pw_uid, pw.pw_gid
+    if not sock_dir.is_dir() or sock_dir.is_symlink() or st.st_uid not in (uid, os.geteuid()):
+        raise StackError(f"{sock_dir} (the embedded Postgres socket directory) belongs to uid {st.st_uid}, "
+                         f"not to this user: remove it, or choose another RISKLOOP_PG_PORT")
+    if st.st_uid != uid:  # made by root (an older stack): hand it to the server's user
+        os.chown(sock_dir, uid, gid)
+    sock_dir.chmod(0o700)
+    return sock_dir
+
+
+def _require_passwords(settings: Settings) -> None:
+    """Move a stack made before passwords (``trust`` in pg_hba.conf) to SCRAM, in place: while trust
+    still lets it in, give the superuser its generated password, then switch pg_hba.conf and reload."""
+    import psycopg
+    from psycopg import sql
+
+    if not _trusts(settings.pgdata):
+        return
+    owner = settings.owner_pg
+    log.info("switching the embedded PostgreSQL from trust to password authentication")
+    with psycopg.connect(owner.url("postgres", driver=""), autocommit=True) as conn:
+        conn.execute(sql.SQL("alter role {} password {}").format(sql.Identifier(owner.user), sql.Literal(owner.password)))
+        (settings.pgdata / "pg_hba.conf").write_text(HBA)
+        conn.execute("select pg_reload_conf()")
+    _socket_dir(settings, "embedded_postgres" if os.geteuid() == 0 else None)
 
 
 def stop_postgres(settings: Settings, mode: str = "fast") -> None:
@@ -141,7 +218,17 @@ def ensure_databases(settings: Settings) -> None:
 
     # an existing server's user may only reach the database of its URL; the embedded one has "postgres"
     admin_db = PgServer.from_url(settings.database_url)[1] if settings.database_url else "postgres"
-    with psycopg.connect(settings.pg.url(admin_db, driver=""), autocommit=True) as conn:
+    try:
+        conn = psycopg.connect(settings.owner_pg.url(admin_db, driver=""), autocommit=True)
+    except psycopg.OperationalError as exc:
+        if settings.embedded and "password authentication failed" in str(exc):
+            raise StackError(
+                f"the embedded PostgreSQL refused the superuser's password kept in "
+                f"{settings.role_password_file(None)}: restore that file from a backup of {settings.secrets_dir} "
+                f"(it was generated when the stack was first started), or start over with `riskloop down` and "
+                f"a new RISKLOOP_HOME") from exc
+        raise
+    with conn:
         existing = {r[0] for r in conn.execute("select datname from pg_database")}
         for db in settings.databases:
             if db not in existing:
@@ -179,7 +266,8 @@ def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
     cmd = [
         str(Path(sys.executable).with_name("mlflow")),
         "server",
-        "--backend-store-uri", settings.pg.url(MLFLOW_DB, driver="psycopg2"),
+        # The password goes by PGPASSWORD, not on a command line anyone can read in `ps`.
+        "--backend-store-uri", replace(settings.owner_pg, password="").url(MLFLOW_DB, driver="psycopg2"),
         "--artifacts-destination", artifacts,
         "--serve-artifacts",
         "--host", "127.0.0.1",
@@ -190,6 +278,8 @@ def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
     # MLflow 3's server also runs a job executor (a dozen huey consumers) for features riskloop
     # does not use; on a 2-core machine it costs more CPU than the tracking server itself.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if settings.owner_pg.password:
+        env["PGPASSWORD"] = settings.owner_pg.password
     proc = spawn_detached(settings, "mlflow", cmd, env)
     wait_until(settings, {"mlflow": proc}, lambda: mlflow_healthy(settings), wait_s)
 
@@ -264,7 +354,8 @@ def start_stream(settings: Settings, wait_s: float = 180.0) -> None:
                *(["--partitions", str(n), "--partition", str(i)] if n > 1 else [])]
         log.info("starting the stream consumer %s (riskloop stream, log in %s)", consumer,
                  settings.log_dir / f"{name}.log")
-        started[name] = spawn_detached(settings, name, cmd, {**os.environ, **settings.environ()})
+        # It logs in as the ingest role (riskloop.core.roles): it appends payments, never alters a table.
+        started[name] = spawn_detached(settings, name, cmd, {**os.environ, **settings.as_role("ingest").environ()})
     if started:
         wait_until(settings, started, lambda: stream_listening(settings), wait_s)
 
@@ -307,7 +398,7 @@ def up(settings: Settings, airflow: bool = False) -> dict[str, Any]:
     if settings.embedded:
         start_postgres(settings)
     ensure_databases(settings)
-    migrations.upgrade(settings)
+    migrations.upgrade(settings)  # and the components' roles and grants (riskloop.core.roles)
     if settings.manages_mlflow:
         start_mlflow(settings)
     if settings.stream_service:

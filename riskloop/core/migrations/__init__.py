@@ -38,11 +38,15 @@ def config(settings: Settings) -> "Config":
 
 
 def upgrade(settings: Settings, revision: str = "head") -> str | None:
-    """Apply every migration up to ``revision``; returns the revision the warehouse is then at.
-    Concurrent callers (two deployments, test workers) are serialised on an advisory lock."""
+    """Apply every migration up to ``revision``, then the components' roles and grants
+    (:func:`riskloop.core.roles.apply`: new tables get theirs); returns the revision the warehouse is
+    then at. Concurrent callers (two deployments, test workers) are serialised on an advisory lock."""
     from alembic import command
 
+    from riskloop.core import roles
+
     command.upgrade(config(settings), revision)
+    roles.apply(settings)
     return current(settings)
 
 
@@ -56,7 +60,7 @@ def revision_of(conn: "psycopg.Connection") -> str | None:
 
 def current(settings: Settings) -> str | None:
     """The warehouse's revision (None: never migrated)."""
-    with db.connect(settings) as conn:
+    with db.connect(settings.model_copy(update={"db_role": None})) as conn:
         return revision_of(conn)
 
 

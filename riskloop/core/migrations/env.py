@@ -12,7 +12,7 @@ _LOCK = "riskloop.migrations"
 
 def run() -> None:
     settings: Settings = context.config.attributes.get("settings") or Settings()
-    engine = create_engine(settings.warehouse_url)
+    engine = create_engine(settings.owner_pg.url(settings.warehouse_db))  # migrations are the owner's
     try:
         with engine.connect() as conn:
             context.configure(connection=conn, transactional_ddl=True)

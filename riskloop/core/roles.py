@@ -1,0 +1,259 @@
+"""The database roles of riskloop's components and what each may do, as SQL.
+
+Each long-running process logs in as its component's role (``Settings.db_role``), never as the owner:
+the owner (the stack's login: the embedded server's superuser, or ``RISKLOOP_DATABASE_URL``'s user)
+owns the tables, so only it can alter them or disable their append-only triggers. The grants follow
+the SQL each component runs:
+
+* ``serving`` reads the decisions, cases, governance, monitoring, realtime and marts tables and
+  appends to what it writes: the decision log and its dead letters, outcomes, overrides, case rows,
+  approvals, canary changes, alerts, the webhook inbox. It may UPDATE only the mutable state it keeps
+  (card locations, open cases, alert state), and DELETE only the open-case index;
+* ``ingest`` (loaders, contracts, the stream consumer) writes the raw, quarantine and realtime schemas;
+* ``transform`` (dbt) reads everything and builds the staging, intermediate and marts schemas;
+* ``governance`` (promotion, canary, monitoring, cases sync) reads everything and appends to its tables;
+* ``analyst`` reads everything and writes nothing.
+
+Default privileges extend the same grants to tables created later by migrations, loaders or dbt.
+Roles are cluster-wide; the grants are per database (the warehouse and the Feast store).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+
+from riskloop.core.config import DB_ROLES, Settings, db_role_name
+
+log = logging.getLogger(__name__)
+
+# Every schema of the warehouse riskloop uses (dbt's three included, created here so their default
+# privileges exist before dbt's first table).
+SCHEMAS = ("raw", "quarantine", "realtime", "staging", "intermediate", "marts",
+           "serving", "cases", "governance", "monitoring")
+
+# Schemas whose every table a component reads.
+READS: dict[str, tuple[str, ...]] = {
+    "ingest": ("raw", "quarantine", "realtime", "marts"),
+    "transform": SCHEMAS,
+    "serving": ("realtime", "marts", "serving", "cases", "governance", "monitoring"),
+    "governance": SCHEMAS,
+    "analyst": SCHEMAS,
+}
+
+# Schemas whose every table (present and future) a component writes, and where it creates tables.
+OWNS: dict[str, tuple[str, ...]] = {
+    "ingest": ("raw", "quarantine", "realtime"),
+    "transform": ("staging", "intermediate", "marts"),
+}
+
+# Single tables a component writes, with exactly the privileges its statements need.
+WRITES: dict[str, dict[str, str]] = {
+    "serving": {
+        "serving.decision_log": "insert",
+        "serving.decision_log_dead_letters": "insert",
+        "serving.decision_outcomes": "insert",
+        "serving.decision_overrides": "insert",
+        "serving.known_devices": "insert",
+        "serving.card_locations": "insert, update",
+        "cases.cases": "insert, update",
+        "cases.case_events": "insert",
+        "cases.open_entities": "insert, delete",
+        "governance.model_approvals": "insert",
+        "governance.promotion_decisions": "insert",
+        "governance.canary_state": "insert",
+        "monitoring.alert_events": "insert",
+        "monitoring.alert_state": "insert, update",
+        "raw.webhook_inbox": "insert, select (processor, event_id)",  # returning the stored keys
+    },
+    "ingest": {
+        "monitoring.alert_events": "insert",
+        "monitoring.alert_state": "insert, update",
+    },
+    "governance": {
+        "governance.model_approvals": "insert",
+        "governance.promotion_decisions": "insert",
+        "governance.canary_state": "insert",
+        "monitoring.alert_events": "insert",
+        "monitoring.alert_state": "insert, update",
+        "monitoring.drift_reports": "insert",
+        "serving.decision_outcomes": "insert",
+        "cases.cases": "insert, update",
+        "cases.case_events": "insert",
+        "cases.open_entities": "insert, delete",
+        "raw.contract_runs": "insert",
+    },
+}
+
+# The Feast store's database (schema public: registry and online tables).
+FEAST_TABLES: dict[str, str] = {
+    "ingest": "select, insert, update, delete",  # push and materialize
+    "transform": "select",
+    "serving": "select, trigger",  # reads, and keeps its cache-invalidation trigger installed
+    "governance": "select",
+    "analyst": "select",
+}
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _table(qualified: str) -> str:
+    schema, name = qualified.split(".")
+    return f"{_ident(schema)}.{_ident(name)}"
+
+
+def create_roles_psql() -> list[str]:
+    """psql statements creating each role that is missing, with its password from a psql variable
+    (``-v riskloop_serving_password=…``), and setting the password of one that exists."""
+    out = []
+    for component in DB_ROLES:
+        role = db_role_name(component)
+        out.append(f"select format('create role %I login', '{role}') "
+                   f"where not exists (select from pg_roles where rolname = '{role}') \\gexec")
+        out.append(f"select format('alter role %I login password %L', '{role}', :'{role}_password') \\gexec")
+    return out
+
+
+def warehouse_grants(owner: str, table_exists=None) -> list[str]:
+    """Grants on the warehouse, run as its owner ``owner`` (who then also owns the schemas made here).
+    ``table_exists(qualified) -> bool`` skips single-table grants on tables not created yet."""
+    out = [f"create schema if not exists {_ident(s)}" for s in SCHEMAS]
+    roles = {c: db_role_name(c) for c in DB_ROLES}
+    out.append(f"grant usage on schema {', '.join(map(_ident, SCHEMAS))} to {', '.join(map(_ident, roles.values()))}")
+    # The migration check (riskloop.core.migrations.pending) of every process.
+    out.append(f"grant select on table public.alembic_version to {', '.join(map(_ident, roles.values()))}")
+    for component, schemas in READS.items():
+        role = _ident(roles[component])
+        for schema in schemas:
+            out.append(f"grant select on all tables in schema {_ident(schema)} to {role}")
+            out.append(f"alter default privileges for role {_ident(owner)} in schema {_ident(schema)} "
+                       f"grant select on tables to {role}")
+    for component, schemas in OWNS.items():
+        role = _ident(roles[component])
+        for schema in schemas:
+            out.append(f"grant usage, create on schema {_ident(schema)} to {role}")
+            out.append(f"grant select, insert, update, delete on all tables in schema {_ident(schema)} to {role}")
+            out.append(f"grant usage, select on all sequences in schema {_ident(schema)} to {role}")
+            out.append(f"alter default privileges for role {_ident(owner)} in schema {_ident(schema)} "
+                       f"grant select, insert, update, delete on tables to {role}")
+            out.append(f"alter default privileges for role {_ident(owner)} in schema {_ident(schema)} "
+                       f"grant usage, select on sequences to {role}")
+            # What the component creates itself stays readable by the others that read the schema.
+            readers = [_ident(roles[c]) for c, read in READS.items() if schema in read and c != component]
+            out.append(f"alter default privileges for role {role} in schema {_ident(schema)} "
+                       f"grant select on tables to {', '.join(readers)}")
+    for component, tables in WRITES.items():
+        role = _ident(roles[component])
+        for table, privileges in tables.items():
+            if table_exists is None or table_exists(table):
+                out.append(f"grant {privileges} on table {_table(table)} to {role}")
+    return out
+
+
+def feast_grants(owner: str) -> list[str]:
+    """Grants on the Feast store's database (schema public), run as its owner."""
+    out = []
+    for component, privileges in FEAST_TABLES.items():
+        role = _ident(db_role_name(component))
+        out.append(f"grant usage on schema public to {role}")
+        out.append(f"grant {privileges} on all tables in schema public to {role}")
+        out.append(f"alter default privileges for role {_ident(owner)} in schema public grant {privileges} on tables to {role}")
+    out.append(f"grant usage, select on all sequences in schema public to {_ident(db_role_name('ingest'))}")
+    # serving creates its trigger function there the first time it finds it missing.
+    out.append(f"grant create on schema public to {_ident(db_role_name('serving'))}")
+    return out
+
+
+def dba_script(owner: str, warehouse_db: str, feast_db: str) -> str:
+    """The whole setup as one psql script, for a DBA when riskloop's login may not create roles."""
+    lines = [
+        "-- riskloop's database roles (riskloop db roles --sql). Run with psql as a role that may create",
+        f"-- roles and is (or is a member of) the tables' owner {owner}, after `riskloop db upgrade`, e.g.:",
+        "--   psql -v ON_ERROR_STOP=1 " + " ".join(f"-v {db_role_name(c)}_password=…" for c in DB_ROLES)
+        + f" -d {warehouse_db} -f roles.sql",
+        "-- Give each process its role's password: RISKLOOP_DB_ROLE=<component> RISKLOOP_DB_PASSWORD=….",
+        *create_roles_psql(),
+        f"\\connect {_ident(warehouse_db)}",
+        f"set role {_ident(owner)};",
+        *(s + ";" for s in warehouse_grants(owner)),
+        f"\\connect {_ident(feast_db)}",
+        f"set role {_ident(owner)};",
+        *(s + ";" for s in feast_grants(owner)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _may_create_roles(conn: psycopg.Connection) -> bool:
+    row = conn.execute("select rolsuper or rolcreaterole from pg_roles where rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+def apply(settings: Settings) -> dict[str, object]:
+    """Create the roles (when the owner's login may) with their passwords from ``<home>/secrets`` (or
+    ``RISKLOOP_DB_PASSWORD`` for ``db_role``), then grant; idempotent, run by ``riskloop up``.
+
+    Returns what it did: ``roles`` created or updated, ``missing`` roles it could not create (the
+    grants then wait for a DBA: ``riskloop db roles --sql``)."""
+    from psycopg import sql
+
+    owner = settings.owner_pg
+    done: dict[str, object] = {"roles": [], "missing": []}
+    with psycopg.connect(owner.url(settings.warehouse_db, driver=""), autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(hashtext('riskloop.roles'))")  # one `up` at a time; freed at close
+        may = _may_create_roles(conn)
+        existing = {r[0] for r in conn.execute("select rolname from pg_roles where rolname = any(%s)",
+                                               ([db_role_name(c) for c in DB_ROLES],))}
+        statements = []
+        for component in DB_ROLES:
+            role = db_role_name(component)
+            if not may:
+                if role not in existing:
+                    done["missing"].append(role)  # type: ignore[union-attr]
+                continue
+            verb = "alter" if role in existing else "create"
+            statements.append(sql.SQL(verb + " role {} login password {}").format(
+                sql.Identifier(role), sql.Literal(settings.role_password(component))).as_string(conn))
+            done["roles"].append(role)  # type: ignore[union-attr]
+        if statements:  # one round trip
+            try:
+                conn.execute(";\n".join(statements))  # type: ignore[arg-type]
+            except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                # created meanwhile by an `up` on another database of this server (the lock is per database)
+                conn.execute(";\n".join(st.replace("create role", "alter role", 1) for st in statements))  # type: ignore[arg-type]
+        if done["missing"]:
+            log.warning("the roles %s do not exist and %s may not create them: components keep the owner's "
+                        "login until a DBA runs `riskloop db roles --sql` (docs/guides/platform-engineer.md)",
+                        ", ".join(done["missing"]), owner.user)  # type: ignore[arg-type]
+            return done
+        tables = {f"{s}.{t}" for s, t in conn.execute(
+            "select schemaname, tablename from pg_tables where schemaname = any(%s)", (list(SCHEMAS),))}
+        _run(conn, warehouse_grants(owner.user, tables.__contains__))
+    try:
+        conn = psycopg.connect(owner.url(settings.feast_db, driver=""), autocommit=True)
+    except psycopg.OperationalError as exc:  # not created yet (`riskloop up` creates it, then grants)
+        log.info("no grants on %s yet: %s", settings.feast_db, exc)
+        return done
+    with conn:
+        _run(conn, feast_grants(owner.user))
+    return done
+
+
+def _run(conn: psycopg.Connection, statements: list[str]) -> None:
+    """All in one round trip (one transaction: a start of the stack stays as fast as before); one by
+    one only when some statement is refused."""
+    try:
+        conn.execute(";\n".join(statements))  # type: ignore[arg-type]
+        return
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    for statement in statements:
+        try:
+            conn.execute(statement)  # type: ignore[arg-type]
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # Default privileges for another role need membership in it: a DBA grants those.
+            if not statement.startswith("alter default privileges for role"):
+                raise
+            log.warning("skipped (%s): %s", exc.diag.message_primary, statement)
