@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 # Every schema of the warehouse riskloop uses (dbt's three included, created here so their default
 # privileges exist before dbt's first table).
 SCHEMAS = ("raw", "quarantine", "realtime", "staging", "intermediate", "marts",
-           "serving", "cases", "governance", "monitoring")
+           "serving", "cases", "governance", "monitoring", "policy")
 
 # Schemas whose every table a component reads.
 READS: dict[str, tuple[str, ...]] = {
     "ingest": ("raw", "quarantine", "realtime", "marts"),
     "transform": SCHEMAS,
-    "serving": ("realtime", "marts", "serving", "cases", "governance", "monitoring"),
+    "serving": ("realtime", "marts", "serving", "cases", "governance", "monitoring", "policy"),
     "governance": SCHEMAS,
     "analyst": SCHEMAS,
 }
@@ -66,6 +66,12 @@ WRITES: dict[str, dict[str, str]] = {
         "monitoring.alert_events": "insert",
         "monitoring.alert_state": "insert, update",
         "raw.webhook_inbox": "insert, select (processor, event_id)",  # returning the stored keys
+        # the policy store's API (serving.policy_api): drafts, reviews, lists, emergency stops, all appended
+        "policy.versions": "insert",
+        "policy.version_events": "insert",
+        "policy.lists": "insert",
+        "policy.list_events": "insert",
+        "policy.emergency_events": "insert",
     },
     "ingest": {
         "monitoring.alert_events": "insert",
@@ -84,6 +90,11 @@ WRITES: dict[str, dict[str, str]] = {
         "cases.open_entities": "insert, delete",
         "raw.contract_runs": "insert",
     },
+}
+
+# Sequences a component draws from explicitly (identity columns need no grant of their own).
+SEQUENCES: dict[str, tuple[str, ...]] = {
+    "serving": ("policy.change_seq",),
 }
 
 # The Feast store's database (schema public: registry and online tables).
@@ -150,6 +161,10 @@ def warehouse_grants(owner: str, table_exists=None) -> list[str]:
         for table, privileges in tables.items():
             if table_exists is None or table_exists(table):
                 out.append(f"grant {privileges} on table {_table(table)} to {role}")
+    for component, sequences in SEQUENCES.items():
+        for sequence in sequences:
+            if table_exists is None or table_exists(sequence):
+                out.append(f"grant usage on sequence {_table(sequence)} to {_ident(roles[component])}")
     return out
 
 
@@ -229,7 +244,9 @@ def apply(settings: Settings) -> dict[str, object]:
                         ", ".join(done["missing"]), owner.user)  # type: ignore[arg-type]
             return done
         tables = {f"{s}.{t}" for s, t in conn.execute(
-            "select schemaname, tablename from pg_tables where schemaname = any(%s)", (list(SCHEMAS),))}
+            "select schemaname, tablename from pg_tables where schemaname = any(%(s)s) "
+            "union all select schemaname, sequencename from pg_sequences where schemaname = any(%(s)s)",
+            {"s": list(SCHEMAS)})}
         _run(conn, warehouse_grants(owner.user, tables.__contains__))
     try:
         conn = psycopg.connect(owner.url(settings.feast_db, driver=""), autocommit=True)
