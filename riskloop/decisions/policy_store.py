@@ -4,7 +4,7 @@ A change is a draft (:func:`draft`), checked completely when saved (:meth:`Polic
 feature or list, a wrong type, refused with the field and the reason); it goes live only when
 someone other than its author approves it (:func:`approve`). :func:`reject` and :func:`rollback`
 (to any version that was live before, a shipped file included) are one call each. Every step is
-an append-only row (migration ``0005_policy_store``).
+an append-only row (migration ``0007_policy_store``).
 
 Lists (:func:`create_list`, :func:`add_entries`, :func:`remove_entries`, :func:`import_csv`) and
 emergency rules (:func:`stop`, :func:`lift`) change without a version: a blocked card must block

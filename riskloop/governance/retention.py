@@ -15,7 +15,7 @@ Each data class has its own period (``RISKLOOP_RETENTION_<CLASS>_DAYS``; unset k
   decision's model).
 
 The append-only tables refuse every delete unless the transaction declares a cutoff
-(``riskloop.retention_cutoff``) and the row is older than it (migration ``000C_retention``), so this
+(``riskloop.retention_cutoff``) and the row is older than it (migration ``0005_retention``), so this
 module is the one road by which a decision or a case event leaves, and only once it aged out.
 Cases go before decisions, so decisions freed by a deleted case go in the same run. Each class is
 one transaction; each run is recorded in ``governance.retention_runs`` (dry runs too), and a dry

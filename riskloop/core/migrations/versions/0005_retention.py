@@ -10,14 +10,14 @@ cutoff they declare for it. Who may DELETE at all is a matter of grants (the ser
 Each run of the job is recorded in ``governance.retention_runs`` (append-only): what it deleted,
 per table, up to which cutoff, and whether it was a dry run.
 
-Revision ID: 000C_retention
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
-revision = "000C_retention"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None

@@ -11,15 +11,15 @@ advisory lock (riskloop.decisions.policy_store), so the sequence order is the co
 Each insert notifies channel ``riskloop_policy``: serving processes LISTEN and apply a change
 within a second (and poll the sequence as a fallback).
 
-Revision ID: 0005_policy_store
-Revises: 000C_retention
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
-revision = "0005_policy_store"
-down_revision = "0007_principals"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

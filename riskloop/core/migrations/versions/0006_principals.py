@@ -6,15 +6,15 @@ MLflow's client-declared ``user_id``. One row per version, append-only. ``model_
 check (for new rows): an approval names a known author other than the reviewer, compared
 case-insensitively; ``run_author`` now holds that principal.
 
-Revision ID: 0007_principals
-Revises: 000C_retention
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
-revision = "0007_principals"
-down_revision = "000C_retention"  # chained after main's retention migration (the lead renumbers)
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
