@@ -133,6 +133,27 @@ def test_landed_file_with_a_card_number_in_an_unexpected_column(settings, tmp_pa
     assert all(r.rows_inserted == r.rows_updated == 0 for r in load_landing(settings, landing))
 
 
+def test_landing_scrub_reads_only_new_or_changed_files(settings, tmp_path: Path) -> None:
+    from riskloop.data.landing_scrub import scrub_landing
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "a.jsonl").write_text(json.dumps({"pan": MC}) + "\n")
+    (landing / "b.csv").write_text("id,amount\n1,2\n")
+    first = scrub_landing(settings, landing)
+    assert first.files_scanned == 2 and list(first.rewritten) == [str(landing / "a.jsonl")]
+    # a rewritten file is read once more (its new version), then neither is
+    assert scrub_landing(settings, landing).files_scanned == 1
+    again = scrub_landing(settings, landing)
+    assert again.files_scanned == 0 and again.files_unchanged == 2
+    # a changed file and a new one are read, and their numbers tokenised
+    (landing / "b.csv").write_text(f"id,note\n1,card {VISA}\n")
+    (landing / "c.jsonl").write_text(json.dumps({"note": f"card {MC}"}) + "\n")
+    changed = scrub_landing(settings, landing)
+    assert changed.files_scanned == 2 and changed.files_unchanged == 1
+    assert not _clear((landing / "b.csv").read_text()) and not _clear((landing / "c.jsonl").read_text())
+
+
 def test_audit_covers_landing_and_batch_by_default(settings) -> None:
     paths = default_paths(settings)
     assert settings.landing in paths and Path(settings.batch_store) in paths

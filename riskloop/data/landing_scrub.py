@@ -17,10 +17,16 @@ Rewrites are atomic (a temporary file beside it, then ``os.replace``) and idempo
 keyed and deterministic, so a file tokenised twice, or loaded before and after, gives the same rows.
 A line that holds no run of 12 digits is copied as it is, so a clean file costs one regex pass.
 Binary files other than Parquet are left alone (and reported by the audit if they hold a number).
+
+:func:`scrub_landing` remembers the files it found clean (size, modification time, inode: any
+rewrite or replacement changes one of them) in ``<home>/run``, and reads only new or changed files
+the next time: a landing of archives that were tokenised once is not scanned again on every run
+(``riskloop audit pan`` still reads everything).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,9 +53,11 @@ class ScrubReport:
     rewritten: dict[str, int] = field(default_factory=dict)
     files_scanned: int = 0
     skipped: list[str] = field(default_factory=list)  # binary files that are not Parquet
+    files_unchanged: int = 0  # found clean before and not changed since: not read again
 
     def to_dict(self) -> dict[str, Any]:
-        return {"files_scanned": self.files_scanned, "rewritten": self.rewritten, "skipped": self.skipped}
+        return {"files_scanned": self.files_scanned, "rewritten": self.rewritten, "skipped": self.skipped,
+                "files_unchanged": self.files_unchanged}
 
 
 def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -184,10 +192,38 @@ def scrub_paths(paths: Iterable[Path], tok: Tokenizer, exclude: Iterable[Path] =
     return report
 
 
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def scrub_landing(settings: Settings, directory: str | Path | None = None, exclude: Iterable[Path] = ()) -> ScrubReport:
-    """Tokenise the card numbers of every file in the landing directory (default: the settings')."""
+    """Tokenise the card numbers of every file in the landing directory (default: the settings');
+    files found clean by an earlier call and unchanged since are not read again."""
     root = Path(directory) if directory is not None else settings.landing
-    report = scrub_paths([root], lambda: pan.tokenizer(settings), exclude)
-    log.info("landing %s: %d files scanned, %d rewritten with card numbers tokenised", root,
-             report.files_scanned, len(report.rewritten))
+    state = settings.run_dir / f"scrubbed-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
+    try:
+        seen = json.loads(state.read_text())
+    except (OSError, ValueError):
+        seen = {}
+    skip = {Path(p).resolve() for p in exclude}
+    files = [p for p in _files(root) if p.resolve() not in skip]
+    # Stamped before reading: a file changed while (or after) it is scanned is read again next time.
+    stamps = {p: _stamp(p) for p in files}
+    todo = [p for p in files if seen.get(str(p)) != stamps[p]]
+    report = scrub_paths(todo, lambda: pan.tokenizer(settings))
+    report.files_unchanged = len(files) - len(todo)
+    clean = {str(p): stamps[p] for p in files if str(p) not in report.rewritten and str(p) not in report.skipped}
+    if clean != seen:
+        state.parent.mkdir(parents=True, exist_ok=True)
+        _write_state(state, json.dumps(clean))
+    log.info("landing %s: %d files scanned (%d unchanged since found clean), %d rewritten with card numbers tokenised",
+             root, report.files_scanned, report.files_unchanged, len(report.rewritten))
     return report
+
+
+def _write_state(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -15,6 +15,24 @@ import time
 from datetime import datetime
 
 
+def _share_execution_api() -> None:
+    """One in-process Execution API for every task of every run of this process.
+
+    ``dag.test()`` talks to Airflow's Execution API in process, and builds a new one per task: a
+    Cadwyn app whose versioned routers take seconds of CPU to generate (most of the time between
+    two tasks, longer than most of the tasks themselves) and an event-loop thread that is never
+    stopped. The API holds no per-task state (the task instance's id is in each request, the
+    metadata database is the state), so the first one serves the rest. Without the hook (another
+    Airflow version), every task builds its own, as before.
+    """
+    import functools
+
+    from airflow.sdk.execution_time import supervisor
+
+    if callable(getattr(supervisor, "in_process_api_server", None)):
+        supervisor.in_process_api_server = functools.cache(supervisor.in_process_api_server)
+
+
 def main(argv: list[str]) -> int:
     from airflow.utils.cli import get_bagged_dag
     from airflow.utils.providers_configuration_loader import providers_configuration_loaded
@@ -28,6 +46,7 @@ def main(argv: list[str]) -> int:
         dr = dag.test(logical_date=datetime.fromisoformat(logical_date), run_conf=conf)
         return str(dr.state) if dr is not None else "missing"
 
+    _share_execution_api()
     for spec in json.loads(argv[0]):
         t0 = time.perf_counter()
         state = run(spec["dag_id"], spec["logical_date"], spec.get("conf"))

@@ -35,11 +35,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DemoConfig:
-    # 66 days: the terminal windows look back 37 days (30, after a 7-day label delay), and the fraud
-    # split takes the last 28 (train, delay, test, maturity: a week each), so every row the model
-    # trains, is tested or is monitored on has its windows full; a shorter world trains on
-    # half-empty windows and then reports them as drift against the full ones of live traffic.
-    days: int = 66
+    # 95 days: the fraud split takes the last 28 (train, delay, test, maturity: a week each), and
+    # the 67 before them are the warm-up every input fills from: the longest look-back (days since
+    # a terminal's last reported fraud) is 60 days, the 37-day risk window counts frauds of
+    # terminals compromised up to 64 days earlier, and the world starts with nothing compromised.
+    # A shorter world trains on inputs still filling and then reports them as drift against the
+    # full ones of live traffic (the input-drift alert pages on the second run).
+    days: int = 95
     customers: int = 2000
     seed: int = 42
     n_requests: int = 300
