@@ -119,7 +119,17 @@ def test_probes_stay_open(client: TestClient) -> None:
 
 
 def test_no_keys_configured_fails_closed(settings: Any) -> None:
-    with TestClient(_app(settings, api_keys=None)) as c:
+    """A deployment (a configured Postgres) with no principals refuses every call; a local stack's
+    service takes only the keys riskloop issued under its home (riskloop.core.identity.local_keys)."""
+    from pydantic import SecretStr
+
+    deployed = settings.model_copy(update={"database_url": settings.pg.url(settings.warehouse_db, driver=""),
+                                           "pan_token_key": SecretStr("fails-closed-test-token-key")})
+    with TestClient(_app(deployed, api_keys=None)) as c:
         r = c.post("/v1/score/fraud", json=BODY, headers=_bearer(SCORER))
         assert r.status_code == 401 and "RISKLOOP_API_KEYS" in r.json()["detail"]
         assert c.get("/healthz").status_code == 200
+    with TestClient(_app(settings, api_keys=None)) as c:
+        assert c.post("/v1/score/fraud", json=BODY, headers=_bearer(SCORER)).status_code == 401
+        issued = (settings.home / "secrets" / "service.key").read_text().strip()
+        assert c.post("/v1/score/fraud", json=BODY, headers=_bearer(issued)).status_code == 200
