@@ -139,3 +139,12 @@ def reset_warehouse(settings) -> None:
             conn.execute(f'drop schema if exists "{schema}" cascade')
         conn.execute(f"drop table if exists public.{migrations.VERSION_TABLE}")
     migrations.upgrade(settings)
+
+
+def moved_home(settings, home: Path, **update):
+    """The session's settings with another home (its own batch store, landing, run files) on the same
+    server: the home's secrets (the server's passwords, the card-token key) come along."""
+    import shutil
+
+    shutil.copytree(settings.home / "secrets", home / "secrets", dirs_exist_ok=True)
+    return settings.model_copy(update={"home": home, **update})

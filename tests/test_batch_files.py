@@ -15,6 +15,7 @@ from riskloop.core.objectstore import LocalStore, S3Store, open_store
 from riskloop.core.schema import BATCH_FILE_TABLES, RAW_SCHEMA
 from riskloop.data.batch_files import BatchFilesRejected, load_batch_files
 from tests.conftest import free_port, start_moto, stop_process
+from tests.fixtures_data import moved_home
 
 BUCKET = "processor-drops"
 
@@ -168,7 +169,7 @@ def test_malformed_files_are_rejected_with_nothing_written(s3_settings: Settings
 
 def test_local_directory_is_the_embedded_default(settings: Settings, files: dict[str, bytes], tmp_path: Path) -> None:
     """Unset RISKLOOP_BATCH_URL: <home>/batch, same loader, same layout (no S3 server needed)."""
-    local = settings.model_copy(update={"home": tmp_path, "batch_url": None})
+    local = moved_home(settings, tmp_path, batch_url=None)
     store = open_store(local)
     assert isinstance(store, LocalStore) and store.root == tmp_path / "batch"
     assert isinstance(open_store(local.model_copy(update={"batch_url": (tmp_path / "x").as_uri()})), LocalStore)
@@ -201,7 +202,7 @@ def test_contract_violation_quarantines_the_rows_and_stops(settings: Settings, f
     stay byte for byte in archive/. The real simulated files pass."""
     from riskloop.data.contracts import ContractViolation, run_contracts
 
-    local = settings.model_copy(update={"home": tmp_path, "batch_url": None})
+    local = moved_home(settings, tmp_path, batch_url=None)
     names = [t.name for t in BATCH_FILE_TABLES.values()]
     _empty_tables(settings, (RAW_SCHEMA, "quarantine"))
     store = open_store(local)

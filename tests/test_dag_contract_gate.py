@@ -15,7 +15,7 @@ import pytest
 from riskloop.core import db
 from riskloop.core.config import AIRFLOW_DB
 from riskloop.ops.orchestrate import DagRunFailed, run_dag
-from tests.fixtures_data import make_tables, reset_warehouse, write_landing
+from tests.fixtures_data import make_tables, moved_home, reset_warehouse, write_landing
 
 
 def _task_states(settings, dag_id: str, logical_date: datetime) -> dict[str, str]:
@@ -35,7 +35,7 @@ def _bad_settlement_file(settings, home: Path) -> tuple[str, Any, bytes]:
     from riskloop.core.schema import SETTLEMENT_FILE_ROWS
     from riskloop.data.batch_files import file_columns, load_batch_files
 
-    local = settings.model_copy(update={"home": home, "batch_url": None})
+    local = moved_home(settings, home, batch_url=None)
     rel = "settlements/stripe/2024-03-02.csv"
     data = (",".join(file_columns(SETTLEMENT_FILE_ROWS)) + "\n"
             "stripe,po_1,pay_000001,1137,41,EUR,2024-03-02T06:00:00Z\n"

@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from riskloop.core.config import Settings
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -69,10 +70,13 @@ def test_demo_runs_the_whole_loop_twice(e2e_env: dict[str, str], tmp_path: Path)
     assert first["drift"]["verdict"] in {"ok", "warning", "critical", "insufficient_data"}
     assert first["promotion"]["decision"] == "no_change"
 
-    # What the summary says was scored is what the append-only decision log holds.
+    # What the summary says was scored is what the append-only decision log holds. (`riskloop status`
+    # prints the URL with its password redacted; the password is the home's, under secrets/.)
     server = json.loads(subprocess.run([sys.executable, "-m", "riskloop", "status", "--json"], env=e2e_env,
                                        capture_output=True, text=True, check=True).stdout)
-    with psycopg.connect(server["database_url"]) as conn:
+    assert "***" in server["database_url"]
+    stack = Settings(home=Path(e2e_env["RISKLOOP_HOME"]), pg_port=int(e2e_env["RISKLOOP_PG_PORT"]))
+    with psycopg.connect(stack.pg.url(stack.warehouse_db, driver="")) as conn:
         logged = conn.execute("select count(*), count(distinct model_version) from serving.decision_log").fetchone()
     assert logged == (60, 1)
     # the real-time loop in the running platform: webhooks to `riskloop serve`, the stream consumer
@@ -84,7 +88,7 @@ def test_demo_runs_the_whole_loop_twice(e2e_env: dict[str, str], tmp_path: Path)
     # card numbers went in (webhook archive, score requests) and only tokens came out
     assert first["pan_audit"]["clean"] and first["pan_audit"]["hits"] == 0
     assert first["pan_audit"]["tables_scanned"] > 5 and first["pan_audit"]["files_scanned"] > 0
-    with psycopg.connect(server["database_url"]) as conn:
+    with psycopg.connect(stack.pg.url(stack.warehouse_db, driver="")) as conn:
         tokenised = conn.execute("select count(*) from serving.decision_log where request ? 'pan_token'").fetchone()
     assert 0 < tokenised[0] < 60
 
