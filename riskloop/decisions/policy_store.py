@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from riskloop.core.identity import same_actor
 from riskloop.decisions.policy import (
     LIST_KINDS,
     LIST_NAME,
@@ -87,10 +88,6 @@ def _lock(conn: "psycopg.Connection") -> None:
     """Serialise writers, so the change sequence's order is the commit order (a snapshot read at
     sequence N never misses a change numbered below N that commits later)."""
     conn.execute("select pg_advisory_xact_lock(hashtextextended(%s, 0))", (LOCK,))
-
-
-def _same(a: str, b: str) -> bool:
-    return a.strip().casefold() == b.strip().casefold()
 
 
 # --- what a draft may name ------------------------------------------------------------------------
@@ -237,7 +234,7 @@ def approve(conn: "psycopg.Connection", policy_id: str, actor: str, reason: str 
             raise StoreError(f"no stored draft {policy_id}")
         if state != "drafted":
             raise StoreError(f"{policy_id} is {state}, only a draft can be approved")
-        if _same(author or "", actor):
+        if same_actor(author, actor):
             raise SelfApproval(f"{policy_id} was drafted by {author}: someone else must approve it")
         seq = _event(conn, product, version, "approved", actor, reason)
     log.warning("policy %s approved by %s (drafted by %s): live", policy_id, actor, author)
