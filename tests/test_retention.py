@@ -157,9 +157,11 @@ def test_model_versions_go_only_without_an_alias_and_unused_by_kept_decisions(wa
     from riskloop.models.registry import mlflow_client
 
     settings, _ = warehouse
-    settings = settings.model_copy(update={"retention_model_artifacts_days": 30})
-    client = mlflow_client(settings.tracking_uri)
     name = f"test-retention-{int(time.time() * 1000)}"
+    settings = settings.model_copy(update={"retention_model_artifacts_days": 30, "fraud_model_name": name})
+    client = mlflow_client(settings.tracking_uri)
+    other = f"{name}-other-team"  # not riskloop's: never touched
+    client.create_registered_model(other)
     client.create_registered_model(name)
     run = client.create_run(client.create_experiment(name))
     versions = [client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id).version
@@ -172,7 +174,10 @@ def test_model_versions_go_only_without_an_alias_and_unused_by_kept_decisions(wa
     dry = retention.apply(settings, dry_run=True, actor="test", as_of=later, classes=("model_artifacts",))
     assert [c.rows for c in dry.classes if c.data_class == "model_artifacts"] == [{"mlflow.model_versions": 1}]
     assert len(client.search_model_versions(f"name = '{name}'")) == 3
+    other_run = client.create_run(client.create_experiment(other))
+    client.create_model_version(other, f"runs:/{other_run.info.run_id}/model", run_id=other_run.info.run_id)
     retention.apply(settings, dry_run=False, actor="test", as_of=later, classes=("model_artifacts",))
+    assert len(client.search_model_versions(f"name = '{other}'")) == 1
     assert sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'")) == sorted(
         int(v) for v in versions[:2])
 

@@ -10,7 +10,8 @@ Each data class has its own period (``RISKLOOP_RETENTION_<CLASS>_DAYS``; unset k
   still holds stays until its case goes: the case's evidence must stay whole. Also the
   (customer, device) pairs first allowed before the cutoff (``serving.known_devices``), a cache of
   the log holding the same personal data.
-* ``model_artifacts``: registry versions without an alias, registered before the cutoff, that no
+* ``model_artifacts``: versions of riskloop's models (the fraud and the credit model; other models in
+  the registry are not its to delete) without an alias, registered before the cutoff, that no
   kept decision was made by (``riskloop decisions replay`` needs the artifact of every kept
   decision's model).
 
@@ -143,9 +144,18 @@ def _model_artifacts(settings: Settings, conn: psycopg.Connection, cutoff: datet
         used = {(n, str(v)) for n, v in conn.execute(
             "select distinct model_name, model_version from serving.decision_log where model_name is not null")}
     gone = 0
-    for model in _every(client.search_registered_models):
+    from mlflow.exceptions import MlflowException
+
+    # riskloop's own models only: the registry may hold other teams' models, never ours to delete
+    for name in dict.fromkeys((settings.fraud_model_name, settings.credit_model_name)):
+        try:
+            model = client.get_registered_model(name)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                continue
+            raise
         # a version's own alias list is not filled in by a search: the model's alias map is
-        aliased = {str(v) for v in client.get_registered_model(model.name).aliases.values()}
+        aliased = {str(v) for v in model.aliases.values()}
         for mv in client.search_model_versions(f"name = '{model.name}'"):
             registered = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
             if str(mv.version) in aliased or registered >= cutoff or (model.name, str(mv.version)) in used:
@@ -156,17 +166,6 @@ def _model_artifacts(settings: Settings, conn: psycopg.Connection, cutoff: datet
                 client.delete_model_version(model.name, mv.version)
             gone += 1
     return {"mlflow.model_versions": gone}
-
-
-def _every(search, **kwargs):
-    """Every result of an MLflow search, page after page."""
-    token = None
-    while True:
-        page = search(page_token=token, **kwargs)
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def apply(settings: Settings, *, dry_run: bool, actor: str, as_of: datetime | None = None,
