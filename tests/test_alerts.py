@@ -136,6 +136,32 @@ def test_drift_check_groups_inputs_and_applies_per_feature_thresholds() -> None:
     assert drift_check(Settings(alert_min_samples=501), result).breached is None  # too few rows: no verdict
 
 
+def test_a_few_inputs_past_evidentlys_threshold_are_chance_not_a_page() -> None:
+    """Forty inputs are forty tests: on an unchanged world one or two cross Evidently's p 0.05 by chance.
+    They page together (the share the drift verdict warns from), or alone when the operator gave that
+    input a threshold of its own, or when the model's score moved."""
+    from riskloop.monitoring.checks import drift_check
+    from riskloop.monitoring.drift import ColumnDrift, DriftResult
+
+    def result(n_drifted: int, score_drifted: bool = False) -> DriftResult:
+        per = {f"x{i}": ColumnDrift(f"x{i}", "K-S p_value", 0.05, 0.01 if i < n_drifted else 0.4, i < n_drifted)
+               for i in range(40)}
+        score = ColumnDrift("score", "K-S p_value", 0.05, 0.01 if score_drifted else 0.5, score_drifted)
+        return DriftResult(report_id=str(uuid.uuid4()), model_name="m", model_version="1", model_alias="champion",
+                           verdict="ok", reason="", n_reference=5000, n_current=5000, features=tuple(per),
+                           per_feature=per, score_drift=score, share_drifted=n_drifted / 40, warning_share=0.2)
+
+    settings = Settings(alert_min_samples=100)
+    chance = drift_check(settings, result(6))
+    assert chance.breached is False
+    assert "6/40 inputs drifted" in chance.summary and "within chance" in chance.summary
+    assert set(chance.details["drifted"]) == {f"x{i}" for i in range(6)}  # still reported, for the record
+    assert drift_check(settings, result(8)).breached is True  # a fifth of the inputs: the verdict's warning share
+    assert drift_check(settings, result(2, score_drifted=True)).breached is True
+    watched = Settings(alert_min_samples=100, alert_feature_thresholds={"x0": 0.05})
+    assert drift_check(watched, result(1)).breached is True  # the operator asked for this input alone
+
+
 def events(settings: Settings, key: str) -> list[tuple]:
     with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
         return conn.execute("select status, incident_id, summary from monitoring.alert_events where key = %s "

@@ -133,6 +133,7 @@ class DriftResult:
     per_feature: dict[str, ColumnDrift] = field(default_factory=dict)
     score_drift: ColumnDrift | None = None
     share_drifted: float | None = None
+    warning_share: float = 0.2  # the share of drifted inputs this check judged "warning" from
     window_start: datetime | None = None
     window_end: datetime | None = None
     report_path: str | None = None
@@ -465,7 +466,7 @@ def run_drift(
     base = dict(
         report_id=str(uuid.uuid4()), model_name=model_name, model_version=str(mv.version),
         model_alias=alias if version is None else None, n_reference=len(reference),
-        n_current=len(current_raw), features=tuple(features),
+        n_current=len(current_raw), features=tuple(features), warning_share=warning_share,
         window_start=current_raw["decided_at"].min() if len(current_raw) else None,
         window_end=current_raw["decided_at"].max() if len(current_raw) else None,
     )
@@ -733,7 +734,8 @@ def _record(settings: Settings, result: DriftResult, thresholds: dict[str, Any])
 
 _REPORT_COLUMNS = ("report_id", "model_name", "model_version", "model_alias", "verdict", "reason", "n_reference",
                    "n_current", "per_feature", "score_drift", "share_drifted", "window_start", "window_end",
-                   "report_path", "mlflow_run_id", "created_at", "performance", "target_drift", "report_url")
+                   "report_path", "mlflow_run_id", "created_at", "performance", "target_drift", "report_url",
+                   "thresholds")
 
 
 class UnknownDriftCheck(LookupError):
@@ -774,6 +776,9 @@ def load_drift(settings: Settings, *, report_id: str | None = None, model_name: 
     data = dict(zip(_REPORT_COLUMNS, row))
     per_feature = {k: ColumnDrift(**v) for k, v in (data.pop("per_feature") or {}).items()}
     score, perf, target = data.pop("score_drift"), data.pop("performance"), data.pop("target_drift")
+    judged_by = data.pop("thresholds") or {}
+    if "warning_share" in judged_by:
+        data["warning_share"] = judged_by["warning_share"]
     return DriftResult(**{**data, "report_id": str(data["report_id"])}, features=tuple(per_feature),
                        per_feature=per_feature, score_drift=ColumnDrift(**score) if score else None,
                        performance=Performance(**perf) if perf else None,
