@@ -114,13 +114,32 @@ def _lock(conn, model_name: str) -> None:
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"riskloop.canary:{model_name}",))
 
 
+def service_actor(settings: Settings) -> str:
+    """Who a process acting on its own records (the tripwire watchdog in serving or ``riskloop canary
+    watch``, a job given no caller): the service principal of its key (``RISKLOOP_API_KEY``; in local mode
+    the local service's, as DAG runs, :mod:`riskloop.ops.dag_identity`). A rollback must happen even when
+    that key is missing or refused, so it is then recorded as ``unauthenticated:<user@host>``: visibly no
+    principal, never an operating-system user passed off as one."""
+    from riskloop.core.identity import Forbidden, IdentityError, cli_key, cli_principal
+
+    if cli_key(settings) is None:
+        log.error("RISKLOOP_API_KEY is not set: canary changes of this process are recorded without a principal")
+    else:
+        try:
+            return cli_principal(settings, "run_canary").actor
+        except (IdentityError, Forbidden) as exc:
+            log.error("canary changes of this process are recorded without a principal: %s", exc)
+    return f"unauthenticated:{db.who()}"
+
+
 def _append(conn, base: CanaryState | None, **values: Any) -> CanaryState:
-    """Insert a new state row (fields not given are carried over from ``base``)."""
+    """Insert a new state row (fields not given are carried over from ``base``; ``changed_by`` is required:
+    the principal who acted)."""
     from psycopg.types.json import Jsonb
 
-    # changed_by: the authenticated principal who acted; a job acting on its own (a tripwire) records its process
-    row = {**(asdict(base) if base else {}), **values, "state_id": str(uuid.uuid4()),
-           "changed_by": values.get("changed_by") or db.who()}
+    if not values.get("changed_by"):
+        raise ValueError("a canary state row needs its actor (changed_by)")
+    row = {**(asdict(base) if base else {}), **values, "state_id": str(uuid.uuid4())}
     row.pop("changed_at", None)
     cols = [c for c in _COLS if c != "changed_at"]
     params = [Jsonb(row[c]) if c == "evidence" else row[c] for c in cols]
@@ -173,7 +192,7 @@ def start(settings: Settings, model_name: str, *, share: float | None = None, mo
                         champion_version=champion,
                         min_minutes=settings.canary_min_minutes if min_minutes is None else min_minutes,
                         min_decisions=settings.canary_min_decisions if min_decisions is None else min_decisions,
-                        reason=reason, evidence={}, changed_by=actor)
+                        reason=reason, evidence={}, changed_by=actor or service_actor(settings))
     log.info("%s: %s of challenger v%s against champion v%s started (share %.3f)", model_name, mode, challenger,
              champion, state.share)
     return state
@@ -183,7 +202,9 @@ def end(settings: Settings, model_name: str, event: str, reason: str,
         evidence: dict[str, Any] | None = None, canary_id: str | None = None,
         actor: str | None = None) -> CanaryState | None:
     """Append an ``off`` row ending the current canary (``stop`` or ``promoted``); ``None`` if none
-    is running (or, with ``canary_id``, if that canary is no longer the current one)."""
+    is running (or, with ``canary_id``, if that canary is no longer the current one). ``actor``: the
+    principal who ends it (default: this process's service principal, :func:`service_actor`)."""
+    actor = actor or service_actor(settings)
     with db.connect(settings) as conn:
         _lock(conn, model_name)
         cur = current(conn, model_name)
@@ -491,11 +512,13 @@ def tripwires(settings: Settings, st: CanaryStats) -> list[str]:
     return out
 
 
-def rollback(settings: Settings, state: CanaryState, reason: str, evidence: dict[str, Any]) -> CanaryState | None:
+def rollback(settings: Settings, state: CanaryState, reason: str, evidence: dict[str, Any],
+             actor: str | None = None) -> CanaryState | None:
     """Share to 0 and ``@challenger`` back to the champion's version, recorded and alerted.
 
     Conditional: only if ``state``'s canary is still the current, active one (another watcher may
-    have rolled it back a moment ago: then nothing is done and ``None`` returned)."""
+    have rolled it back a moment ago: then nothing is done and ``None`` returned). ``actor``: the
+    principal the watcher acts as (default: this process's service principal, :func:`service_actor`)."""
     from riskloop.core.alerts import notify
     from riskloop.models.registry import mlflow_client
 
@@ -505,7 +528,7 @@ def rollback(settings: Settings, state: CanaryState, reason: str, evidence: dict
         if cur is None or not cur.active or cur.canary_id != state.canary_id:
             return None
         new = _append(conn, cur, event="rollback", mode="off", share=0.0, reason=reason,
-                      evidence={**evidence, "mode": cur.mode})
+                      evidence={**evidence, "mode": cur.mode}, changed_by=actor or service_actor(settings))
         conn.commit()  # share 0 first: serving stops routing at its next poll whatever the registry does
         client = mlflow_client(settings.tracking_uri)
         moved = None
@@ -529,8 +552,10 @@ def rollback(settings: Settings, state: CanaryState, reason: str, evidence: dict
     return new
 
 
-def watch_once(settings: Settings, model_name: str, state: CanaryState | None = None) -> CanaryState | None:
-    """One watchdog check of the model's running canary: the rollback row if a tripwire fired."""
+def watch_once(settings: Settings, model_name: str, state: CanaryState | None = None,
+               actor: str | None = None) -> CanaryState | None:
+    """One watchdog check of the model's running canary: the rollback row if a tripwire fired
+    (recorded as done by ``actor``, default this process's service principal)."""
     with db.connect(settings) as conn:
         state = state or current(conn, model_name)
         if state is None or state.mode != "canary":
@@ -541,18 +566,20 @@ def watch_once(settings: Settings, model_name: str, state: CanaryState | None = 
     tripped = tripwires(settings, st)
     if not tripped:
         return None
-    return rollback(settings, state, "tripwire: " + "; ".join(tripped), {"stats": st.to_dict()})
+    return rollback(settings, state, "tripwire: " + "; ".join(tripped), {"stats": st.to_dict()}, actor=actor)
 
 
 def watch(settings: Settings, model_name: str, interval_s: float | None = None,
-          max_iterations: int | None = None) -> None:
-    """``riskloop canary watch``: :func:`watch_once` every ``interval_s`` until interrupted."""
+          max_iterations: int | None = None, actor: str | None = None) -> None:
+    """``riskloop canary watch``: :func:`watch_once` every ``interval_s`` until interrupted, acting as
+    ``actor`` (the CLI's principal; default this process's service principal)."""
+    actor = actor or service_actor(settings)
     interval = interval_s or settings.canary_watch_interval_s
     i = 0
     while max_iterations is None or i < max_iterations:
         i += 1
         try:
-            rolled = watch_once(settings, model_name)
+            rolled = watch_once(settings, model_name, actor=actor)
             if rolled is not None:
                 log.warning("%s: rolled back canary %s", model_name, rolled.canary_id)
         except Exception:  # noqa: BLE001 - a watchdog keeps watching through a database blip
