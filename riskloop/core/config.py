@@ -342,6 +342,10 @@ class Settings(BaseSettings):
     fairness_gap_margin: float = Field(
         default=0.05, ge=0, le=1, description="Credit gate: refuse a challenger whose gap in true- or false-positive "
         "rate between age bands exceeds the champion's by more than this (absolute).")
+    fairness_min_group: int = Field(
+        default=100, ge=1, description="Fairness figures: an age band with fewer test applications than this is "
+        "reported as too small to judge and left out of the adverse impact ratio and the TPR/FPR gaps (a group "
+        "of a few dozen moves its approval rate by a tenth from one test window to the next).")
     fairness_approve_below: float = Field(
         default=0.25, gt=0, le=1, description="Fairness figures: a predicted PD below this counts as approved (the "
         "credit policy's refer threshold: above it a person decides).")
