@@ -222,3 +222,24 @@ def test_a_credit_shadow_scores_both_and_the_champion_decides(world: World) -> N
     for r in rows:
         assert r["shadow"]["alias"] == "challenger" and r["shadow"]["version"] == other
         assert 0 <= r["shadow"]["score"] <= 1 and "error" not in r["shadow"]
+
+
+def test_judge_bounds_the_change_in_adverse_decisions() -> None:
+    """The gate's bound on the share of decisions against the customer, per arm (no stack needed)."""
+    from datetime import UTC, datetime
+
+    from riskloop.governance.canary import ArmStats, CanaryStats, judge, tripwires
+
+    s, now = Settings(), datetime.now(UTC)
+    champ = ArmStats(n=1000, n_scored=1000, p99_ms=4.0, n_adverse=200)  # 20 % declined or referred
+    same = CanaryStats("canary", now, now, champ, ArmStats(n=100, n_scored=100, p99_ms=4.0, p99_low_ms=3.0,
+                                                           n_adverse=25), psi=0.02)
+    assert judge(s, same) == []
+    harsher = CanaryStats("canary", now, now, champ, ArmStats(n=100, n_scored=100, p99_ms=4.0, p99_low_ms=3.0,
+                                                              n_adverse=45), psi=0.02)
+    (breach,) = judge(s, harsher)
+    assert "adverse decisions 45.00% vs champion 20.00%" in breach
+    assert tripwires(s, harsher) == []  # a gate figure, not a reason to roll back at once
+    # Shadow: the challenger decided nothing, so it has no adverse rate and nothing to bound.
+    shadow = CanaryStats("shadow", now, now, champ, ArmStats(n=1000, n_scored=1000), psi=0.02)
+    assert shadow.challenger.adverse_rate is None and judge(s, shadow) == []
