@@ -141,6 +141,10 @@ class _Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def shadow(self, m: LoadedModel, outcome: str) -> None:
+        """Count one non-deciding fraud score (``outcome`` ok | error)."""
+        self.shadow_scores.labels(m.alias, m.version, outcome).inc()
+
     def track_queue(self, writer: DecisionLogWriter) -> None:
         """The queue depth gauge: read at scrape time in one process; with several, each writer
         sets its own after every batch (a scrape cannot call into the other processes)."""
@@ -230,12 +234,12 @@ def _on_poll_conn(st: Any, work: Callable[[psycopg.Connection], Any]) -> Any:
         raise
 
 
-def _read_canary_state(st: Any) -> Any:
-    """The fraud model's current canary row (``None``: never had one)."""
+def _read_canary_state(st: Any, model_name: str) -> Any:
+    """The model's current canary row (``None``: never had one)."""
     def read(conn: psycopg.Connection) -> Any:
         if conn.execute("select to_regclass(%s)", (canary.TABLE,)).fetchone()[0] is None:
             return None
-        return canary.current(conn, st.settings.fraud_model_name)
+        return canary.current(conn, model_name)
 
     return _on_poll_conn(st, read)
 
@@ -255,102 +259,102 @@ def watch_lock_key(model_name: str) -> str:
     return f"riskloop canary watcher {model_name}"
 
 
-def _is_watch_leader(st: Any) -> bool:
-    """Whether this process judges the running canary's tripwires: the one holding a session-level
-    Postgres advisory lock on the poller's connection. With several workers (or replicas) exactly
-    one judges and rolls back; the others follow the canary state the poller reads anyway. The
+def _is_watch_leader(st: Any, lane: routing.Lane) -> bool:
+    """Whether this process judges the lane's running canary's tripwires: the one holding a session-level
+    Postgres advisory lock (one per model) on the poller's connection. With several workers (or replicas)
+    exactly one judges and rolls back; the others follow the canary state the poller reads anyway. The
     lock dies with its connection, so if the leader's process goes, the next poll of another
     process takes over."""
     def lead(conn: psycopg.Connection) -> bool:
-        if st.watch_lock_conn is conn:
+        if lane.watch_lock_conn is conn:
             return True  # taken earlier on this same session (and re-taking would stack it)
         got = conn.execute("select pg_try_advisory_lock(hashtextextended(%s, 0))",
-                           (watch_lock_key(st.settings.fraud_model_name),)).fetchone()[0]
+                           (watch_lock_key(lane.model_name),)).fetchone()[0]
         if got:
-            st.watch_lock_conn = conn
-            log.info("this process now watches the canary tripwires of %s", st.settings.fraud_model_name)
+            lane.watch_lock_conn = conn
+            log.info("this process now watches the canary tripwires of %s", lane.model_name)
         return bool(got)
 
     return _on_poll_conn(st, lead)
 
 
-def _set_route(st: Any, new: Routing) -> None:
-    """Swap the routing snapshot (one attribute store, like the model)."""
-    old: Routing = st.route
-    st.route = new
-    if st.metrics:
+def _set_route(st: Any, lane: routing.Lane, new: Routing) -> None:
+    """Swap the lane's routing snapshot (one attribute store, like the model)."""
+    old: Routing = lane.route
+    lane.route = new
+    if st.metrics and lane.product == "fraud":  # the gauge is the fraud endpoint's (its name says so)
         st.metrics.canary_share.set(new.share if new.effective_mode == "canary" else 0.0)
     if (old.effective_mode, old.share, old.canary_id) != (new.effective_mode, new.share, new.canary_id):
-        log.info("fraud routing now %s (share %.3f, canary %s, challenger v%s)", new.effective_mode, new.share,
-                 new.canary_id, new.challenger.version if new.challenger else None)
+        log.info("%s routing now %s (share %.3f, canary %s, challenger v%s)", lane.product, new.effective_mode,
+                 new.share, new.canary_id, new.challenger.version if new.challenger else None)
 
 
-async def _refresh_challenger(app: FastAPI, *, force: bool = False) -> None:
-    """Load the challenger the routing asks for (or drop it when no longer wanted). A failed load is
+async def _refresh_challenger(app: FastAPI, lane: routing.Lane, *, force: bool = False) -> None:
+    """Load the challenger the lane's routing asks for (or drop it when no longer wanted). A failed load is
     retried at most every ``feature_store_retry_s`` (not every poll) and leaves the champion deciding;
     a refused one (no running canary of its version) is paged."""
     from starlette.concurrency import run_in_threadpool
 
     st = app.state
-    route: Routing = st.route
+    route: Routing = lane.route
+    key = f"{lane.product}:challenger"
     if not (route.wants_challenger and st.cfg.challenger_alias):
-        cleared(st, "fraud:challenger")
+        cleared(st, key)
         if route.challenger is not None:
-            _set_route(st, route.with_challenger(None))
+            _set_route(st, lane, route.with_challenger(None))
         return
     current = route.challenger
     if not force and current is not None and (route.challenger_version in (None, current.version)):
         return
-    if not force and time.monotonic() < st.challenger_retry_at:
+    if not force and time.monotonic() < lane.challenger_retry_at:
         return
     try:
-        new = await _load_if_moved(st, st.cfg.challenger_alias, current, as_challenger=True)
+        new = await _load_if_moved(st, lane, st.cfg.challenger_alias, current, as_challenger=True)
         if new is None:
             return
     except Exception as exc:  # noqa: BLE001 - the champion keeps deciding; retry later
         if isinstance(exc, ModelRefused):
-            await run_in_threadpool(refused, st, "fraud:challenger", exc, current)
-        st.challenger_error = describe(exc)
-        st.challenger_retry_at = time.monotonic() + max(st.cfg.feature_store_retry_s, 1.0)
-        log.warning("challenger %s@%s not loaded: %s", st.settings.fraud_model_name, st.cfg.challenger_alias,
-                    st.challenger_error)
+            await run_in_threadpool(refused, st, key, exc, current)
+        lane.challenger_error = describe(exc)
+        lane.challenger_retry_at = time.monotonic() + max(st.cfg.feature_store_retry_s, 1.0)
+        log.warning("challenger %s@%s not loaded: %s", lane.model_name, st.cfg.challenger_alias,
+                    lane.challenger_error)
         return
-    st.challenger_error = None
-    cleared(st, "fraud:challenger")
-    _set_route(st, st.route.with_challenger(new))
+    lane.challenger_error = None
+    cleared(st, key)
+    _set_route(st, lane, lane.route.with_challenger(new))
 
 
-async def _refresh_canary(app: FastAPI) -> None:
-    """Re-read the canary state; on a change swap the routing; while a canary runs, the one watcher
+async def _refresh_canary(app: FastAPI, lane: routing.Lane) -> None:
+    """Re-read the lane's canary state; on a change swap the routing; while a canary runs, the one watcher
     process (:func:`_is_watch_leader`) checks its tripwires (riskloop.governance.canary.watch_once) and applies
     a rollback to itself at once (the others within a poll, from the state)."""
     from starlette.concurrency import run_in_threadpool
 
     st = app.state
-    state = await run_in_threadpool(_read_canary_state, st)
+    state = await run_in_threadpool(_read_canary_state, st, lane.model_name)
     new = routing.from_state(state, st.cfg)
-    if not routing.same_terms(new, st.route):
-        _set_route(st, new.with_challenger(st.route.challenger))
-    await _refresh_challenger(app)
-    if (st.cfg.canary_watch and state is not None and state.mode == "canary" and st.route.effective_mode == "canary"
-            and await run_in_threadpool(_is_watch_leader, st)):
-        rolled = await run_in_threadpool(canary.watch_once, st.settings, st.settings.fraud_model_name, state)
+    if not routing.same_terms(new, lane.route):
+        _set_route(st, lane, new.with_challenger(lane.route.challenger))
+    await _refresh_challenger(app, lane)
+    if (st.cfg.canary_watch and state is not None and state.mode == "canary"
+            and lane.route.effective_mode == "canary" and await run_in_threadpool(_is_watch_leader, st, lane)):
+        rolled = await run_in_threadpool(canary.watch_once, st.settings, lane.model_name, state)
         if rolled is not None:
-            _set_route(st, routing.from_state(rolled, st.cfg))
-            await _refresh_challenger(app)
+            _set_route(st, lane, routing.from_state(rolled, st.cfg))
+            await _refresh_challenger(app, lane)
 
 
-async def _load_if_moved(st: Any, alias: str, current: LoadedModel | None, *,
+async def _load_if_moved(st: Any, lane: routing.Lane, alias: str, current: LoadedModel | None, *,
                          as_challenger: bool = False) -> LoadedModel | None:
-    """The model ``alias`` points at now, loaded and cleared off the loop, if it is not ``current``
+    """The lane's model ``alias`` points at now, loaded and cleared off the loop, if it is not ``current``
     (or ``current`` came from the last-known-good cache and the registry answers again); else ``None``."""
     from starlette.concurrency import run_in_threadpool
 
-    version = await run_in_threadpool(alias_version, st.settings.tracking_uri, st.settings.fraud_model_name, alias)
+    version = await run_in_threadpool(alias_version, st.settings.tracking_uri, lane.model_name, alias)
     if current is not None and current.version == version and current.source == "registry":
         return None
-    return await run_in_threadpool(_load_and_check, st.settings, st.cfg, st.online, alias=alias,
-                                   as_challenger=as_challenger)
+    return await run_in_threadpool(lambda: lane.load(alias, as_challenger=as_challenger))
 
 
 async def _refresh_champion(app: FastAPI) -> None:
@@ -360,7 +364,7 @@ async def _refresh_champion(app: FastAPI) -> None:
 
     st = app.state
     try:
-        new = await _load_if_moved(st, st.cfg.model_alias, st.model)
+        new = await _load_if_moved(st, st.lanes["fraud"], st.cfg.model_alias, st.model)
     except ModelRefused as exc:
         await run_in_threadpool(refused, st, "fraud:champion", exc, st.model)
         return
@@ -389,10 +393,11 @@ async def _poll(app: FastAPI) -> None:
         await asyncio.sleep(tick)
         if cfg.canary_poll_s > 0 and time.monotonic() >= next_canary:
             next_canary = time.monotonic() + cfg.canary_poll_s
-            try:
-                await _refresh_canary(app)
-            except Exception as exc:  # noqa: BLE001 - keep the last routing; try again next tick
-                log.warning("canary state poll failed (routing unchanged): %s", exc)
+            for lane in st.lanes.values():
+                try:
+                    await _refresh_canary(app, lane)
+                except Exception as exc:  # noqa: BLE001 - keep the last routing; try again next tick
+                    log.warning("%s canary state poll failed (routing unchanged): %s", lane.product, exc)
         if cfg.known_device_poll_s > 0 and time.monotonic() >= next_devices:
             next_devices = time.monotonic() + cfg.known_device_poll_s
             try:
@@ -408,25 +413,10 @@ async def _poll(app: FastAPI) -> None:
         if cfg.model_poll_s > 0 and time.monotonic() >= next_alias:
             next_alias = time.monotonic() + cfg.model_poll_s
             await _refresh_champion(app)
-            await _refresh_challenger(app, force=True)
             await credit.refresh(st, st.settings.tracking_uri, st.settings.credit_model_name, cfg.credit_model_alias,
                                  st.settings.run_dir / "models")
-
-
-def _shadow_score(m: LoadedModel, vector_of: Callable[[LoadedModel], list[float]],
-                  metrics: _Metrics | None) -> dict[str, Any]:
-    """Score a request with the shadow model (never deciding): its score and own time, or its error."""
-    t0 = time.perf_counter()
-    out: dict[str, Any] = {"alias": m.alias, "version": m.version}
-    try:
-        score, _ = m.predict(np.asarray([vector_of(m)], dtype=np.float64))
-        out.update(score=score, latency_ms=(time.perf_counter() - t0) * 1000.0)
-    except Exception as exc:  # noqa: BLE001 - a failing shadow never affects the decision
-        log.error("shadow model v%s failed: %s", m.version, exc)
-        out.update(score=None, error=describe(exc))
-    if metrics:
-        metrics.shadow_scores.labels(m.alias, m.version, "error" if "error" in out else "ok").inc()
-    return out
+            for lane in st.lanes.values():
+                await _refresh_challenger(app, lane, force=True)
 
 
 async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> bytes:
@@ -436,17 +426,13 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
     t0 = time.perf_counter()
     cfg: ServingSettings = st.cfg
     champion: LoadedModel | None = st.model  # one read: a concurrent reload cannot mix versions
-    route: Routing = st.route  # one read: the mode, share and challenger of one snapshot
+    route: Routing = st.lanes["fraud"].route  # one read: the mode, share and challenger of one snapshot
     decided_at = datetime.now(UTC)
     policy: Policy = st.fraud_policy  # one read: the version, lists and emergency rules of one snapshot
     if policy.rules_only:  # an emergency stop: the rules alone decide, as when the model is down
         champion = None
-    mode = route.effective_mode if champion is not None else "champion"
-    model, other = champion, None  # deciding; shadow (or a canary route's fallback)
-    if mode == "canary" and route.to_challenger(body.transaction_id or request_id):
-        model, other = route.challenger, champion
-    elif mode == "shadow":
-        other = route.challenger
+    # deciding; shadow (or a canary route's fallback)
+    mode, model, other = routing.assign(route, champion, body.transaction_id or request_id)
 
     ts = body.timestamp.astimezone(UTC)  # the marts derive these flags in UTC too
     request_time = {"amount": minor_to_major(body.amount_minor, body.currency),
@@ -500,28 +486,16 @@ async def decide_fraud(st: Any, body: FraudScoreRequest, request_id: str) -> byt
         def vector_of(m: LoadedModel) -> list[float]:
             return [request_time[n] if n in request_time else values[n] for n in m.features]
 
-        routed = mode == "canary" and other is not None  # to the challenger, the champion standing by
-        try:
-            vector = vector_of(model)
+        def score_with(m: LoadedModel) -> tuple[list[float], np.ndarray, float, np.ndarray]:
+            vector = vector_of(m)
             x = np.asarray([vector], dtype=np.float64)
-            score, contribs = model.predict(x)
-        except Exception as exc:  # noqa: BLE001 - only a routed challenger falls back
-            if not routed:
-                raise
-            log.error("challenger v%s failed on request %s, the champion decides: %s", model.version,
-                      request_id, exc)
-            shadow = {"alias": model.alias, "version": model.version, "score": None,
-                      "error": describe(exc)}
-            if st.metrics:
-                st.metrics.shadow_scores.labels(model.alias, model.version, "error").inc()
-            model = other
-            vector = vector_of(model)
-            x = np.asarray([vector], dtype=np.float64)
-            score, contribs = model.predict(x)
+            return (vector, x, *m.predict(x))
+
+        model, (vector, x, score, contribs), shadow = routing.decide_routed(
+            mode, model, other, score_with, lambda m: score_with(m)[2], request_id,
+            st.metrics.shadow if st.metrics else None)
         reasons = top_reasons(list(model.features), x[0], contribs, cfg.max_reasons)
         features.update({n: (None if math.isnan(v) else v) for n, v in zip(model.features, vector, strict=True)})
-        if mode == "shadow" and other is not None:
-            shadow = _shadow_score(other, vector_of, st.metrics)
 
     decision, rules, shadow_rules = policy.evaluate(score, req, features, signals, stamps)
     if policy.seq:  # the store's state it ran under (0: an empty store), so a replay rebuilds the same lists
@@ -614,9 +588,19 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
                                    cache_size=cfg.online_cache_size)
         st.model, st.model_error = None, None
         st.refused = {}  # refused models by key (serving.app.refused), listed by /readyz
-        st.route, st.challenger_error, st.challenger_retry_at = routing.from_settings(cfg), None, 0.0
+        # One lane per product: its routing snapshot and challenger (serving.routing)
+        st.lanes = {
+            "fraud": routing.Lane("fraud", settings.fraud_model_name, champion=lambda: st.model, route=routing.from_settings(cfg),
+                                  load=lambda alias, *, at_start=False, as_challenger=False: _load_and_check(
+                                      settings, cfg, st.online, alias=alias, at_start=at_start,
+                                      as_challenger=as_challenger)),
+            "credit": routing.Lane("credit", settings.credit_model_name, champion=lambda: st.credit_model,
+                                   route=routing.from_settings(cfg),
+                                   load=lambda alias, *, at_start=False, as_challenger=False: credit.load_and_check(
+                                       settings, settings.credit_model_name, alias, settings.run_dir / "models",
+                                       at_start=at_start, as_challenger=as_challenger)),
+        }
         st.poll_conn = None  # the poller's connection (_on_poll_conn)
-        st.watch_lock_conn = None  # the connection holding the canary watcher's lock (_is_watch_leader)
         try:
             # Tables are the migrations' (`riskloop db upgrade`), never created by a serving process.
             with _connect(settings) as conn:
@@ -657,13 +641,15 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             log.error("no model served: %s", st.model_error)
             if isinstance(exc, ModelRefused):
                 refused(st, "fraud:champion", exc, None)
-        try:
-            st.route = routing.from_state(_read_canary_state(st), cfg)
-        except psycopg.Error as exc:
-            log.error("canary state unreadable at start, routing from settings (%s): %s", st.route.mode, exc)
-        if st.route.wants_challenger and st.model is not None:
-            await _refresh_challenger(app)
-        _set_route(st, st.route)
+        for lane in st.lanes.values():
+            try:
+                lane.route = routing.from_state(_read_canary_state(st, lane.model_name), cfg)
+            except psycopg.Error as exc:
+                log.error("%s canary state unreadable at start, routing from settings (%s): %s", lane.product,
+                          lane.route.mode, exc)
+            if lane.route.wants_challenger and lane.champion() is not None:
+                await _refresh_challenger(app, lane)
+            _set_route(st, lane, lane.route)
         await st.online.connect()
         polled = (cfg.model_poll_s, cfg.canary_poll_s, cfg.known_device_poll_s,
                   cfg.card_location_poll_s if st.cards is not None else 0.0)
@@ -771,10 +757,16 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
 
     @app.get("/v1/canary", dependencies=[Depends(require("read_model"))])
     def canary_info(request: Request) -> dict[str, Any]:
-        """The routing this process applies now: mode, share, the canary and the loaded challenger."""
+        """The routing this process applies now, per product: mode, share, the canary and the loaded challenger
+        (the fraud model's at the top level, the credit model's under ``credit``)."""
         st = request.app.state
-        leader = st.watch_lock_conn is not None and st.watch_lock_conn is st.poll_conn
-        return {**st.route.describe(), "challenger_error": st.challenger_error, "tripwire_watcher": leader}
+
+        def lane(name: str) -> dict[str, Any]:
+            ln = st.lanes[name]
+            leader = ln.watch_lock_conn is not None and ln.watch_lock_conn is st.poll_conn
+            return {**ln.describe(), "tripwire_watcher": leader}
+
+        return {**lane("fraud"), "credit": lane("credit")}
 
     @app.post("/v1/score/fraud", response_model=FraudScoreResponse, dependencies=[Depends(require("score"))])
     async def score_fraud(body: FraudScoreRequest, request: Request,

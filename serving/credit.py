@@ -19,6 +19,11 @@ factors that actually drove that applicant's score. They are the (at most four) 
 contributions towards default, given on ``decline`` and ``refer``; an approval has none.
 Without a model or features the decision is ``refer`` (policy ``degraded_decision``): nobody is
 approved or declined automatically on rules alone.
+
+A credit challenger is routed as the fraud one is (:mod:`serving.routing`, the credit lane): a canary
+share of applications (by ``application_id``) decided by it, or scored in shadow beside the champion,
+each row logged with its ``serving_mode`` and ``shadow``, and only while its canary runs
+(``governance.canary_state``, checked by :func:`serving.model.require_clearance`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from serving.decision_log import record_or_refuse
 from serving.model import LoadedModel
 from serving.online import FeatureMismatch, FeatureStoreUnavailable, OnlineFeatures, plan_inputs
 from serving.reasons import top_reasons
+from serving.routing import assign, decide_routed
 from serving.schemas import CreditDecision, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -149,11 +155,15 @@ def credit_reasons(features: list[str], values: np.ndarray, contribs: np.ndarray
     return top_reasons(features, values, contribs, k, describe=_credit_reason)
 
 
+def _vector(model: LoadedModel, features: dict[str, float | None]) -> np.ndarray:
+    return np.asarray([[math.nan if features.get(n) is None else features[n] for n in model.features]],
+                      dtype=np.float64)
+
+
 def score_credit_vector(model: LoadedModel, policy: Policy, features: dict[str, float | None],
                         request: dict[str, Any]) -> tuple[float, str, list[dict], list[str]]:
     """Score a logged-or-live credit feature vector: (PD, decision, reasons, rules). Shared with replay."""
-    x = np.asarray([[math.nan if features.get(n) is None else features[n] for n in model.features]],
-                   dtype=np.float64)
+    x = _vector(model, features)
     score, contribs = model.predict(x, exact=True)
     decision, rules = policy.decide(score, request, features)
     reasons = credit_reasons(list(model.features), x[0], contribs) if decision != "approve" else []
@@ -166,9 +176,12 @@ def score_credit(body: CreditScoreRequest, request: Request,
     t0 = time.perf_counter()
     st = request.app.state
     policy: Policy = st.credit_policy
-    model: LoadedModel | None = None if policy.rules_only else st.credit_model  # rules-only: an emergency stop
+    champion: LoadedModel | None = None if policy.rules_only else st.credit_model  # rules-only: an emergency stop
     online: OnlineFeatures = st.credit_online
     request_id = x_request_id or uuid.uuid4().hex
+    # deciding; shadow (or a canary route's fallback): one read of the credit lane's routing snapshot
+    mode, model, other = assign(st.lanes["credit"].route, champion, body.application_id or request_id)
+    wanted = list(dict.fromkeys([*(model.features if model else ()), *(other.features if other else ())]))
     decided_at = datetime.now(UTC)
     req = body.model_dump(mode="json")
     body, req = card_numbers_elsewhere(getattr(st, "pan", None), body, req, request_id)
@@ -180,28 +193,32 @@ def score_credit(body: CreditScoreRequest, request: Request,
         try:
             if body.applicant is not None:
                 given = body.applicant.features()
-                missing = [n for n in model.features if n not in given]
+                missing = [n for n in wanted if n not in given]
                 if missing:
                     raise FeatureMismatch(f"model inputs {missing} are not applicant attributes")
-                features = {n: given[n] for n in model.features}
+                features = {n: given[n] for n in wanted}
             else:
                 if not online.ensure():
                     raise FeatureStoreUnavailable(online.last_error or "feature store not available")
-                inputs = plan_inputs(model.features, online.offered, request_time=())
+                inputs = plan_inputs(wanted, online.offered, request_time=())
                 values, stamps = online.fetch_row(inputs, {"application_id": body.application_id})
                 if all(math.isnan(v) for v in values.values()):
                     raise HTTPException(status_code=404, detail=f"application {body.application_id} is not in "
                                         "the feature store; send 'applicant' for a new application")
-                features = {n: (None if math.isnan(values[n]) else values[n]) for n in model.features}
+                features = {n: (None if math.isnan(values[n]) else values[n]) for n in wanted}
         except (FeatureStoreUnavailable, FeatureMismatch) as exc:
             degraded, features, stamps = True, {}, {}
             log.warning("degraded credit decision for request %s: %s", request_id, exc)
 
+    shadow: dict[str, Any] | None = None
     if degraded or model is None:
         score, reasons = None, []
         decision, rules = policy.decide(None, req, features)
     else:
-        score, decision, reasons, rules = score_credit_vector(model, policy, features, req)
+        model, (score, decision, reasons, rules), shadow = decide_routed(
+            mode, model, other, lambda m: score_credit_vector(m, policy, features, req),
+            lambda m: m.predict(_vector(m, features))[0], request_id)
+        features = {n: features[n] for n in model.features}  # exactly the vector the deciding model scored
 
     decision_id = uuid.uuid4()
     info = ModelInfo(name=model.name if model else st.settings.credit_model_name,
@@ -215,6 +232,7 @@ def score_credit(body: CreditScoreRequest, request: Request,
         "latency_ms": (time.perf_counter() - t0) * 1000.0, "degraded": degraded,
         "product": "credit", "policy_version": policy.id,
         "signals": {"policy_seq": policy.seq} if policy.seq else {},
+        "serving_mode": mode, "shadow": shadow,
     }
     record_or_refuse(st.writer, row)
     return CreditScoreResponse(decision_id=decision_id, decision=decision, score=score, model=info,
@@ -222,22 +240,32 @@ def score_credit(body: CreditScoreRequest, request: Request,
                                application_id=body.application_id)
 
 
+def load_and_check(settings: Any, model_name: str, alias: str, cache_dir: Path, *, at_start: bool = False,
+                   as_challenger: bool = False) -> LoadedModel:
+    """Load ``model_name@alias`` (at start, the last-known-good one if the registry is down) and check
+    the governance record lets it decide (:func:`serving.model.require_clearance`: a promotion of these
+    bytes, or for a challenger a running canary of its version); kept on disk once cleared."""
+    from serving.model import load_for_serving, require_clearance, save_last_known_good
+
+    model = load_for_serving(settings.tracking_uri, model_name, alias, cache_dir, at_start=at_start)
+    require_clearance(settings, model, as_challenger=as_challenger)
+    if model.source == "registry":
+        save_last_known_good(model, cache_dir)
+    return model
+
+
 def setup(state: Any, tracking_uri: str, model_name: str, alias: str, cache_dir: Path,
           online: OnlineFeatures) -> None:
     """Load the credit model at start-up (the last-known-good one if the registry is down) and check
     the governance record lets it decide (:func:`serving.model.require_clearance`); a missing one is
     logged, a refused one paged (:mod:`serving.refusals`), and every decision is then ``refer``."""
-    from serving.model import ModelRefused, load_for_serving, require_clearance, save_last_known_good
+    from serving.model import ModelRefused
     from serving.refusals import refused
 
     state.credit_online = online
     state.credit_model = None
     try:
-        model = load_for_serving(tracking_uri, model_name, alias, cache_dir, at_start=True)
-        require_clearance(state.settings, model)
-        state.credit_model = model
-        if model.source == "registry":
-            save_last_known_good(model, cache_dir)
+        state.credit_model = load_and_check(state.settings, model_name, alias, cache_dir, at_start=True)
     except ModelRefused as exc:
         refused(state, "credit:champion", exc, None)
     except Exception as exc:  # noqa: BLE001 - the fraud endpoint must not depend on the credit model
@@ -249,7 +277,7 @@ async def refresh(state: Any, tracking_uri: str, model_name: str, alias: str, ca
     it from the next request on, as the fraud champion is swapped; a failure keeps the model served."""
     from starlette.concurrency import run_in_threadpool
 
-    from serving.model import ModelRefused, alias_version, load_for_serving, require_clearance, save_last_known_good
+    from serving.model import ModelRefused, alias_version
     from serving.refusals import cleared, refused
 
     current: LoadedModel | None = state.credit_model
@@ -257,8 +285,8 @@ async def refresh(state: Any, tracking_uri: str, model_name: str, alias: str, ca
         version = await run_in_threadpool(alias_version, tracking_uri, model_name, alias)
         if current is not None and current.version == version and current.source == "registry":
             return
-        new = await run_in_threadpool(load_for_serving, tracking_uri, model_name, alias, cache_dir, at_start=False)
-        await run_in_threadpool(require_clearance, state.settings, new)  # the gate promoted these bytes, or no swap
+        # the gate promoted these bytes, or no swap
+        new = await run_in_threadpool(load_and_check, state.settings, model_name, alias, cache_dir)
     except ModelRefused as exc:
         await run_in_threadpool(refused, state, "credit:champion", exc, current)
         return
@@ -268,5 +296,4 @@ async def refresh(state: Any, tracking_uri: str, model_name: str, alias: str, ca
         return
     cleared(state, "credit:champion")
     state.credit_model = new
-    save_last_known_good(new, cache_dir)
     log.info("credit model now %s v%s (was v%s)", model_name, new.version, current.version if current else None)

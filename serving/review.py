@@ -284,7 +284,10 @@ async function openCard(model, version) {
        "from each version's training run (its own test window)"];
   const fair = Object.keys(mine).filter(isFair).sort();
   const ft = $("fairness").tBodies[0]; ft.replaceChildren();
-  for (const m of fair) { const tr = ft.insertRow(); tr.dataset.metric = m; cell(tr, m); cell(tr, fmt(mine[m])); cell(tr, fmt(champ[m])); }
+  // A band under RISKLOOP_FAIRNESS_MIN_GROUP test applications is shown, flagged, and judged by nothing.
+  const small = (ms, m) => m.startsWith("approval_rate.") && ms["fairness_group_n." + m.slice(14)] < ms.fairness_min_group
+    ? " (too small to judge, n=" + ms["fairness_group_n." + m.slice(14)] + ")" : "";
+  for (const m of fair) { const tr = ft.insertRow(); tr.dataset.metric = m; cell(tr, m); cell(tr, fmt(mine[m]) + small(mine, m)); cell(tr, fmt(champ[m]) + small(champ, m)); }
   $("fairness").hidden = fair.length === 0;
   $("fairness-source").textContent = fair.length ? source : "no fairness figures (a fraud model, or a version trained without the attribute)";
   const d = c.drift;

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
-from principals import TRAINER, cli_env
+from principals import API_KEYS, TRAINER, cli_env, key
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
@@ -326,9 +326,11 @@ def test_tripwire_rolls_back_under_load_without_failed_requests(stack: Stack) ->
     seen: list[tuple[int, str | None]] = []
     stop = threading.Event()
     with http_sink() as sink, ExitStack() as apps:
+        # The serving processes act, on their own, as the deployment's service principal (RISKLOOP_API_KEY).
         settings = stack.settings.model_copy(update={"alert_webhook_url": sink.url("/hook"),
                                                      "alert_webhook_secret": SecretStr("whsec_MDEyMzQ1Njc4OWFiY2RlZg=="),
-                                                     "canary_watch_min_decisions": 30})
+                                                     "canary_watch_min_decisions": 30, "api_keys": API_KEYS,
+                                                     "api_key": SecretStr(key("svc-airflow"))})
         state = canary.start(settings, stack.name, share=0.5, min_minutes=0, min_decisions=0)
         clients = [apps.enter_context(TestClient(_app(stack, settings), headers=AUTH)) for _ in range(2)]
 
@@ -359,6 +361,7 @@ def test_tripwire_rolls_back_under_load_without_failed_requests(stack: Stack) ->
         assert {alias for _, alias in seen[n_after:]} == {"champion"}
         rolled = canary.current_state(settings, stack.name)
         assert rolled.event == "rollback" and rolled.share == 0 and rolled.canary_id == state.canary_id
+        assert rolled.changed_by == "svc-airflow"  # the watcher's service principal, not the OS user
         assert "PSI" in rolled.reason and rolled.evidence["stats"]["psi"] > settings.canary_hard_max_psi
         with psycopg.connect(dsn(settings)) as conn:  # two watchers, one rollback
             (n_rollbacks,) = conn.execute("select count(*) from governance.canary_state where canary_id = %s "

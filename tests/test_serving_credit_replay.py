@@ -213,7 +213,8 @@ def test_a_promoted_credit_challenger_serves_without_restart(stack: Any, monkeyp
 
     s = stack.settings.model_copy(update={"canary_required": False, "promotion_require_contracts": False,
                                           # this small world's age bands are a few dozen applicants each
-                                          "fairness_air_floor": 0.0, "fairness_gap_margin": 1.0})
+                                          "fairness_air_floor": 0.0, "fairness_gap_margin": 1.0,
+                                          "fairness_min_group": 1})
     with TestClient(create_app(s, ServingSettings(api_keys=f"{KEY}:admin", model_poll_s=0.2)), headers=AUTH) as c:
         before = c.post("/v1/score/credit", json={"application_id": "swap-1", "customer_id": "c0001",
                                                   "applicant": APPLICANT}).json()["model"]["version"]

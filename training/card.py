@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from riskloop.models.fairness import FairnessReport
+from riskloop.models.fairness import TOO_SMALL, FairnessReport
 
 CARD_ARTIFACT = "model_card.md"
 
@@ -148,9 +148,12 @@ def _fairness(f: FairnessReport) -> list[str]:
         return [*lines, "Not computed: no protected attribute recorded for the test applications.", ""]
     lines += ["| group | applications | defaults | approval rate | TPR (defaulters declined) | "
               "FPR (repayers declined) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {g.n} | {g.n_defaults} | {_fmt(g.approval_rate)} | {_fmt(g.tpr)} | {_fmt(g.fpr)} |"
-              for name, g in sorted(f.groups.items())]
+    lines += [f"| {name}{f' ({TOO_SMALL})' if g.n < f.min_group else ''} | {g.n} | {g.n_defaults} | "
+              f"{_fmt(g.approval_rate)} | {_fmt(g.tpr)} | {_fmt(g.fpr)} |" for name, g in sorted(f.groups.items())]
     lines += ["", f"- Adverse impact ratio (lowest / highest approval rate): {_fmt(f.air)} "
               "(below 0.8 fails the four-fifths rule)",
-              f"- TPR gap: {_fmt(f.tpr_gap)}; FPR gap: {_fmt(f.fpr_gap)} (highest minus lowest group)", ""]
-    return lines
+              f"- TPR gap: {_fmt(f.tpr_gap)}; FPR gap: {_fmt(f.fpr_gap)} (highest minus lowest group)"]
+    if f.too_small:
+        lines.append(f"- {TOO_SMALL} (fewer than {f.min_group} test applications), left out of the ratio and the "
+                     f"gaps: {', '.join(f.too_small)}")
+    return [*lines, ""]

@@ -280,7 +280,7 @@ def _train(settings: Settings, job: _Job, params: dict[str, Any] | None, seed: i
             if job.protected is not None and len(x_test):
                 fair = fairness.fairness_report(
                     job.test.assign(score=scores, **{fairness.PROTECTED_ATTRIBUTE: job.protected.to_numpy()}),
-                    settings.fairness_approve_below)
+                    settings.fairness_approve_below, min_group=settings.fairness_min_group)
                 results.update(fair.metrics())
             all_params = {
                 **xgb_params(chosen),

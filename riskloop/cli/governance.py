@@ -186,7 +186,8 @@ def canary_watch(
     recorded, alerted). Serving does the same in its poller unless RISKLOOP_SERVING_CANARY_WATCH=false."""
     from riskloop.governance.canary import watch
 
-    watch(get_settings(), model, interval)
+    settings = get_settings()
+    watch(settings, model, interval, actor=acting_principal(settings, "run_canary").actor)
 
 
 app.add_typer(canary_app, name="canary")

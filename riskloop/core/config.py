@@ -342,6 +342,10 @@ class Settings(BaseSettings):
     fairness_gap_margin: float = Field(
         default=0.05, ge=0, le=1, description="Credit gate: refuse a challenger whose gap in true- or false-positive "
         "rate between age bands exceeds the champion's by more than this (absolute).")
+    fairness_min_group: int = Field(
+        default=100, ge=1, description="Fairness figures: an age band with fewer test applications than this is "
+        "reported as too small to judge and left out of the adverse impact ratio and the TPR/FPR gaps (a group "
+        "of a few dozen moves its approval rate by a tenth from one test window to the next).")
     fairness_approve_below: float = Field(
         default=0.25, gt=0, le=1, description="Fairness figures: a predicted PD below this counts as approved (the "
         "credit policy's refer threshold: above it a person decides).")
@@ -351,8 +355,9 @@ class Settings(BaseSettings):
     canary_required: bool = Field(
         default=True, description="The promotion gate refuses a challenger without a passed canary phase. "
         "false = an explicit opt-out for local/demo flows (the decision's reason says the canary was skipped).")
-    canary_share: float = Field(default=0.05, gt=0, le=1, description="Share of fraud traffic `riskloop canary "
-                                "start` routes to the challenger (unless --share).")
+    canary_share: float = Field(default=0.05, gt=0, le=1, description="Share of a model's traffic (fraud "
+                                "payments or credit applications) `riskloop canary start` routes to the challenger "
+                                "(unless --share).")
     canary_min_minutes: float = Field(default=30.0, ge=0, description="A canary passes only after this long...")
     canary_min_decisions: int = Field(
         default=1000, ge=0, description="...and with at least this many scored challenger decisions.")
@@ -365,6 +370,9 @@ class Settings(BaseSettings):
         "champion's by at most this (absolute).")
     canary_max_psi: float = Field(
         default=0.1, gt=0, description="Gate: PSI of the challenger's scores against the champion's at most this.")
+    canary_max_adverse_rate_change: float = Field(
+        default=0.1, gt=0, le=1, description="Gate: the share of the challenger's decisions against the customer "
+        "(fraud review/deny, credit decline/refer) may differ from the champion's by at most this (absolute).")
     canary_psi_bins: int = Field(default=10, ge=2, description="PSI bins (quantiles of the champion's scores).")
     canary_hard_max_psi: float = Field(
         default=0.5, gt=0, description="Tripwire: PSI beyond this rolls the canary back at once.")

@@ -10,8 +10,11 @@ serving process within a poll, without a restart.
 
 **Evidence.** Everything is computed from ``serving.decision_log``, the one record all serving
 processes share: over the canary's window, per arm (the decisions the challenger made, or was
-routed and failed on; the champion's), the p99 latency, the error + degraded rate, and the PSI of
-the challenger's scores against the champion's (bins at the champion's score quantiles). A canary
+routed and failed on; the champion's), the p99 latency, the error + degraded rate, the PSI of
+the challenger's scores against the champion's (bins at the champion's score quantiles), and the
+rate of decisions against the customer (the product's, :mod:`riskloop.models.products`: fraud
+review/deny, credit decline/refer); the gate also reports each arm's outcomes where their labels have
+matured (frauds, defaults). One code path for both products' models. A canary
 arm is small (5 % of traffic), and the p99 of a few hundred decisions is their second or third
 slowest: one cold first request or one pause would decide it. The latency bounds therefore judge a
 one-sided 95 % lower confidence bound of the challenger's p99 (an order statistic, exact and
@@ -42,6 +45,7 @@ from typing import Any
 
 from riskloop.core import db
 from riskloop.core.config import Settings
+from riskloop.models.products import Product, product_of
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +118,32 @@ def _lock(conn, model_name: str) -> None:
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"riskloop.canary:{model_name}",))
 
 
+def service_actor(settings: Settings) -> str:
+    """Who a process acting on its own records (the tripwire watchdog in serving or ``riskloop canary
+    watch``, a job given no caller): the service principal of its key (``RISKLOOP_API_KEY``; in local mode
+    the local service's, as DAG runs, :mod:`riskloop.ops.dag_identity`). A rollback must happen even when
+    that key is missing or refused, so it is then recorded as ``unauthenticated:<user@host>``: visibly no
+    principal, never an operating-system user passed off as one."""
+    from riskloop.core.identity import Forbidden, IdentityError, cli_key, cli_principal
+
+    if cli_key(settings) is None:
+        log.error("RISKLOOP_API_KEY is not set: canary changes of this process are recorded without a principal")
+    else:
+        try:
+            return cli_principal(settings, "run_canary").actor
+        except (IdentityError, Forbidden) as exc:
+            log.error("canary changes of this process are recorded without a principal: %s", exc)
+    return f"unauthenticated:{db.who()}"
+
+
 def _append(conn, base: CanaryState | None, **values: Any) -> CanaryState:
-    """Insert a new state row (fields not given are carried over from ``base``)."""
+    """Insert a new state row (fields not given are carried over from ``base``; ``changed_by`` is required:
+    the principal who acted)."""
     from psycopg.types.json import Jsonb
 
-    # changed_by: the authenticated principal who acted; a job acting on its own (a tripwire) records its process
-    row = {**(asdict(base) if base else {}), **values, "state_id": str(uuid.uuid4()),
-           "changed_by": values.get("changed_by") or db.who()}
+    if not values.get("changed_by"):
+        raise ValueError("a canary state row needs its actor (changed_by)")
+    row = {**(asdict(base) if base else {}), **values, "state_id": str(uuid.uuid4())}
     row.pop("changed_at", None)
     cols = [c for c in _COLS if c != "changed_at"]
     params = [Jsonb(row[c]) if c == "evidence" else row[c] for c in cols]
@@ -173,7 +196,7 @@ def start(settings: Settings, model_name: str, *, share: float | None = None, mo
                         champion_version=champion,
                         min_minutes=settings.canary_min_minutes if min_minutes is None else min_minutes,
                         min_decisions=settings.canary_min_decisions if min_decisions is None else min_decisions,
-                        reason=reason, evidence={}, changed_by=actor)
+                        reason=reason, evidence={}, changed_by=actor or service_actor(settings))
     log.info("%s: %s of challenger v%s against champion v%s started (share %.3f)", model_name, mode, challenger,
              champion, state.share)
     return state
@@ -183,7 +206,9 @@ def end(settings: Settings, model_name: str, event: str, reason: str,
         evidence: dict[str, Any] | None = None, canary_id: str | None = None,
         actor: str | None = None) -> CanaryState | None:
     """Append an ``off`` row ending the current canary (``stop`` or ``promoted``); ``None`` if none
-    is running (or, with ``canary_id``, if that canary is no longer the current one)."""
+    is running (or, with ``canary_id``, if that canary is no longer the current one). ``actor``: the
+    principal who ends it (default: this process's service principal, :func:`service_actor`)."""
+    actor = actor or service_actor(settings)
     with db.connect(settings) as conn:
         _lock(conn, model_name)
         cur = current(conn, model_name)
@@ -202,7 +227,7 @@ with w as (
     select case when (model_alias = 'challenger' and model_version = %(challenger)s)
                   or shadow->>'alias' = 'challenger' then 'challenger' else 'champion' end as arm,
            case when serving_mode = 'shadow' then (shadow->>'score')::double precision else score end as s_chal,
-           score, latency_ms, degraded, shadow->>'error' is not null as errored, serving_mode
+           score, latency_ms, degraded, shadow->>'error' is not null as errored, serving_mode, decision, request
     from serving.decision_log
     where model_name = %(model)s and serving_mode = %(mode)s
       and decided_at >= %(start)s and decided_at < %(end)s
@@ -221,10 +246,23 @@ class ArmStats:
     n_degraded: int = 0
     p99_ms: float | None = None
     p99_low_ms: float | None = None  # one-sided 95 % lower confidence bound of p99 (canary mode, challenger)
+    n_adverse: int | None = None  # of the scored decisions, those against the customer (None: not its decisions)
+    n_matured: int | None = None  # decisions whose outcome is known (None: not computed)
+    n_positive: int | None = None  # ...and was positive (a fraud, a default)
 
     @property
     def bad_rate(self) -> float | None:
         return (self.n_errors + self.n_degraded) / self.n if self.n else None
+
+    @property
+    def adverse_rate(self) -> float | None:
+        """Share of the arm's scored decisions against the customer (fraud review/deny, credit decline/refer)."""
+        return self.n_adverse / self.n_scored if self.n_adverse is not None and self.n_scored else None
+
+    @property
+    def outcome_rate(self) -> float | None:
+        """Share of the arm's decisions with a matured label that were positive (frauds, defaults)."""
+        return self.n_positive / self.n_matured if self.n_positive is not None and self.n_matured else None
 
 
 @dataclass(frozen=True)
@@ -242,7 +280,8 @@ class CanaryStats:
         out = asdict(self)
         out["start"], out["end"] = self.start.isoformat(), self.end.isoformat()
         for arm in ("champion", "challenger"):
-            out[arm]["bad_rate"] = getattr(self, arm).bad_rate
+            a = getattr(self, arm)
+            out[arm].update(bad_rate=a.bad_rate, adverse_rate=a.adverse_rate, outcome_rate=a.outcome_rate)
         return out
 
 
@@ -295,38 +334,48 @@ def _with_p99_lower_bound(conn, p: dict[str, Any], challenger: ArmStats) -> ArmS
 
 
 def stats(conn, state: CanaryState, bins: int, start: datetime | None = None,
-          end: datetime | None = None) -> CanaryStats:
+          end: datetime | None = None, product: Product | None = None,
+          outcomes_settings: Settings | None = None) -> CanaryStats:
     """The canary's figures from the decision log (aggregate queries and one latency; no row leaves it).
 
     Canary mode: the challenger arm is what was routed to the challenger (decided by it, or failed on
     it and decided by the champion: an error); PSI compares the two arms' scores. Shadow mode: every
-    decision is the champion's, and the challenger's shadow score of the same request is compared."""
+    decision is the champion's, and the challenger's shadow score of the same request is compared (so
+    only the champion's arm has an adverse-decision rate). ``product`` names the adverse decisions;
+    with ``outcomes_settings`` each arm's matured outcomes are counted too (:func:`_outcomes`: a join with
+    the marts, for the gate and ``status``, never the every-second watchdog)."""
     start = start or state.started_at
     end = end or conn.execute("select clock_timestamp()").fetchone()[0]
     if not state.active:
         raise ValueError("stats of a canary are computed from its start row (or a running state), not an 'off' row")
     mode = state.mode
     p = {"model": state.model_name, "mode": mode, "start": start, "end": end,
-         "champion": state.champion_version, "challenger": state.challenger_version}
+         "champion": state.champion_version, "challenger": state.challenger_version,
+         "adverse": list(product.adverse) if product else []}
     arms: dict[str, ArmStats] = {}
     if mode == "shadow":  # one population: the champion decided, the challenger shadowed
         r = conn.execute(_ARMS_CTE + """
             select count(*), count(score) filter (where not degraded),
                    count(s_chal) filter (where not degraded and not errored),
                    count(*) filter (where errored), count(*) filter (where degraded),
-                   percentile_cont(0.99) within group (order by latency_ms)
+                   percentile_cont(0.99) within group (order by latency_ms),
+                   count(*) filter (where not degraded and score is not null and decision = any(%(adverse)s))
             from w""", p).fetchone()
-        arms["champion"] = ArmStats(n=r[0], n_scored=r[1], n_degraded=r[4], p99_ms=r[5])
+        arms["champion"] = ArmStats(n=r[0], n_scored=r[1], n_degraded=r[4], p99_ms=r[5],
+                                    n_adverse=r[6] if product else None)
         arms["challenger"] = ArmStats(n=r[0], n_scored=r[2], n_errors=r[3], n_degraded=r[4])
         champ_col, chal_col = "score", "s_chal"
         champ_filter, chal_filter = "true", "not errored and not degraded"
     else:
-        for arm, n, n_scored, n_err, n_deg, p99 in conn.execute(_ARMS_CTE + """
+        for arm, n, n_scored, n_err, n_deg, p99, n_adv in conn.execute(_ARMS_CTE + """
                 select arm, count(*), count(score) filter (where not degraded and not errored),
                        count(*) filter (where errored), count(*) filter (where degraded),
-                       percentile_cont(0.99) within group (order by latency_ms)
+                       percentile_cont(0.99) within group (order by latency_ms),
+                       count(*) filter (where not degraded and not errored and score is not null
+                                          and decision = any(%(adverse)s))
                 from w group by arm""", p).fetchall():
-            arms[arm] = ArmStats(n=n, n_scored=n_scored, n_errors=n_err, n_degraded=n_deg, p99_ms=p99)
+            arms[arm] = ArmStats(n=n, n_scored=n_scored, n_errors=n_err, n_degraded=n_deg, p99_ms=p99,
+                                 n_adverse=n_adv if product else None)
         if "challenger" in arms:
             arms["challenger"] = _with_p99_lower_bound(conn, p, arms["challenger"])
         champ_col, chal_col = "score", "score"
@@ -348,8 +397,27 @@ def stats(conn, state: CanaryState, bins: int, start: datetime | None = None,
         for b, side, n in counts:
             (actual if side else expected)[b] += n
         value = psi(expected, actual)
+    if product is not None and outcomes_settings is not None:
+        for arm, (n_matured, n_positive) in _outcomes(conn, p, product, outcomes_settings).items():
+            if arm in arms and not (mode == "shadow" and arm == "challenger"):  # shadow: the champion decided all
+                arms[arm] = replace(arms[arm], n_matured=n_matured, n_positive=n_positive)
     return CanaryStats(mode=mode, start=start, end=end, champion=arms.get("champion", ArmStats()),
                        challenger=arms.get("challenger", ArmStats()), psi=value)
+
+
+def _outcomes(conn, p: dict[str, Any], product: Product, settings: Settings) -> dict[str, tuple[int, int]]:
+    """Per arm, (decisions whose label has matured, of which positive), from the product's outcome mart
+    (empty when the mart is not there: a warehouse without dbt run, as in a test that writes no marts).
+    A canary of minutes rarely sees a label mature: reported for the reviewer, not gated."""
+    o = product.outcomes
+    if conn.execute("select to_regclass(%s)", (o.table,)).fetchone()[0] is None:
+        return {}
+    rows = conn.execute(_ARMS_CTE + f"""
+        select w.arm, count(o.{o.key}), count(o.{o.key}) filter (where o.{o.label}::int = 1)
+        from w left join {o.table} o on o.{o.key} = w.request->>%(request_key)s and {o.matured}
+        where not w.degraded and not w.errored and w.score is not null group by w.arm""",
+                        {**p, "request_key": o.request_key, "label_delay_days": settings.label_delay_days}).fetchall()
+    return {arm: (n, pos) for arm, n, pos in rows}
 
 
 # --- the promotion gate -----------------------------------------------------------------------------
@@ -370,7 +438,8 @@ class CanaryVerdict:
 
 def _bounds(settings: Settings) -> dict[str, float]:
     return {"max_p99_ratio": settings.canary_max_p99_ratio, "p99_slack_ms": settings.canary_p99_slack_ms,
-            "max_error_rate": settings.canary_max_error_rate, "max_psi": settings.canary_max_psi}
+            "max_error_rate": settings.canary_max_error_rate, "max_psi": settings.canary_max_psi,
+            "max_adverse_rate_change": settings.canary_max_adverse_rate_change}
 
 
 def judge(settings: Settings, st: CanaryStats) -> list[str]:
@@ -387,6 +456,10 @@ def judge(settings: Settings, st: CanaryStats) -> list[str]:
         if cc.bad_rate - ch.bad_rate > settings.canary_max_error_rate:
             out.append(f"challenger error+degraded rate {cc.bad_rate:.2%} vs champion {ch.bad_rate:.2%} "
                        f"(> +{settings.canary_max_error_rate:.2%})")
+    if st.mode == "canary" and cc.adverse_rate is not None and ch.adverse_rate is not None and \
+            abs(cc.adverse_rate - ch.adverse_rate) > settings.canary_max_adverse_rate_change:
+        out.append(f"challenger's adverse decisions {cc.adverse_rate:.2%} vs champion {ch.adverse_rate:.2%} "
+                   f"(a change of more than {settings.canary_max_adverse_rate_change:.2%})")
     if st.psi is None:
         out.append("score PSI undefined (an arm without scored decisions)")
     elif st.psi > settings.canary_max_psi:
@@ -423,7 +496,8 @@ def gate(settings: Settings, model_name: str, challenger: str, champion: str) ->
         if first.champion_version != champion:
             return CanaryVerdict(False, "missing", f"canary {cid} compared v{challenger} with champion "
                                  f"v{first.champion_version}, not the current v{champion}: run a new canary", cid)
-        st = stats(conn, first, settings.canary_psi_bins, end=None if last.active else last.changed_at)
+        st = stats(conn, first, settings.canary_psi_bins, end=None if last.active else last.changed_at,
+                   product=product_of(settings, model_name), outcomes_settings=settings)
     minutes = (st.end - st.start).total_seconds() / 60
     evidence = {"stats": st.to_dict(), "minutes": minutes, "min_minutes": first.min_minutes,
                 "min_decisions": first.min_decisions, "share": first.share, "bounds": _bounds(settings)}
@@ -459,7 +533,8 @@ def tag_version(settings: Settings, model_name: str, version: str, verdict: Cana
             a = st[arm]
             tags[f"canary.{arm}.decisions"] = str(a["n_scored"])
             tags[f"canary.{arm}.p99_ms"] = "" if a["p99_ms"] is None else f"{a['p99_ms']:.2f}"
-            tags[f"canary.{arm}.bad_rate"] = "" if a["bad_rate"] is None else f"{a['bad_rate']:.4f}"
+            for rate in ("bad_rate", "adverse_rate", "outcome_rate"):
+                tags[f"canary.{arm}.{rate}"] = "" if a.get(rate) is None else f"{a[rate]:.4f}"
         low = st["challenger"].get("p99_low_ms")  # the bound the gate judged
         tags["canary.challenger.p99_low_ms"] = "" if low is None else f"{low:.2f}"
     client = mlflow_client(settings.tracking_uri)
@@ -491,11 +566,13 @@ def tripwires(settings: Settings, st: CanaryStats) -> list[str]:
     return out
 
 
-def rollback(settings: Settings, state: CanaryState, reason: str, evidence: dict[str, Any]) -> CanaryState | None:
+def rollback(settings: Settings, state: CanaryState, reason: str, evidence: dict[str, Any],
+             actor: str | None = None) -> CanaryState | None:
     """Share to 0 and ``@challenger`` back to the champion's version, recorded and alerted.
 
     Conditional: only if ``state``'s canary is still the current, active one (another watcher may
-    have rolled it back a moment ago: then nothing is done and ``None`` returned)."""
+    have rolled it back a moment ago: then nothing is done and ``None`` returned). ``actor``: the
+    principal the watcher acts as (default: this process's service principal, :func:`service_actor`)."""
     from riskloop.core.alerts import notify
     from riskloop.models.registry import mlflow_client
 
@@ -505,7 +582,7 @@ def rollback(settings: Settings, state: CanaryState, reason: str, evidence: dict
         if cur is None or not cur.active or cur.canary_id != state.canary_id:
             return None
         new = _append(conn, cur, event="rollback", mode="off", share=0.0, reason=reason,
-                      evidence={**evidence, "mode": cur.mode})
+                      evidence={**evidence, "mode": cur.mode}, changed_by=actor or service_actor(settings))
         conn.commit()  # share 0 first: serving stops routing at its next poll whatever the registry does
         client = mlflow_client(settings.tracking_uri)
         moved = None
@@ -529,30 +606,35 @@ def rollback(settings: Settings, state: CanaryState, reason: str, evidence: dict
     return new
 
 
-def watch_once(settings: Settings, model_name: str, state: CanaryState | None = None) -> CanaryState | None:
-    """One watchdog check of the model's running canary: the rollback row if a tripwire fired."""
+def watch_once(settings: Settings, model_name: str, state: CanaryState | None = None,
+               actor: str | None = None) -> CanaryState | None:
+    """One watchdog check of the model's running canary: the rollback row if a tripwire fired
+    (recorded as done by ``actor``, default this process's service principal)."""
     with db.connect(settings) as conn:
         state = state or current(conn, model_name)
         if state is None or state.mode != "canary":
             return None
         since = conn.execute("select clock_timestamp()").fetchone()[0] - timedelta(
             seconds=settings.canary_watch_window_s)
-        st = stats(conn, state, settings.canary_psi_bins, start=max(state.started_at, since))
+        st = stats(conn, state, settings.canary_psi_bins, start=max(state.started_at, since),
+                   product=product_of(settings, model_name))
     tripped = tripwires(settings, st)
     if not tripped:
         return None
-    return rollback(settings, state, "tripwire: " + "; ".join(tripped), {"stats": st.to_dict()})
+    return rollback(settings, state, "tripwire: " + "; ".join(tripped), {"stats": st.to_dict()}, actor=actor)
 
 
 def watch(settings: Settings, model_name: str, interval_s: float | None = None,
-          max_iterations: int | None = None) -> None:
-    """``riskloop canary watch``: :func:`watch_once` every ``interval_s`` until interrupted."""
+          max_iterations: int | None = None, actor: str | None = None) -> None:
+    """``riskloop canary watch``: :func:`watch_once` every ``interval_s`` until interrupted, acting as
+    ``actor`` (the CLI's principal; default this process's service principal)."""
+    actor = actor or service_actor(settings)
     interval = interval_s or settings.canary_watch_interval_s
     i = 0
     while max_iterations is None or i < max_iterations:
         i += 1
         try:
-            rolled = watch_once(settings, model_name)
+            rolled = watch_once(settings, model_name, actor=actor)
             if rolled is not None:
                 log.warning("%s: rolled back canary %s", model_name, rolled.canary_id)
         except Exception:  # noqa: BLE001 - a watchdog keeps watching through a database blip
@@ -569,8 +651,8 @@ def status(settings: Settings, model_name: str) -> dict[str, Any]:
             rows = [r for r in conn.execute(f"select {', '.join(_COLS)} from {TABLE} where canary_id = %s "
                                             "order by changed_at", (state.canary_id,)).fetchall()]
             first = _row(rows[0])
-            out["stats"] = stats(conn, first, settings.canary_psi_bins,
-                                 end=None if state.active else state.changed_at).to_dict()
+            out["stats"] = stats(conn, first, settings.canary_psi_bins, end=None if state.active else state.changed_at,
+                                 product=product_of(settings, model_name), outcomes_settings=settings).to_dict()
         if first.mode == "canary":
             out["gate"] = gate(settings, model_name, state.challenger_version, state.champion_version).to_dict()
     return out

@@ -204,7 +204,8 @@ def _evaluate(settings: Settings, client, name: str, version: str, test: pd.Data
         scored = scored.join(test[extra])
         out = metrics.credit_metrics(scored)
         if fairness.PROTECTED_ATTRIBUTE in scored.columns:
-            out.update(fairness.fairness_report(scored, settings.fairness_approve_below).metrics())
+            out.update(fairness.fairness_report(scored, settings.fairness_approve_below,
+                                                min_group=settings.fairness_min_group).metrics())
         return out
     return {
         "auc_roc": metrics.auc_roc(scored["label"], scored["score"]),
@@ -241,12 +242,27 @@ def fairness_gate(settings: Settings, champion: dict[str, float], challenger: di
     """Is the credit challenger fair enough? Its adverse impact ratio across age bands must be at least
     ``settings.fairness_air_floor`` (the four-fifths rule by default), and neither its TPR gap nor its
     FPR gap may exceed the champion's by more than ``settings.fairness_gap_margin``. Judged on the
-    figures :func:`_evaluate` computed for both on the same test rows; figures that could not be computed
-    (no protected attribute recorded, a single group) fail: no evidence is not evidence of fairness."""
-    from riskloop.models.fairness import METRIC_PREFIX
+    figures :func:`_evaluate` computed for both on the same test rows, over the age bands large enough
+    to judge (``RISKLOOP_FAIRNESS_MIN_GROUP``); a smaller band is named in the reason as too small to
+    judge and moves neither the ratio nor the gaps.
 
+    Figures that could not be computed fail, and so does a test window where fewer than two bands are
+    large enough (every band too small is said so): credit scoring is a high-risk use, and no evidence
+    is not evidence of fairness. Passing with a warning would let a model through on exactly the
+    windows too thin to show a bias; the remedy, a longer test window, is the reviewer's to take."""
+    from riskloop.models.fairness import METRIC_PREFIX, TOO_SMALL, too_small_groups
+
+    small = too_small_groups(challenger)
+    small_note = (f"{TOO_SMALL} (fewer than {int(challenger[METRIC_PREFIX + 'min_group'])} test applications, "
+                  "RISKLOOP_FAIRNESS_MIN_GROUP): " + ", ".join(f"{k} (n={n})" for k, n in small.items())) if small else ""
     air = challenger.get(f"{METRIC_PREFIX}air", math.nan)
     if math.isnan(air):
+        judged = int(challenger.get(f"{METRIC_PREFIX}groups_judged", 0))
+        if small and judged == 0:
+            return False, f"fairness not assessable: every age band is {small_note}"
+        if small:
+            return False, (f"fairness not assessable: {judged} age band large enough to judge, two needed; "
+                           + small_note)
         return False, ("fairness not assessable: no age band recorded for two or more groups of the test "
                        "applications (marts.credit_applicant_groups)")
     failures, fine = [], []
@@ -262,6 +278,8 @@ def fairness_gate(settings: Settings, champion: dict[str, float], challenger: di
             failures.append(f"{gap} {b:.3f} > champion {a:.3f} + margin {settings.fairness_gap_margin:g}")
         else:
             fine.append(f"{gap} {b:.3f} vs champion {_fmt(a)}")
+    if small_note:
+        (failures if failures else fine).append(small_note)
     if failures:
         return False, "; ".join(failures)
     return True, "fair across age bands: " + "; ".join(fine)
