@@ -11,8 +11,13 @@ the SQL each component runs:
   (card locations, open cases, alert state), and DELETE only the open-case index;
 * ``ingest`` (loaders, contracts, the stream consumer) writes the raw, quarantine and realtime schemas;
 * ``transform`` (dbt) reads everything and builds the staging, intermediate and marts schemas;
-* ``governance`` (promotion, canary, monitoring, cases sync) reads everything and appends to its tables;
+* ``governance`` (promotion, review, canary, monitoring, the tripwire watcher, cases sync, retention,
+  the policy CLI) reads everything and appends to its tables; retention deletes only through the
+  owner's ``governance.retention_purge``, never by a DELETE of its own;
 * ``analyst`` reads everything and writes nothing.
+
+Airflow and MLflow (the services the embedded stack starts) log in as ``riskloop_airflow`` and
+``riskloop_mlflow``: each owns its own database and the tables in it, and is granted nothing else.
 
 Default privileges extend the same grants to tables created later by migrations, loaders or dbt.
 Roles are cluster-wide; the grants are per database (the warehouse and the Feast store).
@@ -24,7 +29,7 @@ import logging
 
 import psycopg
 
-from riskloop.core.config import DB_ROLES, Settings, db_role_name
+from riskloop.core.config import DB_ROLES, SERVICE_DATABASES, Settings, db_role_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,15 @@ OWNS: dict[str, tuple[str, ...]] = {
     "transform": ("staging", "intermediate", "marts"),
 }
 
+# The policy store's tables (riskloop.decisions.policy_store): every change is appended.
+POLICY_WRITES = {
+    "policy.versions": "insert",
+    "policy.version_events": "insert",
+    "policy.lists": "insert",
+    "policy.list_events": "insert",
+    "policy.emergency_events": "insert",
+}
+
 # Single tables a component writes, with exactly the privileges its statements need.
 WRITES: dict[str, dict[str, str]] = {
     "serving": {
@@ -67,11 +81,7 @@ WRITES: dict[str, dict[str, str]] = {
         "monitoring.alert_state": "insert, update",
         "raw.webhook_inbox": "insert, select (processor, event_id)",  # returning the stored keys
         # the policy store's API (serving.policy_api): drafts, reviews, lists, emergency stops, all appended
-        "policy.versions": "insert",
-        "policy.version_events": "insert",
-        "policy.lists": "insert",
-        "policy.list_events": "insert",
-        "policy.emergency_events": "insert",
+        **POLICY_WRITES,
     },
     "ingest": {
         "monitoring.alert_events": "insert",
@@ -89,12 +99,22 @@ WRITES: dict[str, dict[str, str]] = {
         "cases.case_events": "insert",
         "cases.open_entities": "insert, delete",
         "raw.contract_runs": "insert",
+        "governance.retention_runs": "insert",
+        # `riskloop policy …` (the CLI's side of the policy store)
+        **POLICY_WRITES,
     },
 }
 
 # Sequences a component draws from explicitly (identity columns need no grant of their own).
 SEQUENCES: dict[str, tuple[str, ...]] = {
     "serving": ("policy.change_seq",),
+    "governance": ("policy.change_seq",),
+}
+
+# Functions a component may call, owned by the tables' owner (SECURITY DEFINER): retention deletes
+# through one, so no component holds DELETE on an append-only table.
+FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "governance": ("governance.retention_purge(text, timestamptz)",),
 }
 
 # The Feast store's database (schema public: registry and online tables).
@@ -165,6 +185,10 @@ def warehouse_grants(owner: str, table_exists=None) -> list[str]:
         for sequence in sequences:
             if table_exists is None or table_exists(sequence):
                 out.append(f"grant usage on sequence {_table(sequence)} to {_ident(roles[component])}")
+    for component, functions in FUNCTIONS.items():
+        for function in functions:
+            if table_exists is None or table_exists(function.split("(")[0]):
+                out.append(f"grant execute on function {function} to {_ident(roles[component])}")
     return out
 
 
@@ -245,9 +269,14 @@ def apply(settings: Settings) -> dict[str, object]:
             return done
         tables = {f"{s}.{t}" for s, t in conn.execute(
             "select schemaname, tablename from pg_tables where schemaname = any(%(s)s) "
-            "union all select schemaname, sequencename from pg_sequences where schemaname = any(%(s)s)",
+            "union all select schemaname, sequencename from pg_sequences where schemaname = any(%(s)s) "
+            "union all select n.nspname, p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+            "where n.nspname = any(%(s)s)",
             {"s": list(SCHEMAS)})}
         _run(conn, warehouse_grants(owner.user, tables.__contains__))
+        if may and settings.embedded:
+            for service, database in SERVICE_DATABASES.items():
+                _own_database(settings, conn, service, database)
     try:
         conn = psycopg.connect(owner.url(settings.feast_db, driver=""), autocommit=True)
     except psycopg.OperationalError as exc:  # not created yet (`riskloop up` creates it, then grants)
@@ -256,6 +285,44 @@ def apply(settings: Settings) -> dict[str, object]:
     with conn:
         _run(conn, feast_grants(owner.user))
     return done
+
+
+def _own_database(settings: Settings, conn: psycopg.Connection, service: str, database: str) -> None:
+    """The service's login role (no superuser, no CREATEROLE/CREATEDB) owning ``database`` and every
+    object in it: a stack made when the owner's login ran the service has its tables handed over in place."""
+    from psycopg import sql
+
+    role = db_role_name(service)
+    exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
+    attributes = " role {} login nosuperuser nocreaterole nocreatedb password {}"
+    values = (sql.Identifier(role), sql.Literal(settings.role_password(service)))
+    try:
+        conn.execute(sql.SQL(("alter" if exists else "create") + attributes).format(*values))
+    except psycopg.errors.DuplicateObject:  # created meanwhile by an `up` on another database of this server
+        conn.execute(sql.SQL("alter" + attributes).format(*values))
+    if conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone() is None:
+        return  # not created yet: `riskloop up` creates it before it applies the roles
+    conn.execute(sql.SQL("alter database {} owner to {}").format(sql.Identifier(database), sql.Identifier(role)))
+    with psycopg.connect(settings.owner_pg.url(database, driver=""), autocommit=True) as own:
+        own.execute(sql.SQL("alter schema public owner to {}").format(sql.Identifier(role)))
+        objects = own.execute(
+            "select c.relkind, format('%%I.%%I', n.nspname, c.relname) from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%%' "
+            "and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f') and c.relowner <> (select oid from pg_roles where rolname = %s) "
+            # sequences of a table's column follow their table
+            "and not (c.relkind = 'S' and exists (select 1 from pg_depend d where d.objid = c.oid "
+            "and d.classid = 'pg_class'::regclass and d.deptype in ('a', 'i')))", (role,)).fetchall()
+        kinds = {"v": "view", "m": "materialized view", "S": "sequence", "f": "foreign table"}
+        statements = [f"alter {kinds.get(kind, 'table')} {name} owner to {_ident(role)}" for kind, name in objects]
+        types = own.execute(
+            "select format('%%I.%%I', n.nspname, t.typname) from pg_type t join pg_namespace n on n.oid = t.typnamespace "
+            "where n.nspname = 'public' and t.typtype in ('e', 'd') "
+            "and t.typowner <> (select oid from pg_roles where rolname = %s)", (role,)).fetchall()
+        statements += [f"alter type {name} owner to {_ident(role)}" for (name,) in types]
+        if statements:
+            log.info("handing %d objects of %s to %s", len(statements), database, role)
+            own.execute(";\n".join(statements))  # type: ignore[arg-type]
 
 
 def _run(conn: psycopg.Connection, statements: list[str]) -> None:
