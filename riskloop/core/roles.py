@@ -119,7 +119,8 @@ FUNCTIONS: dict[str, tuple[str, ...]] = {
 
 # The Feast store's database (schema public: registry and online tables).
 FEAST_TABLES: dict[str, str] = {
-    "ingest": "select, insert, update, delete",  # push and materialize
+    # feast apply (riskloop.features.store.apply, as ingest: it owns what it creates), push, materialize
+    "ingest": "select, insert, update, delete, trigger",
     "transform": "select",
     "serving": "select, trigger",  # reads, and keeps its cache-invalidation trigger installed
     "governance": "select",
@@ -200,9 +201,15 @@ def feast_grants(owner: str) -> list[str]:
         out.append(f"grant usage on schema public to {role}")
         out.append(f"grant {privileges} on all tables in schema public to {role}")
         out.append(f"alter default privileges for role {_ident(owner)} in schema public grant {privileges} on tables to {role}")
-    out.append(f"grant usage, select on all sequences in schema public to {_ident(db_role_name('ingest'))}")
-    # serving creates its trigger function there the first time it finds it missing.
-    out.append(f"grant create on schema public to {_ident(db_role_name('serving'))}")
+    ingest = _ident(db_role_name("ingest"))
+    out.append(f"grant usage, select on all sequences in schema public to {ingest}")
+    # serving creates its trigger function there the first time it finds it missing; ingest (feast apply,
+    # materialize) the registry and online tables of a new feature view, which the others then read.
+    out.append(f"grant create on schema public to {_ident(db_role_name('serving'))}, {ingest}")
+    for component, privileges in FEAST_TABLES.items():
+        if component != "ingest":
+            out.append(f"alter default privileges for role {ingest} in schema public grant {privileges} on tables "
+                       f"to {_ident(db_role_name(component))}")
     return out
 
 
@@ -274,6 +281,7 @@ def apply(settings: Settings) -> dict[str, object]:
             "where n.nspname = any(%(s)s)",
             {"s": list(SCHEMAS)})}
         _run(conn, warehouse_grants(owner.user, tables.__contains__))
+        _hand_over(conn, owner.user, "transform", OWNS["transform"])
         if may and settings.embedded:
             for service, database in SERVICE_DATABASES.items():
                 _own_database(settings, conn, service, database)
@@ -284,7 +292,32 @@ def apply(settings: Settings) -> dict[str, object]:
         return done
     with conn:
         _run(conn, feast_grants(owner.user))
+        _hand_over(conn, owner.user, "ingest", ("public",))
     return done
+
+
+def _hand_over(conn: psycopg.Connection, owner: str, component: str, schemas: tuple[str, ...]) -> None:
+    """What the owner's login made in ``schemas``, where ``component`` alone builds and replaces things
+    (dbt's schemas; the Feast store, which ingest applies), handed to the component's role so it may
+    rebuild them: a stack whose dbt or ``feast apply`` ran as the owner keeps working."""
+    role = db_role_name(component)
+    rows = conn.execute(
+        "select case c.relkind when 'v' then 'view' when 'm' then 'materialized view' else 'table' end, "
+        "format('%%I.%%I', n.nspname, c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = any(%(s)s) and c.relkind in ('r', 'p', 'v', 'm') and pg_get_userbyid(c.relowner) = %(o)s "
+        "union all select 'function', p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname = any(%(s)s) and pg_get_userbyid(p.proowner) = %(o)s "
+        "and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e')",
+        {"s": list(schemas), "o": owner}).fetchall()
+    statements = [f"alter {kind} {name} owner to {_ident(role)}" for kind, name in rows]
+    if not statements or owner == role:
+        return
+    try:
+        conn.execute(";\n".join(statements))  # type: ignore[arg-type]
+        log.info("handed %d objects of %s to %s", len(statements), ", ".join(schemas), role)
+    except psycopg.errors.InsufficientPrivilege as exc:  # the owner's login is not a member of the role
+        log.warning("could not hand %d objects of %s to %s (%s): a DBA runs `alter … owner to %s`",
+                    len(statements), ", ".join(schemas), role, exc.diag.message_primary, role)
 
 
 def _own_database(settings: Settings, conn: psycopg.Connection, service: str, database: str) -> None:
