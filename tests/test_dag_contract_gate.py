@@ -84,9 +84,9 @@ def test_bad_batch_stops_the_dag_before_dbt(settings, tmp_path: Path) -> None:
     with db.connect(settings) as conn:
         owners = dict(conn.execute("select schemaname || '.' || tablename, tableowner from pg_tables "
                                    "where tablename = 'ledger_entries'").fetchall())
-    # each task logged in as its component's role: the load task made raw.ledger_entries (the warehouse was
-    # reset), the contract task its quarantine copy, both as riskloop_ingest, never the owner
-    assert owners == {"raw.ledger_entries": "riskloop_ingest", "quarantine.ledger_entries": "riskloop_ingest"}
+    # the tasks log in as their component's role, not the owner: the raw table is the migrations' (the
+    # owner's), its quarantine copy was made by the contract task, as riskloop_ingest
+    assert owners == {"raw.ledger_entries": "postgres", "quarantine.ledger_entries": "riskloop_ingest"}
     # the unbalanced journal's two lines moved to quarantine (not lost), the good rows stay in raw,
     # and the landed file is untouched
     assert loaded[0] == len(ledger) - 2 and len(quarantined) == 2
