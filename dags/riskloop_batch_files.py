@@ -52,7 +52,7 @@ def riskloop_batch_files():
         from riskloop.data.batch_files import load_batch_files as load
 
         try:
-            return load(get_settings()).to_dict()
+            return load(get_settings().as_role("ingest")).to_dict()
         except BatchFilesRejected as exc:
             raise AirflowFailException(f"batch files rejected (moved to rejected/): {exc}") from exc
 
@@ -65,7 +65,7 @@ def riskloop_batch_files():
         from riskloop.data.contracts import ContractViolation, run_contracts
 
         try:
-            report = run_contracts(get_settings(), [t.name for t in BATCH_FILE_TABLES.values()])
+            report = run_contracts(get_settings().as_role("ingest"), [t.name for t in BATCH_FILE_TABLES.values()])
         except ContractViolation as exc:
             raise AirflowFailException(f"batch file contract violated: {exc}") from exc
         return {"success": report.success, "files_loaded": loaded["files_loaded"]}
@@ -75,7 +75,7 @@ def riskloop_batch_files():
         """Cases for chargebacks of allowed payments, and any decision still missing its case."""
         from riskloop.decisions.cases import sync
 
-        return sync(get_settings())
+        return sync(get_settings().as_role("governance"))
 
     sync_cases(check_contracts(load_batch_files()))
 

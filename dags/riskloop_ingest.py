@@ -4,6 +4,8 @@ online features; after the transform, the settlement reconciliation check (break
 Thin and declarative: every task calls one riskloop function, imported inside the task so that
 parsing this file costs nothing. Each task is idempotent (upserts keyed by natural keys, dbt
 rebuilds, Feast materialisation up to the interval's end), so re-running an interval is safe.
+Each task logs in as its component's database role (riskloop.core.roles): loads, contracts, the
+settlement check and Feast as ``riskloop_ingest``, dbt as ``riskloop_transform``.
 
 Per source, per interval: ``landed`` lists the sources with a file and ``load_raw`` is mapped over
 them, one task instance per source (ledger, webhooks, disputes, KYC, credit applications and
@@ -68,7 +70,7 @@ def riskloop_ingest():
         from riskloop.data.ingest import landed_tables
         from riskloop.data.landing_scrub import scrub_landing
 
-        settings = get_settings()
+        settings = get_settings().as_role("ingest")
         landing = Path(context["params"]["landing_dir"] or settings.landing)
         # Tokenised on arrival: no file of the landing keeps a card number in clear (each load below
         # reads the scrubbed Parquet; the webhook and request archives are scrubbed here).
@@ -92,7 +94,7 @@ def riskloop_ingest():
         from riskloop.data.ingest import load_landing
 
         get_current_context()["source"] = source  # the mapped instance's label (map_index_template)
-        settings = get_settings()
+        settings = get_settings().as_role("ingest")
         landing = Path(context["params"]["landing_dir"] or settings.landing)
         start, end = context["data_interval_start"], context["data_interval_end"]
         run_type = context["dag_run"].run_type
@@ -113,7 +115,8 @@ def riskloop_ingest():
         from riskloop.data.contracts import ContractViolation, run_contracts
 
         try:
-            report = run_contracts(get_settings())  # on failure: rows quarantined, alert raised, Data Docs built
+            # on failure: rows quarantined, alert raised, Data Docs built
+            report = run_contracts(get_settings().as_role("ingest"))
         except ContractViolation as exc:
             # Bad data stays bad on a retry: fail now, without retries, and say why.
             raise AirflowFailException(f"data contract violated: {exc}") from exc
@@ -132,7 +135,7 @@ def riskloop_ingest():
         """Settlement reconciliation breaks over the processors' newest files → the alert sinks."""
         from riskloop.monitoring.reconciliation import check_settlements as check
 
-        return [a.to_dict() for a in check(get_settings())]
+        return [a.to_dict() for a in check(get_settings().as_role("ingest"))]
 
     @task
     def check_feature_marts(transformed: dict) -> dict:
@@ -142,7 +145,7 @@ def riskloop_ingest():
         from riskloop.data.contracts import ContractViolation, run_mart_contracts
 
         try:
-            report = run_mart_contracts(get_settings())
+            report = run_mart_contracts(get_settings().as_role("ingest"))
         except ContractViolation as exc:
             raise AirflowFailException(f"feature mart contract violated: {exc}") from exc
         return {"success": report.success, "marts": sorted(report.tables)}
@@ -155,7 +158,7 @@ def riskloop_ingest():
         from riskloop.features.store import apply
         from riskloop.features.store import materialize as feast_materialize
 
-        settings = get_settings()
+        settings = get_settings().as_role("ingest")
         as_of = context["params"]["as_of"]
         end = datetime.fromisoformat(as_of) if as_of else context["data_interval_end"]
         apply(settings)

@@ -57,7 +57,7 @@ def riskloop_monitor():
     @task
     def models(**context) -> list[str]:
         """The models to check: the one asked for, else the fraud and the credit model."""
-        settings = get_settings()
+        settings = get_settings().as_role("governance")
         name = context["params"]["model_name"]
         return [name] if name else [settings.fraud_model_name, settings.credit_model_name]
 
@@ -77,7 +77,7 @@ def riskloop_monitor():
             start, end = context.get("data_interval_start"), context.get("data_interval_end")
             if start is not None and end is not None and start < end:
                 since, until = start, end
-        result = run_drift(get_settings(), model_name=model_name, since=since, until=until)
+        result = run_drift(get_settings().as_role("governance"), model_name=model_name, since=since, until=until)
         context["outlet_events"][DRIFT_CHECKED].extra = {
             "report_id": result.report_id, "model_name": result.model_name,
             "model_version": result.model_version, "verdict": result.verdict}
@@ -91,7 +91,7 @@ def riskloop_monitor():
         from riskloop.monitoring.drift import DriftResult
 
         drifts = [DriftResult.from_dict(d) for d in drift_results]
-        return [a.to_dict() for a in check_and_alert(get_settings(), drifts)]
+        return [a.to_dict() for a in check_and_alert(get_settings().as_role("governance"), drifts)]
 
     alert(drift.expand(model_name=models()))
 

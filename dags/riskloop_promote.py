@@ -61,7 +61,7 @@ def riskloop_promote():
         from riskloop.monitoring.drift import UnknownDriftCheck, recorded_drift
         from riskloop.ops.dag_identity import dag_principal
 
-        settings = get_settings()
+        settings = get_settings().as_role("governance")
         principal, person = dag_principal(settings, context, "promote_model")
         params = context["params"]
         # Oldest first: a model's last event is its newest check.

@@ -40,7 +40,7 @@ def riskloop_retention():
         from riskloop.governance import retention
 
         as_of = context.get("logical_date")
-        return retention.apply(get_settings(), dry_run=False, actor="svc:airflow/riskloop_retention",
+        return retention.apply(get_settings().as_role("governance"), dry_run=False, actor="svc:airflow/riskloop_retention",
                                as_of=as_of).as_dict()
 
     apply_retention()

@@ -275,6 +275,7 @@ def write_marts(settings: Settings, marts: SyntheticMarts) -> None:
         for name, frame in marts.tables().items():
             conn.execute(f"drop table if exists marts.{name}")
             conn.execute(f"create table marts.{name} ({DDL[name]})")
+            conn.execute(f"alter table marts.{name} owner to riskloop_transform")  # dbt's, as if it built them
             cols = [c for c in frame.columns if not c.startswith("_")]
             with conn.cursor().copy(f"copy marts.{name} ({', '.join(cols)}) from stdin") as copy:
                 for row in frame[cols].itertuples(index=False, name=None):

@@ -81,6 +81,12 @@ def test_bad_batch_stops_the_dag_before_dbt(settings, tmp_path: Path) -> None:
         q_settlements = conn.execute("select source_file, line_no, _expectations "
                                      "from quarantine.settlement_file_rows").fetchall()
     assert marts == (0,), "dbt must not have run"
+    with db.connect(settings) as conn:
+        owners = dict(conn.execute("select schemaname || '.' || tablename, tableowner from pg_tables "
+                                   "where tablename = 'ledger_entries'").fetchall())
+    # the tasks log in as their component's role, not the owner: the raw table is the migrations' (the
+    # owner's), its quarantine copy was made by the contract task, as riskloop_ingest
+    assert owners == {"raw.ledger_entries": "postgres", "quarantine.ledger_entries": "riskloop_ingest"}
     # the unbalanced journal's two lines moved to quarantine (not lost), the good rows stay in raw,
     # and the landed file is untouched
     assert loaded[0] == len(ledger) - 2 and len(quarantined) == 2

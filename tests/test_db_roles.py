@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from riskloop.core.config import DB_ROLES, Settings, db_role_name
+from riskloop.core.config import DB_ROLES, SERVICE_DATABASES, Settings, db_role_name
 
 # What the serving role must never do to the decision log: each is its own statement, refused.
 FORBIDDEN_ON_DECISION_LOG = {
@@ -98,6 +98,11 @@ def test_the_other_roles_write_only_their_own_tables(settings: Settings) -> None
         assert _may_insert(conn, "governance.promotion_decisions")
         assert _refused(conn, "delete from governance.promotion_decisions")
         assert not _may_insert(conn, "serving.decision_log")
+        # retention deletes through the owner's function; the role itself may not touch the log
+        for what in ("update", "delete", "truncate", "disable triggers"):
+            assert _refused(conn, FORBIDDEN_ON_DECISION_LOG[what]), what
+    with _connect(settings, "analyst") as conn:
+        assert _refused(conn, "select * from governance.retention_purge('decisions', now() - interval '1 day')")
     with _connect(settings, "transform") as conn:
         assert not _may_insert(conn, "serving.decision_log")
         assert not _may_insert(conn, "raw.webhook_inbox")
@@ -235,3 +240,49 @@ def test_riskloop_db_roles_prints_the_script_without_a_password(settings: Settin
     applied = subprocess.run([str(riskloop), "db", "roles"], capture_output=True, text=True, timeout=120,
                              env=os.environ.copy())
     assert applied.returncode == 0, applied.stderr
+
+
+def test_airflow_and_mlflow_own_their_own_database_and_nothing_else(settings: Settings) -> None:
+    """The session's MLflow server runs as riskloop_mlflow (its tables are in its database); neither
+    service role is a superuser, and neither reads the warehouse's decisions."""
+    for service, database in SERVICE_DATABASES.items():
+        login = settings.service_pg(service)
+        assert login.user == db_role_name(service)
+        with psycopg.connect(login.url(database, driver=""), autocommit=True) as conn:
+            assert conn.execute("select current_user").fetchone()[0] == db_role_name(service)
+            su, createrole, createdb = conn.execute(
+                "select rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user").fetchone()
+            assert not (su or createrole or createdb)
+            assert conn.execute("select pg_get_userbyid(datdba) from pg_database where datname = current_database()"
+                                ).fetchone()[0] == db_role_name(service)
+            others = conn.execute("select tablename from pg_tables where schemaname = 'public' "
+                                  "and tableowner <> current_user").fetchall()
+            assert others == []
+        with psycopg.connect(login.url(settings.warehouse_db, driver=""), autocommit=True) as conn:
+            assert _refused(conn, "select count(*) from serving.decision_log")
+            assert _refused(conn, "select count(*) from governance.promotion_decisions")
+    with psycopg.connect(settings.service_pg("mlflow").url(SERVICE_DATABASES["mlflow"], driver="")) as conn:
+        assert conn.execute("select to_regclass('public.experiments')").fetchone()[0] is not None  # MLflow's own
+
+
+def test_an_upgrade_hands_a_services_tables_made_by_the_owner_to_its_role(settings: Settings) -> None:
+    """A stack made before the services had roles: their tables belong to the owner until `riskloop up`
+    (which runs the migrations and the roles) hands them over in place."""
+    from riskloop.core import migrations
+
+    database = SERVICE_DATABASES["airflow"]
+    owner = settings.model_copy(update={"db_role": None}).pg
+    with psycopg.connect(owner.url(database, driver=""), autocommit=True) as conn:
+        conn.execute("drop table if exists public.roles_probe")
+        conn.execute("create table public.roles_probe (id serial primary key, x int)")
+        conn.execute("alter database riskloop_airflow owner to postgres")
+    try:
+        migrations.upgrade(settings)
+        with psycopg.connect(settings.service_pg("airflow").url(database, driver=""), autocommit=True) as conn:
+            assert conn.execute("select tableowner from pg_tables where tablename = 'roles_probe'").fetchone()[0] == \
+                "riskloop_airflow"
+            conn.execute("insert into public.roles_probe (x) values (1)")  # its sequence came along
+            conn.execute("alter table public.roles_probe add column y int")
+    finally:
+        with psycopg.connect(owner.url(database, driver=""), autocommit=True) as conn:
+            conn.execute("drop table if exists public.roles_probe")

@@ -97,8 +97,9 @@ def test_dry_run_counts_and_deletes_nothing_then_apply_deletes_exactly_what_aged
     from riskloop.governance import retention
 
     settings, ids = warehouse
+    gov = settings.as_role("governance")  # retention runs as the governance role, which holds no DELETE
     before = _present(settings)
-    dry = retention.apply(settings, dry_run=True, actor="test")
+    dry = retention.apply(gov, dry_run=True, actor="test")
     assert _present(settings) == before
     rows = {c.data_class: c.rows for c in dry.classes}
     assert rows["raw_payloads"] == {"raw.webhook_inbox": 1}
@@ -109,7 +110,7 @@ def test_dry_run_counts_and_deletes_nothing_then_apply_deletes_exactly_what_aged
     assert rows["decisions"]["serving.decision_log_dead_letters"] == 1
     assert rows["model_artifacts"] == {}  # no period set: kept
 
-    done = retention.apply(settings, dry_run=False, actor="test")
+    done = retention.apply(gov, dry_run=False, actor="test")
     assert {c.data_class: c.rows for c in done.classes} == rows
     after = _present(settings)
     assert after["decisions"] == {ids["old_overridden_lately"], ids["old_in_open_case"], ids["recent"]}
@@ -123,7 +124,7 @@ def test_dry_run_counts_and_deletes_nothing_then_apply_deletes_exactly_what_aged
     assert ("serving.decision_log", 2) in {(r[3], r[4]) for r in runs if r[0] == done.run_id and not r[1]}
     assert all(r[5] == "test" for r in runs)
 
-    again = retention.apply(settings, dry_run=False, actor="test")  # idempotent: nothing more aged out
+    again = retention.apply(gov, dry_run=False, actor="test")  # idempotent: nothing more aged out
     assert sum(n for c in again.classes for n in c.rows.values()) == 0
 
 
@@ -183,10 +184,13 @@ def test_model_versions_go_only_without_an_alias_and_unused_by_kept_decisions(wa
 
 
 def test_cli_reports_the_run_as_json(warehouse) -> None:
+    from principals import cli_env
+
     from riskloop.cli import app
 
     settings, _ = warehouse
-    env = {**os.environ, "RISKLOOP_DATABASE_URL": settings.database_url or "", "RISKLOOP_RETENTION_CASES_DAYS": "30"}
+    env = {**os.environ, "RISKLOOP_DATABASE_URL": settings.database_url or "", "RISKLOOP_RETENTION_CASES_DAYS": "30",
+           **cli_env("trainer")}
     result = CliRunner().invoke(app, ["retention", "apply", "--dry-run", "--json", "--class", "cases"], env=env)
     assert result.exit_code == 0, result.output
     run = json.loads(result.stdout.strip().splitlines()[-1])
@@ -194,3 +198,32 @@ def test_cli_reports_the_run_as_json(warehouse) -> None:
     assert run["classes"]["decisions"]["cutoff"] is None
     bad = CliRunner().invoke(app, ["retention", "apply", "--class", "everything"], env=env)
     assert bad.exit_code == 2 and "unknown data classes" in bad.output
+
+
+def test_cli_applies_as_the_governance_role_and_records_its_principal(warehouse) -> None:
+    """`riskloop retention apply` logs in as riskloop_governance (which may not DELETE the decision log)
+    and records the CLI's principal as the run's actor; a key that is not an admin's is refused."""
+    from principals import cli_env, principal
+
+    from riskloop.cli import app
+
+    settings, ids = warehouse
+    env = {**os.environ, "RISKLOOP_DATABASE_URL": settings.database_url or "", "RISKLOOP_RETENTION_DECISIONS_DAYS": "30",
+           "RISKLOOP_RETENTION_CASES_DAYS": "30"}
+    refused = CliRunner().invoke(app, ["retention", "apply", "--json"], env={**env, **cli_env("alice")})
+    assert refused.exit_code == 2 and "may not admin" in refused.output
+    result = CliRunner().invoke(app, ["retention", "apply", "--json"], env={**env, **cli_env("trainer")})
+    assert result.exit_code == 0, result.output
+    assert ids["old_plain"] not in _present(settings)["decisions"]
+    run_id = json.loads(result.stdout.strip().splitlines()[-1])["run_id"]
+    with psycopg.connect(settings.pg.url(settings.warehouse_db, driver="")) as conn:
+        actors = {r[0] for r in conn.execute("select actor from governance.retention_runs where run_id = %s", (run_id,))}
+    assert actors == {principal("trainer").actor}
+    gov = settings.as_role("governance")
+    with psycopg.connect(gov.pg.url(gov.warehouse_db, driver=""), autocommit=True) as conn:
+        assert conn.execute("select current_user").fetchone()[0] == "riskloop_governance"
+        for statement in ("delete from serving.decision_log", "update serving.decision_log set decision = decision"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="not in the past"):
+            conn.execute("select * from governance.retention_purge('decisions', now() + interval '1 day')")

@@ -101,5 +101,6 @@ def test_status_never_prints_the_database_password(settings: Settings) -> None:
     for out in (human.stdout, human.stderr, as_json.stdout, as_json.stderr):
         assert "S3cret" not in out and "S3cret-pw%21" not in out
     info = json.loads(as_json.stdout)
-    assert info["database_url"] == f"postgresql://{server.user}:***@{server.host}:{server.port}/{settings.warehouse_db}"
+    # read as the analyst role (the login status reports), on the configured server
+    assert info["database_url"] == f"postgresql://riskloop_analyst:***@{server.host}:{server.port}/{settings.warehouse_db}"
     assert info["postgres"] == "up" and "database_url" in human.stdout + human.stderr  # Rich: stderr

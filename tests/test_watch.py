@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -149,6 +150,11 @@ def test_riskloop_up_runs_the_watcher_and_down_stops_it(stack_env: dict[str, str
         assert stack.up(settings)["watch"] == "up"  # idempotent: the same process
         assert (settings.run_dir / "watch.pid").read_text() == pid
         assert "tripwire watcher: every 60 s" in (settings.log_dir / "watch.log").read_text()
+        # it logs in as the governance role: its environment says so, and its first round wrote its verdicts
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{pid.strip()}/environ").read_text().split("\0") if "=" in item)
+        assert environ.get("RISKLOOP_DB_ROLE") == "governance"
+        wait_for(lambda: any(by == "watch" for _, by, _ in state(settings).values()), 60, "the watcher's first round")
     finally:
         stack.down(settings)
     assert stack.status(settings)["watch"] == "down"

@@ -35,7 +35,7 @@ def _run(action: str, case_id: str, analyst: Optional[str], *args: Any) -> None:
 
     actor = _analyst(analyst)
     try:
-        with db.connect(get_settings(), autocommit=True) as conn:
+        with db.connect(get_settings().as_role("governance"), autocommit=True) as conn:
             row = getattr(cases, action)(conn, case_id, actor, *args)
     except cases.CaseError as exc:
         console.print(f"[red]refused:[/red] {exc}")
@@ -63,7 +63,7 @@ def cases_list(
     from riskloop.decisions import cases
 
     try:
-        with db.connect(get_settings(), autocommit=True) as conn:
+        with db.connect(get_settings().as_role("analyst"), autocommit=True) as conn:  # reads only
             rows, total = cases.list_cases(conn, status=status, priority=priority, assignee=assignee, source=source,
                                            entity=entity, overdue=overdue, sort=sort, limit=limit, offset=offset)
     except cases.CaseError as exc:
@@ -89,7 +89,7 @@ def cases_show(case_id: str = typer.Argument(..., help="The case id."), as_json:
     from riskloop.decisions import cases
 
     try:
-        with db.connect(get_settings(), autocommit=True) as conn:
+        with db.connect(get_settings().as_role("analyst"), autocommit=True) as conn:
             case = cases.get(conn, case_id)
     except cases.CaseError as exc:
         console.print(f"[red]{exc}[/red]")
@@ -136,7 +136,7 @@ def cases_stats(as_json: bool = _JSON) -> None:
     from riskloop.core import db
     from riskloop.decisions.case_stats import stats
 
-    settings = get_settings()
+    settings = get_settings().as_role("analyst")
     with db.connect(settings, autocommit=True) as conn:
         s = stats(conn, settings)
     if as_json:
@@ -174,7 +174,7 @@ def cases_sync() -> None:
     (RISKLOOP_CASES_OPEN_ON_CHARGEBACK) allowed payments charged back as fraud. Idempotent (JSON counts)."""
     from riskloop.decisions.cases import sync
 
-    _dump(sync(get_settings()))
+    _dump(sync(get_settings().as_role("governance")))
 
 
 app.add_typer(cases_app, name="cases")

@@ -71,7 +71,7 @@ def stream(
 
     if partition >= partitions:
         raise typer.BadParameter(f"--partition {partition} is not below --partitions {partitions}")
-    with StreamConsumer(get_settings(), name=name, partitions=partitions, partition=partition) as consumer:
+    with StreamConsumer(get_settings().as_role("ingest"), name=name, partitions=partitions, partition=partition) as consumer:
         if once:
             console.print_json(json.dumps(consumer.run_once().__dict__))
             return
@@ -159,7 +159,7 @@ def batch_load() -> None:
     """Load what is in incoming/ into raw (upsert by file + line), archive it; exit 1 if a file was rejected."""
     from riskloop.data.batch_files import load_batch_files
 
-    report = load_batch_files(get_settings(), raise_on_rejected=False)
+    report = load_batch_files(get_settings().as_role("ingest"), raise_on_rejected=False)
     typer.echo(json.dumps(report.to_dict(), indent=2))
     if report.rejected:
         raise typer.Exit(1)

@@ -27,7 +27,7 @@ def promote(
     from riskloop.governance.promotion import evaluate_promotion
     from riskloop.monitoring.drift import UnknownDriftCheck, recorded_drift, run_drift
 
-    settings = get_settings()
+    settings = get_settings().as_role("governance")
     actor = acting_principal(settings, "promote_model").actor
     if report_id is None:
         drift = run_drift(settings, model_name=model)
@@ -55,7 +55,7 @@ def review_list(
 
     from riskloop.governance.review import pending
 
-    rows = pending(get_settings(), model)
+    rows = pending(get_settings().as_role("governance"), model)
     if as_json:
         typer.echo(json.dumps(rows, default=str))
         return
@@ -77,7 +77,7 @@ def review_show(
     from riskloop.governance.review import ReviewError, card
 
     try:
-        typer.echo(json.dumps(card(get_settings(), model, version), indent=2, default=str))
+        typer.echo(json.dumps(card(get_settings().as_role("governance"), model, version), indent=2, default=str))
     except ReviewError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
@@ -90,7 +90,7 @@ def _review(verdict: str, model: str, version: str, reason: str, reviewer: Optio
         console.print("[red]refused:[/red] --reviewer no longer chooses who you are: the CLI acts as the principal "
                       "of its key (RISKLOOP_API_KEY)")
         raise typer.Exit(2)
-    settings = get_settings()
+    settings = get_settings().as_role("governance")
     principal = acting_principal(settings, "review_model")
     try:
         approval = record(settings, model, version, verdict, principal, reason)
@@ -144,7 +144,7 @@ def canary_start(
     """Start a canary of the current @challenger; serving picks it up within RISKLOOP_SERVING_CANARY_POLL_S."""
     from riskloop.governance.canary import CanaryError, start
 
-    settings = get_settings()
+    settings = get_settings().as_role("governance")
     actor = acting_principal(settings, "run_canary").actor
     try:
         state = start(settings, model, share=share, mode=mode, min_minutes=min_minutes,
@@ -160,7 +160,7 @@ def canary_status(model: str = _MODEL) -> None:
     """The current canary state, its figures per arm and the gate's verdict so far (JSON)."""
     from riskloop.governance.canary import status
 
-    typer.echo(json.dumps(status(get_settings(), model), indent=2, default=str))
+    typer.echo(json.dumps(status(get_settings().as_role("governance"), model), indent=2, default=str))
 
 
 @canary_app.command("stop")
@@ -168,7 +168,7 @@ def canary_stop(model: str = _MODEL, reason: str = typer.Option("canary stopped"
     """End the running canary (share 0); the challenger alias stays where it is."""
     from riskloop.governance.canary import end
 
-    settings = get_settings()
+    settings = get_settings().as_role("governance")
     state = end(settings, model, "stop", reason, actor=acting_principal(settings, "run_canary").actor)
     if state is None:
         console.print(f"no canary running for {model}")
@@ -187,7 +187,7 @@ def canary_watch(
     from riskloop.governance.canary import watch
 
     settings = get_settings()
-    watch(settings, model, interval, actor=acting_principal(settings, "run_canary").actor)
+    watch(settings.as_role("governance"), model, interval, actor=acting_principal(settings, "run_canary").actor)
 
 
 app.add_typer(canary_app, name="canary")

@@ -23,7 +23,7 @@ def monitor(model: str = typer.Option("riskloop-fraud", help="Registered model n
     from riskloop.monitoring.checks import check_and_alert
     from riskloop.monitoring.drift import run_drift
 
-    settings = get_settings()
+    settings = get_settings().as_role("governance")  # drift reports and alerts, nothing else
     try:
         result = run_drift(settings, model_name=model)
     except Exception:
@@ -47,7 +47,7 @@ def watch(rounds: int = typer.Option(0, min=0, help="Stop after this many rounds
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run(get_settings(), stop, rounds=rounds or None)
+    run(get_settings().as_role("governance"), stop, rounds=rounds or None)
 
 
 @check_app.command("settlements")
@@ -58,7 +58,7 @@ def check_settlements() -> None:
     from riskloop.core.alerts import process
     from riskloop.monitoring.reconciliation import evaluate
 
-    settings = get_settings()
+    settings = get_settings().as_role("governance")
     checks = evaluate(settings)
     sent = process(settings, checks)
     typer.echo(json.dumps({"checks": [{"key": c.key, "breached": c.breached, "summary": c.summary, "details": c.details}

@@ -46,7 +46,7 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     from riskloop.decisions import policy_store as store
 
     try:
-        with db.connect(get_settings(), autocommit=True) as conn:
+        with db.connect(get_settings().as_role("governance"), autocommit=True) as conn:
             return fn(conn, *args, **kwargs)
     except store.DraftInvalid as exc:
         console.print("[red]draft refused:[/red]")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 from typing import Optional
 
 import typer
 
-from riskloop.cli.common import console
+from riskloop.cli.common import acting_principal, console
 from riskloop.core.config import get_settings
 
 app = typer.Typer()
@@ -23,13 +22,17 @@ def apply(
     json_out: bool = typer.Option(False, "--json", help="Print the run as JSON on stdout."),
 ) -> None:
     """Delete raw payloads, closed cases, decisions and unused model versions past their retention period
-    (unset periods keep everything). Every run, dry or not, is recorded in governance.retention_runs."""
+    (unset periods keep everything). Every run, dry or not, is recorded in governance.retention_runs with
+    the CLI's principal (RISKLOOP_API_KEY, an admin's) as its actor."""
     from rich.table import Table
 
     from riskloop.governance import retention
 
+    # the governance role: it deletes through the owner's governance.retention_purge, never by a DELETE of its own
+    settings = get_settings().as_role("governance")
+    actor = acting_principal(settings, "admin").actor  # deleting data is an administrator's act
     try:
-        run = retention.apply(get_settings(), dry_run=dry_run, actor=f"cli:{getpass.getuser()}",
+        run = retention.apply(settings, dry_run=dry_run, actor=actor,
                               classes=tuple(data_class) if data_class else retention.DATA_CLASSES)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")

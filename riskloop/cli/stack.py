@@ -33,10 +33,10 @@ def down() -> None:
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout.")) -> None:
-    """Where each component is and whether it answers."""
+    """Where each component is and whether it answers (read as the analyst role: status writes nothing)."""
     from riskloop.ops import stack
 
-    info = stack.status(get_settings())
+    info = stack.status(get_settings().as_role("analyst"))
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return

@@ -44,11 +44,14 @@ FEAST_DB = "riskloop_feast"
 ALL_DATABASES = (WAREHOUSE_DB, AIRFLOW_DB, MLFLOW_DB, FEAST_DB)
 
 # The database roles of riskloop's components (riskloop.core.roles grants each what its SQL needs).
-# Migrations, Airflow's and MLflow's stores are the owner's: the login of the stack (the embedded
-# server's superuser, or RISKLOOP_DATABASE_URL's user).
+# Migrations are the owner's: the login of the stack (the embedded server's superuser, or
+# RISKLOOP_DATABASE_URL's user).
 DbRole = Literal["ingest", "transform", "serving", "governance", "analyst"]
 DB_ROLES: tuple[str, ...] = DbRole.__args__  # type: ignore[attr-defined]
 EMBEDDED_SUPERUSER = "postgres"
+# The services riskloop starts that keep a database of their own: each logs in as a role that owns
+# that database and nothing else (riskloop_airflow, riskloop_mlflow), so a flaw in one reads no decision.
+SERVICE_DATABASES: dict[str, str] = {"airflow": AIRFLOW_DB, "mlflow": MLFLOW_DB}
 
 
 def db_role_name(component: str) -> str:
@@ -500,6 +503,15 @@ class Settings(BaseSettings):
             return owner
         return PgServer(host=owner.host, port=owner.port, user=db_role_name(self.db_role),
                         password=self.role_password(self.db_role))
+
+    def service_pg(self, service: str) -> PgServer:
+        """The login of a service riskloop starts with a database of its own (SERVICE_DATABASES): its
+        role on the embedded server; on RISKLOOP_DATABASE_URL's server the owner's (riskloop may not
+        create roles there)."""
+        owner = self.owner_pg
+        if not self.embedded:
+            return owner
+        return PgServer(host=owner.host, port=owner.port, user=db_role_name(service), password=self.role_password(service))
 
     def as_role(self, component: str) -> "Settings":
         """These settings for a process of ``component``, unless a role was chosen explicitly."""

@@ -42,7 +42,10 @@ def connect(settings: Settings, database: str | None = None, autocommit: bool = 
 
 
 def ensure_schema(conn: psycopg.Connection, name: str) -> None:
-    conn.execute(f"create schema if not exists {quote_ident(name)}")
+    """Create schema ``name`` if it is missing. Checked first: ``create schema if not exists`` needs the
+    CREATE privilege on the database even when the schema exists, and component roles do not hold it."""
+    if conn.execute("select 1 from pg_namespace where nspname = %s", (name,)).fetchone() is None:
+        conn.execute(f"create schema if not exists {quote_ident(name)}")
 
 
 def quote_ident(name: str) -> str:

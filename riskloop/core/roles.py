@@ -11,8 +11,13 @@ the SQL each component runs:
   (card locations, open cases, alert state), and DELETE only the open-case index;
 * ``ingest`` (loaders, contracts, the stream consumer) writes the raw, quarantine and realtime schemas;
 * ``transform`` (dbt) reads everything and builds the staging, intermediate and marts schemas;
-* ``governance`` (promotion, canary, monitoring, cases sync) reads everything and appends to its tables;
+* ``governance`` (promotion, review, canary, monitoring, the tripwire watcher, cases sync, retention,
+  the policy CLI) reads everything and appends to its tables; retention deletes only through the
+  owner's ``governance.retention_purge``, never by a DELETE of its own;
 * ``analyst`` reads everything and writes nothing.
+
+Airflow and MLflow (the services the embedded stack starts) log in as ``riskloop_airflow`` and
+``riskloop_mlflow``: each owns its own database and the tables in it, and is granted nothing else.
 
 Default privileges extend the same grants to tables created later by migrations, loaders or dbt.
 Roles are cluster-wide; the grants are per database (the warehouse and the Feast store).
@@ -24,7 +29,7 @@ import logging
 
 import psycopg
 
-from riskloop.core.config import DB_ROLES, Settings, db_role_name
+from riskloop.core.config import DB_ROLES, SERVICE_DATABASES, Settings, db_role_name
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,15 @@ OWNS: dict[str, tuple[str, ...]] = {
     "transform": ("staging", "intermediate", "marts"),
 }
 
+# The policy store's tables (riskloop.decisions.policy_store): every change is appended.
+POLICY_WRITES = {
+    "policy.versions": "insert",
+    "policy.version_events": "insert",
+    "policy.lists": "insert",
+    "policy.list_events": "insert",
+    "policy.emergency_events": "insert",
+}
+
 # Single tables a component writes, with exactly the privileges its statements need.
 WRITES: dict[str, dict[str, str]] = {
     "serving": {
@@ -67,11 +81,7 @@ WRITES: dict[str, dict[str, str]] = {
         "monitoring.alert_state": "insert, update",
         "raw.webhook_inbox": "insert, select (processor, event_id)",  # returning the stored keys
         # the policy store's API (serving.policy_api): drafts, reviews, lists, emergency stops, all appended
-        "policy.versions": "insert",
-        "policy.version_events": "insert",
-        "policy.lists": "insert",
-        "policy.list_events": "insert",
-        "policy.emergency_events": "insert",
+        **POLICY_WRITES,
     },
     "ingest": {
         "monitoring.alert_events": "insert",
@@ -89,17 +99,28 @@ WRITES: dict[str, dict[str, str]] = {
         "cases.case_events": "insert",
         "cases.open_entities": "insert, delete",
         "raw.contract_runs": "insert",
+        "governance.retention_runs": "insert",
+        # `riskloop policy …` (the CLI's side of the policy store)
+        **POLICY_WRITES,
     },
 }
 
 # Sequences a component draws from explicitly (identity columns need no grant of their own).
 SEQUENCES: dict[str, tuple[str, ...]] = {
     "serving": ("policy.change_seq",),
+    "governance": ("policy.change_seq",),
+}
+
+# Functions a component may call, owned by the tables' owner (SECURITY DEFINER): retention deletes
+# through one, so no component holds DELETE on an append-only table.
+FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "governance": ("governance.retention_purge(text, timestamptz)",),
 }
 
 # The Feast store's database (schema public: registry and online tables).
 FEAST_TABLES: dict[str, str] = {
-    "ingest": "select, insert, update, delete",  # push and materialize
+    # feast apply (riskloop.features.store.apply, as ingest: it owns what it creates), push, materialize
+    "ingest": "select, insert, update, delete, trigger",
     "transform": "select",
     "serving": "select, trigger",  # reads, and keeps its cache-invalidation trigger installed
     "governance": "select",
@@ -165,6 +186,10 @@ def warehouse_grants(owner: str, table_exists=None) -> list[str]:
         for sequence in sequences:
             if table_exists is None or table_exists(sequence):
                 out.append(f"grant usage on sequence {_table(sequence)} to {_ident(roles[component])}")
+    for component, functions in FUNCTIONS.items():
+        for function in functions:
+            if table_exists is None or table_exists(function.split("(")[0]):
+                out.append(f"grant execute on function {function} to {_ident(roles[component])}")
     return out
 
 
@@ -176,9 +201,15 @@ def feast_grants(owner: str) -> list[str]:
         out.append(f"grant usage on schema public to {role}")
         out.append(f"grant {privileges} on all tables in schema public to {role}")
         out.append(f"alter default privileges for role {_ident(owner)} in schema public grant {privileges} on tables to {role}")
-    out.append(f"grant usage, select on all sequences in schema public to {_ident(db_role_name('ingest'))}")
-    # serving creates its trigger function there the first time it finds it missing.
-    out.append(f"grant create on schema public to {_ident(db_role_name('serving'))}")
+    ingest = _ident(db_role_name("ingest"))
+    out.append(f"grant usage, select on all sequences in schema public to {ingest}")
+    # serving creates its trigger function there the first time it finds it missing; ingest (feast apply,
+    # materialize) the registry and online tables of a new feature view, which the others then read.
+    out.append(f"grant create on schema public to {_ident(db_role_name('serving'))}, {ingest}")
+    for component, privileges in FEAST_TABLES.items():
+        if component != "ingest":
+            out.append(f"alter default privileges for role {ingest} in schema public grant {privileges} on tables "
+                       f"to {_ident(db_role_name(component))}")
     return out
 
 
@@ -245,9 +276,15 @@ def apply(settings: Settings) -> dict[str, object]:
             return done
         tables = {f"{s}.{t}" for s, t in conn.execute(
             "select schemaname, tablename from pg_tables where schemaname = any(%(s)s) "
-            "union all select schemaname, sequencename from pg_sequences where schemaname = any(%(s)s)",
+            "union all select schemaname, sequencename from pg_sequences where schemaname = any(%(s)s) "
+            "union all select n.nspname, p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+            "where n.nspname = any(%(s)s)",
             {"s": list(SCHEMAS)})}
         _run(conn, warehouse_grants(owner.user, tables.__contains__))
+        _hand_over(conn, owner.user, "transform", OWNS["transform"])
+        if may and settings.embedded:
+            for service, database in SERVICE_DATABASES.items():
+                _own_database(settings, conn, service, database)
     try:
         conn = psycopg.connect(owner.url(settings.feast_db, driver=""), autocommit=True)
     except psycopg.OperationalError as exc:  # not created yet (`riskloop up` creates it, then grants)
@@ -255,7 +292,70 @@ def apply(settings: Settings) -> dict[str, object]:
         return done
     with conn:
         _run(conn, feast_grants(owner.user))
+        _hand_over(conn, owner.user, "ingest", ("public",))
     return done
+
+
+def _hand_over(conn: psycopg.Connection, owner: str, component: str, schemas: tuple[str, ...]) -> None:
+    """What the owner's login made in ``schemas``, where ``component`` alone builds and replaces things
+    (dbt's schemas; the Feast store, which ingest applies), handed to the component's role so it may
+    rebuild them: a stack whose dbt or ``feast apply`` ran as the owner keeps working."""
+    role = db_role_name(component)
+    rows = conn.execute(
+        "select case c.relkind when 'v' then 'view' when 'm' then 'materialized view' else 'table' end, "
+        "format('%%I.%%I', n.nspname, c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = any(%(s)s) and c.relkind in ('r', 'p', 'v', 'm') and pg_get_userbyid(c.relowner) = %(o)s "
+        "union all select 'function', p.oid::regprocedure::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname = any(%(s)s) and pg_get_userbyid(p.proowner) = %(o)s "
+        "and not exists (select 1 from pg_depend d where d.objid = p.oid and d.deptype = 'e')",
+        {"s": list(schemas), "o": owner}).fetchall()
+    statements = [f"alter {kind} {name} owner to {_ident(role)}" for kind, name in rows]
+    if not statements or owner == role:
+        return
+    try:
+        conn.execute(";\n".join(statements))  # type: ignore[arg-type]
+        log.info("handed %d objects of %s to %s", len(statements), ", ".join(schemas), role)
+    except psycopg.errors.InsufficientPrivilege as exc:  # the owner's login is not a member of the role
+        log.warning("could not hand %d objects of %s to %s (%s): a DBA runs `alter … owner to %s`",
+                    len(statements), ", ".join(schemas), role, exc.diag.message_primary, role)
+
+
+def _own_database(settings: Settings, conn: psycopg.Connection, service: str, database: str) -> None:
+    """The service's login role (no superuser, no CREATEROLE/CREATEDB) owning ``database`` and every
+    object in it: a stack made when the owner's login ran the service has its tables handed over in place."""
+    from psycopg import sql
+
+    role = db_role_name(service)
+    exists = conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone()
+    attributes = " role {} login nosuperuser nocreaterole nocreatedb password {}"
+    values = (sql.Identifier(role), sql.Literal(settings.role_password(service)))
+    try:
+        conn.execute(sql.SQL(("alter" if exists else "create") + attributes).format(*values))
+    except psycopg.errors.DuplicateObject:  # created meanwhile by an `up` on another database of this server
+        conn.execute(sql.SQL("alter" + attributes).format(*values))
+    if conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone() is None:
+        return  # not created yet: `riskloop up` creates it before it applies the roles
+    conn.execute(sql.SQL("alter database {} owner to {}").format(sql.Identifier(database), sql.Identifier(role)))
+    with psycopg.connect(settings.owner_pg.url(database, driver=""), autocommit=True) as own:
+        own.execute(sql.SQL("alter schema public owner to {}").format(sql.Identifier(role)))
+        objects = own.execute(
+            "select c.relkind, format('%%I.%%I', n.nspname, c.relname) from pg_class c "
+            "join pg_namespace n on n.oid = c.relnamespace "
+            "where n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%%' "
+            "and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f') and c.relowner <> (select oid from pg_roles where rolname = %s) "
+            # sequences of a table's column follow their table
+            "and not (c.relkind = 'S' and exists (select 1 from pg_depend d where d.objid = c.oid "
+            "and d.classid = 'pg_class'::regclass and d.deptype in ('a', 'i')))", (role,)).fetchall()
+        kinds = {"v": "view", "m": "materialized view", "S": "sequence", "f": "foreign table"}
+        statements = [f"alter {kinds.get(kind, 'table')} {name} owner to {_ident(role)}" for kind, name in objects]
+        types = own.execute(
+            "select format('%%I.%%I', n.nspname, t.typname) from pg_type t join pg_namespace n on n.oid = t.typnamespace "
+            "where n.nspname = 'public' and t.typtype in ('e', 'd') "
+            "and t.typowner <> (select oid from pg_roles where rolname = %s)", (role,)).fetchall()
+        statements += [f"alter type {name} owner to {_ident(role)}" for (name,) in types]
+        if statements:
+            log.info("handing %d objects of %s to %s", len(statements), database, role)
+            own.execute(";\n".join(statements))  # type: ignore[arg-type]
 
 
 def _run(conn: psycopg.Connection, statements: list[str]) -> None:

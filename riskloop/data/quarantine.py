@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from riskloop.core import db
 from riskloop.core.schema import CONTRACT_TABLES_BY_NAME, RAW_SCHEMA, RawTable
 from riskloop.core.storable import escape_unstorable
 
@@ -57,7 +58,7 @@ class Selection:
 
 def ensure_table(conn: psycopg.Connection, table: RawTable) -> None:
     """``quarantine.<table>``: the raw table's columns and lineage, and why/when it was quarantined."""
-    conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(QUARANTINE_SCHEMA)))
+    db.ensure_schema(conn, QUARANTINE_SCHEMA)
     conn.execute(sql.SQL(
         """
         create table if not exists {q} (

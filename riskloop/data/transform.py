@@ -34,8 +34,10 @@ class DbtError(RuntimeError):
 
 
 def dbt_env(settings: Settings) -> dict[str, str]:
-    """The environment the profile and dbt itself read, derived from Settings."""
-    pg = settings.pg
+    """The environment the profile and dbt itself read, derived from Settings. dbt logs in as the
+    transform role (riskloop.core.roles: it reads every schema and owns staging, intermediate and
+    marts), unless these settings chose a role already."""
+    pg = settings.as_role("transform").pg
     artifacts = dbt_artifacts_dir(settings)
     return {
         "RISKLOOP_DBT_HOST": pg.host,

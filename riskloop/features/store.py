@@ -117,6 +117,7 @@ def apply(settings: Settings) -> None:
     """
     from feast.repo_operations import apply_total_with_repo_instance
 
+    settings = settings.as_role("ingest")  # Feast's tables are ingest's: it alone creates and writes them
     started = time.perf_counter()
     store = feature_store(settings)
     repo = _load_definitions(settings.feature_repo, store.config.project)
@@ -185,6 +186,7 @@ def materialize(settings: Settings, end: datetime | None = None, *, start: datet
     end = end or datetime.now(timezone.utc)
     if end.tzinfo is None:
         raise ValueError("materialize needs a timezone-aware end")
+    settings = settings.as_role("ingest")
     started = time.perf_counter()
     store = feature_store(settings)
     guard_newer_wins(settings, store)  # a deployment applied before the guard existed gets it here

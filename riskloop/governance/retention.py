@@ -17,7 +17,9 @@ Each data class has its own period (``RISKLOOP_RETENTION_<CLASS>_DAYS``; unset k
 
 The append-only tables refuse every delete unless the transaction declares a cutoff
 (``riskloop.retention_cutoff``) and the row is older than it (migration ``0005_retention``), so this
-module is the one road by which a decision or a case event leaves, and only once it aged out.
+module is the one road by which a decision or a case event leaves, and only once it aged out. The
+deletes themselves are the owner's function ``governance.retention_purge`` (migration
+``0011_retention_purge``): the governance role that runs retention may call it, and may not DELETE.
 Cases go before decisions, so decisions freed by a deleted case go in the same run. Each class is
 one transaction; each run is recorded in ``governance.retention_runs`` (dry runs too), and a dry
 run counts in the same statements' terms and rolls back.
@@ -75,62 +77,11 @@ def _exists(conn: psycopg.Connection, table: str) -> bool:
     return conn.execute("select to_regclass(%s) is not null", (table,)).fetchone()[0]
 
 
-def _declare(conn: psycopg.Connection, cutoff: datetime) -> None:
-    # transaction-local: the append-only triggers let rows older than this go, for this transaction only
-    conn.execute("select set_config('riskloop.retention_cutoff', %s, true)", (cutoff.isoformat(),))
-
-
-def _raw_payloads(conn: psycopg.Connection, cutoff: datetime) -> dict[str, int]:
-    if not _exists(conn, "raw.webhook_inbox"):
-        return {}
-    n = conn.execute("delete from raw.webhook_inbox where received_at < %s", (cutoff,)).rowcount
-    return {"raw.webhook_inbox": n}
-
-
-def _cases(conn: psycopg.Connection, cutoff: datetime) -> dict[str, int]:
-    if not _exists(conn, "cases.cases"):
-        return {}
-    conn.execute("create temp table retention_cases on commit drop as "
-                 "select case_id from cases.cases where status = 'closed' and closed_at < %s", (cutoff,))
-    rows = {
-        "cases.open_entities": conn.execute(
-            "delete from cases.open_entities where case_id in (select case_id from retention_cases)").rowcount,
-        # every event of a case closed before the cutoff is older than it (closing is the last event)
-        "cases.case_events": conn.execute(
-            "delete from cases.case_events where case_id in (select case_id from retention_cases)").rowcount,
-        "cases.cases": conn.execute(
-            "delete from cases.cases where case_id in (select case_id from retention_cases)").rowcount,
-    }
-    return rows
-
-
-def _decisions(conn: psycopg.Connection, cutoff: datetime) -> dict[str, int]:
-    if not _exists(conn, "serving.decision_log"):
-        return {}
-    held_by_cases = ("and not exists (select 1 from cases.case_events e where e.decision_id = d.decision_id)"
-                     if _exists(conn, "cases.case_events") else "")
-    newer_outcome = ("and not exists (select 1 from serving.decision_outcomes o where o.decision_id = d.decision_id "
-                     "and o.recorded_at >= %(cutoff)s)" if _exists(conn, "serving.decision_outcomes") else "")
-    conn.execute(
-        f"""create temp table retention_decisions on commit drop as
-            select d.decision_id from serving.decision_log d
-            where d.decided_at < %(cutoff)s {held_by_cases} {newer_outcome}
-              and not exists (select 1 from serving.decision_overrides v where v.decision_id = d.decision_id
-                              and v.overridden_at >= %(cutoff)s)""", {"cutoff": cutoff})
-    rows: dict[str, int] = {}
-    for table in ("serving.decision_overrides", "serving.decision_outcomes"):
-        if _exists(conn, table):
-            rows[table] = conn.execute(
-                f"delete from {table} where decision_id in (select decision_id from retention_decisions)").rowcount
-    rows["serving.decision_log"] = conn.execute(
-        "delete from serving.decision_log where decision_id in (select decision_id from retention_decisions)").rowcount
-    if _exists(conn, "serving.decision_log_dead_letters"):
-        rows["serving.decision_log_dead_letters"] = conn.execute(
-            "delete from serving.decision_log_dead_letters where dead_lettered_at < %s", (cutoff,)).rowcount
-    if _exists(conn, "serving.known_devices"):
-        rows["serving.known_devices"] = conn.execute(
-            "delete from serving.known_devices where first_allowed_at < %s", (cutoff,)).rowcount
-    return rows
+def _purge(conn: psycopg.Connection, data_class: str, cutoff: datetime) -> dict[str, int]:
+    """A data class's deletes, by ``governance.retention_purge`` (migration 0011): the tables' owner runs
+    them, so the role running retention holds no DELETE on the append-only tables."""
+    return {target: int(n) for target, n in conn.execute(
+        "select target, n from governance.retention_purge(%s, %s)", (data_class, cutoff))}
 
 
 def _model_artifacts(settings: Settings, conn: psycopg.Connection, cutoff: datetime, dry_run: bool) -> dict[str, int]:
@@ -178,7 +129,6 @@ def apply(settings: Settings, *, dry_run: bool, actor: str, as_of: datetime | No
     as_of = as_of or datetime.now(UTC)
     run = RetentionRun(run_id=str(uuid.uuid4()), dry_run=dry_run, as_of=as_of, classes=[])
     limits = cutoffs(settings, as_of)
-    steps = {"raw_payloads": _raw_payloads, "cases": _cases, "decisions": _decisions}
     with db.connect(settings) as conn:
         for data_class in DATA_CLASSES:
             cutoff = limits[data_class]
@@ -188,8 +138,7 @@ def apply(settings: Settings, *, dry_run: bool, actor: str, as_of: datetime | No
             if data_class == "model_artifacts":
                 rows = _model_artifacts(settings, conn, cutoff, dry_run)
             else:
-                _declare(conn, cutoff)
-                rows = steps[data_class](conn, cutoff)
+                rows = _purge(conn, data_class, cutoff)
             if not dry_run:  # one transaction per class; a dry run sees each class's deletes, then undoes them all
                 _record(conn, run, data_class, cutoff, rows, actor)
                 conn.commit()

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,7 +41,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "AIRFLOW_HOME": str(settings.airflow_home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.owner_pg.url(AIRFLOW_DB, driver="psycopg2"),
+        # Its own role, owning the metadata database only (riskloop.core.roles).
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.service_pg("airflow").url(AIRFLOW_DB, driver="psycopg2"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.dags_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -81,7 +82,9 @@ def _airflow_bin() -> str:
 def ensure_airflow_db(settings: Settings) -> None:
     """``airflow db migrate`` once per metadata database (a marker file remembers it)."""
     marker = settings.airflow_home / ".migrated"
-    if marker.exists() and marker.read_text() == settings.owner_pg.url(AIRFLOW_DB, driver=""):
+    # which database as whom, without the password (the file is not a secret)
+    target = replace(settings.service_pg("airflow"), password="").url(AIRFLOW_DB, driver="")
+    if marker.exists() and marker.read_text() == target:
         return
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,7 @@ def ensure_airflow_db(settings: Settings) -> None:
     with open(settings.log_dir / "airflow-db-migrate.log", "wb") as out:
         subprocess.run([_airflow_bin(), "db", "migrate"], env=airflow_env(settings), check=True,
                        stdout=out, stderr=subprocess.STDOUT)
-    marker.write_text(settings.owner_pg.url(AIRFLOW_DB, driver=""))
+    marker.write_text(target)
 
 
 def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = None,

@@ -263,11 +263,12 @@ def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
     artifacts = settings.artifacts
     if artifacts.startswith("file://"):
         Path(artifacts.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    login = settings.service_pg("mlflow")  # its own role, owning its own database only
     cmd = [
         str(Path(sys.executable).with_name("mlflow")),
         "server",
         # The password goes by PGPASSWORD, not on a command line anyone can read in `ps`.
-        "--backend-store-uri", replace(settings.owner_pg, password="").url(MLFLOW_DB, driver="psycopg2"),
+        "--backend-store-uri", replace(login, password="").url(MLFLOW_DB, driver="psycopg2"),
         "--artifacts-destination", artifacts,
         "--serve-artifacts",
         "--host", "127.0.0.1",
@@ -278,8 +279,8 @@ def start_mlflow(settings: Settings, wait_s: float = 300.0) -> None:
     # MLflow 3's server also runs a job executor (a dozen huey consumers) for features riskloop
     # does not use; on a 2-core machine it costs more CPU than the tracking server itself.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    if settings.owner_pg.password:
-        env["PGPASSWORD"] = settings.owner_pg.password
+    if login.password:
+        env["PGPASSWORD"] = login.password
     proc = spawn_detached(settings, "mlflow", cmd, env)
     wait_until(settings, {"mlflow": proc}, lambda: mlflow_healthy(settings), wait_s)
 

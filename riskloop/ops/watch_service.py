@@ -29,8 +29,9 @@ def start(settings: Settings, wait_s: float = 120.0) -> None:
     logfile = settings.log_dir / f"{NAME}.log"
     offset = logfile.stat().st_size if logfile.exists() else 0
     log.info("starting the tripwire watcher (riskloop watch, log in %s)", logfile)
+    # It logs in as the governance role (riskloop.core.roles): it reads decisions and writes alert state only.
     proc = spawn_detached(settings, NAME, [sys.executable, "-m", "riskloop", "watch"],
-                          {**os.environ, **settings.environ()})
+                          {**os.environ, **settings.as_role("governance").environ()})
 
     def started() -> bool:
         with open(logfile, "rb") as f:
