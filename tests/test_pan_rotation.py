@@ -81,6 +81,16 @@ def test_tokens_name_their_key_and_an_old_token_rekeys_to_what_the_new_key_gives
     assert n == 2 and serving.tokenize(VISA).token in text and before not in text and after not in text
     assert pan.PAN_PATTERN.search(after) is None  # a token never looks like a card number to the audit
 
+    # a file written before the rotation, landed after it: its tokens are re-keyed on load
+    import pyarrow as pa
+
+    landed = pa.table({"card_token": [before, "tok_processor", None, before], "note": [before, "x", "y", "z"]})
+    loaded = pan.rekey_arrow(landed, serving)
+    assert loaded.column("card_token").to_pylist() == [serving.tokenize(VISA).token, "tok_processor", None,
+                                                       serving.tokenize(VISA).token]
+    assert loaded.column("note").to_pylist()[0] == before  # only the token columns: free text is not a join key
+    assert pan.rekey_arrow(loaded, serving) is loaded  # all current: the same table
+
 
 def test_a_card_tokenised_before_and_after_a_rotation_joins_as_one_card(tmp_path: Path, stack_env) -> None:
     from riskloop.data.ingest import load_table

@@ -537,6 +537,29 @@ def tokenize_arrow_text(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenize
     return arrow, replaced
 
 
+def rekey_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer]) -> Any:
+    """An Arrow table whose token columns (``card_token``, ``pan_token``) hold only the current key's
+    tokens: a file landed (or replayed) after a rotation with tokens of an older key joins like the
+    rest. The same table object when nothing was older; ``pan`` (a factory) is called only then."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, name in enumerate(arrow.column_names):
+        col = arrow.column(i)
+        if name not in ("card_token", "pan_token") or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        older = pc.match_substring_regex(col, r"^pant_([0-9a-f]{64}|k[1-9][0-9]*_[0-9a-f]{64})$")
+        if not pc.any(older).as_py():
+            continue
+        tok = pan if isinstance(pan, PanTokenizer) else pan()
+        distinct = pc.unique(col).drop_null().to_pylist()
+        new = pa.array([tok.rekey(v) for v in distinct], col.type)
+        if new.to_pylist() == distinct:
+            continue
+        arrow = arrow.set_column(i, name, new.take(pc.index_in(col, value_set=pa.array(distinct, col.type))))
+    return arrow
+
+
 def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], token_column: str = "card_token") -> Any:
     """A landed file's Arrow table with CVV/track/PIN columns dropped, a PAN column (e.g.
     ``card_number``) replaced by ``token_column`` (the keyed token), ``card_bin`` and ``card_last4``,
