@@ -43,10 +43,10 @@ def _decision(conn: psycopg.Connection, card_token: str, pan_token: str | None =
     return decision_id
 
 
-def _payment_event(conn: psycopg.Connection, event_id: str, card_token: str, minutes: int = 0) -> None:
+def _payment_event(conn: psycopg.Connection, event_id: str, card_token: str, minutes: int = 0, at=T0) -> None:
     conn.execute("insert into realtime.payment_events (processor, event_id, card_token, customer_id, amount_minor, "
                  "occurred_at, currency) values ('standard', %s, %s, 'C1', 100, %s, 'EUR')",
-                 (event_id, card_token, T0 + timedelta(minutes=minutes)))
+                 (event_id, card_token, at + timedelta(minutes=minutes)))
 
 
 def _tokens(conn: psycopg.Connection) -> dict[str, list[str]]:
@@ -117,7 +117,7 @@ def test_a_card_tokenised_before_and_after_a_rotation_joins_as_one_card(tmp_path
         logged = _decision(conn, old, old)
         assert conn.execute("select count(*) from marts.fct_transactions where card_token = %s", (old,)).fetchone()[0] == 3
 
-    rotation = rotate(settings, "svc-test", grace_seconds=0)
+    rotation = rotate(settings, "svc-test", grace_seconds=0, online=False)
     assert (rotation.old_kid, rotation.new_kid, rotation.resumed) == ("k0", "k1", False)
 
     # After: the same card pays again; the landed file is tokenised with the new key.
@@ -186,7 +186,7 @@ def test_rows_written_during_a_rotation_end_rekeyed(tmp_path: Path, stack_env) -
             conn.execute("insert into serving.card_locations (card_token, country, seen_at) values (%s, 'IT', %s)",
                          (old["C2"], T0))
 
-    rotation = rotate(settings, "svc-test", batch=4, grace_seconds=0, progress=meanwhile)
+    rotation = rotate(settings, "svc-test", batch=4, grace_seconds=0, progress=meanwhile, online=False)
     assert written and rotation.passes >= 2
     new = {c: pan.tokenizer(settings).tokenize(p).token for c, p in CARDS.items()}
     with psycopg.connect(dsn(settings), autocommit=True) as conn:
@@ -212,7 +212,7 @@ def test_a_crash_in_the_middle_resumes_with_the_same_key(tmp_path: Path, stack_e
         _decision(conn, old)
 
     with pytest.raises(Exception, match="interrupted"):
-        pan_rotation.rotate(settings, "svc-test", batch=4, grace_seconds=0, stop_after_batches=2)
+        pan_rotation.rotate(settings, "svc-test", batch=4, grace_seconds=0, stop_after_batches=2, online=False)
     status = pan_rotation.status(settings)
     assert status["unfinished"] is not None and status["current_kid"] == "k1"
     assert 0 < status["rows_under_older_keys"]["realtime.payment_events.card_token"] < 40  # some batches committed
@@ -244,3 +244,29 @@ def test_a_crash_in_the_middle_resumes_with_the_same_key(tmp_path: Path, stack_e
     monkeypatch.setenv("RISKLOOP_API_KEY", "not-a-key-of-anyone-0123456789")
     refused = CliRunner().invoke(app, ["pan", "rotate"])
     assert refused.exit_code == 2
+
+
+def test_the_online_card_windows_follow_the_new_token(tmp_path: Path, stack_env) -> None:
+    """The card's first payment after the rotation is scored with its history, not with empty windows."""
+    from datetime import UTC, datetime
+
+    from riskloop.core import windows
+    from riskloop.features import store as features
+    from riskloop.ops.pan_rotation import rotate
+
+    settings = _settings(tmp_path, "riskloop_t_pan_rotation_online")
+    features.apply(settings)
+    old = pan.tokenizer(settings).tokenize(VISA).token
+    recent = datetime.now(UTC) - timedelta(hours=2)  # inside the card views' time to live
+    with psycopg.connect(dsn(settings), autocommit=True) as conn:
+        for i in range(5):
+            _payment_event(conn, f"p_{i}", old, minutes=i, at=recent)
+
+    rotation = rotate(settings, "svc-test", batch=2, grace_seconds=0)
+    new = pan.tokenizer(settings).tokenize(VISA).token
+    assert rotation.card_windows_pushed >= 1
+    card = windows.entity("card")
+    name = f"card_tx_count_{windows.WINDOWS[-1].name}"
+    got = features.feature_store(settings).get_online_features(
+        features=[f"{windows.view_name(card)}:{name}"], entity_rows=[{"card_token": new}]).to_dict()
+    assert got[name] == [5]

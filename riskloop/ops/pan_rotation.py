@@ -99,10 +99,12 @@ class Rotation:
     resumed: bool
     counts: dict[str, int] = field(default_factory=dict)
     passes: int = 0
+    card_windows_pushed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"rotation_id": self.rotation_id, "old_kid": self.old_kid, "new_kid": self.new_kid,
-                "resumed": self.resumed, "passes": self.passes, "counts": self.counts}
+                "resumed": self.resumed, "passes": self.passes, "counts": self.counts,
+                "card_windows_pushed": self.card_windows_pushed}
 
 
 # A progress sink: (target name, pages done, pages total) after each range of pages.
@@ -154,10 +156,10 @@ def _stale(target: Target, current_kid: str) -> sql.Composed:
 
 
 def rekey_batch(conn: psycopg.Connection, target: Target, tok: pan.PanTokenizer, lo: int, hi: int, batch: int,
-                after: str | None = None) -> tuple[int, str | None]:
+                after: str | None = None, rekeyed: list[str] | None = None) -> tuple[int, str | None]:
     """Re-key (or map) the tokens of up to ``batch`` rows in pages [lo, hi) of one target, after row
     ``after``, in one short transaction. Returns (rows changed, the last row read when the batch was
-    full, else None: the range is done)."""
+    full, else None: the range is done). ``rekeyed`` collects the new values written."""
     where = sql.SQL("ctid >= {lo}::tid and ctid < {hi}::tid and ctid > {after}::tid and ").format(
         lo=sql.Literal(f"({lo},0)"), hi=sql.Literal(f"({hi},0)"), after=sql.Literal(after or "(0,0)")) \
         + _stale(target, tok.current_kid)
@@ -173,6 +175,8 @@ def rekey_batch(conn: psycopg.Connection, target: Target, tok: pan.PanTokenizer,
         if not changes:
             return 0, last
         ctids, news = [c for c, _ in changes], [n for _, n in changes]
+        if rekeyed is not None:
+            rekeyed.extend(news)
         newer = MERGE_NEWER.get((target.schema, target.table, target.column))
         if newer is not None:
             return _merge_rows(conn, target, newer, ctids, news), last
@@ -222,18 +226,25 @@ def _map_rows(conn: psycopg.Connection, tok: pan.PanTokenizer, values: list[str]
 
 
 def rekey_pass(conn: psycopg.Connection, tok: pan.PanTokenizer, batch: int, progress: Progress | None = None,
-               stop_after_batches: int | None = None) -> dict[str, int]:
+               stop_after_batches: int | None = None, online: "CardWindows | None" = None) -> dict[str, int]:
     """One pass over every target; rows changed (or tokens mapped) per target."""
+    from riskloop.core import windows
+
     counts: dict[str, int] = {}
     batches = 0
     for target in targets(conn):
         pages, density = _pages(conn, target)
         per_batch = max(1, batch // density)
+        feeds_windows = online is not None and f"{target.schema}.{target.table}" == windows.EVENTS_TABLE \
+            and target.column == "card_token"
         for lo, hi in _ranges(pages + 1, per_batch):  # +1: a page filled since the size was read
             after: str | None = None
             while True:
-                n, after = rekey_batch(conn, target, tok, lo, hi, batch, after)
+                rekeyed: list[str] = []
+                n, after = rekey_batch(conn, target, tok, lo, hi, batch, after, rekeyed)
                 counts[target.name] = counts.get(target.name, 0) + n
+                if feeds_windows and rekeyed:
+                    online.push(conn, sorted(set(rekeyed)))  # type: ignore[union-attr]
                 batches += 1
                 if stop_after_batches is not None and batches >= stop_after_batches:
                     raise _Interrupted(counts)
@@ -242,6 +253,45 @@ def rekey_pass(conn: psycopg.Connection, tok: pan.PanTokenizer, batch: int, prog
             if progress is not None:
                 progress(target.name, min(hi, pages), pages)
     return counts
+
+
+class CardWindows:
+    """The online store's card windows under the new tokens, pushed as the stream's payment events are
+    re-keyed (the windows the stream computes, from the re-keyed rows): otherwise a card's first
+    payment after the rotation would be scored with empty card windows. Without a Feast registry
+    (nothing applied yet) it warns once and pushes nothing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pushed = 0
+        self._pusher: Any = None
+        self._unavailable = False
+
+    def push(self, conn: psycopg.Connection, tokens: list[str]) -> None:
+        if self._unavailable:
+            return
+        from riskloop.core import windows
+
+        card = windows.entity("card")
+        try:
+            if self._pusher is None:
+                from riskloop.features.store import feature_store
+                from riskloop.features.stream import OnlinePush
+
+                self._pusher = OnlinePush(feature_store(self.settings))
+            cur = conn.execute(windows.stream_sql(card), {"keys": tokens})
+            rows = cur.fetchall()
+            self._pusher.push_rows({windows.push_source_name(card): ([c.name for c in cur.description or ()], rows)})
+        except Exception as exc:  # noqa: BLE001 - the re-key goes on; the windows follow on each card's next payment
+            log.warning("card windows not pushed to the online store (%s: %s); each card's windows follow "
+                        "its next payment", type(exc).__name__, exc)
+            self._unavailable = True
+            return
+        self.pushed += len(rows)
+
+    def close(self) -> None:
+        if self._pusher is not None:
+            self._pusher.close()
 
 
 class _Interrupted(Exception):
@@ -265,10 +315,11 @@ def _unfinished(conn: psycopg.Connection) -> tuple[str, str, str] | None:
 
 
 def rotate(settings: Settings, actor: str, *, batch: int = DEFAULT_BATCH, grace_seconds: float = GRACE_SECONDS,
-           progress: Progress | None = None, stop_after_batches: int | None = None) -> Rotation:
+           progress: Progress | None = None, stop_after_batches: int | None = None, online: bool = True) -> Rotation:
     """Make a new key current and re-key every stored token, or resume the rotation a crash left unfinished.
 
-    ``stop_after_batches`` stops after that many batches, as a crash would (tests)."""
+    ``stop_after_batches`` stops after that many batches, as a crash would (tests); ``online=False``
+    leaves the online store's card windows to each card's next payment."""
     if batch < 1:
         raise ValueError("--batch must be at least 1")
     tok = pan.tokenizer(settings)
@@ -298,18 +349,24 @@ def rotate(settings: Settings, actor: str, *, batch: int = DEFAULT_BATCH, grace_
                 raise RotationError(f"the key ring {ring} has keys after {rotation.new_kid}: resolve by hand")
             # Until every process has re-read the ring (and finished what it tokenised before), old tokens may still arrive.
             settle_at = ring.stat().st_mtime + grace_seconds
-            while True:
-                try:
-                    changed = rekey_pass(conn, tok, batch, progress, stop_after_batches)
-                except _Interrupted as exc:
-                    _add(rotation.counts, exc.counts)
-                    raise
-                rotation.passes += 1
-                _add(rotation.counts, changed)
-                if time.time() >= settle_at and not any(changed.values()):
-                    break
-                if time.time() < settle_at:
-                    time.sleep(max(0.0, min(settle_at - time.time(), grace_seconds)))
+            cards = CardWindows(settings) if online else None
+            try:
+                while True:
+                    try:
+                        changed = rekey_pass(conn, tok, batch, progress, stop_after_batches, cards)
+                    except _Interrupted as exc:
+                        _add(rotation.counts, exc.counts)
+                        raise
+                    rotation.passes += 1
+                    _add(rotation.counts, changed)
+                    if time.time() >= settle_at and not any(changed.values()):
+                        break
+                    if time.time() < settle_at:
+                        time.sleep(max(0.0, min(settle_at - time.time(), grace_seconds)))
+            finally:
+                if cards is not None:
+                    rotation.card_windows_pushed = cards.pushed
+                    cards.close()
             conn.execute("insert into governance.pan_rotations (rotation_id, event, actor, old_kid, new_kid, counts) "
                          "values (%s, 'finished', %s, %s, %s, %s)",
                          (rotation.rotation_id, actor, rotation.old_kid, rotation.new_kid,
