@@ -49,6 +49,17 @@ def _payment_event(conn: psycopg.Connection, event_id: str, card_token: str, min
                  (event_id, card_token, at + timedelta(minutes=minutes)))
 
 
+def _open_case(conn: psycopg.Connection, card_token: str) -> str:
+    """An open case of the card, with its entity key, as the case projection holds it."""
+    case_id = str(uuid.uuid4())
+    conn.execute("insert into cases.cases (case_id, opened_at, source, card_token, status, priority, priority_rank, "
+                 "due_at, n_decisions, amount_at_risk, n_notes, updated_at, last_seq) values "
+                 "(%s, now(), 'review', %s, 'open', 'high', 1, now() + interval '1 day', 1, 10, 0, now(), 1)",
+                 (case_id, card_token))
+    conn.execute("insert into cases.open_entities (entity, case_id) values (%s, %s)", (f"card:{card_token}", case_id))
+    return case_id
+
+
 def _tokens(conn: psycopg.Connection) -> dict[str, list[str]]:
     """Every token in the mutable tables this module writes."""
     return {
@@ -152,6 +163,7 @@ def test_a_card_tokenised_before_and_after_a_rotation_joins_as_one_card(tmp_path
 
 
 def test_rows_written_during_a_rotation_end_rekeyed(tmp_path: Path, stack_env) -> None:
+    from riskloop.decisions import policy_store
     from riskloop.ops.pan_rotation import rotate
 
     settings = _settings(tmp_path, "riskloop_t_pan_rotation_live")
@@ -167,6 +179,11 @@ def test_rows_written_during_a_rotation_end_rekeyed(tmp_path: Path, stack_env) -
                      "values ('standard', 'in_1', 'payment.authorized', now(), now(), %s)",
                      (json.dumps({"data": {"card": {"pan_token": old["C3"], "last4": "0005"}}}),))
         _decision(conn, old["C1"])
+        # a blocked card: on a deny list, and under an emergency stop
+        policy_store.create_list(conn, "blocked_cards", "card", "alice", "stolen cards")
+        policy_store.add_entries(conn, "blocked_cards", [old["C1"]], "reported stolen", "alice")
+        policy_store.stop(conn, "deny_card", "alice", "card testing attack", timedelta(hours=4), value=old["C2"])
+        first_case, other_case = _open_case(conn, old["C3"]), _open_case(conn, old["C2"])
 
     written: list[str] = []
 
@@ -177,6 +194,9 @@ def test_rows_written_during_a_rotation_end_rekeyed(tmp_path: Path, stack_env) -
         current = pan.tokenizer(settings)
         assert current.current_kid == "k1"
         with psycopg.connect(dsn(settings), autocommit=True) as conn:
+            # blocked whichever key a process tokenised the card with
+            assert set(policy_store.entries(conn, "blocked_cards")) == {old["C1"], current.tokenize(VISA).token}
+            assert {s["value"] for s in policy_store.active_emergency(conn)} == {old["C2"], current.tokenize(MC).token}
             _payment_event(conn, "during_laggard", old["C1"], minutes=100)
             _payment_event(conn, "during_current", current.tokenize(VISA).token, minutes=101)
             written.append(_decision(conn, old["C2"]))
@@ -185,6 +205,7 @@ def test_rows_written_during_a_rotation_end_rekeyed(tmp_path: Path, stack_env) -
                          (current.tokenize(VISA).token, T0 + timedelta(hours=1)))
             conn.execute("insert into serving.card_locations (card_token, country, seen_at) values (%s, 'IT', %s)",
                          (old["C2"], T0))
+            written.append(_open_case(conn, current.tokenize(AMEX).token))  # a second open case of C3's card
 
     rotation = rotate(settings, "svc-test", batch=4, grace_seconds=0, progress=meanwhile, online=False)
     assert written and rotation.passes >= 2
@@ -198,6 +219,12 @@ def test_rows_written_during_a_rotation_end_rekeyed(tmp_path: Path, stack_env) -
         assert tokens["inbox"] == [new["C3"]]
         mapped = dict(conn.execute("select token, current_token from serving.pan_token_map").fetchall())
         assert mapped == {old["C1"]: new["C1"], old["C2"]: new["C2"]}  # the logged tokens, both before and during
+        assert set(policy_store.entries(conn, "blocked_cards")) == {new["C1"]}
+        # the case projection moves; the entity key that would clash keeps its old token (and its case)
+        assert {r[0] for r in conn.execute("select card_token from cases.cases")} == {new["C2"], new["C3"]}
+        assert dict(conn.execute("select entity, case_id::text from cases.open_entities").fetchall()) == {
+            f"card:{old['C3']}": first_case, f"card:{new['C3']}": written[1], f"card:{new['C2']}": other_case}
+        assert [(s["kind"], s["value"]) for s in policy_store.active_emergency(conn)] == [("deny_card", new["C2"])]
 
 
 def test_a_crash_in_the_middle_resumes_with_the_same_key(tmp_path: Path, stack_env, monkeypatch) -> None:

@@ -180,10 +180,25 @@ def rekey_batch(conn: psycopg.Connection, target: Target, tok: pan.PanTokenizer,
         newer = MERGE_NEWER.get((target.schema, target.table, target.column))
         if newer is not None:
             return _merge_rows(conn, target, newer, ctids, news), last
-        conn.execute(sql.SQL("update {t} set {c} = v.new from unnest(%s::tid[], %s::text[]) as v(ct, new) "
-                             "where {t}.ctid = v.ct and {t}.ctid = any(%s::tid[])").format(t=target.ident, c=col),
-                     (ctids, news, ctids))
-        return len(changes), last
+        update = sql.SQL("update {t} set {c} = v.new from unnest(%s::tid[], %s::text[]) as v(ct, new) "
+                         "where {t}.ctid = v.ct and {t}.ctid = any(%s::tid[])").format(t=target.ident, c=col)
+        try:
+            with conn.transaction():
+                conn.execute(update, (ctids, news, ctids))
+            return len(changes), last
+        except psycopg.errors.UniqueViolation:
+            pass
+        # A unique key that exists under the new token already (say a second open case of the card,
+        # opened during the rotation): that row keeps its old token, the others move.
+        done = 0
+        for ctid, value in changes:
+            try:
+                with conn.transaction():
+                    conn.execute(update, ([ctid], [value], [ctid]))
+                done += 1
+            except psycopg.errors.UniqueViolation:
+                log.warning("%s: row %s stays under its old token (its new token has a row already)", target.name, ctid)
+        return done, last
 
 
 def _merge_rows(conn: psycopg.Connection, target: Target, newer: str, ctids: list[str], news: list[str]) -> int:
@@ -302,6 +317,46 @@ class _Interrupted(Exception):
         self.counts = counts
 
 
+def carry_card_rules(conn: psycopg.Connection, tok: pan.PanTokenizer, actor: str, rotation_id: str, *,
+                     finish: bool) -> int:
+    """Card deny lists and ``deny_card`` emergency stops under the new tokens, through the policy store
+    (appended events: its tables are append-only too). At the start of a rotation the new token is
+    added beside the old one, so a blocked card stays blocked whichever key tokenised it; at the end
+    (``finish``) the old entries are removed and the old stops lifted. Returns the changes appended."""
+    from riskloop.decisions import policy_store
+
+    if conn.execute("select to_regclass('policy.lists')").fetchone()[0] is None:
+        return 0
+    current, why = tok.current_kid, f"card-token key rotation {rotation_id}"
+    changes = 0
+    for (name,) in conn.execute("select name from policy.lists where kind = 'card' order by name").fetchall():
+        entries = policy_store.entries(conn, name)
+        older = {e: x for e, x in entries.items() if pan.kid_of(e) not in (None, current)}
+        by_expiry: dict[Any, list[str]] = {}
+        for entry, expires_at in older.items():
+            if tok.rekey(entry) not in entries:
+                by_expiry.setdefault(expires_at, []).append(tok.rekey(entry))
+        for expires_at, values in by_expiry.items():
+            changes += policy_store.add_entries(conn, name, values, why, actor, expires_at, source="pan_rotation")
+        if finish and older:
+            changes += policy_store.remove_entries(conn, name, list(older), why, actor, source="pan_rotation")
+    stops = policy_store.active_emergency(conn)
+    denied = {s["value"] for s in stops if s["kind"] == "deny_card"}
+    for s in stops:
+        if s["kind"] != "deny_card" or pan.kid_of(s["value"] or "") in (None, current):
+            continue
+        new = tok.rekey(s["value"])
+        if new not in denied:
+            remaining = s["expires_at"] - conn.execute("select clock_timestamp()").fetchone()[0]
+            policy_store.stop(conn, "deny_card", actor, f"{s['reason']} ({why})", remaining, value=new)
+            denied.add(new)
+            changes += 1
+        if finish:
+            policy_store.lift(conn, s["stop_id"], actor, f"{why}: continued as a stop on the new token")
+            changes += 1
+    return changes
+
+
 def _next_kid(kid: str) -> str:
     return f"k{int(kid[1:]) + 1}"
 
@@ -349,6 +404,7 @@ def rotate(settings: Settings, actor: str, *, batch: int = DEFAULT_BATCH, grace_
                 raise RotationError(f"the key ring {ring} has keys after {rotation.new_kid}: resolve by hand")
             # Until every process has re-read the ring (and finished what it tokenised before), old tokens may still arrive.
             settle_at = ring.stat().st_mtime + grace_seconds
+            rotation.counts["policy.card_rules"] = carry_card_rules(conn, tok, actor, rotation.rotation_id, finish=False)
             cards = CardWindows(settings) if online else None
             try:
                 while True:
@@ -367,6 +423,7 @@ def rotate(settings: Settings, actor: str, *, batch: int = DEFAULT_BATCH, grace_
                 if cards is not None:
                     rotation.card_windows_pushed = cards.pushed
                     cards.close()
+            rotation.counts["policy.card_rules"] += carry_card_rules(conn, tok, actor, rotation.rotation_id, finish=True)
             conn.execute("insert into governance.pan_rotations (rotation_id, event, actor, old_kid, new_kid, counts) "
                          "values (%s, 'finished', %s, %s, %s, %s)",
                          (rotation.rotation_id, actor, rotation.old_kid, rotation.new_kid,
