@@ -26,11 +26,18 @@ idempotent (a token of the current key is left alone), so a crash loses nothing:
 ``riskloop pan rotate`` finds the unfinished rotation in ``governance.pan_rotations`` and resumes it
 without making another key.
 
+Card deny lists and ``deny_card`` emergency stops (the policy store, append-only as well) are carried
+through the policy store's own functions (:func:`carry_card_rules`): the new token is added beside the
+old one as soon as the new key is current, so a blocked card stays blocked whichever key a process
+tokenised it with, and the old entry is removed when the re-key ends. Card tokens written literally
+into a policy version's YAML are not: a version's body never changes; draft a new one.
+
 Without downtime: tokens written meanwhile by a process still on the old key (a serving request
 tokenised just before the ring changed, a stream consumer catching up) are caught by the last pass,
 which runs only after a grace period longer than the ring reload interval and repeats until a full
 pass changes nothing. A unique-key clash (a card's location stored under both its old and its new
-token) keeps the newer sighting.
+token) keeps the newer sighting; elsewhere (a card's second open case, opened during the rotation)
+the clashing row keeps its old token, with a warning, and the rotation goes on.
 
 The old key cannot be deleted from the ring: the current key's token is made from the older key's
 token, so every key stays an inner layer. What rotation retires is the old key's *use*: after it,
