@@ -92,6 +92,15 @@ def test_tokens_name_their_key_and_an_old_token_rekeys_to_what_the_new_key_gives
     assert n == 2 and serving.tokenize(VISA).token in text and before not in text and after not in text
     assert pan.PAN_PATTERN.search(after) is None  # a token never looks like a card number to the audit
 
+    # a ring broken on disk: a running process keeps its keys, a starting one refuses to guess
+    good = ring.read_text()
+    ring.write_text("{not json")
+    serving.reload()
+    assert serving.current_kid == "k2"
+    with pytest.raises(pan.PanKeyMissing, match="cannot be read"):
+        pan.PanTokenizer(b"k" * 32, ring)
+    ring.write_text(good)
+
     # a file written before the rotation, landed after it: its tokens are re-keyed on load
     import pyarrow as pa
 

@@ -61,6 +61,7 @@ def pan_rotate(
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from riskloop.core.pan import PanKeyMissing
     from riskloop.ops.pan_rotation import RotationError, rotate
 
     settings = get_settings()
@@ -76,7 +77,7 @@ def pan_rotate(
 
         try:
             rotation = rotate(settings, principal.actor, batch=batch, progress=progress)
-        except (RotationError, ValueError) as exc:
+        except (RotationError, PanKeyMissing, ValueError) as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
     if json_out:

@@ -218,7 +218,9 @@ class PanTokenizer:
         self._stamp: tuple[int, int] | None = None
         self._checked = float("-inf")
         self._lock = threading.Lock()
+        self._started = False
         self._refresh(force=True)
+        self._started = True
 
     def __repr__(self) -> str:  # never the key
         return f"PanTokenizer(<key>, current={self.current_kid})"
@@ -238,7 +240,15 @@ class PanTokenizer:
                 stamp = None
             if stamp == self._stamp and not force:
                 return
-            self._keys = (self._first, *read_ring(self._ring_file))
+            try:
+                ring = read_ring(self._ring_file)
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                if not self._started:  # at start: no current key to go on with
+                    raise PanKeyMissing(f"the PAN key ring {self._ring_file} cannot be read: {exc}") from None
+                log.error("the PAN key ring %s cannot be read (%s): still using %s", self._ring_file, exc,
+                          self._keys[-1].kid)
+                return
+            self._keys = (self._first, *ring)
             self._stamp = stamp
 
     @property
