@@ -277,6 +277,16 @@ def test_a_crash_in_the_middle_resumes_with_the_same_key(tmp_path: Path, stack_e
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute("update governance.pan_rotations set actor = 'someone else'")
 
+    # a writer that outlived the rotation (a dbt run that straddled it): `pan rekey`, no new key
+    with psycopg.connect(dsn(settings), autocommit=True) as conn:
+        _payment_event(conn, "late", old, minutes=500)
+    swept = CliRunner().invoke(app, ["pan", "rekey", "--json"])
+    assert swept.exit_code == 0, swept.output
+    swept_run = json.loads(swept.stdout.strip().splitlines()[-1])
+    assert (swept_run["old_kid"], swept_run["new_kid"]) == ("k1", "k1")
+    assert swept_run["counts"]["realtime.payment_events.card_token"] == 1
+    assert [k.kid for k in pan.tokenizer(settings).keys] == ["k0", "k1"]
+
     monkeypatch.setenv("RISKLOOP_API_KEY", "not-a-key-of-anyone-0123456789")
     refused = CliRunner().invoke(app, ["pan", "rotate"])
     assert refused.exit_code == 2

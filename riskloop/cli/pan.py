@@ -45,20 +45,7 @@ def pan_status(json_out: bool = typer.Option(False, "--json", help="Print the st
     _print_status(doc)
 
 
-@pan_app.command("rotate")
-def pan_rotate(
-    batch: int = typer.Option(1000, "--batch", min=1, help="Rows per batch (one short transaction each)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the rotation as JSON on stdout."),
-    show_status: bool = typer.Option(False, "--status", help="Show keys and progress (`riskloop pan status`); rotate nothing."),
-) -> None:
-    """Make a new card-token key current and re-key every stored token in batches (admin).
-
-    Running processes take the new key within a second, without a restart. Mutable tables are rewritten;
-    the append-only ones (decision log, case events) keep their rows, and serving.pan_token_map maps their
-    old tokens (join on serving.pan_token_current(token)). A crashed rotation resumes when run again."""
-    if show_status:
-        pan_status(json_out=json_out)
-        return
+def _run(batch: int, json_out: bool, new_key: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from riskloop.core.pan import PanKeyMissing
@@ -76,7 +63,7 @@ def pan_rotate(
             bar.update(tasks[name], completed=done, total=max(total, 1))
 
         try:
-            rotation = rotate(settings, principal.actor, batch=batch, progress=progress)
+            rotation = rotate(settings, principal.actor, batch=batch, progress=progress, new_key=new_key)
         except (RotationError, PanKeyMissing, ValueError) as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from exc
@@ -86,6 +73,33 @@ def pan_rotate(
     console.print(f"rotation {rotation.rotation_id}: {rotation.old_kid} -> {rotation.new_kid} "
                   f"({'resumed, ' if rotation.resumed else ''}{sum(rotation.counts.values())} rows re-keyed or mapped, "
                   f"{rotation.passes} passes)")
+
+
+@pan_app.command("rotate")
+def pan_rotate(
+    batch: int = typer.Option(1000, "--batch", min=1, help="Rows per batch (one short transaction each)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the rotation as JSON on stdout."),
+    show_status: bool = typer.Option(False, "--status", help="Show keys and progress (`riskloop pan status`); rotate nothing."),
+) -> None:
+    """Make a new card-token key current and re-key every stored token in batches (admin).
+
+    Running processes take the new key within a second, without a restart. Mutable tables are rewritten;
+    the append-only ones (decision log, case events) keep their rows, and serving.pan_token_map maps their
+    old tokens (join on serving.pan_token_current(token)). A crashed rotation resumes when run again."""
+    if show_status:
+        pan_status(json_out=json_out)
+        return
+    _run(batch, json_out, new_key=True)
+
+
+@pan_app.command("rekey")
+def pan_rekey(
+    batch: int = typer.Option(1000, "--batch", min=1, help="Rows per batch (one short transaction each)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the run as JSON on stdout."),
+) -> None:
+    """Re-key whatever is still under an older key with the current one, without a new key (admin): a
+    writer that outlived the rotation's grace period, a dbt run that straddled it."""
+    _run(batch, json_out, new_key=False)
 
 
 app.add_typer(pan_app, name="pan")

@@ -377,8 +377,13 @@ def _unfinished(conn: psycopg.Connection) -> tuple[str, str, str] | None:
 
 
 def rotate(settings: Settings, actor: str, *, batch: int = DEFAULT_BATCH, grace_seconds: float = GRACE_SECONDS,
-           progress: Progress | None = None, stop_after_batches: int | None = None, online: bool = True) -> Rotation:
+           progress: Progress | None = None, stop_after_batches: int | None = None, online: bool = True,
+           new_key: bool = True) -> Rotation:
     """Make a new key current and re-key every stored token, or resume the rotation a crash left unfinished.
+
+    ``new_key=False`` (``riskloop pan rekey``) re-keys what is still under an older key with the current
+    one, without a new key: a writer that outlived the grace period, a dbt run that straddled the
+    rotation. It is recorded like a rotation whose old and new kid are the same.
 
     ``stop_after_batches`` stops after that many batches, as a crash would (tests); ``online=False``
     leaves the online store's card windows to each card's next payment."""
@@ -396,7 +401,7 @@ def rotate(settings: Settings, actor: str, *, batch: int = DEFAULT_BATCH, grace_
                 log.info("resuming rotation %s (%s -> %s)", rotation.rotation_id, rotation.old_kid, rotation.new_kid)
             else:
                 old = tok.current_kid
-                rotation = Rotation(str(uuid.uuid4()), old, _next_kid(old), resumed=False)
+                rotation = Rotation(str(uuid.uuid4()), old, _next_kid(old) if new_key else old, resumed=False)
                 # The record first: a crash before the ring is written resumes with the same kid.
                 conn.execute("insert into governance.pan_rotations (rotation_id, event, actor, old_kid, new_kid) "
                              "values (%s, 'started', %s, %s, %s)",
