@@ -139,7 +139,7 @@ def targets(conn: psycopg.Connection) -> list[Target]:
 
 
 def _pages(conn: psycopg.Connection, target: Target) -> tuple[int, int]:
-    """(pages of the table now, pages per batch of about ``batch`` rows at its current density)."""
+    """(pages of the table now, rows per page as the planner last counted them; 50 if never counted)."""
     pages, tuples = conn.execute(
         "select pg_relation_size(c.oid) / current_setting('block_size')::int, greatest(c.reltuples, 0) "
         "from pg_class c where c.oid = %s::regclass", (f"{target.schema}.{target.table}",)).fetchone()
@@ -158,6 +158,8 @@ def _stale(target: Target, current_kid: str) -> sql.Composed:
     text = sql.SQL("{}::text").format(sql.Identifier(target.column))
     if target.mapped:
         return sql.SQL("strpos({t}, 'pant_') > 0").format(t=text)
+    if current_kid == pan.FIRST_KID:  # never rotated: no token is older
+        return sql.SQL("false")
     return sql.SQL("{t} ~ {older}").format(t=text, older=sql.Literal(
         f"pant_(?!{current_kid}_)(k[1-9][0-9]*_)?[0-9a-f]{{64}}"))
 
