@@ -122,7 +122,7 @@ def targets(conn: psycopg.Connection) -> list[Target]:
     """Every place a token is stored: mutable columns (rewritten) and append-only ones (mapped)."""
     append_only = {(s, t) for s, t in conn.execute(
         "select n.nspname, c.relname from pg_trigger g join pg_class c on c.oid = g.tgrelid "
-        "join pg_namespace n on n.oid = c.relnamespace where g.tgname like '%%\\_append\\_only' and not g.tgisinternal")}
+        "join pg_namespace n on n.oid = c.relnamespace where g.tgname like '%\\_append\\_only' and not g.tgisinternal")}
     found = conn.execute(
         "select c.table_schema, c.table_name, c.column_name from information_schema.columns c "
         "join information_schema.tables t using (table_schema, table_name) "
