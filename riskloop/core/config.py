@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         "database. Unset: generated once in local mode (embedded Postgres) into <home>/secrets/pan_token_key; "
         "required when RISKLOOP_DATABASE_URL is set.",
     )
+    pan_key_ring: Path | None = Field(
+        default=None,
+        description="JSON file of the card-token keys added by `riskloop pan rotate` (mode 0600, outside the "
+        "warehouse database; every process that tokenises reads it, so a deployment mounts it shared). The "
+        "last key is current; RISKLOOP_PAN_TOKEN_KEY stays the first. Unset: <home>/secrets/pan_key_ring.json.",
+    )
     schedule_start: date = Field(
         default=date(2024, 1, 1),
         description="First data interval (UTC day) of the time-scheduled DAGs (riskloop_ingest, "

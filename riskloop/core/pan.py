@@ -15,10 +15,21 @@ so "no PAN stored in clear" has one implementation to review:
   and length) and replaced, where it stands, by its token (:func:`tokenize_text`). Names are a
   hint, not the rule: a sender's ``card_no`` or ``metadata.note`` is scrubbed like ``card.number``.
 
-The key comes from :class:`riskloop.core.config.Settings` (``RISKLOOP_PAN_TOKEN_KEY``). It must never
-live in the warehouse database (a token table beside its key is a PAN table). In local mode only
+The first key comes from :class:`riskloop.core.config.Settings` (``RISKLOOP_PAN_TOKEN_KEY``). It must
+never live in the warehouse database (a token table beside its key is a PAN table). In local mode only
 (embedded Postgres, no ``RISKLOOP_DATABASE_URL``) a random key is generated once into
 ``<home>/secrets/pan_token_key`` (mode 0600), outside the database's data directory.
+
+**Key rotation** (``riskloop pan rotate``, :mod:`riskloop.ops.pan_rotation`) adds keys to a **key ring**,
+a JSON file beside it (``RISKLOOP_PAN_KEY_RING``, default ``<home>/secrets/pan_key_ring.json``, mode
+0600); the last key is the current one. A token names its key: ``pant_<64 hex>`` is the first key's
+(every token issued before any rotation keeps its meaning), ``pant_<kid>_<64 hex>`` a rotated key's.
+A rotated key's token is the HMAC of the *previous key's token*, not of the PAN: riskloop keeps no
+PAN, so a stored token can only be re-keyed from itself (:meth:`PanTokenizer.rekey`), and a PAN seen
+after the rotation must give exactly the re-keyed token for joins across the rotation to hold. What
+rotation buys: a leaked older key, alone, no longer lets anyone test PAN guesses against the tokens
+riskloop stores (they need the newer key too). Every process re-reads the ring within
+:data:`RING_RELOAD_SECONDS` of a change (one ``stat`` per interval), so a rotation needs no restart.
 
 The detector used by ``riskloop audit pan`` (:func:`find_pans`) is the one the edges tokenise with, so
 what the edges scrub and what the audit looks for agree on what a card number is.
@@ -28,10 +39,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
+import os
 import re
+import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,7 +58,12 @@ log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "pant_"
 KEY_FILE = "pan_token_key"
+RING_FILE = "pan_key_ring.json"
 MIN_KEY_CHARS = 16
+FIRST_KID = "k0"  # the key of RISKLOOP_PAN_TOKEN_KEY / <home>/secrets/pan_token_key: tokens without a kid
+RING_RELOAD_SECONDS = 1.0  # how stale a process's view of the ring may be (rotation waits longer before its last pass)
+# A token of any key: pant_<hex> (the first key) or pant_k<n>_<hex>; group 1 is the kid (None for the first key).
+TOKEN_PATTERN = re.compile(r"pant_(?:(k[1-9][0-9]*)_)?([0-9a-f]{64})")
 
 # Field names (normalised: lower case, '_' and '-' removed) that carry a PAN anywhere in a JSON body
 # or as a column of a landed file. "number" counts only inside a card object (see _is_pan_key).
@@ -136,24 +157,159 @@ class CardRef:
     brand: str | None
 
 
-class PanTokenizer:
-    """Keyed HMAC-SHA256 tokenisation; one instance per process component (the key is read once)."""
+@dataclass(frozen=True)
+class PanKey:
+    """One key of the ring; ``created_at`` is ISO 8601 (empty for the first key)."""
 
-    def __init__(self, key: bytes) -> None:
+    kid: str
+    key: bytes = field(repr=False)
+    created_at: str = ""
+
+
+def kid_of(token: str) -> str | None:
+    """The kid a token was made with (``k0`` for a token without one); None if ``token`` is no riskloop token."""
+    m = TOKEN_PATTERN.fullmatch(token)
+    if m is None:
+        return None
+    return m.group(1) or FIRST_KID
+
+
+def read_ring(path: Path) -> list[PanKey]:
+    """The rotated keys of the ring file, oldest first (empty when there is no file)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    return [PanKey(k["kid"], bytes.fromhex(k["key"]), k.get("created_at", "")) for k in doc["keys"]]
+
+
+def add_ring_key(path: Path, kid: str) -> PanKey:
+    """Append a new random key ``kid`` to the ring file and make it current (atomic replace, mode 0600).
+    Idempotent: a kid already in the ring is returned as it is."""
+    keys = read_ring(path)
+    for k in keys:
+        if k.kid == kid:
+            return k
+    new = PanKey(kid, secrets.token_hex(32).encode(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    doc = {"keys": [{"kid": k.kid, "key": k.key.hex(), "created_at": k.created_at} for k in (*keys, new)]}
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(doc, indent=1) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    log.info("PAN key ring %s: %s added and current", path, kid)
+    return new
+
+
+class PanTokenizer:
+    """Keyed HMAC-SHA256 tokenisation under the current key of the ring; one instance per process
+    component. With a ring file it re-reads the ring when the file changes (checked at most every
+    :data:`RING_RELOAD_SECONDS`), so a long-running process follows a rotation without a restart."""
+
+    def __init__(self, key: bytes, ring_file: Path | None = None) -> None:
         if len(key) < MIN_KEY_CHARS:
             raise PanKeyMissing(f"the PAN token key must be at least {MIN_KEY_CHARS} bytes")
-        self._key = key
+        self._first = PanKey(FIRST_KID, key)
+        self._ring_file = ring_file
+        self._keys: tuple[PanKey, ...] = (self._first,)
+        self._stamp: tuple[int, int] | None = None
+        self._checked = float("-inf")
+        self._lock = threading.Lock()
+        self._started = False
+        self._refresh(force=True)
+        self._started = True
 
     def __repr__(self) -> str:  # never the key
-        return "PanTokenizer(<key>)"
+        return f"PanTokenizer(<key>, current={self.current_kid})"
+
+    def _refresh(self, force: bool = False) -> None:
+        if self._ring_file is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < RING_RELOAD_SECONDS:
+            return
+        with self._lock:
+            self._checked = now
+            try:
+                st = self._ring_file.stat()
+                stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                stamp = None
+            if stamp == self._stamp and not force:
+                return
+            try:
+                ring = read_ring(self._ring_file)
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                if not self._started:  # at start: no current key to go on with
+                    raise PanKeyMissing(f"the PAN key ring {self._ring_file} cannot be read: {exc}") from None
+                log.error("the PAN key ring %s cannot be read (%s): still using %s", self._ring_file, exc,
+                          self._keys[-1].kid)
+                return
+            self._keys = (self._first, *ring)
+            self._stamp = stamp
+
+    @property
+    def keys(self) -> tuple[PanKey, ...]:
+        self._refresh()
+        return self._keys
+
+    @property
+    def current_kid(self) -> str:
+        return self.keys[-1].kid
+
+    def reload(self) -> None:
+        """Re-read the ring now (a reader that met a token of a kid it does not know yet)."""
+        self._refresh(force=True)
 
     def token(self, digits: str) -> str:
-        return TOKEN_PREFIX + hmac.new(self._key, digits.encode("ascii"), hashlib.sha256).hexdigest()
+        keys = self.keys
+        tok = TOKEN_PREFIX + hmac.new(keys[0].key, digits.encode("ascii"), hashlib.sha256).hexdigest()
+        for k in keys[1:]:
+            tok = _wrap(k, tok)
+        return tok
+
+    def rekey(self, token: str) -> str:
+        """``token`` (of any key of the ring) as the current key makes it for the same card; a string
+        that is no riskloop token is returned as it is. Raises KeyError for a kid the ring lacks."""
+        kid = kid_of(token)
+        if kid is None:
+            return token
+        keys = self.keys
+        kids = [k.kid for k in keys]
+        if kid not in kids:
+            self.reload()
+            keys = self._keys
+            kids = [k.kid for k in keys]
+        for k in keys[kids.index(kid) + 1:]:
+            token = _wrap(k, token)
+        return token
+
+    def rekey_text(self, text: str) -> tuple[str, int]:
+        """``text`` with every token in it re-keyed (:meth:`rekey`); returns ``(text, tokens changed)``."""
+        if TOKEN_PREFIX not in text:
+            return text, 0
+        changed = 0
+
+        def sub(m: re.Match[str]) -> str:
+            nonlocal changed
+            new = self.rekey(m.group(0))
+            changed += new != m.group(0)
+            return new
+
+        return TOKEN_PATTERN.sub(sub, text), changed
 
     def tokenize(self, value: Any) -> CardRef:
         """Validate (Luhn) and tokenise one PAN; raises :class:`InvalidPan`."""
         digits = normalise(value)
         return CardRef(token=self.token(digits), bin=digits[:6], last4=digits[-4:], brand=brand(digits))
+
+
+def _wrap(key: PanKey, token: str) -> str:
+    """The token one rotation later: ``pant_<kid>_`` + HMAC(key, previous token)."""
+    return f"{TOKEN_PREFIX}{key.kid}_" + hmac.new(key.key, token.encode("ascii"), hashlib.sha256).hexdigest()
 
 
 def scrub(obj: Any, pan: PanTokenizer | None, *, free_text: bool = True) -> tuple[Any, int]:
@@ -214,17 +370,23 @@ def key_file(settings: Settings) -> Path:
     return settings.home / "secrets" / KEY_FILE
 
 
+def ring_file(settings: Settings) -> Path:
+    """The key ring of rotated keys: ``RISKLOOP_PAN_KEY_RING``, else ``<home>/secrets/pan_key_ring.json``."""
+    return settings.pan_key_ring or settings.home / "secrets" / RING_FILE
+
+
 def tokenizer(settings: Settings) -> PanTokenizer:
-    """The tokenizer for these settings: ``RISKLOOP_PAN_TOKEN_KEY``, else (local mode only) the key
-    generated once under ``<home>/secrets``. Raises :class:`PanKeyMissing` otherwise."""
+    """The tokenizer for these settings: the first key from ``RISKLOOP_PAN_TOKEN_KEY``, else (local mode
+    only) the key generated once under ``<home>/secrets``, plus the rotated keys of :func:`ring_file`.
+    Raises :class:`PanKeyMissing` when there is no first key."""
     if settings.pan_token_key is not None:
-        return PanTokenizer(settings.pan_token_key.get_secret_value().encode())
+        return PanTokenizer(settings.pan_token_key.get_secret_value().encode(), ring_file(settings))
     if not settings.embedded:
         raise PanKeyMissing("RISKLOOP_PAN_TOKEN_KEY must be set when riskloop runs on a configured Postgres "
                             "(RISKLOOP_DATABASE_URL); a local key is generated only in local mode")
     from riskloop.core.secretfiles import read_or_create
 
-    return PanTokenizer(read_or_create(key_file(settings)).encode())
+    return PanTokenizer(read_or_create(key_file(settings)).encode(), ring_file(settings))
 
 
 # --- finding card numbers (riskloop audit pan) -------------------------------------------------
@@ -383,6 +545,29 @@ def tokenize_arrow_text(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenize
             arrow = arrow.set_column(i, name, pa.array(values, col.type))
             replaced += n_col
     return arrow, replaced
+
+
+def rekey_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer]) -> Any:
+    """An Arrow table whose token columns (``card_token``, ``pan_token``) hold only the current key's
+    tokens: a file landed (or replayed) after a rotation with tokens of an older key joins like the
+    rest. The same table object when nothing was older; ``pan`` (a factory) is called only then."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, name in enumerate(arrow.column_names):
+        col = arrow.column(i)
+        if name not in ("card_token", "pan_token") or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        older = pc.match_substring_regex(col, r"^pant_([0-9a-f]{64}|k[1-9][0-9]*_[0-9a-f]{64})$")
+        if not pc.any(older).as_py():
+            continue
+        tok = pan if isinstance(pan, PanTokenizer) else pan()
+        distinct = pc.unique(col).drop_null().to_pylist()
+        new = pa.array([tok.rekey(v) for v in distinct], col.type)
+        if new.to_pylist() == distinct:
+            continue
+        arrow = arrow.set_column(i, name, new.take(pc.index_in(col, value_set=pa.array(distinct, col.type))))
+    return arrow
 
 
 def scrub_arrow(arrow: Any, pan: PanTokenizer | Callable[[], PanTokenizer], token_column: str = "card_token") -> Any:

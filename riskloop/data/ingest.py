@@ -53,7 +53,7 @@ from riskloop.core.schema import (
 )
 from riskloop.core.storable import find_unstorable
 from riskloop.data import dataset_claim, quarantine
-from riskloop.data.landing_scrub import scrub_landing, write_parquet
+from riskloop.data.landing_scrub import once, scrub_landing, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +213,15 @@ def _card_edge(table: RawTable, arrow: pa.Table, settings: Settings, path: Path 
     numbers tokenised (the card-number column, and any number in another text column), then the
     optional display columns filled with nulls if absent. ``path``: the landed file, rewritten with the
     scrubbed table when it held card data."""
+    tok = once(lambda: pan.tokenizer(settings))
     try:
-        scrubbed = pan.scrub_arrow(arrow, lambda: pan.tokenizer(settings))
+        scrubbed = pan.scrub_arrow(arrow, tok)
     except pan.InvalidPan as exc:
         raise ContractError(f"{table.name}: {exc}") from exc
     if path is not None and scrubbed is not arrow:
         write_parquet(path, scrubbed)
         log.warning("%s held card data: rewritten with the card numbers tokenised", path)
-    arrow = scrubbed
+    arrow = pan.rekey_arrow(scrubbed, tok)  # tokens of a key rotated since the file was written
     for name in table.column_names:
         if name in OPTIONAL_INPUT_COLUMNS and name not in arrow.column_names:
             arrow = arrow.append_column(name, pa.nulls(arrow.num_rows, pa.string()))
