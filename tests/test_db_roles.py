@@ -276,6 +276,13 @@ def test_an_upgrade_hands_a_services_tables_made_by_the_owner_to_its_role(settin
         conn.execute("drop table if exists public.roles_probe")
         conn.execute("create table public.roles_probe (id serial primary key, x int)")
         conn.execute("alter database riskloop_airflow owner to postgres")
+    # and what dbt and `feast apply` made while they ran as the owner
+    with psycopg.connect(owner.url(settings.warehouse_db, driver=""), autocommit=True) as conn:
+        conn.execute("drop table if exists marts.roles_probe")
+        conn.execute("create table marts.roles_probe (x int)")
+    with psycopg.connect(owner.url(settings.feast_db, driver=""), autocommit=True) as conn:
+        conn.execute("drop table if exists public.roles_probe")
+        conn.execute("create table public.roles_probe (x int)")
     try:
         migrations.upgrade(settings)
         with psycopg.connect(settings.service_pg("airflow").url(database, driver=""), autocommit=True) as conn:
@@ -283,6 +290,16 @@ def test_an_upgrade_hands_a_services_tables_made_by_the_owner_to_its_role(settin
                 "riskloop_airflow"
             conn.execute("insert into public.roles_probe (x) values (1)")  # its sequence came along
             conn.execute("alter table public.roles_probe add column y int")
+        with _connect(settings, "transform") as conn:  # dbt may replace it
+            conn.execute("alter table marts.roles_probe rename to roles_probe_old")
+            conn.execute("drop table marts.roles_probe_old")
+        ingest = settings.as_role("ingest")
+        with psycopg.connect(ingest.pg.url(settings.feast_db, driver=""), autocommit=True) as conn:
+            conn.execute("create index if not exists roles_probe_x on public.roles_probe (x)")  # as feast apply does
     finally:
         with psycopg.connect(owner.url(database, driver=""), autocommit=True) as conn:
+            conn.execute("drop table if exists public.roles_probe")
+        with psycopg.connect(owner.url(settings.warehouse_db, driver=""), autocommit=True) as conn:
+            conn.execute("drop table if exists marts.roles_probe, marts.roles_probe_old")
+        with psycopg.connect(owner.url(settings.feast_db, driver=""), autocommit=True) as conn:
             conn.execute("drop table if exists public.roles_probe")
