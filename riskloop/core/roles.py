@@ -72,6 +72,8 @@ WRITES: dict[str, dict[str, str]] = {
         "policy.lists": "insert",
         "policy.list_events": "insert",
         "policy.emergency_events": "insert",
+        "policy.list_changes": "insert",
+        "policy.list_change_events": "insert",
     },
     "ingest": {
         "monitoring.alert_events": "insert",
