@@ -453,7 +453,8 @@ async function openPolicy(id) {
   if (bt) {
     const r = bt.report;
     $("bt-summary").textContent = r.policy_id + " on " + r.period_from + " to " + r.period_to + ": " + r.n_changed + " of "
-      + r.n_decisions + " decisions change (attached by " + bt.actor + " at " + bt.at + ")";
+      + r.n_decisions + " decisions change" + ((r.list_changes || []).length ? ", with drafted list change(s) "
+      + r.list_changes.join(", ") : "") + " (attached by " + bt.actor + " at " + bt.at + ")";
     const rt = $("bt-rates").tBodies[0]; rt.replaceChildren();
     for (const k of ["approval", "review", "deny"]) {
       const b = r.rates.before[k], a = r.rates.after[k], tr = rt.insertRow(); tr.dataset.rate = k;

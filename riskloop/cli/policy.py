@@ -196,6 +196,9 @@ def backtest(
     as_json: bool = typer.Option(False, "--json", help="The report as JSON on stdout."),
     attach: bool = typer.Option(False, "--attach", help="Attach the report to the stored draft (the approver reads "
                                 "it); acts as the CLI's key (role policy)."),
+    list_change: Optional[list[int]] = typer.Option(None, "--list-change", help="A drafted list change to apply to "
+                                                    "the candidate's lists first (repeatable): a rule and the list "
+                                                    "change it needs, backtested together."),
 ) -> None:
     """Replay the decision log of [--from, --to) under the candidate policy (the logged score, request,
     features and signals; no model, no network): decisions that change by outcome, approval/review/deny
@@ -210,10 +213,11 @@ def backtest(
     actor = _caller("draft") if attach else None
     try:
         with db.connect(get_settings(), autocommit=True) as conn:
-            policy = store.with_current_lists(conn, version)  # a stored draft or a shipped file
+            policy = store.with_current_lists(conn, version, list_change or ())  # a stored draft or a shipped file
         start, end = parse_time(from_), parse_time(to)
         report = run(get_settings(), policy, start, end, as_of=parse_time(as_of) if as_of else None,
                      examples=examples, workers=workers)
+        report.list_changes = list(list_change or ())
     except (PolicyError, BacktestError, ValueError) as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -242,7 +246,9 @@ def _render(report) -> None:
 
     console.print(f"[bold]{report.policy_id}[/bold] on {report.product} decisions "
                   f"{report.period_from.isoformat()} to {report.period_to.isoformat()}: "
-                  f"{report.n_decisions:,} decisions, {report.n_changed:,} change ({report.seconds:.1f} s)")
+                  f"{report.n_decisions:,} decisions, {report.n_changed:,} change ({report.seconds:.1f} s)"
+                  + (f", with drafted list change(s) {', '.join(map(str, report.list_changes))}"
+                     if report.list_changes else ""))
     matrix = Table(title="logged (rows) → candidate (columns)")
     matrix.add_column("")
     for d in report.outcomes:

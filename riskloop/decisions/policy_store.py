@@ -779,12 +779,31 @@ def alert_stop(settings: "Settings", stop_row: Mapping[str, Any]) -> None:
                   {k: str(v) for k, v in stop_row.items()})
 
 
-def with_current_lists(conn: "psycopg.Connection", policy_id: str) -> Policy:
+def with_current_lists(conn: "psycopg.Connection", policy_id: str, list_changes: Iterable[int] = ()) -> Policy:
     """A version (stored or shipped) bound to its lists' entries in force now, without emergency
-    rules: the candidate a backtest replays history under. Without the store: the shipped file."""
+    rules: the candidate a backtest replays history under. ``list_changes``: drafted list changes
+    applied on top, so a rule and the list change it needs are backtested together before either
+    is approved. Without the store: the shipped file."""
     from riskloop.decisions.policy import policy_by_id
 
+    changes = list(list_changes)
     if conn.execute("select to_regclass('policy.versions')").fetchone()[0] is None:
+        if changes:
+            raise StoreError("no policy store here: no list change to apply")
         return policy_by_id(policy_id).bind({})
     policy = load_version(conn, policy_id)
-    return policy.bind({n: frozenset(entries(conn, n)) for n in policy.list_names})
+    lists_now = {n: set(entries(conn, n)) for n in policy.list_names}
+    for change_id in changes:
+        row = conn.execute("select c.list_name, c.op, c.entries, e.kind from policy.list_changes c "
+                           "left join policy.list_change_events e using (change_id) where c.change_id = %s",
+                           (change_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no list change {change_id}")
+        name, op, items, decided = row
+        if decided is not None:
+            raise StoreError(f"list change {change_id} is {decided}: only a drafted one is applied on top of the lists")
+        if name not in lists_now:
+            raise StoreError(f"list change {change_id} changes list {name}, which {policy_id} does not read")
+        for entry, _reason, _expires in items:
+            (lists_now[name].add if op == "add" else lists_now[name].discard)(entry)
+    return policy.bind({n: frozenset(v) for n, v in lists_now.items()})
