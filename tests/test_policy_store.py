@@ -486,7 +486,8 @@ def test_two_workers_apply_an_approval_under_load_without_a_failed_request(store
     # drafted, then rejected: in no answer given before the other change was approved
     assert not any("LOAD_LIST" in b["rules"] for _, _, answered, b in results if answered < listed_at)
     listed_tail = [b for t, _, _, b in results if listed_at + 2 < t < stopped_at]
-    assert listed_tail and all(b["rules"] == ["LOAD_TERMINAL", "LOAD_LIST"] for b in listed_tail)
+    assert listed_tail and all({"LOAD_TERMINAL", "LOAD_LIST"} <= set(b["rules"]) for b in listed_tail), \
+        {tuple(b["rules"]) for b in listed_tail}
     tail = [b for t, _, _, b in results if t > stopped_at + 2]
     assert tail and all(b["policy_version"] == p.id and b["decision"] == "review" and tag in b["rules"]
                         and "LOAD_LIST" in b["rules"] for b in tail)
