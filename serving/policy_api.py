@@ -114,8 +114,10 @@ def draft(request: Request, body: DraftBody, principal: Principal = Depends(requ
 def _step(fn: Callable[..., int], action: str) -> Callable[..., dict[str, Any]]:
     def route(request: Request, policy_id: str, body: Reason = Body(default_factory=Reason),
               principal: Principal = Depends(require("review_policy"))) -> dict[str, Any]:
+        extra = ({"require_backtest": request.app.state.settings.policy_require_backtest}
+                 if fn is store.approve else {})
         with _conn(request) as conn:
-            seq = fn(conn, policy_id, principal.actor, body.reason)
+            seq = fn(conn, policy_id, principal.actor, body.reason, **extra)
         return {"id": policy_id, action: True, "seq": seq, "actor": principal.actor}
     return route
 
@@ -141,33 +143,58 @@ def create_list(request: Request, body: NewList, principal: Principal = Depends(
     return {"name": body.name, "kind": body.kind}
 
 
-@router.post("/lists/{name}/entries")
+@router.post("/lists/{name}/entries", status_code=202)
 def add_entries(request: Request, name: str, body: Entries,
                 principal: Principal = Depends(require("edit_lists"))) -> dict[str, Any]:
+    """Draft adding entries: live once someone other than the caller approves the change
+    (``/lists/changes/{change_id}/approve``). Urgent blocks: ``/emergency``."""
     with _conn(request) as conn:
-        n = store.add_entries(conn, name, body.entries, body.reason, principal.actor, body.expires_at)
-    return {"list": name, "added": n}
+        return store.add_entries(conn, name, body.entries, body.reason, principal.actor, body.expires_at)
 
 
-@router.post("/lists/{name}/entries/remove")
+@router.post("/lists/{name}/entries/remove", status_code=202)
 def remove_entries(request: Request, name: str, body: Entries,
                    principal: Principal = Depends(require("edit_lists"))) -> dict[str, Any]:
+    """Draft removing entries: applied once someone other than the caller approves the change."""
     with _conn(request) as conn:
-        n = store.remove_entries(conn, name, body.entries, body.reason, principal.actor)
-    return {"list": name, "removed": n}
+        return store.remove_entries(conn, name, body.entries, body.reason, principal.actor)
 
 
 LIST_IMPORT_PATH = "/v1/policy/lists/import"  # one fixed path: its own body limit (serving.limits)
 
 
-@router.post("/lists/import")
+@router.post("/lists/import", status_code=202)
 async def import_csv(request: Request, name: str = Query(..., description="The list."), reason: str = Query(""),
                      principal: Principal = Depends(require("edit_lists"))) -> dict[str, Any]:
-    """A CSV body (``entry[,reason[,expires_at]]``) for list ``name``: all its rows or none."""
+    """A CSV body (``entry[,reason[,expires_at]]``) for list ``name``: all its rows as one drafted
+    change, or none."""
     text = (await request.body()).decode("utf-8", errors="replace")
     with _conn(request) as conn:
-        n = store.import_csv(conn, name, text, principal.actor, reason)
-    return {"list": name, "added": n}
+        return store.import_csv(conn, name, text, principal.actor, reason)
+
+
+@router.get("/lists/changes", dependencies=[Depends(require("read_policy"))])
+def list_changes(request: Request, state: Literal["drafted", "approved", "rejected"] | None = None,
+                 name: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """List changes, newest first, each with its first entries and its decision."""
+    with _conn(request) as conn:
+        return store.list_changes(conn, state, name, limit)
+
+
+def _list_step(fn: Callable[..., int], action: str) -> Callable[..., dict[str, Any]]:
+    def route(request: Request, change_id: int, body: Reason = Body(default_factory=Reason),
+              principal: Principal = Depends(require("review_policy"))) -> dict[str, Any]:
+        with _conn(request) as conn:
+            seq = fn(conn, change_id, principal.actor, body.reason)
+        return {"change_id": change_id, action: True, "seq": seq, "actor": principal.actor}
+    return route
+
+
+router.add_api_route("/lists/changes/{change_id}/approve", _list_step(store.approve_list_change, "approved"),
+                     methods=["POST"], summary="Approve a drafted list change (not its author): live in every "
+                     "process within a second.")
+router.add_api_route("/lists/changes/{change_id}/reject", _list_step(store.reject_list_change, "rejected"),
+                     methods=["POST"], summary="Reject a drafted list change (a reason is required).")
 
 
 @router.get("/lists/{name}/history", dependencies=[Depends(require("read_policy"))])

@@ -6,6 +6,11 @@ page calls ``/review/api/*`` with it as a bearer token, like any other client of
 Everything a reviewer sees and records goes through :mod:`riskloop.governance.review`, the functions behind
 ``riskloop review``: the same audit rows, the same no-self-approval rule, the same content hash.
 
+Policy drafts and list changes (:mod:`riskloop.decisions.policy_store`) are on the same page: a
+draft's changes against the live version, its attached backtest (or a "not backtested" warning)
+and the shadow rules' live figures are read here, and the page approves or rejects through
+``/v1/policy`` with the loaded key, so the store's one maker-checker rule decides.
+
 The reviewer recorded is the key's principal (``name:role:key``, :mod:`riskloop.core.identity`); an
 unnamed legacy key may read the page but not approve, reject or promote.
 The handlers are plain ``def``: they call MLflow and download artifacts, so FastAPI runs them in
@@ -56,6 +61,60 @@ def emergency(request: Request) -> list[dict[str, Any]]:
 
     with psycopg.connect(dsn(_settings(request)), connect_timeout=3, autocommit=True) as conn:
         return active_emergency(conn)
+
+
+# --- policy drafts and list changes (riskloop.decisions.policy_store): decided through /v1/policy ---
+
+def _money_text(m: Any) -> Any:
+    """A backtest's money figure ({n, amount_minor per currency}) with its text for the page."""
+    from riskloop.core.money import minor_to_major
+
+    if not (isinstance(m, dict) and "n" in m and "amount_minor" in m):
+        return m
+    amounts = ", ".join(f"{minor_to_major(v, c):,.2f} {c}" for c, v in sorted(m["amount_minor"].items()))
+    return {**m, "text": f"{m['n']:,}" + (f" ({amounts})" if amounts else "")}
+
+
+@router.get("/api/policy", dependencies=[Depends(require("read_review"))])
+def policy_pending(request: Request) -> dict[str, Any]:
+    """Policy drafts and list changes waiting for a second person, the versions deciding now in
+    this process, and whether approving a draft requires an attached backtest."""
+    from riskloop.decisions import policy_store as store
+    from serving.policy_api import _conn
+
+    st = request.app.state
+    with _conn(request) as conn:
+        drafts = [v for v in store.versions(conn) if v["state"] == "drafted"]
+        changes = store.list_changes(conn, "drafted")
+    return {"live": {"fraud": st.fraud_policy.id, "credit": st.credit_policy.id}, "drafts": drafts,
+            "list_changes": changes, "require_backtest": _settings(request).policy_require_backtest}
+
+
+@router.get("/api/policy/versions/{policy_id}", dependencies=[Depends(require("read_review"))])
+def policy_card(request: Request, policy_id: str) -> dict[str, Any]:
+    """What an approver reads: the draft against the live version (rules added, removed, changed,
+    moved; settings), its newest attached backtest, the shadow rules' live figures and its history."""
+    from datetime import timedelta
+
+    from riskloop.decisions import policy_store as store
+    from serving.policy_api import _conn
+
+    st, settings = request.app.state, _settings(request)
+    with _conn(request) as conn:
+        product, _ = store.parse_id(policy_id)
+        info = next((v for v in store.versions(conn, product) if v["id"] == policy_id), None)
+        if info is None:
+            raise HTTPException(status_code=404, detail=f"no stored policy {policy_id}")
+        base = getattr(st, f"{product}_policy").id
+        backtest = store.backtest_of(conn, policy_id)
+        if backtest is not None and isinstance(backtest["report"].get("labels"), dict):
+            labels = backtest["report"]["labels"]
+            backtest["report"]["labels"] = {k: _money_text(v) for k, v in labels.items()}
+        shadow = [s for s in store.shadow_stats(conn, timedelta(hours=24), settings.label_delay_days)
+                  if s["policy_version"] in (base, policy_id)]
+        return {**info, "live_id": base, "diff": store.diff(conn, policy_id, base), "backtest": backtest,
+                "shadow": shadow, "history": store.history(conn, policy_id),
+                "require_backtest": settings.policy_require_backtest}
 
 
 @router.get("/api/pending", dependencies=[Depends(require("read_review"))])
@@ -212,6 +271,38 @@ PAGE = """<!doctype html>
  <label for="reason">Reason (required)</label><br><textarea id="reason"></textarea><br>
  <button id="approve" disabled>Approve</button> <button id="reject" disabled>Reject</button>
 </section>
+<h1>Policy drafts awaiting approval</h1>
+<section><table id="policy-drafts"><thead><tr><th>draft</th><th>live now</th><th>author</th><th>created</th>
+ <th>backtest</th><th></th></tr></thead><tbody></tbody></table></section>
+<section id="policy-card" hidden>
+ <h2 id="policy-title"></h2>
+ <p id="policy-warning" class="neg" hidden></p>
+ <table id="policy-facts"><tbody></tbody></table>
+ <h3>Changes against the live version</h3><div id="policy-diff-base" class="muted"></div>
+ <table id="policy-diff"><thead><tr><th>change</th><th>rule or setting</th><th>live</th><th>draft</th></tr></thead>
+  <tbody></tbody></table>
+ <h3>Backtest</h3><div id="bt-summary" class="muted"></div>
+ <div id="backtest" hidden>
+  <table id="bt-rates"><thead><tr><th>rate</th><th>before</th><th>after</th><th>difference</th></tr></thead><tbody></tbody></table>
+  <table id="bt-changes"><thead><tr><th>logged</th><th>would be</th><th>decisions</th></tr></thead><tbody></tbody></table>
+  <table id="bt-labels"><thead><tr><th>on matured labels</th><th>count (amount)</th></tr></thead><tbody></tbody></table>
+  <div id="bt-queue"></div>
+  <table id="bt-examples"><thead><tr><th>decision</th><th>at</th><th>score</th><th>amount (minor)</th><th>logged</th>
+   <th>would be</th><th>rules logged</th><th>rules after</th><th>label</th></tr></thead><tbody></tbody></table>
+ </div>
+ <h3>Shadow rules, last 24 h (evaluated, never deciding)</h3><div id="policy-shadow-none" class="muted"></div>
+ <table id="policy-shadow"><thead><tr><th>version</th><th>rule</th><th>decisions</th><th>hits</th><th>hit rate</th>
+  <th>matured hits</th><th>precision</th></tr></thead><tbody></tbody></table>
+ <h3>History</h3><table id="policy-history"><thead><tr><th>when</th><th>step</th><th>by</th><th>reason</th></tr></thead>
+  <tbody></tbody></table>
+ <label for="policy-reason">Reason</label><br><textarea id="policy-reason"></textarea><br>
+ <button id="policy-approve">Approve draft</button> <button id="policy-reject" disabled>Reject draft</button>
+</section>
+<h1>List changes awaiting approval</h1>
+<section><table id="list-changes"><thead><tr><th>change</th><th>list</th><th>change</th><th>entries</th>
+ <th>first entries (entry, reason, expiry)</th><th>author</th><th>drafted</th><th></th></tr></thead><tbody></tbody></table>
+ <label for="list-reason">Reason (required to reject)</label><br><textarea id="list-reason"></textarea>
+</section>
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
@@ -219,9 +310,10 @@ let current = null;
 function say(text, error) { $("message").textContent = text; $("message").className = error ? "error" : ""; }
 function cell(row, value, cls) { const td = row.insertCell(); td.textContent = value ?? ""; if (cls) td.className = cls; return td; }
 function fmt(x) { return typeof x === "number" ? x.toFixed(4) : (x ?? ""); }
-async function api(path, options) {
+async function api(path, options) { return call("/review/api" + path, options); }
+async function call(url, options) {
   const key = sessionStorage.getItem("riskloop-review-key") || "";
-  const res = await fetch("/review/api" + path, { ...(options || {}),
+  const res = await fetch(url, { ...(options || {}),
     headers: { "Authorization": "Bearer " + key, "Content-Type": "application/json" } });
   const body = await res.json().catch(() => ({}));
   if (!res.ok) { throw new Error(res.status + ": " + (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail))); }
@@ -305,10 +397,134 @@ async function decide(verdict) {
   await openCard(current.model_name, current.version); await loadPending();
   say(r.verdict + " " + r.model_name + " v" + r.model_version + " by " + r.reviewer + " (hash " + r.content_hash.slice(0, 12) + ")");
 }
+// Policy drafts and list changes: read through /review/api, decided through /v1/policy as the
+// reviewer whose key is loaded (the server refuses the author of a change, 403).
+let policyCard = null;
+const DONE = { approve: "approved", reject: "rejected" };
+const pct = (x) => typeof x === "number" ? (100 * x).toFixed(2) + " %" : "n/a";
+const json = (x) => x === undefined || x === null ? "" : JSON.stringify(x);
+async function loadPolicy() {
+  const p = await api("/policy");
+  const tbody = $("policy-drafts").tBodies[0]; tbody.replaceChildren();
+  for (const d of p.drafts) {
+    const tr = tbody.insertRow(); tr.dataset.policy = d.id;
+    cell(tr, d.id); cell(tr, p.live[d.product]); cell(tr, d.author); cell(tr, d.created_at);
+    cell(tr, d.backtest_seq ? "attached" : "not backtested", d.backtest_seq ? "" : "neg");
+    const b = document.createElement("button"); b.textContent = "Open"; b.className = "open";
+    b.onclick = () => openPolicy(d.id).catch((e) => say(e.message, true));
+    tr.insertCell().append(b);
+  }
+  const lt = $("list-changes").tBodies[0]; lt.replaceChildren();
+  for (const c of p.list_changes) {
+    const tr = lt.insertRow(); tr.dataset.change = c.change_id;
+    cell(tr, c.change_id); cell(tr, c.list_name + " (" + c.kind + ")"); cell(tr, c.op); cell(tr, c.n_entries);
+    cell(tr, c.sample.map((e) => e.filter((x) => x !== null).join(", ")).join("; ") + (c.n_entries > c.sample.length ? "; ..." : ""));
+    cell(tr, c.author); cell(tr, c.at);
+    const td = tr.insertCell();
+    for (const [label, step] of [["Approve", "approve"], ["Reject", "reject"]]) {
+      const b = document.createElement("button"); b.textContent = label; b.className = step;
+      b.onclick = () => decideList(c.change_id, step).catch((e) => say(e.message, true));
+      td.append(b, " ");
+    }
+  }
+}
+async function openPolicy(id) {
+  const c = await api("/policy/versions/" + encodeURIComponent(id));
+  policyCard = c; $("policy-card").hidden = false;
+  $("policy-title").textContent = c.id + " (" + c.state + ")";
+  const bt = c.backtest;
+  $("policy-warning").hidden = !!bt;
+  $("policy-warning").textContent = bt ? "" : "NOT BACKTESTED: nobody has replayed history under this draft"
+    + (c.require_backtest ? "; approval requires a backtest (riskloop policy backtest " + c.id + " --from ... --to ... --attach)."
+                          : ". Approving it is allowed, but blind.");
+  const facts = $("policy-facts").tBodies[0]; facts.replaceChildren();
+  for (const [k, v] of [["author", c.author], ["drafted", c.created_at], ["digest", c.digest], ["live now", c.live_id]]) {
+    const tr = facts.insertRow(); cell(tr, k); cell(tr, v);
+  }
+  const d = c.diff;
+  $("policy-diff-base").textContent = "against " + d.base + ", the version deciding now";
+  const dt = $("policy-diff").tBodies[0]; dt.replaceChildren();
+  const row = (kind, name, before, after) => { const tr = dt.insertRow(); tr.dataset.change = kind; tr.dataset.name = name;
+    cell(tr, kind, kind === "removed" ? "neg" : kind === "added" ? "pos" : ""); cell(tr, name); cell(tr, json(before)); cell(tr, json(after)); };
+  for (const r of d.rules_added) row("added", r.id, null, r);
+  for (const r of d.rules_removed) row("removed", r.id, r, null);
+  for (const r of d.rules_changed) row("changed", r.id, r.before, r.after);
+  for (const id of d.rules_moved) row("moved", id, null, null);
+  for (const x of d.settings_changed) row("setting", x.key, x.before, x.after);
+  if (!dt.rows.length) { const tr = dt.insertRow(); cell(tr, "no change against the live version"); }
+  $("backtest").hidden = !bt;
+  if (bt) {
+    const r = bt.report;
+    $("bt-summary").textContent = r.policy_id + " on " + r.period_from + " to " + r.period_to + ": " + r.n_changed + " of "
+      + r.n_decisions + " decisions change" + ((r.list_changes || []).length ? ", with drafted list change(s) "
+      + r.list_changes.join(", ") : "") + " (attached by " + bt.actor + " at " + bt.at + ")";
+    const rt = $("bt-rates").tBodies[0]; rt.replaceChildren();
+    for (const k of ["approval", "review", "deny"]) {
+      const b = r.rates.before[k], a = r.rates.after[k], tr = rt.insertRow(); tr.dataset.rate = k;
+      cell(tr, k); cell(tr, pct(b)); cell(tr, pct(a));
+      cell(tr, typeof a === "number" && typeof b === "number" ? (a - b >= 0 ? "+" : "") + pct(a - b) : "n/a");
+    }
+    const ct = $("bt-changes").tBodies[0]; ct.replaceChildren();
+    for (const [from, to] of Object.entries(r.matrix)) for (const [into, n] of Object.entries(to)) {
+      if (from === into || !n) continue;
+      const tr = ct.insertRow(); tr.dataset.from = from; tr.dataset.to = into; cell(tr, from); cell(tr, into); cell(tr, n);
+    }
+    const lb = $("bt-labels").tBodies[0]; lb.replaceChildren();
+    const l = r.labels;
+    for (const [k, label] of [["fraud_newly_caught", "fraud newly caught"], ["fraud_newly_missed", "fraud newly missed"],
+                              ["good_newly_impacted", "good payments newly impacted"], ["good_released", "good payments released"],
+                              ["fraud_caught_before", "fraud caught, logged"], ["fraud_caught_after", "fraud caught, draft"],
+                              ["good_impacted_before", "good impacted, logged"], ["good_impacted_after", "good impacted, draft"]]) {
+      const tr = lb.insertRow(); tr.dataset.figure = k; cell(tr, label); cell(tr, l[k] ? l[k].text : "");
+    }
+    const q = r.review_added_per_day;
+    $("bt-queue").textContent = "review queue: " + (q.mean >= 0 ? "+" : "") + q.mean.toFixed(1) + " per day on average, "
+      + (q.max >= 0 ? "+" : "") + q.max + " on the worst of " + q.days + " days; matured labels " + l.matured + ", unlabelled " + l.unlabelled;
+    const ex = $("bt-examples").tBodies[0]; ex.replaceChildren();
+    for (const e of r.examples) {
+      const tr = ex.insertRow(); tr.dataset.decision = e.decision_id;
+      for (const v of [e.decision_id, e.decided_at, fmt(e.score), e.amount_minor + " " + (e.currency || ""), e.before, e.after,
+                       e.rules_before.join(", "), e.rules_after.join(", "), e.label]) cell(tr, v);
+    }
+  } else { $("bt-summary").textContent = "no backtest attached"; }
+  const st = $("policy-shadow").tBodies[0]; st.replaceChildren();
+  for (const s of c.shadow) {
+    const tr = st.insertRow(); tr.dataset.rule = s.rule;
+    for (const v of [s.policy_version, s.rule, s.decisions, s.hits, pct(s.hit_rate), s.matured_hits, pct(s.precision)]) cell(tr, v);
+  }
+  $("policy-shadow").hidden = c.shadow.length === 0;
+  $("policy-shadow-none").textContent = c.shadow.length ? "" : "no shadow rule decided in the last 24 h (" + c.live_id + ", " + c.id + ")";
+  const ht = $("policy-history").tBodies[0]; ht.replaceChildren();
+  for (const h of c.history) { const tr = ht.insertRow(); cell(tr, h.at); cell(tr, h.kind); cell(tr, h.actor); cell(tr, h.reason); }
+  $("policy-reason").value = ""; updatePolicyButtons();
+}
+function updatePolicyButtons() {
+  const pending = policyCard && policyCard.state === "drafted";
+  $("policy-approve").disabled = !pending;
+  $("policy-reject").disabled = !(pending && $("policy-reason").value.trim().length > 0);
+}
+async function decidePolicy(step) {
+  const r = await call("/v1/policy/versions/" + encodeURIComponent(policyCard.id) + "/" + step,
+                       { method: "POST", body: JSON.stringify({ reason: $("policy-reason").value }) });
+  await openPolicy(policyCard.id); await loadPolicy();
+  say(DONE[step] + " " + r.id + " by " + r.actor + " (change " + r.seq + ")");
+}
+async function decideList(changeId, step) {
+  const r = await call("/v1/policy/lists/changes/" + changeId + "/" + step,
+                       { method: "POST", body: JSON.stringify({ reason: $("list-reason").value }) });
+  await loadPolicy();
+  say(DONE[step] + " list change " + r.change_id + " by " + r.actor + " (change " + r.seq + ")");
+}
+$("policy-reason").addEventListener("input", updatePolicyButtons);
+$("policy-approve").onclick = () => decidePolicy("approve").catch((e) => say(e.message, true));
+$("policy-reject").onclick = () => decidePolicy("reject").catch((e) => say(e.message, true));
 $("reason").addEventListener("input", updateButtons);
 $("approve").onclick = () => decide("approve").catch((e) => say(e.message, true));
 $("reject").onclick = () => decide("reject").catch((e) => say(e.message, true));
-$("load").onclick = () => { sessionStorage.setItem("riskloop-review-key", $("key").value); loadPending().catch((e) => say(e.message, true)); };
+$("load").onclick = () => {
+  sessionStorage.setItem("riskloop-review-key", $("key").value);
+  loadPending().catch((e) => say(e.message, true)).then(() => loadPolicy()).catch((e) => say(e.message, true));
+};
 </script>
 </body></html>
 """

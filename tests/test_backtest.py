@@ -181,6 +181,40 @@ def test_backtest_cli_prints_the_report_as_json(known_log: Settings, monkeypatch
     assert missing.exit_code == 2 and "fraud-v404" in missing.output
 
 
+def test_backtest_applies_a_drafted_list_change(known_log: Settings) -> None:
+    """A rule and the list change it needs, both drafts, backtested together (``--list-change``);
+    without it the list is as approved (empty), and a decided change is refused."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from riskloop.cli import app
+    from riskloop.decisions import policy_store as store
+
+    with psycopg.connect(known_log.pg.url(known_log.warehouse_db, driver=""), autocommit=True) as conn:
+        store.create_list(conn, "bt_cards", "card", "alice")
+        data = yaml.safe_load(store.export_yaml(conn, "fraud-v1"))
+        data["rules"].append({"id": "BT_CARD", "kind": "condition", "action": "deny",
+                              "condition": {"field": "card_token", "in_list": "bt_cards"}})
+        draft = store.draft(conn, yaml.safe_dump(data), "alice", features=None)
+        change = store.add_entries(conn, "bt_cards", ["tok_b"], "mule", "alice")["change_id"]
+        rejected = store.add_entries(conn, "bt_cards", ["tok_e"], "typo", "alice")["change_id"]
+        store.reject_list_change(conn, rejected, "bob", "wrong card")
+
+    env = {"RISKLOOP_DATABASE_URL": known_log.database_url}
+    args = ["policy", "backtest", draft.id, "--from", "2001-03-01", "--to", "2001-03-03", "--as-of", AS_OF.isoformat(),
+            "--json"]
+    alone = CliRunner().invoke(app, args, env=env)
+    assert alone.exit_code == 0, alone.output
+    assert json.loads(alone.stdout)["n_changed"] == 0 and json.loads(alone.stdout)["list_changes"] == []
+    both = CliRunner().invoke(app, [*args, "--list-change", str(change)], env=env)
+    assert both.exit_code == 0, both.output
+    report = json.loads(both.stdout)
+    assert report["n_changed"] == 1 and report["matrix"]["allow"]["deny"] == 1 and report["list_changes"] == [change]
+    assert [(e["amount_minor"], e["rules_after"]) for e in report["examples"]] == [(250_000, ["BT_CARD"])]
+    refused = CliRunner().invoke(app, [*args, "--list-change", str(rejected)], env=env)
+    assert refused.exit_code == 2 and "rejected" in refused.output
+
+
 # --- the vectorised evaluation is Policy.decide, row by row ------------------------------------
 
 FEATURES = ("customer_nb_tx_1d", "card_tx_count_10m", "customer_tx_count_1h", "pep", "kyc_level", "amount")

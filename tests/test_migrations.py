@@ -19,12 +19,14 @@ PLATFORM_TABLES = ("monitoring.alert_state", "monitoring.alert_events", "monitor
                    "cases.case_events", "cases.cases", "cases.open_entities", "serving.decision_outcomes",
                    "serving.decision_log_dead_letters", "governance.retention_runs", "policy.versions",
                    "policy.version_events", "policy.lists", "policy.list_events", "policy.emergency_events",
-                   "governance.pan_rotations", "serving.pan_token_map")
+                   "governance.pan_rotations", "serving.pan_token_map",
+                   "policy.list_changes", "policy.list_change_events")
 APPEND_ONLY = ("monitoring.alert_events", "governance.model_approvals", "governance.promotion_decisions",
                "governance.canary_state", "serving.decision_log", "serving.decision_overrides", "cases.case_events",
                "serving.decision_outcomes", "serving.decision_log_dead_letters", "governance.retention_runs",
                "policy.versions", "policy.version_events", "policy.lists", "policy.list_events", "policy.emergency_events",
-               "governance.pan_rotations")
+               "governance.pan_rotations",
+               "policy.list_changes", "policy.list_change_events")
 
 
 def _fresh(stack_env: dict[str, str], name: str) -> Settings:

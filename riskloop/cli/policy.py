@@ -20,7 +20,8 @@ app = typer.Typer()
 policy_app = typer.Typer(help="Decision policies as versioned data: drafts, maker-checker approval, lists, "
                          "shadow rules and emergency stops.", no_args_is_help=True)
 lists_app = typer.Typer(help="Named lists (cards, customers, terminals, devices, IPs, countries, BINs) the rules "
-                        "look up; every change is an append-only row with a reason.", no_args_is_help=True)
+                        "look up; a change is a draft another person approves, every step an append-only row with a "
+                        "reason.", no_args_is_help=True)
 policy_app.add_typer(lists_app, name="lists")
 app.add_typer(policy_app, name="policy")
 
@@ -140,7 +141,8 @@ def _review(fn_name: str, policy_id: str, reason: str) -> None:
     from riskloop.decisions import policy_store as store
 
     actor = _caller("review")
-    seq = _run(getattr(store, fn_name), policy_id, actor, reason)
+    extra = {"require_backtest": get_settings().policy_require_backtest} if fn_name == "approve" else {}
+    seq = _run(getattr(store, fn_name), policy_id, actor, reason, **extra)
     _dump({"id": policy_id, "step": fn_name, "actor": actor, "seq": seq})
 
 
@@ -194,6 +196,9 @@ def backtest(
     as_json: bool = typer.Option(False, "--json", help="The report as JSON on stdout."),
     attach: bool = typer.Option(False, "--attach", help="Attach the report to the stored draft (the approver reads "
                                 "it); acts as the CLI's key (role policy)."),
+    list_change: Optional[list[int]] = typer.Option(None, "--list-change", help="A drafted list change to apply to "
+                                                    "the candidate's lists first (repeatable): a rule and the list "
+                                                    "change it needs, backtested together."),
 ) -> None:
     """Replay the decision log of [--from, --to) under the candidate policy (the logged score, request,
     features and signals; no model, no network): decisions that change by outcome, approval/review/deny
@@ -208,10 +213,11 @@ def backtest(
     actor = _caller("draft") if attach else None
     try:
         with db.connect(get_settings(), autocommit=True) as conn:
-            policy = store.with_current_lists(conn, version)  # a stored draft or a shipped file
+            policy = store.with_current_lists(conn, version, list_change or ())  # a stored draft or a shipped file
         start, end = parse_time(from_), parse_time(to)
         report = run(get_settings(), policy, start, end, as_of=parse_time(as_of) if as_of else None,
                      examples=examples, workers=workers)
+        report.list_changes = list(list_change or ())
     except (PolicyError, BacktestError, ValueError) as exc:
         console.print(f"[red]refused:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -240,7 +246,9 @@ def _render(report) -> None:
 
     console.print(f"[bold]{report.policy_id}[/bold] on {report.product} decisions "
                   f"{report.period_from.isoformat()} to {report.period_to.isoformat()}: "
-                  f"{report.n_decisions:,} decisions, {report.n_changed:,} change ({report.seconds:.1f} s)")
+                  f"{report.n_decisions:,} decisions, {report.n_changed:,} change ({report.seconds:.1f} s)"
+                  + (f", with drafted list change(s) {', '.join(map(str, report.list_changes))}"
+                     if report.list_changes else ""))
     matrix = Table(title="logged (rows) → candidate (columns)")
     matrix.add_column("")
     for d in report.outcomes:
@@ -360,19 +368,19 @@ def _expiry(expires_in: Optional[str]) -> Optional[datetime]:
 @lists_app.command("add")
 def lists_add(name: str = typer.Argument(...), entries: list[str] = typer.Argument(...), reason: str = _REASON,
               expires_in: Optional[str] = typer.Option(None, "--for", help="Optional expiry: 30m, 2h, 7d.")) -> None:
-    """Add entries (live in every serving process within a second)."""
+    """Draft adding entries: live in every serving process once someone else approves the change
+    (`riskloop policy lists approve CHANGE_ID`). Urgent blocks: `riskloop policy stop`."""
     from riskloop.decisions import policy_store as store
 
-    _dump({"list": name, "added": _run(store.add_entries, name, entries, reason, _caller("lists"),
-                                       _expiry(expires_in), source="cli")})
+    _dump(_run(store.add_entries, name, entries, reason, _caller("lists"), _expiry(expires_in), source="cli"))
 
 
 @lists_app.command("remove")
 def lists_remove(name: str = typer.Argument(...), entries: list[str] = typer.Argument(...), reason: str = _REASON) -> None:
-    """Remove entries (their history stays)."""
+    """Draft removing entries (their history stays), applied once someone else approves it."""
     from riskloop.decisions import policy_store as store
 
-    _dump({"list": name, "removed": _run(store.remove_entries, name, entries, reason, _caller("lists"), source="cli")})
+    _dump(_run(store.remove_entries, name, entries, reason, _caller("lists"), source="cli"))
 
 
 @lists_app.command("import")
@@ -380,11 +388,40 @@ def lists_import(name: str = typer.Argument(...),
                  path: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV: entry[,reason[,expires_at]]."),
                  reason: str = typer.Option("", "--reason", help="For rows without a reason column."),
                  expires_in: Optional[str] = typer.Option(None, "--for", help="For rows without an expires_at.")) -> None:
-    """Add every entry of a CSV in one transaction (a bad row refuses the file, with its line)."""
+    """Draft adding every entry of a CSV as one list change (a bad row refuses the file, with its line)."""
     from riskloop.decisions import policy_store as store
 
-    _dump({"list": name, "added": _run(store.import_csv, name, path.read_text(), _caller("lists"), reason,
-                                       _expiry(expires_in))})
+    _dump(_run(store.import_csv, name, path.read_text(), _caller("lists"), reason, _expiry(expires_in)))
+
+
+@lists_app.command("changes")
+def lists_changes(state: Optional[str] = typer.Option("drafted", help="drafted, approved or rejected ('' = all)."),
+                  name: Optional[str] = typer.Option(None, "--list", help="Only this list.")) -> None:
+    """List changes, newest first, with their first entries (JSON lines)."""
+    from riskloop.decisions import policy_store as store
+
+    for row in _run(store.list_changes, state or None, name):
+        _dump(row)
+
+
+@lists_app.command("approve")
+def lists_approve(change_id: int = typer.Argument(...), reason: str = typer.Option("", "--reason")) -> None:
+    """Approve a drafted list change (reviewer, not its author): live in every serving process within a second."""
+    from riskloop.decisions import policy_store as store
+
+    actor = _caller("review")
+    _dump({"change_id": change_id, "step": "approve", "actor": actor,
+           "seq": _run(store.approve_list_change, change_id, actor, reason)})
+
+
+@lists_app.command("reject")
+def lists_reject(change_id: int = typer.Argument(...), reason: str = _REASON) -> None:
+    """Reject a drafted list change (reviewer)."""
+    from riskloop.decisions import policy_store as store
+
+    actor = _caller("review")
+    _dump({"change_id": change_id, "step": "reject", "actor": actor,
+           "seq": _run(store.reject_list_change, change_id, actor, reason)})
 
 
 @lists_app.command("history")

@@ -361,6 +361,10 @@ class Settings(BaseSettings):
     promotion_job_timeout_s: float = Field(
         default=900.0, gt=0, description="How long the review page's promote action waits for the gate's job "
         "(its own process: a test set rebuilt through Feast, two models scored) before answering 504.")
+    policy_require_backtest: bool = Field(
+        default=False, description="Approving a policy draft (CLI, API, review page) is refused until a backtest "
+        "is attached to it (`riskloop policy backtest VERSION --from ... --to ... --attach`). Off: the review "
+        "page shows a draft without one as not backtested.")
     canary_required: bool = Field(
         default=True, description="The promotion gate refuses a challenger without a passed canary phase. "
         "false = an explicit opt-out for local/demo flows (the decision's reason says the canary was skipped).")

@@ -60,6 +60,8 @@ POLICY_WRITES = {
     "policy.lists": "insert",
     "policy.list_events": "insert",
     "policy.emergency_events": "insert",
+    "policy.list_changes": "insert",
+    "policy.list_change_events": "insert",
 }
 
 # Single tables a component writes, with exactly the privileges its statements need.

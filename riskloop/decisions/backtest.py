@@ -478,6 +478,8 @@ class BacktestReport(BaseModel):
         default_factory=dict, description="Features the candidate reads, and the decisions that lack them "
         "(the log keeps only what the deciding policy and model read: there such a rule cannot fire).")
     examples: list[Example] = Field(default_factory=list)
+    list_changes: list[int] = Field(default_factory=list, description="Drafted list changes applied to the "
+                                    "candidate's lists for this run (`--list-change`).")
     seconds: float = 0.0
 
     def _rate(self, counts: dict[str, int], names: tuple[str, ...]) -> float | None:

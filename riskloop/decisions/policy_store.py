@@ -6,16 +6,20 @@ someone other than its author approves it (:func:`approve`). :func:`reject` and 
 (to any version that was live before, a shipped file included) are one call each. Every step is
 an append-only row (migration ``0007_policy_store``).
 
-Lists (:func:`create_list`, :func:`add_entries`, :func:`remove_entries`, :func:`import_csv`) and
-emergency rules (:func:`stop`, :func:`lift`) change without a version: a blocked card must block
-now. All changes draw from one sequence; a decision logs the sequence number it ran at
-(``signals.policy_seq``), and :func:`policy_at` rebuilds that exact state for a replay or a
-backtest. Serving keeps a :class:`StoreState` per process, refreshed from the new events only on
-each NOTIFY (or poll), and decides against the immutable :class:`Policy` it binds.
+A list change (:func:`add_entries`, :func:`remove_entries`, :func:`import_csv`) is a proposal under
+the same maker-checker rule (:func:`approve_list_change`, :func:`reject_list_change`): approved,
+its entries are written to ``list_events`` and applied everywhere; pending or rejected, never.
+Emergency rules (:func:`stop`, :func:`lift`, admin only, with a reason and an expiry) stay
+immediate: in an incident a blocked card must block now. All changes draw from one sequence; a
+decision logs the sequence number it ran at (``signals.policy_seq``), and :func:`policy_at`
+rebuilds that exact state for a replay or a backtest. Serving keeps a :class:`StoreState` per
+process, refreshed from the new events only on each NOTIFY (or poll), and decides against the
+immutable :class:`Policy` it binds.
 
 Library API for other callers (backtest, review page): :func:`load_version` (a version, stored or
 shipped, as a :class:`Policy` without lists), :func:`policy_at` (bound to the lists and emergency
-rules in force at a sequence number and time), :func:`versions` and :func:`history`.
+rules in force at a sequence number and time), :func:`versions`, :func:`history`, :func:`diff`
+(a draft against the live version), :func:`backtest_of` and :func:`list_changes`.
 """
 
 from __future__ import annotations
@@ -223,19 +227,32 @@ def live_version(conn: "psycopg.Connection", product: str, as_of_seq: int | None
     return None if row is None else row[0]
 
 
-def approve(conn: "psycopg.Connection", policy_id: str, actor: str, reason: str = "") -> int:
+def _check_step(what: str, state: str | None, author: str | None, actor: str, step: str, reason: str) -> None:
+    """Maker-checker, one rule for versions and list changes: only a draft is approved or rejected,
+    a rejection says why, and the author of a change never approves it."""
+    if state is None:
+        raise StoreError(f"no stored draft {what}")
+    if state != "drafted":
+        raise StoreError(f"{what} is {state}, only a draft can be {step}")
+    if step == "rejected" and not reason.strip():
+        raise StoreError("a rejection needs a reason")
+    if step == "approved" and same_actor(author, actor):
+        raise SelfApproval(f"{what} was drafted by {author}: someone else must approve it")
+
+
+def approve(conn: "psycopg.Connection", policy_id: str, actor: str, reason: str = "", *,
+            require_backtest: bool = False) -> int:
     """Make a drafted version live: every serving process applies it within a second. Its author
-    may not approve it. Returns the change's sequence number."""
+    may not approve it; with ``require_backtest`` (setting ``policy_require_backtest``) neither
+    may anyone before a backtest is attached. Returns the change's sequence number."""
     product, version = parse_id(policy_id)
     with conn.transaction():
         _lock(conn)
         state, author = _status(conn, product, version)
-        if state is None:
-            raise StoreError(f"no stored draft {policy_id}")
-        if state != "drafted":
-            raise StoreError(f"{policy_id} is {state}, only a draft can be approved")
-        if same_actor(author, actor):
-            raise SelfApproval(f"{policy_id} was drafted by {author}: someone else must approve it")
+        _check_step(policy_id, state, author, actor, "approved", reason)
+        if require_backtest and backtest_of(conn, policy_id) is None:
+            raise StoreError(f"{policy_id} has no backtest attached, and approval requires one: "
+                             f"`riskloop policy backtest {policy_id} --from ... --to ... --attach`")
         seq = _event(conn, product, version, "approved", actor, reason)
     log.warning("policy %s approved by %s (drafted by %s): live", policy_id, actor, author)
     return seq
@@ -243,13 +260,10 @@ def approve(conn: "psycopg.Connection", policy_id: str, actor: str, reason: str 
 
 def reject(conn: "psycopg.Connection", policy_id: str, actor: str, reason: str) -> int:
     product, version = parse_id(policy_id)
-    if not reason.strip():
-        raise StoreError("a rejection needs a reason")
     with conn.transaction():
         _lock(conn)
-        state, _ = _status(conn, product, version)
-        if state != "drafted":
-            raise StoreError(f"{policy_id} is {state or 'not stored'}, only a draft can be rejected")
+        state, author = _status(conn, product, version)
+        _check_step(policy_id, state, author, actor, "rejected", reason)
         seq = _event(conn, product, version, "rejected", actor, reason)
     log.info("policy %s rejected by %s: %s", policy_id, actor, reason)
     return seq
@@ -309,6 +323,36 @@ def history(conn: "psycopg.Connection", policy_id: str | None = None) -> list[di
     return [{**dict(zip(cols, r, strict=True)), "id": f"{r[2]}-v{r[3]}"} for r in cur.fetchall()]
 
 
+def backtest_of(conn: "psycopg.Connection", policy_id: str) -> dict[str, Any] | None:
+    """The newest backtest attached to a version (its report, who attached it and when), or None."""
+    product, version = parse_id(policy_id)
+    row = conn.execute("select seq, at, actor, details from policy.version_events where product = %s and version = %s "
+                       "and kind = 'backtested' order by seq desc limit 1", (product, version)).fetchone()
+    return None if row is None else {"seq": row[0], "at": row[1], "actor": row[2], "report": row[3]}
+
+
+def diff(conn: "psycopg.Connection", policy_id: str, base_id: str) -> dict[str, Any]:
+    """What ``policy_id`` changes against ``base_id`` (the live version): rules added, removed and
+    changed (matched by id, each side as written), rules whose place in the order moved (the first
+    deciding rule wins), and every other setting (thresholds, ...) whose value differs."""
+    new, old = (yaml.safe_load(export_yaml(conn, p)) or {} for p in (policy_id, base_id))
+    new_rules = {r["id"]: r for r in new.get("rules") or []}
+    old_rules = {r["id"]: r for r in old.get("rules") or []}
+    kept_new = [i for i in new_rules if i in old_rules]
+    kept_old = [i for i in old_rules if i in new_rules]
+    return {
+        "id": policy_id, "base": base_id,
+        "rules_added": [new_rules[i] for i in new_rules if i not in old_rules],
+        "rules_removed": [old_rules[i] for i in old_rules if i not in new_rules],
+        "rules_changed": [{"id": i, "before": old_rules[i], "after": new_rules[i]}
+                          for i in kept_new if old_rules[i] != new_rules[i]],
+        "rules_moved": [i for i, j in zip(kept_new, kept_old, strict=True) if i != j],
+        "settings_changed": [{"key": k, "before": old.get(k), "after": new.get(k)}
+                             for k in sorted(set(old) | set(new)) if k not in ("rules", "version", "digest")
+                             and old.get(k) != new.get(k)],
+    }
+
+
 def export_yaml(conn: "psycopg.Connection", policy_id: str) -> str:
     """A version as YAML (stored body, or the shipped file as it is)."""
     product, version = parse_id(policy_id)
@@ -353,8 +397,11 @@ def _normalise(kind: str, entry: str) -> str:
     return entry.upper() if kind == "country" else entry
 
 
-def _change(conn: "psycopg.Connection", name: str, op: str, items: Iterable[tuple[str, str, datetime | None]],
-            actor: str, source: str) -> int:
+def _propose(conn: "psycopg.Connection", name: str, op: str, items: Iterable[tuple[str, str, datetime | None]],
+             actor: str, source: str) -> dict[str, Any]:
+    """Store a list change as a draft: nothing changes until someone else approves it."""
+    from psycopg.types.json import Jsonb
+
     if not actor.strip():
         raise StoreError("an actor is required")
     with conn.transaction():
@@ -369,28 +416,89 @@ def _change(conn: "psycopg.Connection", name: str, op: str, items: Iterable[tupl
                 raise StoreError("an empty entry")
             if not (reason or "").strip():
                 raise StoreError(f"entry {entry}: a reason is required")
-            rows.append((name, op, entry, reason, expires_at, actor, source))
-        with conn.cursor() as cur:
-            cur.executemany("insert into policy.list_events (list_name, op, entry, reason, expires_at, actor, source) "
-                            "values (%s, %s, %s, %s, %s, %s, %s)", rows)
-    log.info("list %s: %s %d entries by %s (%s)", name, op, len(rows), actor, source)
-    return len(rows)
+            rows.append([entry, reason, expires_at.isoformat() if expires_at else None])
+        if not rows:
+            raise StoreError(f"list {name}: no entries to {op}")
+        change_id, at = conn.execute(
+            "insert into policy.list_changes (list_name, op, entries, n_entries, actor, source) "
+            "values (%s, %s, %s, %s, %s, %s) returning change_id, at",
+            (name, op, Jsonb(rows), len(rows), actor, source)).fetchone()
+    log.info("list %s: %s of %d entries drafted by %s (%s) as change %s", name, op, len(rows), actor, source, change_id)
+    return {"change_id": change_id, "list": name, "op": op, "entries": len(rows), "state": "drafted",
+            "author": actor, "at": at}
 
 
 def add_entries(conn: "psycopg.Connection", name: str, values: Iterable[str], reason: str, actor: str,
-                expires_at: datetime | None = None, source: str = "api") -> int:
-    return _change(conn, name, "add", ((v, reason, expires_at) for v in values), actor, source)
+                expires_at: datetime | None = None, source: str = "api") -> dict[str, Any]:
+    """Draft adding entries (:func:`approve_list_change` makes them live)."""
+    return _propose(conn, name, "add", ((v, reason, expires_at) for v in values), actor, source)
 
 
 def remove_entries(conn: "psycopg.Connection", name: str, values: Iterable[str], reason: str, actor: str,
-                   source: str = "api") -> int:
-    return _change(conn, name, "remove", ((v, reason, None) for v in values), actor, source)
+                   source: str = "api") -> dict[str, Any]:
+    """Draft removing entries (:func:`approve_list_change` makes it live)."""
+    return _propose(conn, name, "remove", ((v, reason, None) for v in values), actor, source)
+
+
+def _list_change_status(conn: "psycopg.Connection", change_id: int) -> tuple[str | None, str | None]:
+    row = conn.execute("select c.actor, e.kind from policy.list_changes c left join policy.list_change_events e "
+                       "using (change_id) where c.change_id = %s", (change_id,)).fetchone()
+    return (None, None) if row is None else (row[1] or "drafted", row[0])
+
+
+def approve_list_change(conn: "psycopg.Connection", change_id: int, actor: str, reason: str = "") -> int:
+    """Make a drafted list change live (not by its author): its entries are written to the list's
+    history in the same transaction, and every serving process applies them within a second."""
+    what = f"list change {change_id}"
+    with conn.transaction():
+        _lock(conn)
+        state, author = _list_change_status(conn, change_id)
+        _check_step(what, state, author, actor, "approved", reason)
+        seq = conn.execute("insert into policy.list_change_events (change_id, kind, actor, reason) "
+                           "values (%s, 'approved', %s, %s) returning seq", (change_id, actor, reason)).fetchone()[0]
+        n = conn.execute("""
+            insert into policy.list_events (list_name, op, entry, reason, expires_at, actor, source, change_id)
+            select c.list_name, c.op, e.v->>0, e.v->>1, (e.v->>2)::timestamptz, c.actor, c.source, c.change_id
+            from policy.list_changes c cross join lateral jsonb_array_elements(c.entries) with ordinality as e(v, i)
+            where c.change_id = %s order by e.i""", (change_id,)).rowcount
+    log.warning("%s approved by %s (drafted by %s): %d entries live", what, actor, author, n)
+    return seq
+
+
+def reject_list_change(conn: "psycopg.Connection", change_id: int, actor: str, reason: str) -> int:
+    what = f"list change {change_id}"
+    with conn.transaction():
+        _lock(conn)
+        state, author = _list_change_status(conn, change_id)
+        _check_step(what, state, author, actor, "rejected", reason)
+        seq = conn.execute("insert into policy.list_change_events (change_id, kind, actor, reason) "
+                           "values (%s, 'rejected', %s, %s) returning seq", (change_id, actor, reason)).fetchone()[0]
+    log.info("%s rejected by %s: %s", what, actor, reason)
+    return seq
+
+
+def list_changes(conn: "psycopg.Connection", state: str | None = None, name: str | None = None,
+                 limit: int = 200, sample: int = 20) -> list[dict[str, Any]]:
+    """List changes, newest first (``state``: drafted, approved, rejected), each with its first
+    ``sample`` entries (entry, reason, expires_at) and its decision."""
+    cur = conn.execute("""
+        select c.change_id, c.at, c.list_name, l.kind, c.op, c.n_entries, c.actor as author, c.source,
+               coalesce(e.kind, 'drafted') as state, e.actor as decided_by, e.at as decided_at, e.reason as decision_reason,
+               (select coalesce(jsonb_agg(x.v order by x.i), '[]'::jsonb) from jsonb_array_elements(c.entries)
+                with ordinality as x(v, i) where x.i <= %(sample)s) as sample
+        from policy.list_changes c join policy.lists l on l.name = c.list_name
+        left join policy.list_change_events e using (change_id)
+        where (%(state)s::text is null or coalesce(e.kind, 'drafted') = %(state)s)
+          and (%(name)s::text is null or c.list_name = %(name)s)
+        order by c.change_id desc limit %(limit)s""", {"state": state, "name": name, "limit": limit, "sample": sample})
+    cols = [d.name for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
 def import_csv(conn: "psycopg.Connection", name: str, text: str, actor: str, reason: str = "",
-               expires_at: datetime | None = None) -> int:
-    """Add the entries of a CSV (``entry[,reason[,expires_at]]``, a header row optional), in one
-    transaction: a bad row refuses the file with its line number, nothing half-imported."""
+               expires_at: datetime | None = None) -> dict[str, Any]:
+    """Draft adding the entries of a CSV (``entry[,reason[,expires_at]]``, a header row optional) as
+    one list change: a bad row refuses the file with its line number, nothing half-drafted."""
     items: list[tuple[str, str, datetime | None]] = []
     for lineno, row in enumerate(csv.reader(io.StringIO(text)), start=1):
         if not row or not row[0].strip() or (lineno == 1 and row[0].strip().lower() == "entry"):
@@ -405,7 +513,7 @@ def import_csv(conn: "psycopg.Connection", name: str, text: str, actor: str, rea
         if exp is not None and exp.tzinfo is None:
             raise StoreError(f"line {lineno}: expires_at needs a time zone")
         items.append((row[0], why, exp))
-    return _change(conn, name, "add", items, actor, "csv")
+    return _propose(conn, name, "add", items, actor, "csv")
 
 
 def entries(conn: "psycopg.Connection", name: str, *, as_of_seq: int | None = None,
@@ -419,8 +527,12 @@ def entries(conn: "psycopg.Connection", name: str, *, as_of_seq: int | None = No
 
 
 def entry_history(conn: "psycopg.Connection", name: str, entry: str | None = None) -> list[dict[str, Any]]:
-    cur = conn.execute("select seq, at, list_name, op, entry, reason, expires_at, actor, source from policy.list_events "
-                       "where list_name = %s and (%s::text is null or entry = %s) order by seq",
+    """Every applied change of a list (or of one entry), oldest first: who drafted it (``actor``)
+    and who approved it (``approved_by``; none for entries written before maker-checker)."""
+    cur = conn.execute("select l.seq, l.at, l.list_name, l.op, l.entry, l.reason, l.expires_at, l.actor, l.source, "
+                       "l.change_id, e.actor as approved_by from policy.list_events l "
+                       "left join policy.list_change_events e on e.change_id = l.change_id and e.kind = 'approved' "
+                       "where l.list_name = %s and (%s::text is null or l.entry = %s) order by l.seq",
                        (name, entry, entry))
     cols = [d.name for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
@@ -667,12 +779,31 @@ def alert_stop(settings: "Settings", stop_row: Mapping[str, Any]) -> None:
                   {k: str(v) for k, v in stop_row.items()})
 
 
-def with_current_lists(conn: "psycopg.Connection", policy_id: str) -> Policy:
+def with_current_lists(conn: "psycopg.Connection", policy_id: str, list_changes: Iterable[int] = ()) -> Policy:
     """A version (stored or shipped) bound to its lists' entries in force now, without emergency
-    rules: the candidate a backtest replays history under. Without the store: the shipped file."""
+    rules: the candidate a backtest replays history under. ``list_changes``: drafted list changes
+    applied on top, so a rule and the list change it needs are backtested together before either
+    is approved. Without the store: the shipped file."""
     from riskloop.decisions.policy import policy_by_id
 
+    changes = list(list_changes)
     if conn.execute("select to_regclass('policy.versions')").fetchone()[0] is None:
+        if changes:
+            raise StoreError("no policy store here: no list change to apply")
         return policy_by_id(policy_id).bind({})
     policy = load_version(conn, policy_id)
-    return policy.bind({n: frozenset(entries(conn, n)) for n in policy.list_names})
+    lists_now = {n: set(entries(conn, n)) for n in policy.list_names}
+    for change_id in changes:
+        row = conn.execute("select c.list_name, c.op, c.entries, e.kind from policy.list_changes c "
+                           "left join policy.list_change_events e using (change_id) where c.change_id = %s",
+                           (change_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no list change {change_id}")
+        name, op, items, decided = row
+        if decided is not None:
+            raise StoreError(f"list change {change_id} is {decided}: only a drafted one is applied on top of the lists")
+        if name not in lists_now:
+            raise StoreError(f"list change {change_id} changes list {name}, which {policy_id} does not read")
+        for entry, _reason, _expires in items:
+            (lists_now[name].add if op == "add" else lists_now[name].discard)(entry)
+    return policy.bind({n: frozenset(v) for n, v in lists_now.items()})
