@@ -190,7 +190,8 @@ def test_rows_written_during_a_rotation_end_rekeyed(tmp_path: Path, stack_env) -
         _decision(conn, old["C1"])
         # a blocked card: on a deny list, and under an emergency stop
         policy_store.create_list(conn, "blocked_cards", "card", "alice", "stolen cards")
-        policy_store.add_entries(conn, "blocked_cards", [old["C1"]], "reported stolen", "alice")
+        drafted = policy_store.add_entries(conn, "blocked_cards", [old["C1"]], "reported stolen", "alice")
+        policy_store.approve_list_change(conn, drafted["change_id"], "bob", "card read")
         policy_store.stop(conn, "deny_card", "alice", "card testing attack", timedelta(hours=4), value=old["C2"])
         first_case, other_case = _open_case(conn, old["C3"]), _open_case(conn, old["C2"])
 

@@ -440,6 +440,32 @@ def remove_entries(conn: "psycopg.Connection", name: str, values: Iterable[str],
     return _propose(conn, name, "remove", ((v, reason, None) for v in values), actor, source)
 
 
+def carry_rekeyed(conn: "psycopg.Connection", name: str, op: str, values: Iterable[str], reason: str, actor: str,
+                  expires_at: datetime | None = None) -> int:
+    """Entries of a card list under a rotated card-token key (:mod:`riskloop.ops.pan_rotation`), live at
+    once: the same cards under another token keep the list's meaning, which a second person would
+    only be asked to take on trust, so they are appended as list events (``source`` ``pan_rotation``)
+    rather than drafted. Only for card lists, only riskloop tokens; returns the entries appended."""
+    from riskloop.core import pan
+
+    values = [v.strip() for v in values]
+    bad = [v for v in values if pan.kid_of(v) is None]
+    if bad:
+        raise StoreError(f"list {name}: only card tokens are carried over a rotation, not {bad[0]!r}")
+    if op not in ("add", "remove") or not values:
+        return 0
+    with conn.transaction():
+        _lock(conn)
+        kind = conn.execute("select kind from policy.lists where name = %s", (name,)).fetchone()
+        if kind is None or kind[0] != "card":
+            raise StoreError(f"no card list {name}")
+        with conn.cursor() as cur:
+            cur.executemany("insert into policy.list_events (list_name, op, entry, reason, expires_at, actor, source) "
+                            "values (%s, %s, %s, %s, %s, %s, 'pan_rotation')",
+                            [(name, op, v, reason, expires_at, actor) for v in values])
+    return len(values)
+
+
 def _list_change_status(conn: "psycopg.Connection", change_id: int) -> tuple[str | None, str | None]:
     row = conn.execute("select c.actor, e.kind from policy.list_changes c left join policy.list_change_events e "
                        "using (change_id) where c.change_id = %s", (change_id,)).fetchone()

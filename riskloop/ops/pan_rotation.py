@@ -346,9 +346,9 @@ def carry_card_rules(conn: psycopg.Connection, tok: pan.PanTokenizer, actor: str
             if tok.rekey(entry) not in entries:
                 by_expiry.setdefault(expires_at, []).append(tok.rekey(entry))
         for expires_at, values in by_expiry.items():
-            changes += policy_store.add_entries(conn, name, values, why, actor, expires_at, source="pan_rotation")
+            changes += policy_store.carry_rekeyed(conn, name, "add", values, why, actor, expires_at)
         if finish and older:
-            changes += policy_store.remove_entries(conn, name, list(older), why, actor, source="pan_rotation")
+            changes += policy_store.carry_rekeyed(conn, name, "remove", list(older), why, actor)
     stops = policy_store.active_emergency(conn)
     denied = {s["value"] for s in stops if s["kind"] == "deny_card"}
     for s in stops:
