@@ -18,11 +18,13 @@ PLATFORM_TABLES = ("monitoring.alert_state", "monitoring.alert_events", "monitor
                    "raw.webhook_inbox", "raw.contract_runs", "realtime.payment_events", "realtime.stream_offsets",
                    "cases.case_events", "cases.cases", "cases.open_entities", "serving.decision_outcomes",
                    "serving.decision_log_dead_letters", "governance.retention_runs", "policy.versions",
-                   "policy.version_events", "policy.lists", "policy.list_events", "policy.emergency_events")
+                   "policy.version_events", "policy.lists", "policy.list_events", "policy.emergency_events",
+                   "privacy.subject_keys", "privacy.erasures")
 APPEND_ONLY = ("monitoring.alert_events", "governance.model_approvals", "governance.promotion_decisions",
                "governance.canary_state", "serving.decision_log", "serving.decision_overrides", "cases.case_events",
                "serving.decision_outcomes", "serving.decision_log_dead_letters", "governance.retention_runs",
-               "policy.versions", "policy.version_events", "policy.lists", "policy.list_events", "policy.emergency_events")
+               "policy.versions", "policy.version_events", "policy.lists", "policy.list_events", "policy.emergency_events",
+               "privacy.erasures")
 
 
 def _fresh(stack_env: dict[str, str], name: str) -> Settings:

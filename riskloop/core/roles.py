@@ -31,15 +31,19 @@ log = logging.getLogger(__name__)
 # Every schema of the warehouse riskloop uses (dbt's three included, created here so their default
 # privileges exist before dbt's first table).
 SCHEMAS = ("raw", "quarantine", "realtime", "staging", "intermediate", "marts",
-           "serving", "cases", "governance", "monitoring", "policy")
+           "serving", "cases", "governance", "monitoring", "policy", "privacy")
+# Schemas only the components that need them read: the customers' wrapped data keys
+# (riskloop.core.subject_keys) are read by serving (to seal) and governance (to erase and reveal).
+PRIVATE = ("privacy",)
+_SHARED = tuple(s for s in SCHEMAS if s not in PRIVATE)
 
 # Schemas whose every table a component reads.
 READS: dict[str, tuple[str, ...]] = {
     "ingest": ("raw", "quarantine", "realtime", "marts"),
-    "transform": SCHEMAS,
+    "transform": _SHARED,
     "serving": ("realtime", "marts", "serving", "cases", "governance", "monitoring", "policy"),
     "governance": SCHEMAS,
-    "analyst": SCHEMAS,
+    "analyst": _SHARED,
 }
 
 # Schemas whose every table (present and future) a component writes, and where it creates tables.
@@ -72,6 +76,8 @@ WRITES: dict[str, dict[str, str]] = {
         "policy.lists": "insert",
         "policy.list_events": "insert",
         "policy.emergency_events": "insert",
+        # a customer's data key, created on the first decision that needs it (never updated or deleted here)
+        "privacy.subject_keys": "select, insert",
     },
     "ingest": {
         "monitoring.alert_events": "insert",
@@ -89,6 +95,15 @@ WRITES: dict[str, dict[str, str]] = {
         "cases.case_events": "insert",
         "cases.open_entities": "insert, delete",
         "raw.contract_runs": "insert",
+        # erasure (riskloop.governance.erasure): the key goes, the mutable copies of the person's data go
+        "privacy.subject_keys": "delete",
+        "privacy.erasures": "insert",
+        "serving.known_devices": "delete",
+        "serving.card_locations": "delete",
+        "realtime.payment_events": "delete",
+    },
+    "analyst": {
+        "privacy.erasures": "select",
     },
 }
 
@@ -102,7 +117,7 @@ FEAST_TABLES: dict[str, str] = {
     "ingest": "select, insert, update, delete",  # push and materialize
     "transform": "select",
     "serving": "select, trigger",  # reads, and keeps its cache-invalidation trigger installed
-    "governance": "select",
+    "governance": "select, delete",  # erasure deletes a customer's online rows
     "analyst": "select",
 }
 

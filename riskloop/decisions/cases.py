@@ -35,6 +35,7 @@ from psycopg.types.json import Jsonb
 
 from riskloop.core.config import CasePriority, Settings
 from riskloop.core.money import minor_to_major
+from riskloop.core.subject_keys import reveal
 from riskloop.decisions import log as decision_log
 
 log = logging.getLogger(__name__)
@@ -424,6 +425,8 @@ def get(conn: psycopg.Connection, case_id: uuid.UUID | str, *, timeline_days: in
             raise CaseNotFound(f"no case {case_id}")
         events = events_of(conn, case_id)
         decisions = cur.execute(_DECISIONS, (case_id,)).fetchall()
+        for d, request in zip(decisions, reveal(conn, [d["request"] for d in decisions]), strict=True):
+            d["request"] = request  # personal fields in clear, or marked erased
         _, entities = fold(events)
         params = {"case_id": case_id, "limit": timeline_limit,
                   "customers": [k.split(":", 1)[1] for k in entities if k.startswith("customer:")],

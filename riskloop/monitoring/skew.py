@@ -41,6 +41,7 @@ from psycopg import sql
 
 from riskloop.core.config import Settings
 from riskloop.core.db import dsn
+from riskloop.core.subject_keys import reveal
 from riskloop.decisions.log import TABLE
 from riskloop.features.store import FRAUD_SERVICE
 
@@ -105,7 +106,11 @@ def _decisions(conn: psycopg.Connection, limit: int, since: datetime | None) -> 
         f"select decision_id::text, decided_at, request, features, feature_timestamps from {TABLE} "
         f"where {' and '.join(where)} order by decided_at desc limit %(limit)s", params)
     cols = [c.name for c in cur.description or ()]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    for row, request in zip(rows, reveal(conn, [r["request"] for r in rows]), strict=True):
+        row["request"] = request
+    # An erased customer's decisions have no key left to look their offline values up by.
+    return [r for r in rows if (r["request"] or {}).get("personal_data") != "erased"]
 
 
 def _offline_rows(conn: psycopg.Connection, view: OfflineView, keys: list[tuple[str, ...]],
