@@ -22,6 +22,8 @@ from riskloop.core.db import dsn
 from tests.principals import API_KEYS, bearer, cli_env
 
 SCORER = "erasure-scorer-key-000000000"
+ANALYST = "erasure-analyst-key-00000000"
+NOTE = "customer called from +44 7700 900123, says the laptop was stolen"
 A, B = f"C-erase-a-{uuid.uuid4().hex[:6]}", f"C-erase-b-{uuid.uuid4().hex[:6]}"
 IP_A, IP_B = "203.0.113.77", "198.51.100.99"
 
@@ -39,7 +41,7 @@ def client(erasure_settings: Settings) -> Iterator[TestClient]:
     from serving.app import create_app
     from serving.config import ServingSettings
 
-    cfg = ServingSettings(api_keys=f"{API_KEYS},{SCORER}:scorer", model_poll_s=0, canary_poll_s=0,
+    cfg = ServingSettings(api_keys=f"{API_KEYS},{SCORER}:scorer,ann:analyst:{ANALYST}", model_poll_s=0, canary_poll_s=0,
                           known_device_poll_s=0, card_location_poll_s=0)
     with TestClient(create_app(erasure_settings, cfg)) as c:
         yield c
@@ -72,7 +74,21 @@ def decided(client: TestClient) -> dict[str, list[str]]:
                                               "applicant": APPLICANT}, headers=headers)
     assert r.status_code == 200, r.text
     ids[A].append(r.json()["decision_id"])
+    # the large payment went to review: an analyst notes what the customer said on its case
+    with psycopg.connect(dsn(client.app.state.settings)) as conn:
+        case_id = conn.execute("select case_id::text from cases.cases where customer_id = %s", (A,)).fetchone()[0]
+    analyst = {"Authorization": f"Bearer {ANALYST}"}
+    assert client.post(f"/v1/cases/{case_id}/claim", headers=analyst).status_code == 200
+    r = client.post(f"/v1/cases/{case_id}/note", json={"text": NOTE}, headers=analyst)
+    assert r.status_code == 200, r.text
+    ids["case"] = [case_id]
     return ids
+
+
+def _note(client: TestClient, case_id: str) -> str:
+    r = client.get(f"/v1/cases/{case_id}", headers={"Authorization": f"Bearer {ANALYST}"})
+    assert r.status_code == 200, r.text
+    return next(e["details"]["text"] for e in r.json()["events"] if e["kind"] == "noted")
 
 
 def _raw(settings: Settings, ids: list[str]) -> dict[str, tuple]:
@@ -108,6 +124,12 @@ def test_personal_fields_are_stored_sealed_and_read_back_in_clear(client: TestCl
     # one key per customer: A's decisions share a key id that B's do not have
     keys = {d: json.loads(raw[d][-1])["personal"]["key"] for d in decided[A] + decided[B]}
     assert len({keys[d] for d in decided[A]}) == 1 and keys[decided[B][0]] != keys[decided[A][0]]
+    # the analyst's note about the customer: sealed in the append-only case events, clear on the case
+    with psycopg.connect(dsn(erasure_settings)) as conn:
+        details = conn.execute("select details::text from cases.case_events where case_id = %s and kind = 'noted'",
+                               (decided["case"][0],)).fetchone()[0]
+    assert "7700" not in details and "stolen" not in details
+    assert _note(client, decided["case"][0]) == NOTE
 
 
 def test_erase_destroys_the_key_keeps_the_rows_and_is_idempotent(client: TestClient, erasure_settings: Settings,
@@ -144,6 +166,7 @@ def test_erase_destroys_the_key_keeps_the_rows_and_is_idempotent(client: TestCli
         assert request.get("transaction_id") or request.get("application_id")
     assert _api(client, decided[A][0])["request"]["ip"] == "[erased]"
     assert _api(client, decided[A][2])["request"]["applicant"] == "[erased]"
+    assert _note(client, decided["case"][0]) == "[erased]"
     other = _api(client, decided[B][0])["request"]  # the other customer is intact
     assert other["customer_id"] == B and other["ip"] == IP_B and "personal_data" not in other
 
@@ -186,3 +209,19 @@ def test_serving_cannot_delete_keys_and_analysts_cannot_read_them(erasure_settin
     assert "delete" not in roles.WRITES["serving"]["privacy.subject_keys"]
     assert "privacy" not in roles.READS["analyst"] and roles.WRITES["analyst"]["privacy.erasures"] == "select"
     assert "delete" in roles.WRITES["governance"]["privacy.subject_keys"]
+
+
+def test_the_master_key_is_required_outside_local_mode_and_never_short(tmp_path) -> None:
+    from pydantic import SecretStr
+
+    from riskloop.core.subject_keys import SubjectKeyMissing, master_key
+
+    configured = Settings(home=tmp_path, database_url="postgresql://u@db.example:5432/risk").model_copy(
+        update={"subject_master_key": None})
+    with pytest.raises(SubjectKeyMissing, match="RISKLOOP_SUBJECT_MASTER_KEY must be set"):
+        master_key(configured)
+    with pytest.raises(SubjectKeyMissing, match="at least 32"):
+        master_key(configured.model_copy(update={"subject_master_key": SecretStr("short")}))
+    local = Settings(home=tmp_path, database_url=None).model_copy(update={"subject_master_key": None})
+    key = master_key(local)  # generated once into <home>/secrets, mode 0600
+    assert master_key(local) == key and (tmp_path / "secrets" / "subject_master_key").stat().st_mode & 0o777 == 0o600

@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     )
     subject_master_key: SecretStr | None = Field(
         default=None,
-        description="Master key (at least 32 hex characters) that wraps each customer's data key, under which the "
+        description="Master key (at least 32 characters) that wraps each customer's data key, under which the "
         "personal fields of decisions are stored (riskloop.core.subject_keys; `riskloop erase customer` destroys a "
         "customer's data key). Keep it out of the warehouse database. Unset: generated once in local mode "
         "(embedded Postgres) into <home>/secrets/subject_master_key; required when RISKLOOP_DATABASE_URL is set.",

@@ -105,20 +105,25 @@ class SubjectKeys:
             return out
         hashes = {self.subject_hash(c): c for c in missing}
         new_keys = {h: str(uuid.uuid4()) for h in hashes}
+        # Inside a caller's transaction a new key commits (or not) with the caller's rows: it is
+        # used, but cached only once it is known to be committed (a later read finds it).
+        nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        wrapped = [self._wrapped(k, AESGCM.generate_key(256)) for k in new_keys.values()]
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(f"insert into {KEYS_TABLE} (key_id, subject_hash, wrapped_key) "
-                        "select * from unnest(%s::uuid[], %s::bytea[], %s::bytea[]) on conflict (subject_hash) do nothing",
-                        (list(new_keys.values()), list(new_keys),
-                         [self._wrapped(k, AESGCM.generate_key(256)) for k in new_keys.values()]))
+            created = {r[0] for r in cur.execute(
+                f"insert into {KEYS_TABLE} (key_id, subject_hash, wrapped_key) "
+                "select * from unnest(%s::uuid[], %s::bytea[], %s::bytea[]) on conflict (subject_hash) do nothing "
+                "returning key_id::text", (list(new_keys.values()), list(new_keys), wrapped))}
             rows = cur.execute(f"select key_id::text, subject_hash, wrapped_key from {KEYS_TABLE} "
                                "where subject_hash = any(%s::bytea[])", (list(hashes),)).fetchall()
         with self._lock:
             for key_id, digest, wrapped in rows:
                 cid = hashes[bytes(digest)]
                 aead = self._unwrap(key_id, bytes(wrapped))
-                self._by_subject[cid] = (now, key_id, aead)
-                self._by_key[key_id] = (now, aead)
                 out[cid] = (key_id, aead)
+                if not (nested and key_id in created):
+                    self._by_subject[cid] = (now, key_id, aead)
+                    self._by_key[key_id] = (now, aead)
         return out
 
     def _keys_by_id(self, conn: psycopg.Connection, key_ids: set[str]) -> dict[str, AESGCM | None]:
@@ -149,10 +154,11 @@ class SubjectKeys:
 
     # --- sealing ------------------------------------------------------------------------
     @staticmethod
-    def seal(request: dict[str, Any], key_id: str, aead: AESGCM) -> dict[str, Any]:
-        """``request`` with its personal fields moved into one ciphertext under the customer's key."""
-        personal = {f: request[f] for f in PERSONAL_FIELDS if request.get(f) is not None}
-        out = {k: v for k, v in request.items() if k not in PERSONAL_FIELDS}
+    def seal(request: dict[str, Any], key_id: str, aead: AESGCM,
+             fields: Sequence[str] = PERSONAL_FIELDS) -> dict[str, Any]:
+        """``request`` with its personal ``fields`` moved into one ciphertext under the customer's key."""
+        personal = {f: request[f] for f in fields if request.get(f) is not None}
+        out = {k: v for k, v in request.items() if k not in fields}
         nonce = os.urandom(NONCE_BYTES)
         sealed = nonce + aead.encrypt(nonce, orjson.dumps(personal), key_id.encode())
         out[ENVELOPE] = {"key": key_id, "fields": sorted(personal), "sealed": base64.b64encode(sealed).decode()}

@@ -33,9 +33,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from riskloop.core.config import CasePriority, Settings
+from riskloop.core.config import CasePriority, Settings, get_settings
 from riskloop.core.money import minor_to_major
-from riskloop.core.subject_keys import reveal
+from riskloop.core.subject_keys import SubjectKeyMissing, reveal, subject_keys
 from riskloop.decisions import log as decision_log
 
 log = logging.getLogger(__name__)
@@ -330,14 +330,30 @@ def release(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str) -> d
         return _append(conn, row, case_id, "released", actor)
 
 
-def note(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, text: str) -> dict[str, Any]:
+def note(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, text: str,
+         settings: Settings | None = None) -> dict[str, Any]:
+    """Add an analyst's note. Its text is free text about the case's customer, so it is stored sealed
+    under the customer's data key (riskloop.core.subject_keys): erasing the customer shreds it."""
     if not text.strip():
         raise CaseError("a note needs text")
     with conn.transaction():
         row = _locked(conn, case_id)
         if row["status"] == "closed":
             raise CaseConflict(f"case {case_id} is closed")
-        return _append(conn, row, case_id, "noted", actor, {"text": text})
+        return _append(conn, row, case_id, "noted", actor, _note_details(conn, row.get("customer_id"), text, settings))
+
+
+def _note_details(conn: psycopg.Connection, customer_id: str | None, text: str,
+                  settings: Settings | None) -> dict[str, Any]:
+    if not customer_id:  # a card-only case (a chargeback of an unknown customer): nobody to erase it for
+        return {"text": text}
+    try:
+        ring = subject_keys(settings or get_settings())
+    except SubjectKeyMissing as exc:
+        log.error("case note stored unsealed: %s", exc)
+        return {"text": text}
+    key_id, aead = ring.keys_for(conn, [customer_id])[customer_id]
+    return ring.seal({"text": text}, key_id, aead, fields=("text",))
 
 
 def close(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, disposition: str,
@@ -424,6 +440,8 @@ def get(conn: psycopg.Connection, case_id: uuid.UUID | str, *, timeline_days: in
         if row is None:
             raise CaseNotFound(f"no case {case_id}")
         events = events_of(conn, case_id)
+        for e, details in zip(events, reveal(conn, [e["details"] for e in events]), strict=True):
+            e["details"] = details  # a note's text in clear, or marked erased
         decisions = cur.execute(_DECISIONS, (case_id,)).fetchall()
         for d, request in zip(decisions, reveal(conn, [d["request"] for d in decisions]), strict=True):
             d["request"] = request  # personal fields in clear, or marked erased
