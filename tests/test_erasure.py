@@ -126,16 +126,20 @@ def test_personal_fields_are_stored_sealed_and_read_back_in_clear(client: TestCl
     assert len({keys[d] for d in decided[A]}) == 1 and keys[decided[B][0]] != keys[decided[A][0]]
     # the analyst's note about the customer: sealed in the append-only case events, clear on the case
     with psycopg.connect(dsn(erasure_settings)) as conn:
-        details = conn.execute("select details::text from cases.case_events where case_id = %s and kind = 'noted'",
-                               (decided["case"][0],)).fetchone()[0]
-    assert "7700" not in details and "stolen" not in details
+        events = dict(conn.execute("select kind, details::text from cases.case_events where case_id = %s",
+                                   (decided["case"][0],)).fetchall())
+    assert set(events) == {"opened", "decision_added", "claimed", "noted"}
+    assert "7700" not in events["noted"] and "stolen" not in events["noted"]
+    assert not [k for k, text in events.items() if A in text]  # nor the customer on the events that name one
     assert _note(client, decided["case"][0]) == NOTE
+    case = client.get(f"/v1/cases/{decided['case'][0]}", headers={"Authorization": f"Bearer {ANALYST}"}).json()
+    assert case["customer_id"] == A and f"customer:{A}" in case["entities"]
 
 
 def test_erase_destroys_the_key_keeps_the_rows_and_is_idempotent(client: TestClient, erasure_settings: Settings,
                                                                    decided: dict[str, list[str]]) -> None:
     from riskloop.cli import app
-    from riskloop.decisions.backtest import backtest
+    from riskloop.decisions.backtest import backtest, read_chunks
     from riskloop.decisions.policy import policy_by_id
     from serving.replay import replay
 
@@ -167,6 +171,9 @@ def test_erase_destroys_the_key_keeps_the_rows_and_is_idempotent(client: TestCli
     assert _api(client, decided[A][0])["request"]["ip"] == "[erased]"
     assert _api(client, decided[A][2])["request"]["applicant"] == "[erased]"
     assert _note(client, decided["case"][0]) == "[erased]"
+    case = client.get(f"/v1/cases/{decided['case'][0]}", headers={"Authorization": f"Bearer {ANALYST}"}).json()
+    assert case["customer_id"] is None and case["entities"] == ["card:tok-erase-a"]
+    assert A not in json.dumps(case, default=str)
     other = _api(client, decided[B][0])["request"]  # the other customer is intact
     assert other["customer_id"] == B and other["ip"] == IP_B and "personal_data" not in other
 
@@ -194,6 +201,12 @@ def test_erase_destroys_the_key_keeps_the_rows_and_is_idempotent(client: TestCli
     report = backtest(erasure_settings, policy_by_id("fraud-v2"), now - timedelta(hours=1), now + timedelta(hours=1),
                       workers=1)
     assert report.n_decisions >= 3 and report.n_changed == 0
+    # a policy evaluated row by row (list rules) reads the logged requests revealed
+    frames = read_chunks(erasure_settings, policy_by_id("fraud-v2"), now - timedelta(hours=1), now + timedelta(hours=1),
+                         labelled=False, documents=True)
+    requests = [json.loads(t) for f in frames for t in f["json.request"]]
+    assert len(requests) == 3 and not [r for r in requests if "personal" in r]
+    assert sorted(r["customer_id"] for r in requests) == sorted(["[erased]", "[erased]", B])
 
     again = CliRunner().invoke(app, ["erase", "customer", A, "--reason", "erasure request ER-1"], env=env)
     assert again.exit_code == 0 and "already erased" in again.output

@@ -75,6 +75,9 @@ class SubjectKeys:
         self._by_key: dict[str, tuple[float, AESGCM | None]] = {}  # key id -> (loaded, key or None: erased)
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo: dict) -> "SubjectKeys":
+        return self  # one ring (and cache) per process: a copy of settings-like objects shares it
+
     # --- keys ----------------------------------------------------------------------------
     def subject_hash(self, customer_id: str) -> bytes:
         """The keyed hash a customer is found by (in the key table and the erasure record)."""

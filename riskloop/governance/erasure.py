@@ -17,8 +17,8 @@ Then, outside that transaction, the customer's (and their cards') rows in the Fe
 
 Not covered (README, "What riskloop promises"): the warehouse's landed and modelled data (``raw``,
 ``marts``, the Feast offline store), which go by retention and whose next materialisation writes
-the customer's features back online; decisions logged before sealing existed (counted in
-``removed.unsealed_decisions``); MLflow artifacts.
+the customer's features back online; decisions and case events logged before sealing existed (the
+decisions counted in ``removed.unsealed_decisions``); MLflow artifacts.
 
 Erasing a customer twice is a no-op that says so.
 """
