@@ -11,8 +11,9 @@ of the person can no longer be read.
   customer's data key (:data:`ENVELOPE`: the key's id, the sealed field names, nonce + ciphertext).
   The customer id is sealed too: the clear reference left in the row is the data key's random id, a
   pseudonym that groups a customer's rows and joins to the customer (through ``subject_hash``) only
-  while the key exists. After erasure nothing links it to the person: the erasure record keeps the
-  subject's keyed hash, never the key id.
+  while the key exists. After erasure neither the key store nor the erasure record links it to the
+  person (the record keeps the subject's keyed hash, never the key id); the clear transaction id and
+  card token still join to the warehouse's own payment rows until those leave by retention.
 - What stays in clear is what the audit, the label joins and the monitoring need and what does not
   identify the person: the transaction and application ids, amounts, currency, times, terminal,
   country, the card's tokens (``card_token``, ``pan_token``), BIN and last four, and the model's
@@ -219,11 +220,12 @@ _rings_lock = threading.Lock()
 
 def subject_keys(settings: Settings) -> SubjectKeys:
     """The process's key ring for these settings (one cache per master key)."""
-    key = (hashlib.sha256(master_key(settings)).digest(), settings.subject_key_cache_s)
+    master = master_key(settings)
+    key = (hashlib.sha256(master).digest(), settings.subject_key_cache_s)
     with _rings_lock:
         ring = _rings.get(key)
         if ring is None:
-            ring = _rings[key] = SubjectKeys(master_key(settings), settings.subject_key_cache_s)
+            ring = _rings[key] = SubjectKeys(master, settings.subject_key_cache_s)
         return ring
 
 
