@@ -214,14 +214,23 @@ def test_erase_destroys_the_key_keeps_the_rows_and_is_idempotent(client: TestCli
         assert conn.execute("select count(*) from privacy.erasures").fetchone()[0] == 1
 
 
-def test_serving_cannot_delete_keys_and_analysts_cannot_read_them(erasure_settings: Settings) -> None:
+def test_serving_cannot_delete_keys_and_analysts_cannot_read_them(settings: Settings) -> None:
     """Only governance (the erasure) removes a key; the serving role inserts and reads them, the
-    analyst role sees neither the wrapped keys nor anything but the erasure record."""
-    from riskloop.core import roles
+    analyst role sees neither the wrapped keys nor anything but the erasure record (the session's
+    warehouse, each role's own login)."""
+    def may(component: str, table: str, privilege: str) -> bool:
+        s = settings.model_copy(update={"db_role": component})
+        with psycopg.connect(s.pg.url(s.warehouse_db, driver=""), autocommit=True) as conn:
+            return bool(conn.execute("select has_table_privilege(current_user, %s, %s)", (table, privilege)).fetchone()[0])
 
-    assert "delete" not in roles.WRITES["serving"]["privacy.subject_keys"]
-    assert "privacy" not in roles.READS["analyst"] and roles.WRITES["analyst"]["privacy.erasures"] == "select"
-    assert "delete" in roles.WRITES["governance"]["privacy.subject_keys"]
+    keys, erasures = "privacy.subject_keys", "privacy.erasures"
+    assert may("serving", keys, "INSERT") and may("serving", keys, "SELECT")
+    assert not may("serving", keys, "DELETE") and not may("serving", keys, "UPDATE")
+    assert not may("serving", erasures, "INSERT")
+    assert may("governance", keys, "DELETE") and may("governance", erasures, "INSERT")
+    assert not may("governance", keys, "UPDATE") and not may("governance", erasures, "UPDATE")
+    assert not may("analyst", keys, "SELECT") and may("analyst", erasures, "SELECT")
+    assert not may("transform", keys, "SELECT")
 
 
 def test_the_master_key_is_required_outside_local_mode_and_never_short(tmp_path) -> None:
