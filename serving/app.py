@@ -38,6 +38,7 @@ from riskloop.core.db import dsn
 from riskloop.core.logs import RequestIdMiddleware
 from riskloop.core.pan import InvalidPan, PanKeyMissing, tokenizer
 from riskloop.core.redact import describe, register_settings
+from riskloop.core.subject_keys import SubjectKeyMissing, subject_keys
 from riskloop.decisions import log as decision_log
 from riskloop.decisions.cases import CaseRules
 from riskloop.decisions.policy import Policy, PolicyError, load_policy
@@ -576,6 +577,11 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         except PanKeyMissing as exc:  # requests carrying a PAN get a 503; others are scored
             log.error("score requests carrying a card number will be refused: %s", exc)
             st.pan = None
+        try:
+            st.subject_keys = subject_keys(settings)
+        except SubjectKeyMissing as exc:  # /readyz says so: decisions would keep personal fields in clear
+            log.error("personal fields of decisions will be logged unsealed (no erasure possible): %s", exc)
+            st.subject_keys = None
         log.info("fraud policy %s (sha256 %s) from %s", fraud_policy.id, fraud_policy.digest[:12], cfg.fraud_policy)
         if len(keys) == 0:
             log.warning("RISKLOOP_API_KEYS is not set: every /v1 endpoint will answer 401")
@@ -621,7 +627,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             commit_timeout_s=cfg.log_commit_timeout_s, synchronous_commit=cfg.log_synchronous_commit,
             case_rules=CaseRules.from_settings(settings),
             on_written=m.log_written.inc if m else None, on_error=m.log_errors.inc if m else None,
-            on_dead_letter=m.log_dead_letters.inc if m else None)
+            on_dead_letter=m.log_dead_letters.inc if m else None, subject_keys=st.subject_keys)
         if m:
             m.track_queue(st.writer)
         st.writer.start()
@@ -726,6 +732,8 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         checks["decision_log_error"] = st.writer.last_error  # set while decisions are refused 503
         # Rows set aside since this process started (the table has them all; the tripwire pages on them).
         checks["decision_log_dead_letters"] = st.writer.dead_lettered
+        # Informational: without a subject master key, personal fields are logged unsealed (no erasure).
+        checks["personal_fields_sealed"] = st.subject_keys is not None
         checks["online_cache"] = st.online.cache_stats()
         checks["model_source"] = st.model.source if st.model is not None else None
         # Models the registry points at but serving refused (no promotion decision for their bytes,

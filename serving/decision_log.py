@@ -43,6 +43,7 @@ import psycopg
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from riskloop.core.storable import escape_unstorable
+from riskloop.core.subject_keys import SubjectKeys
 from riskloop.decisions.cases import CaseRules, link_batch
 from riskloop.decisions.log import (
     CARD_LOCATIONS_TABLE,
@@ -83,8 +84,19 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+# Where the writer keeps a row's request as stored (its personal fields sealed, riskloop.core.subject_keys);
+# ``request`` itself stays clear for the side tables and cases written in the same transaction.
+SEALED = "_sealed_request"
+
+
+def _stored(row: dict[str, Any], column: str) -> Any:
+    if column == "request" and SEALED in row:
+        return row[SEALED]
+    return row.get(column) if column in OPTIONAL_COLUMNS else row[column]
+
+
 def _params(row: dict[str, Any]) -> tuple:
-    values = (row.get(c) if c in OPTIONAL_COLUMNS else row[c] for c in COLUMNS)
+    values = (_stored(row, c) for c in COLUMNS)
     return tuple(Jsonb(v) if c in JSON_COLUMNS and v is not None else v for c, v in zip(COLUMNS, values, strict=True))
 
 
@@ -177,7 +189,8 @@ def _dead_letter_params(row: dict[str, Any], exc: BaseException) -> tuple[str | 
     in the row cannot make this insert fail too."""
     error = escape_unstorable(f"{type(exc).__name__}: {exc}")
     return (escape_unstorable(str(row.get("decision_id"))), escape_unstorable(str(row.get("product", "fraud"))),
-            error, json.dumps(row, default=str, ensure_ascii=True))
+            error, json.dumps({k: _stored(row, k) if k == "request" else v for k, v in row.items() if k != SEALED},
+                              default=str, ensure_ascii=True))
 
 
 def _write_isolated(conn: psycopg.Connection, batch: list[dict[str, Any]],
@@ -289,8 +302,10 @@ class DecisionLogWriter:
     def __init__(self, dsn: str, *, maxsize: int, batch_size: int, enqueue_timeout_s: float,
                  commit_timeout_s: float = 2.0, synchronous_commit: str = "off",
                  on_written: Any = None, on_error: Any = None, linger_s: float = 0.0,
-                 case_rules: CaseRules | None = None, on_dead_letter: Any = None) -> None:
+                 case_rules: CaseRules | None = None, on_dead_letter: Any = None,
+                 subject_keys: SubjectKeys | None = None) -> None:
         self._dsn = dsn
+        self._subject_keys = subject_keys
         self._case_rules = case_rules
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._batch_size = batch_size
@@ -409,6 +424,16 @@ class DecisionLogWriter:
             self._conn = conn
         return self._conn
 
+    def _seal(self, conn: psycopg.Connection, rows: list[dict[str, Any]]) -> None:
+        """Seal each row's personal fields under its customer's key (once: a retried batch keeps its
+        seal); one AES-GCM per row, and a key lookup only for customers not seen lately."""
+        if self._subject_keys is None:
+            return
+        todo = [r for r in rows if SEALED not in r]
+        if todo:
+            for r, sealed in zip(todo, self._subject_keys.seal_batch(conn, [r.get("request") for r in todo]), strict=True):
+                r[SEALED] = sealed
+
     def _write(self, batch: list[_Entry]) -> None:
         """Commit a batch, then settle every waiter: committed, dead-lettered (:class:`LogRefused`) or,
         if the database failed, :class:`LogUnavailable` for all (nothing is retried later)."""
@@ -422,6 +447,7 @@ class DecisionLogWriter:
         for attempt in range(1, attempts + 1):
             try:
                 conn = self._connect()
+                self._seal(conn, rows)
                 try:
                     _commit_batch(conn, rows, self._case_rules)
                     dead: list[tuple[dict[str, Any], BaseException]] = []

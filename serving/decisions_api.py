@@ -49,7 +49,7 @@ def _fetch_committed(request: Request, conn: psycopg.Connection, decision_id: st
     about ``log_linger_s``. Only an id that is nowhere pays the whole wait before its 404."""
     deadline = time.monotonic() + max(COMMIT_WAIT_S, 4 * request.app.state.cfg.log_linger_s)
     while True:
-        row = decision_log.fetch(conn, decision_id)
+        row = decision_log.fetch(conn, decision_id, request.app.state.settings)
         if row is not None or time.monotonic() > deadline:
             return row
         time.sleep(0.02)

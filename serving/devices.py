@@ -2,7 +2,7 @@
 
 The "new device with a high amount → step_up" rule needs device history that no feature view
 has. The hot path only does a set lookup in memory: each process warms the set at start-up from
-the decision log (allowed payments of the last ``lookback_days``, at most ``max_pairs``), adds
+``serving.known_devices`` (pairs first allowed in the last ``lookback_days``, at most ``max_pairs``), adds
 every payment it allows itself, and :meth:`KnownDevices.refresh` (the serving poller, every
 ``known_device_poll_s``) adds the pairs *every* process allowed since: the decision-log writer
 inserts them into ``serving.known_devices`` in the transaction of their log rows. So with several
@@ -24,16 +24,16 @@ from datetime import datetime, timedelta
 
 import psycopg
 
-from riskloop.decisions.log import DEVICES_TABLE, TABLE
+from riskloop.decisions.log import DEVICES_TABLE
 
 log = logging.getLogger(__name__)
 
+# From the log's own cache of the pairs, not the log: the log's device and customer are sealed
+# (riskloop.core.subject_keys), and an erased customer's pairs leave this table with the erasure.
 WARM_SQL = f"""
-select distinct request->>'customer_id', request->>'device_id'
-from {TABLE}
-where product = 'fraud' and decision = 'allow' and request ? 'device_id'
-  and request->>'device_id' is not null and decided_at > now() - make_interval(days => %s)
-limit %s
+select customer_id, device_id from {DEVICES_TABLE}
+where first_allowed_at > now() - make_interval(days => %s)
+order by first_allowed_at desc limit %s
 """
 REFRESH_SQL = f"""
 select customer_id, device_id, first_allowed_at from {DEVICES_TABLE} where first_allowed_at > %s
@@ -53,11 +53,11 @@ class KnownDevices:
         self._seen_until: datetime | None = None  # newest first_allowed_at read (server clock)
 
     def warm(self, conn: psycopg.Connection, lookback_days: int) -> int:
-        """Load the history from the decision log; later pairs come from :meth:`refresh`."""
+        """Load the history from :data:`DEVICES_TABLE`; later pairs come from :meth:`refresh`."""
         self._seen_until = conn.execute("select clock_timestamp()").fetchone()[0]
         rows = conn.execute(WARM_SQL, (lookback_days, self._max)).fetchall()
         self._update(rows)
-        log.info("known devices warmed from the decision log: %d pairs", len(rows))
+        log.info("known devices warmed from %s: %d pairs", DEVICES_TABLE, len(rows))
         return len(rows)
 
     def refresh(self, conn: psycopg.Connection) -> int:

@@ -65,7 +65,7 @@ def replay(settings: Settings, decision_id: str, max_reasons: int = 4) -> Replay
     with connect(settings) as conn:
         if conn.execute("select to_regclass(%s)", (decision_log.TABLE,)).fetchone()[0] is None:
             raise ReplayError(f"{decision_log.TABLE} does not exist: nothing has been decided yet")
-        row = decision_log.fetch(conn, decision_id)
+        row = decision_log.fetch(conn, decision_id, settings)
         if row is None:
             raise ReplayError(f"no decision {decision_id} in {decision_log.TABLE}")
         if not row.get("policy_version"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -124,6 +125,9 @@ def stack_env() -> Iterator[dict[str, str]]:
         # Nor a tripwire watcher: it would judge every test's decisions each minute and move the alert
         # state the alert tests assert on (test_watch runs its own on its own warehouse).
         "RISKLOOP_WATCH_SERVICE": "false",
+        # The session's warehouses are reached by URL too (isolated_settings), outside local mode:
+        # one master key for the customers' data keys of all of them (riskloop.core.subject_keys).
+        "RISKLOOP_SUBJECT_MASTER_KEY": secrets.token_hex(32),
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

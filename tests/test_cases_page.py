@@ -10,6 +10,7 @@ Skipped only if /usr/bin/chromium is absent.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import uuid
 
@@ -20,6 +21,7 @@ from test_review_page import CHROMIUM, browser, serve
 
 from riskloop.core.config import Settings
 from riskloop.core.db import dsn
+from riskloop.decisions import cases
 
 ANA, BOB, SCORER = "page-analyst-key-ana-000", "page-analyst-key-bob-000", "page-scorer-key-00000000"
 
@@ -118,5 +120,8 @@ def test_cases_page_claims_notes_and_closes_a_case(settings: Settings) -> None:
                             (small_case,)).fetchall()
     assert [(k, a) for k, a, _ in rows] == [("opened", "system:riskloop"), ("decision_added", "system:riskloop"),
                                             ("claimed", "ana"), ("noted", "ana"), ("closed", "ana")]
-    assert rows[3][2] == {"text": "customer confirmed the purchase by phone"}
+    # the note is about the case's customer: stored sealed under their key (riskloop.core.subject_keys)
+    assert "phone" not in json.dumps(rows[3][2]) and rows[3][2]["personal"]["fields"] == ["text"]
+    with psycopg.connect(dsn(settings)) as conn:
+        assert cases.events_of(conn, small_case)[3]["details"] == {"text": "customer confirmed the purchase by phone"}
     assert rows[4][2] == {"disposition": "legitimate", "reason": "known customer, confirmed by phone"}

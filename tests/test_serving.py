@@ -23,6 +23,7 @@ from principals import TRAINER, principal
 
 from riskloop.core.config import Settings
 from riskloop.core.db import dsn
+from riskloop.core.subject_keys import reveal
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -119,7 +120,10 @@ def _log_rows(settings: Settings, where: str = "true", params: tuple = ()) -> li
     with psycopg.connect(dsn(settings)) as conn:
         cur = conn.execute(f"select * from serving.decision_log where {where}", params)
         names = [d.name for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for row, request in zip(rows, reveal(conn, [r["request"] for r in rows], settings), strict=True):
+            row["request"] = request  # personal fields are stored sealed
+        return rows
 
 
 def _wait_logged(settings: Settings, decision_id: str, timeout: float = 10.0) -> dict[str, Any]:

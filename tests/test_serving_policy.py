@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from riskloop.core.db import dsn
+from riskloop.core.subject_keys import reveal
 from riskloop.decisions.policy import POLICY_DIR, PolicyError, load_policy, policy_by_id
 
 KEY = "policy-admin-key-0000000000"
@@ -228,7 +229,9 @@ def _logged(settings: Any, decision_id: str) -> dict[str, Any]:
             cur = conn.execute("select * from serving.decision_log where decision_id = %s", (decision_id,))
             row = cur.fetchone()
             if row:
-                return dict(zip([d.name for d in cur.description], row, strict=True))
+                out = dict(zip([d.name for d in cur.description], row, strict=True))
+                out["request"] = reveal(conn, [out["request"]], settings)[0]  # stored sealed
+                return out
         time.sleep(0.05)
     raise AssertionError(f"{decision_id} not logged")
 

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 import typer
 from rich.logging import RichHandler
 
-from riskloop.cli import audit, cases, data, db, demo, features, governance, monitoring, pan, policy, retention, stack
+from riskloop.cli import audit, cases, data, db, demo, erase, features, governance, monitoring, pan, policy, retention, stack
 from riskloop.cli.common import console
 from riskloop.core.config import get_settings
 
@@ -36,7 +36,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for _module in (stack, db, data, features, monitoring, governance, cases, retention, demo, audit, policy, pan):
+for _module in (stack, db, data, features, monitoring, governance, cases, retention, erase, demo, audit, policy, pan):
     app.add_typer(_module.app)
 for _plugin in sorted(entry_points(group="riskloop.cli"), key=lambda ep: ep.name):
     app.add_typer(_plugin.load())

@@ -159,6 +159,18 @@ class Settings(BaseSettings):
         "warehouse database; every process that tokenises reads it, so a deployment mounts it shared). The "
         "last key is current; RISKLOOP_PAN_TOKEN_KEY stays the first. Unset: <home>/secrets/pan_key_ring.json.",
     )
+    subject_master_key: SecretStr | None = Field(
+        default=None,
+        description="Master key (at least 32 characters) that wraps each customer's data key, under which the "
+        "personal fields of decisions are stored (riskloop.core.subject_keys; `riskloop erase customer` destroys a "
+        "customer's data key). Keep it out of the warehouse database. Unset: generated once in local mode "
+        "(embedded Postgres) into <home>/secrets/subject_master_key; required when RISKLOOP_DATABASE_URL is set.",
+    )
+    subject_key_cache_s: float = Field(
+        default=300.0, ge=0,
+        description="How long a process keeps a customer's unwrapped data key in memory (seconds): after an "
+        "erasure, a serving process may seal that customer's new decisions under the destroyed key for this long.",
+    )
     schedule_start: date = Field(
         default=date(2024, 1, 1),
         description="First data interval (UTC day) of the time-scheduled DAGs (riskloop_ingest, "

@@ -66,11 +66,13 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "edit_lists": frozenset({"policy"}),
     "review_policy": frozenset({"reviewer"}),
     "emergency_stop": frozenset({"admin"}),
+    # crypto-shred a customer's personal data (riskloop erase customer)
+    "erase_subject": frozenset({"admin"}),
 }
 
 # Actions whose record must name a person or a service: an unnamed (legacy ``key:role``) key is refused.
 GOVERNANCE_ACTIONS = frozenset({"review_model", "promote_model", "train_model", "run_canary", "draft_policy",
-                                "edit_lists", "review_policy", "emergency_stop"})
+                                "edit_lists", "review_policy", "emergency_stop", "erase_subject"})
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _HEX_DIGEST = re.compile(r"sha256:([0-9a-fA-F]{64})")

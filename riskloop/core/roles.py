@@ -36,15 +36,19 @@ log = logging.getLogger(__name__)
 # Every schema of the warehouse riskloop uses (dbt's three included, created here so their default
 # privileges exist before dbt's first table).
 SCHEMAS = ("raw", "quarantine", "realtime", "staging", "intermediate", "marts",
-           "serving", "cases", "governance", "monitoring", "policy")
+           "serving", "cases", "governance", "monitoring", "policy", "privacy")
+# Schemas only the components that need them read: the customers' wrapped data keys
+# (riskloop.core.subject_keys) are read by serving (to seal) and governance (to erase and reveal).
+PRIVATE = ("privacy",)
+_SHARED = tuple(s for s in SCHEMAS if s not in PRIVATE)
 
 # Schemas whose every table a component reads.
 READS: dict[str, tuple[str, ...]] = {
     "ingest": ("raw", "quarantine", "realtime", "marts"),
-    "transform": SCHEMAS,
+    "transform": _SHARED,
     "serving": ("realtime", "marts", "serving", "cases", "governance", "monitoring", "policy"),
     "governance": SCHEMAS,
-    "analyst": SCHEMAS,
+    "analyst": _SHARED,
 }
 
 # Schemas whose every table (present and future) a component writes, and where it creates tables.
@@ -84,6 +88,8 @@ WRITES: dict[str, dict[str, str]] = {
         "raw.webhook_inbox": "insert, select (processor, event_id)",  # returning the stored keys
         # the policy store's API (serving.policy_api): drafts, reviews, lists, emergency stops, all appended
         **POLICY_WRITES,
+        # a customer's data key, created on the first decision that needs it (never updated or deleted here)
+        "privacy.subject_keys": "select, insert",
     },
     "ingest": {
         "monitoring.alert_events": "insert",
@@ -104,6 +110,15 @@ WRITES: dict[str, dict[str, str]] = {
         "governance.retention_runs": "insert",
         # `riskloop policy …` (the CLI's side of the policy store)
         **POLICY_WRITES,
+        # erasure (riskloop.governance.erasure): the key goes, the mutable copies of the person's data go
+        "privacy.subject_keys": "delete",
+        "privacy.erasures": "insert",
+        "serving.known_devices": "delete",
+        "serving.card_locations": "delete",
+        "realtime.payment_events": "delete",
+    },
+    "analyst": {
+        "privacy.erasures": "select",
     },
 }
 
@@ -125,7 +140,7 @@ FEAST_TABLES: dict[str, str] = {
     "ingest": "select, insert, update, delete, trigger",
     "transform": "select",
     "serving": "select, trigger",  # reads, and keeps its cache-invalidation trigger installed
-    "governance": "select",
+    "governance": "select, delete",  # erasure deletes a customer's online rows
     "analyst": "select",
 }
 

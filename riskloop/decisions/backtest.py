@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 
 from riskloop.core import db
 from riskloop.core.config import Settings
+from riskloop.core.subject_keys import ENVELOPE, PERSONAL_FIELDS, reveal
 from riskloop.decisions import log as decision_log
 from riskloop.decisions.policy import Policy, Rule, realtime_view
 
@@ -139,7 +140,14 @@ def _record(alias: str, column: str, fields: dict[str, str]) -> tuple[list[str],
     names = list(fields)
     cols = ", ".join(f"{_ident(n)} text" for n in names)
     join = f"cross join lateral jsonb_to_record(d.{column}) as {alias}({cols})"
-    return [f"{_cast(f'{alias}.{_ident(n)}', k)} as {_ident(f'{alias}.{n}')}" for n, k in fields.items()], join
+
+    def expr(n: str, kind: str) -> str:
+        if column == "request" and kind == "present" and n in PERSONAL_FIELDS:
+            # sealed (riskloop.core.subject_keys): the envelope lists which personal fields the request had
+            return f"({alias}.{_ident(n)} is not null or coalesce(d.request->{_lit(ENVELOPE)}->'fields' ? {_lit(n)}, false))"
+        return _cast(f"{alias}.{_ident(n)}", kind)
+
+    return [f"{expr(n, k)} as {_ident(f'{alias}.{n}')}" for n, k in fields.items()], join
 
 
 def _query(policy: Policy, inputs: Inputs, start: datetime, end: datetime, as_of: datetime | None,
@@ -341,7 +349,27 @@ def read_chunks(settings: Settings, policy: Policy, start: datetime, end: dateti
         cur.execute(sql)
         for batch in cur.fetch_record_batch():
             if batch.num_rows:
-                yield batch.to_pandas()
+                frame = batch.to_pandas()
+                if ins.documents:
+                    _reveal_requests(settings, frame)
+                yield frame
+
+
+def _reveal_requests(settings: Settings, frame: pd.DataFrame) -> None:
+    """The logged requests of a row-by-row evaluation with their personal fields in clear (a list
+    rule on a customer, device or ip reads them), or marked erased (riskloop.core.subject_keys)."""
+    import orjson
+
+    texts = frame["json.request"]
+    sealed = [i for i, t in enumerate(texts) if t and f'"{ENVELOPE}"' in t]
+    if not sealed:
+        return
+    with db.connect(settings) as conn:
+        clear = reveal(conn, [orjson.loads(texts.iat[i]) for i in sealed], settings)
+    column = texts.to_numpy(dtype=object, copy=True)
+    for i, request in zip(sealed, clear, strict=True):
+        column[i] = orjson.dumps(request).decode()
+    frame["json.request"] = column
 
 
 def read_parallel(settings: Settings, policy: Policy, start: datetime, end: datetime, workers: int,

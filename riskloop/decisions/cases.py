@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,8 +33,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from riskloop.core.config import CasePriority, Settings
+from riskloop.core.config import CasePriority, Settings, get_settings
 from riskloop.core.money import minor_to_major
+from riskloop.core.subject_keys import ERASED, SubjectKeyMissing, SubjectKeys, reveal, subject_keys
 from riskloop.decisions import log as decision_log
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,13 @@ class CaseRules:
     priorities: tuple[CasePriority, ...]
     open_on_step_up_failure: bool = True
     open_on_chargeback: bool = True
+    # the customers' data keys the events' personal details are sealed under (None: stored unsealed)
+    subject_keys: SubjectKeys | None = field(default=None, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "CaseRules":
         return cls(tuple(settings.cases_priorities), settings.cases_open_on_step_up_failure,
-                   settings.cases_open_on_chargeback)
+                   settings.cases_open_on_chargeback, _ring(settings))
 
     def tier(self, max_score: float | None, amount_at_risk: float) -> tuple[int, CasePriority]:
         """The first priority (rank 1 = most urgent) the case's highest score or amount at risk reaches."""
@@ -97,8 +100,22 @@ class CaseRules:
 
 # --- the projection ------------------------------------------------------------------------------
 
+def _ring(settings: Settings) -> SubjectKeys | None:
+    try:
+        return subject_keys(settings)
+    except SubjectKeyMissing as exc:
+        log.error("case events will keep customers' details unsealed: %s", exc)
+        return None
+
+
+def _known(customer_id: str | None) -> str | None:
+    """The customer of an event, None once erased (its key destroyed: riskloop.core.subject_keys)."""
+    return None if customer_id == ERASED else customer_id
+
+
 def entities_of(customer_id: str | None, card_token: str | None) -> list[str]:
     """The entity keys of a payment, sorted (the order advisory locks are taken in)."""
+    customer_id = _known(customer_id)
     keys = ([f"card:{card_token}"] if card_token else []) + ([f"customer:{customer_id}"] if customer_id else [])
     return sorted(keys)
 
@@ -108,7 +125,7 @@ def apply(row: dict[str, Any] | None, e: dict[str, Any]) -> dict[str, Any]:
     d, kind = e["details"], e["kind"]
     if kind == "opened":
         row = {"case_id": e["case_id"], "opened_at": e["at"], "source": d["source"],
-               "customer_id": d.get("customer_id"), "card_token": d.get("card_token"), "status": "open",
+               "customer_id": _known(d.get("customer_id")), "card_token": d.get("card_token"), "status": "open",
                "priority": d["priority"], "priority_rank": d["priority_rank"],
                "due_at": datetime.fromisoformat(d["due_at"]), "assignee": None, "claimed_at": None,
                "n_decisions": 0, "max_score": None, "amount_at_risk": 0.0, "n_notes": 0, "disposition": None,
@@ -150,9 +167,29 @@ def fold(events: Iterable[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[
 
 
 def events_of(conn: psycopg.Connection, case_id: uuid.UUID | str) -> list[dict[str, Any]]:
+    """A case's events in order, their sealed details revealed (the customer, a note's text) or
+    marked erased."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return list(cur.execute(f"select {', '.join(EVENT_COLUMNS)} from {EVENTS} where case_id = %s order by seq",
-                                (case_id,)).fetchall())
+        events = list(cur.execute(f"select {', '.join(EVENT_COLUMNS)} from {EVENTS} where case_id = %s order by seq",
+                                  (case_id,)).fetchall())
+    for e, details in zip(events, reveal(conn, [e["details"] for e in events]), strict=True):
+        e["details"] = details
+    return events
+
+
+# What of an event's details is the person's, sealed under their data key: the customer on the
+# events that carry one, and the free text of a note about the case's customer.
+SEALED_DETAILS = {"opened": ("customer_id",), "decision_added": ("customer_id",), "noted": ("text",)}
+
+
+def _stored_details(conn: psycopg.Connection, keys: SubjectKeys | None, kind: str, customer_id: str | None,
+                    details: dict[str, Any]) -> dict[str, Any]:
+    fields = SEALED_DETAILS.get(kind)
+    customer_id = _known(customer_id)
+    if keys is None or not fields or not customer_id or not any(details.get(f) is not None for f in fields):
+        return details
+    key_id, aead = keys.keys_for(conn, [customer_id])[customer_id]  # cached: the log writer sealed it first
+    return keys.seal(details, key_id, aead, fields=fields)
 
 
 _ROW_COLUMNS = [c for c in CASE_COLUMNS if c != "last_seq"]
@@ -179,15 +216,20 @@ select seq from e
 
 
 def _append(conn: psycopg.Connection, row: dict[str, Any] | None, case_id: uuid.UUID | str, kind: str, actor: str,
-            details: dict[str, Any] | None = None, decision_id: Any = None, at: datetime | None = None) -> dict[str, Any]:
+            details: dict[str, Any] | None = None, decision_id: Any = None, at: datetime | None = None,
+            keys: SubjectKeys | None = None) -> dict[str, Any]:
     """Append one event to a case whose current row is ``row`` (None for ``opened``; the caller read
-    it under a lock), and write the row :func:`apply` makes of it: the caller's transaction."""
+    it under a lock), and write the row :func:`apply` makes of it: the caller's transaction. With
+    ``keys``, the event's personal details (:data:`SEALED_DETAILS`) are stored sealed."""
     event = {"event_id": uuid.uuid4(), "case_id": case_id, "at": at or datetime.now(UTC), "actor": actor,
              "kind": kind, "decision_id": decision_id, "details": details or {}, "seq": None}
     new = apply(row, event)
     entities = entities_of(event["details"].get("customer_id"), event["details"].get("card_token")) \
         if kind in ("opened", "decision_added") else []
-    params = {**{c: new[c] for c in _ROW_COLUMNS}, **event, "details": Jsonb(event["details"]),
+    # a decision's own customer (a card's case can gather several), or the case's for a note
+    owner = event["details"].get("customer_id") if kind in ("opened", "decision_added") else new.get("customer_id")
+    stored = _stored_details(conn, keys, kind, owner, event["details"])
+    params = {**{c: new[c] for c in _ROW_COLUMNS}, **event, "details": Jsonb(stored),
               "closing": kind == "closed", "entities": entities}
     new["last_seq"] = conn.execute(_APPEND, params).fetchone()[0]
     return new
@@ -256,7 +298,7 @@ def link(conn: psycopg.Connection, rules: CaseRules, decision: dict[str, Any], s
     if found["case_id"] is None:
         case_id = uuid.uuid4()
         rank, tier = rules.tier(score, amount)
-        row = _append(conn, None, case_id, "opened", actor, at=now, details={
+        row = _append(conn, None, case_id, "opened", actor, at=now, keys=rules.subject_keys, details={
             "source": source, "customer_id": customer_id, "card_token": card_token, "priority": tier.name,
             "priority_rank": rank, "due_at": (now + timedelta(hours=tier.sla_hours)).isoformat()})
     else:
@@ -267,7 +309,8 @@ def link(conn: psycopg.Connection, rules: CaseRules, decision: dict[str, Any], s
         if rank < row["priority_rank"]:  # escalate: the SLA of the higher priority, counted from the opening
             details.update(priority=tier.name, priority_rank=rank,
                            due_at=(row["opened_at"] + timedelta(hours=tier.sla_hours)).isoformat())
-    _append(conn, row, case_id, "decision_added", actor, details, decision_id=decision["decision_id"], at=now)
+    _append(conn, row, case_id, "decision_added", actor, details, decision_id=decision["decision_id"], at=now,
+            keys=rules.subject_keys)
     return case_id
 
 
@@ -329,14 +372,17 @@ def release(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str) -> d
         return _append(conn, row, case_id, "released", actor)
 
 
-def note(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, text: str) -> dict[str, Any]:
+def note(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, text: str,
+         settings: Settings | None = None) -> dict[str, Any]:
+    """Add an analyst's note. Its text is free text about the case's customer, so it is stored sealed
+    under the customer's data key (riskloop.core.subject_keys): erasing the customer shreds it."""
     if not text.strip():
         raise CaseError("a note needs text")
     with conn.transaction():
         row = _locked(conn, case_id)
         if row["status"] == "closed":
             raise CaseConflict(f"case {case_id} is closed")
-        return _append(conn, row, case_id, "noted", actor, {"text": text})
+        return _append(conn, row, case_id, "noted", actor, {"text": text}, keys=_ring(settings or get_settings()))
 
 
 def close(conn: psycopg.Connection, case_id: uuid.UUID | str, actor: str, disposition: str,
@@ -424,6 +470,8 @@ def get(conn: psycopg.Connection, case_id: uuid.UUID | str, *, timeline_days: in
             raise CaseNotFound(f"no case {case_id}")
         events = events_of(conn, case_id)
         decisions = cur.execute(_DECISIONS, (case_id,)).fetchall()
+        for d, request in zip(decisions, reveal(conn, [d["request"] for d in decisions]), strict=True):
+            d["request"] = request  # personal fields in clear, or marked erased
         _, entities = fold(events)
         params = {"case_id": case_id, "limit": timeline_limit,
                   "customers": [k.split(":", 1)[1] for k in entities if k.startswith("customer:")],

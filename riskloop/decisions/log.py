@@ -4,9 +4,14 @@ writes it (``serving.decision_log``); monitoring, tripwires, the canary, replays
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+from riskloop.core.subject_keys import reveal
+
+if TYPE_CHECKING:
+    from riskloop.core.config import Settings
 
 SCHEMA = "serving"
 TABLE = f"{SCHEMA}.decision_log"
@@ -29,6 +34,12 @@ DECISIONS_BY_PRODUCT = {"fraud": FRAUD_DECISIONS, "credit": CREDIT_DECISIONS}
 SELECT = f"select {', '.join(COLUMNS)} from {TABLE} where decision_id = %s"
 
 
-def fetch(conn: psycopg.Connection, decision_id: str) -> dict[str, Any] | None:
+def fetch(conn: psycopg.Connection, decision_id: str, settings: "Settings | None" = None) -> dict[str, Any] | None:
+    """A logged decision with its request's personal fields revealed (or marked erased:
+    riskloop.core.subject_keys)."""
     row = conn.execute(SELECT, (decision_id,)).fetchone()
-    return None if row is None else dict(zip(COLUMNS, row, strict=True))
+    if row is None:
+        return None
+    out = dict(zip(COLUMNS, row, strict=True))
+    out["request"] = reveal(conn, [out["request"]], settings)[0]
+    return out

@@ -194,3 +194,43 @@ def _timestamp(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value
     raise TypeError(f"not a timestamp: {value!r}")
+
+
+def delete_entities(store: "FeatureStore", keys: dict[str, Sequence[Any]]) -> dict[str, int]:
+    """Delete the online rows of the given entities (join key -> key values) from every view keyed
+    by one of them, in one transaction; returns the rows deleted per view (erasure of a customer:
+    ``riskloop.governance.erasure``). The layout and key encoding are Feast's, as in :class:`OnlineWriter`."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.helpers import compute_table_id
+    from feast.infra.utils.postgres.connection_utils import _get_conn
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.type_map import python_values_to_proto_values
+    from psycopg import sql
+
+    config = store.config
+    if getattr(config.online_store, "type", None) != "postgres":
+        raise DirectWriteUnsupported(f"online store {getattr(config.online_store, 'type', config.online_store)!r} "
+                                     "is not postgres")
+    version = int(config.entity_key_serialization_version)
+    versioning = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+    deleted: dict[str, int] = {}
+    conn = _get_conn(config.online_store)
+    try:
+        with conn.transaction():
+            for view in store.list_feature_views():
+                columns = list(view.entity_columns)
+                if len(columns) != 1 or not keys.get(columns[0].name):
+                    continue
+                values = list(keys[columns[0].name])
+                protos = python_values_to_proto_values(values, columns[0].dtype.to_value_type())
+                encoded = [serialize_entity_key(EntityKey(join_keys=[columns[0].name], entity_values=[p]),
+                                                entity_key_serialization_version=version) for p in protos]
+                table = compute_table_id(config.project, view, versioning)
+                if conn.execute("select to_regclass(%s)", (sql.Identifier(table).as_string(conn),)).fetchone()[0] is None:
+                    continue  # never materialised
+                cur = conn.execute(sql.SQL("delete from {} where entity_key = any(%s::bytea[])").format(
+                    sql.Identifier(table)), (encoded,))
+                deleted[view.name] = cur.rowcount
+    finally:
+        conn.close()
+    return deleted

@@ -41,6 +41,7 @@ from psycopg import sql
 
 from riskloop.core.config import Settings
 from riskloop.core.db import dsn
+from riskloop.core.subject_keys import reveal
 from riskloop.decisions.log import TABLE
 from riskloop.features.store import FRAUD_SERVICE
 
@@ -95,7 +96,8 @@ def offline_views(store: "FeatureStore", service: str = FRAUD_SERVICE) -> list[O
     return out
 
 
-def _decisions(conn: psycopg.Connection, limit: int, since: datetime | None) -> list[dict[str, Any]]:
+def _decisions(conn: psycopg.Connection, limit: int, since: datetime | None,
+               settings: Settings | None = None) -> list[dict[str, Any]]:
     where = ["product = 'fraud'", "feature_timestamps is not null", "feature_timestamps <> '{}'::jsonb"]
     params: dict[str, Any] = {"limit": limit}
     if since is not None:
@@ -105,7 +107,11 @@ def _decisions(conn: psycopg.Connection, limit: int, since: datetime | None) -> 
         f"select decision_id::text, decided_at, request, features, feature_timestamps from {TABLE} "
         f"where {' and '.join(where)} order by decided_at desc limit %(limit)s", params)
     cols = [c.name for c in cur.description or ()]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    for row, request in zip(rows, reveal(conn, [r["request"] for r in rows], settings), strict=True):
+        row["request"] = request
+    # An erased customer's decisions have no key left to look their offline values up by.
+    return [r for r in rows if (r["request"] or {}).get("personal_data") != "erased"]
 
 
 def _offline_rows(conn: psycopg.Connection, view: OfflineView, keys: list[tuple[str, ...]],
@@ -172,7 +178,7 @@ def measure(settings: Settings, *, limit: int = 1000, since: datetime | None = N
     with psycopg.connect(dsn(settings), autocommit=True) as conn:
         if conn.execute("select to_regclass(%s)", (TABLE,)).fetchone()[0] is None:
             return report
-        decisions = _decisions(conn, limit, since)
+        decisions = _decisions(conn, limit, since, settings)
         report.decisions = len(decisions)
         times = [datetime.fromisoformat(d["request"]["timestamp"]) - timedelta(microseconds=1) for d in decisions]
         for view in views:
