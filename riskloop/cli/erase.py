@@ -27,8 +27,8 @@ def customer(
 
     settings = get_settings()
     principal = acting_principal(settings, "erase_subject")
-    try:
-        done = erase_customer(settings, customer_id, reason, principal)
+    try:  # as the governance role: it may delete the key and the copies, never a logged decision
+        done = erase_customer(settings.as_role("governance"), customer_id, reason, principal)
     except ErasureError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
