@@ -97,7 +97,7 @@ def erase_customer(settings: Settings, customer_id: str, reason: str, principal:
         # One erasure of a subject at a time; a decision sealing concurrently either committed its
         # key before (and its rows are shredded with it) or creates a new key after (a new relationship).
         conn.execute("select pg_advisory_xact_lock(hashtext('riskloop.erasure'), hashtext(%s))", (digest.hex(),))
-        row = conn.execute(f"select key_id::text from {KEYS_TABLE} where subject_hash = %s for update",
+        row = conn.execute(f"select key_id::text from {KEYS_TABLE} where subject_hash = %s",
                            (digest,)).fetchone()
         key_id = row[0] if row else None
         before = conn.execute(f"select erased_at from {ERASURES_TABLE} where subject_kind = 'customer' "
