@@ -38,32 +38,25 @@ import logging
 from typing import Any
 
 from riskloop.core.db import quote_ident
+from riskloop.core.roles import ONLINE_CHANGED_CHANNEL, ONLINE_CHANGED_FUNCTION, ONLINE_CHANGED_SQL
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "riskloop_online_changed"
+CHANNEL = ONLINE_CHANGED_CHANNEL
 TRIGGER = "riskloop_online_changed"
-FUNCTION = "riskloop_online_changed"
+FUNCTION = ONLINE_CHANGED_FUNCTION
 _DDL_LOCK_KEY = 0x726C5F6F6E6C696E  # "rl_onlin": serialises installs by several workers
 
 Entry = tuple[tuple[Any, int], ...]  # per feature of the view, in plan order: (value, event time s)
 
 
 def install_sql(tables: tuple[str, ...]) -> str:
-    """The trigger function (in the connection's first schema), created if missing (replacing it
-    would need its owner: another role may have made it), and one statement-level trigger per table
-    (``create or replace``: the TRIGGER privilege suffices), all idempotent."""
-    parts = [f"""do $do$ begin
-if to_regproc('{FUNCTION}') is null then
-    create function {FUNCTION}() returns trigger language plpgsql as $$
-    begin
-        perform pg_notify('{CHANNEL}', TG_TABLE_NAME);
-        return null;
-    end $$;
-end if;
-end $do$"""]
+    """The trigger function, created if missing (by the store's owner when riskloop grants the roles;
+    a login that may create it, such as an owner's, makes it here), and one statement-level trigger
+    per table (``create or replace``: the TRIGGER privilege suffices), all idempotent."""
+    parts = [ONLINE_CHANGED_SQL]
     parts += [f"create or replace trigger {TRIGGER} after insert or update or delete or truncate on {quote_ident(t)} "
-              f"for each statement execute function {FUNCTION}()" for t in tables]
+              f"for each statement execute function public.{FUNCTION}()" for t in tables]
     return ";\n".join(parts)
 
 

@@ -210,9 +210,25 @@ def warehouse_grants(owner: str, table_exists=None) -> list[str]:
     return out
 
 
+# The function serving's online cache hangs its triggers on (serving.online_cache), made by the owner
+# here so that serving needs no CREATE on the store's schema: a role that may create tables there would
+# own Feast's registry tables if it met an empty store first.
+ONLINE_CHANGED_CHANNEL = "riskloop_online_changed"
+ONLINE_CHANGED_FUNCTION = "riskloop_online_changed"
+ONLINE_CHANGED_SQL = f"""do $do$ begin
+if to_regproc('public.{ONLINE_CHANGED_FUNCTION}') is null then
+    create function public.{ONLINE_CHANGED_FUNCTION}() returns trigger language plpgsql as $$
+    begin
+        perform pg_notify('{ONLINE_CHANGED_CHANNEL}', TG_TABLE_NAME);
+        return null;
+    end $$;
+end if;
+end $do$"""
+
+
 def feast_grants(owner: str) -> list[str]:
     """Grants on the Feast store's database (schema public), run as its owner."""
-    out = []
+    out = [ONLINE_CHANGED_SQL]
     for component, privileges in FEAST_TABLES.items():
         role = _ident(db_role_name(component))
         out.append(f"grant usage on schema public to {role}")
@@ -220,9 +236,10 @@ def feast_grants(owner: str) -> list[str]:
         out.append(f"alter default privileges for role {_ident(owner)} in schema public grant {privileges} on tables to {role}")
     ingest = _ident(db_role_name("ingest"))
     out.append(f"grant usage, select on all sequences in schema public to {ingest}")
-    # serving creates its trigger function there the first time it finds it missing; ingest (feast apply,
-    # materialize) the registry and online tables of a new feature view, which the others then read.
-    out.append(f"grant create on schema public to {_ident(db_role_name('serving'))}, {ingest}")
+    # ingest (feast apply, materialize) creates the registry and online tables of a new feature view, which
+    # the others then read; serving only adds triggers (the TRIGGER privilege) on the function above.
+    out.append(f"grant create on schema public to {ingest}")
+    out.append(f"revoke create on schema public from {_ident(db_role_name('serving'))}")
     for component, privileges in FEAST_TABLES.items():
         if component != "ingest":
             out.append(f"alter default privileges for role {ingest} in schema public grant {privileges} on tables "
