@@ -70,8 +70,7 @@ def riskloop_train():
         result = run(settings, params=context["params"]["fraud_params"] or None,
                      search_trials=int(context["params"]["search_trials"]), principal=principal,
                      triggered_by=person, **window)
-        return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
-                "run_url": result.run_url, "search": result.search}
+        return result.summary()
 
     @task(outlets=[CREDIT_MODEL])
     def train_credit(**context) -> dict:
@@ -87,8 +86,7 @@ def riskloop_train():
         principal, person = dag_principal(settings, context, "train_model")
         result = run(settings, params=context["params"]["credit_params"] or None,
                      search_trials=int(context["params"]["search_trials"]), principal=principal, triggered_by=person)
-        return {"run_id": result.run_id, "version": result.version, "metrics": result.metrics,
-                "run_url": result.run_url, "search": result.search}
+        return result.summary()
 
     train_fraud()
     train_credit()

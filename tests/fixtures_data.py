@@ -141,6 +141,26 @@ def reset_warehouse(settings) -> None:
     migrations.upgrade(settings)
 
 
+def own_warehouse(prefix: str, *, migrate: bool = True):
+    """Settings of a new database of its own on the session's server (``<prefix>_<random>``), migrated
+    unless ``migrate`` is false: for tests whose rows (a live policy version, say) would steer the others."""
+    import uuid
+
+    import psycopg
+
+    from riskloop.core import migrations
+    from riskloop.core.config import Settings
+
+    base = Settings()
+    name = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(base.pg.url("postgres", driver=""), autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    settings = Settings(database_url=base.pg.url(name, driver=""))
+    if migrate:
+        migrations.upgrade(settings)
+    return settings
+
+
 def moved_home(settings, home: Path, **update):
     """The session's settings with another home (its own batch store, landing, run files) on the same
     server: the home's secrets (the server's passwords, the card-token key) come along."""

@@ -62,7 +62,10 @@ def stack(stack_env: dict[str, str]) -> Iterator[Stack]:
 
     base = isolated_settings("riskloop_t_canary")
     # marts written by hand (no contract run checked them): the contract gate is test_promotion's concern
-    settings = base.model_copy(update={"fraud_model_name": f"test-canary-fraud-{uuid.uuid4().hex[:8]}",
+    # models of its own: the session's registry holds other tests' (a credit champion refused there pages too)
+    suffix = uuid.uuid4().hex[:8]
+    settings = base.model_copy(update={"fraud_model_name": f"test-canary-fraud-{suffix}",
+                                       "credit_model_name": f"test-canary-credit-{suffix}",
                                        "canary_psi_bins": 5, "promotion_require_contracts": False})
     marts = make_marts(days=30, customers=60, terminals=30, seed=5)  # the same marts as test_serving
     write_marts(settings, marts)

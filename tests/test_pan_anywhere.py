@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from riskloop.core import pan
 from riskloop.core.db import dsn
+from riskloop.core.subject_keys import reveal
 from riskloop.data.inbox import inbox_event
 from riskloop.ops.audit import audit_pan, default_paths, scan_file
 from tests.test_pan import _post_standard
@@ -90,8 +91,10 @@ def test_score_request_with_card_number_in_device_id(settings) -> None:
     with psycopg.connect(dsn(settings)) as conn:
         [(logged,)] = conn.execute("select request::text from serving.decision_log where request_id = %s",
                                    (request_id,)).fetchall()
+        # the device is a personal field, sealed under the customer's key: the token is inside
+        (revealed,) = reveal(conn, [json.loads(logged)], settings)
     assert not _clear(logged) and VISA_DIGITS not in logged
-    assert json.loads(logged)["device_id"] == pan.tokenizer(settings).tokenize(VISA).token
+    assert revealed["device_id"] == pan.tokenizer(settings).tokenize(VISA).token
 
 
 # --- landed files -------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from riskloop.core import migrations
 from riskloop.core.config import Settings
 from riskloop.decisions import policy_store as store
 from riskloop.decisions.policy import Policy, policy_by_id
+from tests.fixtures_data import own_warehouse
 
 BODY = {"card_token": "tok_ok", "customer_id": "C-ps", "terminal_id": "T-ps", "amount_minor": 1_000,
         "currency": "EUR", "timestamp": "2026-12-07T10:00:00+00:00", "country": "DE"}
@@ -100,13 +100,7 @@ def test_shipped_versions_load_unchanged() -> None:
 
 @pytest.fixture(scope="module")
 def store_settings(stack_env: dict[str, str]) -> Settings:
-    base = Settings()
-    name = f"riskloop_t_policy_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(base.pg.url("postgres", driver=""), autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    s = Settings(database_url=base.pg.url(name, driver=""))
-    migrations.upgrade(s)
-    return s
+    return own_warehouse("riskloop_t_policy")
 
 
 @pytest.fixture()

@@ -24,10 +24,10 @@ import yaml
 from principals import API_KEYS, key
 from test_review_page import CHROMIUM, browser, serve
 
-from riskloop.core import migrations
 from riskloop.core.config import Settings
 from riskloop.decisions import policy_store as store
 from riskloop.decisions.backtest import BacktestReport, LabelImpact, Money
+from tests.fixtures_data import own_warehouse
 
 DANA_POLICY, DANA_REVIEWER = "dana-policy-key-0123456789ab", "dana-reviewer-key-0123456789"
 SCORER = "scorer-key-policy-page-01"
@@ -44,13 +44,7 @@ pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason=f"{CHROMI
 
 @pytest.fixture(scope="module")
 def store_settings(stack_env: dict[str, str]) -> Settings:
-    base = Settings()
-    name = f"riskloop_t_review_policy_{uuid.uuid4().hex[:6]}"
-    with psycopg.connect(base.pg.url("postgres", driver=""), autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    s = Settings(database_url=base.pg.url(name, driver=""))
-    migrations.upgrade(s)
-    return s
+    return own_warehouse("riskloop_t_review_policy")
 
 
 @pytest.fixture()

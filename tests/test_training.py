@@ -511,3 +511,16 @@ def test_fairness_figures_hand_computed_and_on_the_card() -> None:
     lines = "\n".join(card._fairness(f))
     assert "| a | 4 | 1 | 0.5000 | 1.0000 | 0.3333 |" in lines and "Adverse impact ratio" in lines
     assert "0.6667" in lines and "four-fifths" in lines
+
+
+def test_a_training_summary_is_json_even_with_a_figure_that_could_not_be_computed() -> None:
+    """A DAG task's return value goes to Airflow as strict JSON: a NaN (a fairness ratio on a test window
+    whose age bands are all too small to judge) failed the training task after the model was registered."""
+    import json
+
+    from training.train import TrainResult
+
+    result = TrainResult(run_id="r", model_name="m", version="2", aliases=("challenger",),
+                         metrics={"auc_roc": 0.8, "fairness_air": float("nan")}, features=("x",))
+    summary = json.loads(json.dumps(result.summary(), allow_nan=False))
+    assert summary["metrics"] == {"auc_roc": 0.8, "fairness_air": None} and summary["version"] == "2"

@@ -74,6 +74,12 @@ class TrainResult:
     valid_metrics: dict[str, float] = field(default_factory=dict)
     search: dict[str, Any] | None = None
 
+    def summary(self) -> dict[str, Any]:
+        """What a DAG task returns (its XCom): JSON, so a figure that could not be computed (a fairness
+        ratio with every group too small, say: NaN) is null."""
+        return {"run_id": self.run_id, "version": self.version, "run_url": self.run_url, "search": self.search,
+                "metrics": {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in self.metrics.items()}}
+
 
 @dataclass(frozen=True)
 class _Job:
