@@ -247,3 +247,39 @@ def test_the_master_key_is_required_outside_local_mode_and_never_short(tmp_path)
     local = Settings(home=tmp_path, database_url=None).model_copy(update={"subject_master_key": None})
     key = master_key(local)  # generated once into <home>/secrets, mode 0600
     assert master_key(local) == key and (tmp_path / "secrets" / "subject_master_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_customer_with_a_key_gets_it_read_never_a_new_one(settings: Settings) -> None:
+    """A process that has not seen a customer (an empty cache) reads the key another process created:
+    no key is generated or wrapped, nothing is written (the governance role, which may read the keys
+    but never create one, gets it), and what one ring sealed the other opens."""
+    from riskloop.core.subject_keys import SubjectKeys, master_key
+
+    class CountingWraps(SubjectKeys):
+        wraps = 0
+
+        def _wrapped(self, key_id: str, data_key: bytes) -> bytes:
+            self.wraps += 1
+            return super()._wrapped(key_id, data_key)
+
+    master, customer, known = master_key(settings), f"C-keys-{uuid.uuid4().hex[:8]}", f"C-keys-{uuid.uuid4().hex[:8]}"
+    serving = settings.model_copy(update={"db_role": "serving"})
+    with psycopg.connect(serving.pg.url(serving.warehouse_db, driver=""), autocommit=True) as conn:
+        first = CountingWraps(master)
+        key_id, aead = first.keys_for(conn, [customer, known])[customer]
+        assert first.wraps == 2
+        stored = conn.execute("select wrapped_key from privacy.subject_keys where key_id = %s", (key_id,)).fetchone()[0]
+        # a new customer beside a known one: only the new one's key is made
+        again = CountingWraps(master)
+        newcomer = f"C-keys-{uuid.uuid4().hex[:8]}"
+        keys = again.keys_for(conn, [known, newcomer])
+        assert again.wraps == 1 and keys[known][0] == first.keys_for(conn, [known])[known][0]
+    governance = settings.model_copy(update={"db_role": "governance"})
+    with psycopg.connect(governance.pg.url(governance.warehouse_db, driver=""), autocommit=True) as conn:
+        other = CountingWraps(master)
+        other_id, other_aead = other.keys_for(conn, [customer])[customer]
+        assert other_id == key_id and other.wraps == 0
+        assert conn.execute("select wrapped_key from privacy.subject_keys where key_id = %s",
+                            (key_id,)).fetchone()[0] == stored  # never rewrapped
+        sealed = SubjectKeys.seal({"customer_id": customer, "ip": IP_A}, key_id, aead)
+        assert other.reveal(conn, [sealed])[0] == {"customer_id": customer, "ip": IP_A}

@@ -94,7 +94,12 @@ class SubjectKeys:
     def keys_for(self, conn: psycopg.Connection, customer_ids: Iterable[str]) -> dict[str, tuple[str, AESGCM]]:
         """Each customer's (key id, data key): from the cache, else read, else created, in one
         transaction of its own on ``conn`` (committed before any row is sealed under a new key, so a
-        sealed row never names a key that was rolled back)."""
+        sealed row never names a key that was rolled back).
+
+        A key is generated and wrapped only for a customer the table has no key for: the usual miss
+        (a customer seen before, by this process or another) is one read and no write. Two processes
+        creating the same customer's key race on ``on conflict do nothing``; the loser reads the
+        winner's key in the same transaction."""
         now = time.monotonic()
         out: dict[str, tuple[str, AESGCM]] = {}
         missing: list[str] = []
@@ -108,22 +113,31 @@ class SubjectKeys:
         if not missing:
             return out
         hashes = {self.subject_hash(c): c for c in missing}
-        new_keys = {h: str(uuid.uuid4()) for h in hashes}
         # Inside a caller's transaction a new key commits (or not) with the caller's rows: it is
         # used, but cached only once it is known to be committed (a later read finds it).
         nested = conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-        wrapped = [self._wrapped(k, AESGCM.generate_key(256)) for k in new_keys.values()]
+        select = f"select key_id::text, subject_hash, wrapped_key from {KEYS_TABLE} where subject_hash = any(%s::bytea[])"
+        created: set[str] = set()
         with conn.transaction(), conn.cursor() as cur:
-            created = {r[0] for r in cur.execute(
-                f"insert into {KEYS_TABLE} (key_id, subject_hash, wrapped_key) "
-                "select * from unnest(%s::uuid[], %s::bytea[], %s::bytea[]) on conflict (subject_hash) do nothing "
-                "returning key_id::text", (list(new_keys.values()), list(new_keys), wrapped))}
-            rows = cur.execute(f"select key_id::text, subject_hash, wrapped_key from {KEYS_TABLE} "
-                               "where subject_hash = any(%s::bytea[])", (list(hashes),)).fetchall()
+            rows = cur.execute(select, (list(hashes),)).fetchall()
+            absent = set(hashes) - {bytes(r[1]) for r in rows}
+            if absent:
+                new_keys = {h: str(uuid.uuid4()) for h in absent}
+                wrapped = [self._wrapped(k, AESGCM.generate_key(256)) for k in new_keys.values()]
+                inserted = cur.execute(
+                    f"insert into {KEYS_TABLE} (key_id, subject_hash, wrapped_key) "
+                    "select * from unnest(%s::uuid[], %s::bytea[], %s::bytea[]) on conflict (subject_hash) do nothing "
+                    "returning key_id::text, subject_hash, wrapped_key",
+                    (list(new_keys.values()), list(new_keys), wrapped)).fetchall()
+                rows += inserted
+                created = {r[0] for r in inserted}
+                raced = absent - {bytes(r[1]) for r in inserted}  # another process created them meanwhile
+                if raced:
+                    rows += cur.execute(select, (list(raced),)).fetchall()
         with self._lock:
-            for key_id, digest, wrapped in rows:
+            for key_id, digest, wrapped_key in rows:
                 cid = hashes[bytes(digest)]
-                aead = self._unwrap(key_id, bytes(wrapped))
+                aead = self._unwrap(key_id, bytes(wrapped_key))
                 out[cid] = (key_id, aead)
                 if not (nested and key_id in created):
                     self._by_subject[cid] = (now, key_id, aead)
