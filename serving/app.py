@@ -579,8 +579,12 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
             st.pan = None
         try:
             st.subject_keys = subject_keys(settings)
-        except SubjectKeyMissing as exc:  # /readyz says so: decisions would keep personal fields in clear
-            log.error("personal fields of decisions will be logged unsealed (no erasure possible): %s", exc)
+        except SubjectKeyMissing as exc:  # decisions would keep personal fields in clear, out of erasure's reach
+            if not settings.allow_unsealed_personal_fields:
+                raise SubjectKeyMissing(f"{exc}. Serving does not log personal fields unsealed; to accept that "
+                                        "(no erasure possible), set RISKLOOP_ALLOW_UNSEALED_PERSONAL_FIELDS=true") from exc
+            log.error("personal fields of decisions will be logged unsealed (no erasure possible; "
+                      "RISKLOOP_ALLOW_UNSEALED_PERSONAL_FIELDS): %s", exc)
             st.subject_keys = None
         log.info("fraud policy %s (sha256 %s) from %s", fraud_policy.id, fraud_policy.digest[:12], cfg.fraud_policy)
         if len(keys) == 0:
@@ -732,7 +736,7 @@ def create_app(settings: Settings | None = None, serving_settings: ServingSettin
         checks["decision_log_error"] = st.writer.last_error  # set while decisions are refused 503
         # Rows set aside since this process started (the table has them all; the tripwire pages on them).
         checks["decision_log_dead_letters"] = st.writer.dead_lettered
-        # Informational: without a subject master key, personal fields are logged unsealed (no erasure).
+        # Informational: false only when RISKLOOP_ALLOW_UNSEALED_PERSONAL_FIELDS let serving start without a master key.
         checks["personal_fields_sealed"] = st.subject_keys is not None
         checks["online_cache"] = st.online.cache_stats()
         checks["model_source"] = st.model.source if st.model is not None else None

@@ -283,3 +283,22 @@ def test_a_customer_with_a_key_gets_it_read_never_a_new_one(settings: Settings) 
                             (key_id,)).fetchone()[0] == stored  # never rewrapped
         sealed = SubjectKeys.seal({"customer_id": customer, "ip": IP_A}, key_id, aead)
         assert other.reveal(conn, [sealed])[0] == {"customer_id": customer, "ip": IP_A}
+
+
+def test_serving_refuses_to_start_without_a_master_key_unless_told_to_log_unsealed(erasure_settings: Settings) -> None:
+    """On a configured Postgres without RISKLOOP_SUBJECT_MASTER_KEY serving would log personal fields in
+    clear, out of erasure's reach: it refuses to start, unless RISKLOOP_ALLOW_UNSEALED_PERSONAL_FIELDS says so."""
+    from riskloop.core.subject_keys import SubjectKeyMissing
+    from serving.app import create_app
+    from serving.config import ServingSettings
+
+    keyless = erasure_settings.model_copy(update={"subject_master_key": None})
+    assert not keyless.embedded
+    cfg = ServingSettings(api_keys=f"{API_KEYS},{SCORER}:scorer", model_poll_s=0, canary_poll_s=0,
+                          known_device_poll_s=0, card_location_poll_s=0)
+    with pytest.raises(SubjectKeyMissing, match="RISKLOOP_ALLOW_UNSEALED_PERSONAL_FIELDS"):
+        with TestClient(create_app(keyless, cfg)):
+            pass
+    opted_out = keyless.model_copy(update={"allow_unsealed_personal_fields": True})
+    with TestClient(create_app(opted_out, cfg)) as c:
+        assert c.get("/readyz").json()["checks"]["personal_fields_sealed"] is False

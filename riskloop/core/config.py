@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         "customer's data key). Keep it out of the warehouse database. Unset: generated once in local mode "
         "(embedded Postgres) into <home>/secrets/subject_master_key; required when RISKLOOP_DATABASE_URL is set.",
     )
+    allow_unsealed_personal_fields: bool = Field(
+        default=False,
+        description="Let serving start without a subject master key outside local mode (RISKLOOP_DATABASE_URL set "
+        "and RISKLOOP_SUBJECT_MASTER_KEY missing): decisions and case events then keep customers' personal fields in "
+        "clear, no erasure can reach them, and /readyz says personal_fields_sealed: false. Default false: serving "
+        "refuses to start without the key.",
+    )
     subject_key_cache_s: float = Field(
         default=300.0, ge=0,
         description="How long a process keeps a customer's unwrapped data key in memory (seconds): after an "
