@@ -302,3 +302,93 @@ def test_serving_refuses_to_start_without_a_master_key_unless_told_to_log_unseal
     opted_out = keyless.model_copy(update={"allow_unsealed_personal_fields": True})
     with TestClient(create_app(opted_out, cfg)) as c:
         assert c.get("/readyz").json()["checks"]["personal_fields_sealed"] is False
+
+
+OWN = f"er{uuid.uuid4().hex[:6]}-"  # the session's online store is shared: customer ids of this module's own
+
+
+@pytest.fixture(scope="module")
+def feature_marts(erasure_settings: Settings) -> Any:
+    """Synthetic marts in this module's warehouse, registered with the real Feast store and materialised."""
+    import dataclasses
+
+    from fixtures_marts import make_marts, write_marts
+
+    from riskloop.features import store as features
+
+    marts = make_marts(days=30, customers=6, terminals=4, applications=20, seed=43)
+    marts = dataclasses.replace(marts, **{name: frame.assign(customer_id=OWN + frame["customer_id"])
+                                          for name, frame in marts.tables().items() if "customer_id" in frame})
+    write_marts(erasure_settings, marts)
+    features.apply(erasure_settings)
+    as_of = marts.as_of.to_pydatetime()
+    features.materialize(erasure_settings, as_of, start=as_of - timedelta(days=60))
+    return marts
+
+
+def _online(settings: Settings, customer: str, card: str) -> dict[str, Any]:
+    from riskloop.core import windows
+    from riskloop.features.store import feature_store
+
+    refs = ["customer_spending:customer_nb_tx_30d", "customer_spending:customer_avg_amount_30d",
+            *(f"{windows.view_name(e)}:{f}" for e in windows.ENTITIES for f in windows.feature_names(e))]
+    row = feature_store(settings).get_online_features(features=refs, entity_rows=[
+        {"customer_id": customer, "card_token": card}]).to_dict()
+    return {k: v[0] for k, v in row.items() if k not in ("customer_id", "card_token")}
+
+
+def test_an_erased_customers_features_never_come_back_online(client: TestClient, erasure_settings: Settings,
+                                                            feature_marts: Any) -> None:
+    """Erasure deletes the customer's and their card's online rows; neither the next materialisation
+    from the marts (which keep their payments until retention) nor the stream consumer on a later
+    payment of theirs writes them back, while the other customers' rows are written as before."""
+    from riskloop.cli import app
+    from riskloop.data.inbox import INSERT as INBOX_INSERT
+    from riskloop.features import store as features
+    from riskloop.features.stream import StreamConsumer
+    from riskloop.simulator.webhooks import standard_body
+
+    card_of = feature_marts.fct_transactions.drop_duplicates("customer_id").set_index("customer_id")["card_token"]
+    gone, kept = sorted(card_of.index)[:2]
+    before = {c: _online(erasure_settings, c, card_of[c]) for c in (gone, kept)}
+    assert all(v is not None for v in before[gone].values()) and all(v is not None for v in before[kept].values())
+    # the customer paid with their card through serving: erasure finds the card from the decision
+    r = client.post("/v1/score/fraud", json=_fraud(gone, "dev-erase-online", IP_A, 900, card_of[gone]),
+                    headers={"Authorization": f"Bearer {SCORER}"})
+    assert r.status_code == 200, r.text
+
+    env = {**os.environ, **cli_env("trainer"), "RISKLOOP_DATABASE_URL": erasure_settings.database_url or ""}
+    result = CliRunner().invoke(app, ["erase", "customer", gone, "--reason", "erasure request ER-2", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    online_rows = json.loads(result.stdout.strip().splitlines()[-1])["removed"]["online_rows"]
+    assert online_rows["customer_spending"] > 0 and online_rows["card_realtime"] > 0, online_rows  # a row per feature
+    assert set(_online(erasure_settings, gone, card_of[gone]).values()) == {None}
+
+    # the marts still hold the customer's payments: a full reload, then an incremental run
+    as_of = feature_marts.as_of.to_pydatetime()
+    features.materialize(erasure_settings, as_of, start=as_of - timedelta(days=60))
+    features.materialize(erasure_settings, as_of + timedelta(hours=1))
+    assert set(_online(erasure_settings, gone, card_of[gone]).values()) == {None}
+    assert _online(erasure_settings, kept, card_of[kept]) == before[kept]
+    with psycopg.connect(dsn(erasure_settings)) as conn:
+        listed = conn.execute("select kind, entity_hash from privacy.erased_entities join privacy.erasures "
+                              "using (erasure_id) where reason = 'erasure request ER-2' order by kind").fetchall()
+    assert [k for k, _ in listed] == ["card", "customer"]  # by keyed hash only
+    assert not [h for _, h in listed if gone.encode() in bytes(h) or card_of[gone].encode() in bytes(h)]
+
+    # a later payment of each reaches the stream consumer: only the kept customer's windows are pushed
+    now = datetime.now(UTC)
+    with psycopg.connect(dsn(erasure_settings)) as conn:
+        for customer in (gone, kept):
+            eid = f"evt-{uuid.uuid4().hex[:10]}"
+            body = standard_body({"event_id": eid, "event_type": "payment.authorized", "occurred_at": now,
+                                  "payment_id": f"pay-{eid}", "card_token": card_of[customer], "customer_id": customer,
+                                  "terminal_id": "T-erase", "amount_minor": 700, "currency": "EUR"})
+            conn.execute(INBOX_INSERT, (["standard"], [eid], ["payment.authorized"], [now], [now], [body.decode()]))
+    with StreamConsumer(erasure_settings, name=f"erase-{uuid.uuid4().hex[:6]}",
+                        store=features.feature_store(erasure_settings)) as consumer:
+        assert consumer.run_once().pushed == 2  # the kept customer and their card
+    assert set(_online(erasure_settings, gone, card_of[gone]).values()) == {None}
+    pushed = _online(erasure_settings, kept, card_of[kept])
+    assert pushed["customer_tx_count_10m"] == 1 and pushed["card_tx_count_10m"] == 1
+    assert pushed["customer_nb_tx_30d"] == before[kept]["customer_nb_tx_30d"]

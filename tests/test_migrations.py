@@ -21,13 +21,13 @@ PLATFORM_TABLES = ("monitoring.alert_state", "monitoring.alert_events", "monitor
                    "policy.version_events", "policy.lists", "policy.list_events", "policy.emergency_events",
                    "governance.pan_rotations", "serving.pan_token_map",
                    "policy.list_changes", "policy.list_change_events",
-                   "privacy.subject_keys", "privacy.erasures")
+                   "privacy.subject_keys", "privacy.erasures", "privacy.erased_entities")
 APPEND_ONLY = ("monitoring.alert_events", "governance.model_approvals", "governance.promotion_decisions",
                "governance.canary_state", "serving.decision_log", "serving.decision_overrides", "cases.case_events",
                "serving.decision_outcomes", "serving.decision_log_dead_letters", "governance.retention_runs",
                "policy.versions", "policy.version_events", "policy.lists", "policy.list_events", "policy.emergency_events",
                "governance.pan_rotations",
-               "policy.list_changes", "policy.list_change_events", "privacy.erasures")
+               "policy.list_changes", "policy.list_change_events", "privacy.erasures", "privacy.erased_entities")
 
 
 def _fresh(stack_env: dict[str, str], name: str) -> Settings:

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 SCHEMAS = ("raw", "quarantine", "realtime", "staging", "intermediate", "marts",
            "serving", "cases", "governance", "monitoring", "policy", "privacy")
 # Schemas only the components that need them read: the customers' wrapped data keys
-# (riskloop.core.subject_keys) are read by serving (to seal) and governance (to erase and reveal).
+# (riskloop.core.subject_keys) are read by serving (to seal) and governance (to erase and reveal);
+# ingest reads only the erased entities' hashes (the online store's writers skip them).
 PRIVATE = ("privacy",)
 _SHARED = tuple(s for s in SCHEMAS if s not in PRIVATE)
 
@@ -94,6 +95,8 @@ WRITES: dict[str, dict[str, str]] = {
     "ingest": {
         "monitoring.alert_events": "insert",
         "monitoring.alert_state": "insert, update",
+        # materialize and the stream consumer skip erased customers and cards (riskloop.features.suppression)
+        "privacy.erased_entities": "select",
     },
     "governance": {
         "governance.model_approvals": "insert",
@@ -113,6 +116,7 @@ WRITES: dict[str, dict[str, str]] = {
         # erasure (riskloop.governance.erasure): the key goes, the mutable copies of the person's data go
         "privacy.subject_keys": "delete",
         "privacy.erasures": "insert",
+        "privacy.erased_entities": "insert",
         "serving.known_devices": "delete",
         "serving.card_locations": "delete",
         "realtime.payment_events": "delete",

@@ -50,6 +50,9 @@ KEY_FILE = "subject_master_key"
 MIN_KEY_CHARS = 32
 KEYS_TABLE = "privacy.subject_keys"
 ERASURES_TABLE = "privacy.erasures"
+# Every customer and card erased, by kind and keyed hash: what may never be written online again.
+ERASED_ENTITIES_TABLE = "privacy.erased_entities"
+ENTITY_KINDS = ("customer", "card")
 # The request fields that are the person's (of a fraud payment or a credit application), sealed.
 PERSONAL_FIELDS = ("customer_id", "device_id", "ip", "applicant")
 ENVELOPE = "personal"
@@ -82,7 +85,12 @@ class SubjectKeys:
     # --- keys ----------------------------------------------------------------------------
     def subject_hash(self, customer_id: str) -> bytes:
         """The keyed hash a customer is found by (in the key table and the erasure record)."""
-        return hmac.new(self._hash_key, b"customer\0" + customer_id.encode("utf-8"), hashlib.sha256).digest()
+        return self.entity_hash("customer", customer_id)
+
+    def entity_hash(self, kind: str, value: str) -> bytes:
+        """The keyed hash of a customer's or a card's id (``kind`` customer | card): how the key table,
+        the erasure record and the erased entities name them without the id in clear."""
+        return hmac.new(self._hash_key, kind.encode() + b"\0" + value.encode("utf-8"), hashlib.sha256).digest()
 
     def _unwrap(self, key_id: str, wrapped: bytes) -> AESGCM:
         return AESGCM(self._wrap.decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], key_id.encode()))

@@ -47,7 +47,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Literal
 
@@ -74,6 +76,52 @@ from riskloop.core.db import quote_ident
 log = logging.getLogger(__name__)
 
 STORE_TYPE = "riskloop.features.feast_offline.RiskloopPostgreSQLOfflineStore"
+
+# What a materialisation must not write online (erased customers' and cards' rows), as a function of a
+# batch read for it and its join key columns; set by riskloop.features.store.materialize around Feast's
+# materialize, which reads through pull_*_from_table_or_query in the calling thread.
+RowFilter = Callable[[pa.Table, list[str]], pa.Table]
+_materialization_filter: ContextVar[RowFilter | None] = ContextVar("riskloop_materialization_filter", default=None)
+
+
+@contextmanager
+def materialization_filter(keep: RowFilter | None) -> Iterator[None]:
+    """Every batch the offline store reads for materialisation in this context goes through ``keep``."""
+    token = _materialization_filter.set(keep)
+    try:
+        yield
+    finally:
+        _materialization_filter.reset(token)
+
+
+class FilteredRetrievalJob(RetrievalJob):
+    """A pull job whose Arrow result goes through a :data:`RowFilter` before Feast writes it."""
+
+    def __init__(self, job: RetrievalJob, join_keys: list[str], keep: RowFilter) -> None:
+        self._job, self._join_keys, self._keep = job, join_keys, keep
+
+    @property
+    def full_feature_names(self) -> bool:
+        return self._job.full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
+        return self._job.on_demand_feature_views
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        return self._keep(self._job._to_arrow_internal(timeout=timeout), self._join_keys)
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout=timeout).to_pandas()
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        return self._job.metadata
+
+
+def _filtered(job: RetrievalJob, join_key_columns: list[str]) -> RetrievalJob:
+    keep = _materialization_filter.get()
+    return job if keep is None else FilteredRetrievalJob(job, list(join_key_columns), keep)
 
 
 class RiskloopPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
@@ -293,3 +341,22 @@ class RiskloopPostgreSQLOfflineStore(PostgreSQLOfflineStore):
         assert isinstance(config.offline_store, PostgreSQLOfflineStoreConfig)
         return LateralRetrievalJob(config, feature_views, feature_refs, entity_df, registry, project,
                                    full_feature_names, filter_by_created_timestamp)
+
+    # Materialisation's reads: the stock queries, filtered inside materialization_filter (erased keys).
+    @staticmethod
+    def pull_latest_from_table_or_query(config: RepoConfig, data_source: Any, join_key_columns: list[str],
+                                        feature_name_columns: list[str], timestamp_field: str,
+                                        created_timestamp_column: str | None, start_date: datetime,
+                                        end_date: datetime) -> RetrievalJob:
+        return _filtered(PostgreSQLOfflineStore.pull_latest_from_table_or_query(
+            config, data_source, join_key_columns, feature_name_columns, timestamp_field, created_timestamp_column,
+            start_date, end_date), join_key_columns)
+
+    @staticmethod
+    def pull_all_from_table_or_query(config: RepoConfig, data_source: Any, join_key_columns: list[str],
+                                     feature_name_columns: list[str], timestamp_field: str,
+                                     created_timestamp_column: str | None = None, start_date: datetime | None = None,
+                                     end_date: datetime | None = None) -> RetrievalJob:
+        return _filtered(PostgreSQLOfflineStore.pull_all_from_table_or_query(
+            config, data_source, join_key_columns, feature_name_columns, timestamp_field, created_timestamp_column,
+            start_date, end_date), join_key_columns)

@@ -182,30 +182,38 @@ def materialize(settings: Settings, end: datetime | None = None, *, start: datet
     With ``start``: the whole range ``[start, end]`` whatever was materialized before (a reload,
     e.g. after the marts were rebuilt, or a registry shared with another run that went further).
     ``views``: only these feature views (default: every online view).
+
+    The rows of erased customers and cards are never written (``riskloop.features.suppression``):
+    their payments stay in the marts until retention, their features do not come back online.
     """
+    from riskloop.features.feast_offline import materialization_filter
+    from riskloop.features.suppression import ErasedKeys, materialize_filter
+
     end = end or datetime.now(timezone.utc)
     if end.tzinfo is None:
         raise ValueError("materialize needs a timezone-aware end")
+    if start is not None and start.tzinfo is None:
+        raise ValueError("materialize needs a timezone-aware start")
     settings = settings.as_role("ingest")
     started = time.perf_counter()
+    erased = ErasedKeys.load(settings)
     store = feature_store(settings)
     guard_newer_wins(settings, store)  # a deployment applied before the guard existed gets it here
     names = None if views is None else set(views)
     online = [fv for fv in store.list_feature_views() if fv.online and (names is None or fv.name in names)]
-    if start is not None:
-        if start.tzinfo is None:
-            raise ValueError("materialize needs a timezone-aware start")
-        store.materialize(start_date=start, end_date=end, feature_views=[fv.name for fv in online])
-        log.info("feast materialize %s .. %s in %.1fs", start.isoformat(), end.isoformat(),
-                 time.perf_counter() - started)
-        return
-    for fv in online:
-        if fv.most_recent_end_time is None and fv.ttl:
-            # Feast would start a first incremental run at now() - ttl, which loads nothing
-            # for a replayed or simulated past; start at end - ttl instead.
-            store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
-    if online:
-        store.materialize_incremental(end_date=end, feature_views=[fv.name for fv in online])
+    with materialization_filter(materialize_filter(erased)):
+        if start is not None:
+            store.materialize(start_date=start, end_date=end, feature_views=[fv.name for fv in online])
+            log.info("feast materialize %s .. %s in %.1fs", start.isoformat(), end.isoformat(),
+                     time.perf_counter() - started)
+            return
+        for fv in online:
+            if fv.most_recent_end_time is None and fv.ttl:
+                # Feast would start a first incremental run at now() - ttl, which loads nothing
+                # for a replayed or simulated past; start at end - ttl instead.
+                store.materialize(start_date=end - fv.ttl, end_date=end, feature_views=[fv.name])
+        if online:
+            store.materialize_incremental(end_date=end, feature_views=[fv.name for fv in online])
     log.info("feast materialize-incremental to %s in %.1fs", end.isoformat(), time.perf_counter() - started)
 
 

@@ -57,6 +57,7 @@ from riskloop.core.config import Settings
 from riskloop.core.db import dsn
 from riskloop.core.storable import find_unstorable
 from riskloop.data.inbox import CHANNEL, INBOX, XID_COLUMN
+from riskloop.features import suppression
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -383,6 +384,7 @@ class StreamConsumer:
         self._failures = 0  # consecutive failed attempts of :meth:`run` (its back-off)
         self._pusher: OnlinePush | None = None
         self._offset: int | None = None  # the stored offset, as this (lock-holding) consumer last wrote it
+        self._ring = suppression.ring_or_none(settings)  # hashes the keys it pushes against the erased ones
 
     def owns(self, key: str) -> bool:
         """This consumer recomputes and pushes ``key``'s windows (each key has exactly one owner)."""
@@ -529,11 +531,24 @@ class StreamConsumer:
                                         p.occurred_at, p.currency) for p in payments), strict=True)]
         owned = {e: sorted(k for k in {getattr(p, e.key) for p in payments} - {None} if self.owns(k))
                  for e in windows.ENTITIES}
+        # erased customers and cards are never pushed (riskloop.features.suppression): asked in the same pipeline
+        touched = {e.key: keys for e, keys in owned.items() if keys}
+        erased_query = suppression.erased_sql(self._ring, touched) if touched else None
         with self.conn.pipeline():
             self.conn.execute(_INSERT_EVENTS, cols)
             cursors = {e: self.conn.execute(windows.stream_sql(e), {"keys": keys}) for e, keys in owned.items() if keys}
+            erased_cur = self.conn.execute(*erased_query) if erased_query else None
         batches = {windows.push_source_name(e): ([c.name for c in cur.description or ()], cur.fetchall())
                    for e, cur in cursors.items()}
+        erased = suppression.check_erased(self._ring, touched, erased_cur.fetchall()) if erased_cur else {}
+        for e in cursors:
+            gone = erased.get(e.key)
+            if gone:
+                columns, rows = batches[windows.push_source_name(e)]
+                at = columns.index(e.key)
+                batches[windows.push_source_name(e)] = (columns, [r for r in rows if r[at] not in gone])
+                log.info("stream: %d erased %s keys not pushed", len(gone), e.name)
+        batches = {source: batch for source, batch in batches.items() if batch[1]}
         if batches:
             self.pusher.push_rows(batches)
         return sum(len(rows) for _, rows in batches.values())

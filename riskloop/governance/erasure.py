@@ -11,14 +11,16 @@ the customer's data key (:mod:`riskloop.core.subject_keys`). Erasure, in one tra
    (``realtime.payment_events``), their open-case index entry and the customer id on their cases;
 3. appends a ``privacy.erasures`` row: who (the authenticated principal), why, when, the customer by
    its keyed hash only (never the key's id, so nothing links the subject to the sealed rows
-   afterwards), and what was removed.
+   afterwards), and what was removed; and lists the customer and their cards (those of their
+   decisions and of the stream's payment events) by keyed hash in ``privacy.erased_entities``,
+   which the online store's writers (materialisation, the stream consumer) skip from then on.
 
 Then, outside that transaction, the customer's (and their cards') rows in the Feast online store.
 
 Not covered (README, "What riskloop promises"): the warehouse's landed and modelled data (``raw``,
-``marts``, the Feast offline store), which go by retention and whose next materialisation writes
-the customer's features back online; decisions and case events logged before sealing existed (the
-decisions counted in ``removed.unsealed_decisions``); MLflow artifacts.
+``marts``, the Feast offline store), which go by retention (their features stay out of the online
+store, not out of training sets built before then); decisions and case events logged before sealing
+existed (the decisions counted in ``removed.unsealed_decisions``); MLflow artifacts.
 
 Erasing a customer twice is a no-op that says so.
 """
@@ -36,7 +38,7 @@ from psycopg.types.json import Jsonb
 
 from riskloop.core import db
 from riskloop.core.config import Settings
-from riskloop.core.subject_keys import ENVELOPE, ERASURES_TABLE, KEYS_TABLE, subject_keys
+from riskloop.core.subject_keys import ENVELOPE, ERASED_ENTITIES_TABLE, ERASURES_TABLE, KEYS_TABLE, subject_keys
 from riskloop.decisions.cases import CASES, OPEN_ENTITIES, entities_of
 from riskloop.decisions.log import CARD_LOCATIONS_TABLE, DEVICES_TABLE
 from riskloop.decisions.log import TABLE as DECISION_LOG
@@ -103,6 +105,10 @@ def erase_customer(settings: Settings, customer_id: str, reason: str, principal:
         before = conn.execute(f"select erased_at from {ERASURES_TABLE} where subject_kind = 'customer' "
                               "and subject_hash = %s order by erased_at desc limit 1", (digest,)).fetchone()
         cards = _cards(conn, key_id, customer_id)
+        if _exists(conn, PAYMENT_EVENTS):  # and the cards the stream saw them pay with
+            cards = sorted(set(cards) | {r[0] for r in conn.execute(
+                f"select distinct card_token from {PAYMENT_EVENTS} where customer_id = %s and card_token is not null",
+                (customer_id,)).fetchall()})
         devices = conn.execute(f"select count(*) from {DEVICES_TABLE} where customer_id = %s",
                                (customer_id,)).fetchone()[0]
         if key_id is None and before is not None and devices == 0:
@@ -130,6 +136,11 @@ def erase_customer(settings: Settings, customer_id: str, reason: str, principal:
             f"insert into {ERASURES_TABLE} (erasure_id, subject_kind, subject_hash, actor, reason, key_destroyed, removed) "
             "values (%s, 'customer', %s, %s, %s, %s, %s) returning erased_at",
             (erasure_id, digest, principal.actor, reason, key_id is not None, Jsonb(removed))).fetchone()[0]
+        # what the online store's writers skip from now on (riskloop.features.suppression)
+        entities = [("customer", digest), *(("card", ring.entity_hash("card", c)) for c in cards)]
+        conn.execute(f"insert into {ERASED_ENTITIES_TABLE} (kind, entity_hash, erasure_id) "
+                     "select k, h, %s from unnest(%s::text[], %s::bytea[]) as e(k, h) on conflict do nothing",
+                     (erasure_id, [k for k, _ in entities], [h for _, h in entities]))
     ring.forget(customer_id)
     removed["online_rows"] = _erase_online(settings, customer_id, cards)
     log.info("erased customer (erasure %s by %s): key destroyed %s, removed %s", erasure_id, principal.actor,
@@ -139,7 +150,8 @@ def erase_customer(settings: Settings, customer_id: str, reason: str, principal:
 
 def _erase_online(settings: Settings, customer_id: str, cards: list[str]) -> dict[str, int] | str:
     """The customer's and their cards' rows in the online store; what failed is reported, not raised
-    (the key is already destroyed; the online rows are a cache the next materialisation rewrites)."""
+    (the key is already destroyed, and the entities are listed as erased, so no writer adds rows; what a
+    failure here leaves stays online until deleted by hand)."""
     try:
         from riskloop.features.online_write import delete_entities
         from riskloop.features.store import feature_store
