@@ -6,7 +6,8 @@ per batch for all of them), then one orjson dump and one AES-GCM encryption of t
 This times that in process, one call at a time (thread CPU time, so a loaded machine's preemption
 does not count), for a fraud request with a device and an IP, and a credit request with an applicant;
 and the reader's side (reveal of one sealed request, key cached). No database: a cache hit is the
-steady state, a miss costs one statement per batch, not per decision.
+steady state, a miss costs one statement per batch (two when the batch has a customer without a key yet),
+not per decision.
 
     PYTHONPATH=. .venv/bin/python bench/subject_seal.py -n 50000
 """

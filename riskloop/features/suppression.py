@@ -109,9 +109,9 @@ def materialize_filter(erased: ErasedKeys) -> Callable[["pa.Table", list[str]], 
 
 
 def erased_sql(ring: SubjectKeys | None, keys: Mapping[str, Iterable[str]]) -> tuple[str, tuple]:
-    """A query for the stream consumer's pipeline over ``{join key: keys}``: rows ``(join key hash kind,
-    entity_hash)`` of the erased ones (with a ring), or one row ``(None, None)`` when anything at all
-    is erased (without one: then the caller must not write, :func:`check_erased`)."""
+    """A query (and its parameters) for the stream consumer's pipeline over ``{join key: keys}``: with
+    a ring, the rows ``(kind, entity_hash)`` of the erased ones; without one, a row if anything at all
+    is erased (then nothing may be written: :func:`check_erased` raises)."""
     if ring is None:
         return f"select null::text, null::bytea from {ERASED_ENTITIES_TABLE} limit 1", ()
     kinds, hashes = [], []
