@@ -317,3 +317,54 @@ def test_the_online_card_windows_follow_the_new_token(tmp_path: Path, stack_env)
     got = features.feature_store(settings).get_online_features(
         features=[f"{windows.view_name(card)}:{name}"], entity_rows=[{"card_token": new}]).to_dict()
     assert got[name] == [5]
+
+
+def test_an_erased_card_stays_erased_under_its_new_token(tmp_path: Path, stack_env) -> None:
+    """Erasure lists a card by the keyed hash of its token; the rotation gives it a new token, which it
+    lists too, so the card's windows are not pushed under the new token (the other card's are)."""
+    from datetime import UTC, datetime
+
+    from riskloop.core import windows
+    from riskloop.core.subject_keys import subject_keys
+    from riskloop.features import store as features
+    from riskloop.governance.erasure import erase_customer
+    from riskloop.ops.pan_rotation import rotate
+    from tests.principals import principal
+
+    settings = _settings(tmp_path, "riskloop_t_pan_rotation_erased")
+    features.apply(settings)
+    tok = pan.tokenizer(settings)
+    gone, kept = tok.tokenize(VISA).token, tok.tokenize(MC).token
+    recent = datetime.now(UTC) - timedelta(hours=2)  # inside the card views' time to live
+
+    def pay(conn: psycopg.Connection, card: str, customer: str, i: int) -> None:
+        conn.execute("insert into realtime.payment_events (processor, event_id, card_token, customer_id, amount_minor, "
+                     "occurred_at, currency) values ('standard', %s, %s, %s, 100, %s, 'EUR')",
+                     (f"p_{customer}_{i}", card, customer, recent + timedelta(minutes=i)))
+
+    with psycopg.connect(dsn(settings), autocommit=True) as conn:
+        pay(conn, gone, "C-gone", 0)
+        pay(conn, kept, "C-kept", 0)
+    done = erase_customer(settings, "C-gone", "erasure request ER-3", principal("trainer"))
+    assert done.removed["payment_events"] == 1
+    with psycopg.connect(dsn(settings), autocommit=True) as conn:
+        for i in (1, 2):  # the erased customer's card pays again: the stream stores it (it pushes nothing)
+            pay(conn, gone, "C-gone", i)
+        pay(conn, kept, "C-kept", 1)
+
+    rotation = rotate(settings, "svc-test", batch=2, grace_seconds=0)
+    tok.reload()
+    new_gone, new_kept = tok.tokenize(VISA).token, tok.tokenize(MC).token
+    assert new_gone != gone and rotation.card_windows_pushed >= 1  # the kept card's
+    ring = subject_keys(settings)
+    with psycopg.connect(dsn(settings)) as conn:
+        listed = {bytes(h) for (h,) in conn.execute(
+            "select entity_hash from privacy.erased_entities where kind = 'card'").fetchall()}
+    assert {ring.entity_hash("card", gone), ring.entity_hash("card", new_gone)} <= listed
+    assert ring.entity_hash("card", new_kept) not in listed
+    card = windows.entity("card")
+    name = f"card_tx_count_{windows.WINDOWS[-1].name}"
+    got = features.feature_store(settings).get_online_features(
+        features=[f"{windows.view_name(card)}:{name}"], entity_rows=[{"card_token": new_gone}, {"card_token": new_kept}]
+    ).to_dict()
+    assert got[name] == [None, 2]

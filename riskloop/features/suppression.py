@@ -55,7 +55,7 @@ def _refuse(exc: SubjectKeyMissing | None = None) -> SubjectKeyMissing:
 class ErasedKeys:
     """The erased entities' hashes (read once), and which of some keys are among them."""
 
-    def __init__(self, ring: SubjectKeys | None, hashes: Mapping[str, set[bytes]]) -> None:
+    def __init__(self, ring: SubjectKeys | None, hashes: dict[str, set[bytes]]) -> None:
         self._ring, self._hashes = ring, hashes
 
     @classmethod
@@ -74,6 +74,24 @@ class ErasedKeys:
 
     def __bool__(self) -> bool:
         return bool(self._hashes)
+
+    def carry(self, conn: psycopg.Connection, join_key: str, renamed: Mapping[str, str]) -> int:
+        """Keys given new values (a card-token rotation re-keys every token, ``riskloop.ops.pan_rotation``):
+        each listed old key's new value is listed too, under the same erasure, in ``conn``'s transaction,
+        so the writers skip it under either name. Returns the keys carried."""
+        gone = self.erased(join_key, renamed)
+        if not gone or self._ring is None:
+            return 0
+        kind = KINDS[join_key]
+        olds = [self._ring.entity_hash(kind, k) for k in gone]
+        news = [self._ring.entity_hash(kind, renamed[k]) for k in gone]
+        conn.execute(f"insert into {ERASED_ENTITIES_TABLE} (kind, entity_hash, erasure_id) "
+                     f"select e.kind, n.new, e.erasure_id from unnest(%s::bytea[], %s::bytea[]) as n(old, new) "
+                     f"join {ERASED_ENTITIES_TABLE} e on e.kind = %s and e.entity_hash = n.old on conflict do nothing",
+                     (olds, news, kind))
+        self._hashes.setdefault(kind, set()).update(news)
+        log.info("%d erased %s keys listed under their new values too", len(gone), join_key)
+        return len(gone)
 
     def erased(self, join_key: str, values: Iterable[str]) -> set[str]:
         """The erased ones among ``values`` of ``join_key`` (none for a join key that names no person)."""

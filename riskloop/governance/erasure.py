@@ -77,12 +77,15 @@ def _exists(conn: psycopg.Connection, table: str) -> bool:
 
 def _cards(conn: psycopg.Connection, key_id: str | None, customer_id: str) -> list[str]:
     """The cards the customer paid with, from their decisions (sealed under ``key_id``, or from
-    before sealing, with the customer id in clear). A scan of the log: erasure is rare."""
+    before sealing, with the customer id in clear): each as logged and under its current token (a
+    card-token rotation maps the log's old tokens, ``serving.pan_token_current``). A scan of the log:
+    erasure is rare."""
     rows = conn.execute(
-        f"select distinct request->>'card_token' from {DECISION_LOG} "
-        f"where (request->{ENVELOPE!r}->>'key' = %s or request->>'customer_id' = %s) and request ? 'card_token'",
+        f"select distinct t.token from {DECISION_LOG} d, "
+        "lateral (values (d.request->>'card_token'), (serving.pan_token_current(d.request->>'card_token'))) as t(token) "
+        f"where (d.request->{ENVELOPE!r}->>'key' = %s or d.request->>'customer_id' = %s) and d.request ? 'card_token'",
         (key_id or "", customer_id)).fetchall()
-    return [r[0] for r in rows if r[0]]
+    return sorted(r[0] for r in rows if r[0])
 
 
 def erase_customer(settings: Settings, customer_id: str, reason: str, principal: "Principal") -> Erasure:

@@ -26,6 +26,10 @@ idempotent (a token of the current key is left alone), so a crash loses nothing:
 ``riskloop pan rotate`` finds the unfinished rotation in ``governance.pan_rotations`` and resumes it
 without making another key.
 
+Erased cards (``privacy.erased_entities``, by keyed hash of the token: ``riskloop.features.suppression``)
+are listed under their new token in the batch that re-keys or maps the old one, so the online store's
+writers keep skipping them, and the rotation pushes no windows for them.
+
 Card deny lists and ``deny_card`` emergency stops (the policy store, append-only as well) are carried
 through the policy store's own functions (:func:`carry_card_rules`): the new token is added beside the
 old one as soon as the new key is current, so a blocked card stays blocked whichever key a process
@@ -52,7 +56,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -62,7 +66,11 @@ from riskloop.core.config import Settings
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
+    from riskloop.features.suppression import ErasedKeys
+
 LOCK = "riskloop.pan_rotation"
+CARD_KEY = "card_token"  # the online store's join key of a card, re-keyed here like every token
 DEFAULT_BATCH = 1000
 GRACE_SECONDS = 3 * pan.RING_RELOAD_SECONDS + 2.0
 # Schemas whose base tables may carry a card_token / pan_token column.
@@ -165,10 +173,13 @@ def _stale(target: Target, current_kid: str) -> sql.Composed:
 
 
 def rekey_batch(conn: psycopg.Connection, target: Target, tok: pan.PanTokenizer, lo: int, hi: int, batch: int,
-                after: str | None = None, rekeyed: list[str] | None = None) -> tuple[int, str | None]:
+                after: str | None = None, rekeyed: list[str] | None = None,
+                erased: "ErasedKeys | None" = None) -> tuple[int, str | None]:
     """Re-key (or map) the tokens of up to ``batch`` rows in pages [lo, hi) of one target, after row
     ``after``, in one short transaction. Returns (rows changed, the last row read when the batch was
-    full, else None: the range is done). ``rekeyed`` collects the new values written."""
+    full, else None: the range is done). ``rekeyed`` collects the new values written. ``erased``: the
+    erased cards (``riskloop.features.suppression``), listed under their new tokens in the same
+    transaction, so the online store's writers keep skipping them."""
     where = sql.SQL("ctid >= {lo}::tid and ctid < {hi}::tid and ctid > {after}::tid and ").format(
         lo=sql.Literal(f"({lo},0)"), hi=sql.Literal(f"({hi},0)"), after=sql.Literal(after or "(0,0)")) \
         + _stale(target, tok.current_kid)
@@ -179,11 +190,14 @@ def rekey_batch(conn: psycopg.Connection, target: Target, tok: pan.PanTokenizer,
             lock=sql.SQL("" if target.mapped else "for update"))).fetchall()
         last = rows[-1][0] if len(rows) == batch else None
         if target.mapped:
-            return _map_rows(conn, tok, [v for _, v in rows]), last
+            return _map_rows(conn, tok, [v for _, v in rows], erased), last
         changes = [(ctid, new) for ctid, old in rows for new, n in [tok.rekey_text(old)] if n]
         if not changes:
             return 0, last
         ctids, news = [c for c, _ in changes], [n for _, n in changes]
+        if erased and target.column == CARD_KEY:
+            olds = dict(rows)
+            erased.carry(conn, CARD_KEY, {olds[c]: n for c, n in changes})
         if rekeyed is not None:
             rekeyed.extend(news)
         newer = MERGE_NEWER.get((target.schema, target.table, target.column))
@@ -232,7 +246,7 @@ def _merge_rows(conn: psycopg.Connection, target: Target, newer: str, ctids: lis
     return len(ctids)
 
 
-def _map_rows(conn: psycopg.Connection, tok: pan.PanTokenizer, values: list[str]) -> int:
+def _map_rows(conn: psycopg.Connection, tok: pan.PanTokenizer, values: list[str], erased: "ErasedKeys | None" = None) -> int:
     current = tok.current_kid
     pairs: dict[str, str] = {}
     for text in values:
@@ -242,6 +256,8 @@ def _map_rows(conn: psycopg.Connection, tok: pan.PanTokenizer, values: list[str]
                 pairs[old] = tok.rekey(old)
     if not pairs:
         return 0
+    if erased:
+        erased.carry(conn, CARD_KEY, pairs)
     cur = conn.execute(
         "insert into serving.pan_token_map as m (token, current_token) select * from unnest(%s::text[], %s::text[]) "
         "on conflict (token) do update set current_token = excluded.current_token, mapped_at = clock_timestamp() "
@@ -250,7 +266,8 @@ def _map_rows(conn: psycopg.Connection, tok: pan.PanTokenizer, values: list[str]
 
 
 def rekey_pass(conn: psycopg.Connection, tok: pan.PanTokenizer, batch: int, progress: Progress | None = None,
-               stop_after_batches: int | None = None, online: "CardWindows | None" = None) -> dict[str, int]:
+               stop_after_batches: int | None = None, online: "CardWindows | None" = None,
+               erased: "ErasedKeys | None" = None) -> dict[str, int]:
     """One pass over every target; rows changed (or tokens mapped) per target."""
     from riskloop.core import windows
 
@@ -265,7 +282,7 @@ def rekey_pass(conn: psycopg.Connection, tok: pan.PanTokenizer, batch: int, prog
             after: str | None = None
             while True:
                 rekeyed: list[str] = []
-                n, after = rekey_batch(conn, target, tok, lo, hi, batch, after, rekeyed)
+                n, after = rekey_batch(conn, target, tok, lo, hi, batch, after, rekeyed, erased)
                 counts[target.name] = counts.get(target.name, 0) + n
                 if feeds_windows and rekeyed:
                     online.push(conn, sorted(set(rekeyed)))  # type: ignore[union-attr]
@@ -285,8 +302,9 @@ class CardWindows:
     payment after the rotation would be scored with empty card windows. Without a Feast registry
     (nothing applied yet) it warns once and pushes nothing."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, erased: "ErasedKeys | None" = None) -> None:
         self.settings = settings
+        self.erased = erased  # erased cards get no windows online (riskloop.features.suppression)
         self.pushed = 0
         self._pusher: Any = None
         self._unavailable = False
@@ -297,6 +315,11 @@ class CardWindows:
         from riskloop.core import windows
 
         card = windows.entity("card")
+        if self.erased:
+            gone = self.erased.erased(CARD_KEY, tokens)
+            tokens = [t for t in tokens if t not in gone]
+            if not tokens:
+                return
         try:
             if self._pusher is None:
                 from riskloop.features.store import feature_store
@@ -328,7 +351,11 @@ class _Interrupted(Exception):
 
 def carry_card_rules(conn: psycopg.Connection, tok: pan.PanTokenizer, actor: str, rotation_id: str, *,
                      finish: bool) -> int:
-    """Card deny lists and ``deny_card`` emergency stops under the new tokens, through the policy store
+    """Erased cards (``privacy.erased_entities``, by keyed hash of the token: ``riskloop.features.suppression``)
+are listed under their new token in the batch that re-keys or maps the old one, so the online store's
+writers keep skipping them, and the rotation pushes no windows for them.
+
+Card deny lists and ``deny_card`` emergency stops under the new tokens, through the policy store
     (appended events: its tables are append-only too). At the start of a rotation the new token is
     added beside the old one, so a blocked card stays blocked whichever key tokenised it; at the end
     (``finish``) the old entries are removed and the old stops lifted. Returns the changes appended."""
@@ -364,6 +391,20 @@ def carry_card_rules(conn: psycopg.Connection, tok: pan.PanTokenizer, actor: str
             policy_store.lift(conn, s["stop_id"], actor, f"{why}: continued as a stop on the new token")
             changes += 1
     return changes
+
+
+def _erased_cards(settings: Settings) -> "ErasedKeys | None":
+    """The erased entities, when there are any, to carry erased cards to their new tokens."""
+    from riskloop.core.subject_keys import SubjectKeyMissing
+    from riskloop.features.suppression import ErasedKeys
+
+    try:
+        erased = ErasedKeys.load(settings)
+    except SubjectKeyMissing as exc:
+        log.error("erased cards are not listed under their new tokens (their features may come back online "
+                  "under them): %s", exc)
+        return None
+    return erased if erased else None
 
 
 def _next_kid(kid: str) -> str:
@@ -419,11 +460,12 @@ def rotate(settings: Settings, actor: str, *, batch: int = DEFAULT_BATCH, grace_
             # Until every process has re-read the ring (and finished what it tokenised before), old tokens may still arrive.
             settle_at = ring.stat().st_mtime + grace_seconds
             rotation.counts["policy.card_rules"] = carry_card_rules(conn, tok, actor, rotation.rotation_id, finish=False)
-            cards = CardWindows(settings) if online else None
+            erased = _erased_cards(settings)
+            cards = CardWindows(settings, erased) if online else None
             try:
                 while True:
                     try:
-                        changed = rekey_pass(conn, tok, batch, progress, stop_after_batches, cards)
+                        changed = rekey_pass(conn, tok, batch, progress, stop_after_batches, cards, erased)
                     except _Interrupted as exc:
                         _add(rotation.counts, exc.counts)
                         raise
