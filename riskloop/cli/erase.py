@@ -21,7 +21,8 @@ def customer(
 ) -> None:
     """Destroy the customer's data key, so the personal fields of their logged decisions read
     [erased] while the decisions stay whole; delete their devices, card sightings, open-case entry and
-    online features. Needs a named admin key (RISKLOOP_API_KEY); recorded in privacy.erasures.
+    online features, which materialisation and the stream then never write back for them or their
+    cards. Needs a named admin key (RISKLOOP_API_KEY); recorded in privacy.erasures.
     Erasing an erased customer again changes nothing."""
     from riskloop.governance.erasure import ErasureError, erase_customer
 
