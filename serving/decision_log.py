@@ -146,28 +146,44 @@ def _copy_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rule
             _link_cases(conn, case_rules, batch)
 
 
-# Up to this many rows a batch is written as statements in one pipeline; above it, one COPY costs
-# Postgres less than a statement per row (a backlog). Group commit under steady load sends small batches.
+# Up to this many rows a batch is one statement; above it, one COPY costs Postgres less (a backlog).
+# Group commit under steady load sends small batches.
 PIPELINE_MAX_ROWS = 64
+
+_COLS = ", ".join(COLUMNS)
+# The whole batch as one JSON document and one statement, run in autocommit: its log rows and its
+# side tables are data-modifying CTEs, which commit (or fail) together. One round trip, one message,
+# and one pass of the writer's Python per batch instead of BEGIN, a statement per row and COMMIT.
+# A retried batch whose first commit did land is harmless (``on conflict do nothing``).
+INSERT_BATCH = (
+    f"with logged as (insert into {TABLE} ({_COLS}) select {_COLS} "
+    f"from jsonb_populate_recordset(null::{TABLE}, %s::jsonb) on conflict (decision_id) do nothing returning 1), "
+    f"devices as ({INSERT_DEVICES} returning 1), "
+    f"cards as ({UPSERT_CARD_LOCATIONS} returning 1) "
+    "select (select count(*) from logged)")
+
+
+def _batch_json(batch: list[dict[str, Any]]) -> str:
+    """The batch's log rows as the JSON array :data:`INSERT_BATCH` reads (the columns as stored, a
+    NaN as null); raises what :data:`ROW_ERRORS` names for a value JSON cannot carry."""
+    return orjson.dumps([{c: _stored(r, c) for c in COLUMNS} for r in batch], option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _commit_batch(conn: psycopg.Connection, batch: list[dict[str, Any]], case_rules: CaseRules | None = None) -> None:
-    """Commit ``batch`` with its side tables and cases. A small batch goes in one pipeline: BEGIN, a
-    prepared ``INSERT … ON CONFLICT DO NOTHING`` per row (which also makes a retried batch harmless),
-    the side tables and COMMIT in one round trip, so the answer waits for one network exchange and
-    the writer thread takes the GIL back once, not once per statement (a busy event loop holds it for
-    up to the switch interval each time). Review decisions add the case step in the same transaction
-    (:func:`_link_cases`, which needs the results as it goes); large batches use :func:`_copy_batch`."""
+    """Commit ``batch`` with its side tables and cases. A small batch is one statement
+    (:data:`INSERT_BATCH`), so the answer waits for one network exchange and the writer thread takes
+    the GIL back once, not once per statement (a busy event loop holds it for up to the switch
+    interval each time). Review decisions add the case step, which needs the results as it goes, in
+    a transaction of its own; large batches use :func:`_copy_batch`."""
     if len(batch) > PIPELINE_MAX_ROWS:
         _copy_batch(conn, batch, case_rules)
         return
-    params = [_params(r) for r in batch]
     reviews = case_rules is not None and any(r.get("decision") == "review" for r in batch)
     if not reviews:
-        with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-            cur.executemany(INSERT, params)
-            _side_tables(cur, batch)
+        customers, devices = allowed_devices(batch)
+        conn.execute(INSERT_BATCH, (_batch_json(batch), customers, devices, *card_sightings(batch)))
         return
+    params = [_params(r) for r in batch]
     with conn.transaction(), conn.cursor() as cur:
         with conn.pipeline():
             cur.executemany(INSERT, params)
@@ -416,10 +432,11 @@ class DecisionLogWriter:
 
     def _connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            conn = psycopg.connect(self._dsn, autocommit=False, connect_timeout=3)
+            # Autocommit: a small batch is one statement (INSERT_BATCH); the other paths open their
+            # transactions explicitly.
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=3)
             # Per session: what "committed" means for an answered decision (README).
             conn.execute("select set_config('synchronous_commit', %s, false)", (self._synchronous_commit,))
-            conn.commit()
             set_json_dumps(_dumps, context=conn)
             self._conn = conn
         return self._conn

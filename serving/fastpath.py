@@ -89,6 +89,9 @@ class ScoreFastPath:
                 status, content, extra = 200, await self.handler(st, body, request_id), None
             except HTTPException as exc:  # what FastAPI's handler would send for it
                 status, content, extra = exc.status_code, _detail(exc.detail), exc.headers
+            except Exception:  # noqa: BLE001 - outside Starlette's error middleware: its 500, logged
+                log.exception("score request %s failed", request_id)
+                status, content, extra = 500, _detail("Internal Server Error"), None
         await _answer(send, status, content, request_id, extra)
 
 

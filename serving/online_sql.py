@@ -26,6 +26,8 @@ from typing import Any
 
 from riskloop.core.db import quote_ident
 
+Entry = tuple[tuple[Any, int], ...]  # per feature of a view, in plan order: (value, event time s)
+
 # The suffix of a feature's event-time column in a read's response (``view__feature__ts``).
 TS_SUFFIX = "__ts"
 
@@ -88,23 +90,60 @@ class SqlPlan:
         """Rows → per view, per feature in plan order: (value, event time in whole seconds; 0 when
         absent), as Feast reports them. Tuples of plain values: what :mod:`serving.online_cache`
         keeps."""
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import feast_value_type_to_python_type
-
         found: list[list[tuple[Any, int]]] = [[(None, 0)] * len(v.features) for v in self.views]
         positions = self._positions
         for view_idx, feature, value, event_ts in rows:
             j = positions[view_idx].get(feature)
-            if j is None:
-                continue
-            proto = Value.FromString(value)
-            kind = proto.WhichOneof("val")
-            # Scalars directly (a tenth of the cost); anything else through Feast's converter.
-            # Feast stores naive UTC timestamps and reports whole seconds.
-            found[view_idx][j] = (None if kind is None or kind == "null_val" else
-                                  getattr(proto, kind) if kind in _SCALARS else feast_value_type_to_python_type(proto),
-                                  int(event_ts.replace(tzinfo=UTC).timestamp()) if event_ts else 0)
+            if j is not None:
+                found[view_idx][j] = _decoded(value, event_ts)
         return [tuple(entry) for entry in found]
+
+    def key_of(self, view_idx: int, entity_key: bytes) -> tuple[Any, ...]:
+        """A serialised entity key of view ``view_idx`` (as stored) → its join-key values, the
+        cache's key (:meth:`keys`)."""
+        from feast.infra.key_encoding_utils import deserialize_entity_key
+
+        key = deserialize_entity_key(entity_key, entity_key_serialization_version=self.key_version)
+        values = {k: getattr(v, v.WhichOneof("val")) for k, v in zip(key.join_keys, key.entity_values, strict=True)}
+        return tuple(values[k] for k, _ in self.views[view_idx].join_keys)
+
+    async def load_view(self, view_idx: int, max_entities: int) -> tuple[dict[tuple[Any, ...], Entry], bool]:
+        """Every entity of view ``view_idx`` in the store (at most ``max_entities``), decoded as
+        :meth:`decode` does; True when that is the whole view. One connection of its own, rows
+        streamed in entity-key order (the table's primary key), yielding to the event loop between
+        chunks so that requests are served while it decodes."""
+        import asyncpg
+
+        view, positions = self.views[view_idx], self._positions[view_idx]
+        sql = (f"select entity_key, feature_name, value, event_ts from {quote_ident(self.tables[view_idx])} "
+               "where feature_name = any($1::text[]) order by entity_key")
+        out: dict[tuple[Any, ...], Entry] = {}
+        conn = await asyncpg.connect(**self.connect, timeout=2.0)
+        try:
+            async with conn.transaction(readonly=True):
+                current: bytes | None = None
+                entry: list[tuple[Any, int]] = []
+                n = 0
+                async for entity_key, feature, value, event_ts in conn.cursor(sql, list(view.features), prefetch=2000):
+                    if entity_key != current:
+                        if current is not None:
+                            if len(out) == max_entities:
+                                return out, False
+                            out[self.key_of(view_idx, current)] = tuple(entry)
+                        current, entry = entity_key, [(None, 0)] * len(view.features)
+                    j = positions.get(feature)
+                    if j is not None:
+                        entry[j] = _decoded(value, event_ts)
+                    n += 1
+                    if n % 2000 == 0:
+                        await asyncio.sleep(0)
+                if current is not None:
+                    if len(out) == max_entities:
+                        return out, False
+                    out[self.key_of(view_idx, current)] = tuple(entry)
+        finally:
+            await conn.close(timeout=2.0)
+        return out, True
 
     def assemble(self, entries: list[tuple[tuple[Any, int], ...]]) -> dict[str, list[Any]]:
         """Per-view entries → the shape of ``OnlineResponse.to_dict(include_event_timestamps=True)``
@@ -119,6 +158,20 @@ class SqlPlan:
 
 
 _SCALARS = frozenset({"double_val", "float_val", "int64_val", "int32_val", "bool_val", "string_val"})
+
+
+def _decoded(value: bytes, event_ts: Any) -> tuple[Any, int]:
+    """A stored ``ValueProto`` and its event time → (value, whole seconds; 0 when absent)."""
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.type_map import feast_value_type_to_python_type
+
+    proto = Value.FromString(value)
+    kind = proto.WhichOneof("val")
+    # Scalars directly (a tenth of the cost); anything else through Feast's converter.
+    # Feast stores naive UTC timestamps and reports whole seconds.
+    return (None if kind is None or kind == "null_val" else
+            getattr(proto, kind) if kind in _SCALARS else feast_value_type_to_python_type(proto),
+            int(event_ts.replace(tzinfo=UTC).timestamp()) if event_ts else 0)
 
 
 def _entity_value(value: Any, value_type: Any) -> Any:
@@ -195,7 +248,7 @@ class SqlReader:
 
         self.plan = plan
         # Decoded rows kept per entity, dropped by the store's own notifications (serving.online_cache).
-        self.cache = (OnlineCache(plan.connect, plan.tables, max_entries=cache_size)
+        self.cache = (OnlineCache(plan, max_entries=cache_size)
                       if cache_size > 0 and plan.tables else None)
         self._timeout_s = timeout_s
         self._max_size = max_size

@@ -456,11 +456,13 @@ def test_online_reader_times_out_without_losing_its_connection(stack: Stack) -> 
     asyncio.run(scenario())
 
 
-def test_online_cache_serves_hits_and_drops_them_on_every_store_change(stack: Stack) -> None:
-    """The direct read's cache (serving.online_cache): a second read of an entity makes no round
-    trip and returns the same response; a Feast write to the view's table is notified and the next
-    read returns the new value; a killed LISTEN session or a dropped trigger switches the cache off
-    (reads still answered by the store) until the listener has re-connected and re-installed."""
+def test_online_cache_loads_views_whole_and_drops_what_the_store_changes(stack: Stack) -> None:
+    """The direct read's cache (serving.online_cache): once on, each view is loaded whole, so a first
+    read makes no round trip, and an entity the store has no row of is answered "no row" without one;
+    a Feast write drops only the entities it wrote (the next read of those goes to the store and
+    returns the new value; an entity that was absent and is written is read, not answered "no row"); a
+    killed LISTEN session or a dropped trigger switches the cache off (reads still answered by the
+    store) until the listener has re-connected, re-installed and loaded again."""
     import asyncio
 
     import asyncpg
@@ -473,21 +475,23 @@ def test_online_cache_serves_hits_and_drops_them_on_every_store_change(stack: St
     t_idx = next(i for i, v in enumerate(plan.views) if v.join_keys[0][0] == "terminal_id")
     feature = next(f for f in plan.views[t_idx].features if f.startswith("terminal_risk_"))
     column = f"{plan.views[t_idx].name}__{feature}"
-    terminal = f"cache-test-{uuid.uuid4().hex[:8]}"  # an entity of its own: the online store is shared
+    terminal = f"cache-test-{uuid.uuid4().hex[:8]}"  # entities of its own: the online store is shared
+    later = f"cache-later-{uuid.uuid4().hex[:8]}"
     customer = str(stack.marts.fct_transactions.customer_id.iloc[0])
     row = {"customer_id": customer, "terminal_id": terminal, "card_token": "tok_cache_test"}
+    row_later = {**row, "terminal_id": later}
 
-    def write(value: float) -> None:
-        data: dict[str, list[Any]] = {"terminal_id": [terminal], "event_timestamp": [pd.Timestamp.now(tz="UTC").floor("s")]}
+    def write(value: float, who: str = terminal) -> None:
+        data: dict[str, list[Any]] = {"terminal_id": [who], "event_timestamp": [pd.Timestamp.now(tz="UTC").floor("s")]}
         for f in plan.views[t_idx].features:  # every field of the view (counts are Int64)
             data[f] = [value] if f == feature else [1] if ("nb_tx" in f or "frauds" in f) else [0.0]
         store.write_to_online_store(plan.views[t_idx].name, pd.DataFrame(data))
 
     write(0.25)
-    reader = SqlReader(plan, timeout_s=5.0, max_size=2, cache_size=100)
+    reader = SqlReader(plan, timeout_s=5.0, max_size=2, cache_size=100_000)
     cache = reader.cache
     assert cache is not None
-    cache._verify_s = 0.2
+    cache._verify_s, cache._settle_s = 0.2, 0.05
 
     async def until(cond, what: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -495,19 +499,30 @@ def test_online_cache_serves_hits_and_drops_them_on_every_store_change(stack: St
             assert time.monotonic() < deadline, what
             await asyncio.sleep(0.02)
 
+    def loaded() -> bool:
+        return cache.enabled and cache.stats()["loaded_whole"] == len(plan.views)
+
     async def scenario() -> None:
         await reader.connect()
-        await until(lambda: cache.enabled, "cache never switched on")
-        first = await reader.read(row)
-        assert first[column] == [0.25] and cache.misses == 1
+        await until(loaded, "the views were never loaded whole")
         conn = reader._idle[0]
-        assert await reader.read(row) == first and cache.hits == 1
-        assert reader._idle == [conn]  # no connection was taken for the hit
+        first = await reader.read(row)
+        assert first[column] == [0.25] and (cache.hits, cache.misses) == (1, 0)
+        card_view = next(v for v in plan.views if v.join_keys[0][0] == "card_token")
+        assert all(first[f"{card_view.name}__{f}"] == [None] for f in card_view.features)  # no row: no read
+        assert await reader.read(row_later) is not None and (cache.hits, cache.misses) == (2, 0)
+        assert reader._idle == [conn]  # no connection was taken for any of them
 
+        entries = cache.stats()["entries"]
         await asyncio.to_thread(write, 0.75)  # Feast's own writer, in its own transaction
         await until(lambda: cache.invalidations >= 1, "the write was not notified")
-        assert (await reader.read(row))[column] == [0.75]
-        assert (await reader.read(row))[column] == [0.75] and cache.hits == 2
+        assert cache.stats()["entries"] == entries - 1  # that terminal only
+        assert (await reader.read(row))[column] == [0.75] and cache.misses == 1
+        assert (await reader.read(row))[column] == [0.75] and cache.hits == 3
+
+        await asyncio.to_thread(write, 0.5, later)  # an entity that had no row has one now
+        await until(lambda: cache.invalidations >= 2, "the new entity was not notified")
+        assert (await reader.read(row_later))[column] == [0.5] and cache.misses == 2
 
         # The listener's session killed: off at once, empty, reads go to the store; back on later.
         admin = await asyncpg.connect(**plan.connect)
@@ -516,18 +531,17 @@ def test_online_cache_serves_hits_and_drops_them_on_every_store_change(stack: St
             await until(lambda: cache.stats()["entries"] == 0, "a lost listener left the cache's entries")
             hits = cache.hits
             assert (await reader.read(row))[column] == [0.75] and cache.hits == hits
-            await until(lambda: cache.enabled, "the listener did not come back")
+            await until(loaded, "the listener did not come back")
 
             # A trigger gone (as after `feast apply` recreated a table): off, re-installed, on again.
-            await reader.read(row)
-            assert cache.stats()["entries"] == len(plan.views)  # one entry per view read
+            assert cache.stats()["entries"] > 0
             await admin.execute(f'drop trigger riskloop_online_changed on "{plan.tables[t_idx]}"')
             await until(lambda: cache.stats()["entries"] == 0, "a missing trigger left the cache's entries")
-            await until(lambda: cache.enabled, "the trigger was not re-installed")
-            await reader.read(row)
-            await asyncio.to_thread(write, 0.5)  # notified again: the trigger is really back
-            await until(lambda: (cache.stats()["entries"] < len(plan.views)), "the re-installed trigger did not notify")
-            assert (await reader.read(row))[column] == [0.5]
+            await until(loaded, "the trigger was not re-installed")
+            invalidations = cache.invalidations
+            await asyncio.to_thread(write, 0.125)  # notified again: the trigger is really back
+            await until(lambda: cache.invalidations > invalidations, "the re-installed trigger did not notify")
+            assert (await reader.read(row))[column] == [0.125]
         finally:
             await admin.close()
             await reader.close()
@@ -536,28 +550,78 @@ def test_online_cache_serves_hits_and_drops_them_on_every_store_change(stack: St
     asyncio.run(scenario())
 
 
+def _two_view_plan() -> Any:
+    """A plan of two string-keyed views, as build_plan makes one (no store needed to notify it)."""
+    from feast.value_type import ValueType
+
+    from serving.online_sql import SqlPlan, _View
+
+    return SqlPlan(sql="", views=(_View("c", (("customer_id", ValueType.STRING),), ("f",)),
+                                  _View("t", (("terminal_id", ValueType.STRING),), ("f",))),
+                   key_version=3, connect={}, tables=("t_customer", "t_terminal"))
+
+
+def _changed(table: str, join_key: str, value: str) -> str:
+    """The payload the store's row trigger sends for that entity (riskloop.core.roles)."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    key = serialize_entity_key(EntityKey(join_keys=[join_key], entity_values=[Value(string_val=value)]),
+                               entity_key_serialization_version=3)
+    return f"{table} {key.hex()}"
+
+
 def test_online_cache_keeps_no_read_that_raced_a_change_and_evicts_least_recent() -> None:
-    """A read whose query began before a change notification must not store what it fetched; each
-    view keeps at most max_entries, the least recently read out first."""
+    """A read whose query began before a change notification must not store what it fetched; a
+    change drops only its entity; each view keeps at most max_entries, the least recently read out first."""
     from serving.online_cache import OnlineCache
 
-    cache = OnlineCache({}, ("t_customer", "t_terminal"), max_entries=2)
+    cache = OnlineCache(_two_view_plan(), max_entries=2, warm=False)
     cache.enabled = True  # as the listener sets it once LISTEN and the triggers hold
     entry = ((1.0, 10),)
     before = cache.epochs()
-    cache._on_notify(None, 0, "riskloop_online_changed", "t_terminal")  # committed while the read ran
+    cache._on_notify(None, 0, "riskloop_online_changed", _changed("t_terminal", "terminal_id", "t1"))  # while the read ran
     cache.put([("c1",), ("t1",)], [entry, entry], before)
     assert cache.get([("c1",), ("t1",)]) is None and cache.stats()["entries"] == 0
     cache._on_notify(None, 0, "riskloop_online_changed", "some_other_table")  # not ours: nothing dropped
     now = cache.epochs()
     for key in ("a", "b"):
         cache.put([(key,), (key,)], [entry, entry], now)
-    assert cache.get([("a",), ("a",)]) == [entry, entry]  # "a" is now the most recent
-    cache.put([("c",), ("c",)], [entry, entry], now)  # evicts "b"
-    assert cache.get([("b",), ("b",)]) is None
+    cache._on_notify(None, 0, "riskloop_online_changed", _changed("t_terminal", "terminal_id", "b"))
+    assert cache.get([("b",), ("b",)]) is None  # terminal b dropped
+    assert cache.get([("a",), ("a",)]) == [entry, entry] and cache.stats()["entries"] == 3  # customer b kept
+    now = cache.epochs()
+    cache.put([("c",), ("c",)], [entry, entry], now)  # evicts customer "b", the least recent
+    assert [("b",) in v for v in cache._views] == [False, False]
     assert cache.get([("a",), ("a",)]) is not None and cache.get([("c",), ("c",)]) is not None
+    cache._on_notify(None, 0, "riskloop_online_changed", "t_customer")  # a TRUNCATE: the whole view
+    assert cache.get([("a",), ("a",)]) is None and cache.stats()["entries"] == 2
     cache.enabled = False
-    assert cache.get([("a",), ("a",)]) is None  # off: every read goes to the store
+    assert cache.get([("c",), ("c",)]) is None  # off: every read goes to the store
+
+
+def test_online_cache_view_loaded_whole_answers_absent_entities_until_one_is_written() -> None:
+    """A view loaded whole answers an entity it lacks with the store's "no row" entry; once the
+    store notifies a write of that entity it is read through until a read stores it; trimming the
+    view (more entities than max_entries) ends the "no row" answers."""
+    from serving.online_cache import OnlineCache
+
+    cache = OnlineCache(_two_view_plan(), max_entries=3, warm=False)
+    cache.enabled = True
+    entry, absent = ((1.0, 10),), ((None, 0),)
+    cache._views = [{("c1",): entry}, {("t1",): entry}]
+    cache._complete = [True, True]
+    assert cache.get([("c1",), ("t9",)]) == [entry, absent]  # t9: no row in the store, no read
+    cache._on_notify(None, 0, "riskloop_online_changed", _changed("t_terminal", "terminal_id", "t9"))
+    assert cache.get([("c1",), ("t9",)]) is None  # written since: read it
+    cache.put([("c1",), ("t9",)], [entry, entry], cache.epochs())
+    assert cache.get([("c1",), ("t9",)]) == [entry, entry]
+    cache.put([("c2",), ("t2",)], [entry, absent], cache.epochs())  # read through, still no row: not kept
+    assert cache._views[1].keys() == {("t1",), ("t9",)}
+    cache.put([("c3",), ("t3",)], [entry, entry], cache.epochs())
+    cache.put([("c4",), ("t4",)], [entry, entry], cache.epochs())  # over max_entries: t1 out, no longer whole
+    assert cache.get([("c4",), ("t1",)]) is None and cache._complete == [False, False]
 
 
 def test_reason_codes_name_the_amount_ratios() -> None:

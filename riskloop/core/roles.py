@@ -218,12 +218,21 @@ def warehouse_grants(owner: str, table_exists=None) -> list[str]:
 # here so that serving needs no CREATE on the store's schema: a role that may create tables there would
 # own Feast's registry tables if it met an empty store first.
 ONLINE_CHANGED_CHANNEL = "riskloop_online_changed"
-ONLINE_CHANGED_FUNCTION = "riskloop_online_changed"
+# Row level: a row's change names its entity (``<table> <entity_key hex>``), so a stream's push drops
+# only the entities it wrote, not the whole view; a TRUNCATE names the table alone. One notification
+# per entity and transaction (Postgres folds identical payloads of one transaction into one).
+ONLINE_CHANGED_FUNCTION = "riskloop_online_rows_changed"
 ONLINE_CHANGED_SQL = f"""do $do$ begin
 if to_regproc('public.{ONLINE_CHANGED_FUNCTION}') is null then
     create function public.{ONLINE_CHANGED_FUNCTION}() returns trigger language plpgsql as $$
     begin
-        perform pg_notify('{ONLINE_CHANGED_CHANNEL}', TG_TABLE_NAME);
+        if TG_OP = 'TRUNCATE' then
+            perform pg_notify('{ONLINE_CHANGED_CHANNEL}', TG_TABLE_NAME);
+        elsif TG_OP = 'DELETE' then
+            perform pg_notify('{ONLINE_CHANGED_CHANNEL}', TG_TABLE_NAME || ' ' || encode(OLD.entity_key, 'hex'));
+        else
+            perform pg_notify('{ONLINE_CHANGED_CHANNEL}', TG_TABLE_NAME || ' ' || encode(NEW.entity_key, 'hex'));
+        end if;
         return null;
     end $$;
 end if;
