@@ -862,7 +862,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -
 
     settings = get_settings()
     cfg = ServingSettings()
-    workers = workers or cfg.worker_count()
+    workers = workers or cfg.worker_count(database_here=settings.embedded)
     configure(settings)
     kwargs: dict[str, Any] = {"log_config": None if settings.log_json else _uvicorn_text_logging()}
     factory = "serving.app:create_app"

@@ -18,7 +18,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(0, "--workers", min=0, help="Worker processes (0: RISKLOOP_SERVING_WORKERS, "
-                                "default one per core, at most 4). With more than one, known devices, the canary watcher and "
+                                "default one per core, at most 4, less one for an embedded Postgres). With more than one, "
+                                "known devices, the canary watcher and "
                                 "/metrics are shared across them."),
 ) -> None:
     """Serve the scoring API (POST /v1/score/fraud) with the champion model."""

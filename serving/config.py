@@ -57,9 +57,9 @@ class ServingSettings(BaseSettings):
         default=180, gt=0, description="Start-up warm-up of known (customer, device) pairs from the decision log.")
     workers: int = Field(
         default=0, ge=0, description="uvicorn worker processes of `riskloop serve` (its --workers); 0 = one per "
-        "core this process may run on, at most 4 (ServingSettings.worker_count): one event loop per core keeps "
-        "the p99 within budget where a single worker queues behind its own writer and Postgres. Each worker "
-        "decides alone; what must agree across them goes through Postgres and the metrics directory.")
+        "core this process may run on, at most 4, less one core for Postgres when it runs on the same machine "
+        "(the embedded stack) (ServingSettings.worker_count). Each worker decides alone; what must agree "
+        "across them goes through Postgres and the metrics directory.")
     known_device_poll_s: float = Field(
         default=1.0, ge=0.0, description="How often each serving process reads the (customer, device) pairs "
         "allowed by any process since its last read (serving.known_devices): with several workers or replicas a "
@@ -134,14 +134,19 @@ class ServingSettings(BaseSettings):
     admin_token: str | None = Field(
         default=None, description="Legacy: one more key with role admin (prefer RISKLOOP_API_KEYS).")
 
-    def worker_count(self) -> int:
+    def worker_count(self, *, database_here: bool = False) -> int:
         """``workers``, or one per core available to this process (its CPU affinity, which a
         container's cpuset limits), at most :data:`MAX_AUTO_WORKERS`: each worker holds its own model,
-        feature-read pool and Postgres connections."""
+        feature-read pool and Postgres connections. ``database_here``: Postgres shares these cores
+        (the embedded stack), and every decision costs it a commit and, on a cache miss, a read, so
+        one core is left to it: on 2 cores one worker answered 500 decisions/s with a lower p99 than
+        two (BENCHMARKS.md)."""
         if self.workers:
             return self.workers
         try:
             cores = len(os.sched_getaffinity(0))
         except AttributeError:  # not on Linux
             cores = os.cpu_count() or 1
+        if database_here:
+            cores -= 1
         return max(1, min(cores, MAX_AUTO_WORKERS))
