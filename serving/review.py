@@ -307,7 +307,8 @@ PAGE = """<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 let current = null;
-function say(text, error) { $("message").textContent = text; $("message").className = error ? "error" : ""; }
+let said = 0;  // messages shown so far: a load's summary never replaces what an action said meanwhile
+function say(text, error) { said++; $("message").textContent = text; $("message").className = error ? "error" : ""; }
 function cell(row, value, cls) { const td = row.insertCell(); td.textContent = value ?? ""; if (cls) td.className = cls; return td; }
 function fmt(x) { return typeof x === "number" ? x.toFixed(4) : (x ?? ""); }
 async function api(path, options) { return call("/review/api" + path, options); }
@@ -330,6 +331,7 @@ async function loadEmergency() {
   }
 }
 async function loadPending() {
+  const before = said;
   await loadEmergency().catch((e) => say(e.message, true));
   const rows = await api("/pending");
   const tbody = $("pending").tBodies[0]; tbody.replaceChildren();
@@ -340,7 +342,7 @@ async function loadPending() {
     b.onclick = () => openCard(r.model_name, r.version).catch((e) => say(e.message, true));
     tr.insertCell().append(b);
   }
-  say(rows.length ? rows.length + " challenger(s)" : "no challenger awaiting review");
+  if (said === before) say(rows.length ? rows.length + " challenger(s)" : "no challenger awaiting review");
 }
 async function openCard(model, version) {
   const c = await api("/models/" + encodeURIComponent(model) + "/versions/" + encodeURIComponent(version));
